@@ -1,0 +1,64 @@
+"""Shared fixtures: seeded rng, the backends available here, the float64 reference, and the
+tolerance helper used by every parity test."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Keep thread counts explicit and small in tests (2-core CI machine).
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def _backend_or_skip(name: str):
+    from kernelgpt.backends import get_backend
+    try:
+        return get_backend(name)
+    except (RuntimeError, ImportError) as e:
+        pytest.skip(f"backend {name} not available: {e}")
+
+
+@pytest.fixture(params=["numpy", "native", pytest.param("cuda", marks=pytest.mark.cuda)])
+def backend(request):
+    """Every backend, skipped where it cannot run."""
+    return _backend_or_skip(request.param)
+
+
+@pytest.fixture(params=["native", pytest.param("cuda", marks=pytest.mark.cuda)])
+def fast_backend(request):
+    """The compiled backends only (the ones compared against the reference)."""
+    return _backend_or_skip(request.param)
+
+
+@pytest.fixture
+def ref():
+    """The NumPy reference backend (call it with float64 arrays)."""
+    from kernelgpt.backends import numpy_backend
+    return numpy_backend
+
+
+def rel_err(got, want) -> float:
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    denom = np.linalg.norm(want.ravel())
+    return float(np.linalg.norm((got - want).ravel()) / max(denom, 1e-30))
+
+
+def assert_close(got, want, *, name="out", tol=1e-5, ref32=None, floor=1e-6):
+    """||got - want|| / ||want|| must be below ``tol``; when ``ref32`` (the float32 NumPy result)
+    is given, the bound is max(tol, 2 * rel_err(ref32, want) + floor) (flash-attention's rule)."""
+    got = np.asarray(got)
+    want = np.asarray(want)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    assert np.all(np.isfinite(got)), f"{name}: non-finite values (unwritten elements?)"
+    bound = tol
+    if ref32 is not None:
+        bound = max(tol, 2 * rel_err(ref32, want) + floor)
+    err = rel_err(got, want)
+    assert err <= bound, f"{name}: relative error {err:.3g} > {bound:.3g}"
