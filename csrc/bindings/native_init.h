@@ -6,4 +6,5 @@
 namespace kgpt_bind {
 void init_tokenizer(pybind11::module_& m);  // native_tokenizer.cpp
 void init_cpu_ops(pybind11::module_& m);    // native_cpu.cpp
+void init_gemm(pybind11::module_& m);       // native_gemm.cpp
 }  // namespace kgpt_bind

@@ -24,4 +24,5 @@ PYBIND11_MODULE(_native, m) {
 #endif
   kgpt_bind::init_tokenizer(m);
   kgpt_bind::init_cpu_ops(m);
+  kgpt_bind::init_gemm(m);
 }
