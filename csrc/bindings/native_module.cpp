@@ -22,6 +22,7 @@ PYBIND11_MODULE(_native, m) {
     if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
   }, pybind11::arg("n"));
 #endif
+  kgpt_bind::init_pretokenize(m);
   kgpt_bind::init_tokenizer(m);
   kgpt_bind::init_cpu_ops(m);
   kgpt_bind::init_gemm(m);
