@@ -53,7 +53,7 @@ def test_same_seed_same_samples(model):
     a = model.generate([1, 2, 3], 15, seed=11, **kw)
     b = model.generate([1, 2, 3], 15, seed=11, **kw)
     c = model.generate([1, 2, 3], 15, seed=12, **kw)
-    assert a.dtype == np.int32 and a.shape == (18,)
+    assert a.dtype == np.int32 and a.shape == (1, 18)  # (B, T + n), B = 1 for a 1-D prompt
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
     # seed=None draws fresh entropy; a Generator is used as is
@@ -87,23 +87,23 @@ def test_pick_tokens_distribution_and_filters():
 def test_stream_yields_ints_and_arrays(model):
     out = list(model.generate_stream([5, 6], 4, temperature=0))
     assert all(isinstance(t, int) for t in out) and len(out) == 4
-    assert out == model.generate([5, 6], 4, temperature=0)[2:].tolist()
+    assert out == model.generate([5, 6], 4, temperature=0)[0, 2:].tolist()
     rows = list(model.generate_stream([[5, 6], [7, 8]], 3, seed=0))
     assert all(r.shape == (2,) and r.dtype == np.int32 for r in rows)
     # batched rows equal the rows generated one at a time (greedy)
     both = model.generate([[5, 6], [7, 8]], 5, temperature=0)
-    assert np.array_equal(both[1], model.generate([7, 8], 5, temperature=0))
+    assert np.array_equal(both[1:], model.generate([7, 8], 5, temperature=0))
 
 
 def test_stop_tokens(model):
-    free = model.generate([1, 2], 10, temperature=0)
+    free = model.generate([1, 2], 10, temperature=0)[0]
     first = int(free[2 + 3])                  # stop at the 4th generated token
     k = int(np.argmax(free[2:] == first))     # (or earlier, if it occurs before)
-    got = model.generate([1, 2], 10, temperature=0, stop=first)
+    got = model.generate([1, 2], 10, temperature=0, stop=first)[0]
     assert np.array_equal(got, free[:2 + k + 1])
-    got = model.generate([1, 2], 10, temperature=0, stop=[36, first])
+    got = model.generate([1, 2], 10, temperature=0, stop=[36, first])[0]
     assert got[-1] in (36, first) and len(got) <= 2 + k + 1
-    assert model.generate([1, 2], 0).tolist() == [1, 2]
+    assert model.generate([1, 2], 0).tolist() == [[1, 2]]
 
 
 def test_bad_arguments(model):
@@ -131,3 +131,16 @@ def test_bad_arguments(model):
         model.generate(np.array([1.0]), 3)
     with pytest.raises(ValueError, match="temperature"):   # raised at the call, not at next()
         model.generate_stream([1], 3, temperature=-1)
+
+
+def test_stop_in_a_batch_pads_finished_rows(model):
+    prompt = np.array([[1, 2], [3, 4], [5, 6]], np.int32)
+    n = 10
+    free = model.generate(prompt, n, temperature=0)[:, 2:]
+    stop = int(free[0, 1])
+    got = model.generate(prompt, n, temperature=0, stop=stop)[:, 2:]
+    ends = [int(np.argmax(r == stop)) + 1 if (r == stop).any() else n for r in free]
+    assert got.shape == (3, max(ends))
+    for r in range(3):
+        assert np.array_equal(got[r, :ends[r]], free[r, :ends[r]])
+        assert np.all(got[r, ends[r]:] == stop)

@@ -225,13 +225,12 @@ def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: fl
 def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
              stop: Any = None, use_cache: bool = True) -> np.ndarray:
-    """Prompt plus up to ``max_new_tokens`` sampled tokens, as int32 numpy: shape (T + n,) for a
-    1-D prompt, (B, T + n) for a 2-D one (n < max_new_tokens when every row hit ``stop``).
+    """Prompt plus up to ``max_new_tokens`` sampled tokens, as an int32 numpy array of shape
+    (B, T + n), B = 1 for a 1-D prompt (n < max_new_tokens when every row hit ``stop``).
     temperature 0 is greedy; ``seed`` (int, Generator, or None for fresh entropy) makes sampling
     reproducible. See :func:`generate_stream` for ``stop``."""
-    tokens, one_d = _check_prompt(model, prompt_ids)
+    tokens, _ = _check_prompt(model, prompt_ids)
     steps: List[Any] = list(generate_stream(model, tokens, max_new_tokens, temperature, top_k,
                                             top_p, seed, stop, use_cache))
     new = np.stack(steps, axis=1) if steps else np.zeros((tokens.shape[0], 0), np.int32)
-    out = np.concatenate([tokens, new.astype(np.int32)], axis=1)
-    return out[0] if one_d else out
+    return np.concatenate([tokens, new.astype(np.int32)], axis=1)
