@@ -1,6 +1,120 @@
-// Pre-tokenizer bindings. Filled in by the pre-tokenizer work.
+// Pre-tokenizer bindings: _native.pretokenize (str -> list[str], bytes -> list[bytes]) and
+// _native.pretokenize_spans (-> int64 (n, 2) byte offsets). Checks the arguments, takes a view of
+// the input's UTF-8, splits with the GIL released, then builds the Python result.
+#include <pybind11/numpy.h>
+
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "bindings/native_init.h"
+#include "tokenizer/pretokenize.h"
+
+namespace py = pybind11;
 
 namespace kgpt_bind {
-void init_pretokenize(pybind11::module_& m) { (void)m; }
+namespace {
+
+using Spans = std::vector<std::pair<uint32_t, uint32_t>>;
+
+kgpt::tok::Pattern pattern_from_name(const std::string& name) {
+  kgpt::tok::Pattern p;
+  if (!kgpt::tok::parse_pattern(name, &p))
+    throw std::invalid_argument("pattern must be 'gpt4' or 'gpt2', got '" + name + "'");
+  return p;
+}
+
+// The UTF-8 bytes of a str or bytes argument. A str holding lone surrogates has no UTF-8 form: it
+// is encoded with "surrogatepass" and split as WTF-8 so each surrogate stays one code point.
+struct Input {
+  std::string_view bytes;
+  bool is_str = false;
+  bool wtf8 = false;
+  py::object keep;  // owns the surrogatepass encoding when there is one
+};
+
+Input read_input(py::handle text, const char* arg) {
+  Input in;
+  if (PyUnicode_Check(text.ptr())) {
+    in.is_str = true;
+    Py_ssize_t len = 0;
+    const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &len);
+    if (data == nullptr) {
+      PyErr_Clear();
+      in.keep = py::reinterpret_steal<py::object>(
+          PyUnicode_AsEncodedString(text.ptr(), "utf-8", "surrogatepass"));
+      if (!in.keep) throw py::error_already_set();
+      data = PyBytes_AS_STRING(in.keep.ptr());
+      len = PyBytes_GET_SIZE(in.keep.ptr());
+      in.wtf8 = true;
+    }
+    in.bytes = std::string_view(data, size_t(len));
+  } else if (PyBytes_Check(text.ptr())) {
+    in.bytes = std::string_view(PyBytes_AS_STRING(text.ptr()), size_t(PyBytes_GET_SIZE(text.ptr())));
+  } else {
+    throw py::type_error(std::string(arg) + " must be str or bytes, got " +
+                         std::string(py::str(py::type::handle_of(text).attr("__name__"))));
+  }
+  if (in.bytes.size() >= (size_t(1) << 32))
+    throw std::invalid_argument(std::string(arg) + " must be shorter than 2^32 bytes (UTF-8), got " +
+                                std::to_string(in.bytes.size()));
+  return in;
+}
+
+Spans split(const Input& in, kgpt::tok::Pattern pattern) {
+  Spans spans;
+  {
+    py::gil_scoped_release nogil;
+    spans.reserve(in.bytes.size() / 4 + 16);
+    if (in.wtf8) kgpt::tok::pretokenize_wtf8(in.bytes, pattern, spans);
+    else kgpt::tok::pretokenize(in.bytes, pattern, spans);
+  }
+  return spans;
+}
+
+py::list pretokenize_py(py::handle text, const std::string& pattern_name) {
+  const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
+  const Input in = read_input(text, "text");
+  const Spans spans = split(in, pattern);
+  py::list out(spans.size());
+  const char* base = in.bytes.data();
+  const char* errors = in.wtf8 ? "surrogatepass" : nullptr;
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const char* p = base + spans[i].first;
+    const Py_ssize_t len = Py_ssize_t(spans[i].second - spans[i].first);
+    PyObject* o = in.is_str ? PyUnicode_DecodeUTF8(p, len, errors) : PyBytes_FromStringAndSize(p, len);
+    if (o == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);  // steals the reference
+  }
+  return out;
+}
+
+py::array_t<int64_t> pretokenize_spans_py(py::handle data, const std::string& pattern_name) {
+  const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
+  const Input in = read_input(data, "data");
+  const Spans spans = split(in, pattern);
+  py::array_t<int64_t> out({py::ssize_t(spans.size()), py::ssize_t(2)});
+  int64_t* o = out.mutable_data();
+  for (size_t i = 0; i < spans.size(); ++i) {
+    o[2 * i] = spans[i].first;
+    o[2 * i + 1] = spans[i].second;
+  }
+  return out;
+}
+
+}  // namespace
+
+void init_pretokenize(py::module_& m) {
+  m.def("pretokenize", &pretokenize_py, py::arg("text"), py::arg("pattern") = "gpt4",
+        R"pbdoc(Split text into pre-tokenizer chunks exactly as regex.findall(PATTERN, text) does.
+
+pattern is "gpt4" (cl100k) or "gpt2". str in -> list of str; bytes in -> list of bytes (UTF-8;
+each invalid byte counts as one code point of category "other"). The chunks concatenate to the
+input. Unknown pattern -> ValueError.)pbdoc");
+  m.def("pretokenize_spans", &pretokenize_spans_py, py::arg("data"), py::arg("pattern") = "gpt4",
+        R"pbdoc(Byte offsets of the pre-tokenizer chunks of data (bytes, or str taken as UTF-8):
+an int64 array of shape (n, 2) holding [begin, end) per chunk; the spans tile the input.)pbdoc");
+}
+
 }  // namespace kgpt_bind

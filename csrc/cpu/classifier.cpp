@@ -1,0 +1,156 @@
+// Fused classifier: per block of rows, logits = x_b @ wte.T (GEMM, overwrite), then per row the
+// max, exp, sum, loss and in place dlogits = scale * (p - onehot), then dx_b = dlogits @ wte and
+// dwte += dlogits.T @ x_b. Row work is spread over threads by rows; the GEMMs thread themselves.
+// exp uses a vectorised Cephes-style polynomial (about 1 ulp) on the AVX2 path, std::exp otherwise.
+#include "cpu/classifier.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+
+#include "cpu/gemm.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace kgpt {
+namespace cpu {
+namespace {
+
+#define KGPT_AVX2 __attribute__((target("avx2,fma")))
+
+// e^x for x <= 0 (arguments are logits minus the row max); clamped below so 2^n stays normal.
+KGPT_AVX2 inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 split in two parts
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+KGPT_AVX2 inline float hsum(__m256 s) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+KGPT_AVX2 inline float hmax(__m256 s) {
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+// One row of logits -> loss; with `grad`, the row becomes scale * (softmax - onehot).
+KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scale) {
+  int64_t j = 0;
+  __m256 vm = _mm256_set1_ps(-INFINITY);
+  for (; j + 8 <= V; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(row + j));
+  float mx = hmax(vm);
+  for (; j < V; ++j) mx = std::max(mx, row[j]);
+  const float lt = row[t];
+  const __m256 vmx = _mm256_set1_ps(mx);
+  __m256 vs = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= V; j += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx));
+    _mm256_storeu_ps(row + j, e);
+    vs = _mm256_add_ps(vs, e);
+  }
+  float sum = hsum(vs);
+  for (; j < V; ++j) {
+    float tail[8] = {row[j] - mx, 0, 0, 0, 0, 0, 0, 0};
+    _mm256_storeu_ps(tail, exp256(_mm256_loadu_ps(tail)));
+    row[j] = tail[0];
+    sum += tail[0];
+  }
+  const float loss = std::log(sum) + mx - lt;
+  if (grad) {
+    const float f = scale / sum;
+    const __m256 vf = _mm256_set1_ps(f);
+    for (j = 0; j + 8 <= V; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vf));
+    for (; j < V; ++j) row[j] *= f;
+    row[t] -= scale;
+  }
+  return loss;
+}
+
+float row_portable(float* row, int64_t V, int32_t t, bool grad, float scale) {
+  float mx = row[0];
+  for (int64_t j = 1; j < V; ++j) mx = std::max(mx, row[j]);
+  const float lt = row[t];
+  float sum = 0.f;
+  for (int64_t j = 0; j < V; ++j) {
+    row[j] = std::exp(row[j] - mx);
+    sum += row[j];
+  }
+  const float loss = std::log(sum) + mx - lt;
+  if (grad) {
+    const float f = scale / sum;
+    for (int64_t j = 0; j < V; ++j) row[j] *= f;
+    row[t] -= scale;
+  }
+  return loss;
+}
+
+struct RowBuf {
+  float* p = nullptr;
+  size_t n = 0;
+  ~RowBuf() { std::free(p); }
+  float* get(size_t need) {
+    if (need > n) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, ((need * 4 + 63) / 64) * 64));
+      if (!p) throw std::bad_alloc();
+      n = need;
+    }
+    return p;
+  }
+};
+thread_local RowBuf tls_logits;
+
+}  // namespace
+
+void classifier_forward(float* losses, float* dx, float* dwte, const float* x, const float* wte,
+                        const int32_t* targets, int64_t N, int64_t C, int64_t V, float scale) {
+  if (N <= 0) return;
+  const bool grad = dx || dwte;
+  const bool avx2 = gemm_use_avx2();
+  const int64_t R = std::min(kClassifierRows, N);
+  float* L = tls_logits.get(static_cast<size_t>(R * V));
+#ifdef _OPENMP
+  const int nt = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(R * V / 16384)));
+#else
+  const int nt = 1;
+#endif
+  (void)nt;
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rb = std::min(R, N - r0);
+    const float* xb = x + r0 * C;
+    sgemm(false, true, rb, V, C, 1.f, xb, C, wte, C, 0.f, L, V, nullptr);  // (rb, V)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t r = 0; r < rb; ++r) {
+      float* row = L + r * V;
+      const int32_t t = targets[r0 + r];
+      losses[r0 + r] = avx2 ? row_avx2(row, V, t, grad, scale) : row_portable(row, V, t, grad, scale);
+    }
+    if (dx) sgemm(false, false, rb, C, V, 1.f, L, V, wte, C, 0.f, dx + r0 * C, C, nullptr);
+    if (dwte) sgemm(true, false, V, C, rb, 1.f, L, V, xb, C, 1.f, dwte, C, nullptr);
+  }
+}
+
+}  // namespace cpu
+}  // namespace kgpt
