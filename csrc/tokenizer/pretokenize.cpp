@@ -6,6 +6,11 @@
 #include "tokenizer/pretokenize.h"
 
 #include <stdexcept>
+#include <string>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>  // _mm_loadu_si128 etc.: the ASCII letter run, 16 bytes at a time
+#endif
 
 #include "tokenizer/unicode_tables.h"
 
@@ -38,8 +43,9 @@ struct Cp {
 inline bool cont(uint8_t b) { return (b & 0xC0) == 0x80; }
 
 // Decodes the non-ASCII sequence at s[p] (p < n). Strict UTF-8 as Python's decoder: no overlongs,
-// nothing above U+10FFFF, no surrogates unless `wtf8`. Anything else: one "other" byte.
-Cp decode_slow(const uint8_t* s, size_t p, size_t n, bool wtf8) {
+// nothing above U+10FFFF, no surrogates unless `wtf8`. Anything else: one "other" byte. Kept out of
+// line: the common 2- and 3-byte forms are decoded inline by decode() below.
+__attribute__((noinline)) Cp decode_cold(const uint8_t* s, size_t p, size_t n, bool wtf8) {
   const uint8_t b0 = s[p];
   const size_t left = n - p;
   uint32_t cp = 0, len = 0;
@@ -62,21 +68,60 @@ Cp decode_slow(const uint8_t* s, size_t p, size_t n, bool wtf8) {
   return {cp, len, kFromUni[uni::unicode_class(cp)]};
 }
 
+// A non-ASCII code point at s[p]: well-formed 2- and 3-byte sequences (Latin, Greek, Cyrillic,
+// Arabic, Indic, CJK, Hangul) inline; 4-byte sequences and anything malformed out of line.
+inline Cp decode_multi(const uint8_t* s, size_t p, size_t n, bool wtf8) {
+  const uint8_t b0 = s[p];
+  if (b0 >= 0xC2 && b0 < 0xE0 && p + 1 < n && cont(s[p + 1])) {
+    const uint32_t cp = ((b0 & 0x1Fu) << 6) | (s[p + 1] & 0x3Fu);
+    return {cp, 2, kFromUni[uni::unicode_class(cp)]};
+  }
+  if (b0 >= 0xE0 && b0 < 0xF0 && p + 2 < n && cont(s[p + 1]) && cont(s[p + 2])) {
+    const uint32_t cp = ((b0 & 0x0Fu) << 12) | ((s[p + 1] & 0x3Fu) << 6) | (s[p + 2] & 0x3Fu);
+    if (cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) return {cp, 3, kFromUni[uni::unicode_class(cp)]};
+  }
+  return decode_cold(s, p, n, wtf8);
+}
+
 inline Cp decode(const uint8_t* s, size_t p, size_t n, bool wtf8) {
   const uint8_t b0 = s[p];
   if (b0 < 0x80) return {b0, 1, kAscii.cls[b0]};
-  return decode_slow(s, p, n, wtf8);
+  return decode_multi(s, p, n, wtf8);
 }
 
-// End of the run of code points whose class is in `mask`, starting at p.
-inline size_t run(const uint8_t* s, size_t n, size_t p, uint8_t mask, bool wtf8) {
+// Number of leading ASCII letters in the 16 bytes at s (SSE2, so every x86-64); 16 if all are.
+#if defined(__SSE2__)
+inline unsigned ascii_letters16(const uint8_t* s) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  const __m128i lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
+  // (lower - 'a') < 26 unsigned  <=>  (lower - 'a' - 128) < 26 - 128 signed.
+  const __m128i t = _mm_add_epi8(lower, _mm_set1_epi8(static_cast<char>(128 - 'a')));
+  const __m128i letter = _mm_cmplt_epi8(t, _mm_set1_epi8(static_cast<char>(26 - 128)));
+  const unsigned not_letter = ~static_cast<unsigned>(_mm_movemask_epi8(letter)) & 0xFFFFu;
+  return not_letter ? static_cast<unsigned>(__builtin_ctz(not_letter)) : 16u;
+}
+#endif
+
+// End of the run of code points whose class is in `kMask`, starting at p.
+template <uint8_t kMask>
+inline size_t run(const uint8_t* s, size_t n, size_t p, bool wtf8) {
+  constexpr uint8_t mask = kMask;
   while (p < n) {
     const uint8_t b = s[p];
     if (b < 0x80) {
       if (!(kAscii.cls[b] & mask)) break;
+#if defined(__SSE2__)
+      if (kMask == L && p + 16 <= n) {  // skip ASCII letters 16 at a time
+        const unsigned k = ascii_letters16(s + p);
+        p += k;
+        if (k == 16) continue;
+        if (s[p] < 0x80) break;  // stopped at an ASCII non-letter
+        continue;                // stopped at a non-ASCII code point: decode it below
+      }
+#endif
       ++p;
     } else {
-      const Cp c = decode_slow(s, p, n, wtf8);
+      const Cp c = decode_multi(s, p, n, wtf8);
       if (!(c.cls & mask)) break;
       p += c.len;
     }
@@ -97,7 +142,7 @@ inline size_t whitespace_end(const uint8_t* s, size_t n, size_t p, bool crlf_rul
       if (b == '\r' || b == '\n') after_crlf = q + 1;
       last_start = q++;
     } else {
-      const Cp c = decode_slow(s, q, n, wtf8);
+      const Cp c = decode_multi(s, q, n, wtf8);
       if (!(c.cls & S)) break;
       last_start = q;
       q += c.len;
@@ -148,10 +193,10 @@ size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
     if (size_t e = contraction_gpt4(s, n, p)) return e;
   }
   // [^\r\n\p{L}\p{N}]?+\p{L}+ : an optional non-letter/number/CR/LF prefix (possessive), letters.
-  if (c0.cls == L) return run(s, n, q, L, wtf8);
+  if (c0.cls == L) return run<L>(s, n, q, wtf8);
   if (c0.cls != N && c0.cp != '\r' && c0.cp != '\n' && q < n) {
     const Cp c1 = decode(s, q, n, wtf8);
-    if (c1.cls == L) return run(s, n, q + c1.len, L, wtf8);
+    if (c1.cls == L) return run<L>(s, n, q + c1.len, wtf8);
   }
   // \p{N}{1,3}
   if (c0.cls == N) {
@@ -173,7 +218,7 @@ size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
       r = q; cls = c1.cls; len = c1.len;
     }
     if (cls == O) {
-      r = run(s, n, r + len, O, wtf8);
+      r = run<O>(s, n, r + len, wtf8);
       while (r < n && (s[r] == '\r' || s[r] == '\n')) ++r;
       return r;
     }
@@ -191,7 +236,9 @@ size_t gpt2_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
   size_t r = p;
   Cp c = c0;
   if (c0.cp == ' ' && p + 1 < n) { r = p + 1; c = decode(s, r, n, wtf8); }
-  if (c.cls != S) return run(s, n, r + c.len, c.cls, wtf8);
+  if (c.cls == L) return run<L>(s, n, r + c.len, wtf8);
+  if (c.cls == N) return run<N>(s, n, r + c.len, wtf8);
+  if (c.cls == O) return run<O>(s, n, r + c.len, wtf8);
   return whitespace_end(s, n, p, false, wtf8);
 }
 
