@@ -70,6 +70,9 @@ EDGE_CASES = [
     *(("Ab" * 20)[:k] + tail for k in (1, 15, 16, 17, 31, 32, 33)
       for tail in ("", "é", "ſ", "1", " ", "\n", "'s", "生成", "\u0301", "\xa0x", "\udc80")),
     " " + "x" * 40 + "é" * 3 + "y" * 20 + "\U0001d400" + "z" * 17,
+    # space runs around the 16-byte block skipped at once
+    *(pre + " " * k + tail for k in (1, 2, 15, 16, 17, 33) for pre in ("", "a", "\n", "\r\n")
+      for tail in ("", "x", "\n", "\n  x", "\t", "\u3000x", "1", "!", "\xa0")),
 ]
 
 
@@ -231,3 +234,30 @@ def test_bad_arguments_raise():
         _native.pretokenize(["abc"])
     with pytest.raises(TypeError, match="data must be str or bytes, got int"):
         _native.pretokenize_spans(3)
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_safe_boundaries_cut_the_split_without_changing_it(pattern, samplers):
+    # How a caller splits one text on several threads: cut at safe boundaries, split each piece
+    # over the whole text (pretokenize_range), concatenate.
+    rnd = random.Random(11 + (pattern == "gpt2"))
+    for _ in range(300):
+        data = "".join(random_text(rnd, samplers["any"]) for _ in range(4)).encode()
+        whole = _native.pretokenize_spans(data, pattern)
+        ends = set(whole[:, 1].tolist()) | {0}
+        cuts = sorted(_native._pretokenize_safe_boundary(data, rnd.randint(0, len(data)))
+                      for _ in range(rnd.randint(0, 4)))
+        bounds = [0, *cuts, len(data)]
+        assert all(b in ends for b in bounds)
+        parts = [_native._pretokenize_range(data, b, e, pattern) for b, e in zip(bounds, bounds[1:])]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert _native._pretokenize_safe_boundary(b"ab\ncd", 1) == 3
+    assert _native._pretokenize_safe_boundary(b"ab\n cd", 1) == 6
+    assert _native._pretokenize_safe_boundary(b"ab\r\n\xffcd", 0) == 0
+    assert _native._pretokenize_safe_boundary(b"ab\r\n\xffcd", 1) == 4
+    assert _native._pretokenize_safe_boundary("x\n생성".encode(), 1) == 2
+    assert _native._pretokenize_safe_boundary(b"", 0) == 0
+    with pytest.raises(ValueError, match="pos must be in"):
+        _native._pretokenize_safe_boundary(b"ab", 3)
+    with pytest.raises(ValueError, match="begin"):
+        _native._pretokenize_range(b"ab", 2, 1)

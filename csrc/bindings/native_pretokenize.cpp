@@ -73,6 +73,16 @@ Spans split(const Input& in, kgpt::tok::Pattern pattern) {
   return spans;
 }
 
+py::array_t<int64_t> to_array(const Spans& spans) {
+  py::array_t<int64_t> out({py::ssize_t(spans.size()), py::ssize_t(2)});
+  int64_t* o = out.mutable_data();
+  for (size_t i = 0; i < spans.size(); ++i) {
+    o[2 * i] = spans[i].first;
+    o[2 * i + 1] = spans[i].second;
+  }
+  return out;
+}
+
 py::list pretokenize_py(py::handle text, const std::string& pattern_name) {
   const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
   const Input in = read_input(text, "text");
@@ -93,14 +103,32 @@ py::list pretokenize_py(py::handle text, const std::string& pattern_name) {
 py::array_t<int64_t> pretokenize_spans_py(py::handle data, const std::string& pattern_name) {
   const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
   const Input in = read_input(data, "data");
-  const Spans spans = split(in, pattern);
-  py::array_t<int64_t> out({py::ssize_t(spans.size()), py::ssize_t(2)});
-  int64_t* o = out.mutable_data();
-  for (size_t i = 0; i < spans.size(); ++i) {
-    o[2 * i] = spans[i].first;
-    o[2 * i + 1] = spans[i].second;
+  return to_array(split(in, pattern));
+}
+
+// Test hook for kgpt::tok::next_safe_boundary (byte offsets into the UTF-8 of data).
+size_t safe_boundary_py(py::handle data, int64_t pos) {
+  const Input in = read_input(data, "data");
+  if (pos < 0 || size_t(pos) > in.bytes.size())
+    throw std::invalid_argument("pos must be in [0, " + std::to_string(in.bytes.size()) + "], got " +
+                                std::to_string(pos));
+  return kgpt::tok::next_safe_boundary(in.bytes, size_t(pos));
+}
+
+// Test hook for kgpt::tok::pretokenize_range: spans of the chunks of data starting in [begin, end).
+py::array_t<int64_t> range_spans_py(py::handle data, int64_t begin, int64_t end,
+                                    const std::string& pattern_name) {
+  const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
+  const Input in = read_input(data, "data");
+  if (begin < 0 || end < begin || size_t(end) > in.bytes.size())
+    throw std::invalid_argument("need 0 <= begin <= end <= " + std::to_string(in.bytes.size()) +
+                                ", got begin " + std::to_string(begin) + ", end " + std::to_string(end));
+  Spans spans;
+  {
+    py::gil_scoped_release nogil;
+    kgpt::tok::pretokenize_range(in.bytes, size_t(begin), size_t(end), pattern, spans);
   }
-  return out;
+  return to_array(spans);
 }
 
 }  // namespace
@@ -115,6 +143,10 @@ input. Unknown pattern -> ValueError.)pbdoc");
   m.def("pretokenize_spans", &pretokenize_spans_py, py::arg("data"), py::arg("pattern") = "gpt4",
         R"pbdoc(Byte offsets of the pre-tokenizer chunks of data (bytes, or str taken as UTF-8):
 an int64 array of shape (n, 2) holding [begin, end) per chunk; the spans tile the input.)pbdoc");
+  m.def("_pretokenize_safe_boundary", &safe_boundary_py, py::arg("data"), py::arg("pos"),
+        "Smallest byte offset >= pos where a chunk boundary is certain (test hook).");
+  m.def("_pretokenize_range", &range_spans_py, py::arg("data"), py::arg("begin"), py::arg("end"),
+        py::arg("pattern") = "gpt4", "Spans of the chunks starting in [begin, end) (test hook).");
 }
 
 }  // namespace kgpt_bind

@@ -100,6 +100,14 @@ inline unsigned ascii_letters16(const uint8_t* s) {
   const unsigned not_letter = ~static_cast<unsigned>(_mm_movemask_epi8(letter)) & 0xFFFFu;
   return not_letter ? static_cast<unsigned>(__builtin_ctz(not_letter)) : 16u;
 }
+
+// Number of leading U+0020 spaces in the 16 bytes at s; 16 if all are.
+inline unsigned spaces16(const uint8_t* s) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  const unsigned sp = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(' '))));
+  const unsigned other = ~sp & 0xFFFFu;
+  return other ? static_cast<unsigned>(__builtin_ctz(other)) : 16u;
+}
 #endif
 
 // End of the run of code points whose class is in `kMask`, starting at p.
@@ -140,6 +148,15 @@ inline size_t whitespace_end(const uint8_t* s, size_t n, size_t p, bool crlf_rul
     if (b < 0x80) {
       if (!(kAscii.cls[b] & S)) break;
       if (b == '\r' || b == '\n') after_crlf = q + 1;
+#if defined(__SSE2__)
+      if (b == ' ' && q + 16 <= n) {  // indentation: skip spaces 16 at a time
+        const unsigned k = spaces16(s + q);
+        q += k;
+        last_start = q - 1;
+        count = k >= 2 ? 2 : count + 1;
+        continue;
+      }
+#endif
       last_start = q++;
     } else {
       const Cp c = decode_multi(s, q, n, wtf8);
@@ -247,21 +264,25 @@ inline size_t end_at(const uint8_t* s, size_t n, size_t p, Pattern pattern, bool
 }
 
 template <bool kWtf8>
-void split_all(std::string_view text, Pattern pattern,
-               std::vector<std::pair<uint32_t, uint32_t>>& spans) {
+void split_range(std::string_view text, size_t begin, size_t end, Pattern pattern,
+                 std::vector<std::pair<uint32_t, uint32_t>>& spans) {
   if (text.size() >= (size_t(1) << 32))
     throw std::invalid_argument("pretokenize: text must be shorter than 2^32 bytes, got " +
                                 std::to_string(text.size()));
+  if (begin > end || end > text.size())
+    throw std::invalid_argument("pretokenize: need begin <= end <= text size " +
+                                std::to_string(text.size()) + ", got begin " + std::to_string(begin) +
+                                ", end " + std::to_string(end));
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const size_t n = text.size();
   if (pattern == Pattern::GPT4) {
-    for (size_t p = 0; p < n;) {
+    for (size_t p = begin; p < end;) {
       const size_t e = gpt4_end(s, n, p, kWtf8);
       spans.emplace_back(uint32_t(p), uint32_t(e));
       p = e;
     }
   } else {
-    for (size_t p = 0; p < n;) {
+    for (size_t p = begin; p < end;) {
       const size_t e = gpt2_end(s, n, p, kWtf8);
       spans.emplace_back(uint32_t(p), uint32_t(e));
       p = e;
@@ -281,14 +302,30 @@ size_t chunk_end(std::string_view text, size_t pos, Pattern pattern) {
   return end_at(reinterpret_cast<const uint8_t*>(text.data()), text.size(), pos, pattern, false);
 }
 
+size_t next_safe_boundary(std::string_view text, size_t pos) {
+  const auto* s = reinterpret_cast<const uint8_t*>(text.data());
+  const size_t n = text.size();
+  if (pos == 0 || pos >= n) return pos >= n ? n : 0;
+  for (size_t i = pos; i < n; ++i) {
+    const uint8_t prev = s[i - 1];
+    if ((prev == '\n' || prev == '\r') && decode(s, i, n, false).cls != S) return i;
+  }
+  return n;
+}
+
 void pretokenize(std::string_view text, Pattern pattern,
                  std::vector<std::pair<uint32_t, uint32_t>>& spans) {
-  split_all<false>(text, pattern, spans);
+  split_range<false>(text, 0, text.size(), pattern, spans);
+}
+
+void pretokenize_range(std::string_view text, size_t begin, size_t end, Pattern pattern,
+                       std::vector<std::pair<uint32_t, uint32_t>>& spans) {
+  split_range<false>(text, begin, end, pattern, spans);
 }
 
 void pretokenize_wtf8(std::string_view text, Pattern pattern,
                       std::vector<std::pair<uint32_t, uint32_t>>& spans) {
-  split_all<true>(text, pattern, spans);
+  split_range<true>(text, 0, text.size(), pattern, spans);
 }
 
 }}  // namespace kgpt::tok
