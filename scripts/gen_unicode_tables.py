@@ -14,8 +14,8 @@ whitespace (\\s as the `regex` package defines it for str patterns) or other. So
     code point any of s d m t l v e r matches is U+017F LATIN SMALL LETTER LONG S (for s). Emitted
     as a constant.
 When `regex` is importable the script probes it for every code point and checks all of the above.
-`regex` usually ships newer Unicode tables than `unicodedata` (e.g. regex 2026.5.9 uses Unicode 17,
-Python 3.11's unicodedata is Unicode 14): code points assigned as letters/numbers after Unicode 14
+`regex` usually ships newer Unicode tables than `unicodedata` (regex 2026.5.9 calls CJK Extension J,
+U+323B0.., letters, so it is at Unicode 17; Python 3.11's unicodedata is Unicode 14): code points assigned as letters/numbers after Unicode 14
 are unassigned ("other") here but \\p{L}/\\p{N} in `regex`. With regex 2026.5.9 and Python 3.11
 that is 13916 letters + 133 numbers = 14049 code points, all of them unassigned in unicodedata
 (regex never calls an assigned-here code point by another class). The tests draw random characters

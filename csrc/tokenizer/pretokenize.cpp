@@ -9,7 +9,13 @@
 #include <string>
 
 #if defined(__SSE2__)
-#include <emmintrin.h>  // _mm_loadu_si128 etc.: the ASCII letter run, 16 bytes at a time
+#include <emmintrin.h>  // SSE2: runs of ASCII letters and of spaces, 16 bytes at a time
+#endif
+
+#if defined(__GNUC__)
+#define KGPT_NOINLINE __attribute__((noinline))
+#else
+#define KGPT_NOINLINE
 #endif
 
 #include "tokenizer/unicode_tables.h"
@@ -45,7 +51,7 @@ inline bool cont(uint8_t b) { return (b & 0xC0) == 0x80; }
 // Decodes the non-ASCII sequence at s[p] (p < n). Strict UTF-8 as Python's decoder: no overlongs,
 // nothing above U+10FFFF, no surrogates unless `wtf8`. Anything else: one "other" byte. Kept out of
 // line: the common 2- and 3-byte forms are decoded inline by decode() below.
-__attribute__((noinline)) Cp decode_cold(const uint8_t* s, size_t p, size_t n, bool wtf8) {
+KGPT_NOINLINE Cp decode_cold(const uint8_t* s, size_t p, size_t n, bool wtf8) {
   const uint8_t b0 = s[p];
   const size_t left = n - p;
   uint32_t cp = 0, len = 0;
@@ -113,11 +119,10 @@ inline unsigned spaces16(const uint8_t* s) {
 // End of the run of code points whose class is in `kMask`, starting at p.
 template <uint8_t kMask>
 inline size_t run(const uint8_t* s, size_t n, size_t p, bool wtf8) {
-  constexpr uint8_t mask = kMask;
   while (p < n) {
     const uint8_t b = s[p];
     if (b < 0x80) {
-      if (!(kAscii.cls[b] & mask)) break;
+      if (!(kAscii.cls[b] & kMask)) break;
 #if defined(__SSE2__)
       if (kMask == L && p + 16 <= n) {  // skip ASCII letters 16 at a time
         const unsigned k = ascii_letters16(s + p);
@@ -130,7 +135,7 @@ inline size_t run(const uint8_t* s, size_t n, size_t p, bool wtf8) {
       ++p;
     } else {
       const Cp c = decode_multi(s, p, n, wtf8);
-      if (!(c.cls & mask)) break;
+      if (!(c.cls & kMask)) break;
       p += c.len;
     }
   }
