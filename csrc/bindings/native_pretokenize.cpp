@@ -89,13 +89,30 @@ py::list pretokenize_py(py::handle text, const std::string& pattern_name) {
   const Spans spans = split(in, pattern);
   py::list out(spans.size());
   const char* base = in.bytes.data();
-  const char* errors = in.wtf8 ? "surrogatepass" : nullptr;
+  if (!in.is_str) {
+    for (size_t i = 0; i < spans.size(); ++i) {
+      PyObject* o = PyBytes_FromStringAndSize(base + spans[i].first,
+                                              Py_ssize_t(spans[i].second - spans[i].first));
+      if (o == nullptr) throw py::error_already_set();
+      PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);  // steals the reference
+    }
+    return out;
+  }
+  // str chunks are slices of the input str: count code points (UTF-8 lead bytes; a surrogatepass
+  // surrogate is one lead byte too) to turn byte offsets into indices, and let CPython copy.
+  const bool ascii = PyUnicode_IS_ASCII(text.ptr());
+  Py_ssize_t cp = 0;
   for (size_t i = 0; i < spans.size(); ++i) {
-    const char* p = base + spans[i].first;
-    const Py_ssize_t len = Py_ssize_t(spans[i].second - spans[i].first);
-    PyObject* o = in.is_str ? PyUnicode_DecodeUTF8(p, len, errors) : PyBytes_FromStringAndSize(p, len);
+    Py_ssize_t len = Py_ssize_t(spans[i].second - spans[i].first);
+    if (!ascii) {
+      len = 0;
+      for (uint32_t b = spans[i].first; b < spans[i].second; ++b)
+        len += (static_cast<uint8_t>(base[b]) & 0xC0) != 0x80;
+    }
+    PyObject* o = PyUnicode_Substring(text.ptr(), cp, cp + len);
     if (o == nullptr) throw py::error_already_set();
-    PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);  // steals the reference
+    PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);
+    cp += len;
   }
   return out;
 }
