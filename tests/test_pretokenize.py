@@ -37,8 +37,11 @@ def gen():
 
 @pytest.fixture(scope="module")
 def agreeing(gen):
-    """Code points (no surrogates) where unicodedata's class equals regex's \\p{L}/\\p{N}/\\s."""
-    return gen.agreeing_code_points()
+    """Code points (no surrogates) where the compiled table's class equals regex's \\p{L}, \\p{N}
+    or \\s; regex's Unicode is newer, so recently assigned letters and numbers are left out."""
+    cps = gen.agreeing_code_points(_native._pretokenize_unicode_classes().tolist())
+    assert len(cps) > 0x110000 - 0x800 - 20000  # only recent assignments may disagree
+    return cps
 
 
 def check(text: str, pattern: str) -> None:
@@ -154,6 +157,13 @@ def test_every_agreeing_code_point_is_classified_like_regex(agreeing):
 
 
 def test_unicode_tables_header_is_up_to_date(gen):
+    import unicodedata
+    if unicodedata.unidata_version != _native._pretokenize_unicode_version:
+        pytest.skip(f"tables are Unicode {_native._pretokenize_unicode_version}, this Python's "
+                    f"unicodedata is {unicodedata.unidata_version}")
+    classes = _native._pretokenize_unicode_classes()
+    want = np.array([gen.unicodedata_class(cp) for cp in range(0x110000)], np.uint8)
+    np.testing.assert_array_equal(classes, want)
     assert (ROOT / "csrc" / "tokenizer" / "unicode_tables.h").read_text() == gen.render(
         gen.build_classes())
 

@@ -10,6 +10,7 @@
 
 #include "bindings/native_init.h"
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/unicode_tables.h"
 
 namespace py = pybind11;
 
@@ -148,6 +149,14 @@ py::array_t<int64_t> range_spans_py(py::handle data, int64_t begin, int64_t end,
   return to_array(spans);
 }
 
+// Test hook: the compiled class of every code point (0 other, 1 letter, 2 number, 3 whitespace).
+py::array_t<uint8_t> unicode_classes_py() {
+  py::array_t<uint8_t> out(py::ssize_t(0x110000));
+  uint8_t* o = out.mutable_data();
+  for (uint32_t cp = 0; cp < 0x110000; ++cp) o[cp] = kgpt::tok::uni::unicode_class(cp);
+  return out;
+}
+
 }  // namespace
 
 void init_pretokenize(py::module_& m) {
@@ -164,6 +173,9 @@ an int64 array of shape (n, 2) holding [begin, end) per chunk; the spans tile th
         "Smallest byte offset >= pos where a chunk boundary is certain (test hook).");
   m.def("_pretokenize_range", &range_spans_py, py::arg("data"), py::arg("begin"), py::arg("end"),
         py::arg("pattern") = "gpt4", "Spans of the chunks starting in [begin, end) (test hook).");
+  m.def("_pretokenize_unicode_classes", &unicode_classes_py,
+        "Class of every code point in the compiled tables: 0 other, 1 letter, 2 number, 3 space.");
+  m.attr("_pretokenize_unicode_version") = kgpt::tok::uni::kUnicodeVersion;
 }
 
 }  // namespace kgpt_bind
