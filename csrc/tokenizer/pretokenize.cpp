@@ -304,6 +304,7 @@ bool parse_pattern(std::string_view name, Pattern* out) {
 }
 
 size_t chunk_end(std::string_view text, size_t pos, Pattern pattern) {
+  if (pos >= text.size()) return text.size();  // outside the contract; never read past the end
   return end_at(reinterpret_cast<const uint8_t*>(text.data()), text.size(), pos, pattern, false);
 }
 

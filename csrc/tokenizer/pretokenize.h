@@ -28,7 +28,8 @@ void pretokenize(std::string_view text, Pattern pattern,
 // its start onwards (the patterns only look ahead), so
 //     for (size_t pos = 0, end; pos < text.size(); pos = end) {
 //       end = chunk_end(text, pos, pattern);  /* chunk is text.substr(pos, end - pos) */ }
-// visits exactly the chunks `pretokenize` returns. No size limit.
+// visits exactly the chunks `pretokenize` returns. No size limit. (pos >= text.size() returns
+// text.size().)
 size_t chunk_end(std::string_view text, size_t pos, Pattern pattern);
 
 // Splitting one large text on several threads: cut it at safe boundaries and split each piece
