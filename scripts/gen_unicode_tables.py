@@ -14,12 +14,12 @@ whitespace (\\s as the `regex` package defines it for str patterns) or other. So
     code point any of s d m t l v e r matches is U+017F LATIN SMALL LETTER LONG S (for s). Emitted
     as a constant.
 When `regex` is importable the script probes it for every code point and checks all of the above.
-`regex` usually ships newer Unicode tables than `unicodedata` (e.g. regex 2026.5.9 uses Unicode 17,
-Python 3.11's unicodedata is Unicode 14): code points assigned as letters/numbers after Unicode 14
+`regex` usually ships newer Unicode tables than `unicodedata` (regex 2026.5.9 calls CJK Extension J,
+U+323B0.., letters, so it is at Unicode 17; Python 3.11's unicodedata is Unicode 14): code points assigned as letters/numbers after Unicode 14
 are unassigned ("other") here but \\p{L}/\\p{N} in `regex`. With regex 2026.5.9 and Python 3.11
 that is 13916 letters + 133 numbers = 14049 code points, all of them unassigned in unicodedata
 (regex never calls an assigned-here code point by another class). The tests draw random characters
-only from code points where the two agree (`agreeing_code_points()` below).
+only from code points where the compiled table and `regex` agree (`agreeing_code_points()`).
 
 Layout: two-level table over code points < LIMIT (everything above is "other": planes 4-13 are
 unassigned, 14 holds only format characters and marks, 15-16 are private use; asserted).
@@ -67,8 +67,9 @@ def regex_classes():
     return probe(r"\p{L}"), probe(r"\p{N}"), probe(r"\s"), folds
 
 
-def agreeing_code_points():
-    """Code points (excluding surrogates) on which unicodedata's class equals regex's class."""
+def agreeing_code_points(classes=None):
+    """Code points (no surrogates) whose class in `classes` (default: this Python's unicodedata;
+    the tests pass the compiled table's) equals the `regex` package's \\p{L} / \\p{N} / \\s class."""
     probed = regex_classes()
     if probed is None:
         raise RuntimeError("regex is not installed")
@@ -78,7 +79,7 @@ def agreeing_code_points():
         if 0xD800 <= cp < 0xE000:
             continue
         want = SPACE if cp in S else LETTER if cp in L else NUMBER if cp in N else OTHER
-        if want == unicodedata_class(cp):
+        if want == (unicodedata_class(cp) if classes is None else classes[cp]):
             out.append(cp)
     return out
 
@@ -143,7 +144,7 @@ def render(classes: list[int]) -> str:
         "",
         "namespace kgpt { namespace tok { namespace uni {",
         "",
-        f"// Unicode version of the tables: {unicodedata.unidata_version}",
+        f'inline constexpr char kUnicodeVersion[] = "{unicodedata.unidata_version}";',
         "enum : uint8_t { kOther = 0, kLetter = 1, kNumber = 2, kSpace = 3 };",
         f"constexpr uint32_t kLimit = 0x{LIMIT:X};  // code points >= kLimit are all kOther",
         f"constexpr uint32_t kShift = {shift};  // block size 2^kShift code points",

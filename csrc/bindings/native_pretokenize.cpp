@@ -10,6 +10,7 @@
 
 #include "bindings/native_init.h"
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/unicode_tables.h"
 
 namespace py = pybind11;
 
@@ -73,19 +74,46 @@ Spans split(const Input& in, kgpt::tok::Pattern pattern) {
   return spans;
 }
 
+py::array_t<int64_t> to_array(const Spans& spans) {
+  py::array_t<int64_t> out({py::ssize_t(spans.size()), py::ssize_t(2)});
+  int64_t* o = out.mutable_data();
+  for (size_t i = 0; i < spans.size(); ++i) {
+    o[2 * i] = spans[i].first;
+    o[2 * i + 1] = spans[i].second;
+  }
+  return out;
+}
+
 py::list pretokenize_py(py::handle text, const std::string& pattern_name) {
   const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
   const Input in = read_input(text, "text");
   const Spans spans = split(in, pattern);
   py::list out(spans.size());
   const char* base = in.bytes.data();
-  const char* errors = in.wtf8 ? "surrogatepass" : nullptr;
+  if (!in.is_str) {
+    for (size_t i = 0; i < spans.size(); ++i) {
+      PyObject* o = PyBytes_FromStringAndSize(base + spans[i].first,
+                                              Py_ssize_t(spans[i].second - spans[i].first));
+      if (o == nullptr) throw py::error_already_set();
+      PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);  // steals the reference
+    }
+    return out;
+  }
+  // str chunks are slices of the input str: count code points (UTF-8 lead bytes; a surrogatepass
+  // surrogate is one lead byte too) to turn byte offsets into indices, and let CPython copy.
+  const bool ascii = PyUnicode_IS_ASCII(text.ptr());
+  Py_ssize_t cp = 0;
   for (size_t i = 0; i < spans.size(); ++i) {
-    const char* p = base + spans[i].first;
-    const Py_ssize_t len = Py_ssize_t(spans[i].second - spans[i].first);
-    PyObject* o = in.is_str ? PyUnicode_DecodeUTF8(p, len, errors) : PyBytes_FromStringAndSize(p, len);
+    Py_ssize_t len = Py_ssize_t(spans[i].second - spans[i].first);
+    if (!ascii) {
+      len = 0;
+      for (uint32_t b = spans[i].first; b < spans[i].second; ++b)
+        len += (static_cast<uint8_t>(base[b]) & 0xC0) != 0x80;
+    }
+    PyObject* o = PyUnicode_Substring(text.ptr(), cp, cp + len);
     if (o == nullptr) throw py::error_already_set();
-    PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);  // steals the reference
+    PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);
+    cp += len;
   }
   return out;
 }
@@ -93,13 +121,39 @@ py::list pretokenize_py(py::handle text, const std::string& pattern_name) {
 py::array_t<int64_t> pretokenize_spans_py(py::handle data, const std::string& pattern_name) {
   const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
   const Input in = read_input(data, "data");
-  const Spans spans = split(in, pattern);
-  py::array_t<int64_t> out({py::ssize_t(spans.size()), py::ssize_t(2)});
-  int64_t* o = out.mutable_data();
-  for (size_t i = 0; i < spans.size(); ++i) {
-    o[2 * i] = spans[i].first;
-    o[2 * i + 1] = spans[i].second;
+  return to_array(split(in, pattern));
+}
+
+// Test hook for kgpt::tok::next_safe_boundary (byte offsets into the UTF-8 of data).
+size_t safe_boundary_py(py::handle data, int64_t pos) {
+  const Input in = read_input(data, "data");
+  if (pos < 0 || size_t(pos) > in.bytes.size())
+    throw std::invalid_argument("pos must be in [0, " + std::to_string(in.bytes.size()) + "], got " +
+                                std::to_string(pos));
+  return kgpt::tok::next_safe_boundary(in.bytes, size_t(pos));
+}
+
+// Test hook for kgpt::tok::pretokenize_range: spans of the chunks of data starting in [begin, end).
+py::array_t<int64_t> range_spans_py(py::handle data, int64_t begin, int64_t end,
+                                    const std::string& pattern_name) {
+  const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
+  const Input in = read_input(data, "data");
+  if (begin < 0 || end < begin || size_t(end) > in.bytes.size())
+    throw std::invalid_argument("need 0 <= begin <= end <= " + std::to_string(in.bytes.size()) +
+                                ", got begin " + std::to_string(begin) + ", end " + std::to_string(end));
+  Spans spans;
+  {
+    py::gil_scoped_release nogil;
+    kgpt::tok::pretokenize_range(in.bytes, size_t(begin), size_t(end), pattern, spans);
   }
+  return to_array(spans);
+}
+
+// Test hook: the compiled class of every code point (0 other, 1 letter, 2 number, 3 whitespace).
+py::array_t<uint8_t> unicode_classes_py() {
+  py::array_t<uint8_t> out(py::ssize_t(0x110000));
+  uint8_t* o = out.mutable_data();
+  for (uint32_t cp = 0; cp < 0x110000; ++cp) o[cp] = kgpt::tok::uni::unicode_class(cp);
   return out;
 }
 
@@ -115,6 +169,13 @@ input. Unknown pattern -> ValueError.)pbdoc");
   m.def("pretokenize_spans", &pretokenize_spans_py, py::arg("data"), py::arg("pattern") = "gpt4",
         R"pbdoc(Byte offsets of the pre-tokenizer chunks of data (bytes, or str taken as UTF-8):
 an int64 array of shape (n, 2) holding [begin, end) per chunk; the spans tile the input.)pbdoc");
+  m.def("_pretokenize_safe_boundary", &safe_boundary_py, py::arg("data"), py::arg("pos"),
+        "Smallest byte offset >= pos where a chunk boundary is certain (test hook).");
+  m.def("_pretokenize_range", &range_spans_py, py::arg("data"), py::arg("begin"), py::arg("end"),
+        py::arg("pattern") = "gpt4", "Spans of the chunks starting in [begin, end) (test hook).");
+  m.def("_pretokenize_unicode_classes", &unicode_classes_py,
+        "Class of every code point in the compiled tables: 0 other, 1 letter, 2 number, 3 space.");
+  m.attr("_pretokenize_unicode_version") = kgpt::tok::uni::kUnicodeVersion;
 }
 
 }  // namespace kgpt_bind

@@ -6,6 +6,17 @@
 #include "tokenizer/pretokenize.h"
 
 #include <stdexcept>
+#include <string>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>  // SSE2: runs of ASCII letters and of spaces, 16 bytes at a time
+#endif
+
+#if defined(__GNUC__)
+#define KGPT_NOINLINE __attribute__((noinline))
+#else
+#define KGPT_NOINLINE
+#endif
 
 #include "tokenizer/unicode_tables.h"
 
@@ -38,8 +49,9 @@ struct Cp {
 inline bool cont(uint8_t b) { return (b & 0xC0) == 0x80; }
 
 // Decodes the non-ASCII sequence at s[p] (p < n). Strict UTF-8 as Python's decoder: no overlongs,
-// nothing above U+10FFFF, no surrogates unless `wtf8`. Anything else: one "other" byte.
-Cp decode_slow(const uint8_t* s, size_t p, size_t n, bool wtf8) {
+// nothing above U+10FFFF, no surrogates unless `wtf8`. Anything else: one "other" byte. Kept out of
+// line: the common 2- and 3-byte forms are decoded inline by decode() below.
+KGPT_NOINLINE Cp decode_cold(const uint8_t* s, size_t p, size_t n, bool wtf8) {
   const uint8_t b0 = s[p];
   const size_t left = n - p;
   uint32_t cp = 0, len = 0;
@@ -62,22 +74,68 @@ Cp decode_slow(const uint8_t* s, size_t p, size_t n, bool wtf8) {
   return {cp, len, kFromUni[uni::unicode_class(cp)]};
 }
 
+// A non-ASCII code point at s[p]: well-formed 2- and 3-byte sequences (Latin, Greek, Cyrillic,
+// Arabic, Indic, CJK, Hangul) inline; 4-byte sequences and anything malformed out of line.
+inline Cp decode_multi(const uint8_t* s, size_t p, size_t n, bool wtf8) {
+  const uint8_t b0 = s[p];
+  if (b0 >= 0xC2 && b0 < 0xE0 && p + 1 < n && cont(s[p + 1])) {
+    const uint32_t cp = ((b0 & 0x1Fu) << 6) | (s[p + 1] & 0x3Fu);
+    return {cp, 2, kFromUni[uni::unicode_class(cp)]};
+  }
+  if (b0 >= 0xE0 && b0 < 0xF0 && p + 2 < n && cont(s[p + 1]) && cont(s[p + 2])) {
+    const uint32_t cp = ((b0 & 0x0Fu) << 12) | ((s[p + 1] & 0x3Fu) << 6) | (s[p + 2] & 0x3Fu);
+    if (cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) return {cp, 3, kFromUni[uni::unicode_class(cp)]};
+  }
+  return decode_cold(s, p, n, wtf8);
+}
+
 inline Cp decode(const uint8_t* s, size_t p, size_t n, bool wtf8) {
   const uint8_t b0 = s[p];
   if (b0 < 0x80) return {b0, 1, kAscii.cls[b0]};
-  return decode_slow(s, p, n, wtf8);
+  return decode_multi(s, p, n, wtf8);
 }
 
-// End of the run of code points whose class is in `mask`, starting at p.
-inline size_t run(const uint8_t* s, size_t n, size_t p, uint8_t mask, bool wtf8) {
+// Number of leading ASCII letters in the 16 bytes at s (SSE2, so every x86-64); 16 if all are.
+#if defined(__SSE2__)
+inline unsigned ascii_letters16(const uint8_t* s) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  const __m128i lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
+  // (lower - 'a') < 26 unsigned  <=>  (lower - 'a' - 128) < 26 - 128 signed.
+  const __m128i t = _mm_add_epi8(lower, _mm_set1_epi8(static_cast<char>(128 - 'a')));
+  const __m128i letter = _mm_cmplt_epi8(t, _mm_set1_epi8(static_cast<char>(26 - 128)));
+  const unsigned not_letter = ~static_cast<unsigned>(_mm_movemask_epi8(letter)) & 0xFFFFu;
+  return not_letter ? static_cast<unsigned>(__builtin_ctz(not_letter)) : 16u;
+}
+
+// Number of leading U+0020 spaces in the 16 bytes at s; 16 if all are.
+inline unsigned spaces16(const uint8_t* s) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  const unsigned sp = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(' '))));
+  const unsigned other = ~sp & 0xFFFFu;
+  return other ? static_cast<unsigned>(__builtin_ctz(other)) : 16u;
+}
+#endif
+
+// End of the run of code points whose class is in `kMask`, starting at p.
+template <uint8_t kMask>
+inline size_t run(const uint8_t* s, size_t n, size_t p, bool wtf8) {
   while (p < n) {
     const uint8_t b = s[p];
     if (b < 0x80) {
-      if (!(kAscii.cls[b] & mask)) break;
+      if (!(kAscii.cls[b] & kMask)) break;
+#if defined(__SSE2__)
+      if (kMask == L && p + 16 <= n) {  // skip ASCII letters 16 at a time
+        const unsigned k = ascii_letters16(s + p);
+        p += k;
+        if (k == 16) continue;
+        if (s[p] < 0x80) break;  // stopped at an ASCII non-letter
+        continue;                // stopped at a non-ASCII code point: decode it below
+      }
+#endif
       ++p;
     } else {
-      const Cp c = decode_slow(s, p, n, wtf8);
-      if (!(c.cls & mask)) break;
+      const Cp c = decode_multi(s, p, n, wtf8);
+      if (!(c.cls & kMask)) break;
       p += c.len;
     }
   }
@@ -95,9 +153,18 @@ inline size_t whitespace_end(const uint8_t* s, size_t n, size_t p, bool crlf_rul
     if (b < 0x80) {
       if (!(kAscii.cls[b] & S)) break;
       if (b == '\r' || b == '\n') after_crlf = q + 1;
+#if defined(__SSE2__)
+      if (b == ' ' && q + 16 <= n) {  // indentation: skip spaces 16 at a time
+        const unsigned k = spaces16(s + q);
+        q += k;
+        last_start = q - 1;
+        count = k >= 2 ? 2 : count + 1;
+        continue;
+      }
+#endif
       last_start = q++;
     } else {
-      const Cp c = decode_slow(s, q, n, wtf8);
+      const Cp c = decode_multi(s, q, n, wtf8);
       if (!(c.cls & S)) break;
       last_start = q;
       q += c.len;
@@ -148,10 +215,10 @@ size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
     if (size_t e = contraction_gpt4(s, n, p)) return e;
   }
   // [^\r\n\p{L}\p{N}]?+\p{L}+ : an optional non-letter/number/CR/LF prefix (possessive), letters.
-  if (c0.cls == L) return run(s, n, q, L, wtf8);
+  if (c0.cls == L) return run<L>(s, n, q, wtf8);
   if (c0.cls != N && c0.cp != '\r' && c0.cp != '\n' && q < n) {
     const Cp c1 = decode(s, q, n, wtf8);
-    if (c1.cls == L) return run(s, n, q + c1.len, L, wtf8);
+    if (c1.cls == L) return run<L>(s, n, q + c1.len, wtf8);
   }
   // \p{N}{1,3}
   if (c0.cls == N) {
@@ -173,7 +240,7 @@ size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
       r = q; cls = c1.cls; len = c1.len;
     }
     if (cls == O) {
-      r = run(s, n, r + len, O, wtf8);
+      r = run<O>(s, n, r + len, wtf8);
       while (r < n && (s[r] == '\r' || s[r] == '\n')) ++r;
       return r;
     }
@@ -191,7 +258,9 @@ size_t gpt2_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
   size_t r = p;
   Cp c = c0;
   if (c0.cp == ' ' && p + 1 < n) { r = p + 1; c = decode(s, r, n, wtf8); }
-  if (c.cls != S) return run(s, n, r + c.len, c.cls, wtf8);
+  if (c.cls == L) return run<L>(s, n, r + c.len, wtf8);
+  if (c.cls == N) return run<N>(s, n, r + c.len, wtf8);
+  if (c.cls == O) return run<O>(s, n, r + c.len, wtf8);
   return whitespace_end(s, n, p, false, wtf8);
 }
 
@@ -200,21 +269,25 @@ inline size_t end_at(const uint8_t* s, size_t n, size_t p, Pattern pattern, bool
 }
 
 template <bool kWtf8>
-void split_all(std::string_view text, Pattern pattern,
-               std::vector<std::pair<uint32_t, uint32_t>>& spans) {
+void split_range(std::string_view text, size_t begin, size_t end, Pattern pattern,
+                 std::vector<std::pair<uint32_t, uint32_t>>& spans) {
   if (text.size() >= (size_t(1) << 32))
     throw std::invalid_argument("pretokenize: text must be shorter than 2^32 bytes, got " +
                                 std::to_string(text.size()));
+  if (begin > end || end > text.size())
+    throw std::invalid_argument("pretokenize: need begin <= end <= text size " +
+                                std::to_string(text.size()) + ", got begin " + std::to_string(begin) +
+                                ", end " + std::to_string(end));
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const size_t n = text.size();
   if (pattern == Pattern::GPT4) {
-    for (size_t p = 0; p < n;) {
+    for (size_t p = begin; p < end;) {
       const size_t e = gpt4_end(s, n, p, kWtf8);
       spans.emplace_back(uint32_t(p), uint32_t(e));
       p = e;
     }
   } else {
-    for (size_t p = 0; p < n;) {
+    for (size_t p = begin; p < end;) {
       const size_t e = gpt2_end(s, n, p, kWtf8);
       spans.emplace_back(uint32_t(p), uint32_t(e));
       p = e;
@@ -231,17 +304,34 @@ bool parse_pattern(std::string_view name, Pattern* out) {
 }
 
 size_t chunk_end(std::string_view text, size_t pos, Pattern pattern) {
+  if (pos >= text.size()) return text.size();  // outside the contract; never read past the end
   return end_at(reinterpret_cast<const uint8_t*>(text.data()), text.size(), pos, pattern, false);
+}
+
+size_t next_safe_boundary(std::string_view text, size_t pos) {
+  const auto* s = reinterpret_cast<const uint8_t*>(text.data());
+  const size_t n = text.size();
+  if (pos == 0 || pos >= n) return pos >= n ? n : 0;
+  for (size_t i = pos; i < n; ++i) {
+    const uint8_t prev = s[i - 1];
+    if ((prev == '\n' || prev == '\r') && decode(s, i, n, false).cls != S) return i;
+  }
+  return n;
 }
 
 void pretokenize(std::string_view text, Pattern pattern,
                  std::vector<std::pair<uint32_t, uint32_t>>& spans) {
-  split_all<false>(text, pattern, spans);
+  split_range<false>(text, 0, text.size(), pattern, spans);
+}
+
+void pretokenize_range(std::string_view text, size_t begin, size_t end, Pattern pattern,
+                       std::vector<std::pair<uint32_t, uint32_t>>& spans) {
+  split_range<false>(text, begin, end, pattern, spans);
 }
 
 void pretokenize_wtf8(std::string_view text, Pattern pattern,
                       std::vector<std::pair<uint32_t, uint32_t>>& spans) {
-  split_all<true>(text, pattern, spans);
+  split_range<true>(text, 0, text.size(), pattern, spans);
 }
 
 }}  // namespace kgpt::tok

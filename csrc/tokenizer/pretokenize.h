@@ -28,8 +28,24 @@ void pretokenize(std::string_view text, Pattern pattern,
 // its start onwards (the patterns only look ahead), so
 //     for (size_t pos = 0, end; pos < text.size(); pos = end) {
 //       end = chunk_end(text, pos, pattern);  /* chunk is text.substr(pos, end - pos) */ }
-// visits exactly the chunks `pretokenize` returns. No size limit.
+// visits exactly the chunks `pretokenize` returns. No size limit. (pos >= text.size() returns
+// text.size().)
 size_t chunk_end(std::string_view text, size_t pos, Pattern pattern);
+
+// Splitting one large text on several threads: cut it at safe boundaries and split each piece
+// [begin, end) with pretokenize_range over the WHOLE text (a piece's last chunk may depend on what
+// follows the cut: "gpt2" splits "\n\n" as one chunk at the end of a text but as two before "x").
+// next_safe_boundary returns the smallest i in [pos, text.size()] that is a chunk boundary whatever
+// the text before pos is: i == 0, i == text.size(), or text[i-1] is '\n' or '\r' and the code point
+// at i is not whitespace (no chunk of either pattern holds a CR/LF followed by non-whitespace).
+size_t next_safe_boundary(std::string_view text, size_t pos);
+
+// Appends the chunks of `text` that start in [begin, end), in order. `begin` must be a chunk
+// boundary (0 or a next_safe_boundary result); if `end` is one too, the chunks tile [begin, end)
+// and are exactly pretokenize(text)'s chunks there. Offsets are from the start of `text`.
+// Throws std::invalid_argument unless begin <= end <= text.size() < 2^32.
+void pretokenize_range(std::string_view text, size_t begin, size_t end, Pattern pattern,
+                       std::vector<std::pair<uint32_t, uint32_t>>& spans);
 
 // Same as pretokenize, but `text` may also hold lone surrogates U+D800..U+DFFF encoded as three
 // bytes (ED A0..BF 80..BF, what Python's "surrogatepass" writes for a str holding them): each is one

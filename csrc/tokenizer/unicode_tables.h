@@ -7,7 +7,7 @@
 
 namespace kgpt { namespace tok { namespace uni {
 
-// Unicode version of the tables: 14.0.0
+inline constexpr char kUnicodeVersion[] = "14.0.0";
 enum : uint8_t { kOther = 0, kLetter = 1, kNumber = 2, kSpace = 3 };
 constexpr uint32_t kLimit = 0x40000;  // code points >= kLimit are all kOther
 constexpr uint32_t kShift = 7;  // block size 2^kShift code points
