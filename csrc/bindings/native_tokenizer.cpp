@@ -161,22 +161,45 @@ void init_tokenizer(py::module_& m) {
         for (size_t i = 0; i < res.size(); ++i) out[i] = to_numpy(std::move(res[i]));
         return out;
       }, py::arg("texts"), py::arg("allowed") = std::vector<int>{}, py::arg("num_threads") = 0)
-      .def("decode", [](const PyEncoder& e, py::array ids) {
+      .def("decode", [](const PyEncoder& e, py::handle ids) {
         std::string out;
-        if (ids.ndim() != 1) throw std::invalid_argument("ids must be 1-D, got " + std::to_string(ids.ndim()) + "-D");
-        if (py::isinstance<py::array_t<int32_t>>(ids) && (ids.flags() & py::array::c_style)) {
-          auto a = py::array_t<int32_t, py::array::c_style>::ensure(ids);
+        PyObject* o = ids.ptr();
+        if (PyList_Check(o) || PyTuple_Check(o)) {  // read the ints directly: no NumPy round trip
+          const Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+          PyObject** items = PySequence_Fast_ITEMS(o);
+          std::vector<int64_t> v(static_cast<size_t>(n));
+          for (Py_ssize_t i = 0; i < n; ++i) {
+            if (!PyLong_Check(items[i]))
+              throw py::type_error("ids must be ints, got " + std::string(Py_TYPE(items[i])->tp_name) +
+                                   " at position " + std::to_string(i));
+            int overflow = 0;
+            const long long x = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+            v[size_t(i)] = overflow ? -1 : int64_t(x);
+            if (overflow)
+              throw std::invalid_argument("token id at position " + std::to_string(i) + " is out of range [0, " +
+                                          std::to_string(e.enc->vocab_size()) + ")");
+          }
           py::gil_scoped_release nogil;
-          e.enc->decode(a.data(), size_t(a.shape(0)), out);
-        } else if (py::isinstance<py::array_t<int64_t>>(ids) && (ids.flags() & py::array::c_style)) {
-          auto a = py::array_t<int64_t, py::array::c_style>::ensure(ids);
-          py::gil_scoped_release nogil;
-          e.enc->decode(a.data(), size_t(a.shape(0)), out);
+          e.enc->decode(v.data(), v.size(), out);
+        } else if (py::isinstance<py::array>(ids)) {
+          py::array a = py::reinterpret_borrow<py::array>(ids);
+          if (a.ndim() != 1) throw std::invalid_argument("ids must be 1-D, got " + std::to_string(a.ndim()) + "-D");
+          if (py::isinstance<py::array_t<int32_t>>(a) && (a.flags() & py::array::c_style)) {
+            auto t = py::array_t<int32_t, py::array::c_style>::ensure(a);
+            py::gil_scoped_release nogil;
+            e.enc->decode(t.data(), size_t(t.shape(0)), out);
+          } else if (py::isinstance<py::array_t<int64_t>>(a) && (a.flags() & py::array::c_style)) {
+            auto t = py::array_t<int64_t, py::array::c_style>::ensure(a);
+            py::gil_scoped_release nogil;
+            e.enc->decode(t.data(), size_t(t.shape(0)), out);
+          } else {
+            throw py::type_error("ids must be a contiguous int32 or int64 array");
+          }
         } else {
-          throw py::type_error("ids must be a contiguous int32 or int64 array");
+          throw py::type_error("ids must be a list, tuple or 1-D integer array");
         }
         return py::bytes(out);
-      }, py::arg("ids"), "Bytes of the ids (int32/int64 1-D array); ValueError on an id out of range.")
+      }, py::arg("ids"), "Bytes of the ids (list/tuple of ints or int32/int64 1-D array); ValueError on an id out of range.")
       .def("token_bytes", [](const PyEncoder& e, int64_t id) {
         if (id < 0 || size_t(id) >= e.enc->vocab_size())
           throw std::invalid_argument("token id " + std::to_string(id) + " is out of range [0, " +

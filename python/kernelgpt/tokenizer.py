@@ -234,6 +234,8 @@ class Tokenizer:
     def decode_bytes(self, ids) -> bytes:
         """The bytes of ``ids`` (a sequence of ints or an integer array). ValueError for an id
         outside [0, vocab_size)."""
+        if isinstance(ids, (list, tuple)):
+            return self._enc.decode(ids)
         if isinstance(ids, np.ndarray):
             if ids.dtype.kind not in "iu":
                 raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
