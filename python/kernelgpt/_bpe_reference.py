@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-import regex
-
 # To the character, the patterns of minbpe / rustbpe ("gpt4" = cl100k) and GPT-2.
 PATTERNS: Dict[str, str] = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
@@ -25,6 +23,7 @@ Pair = Tuple[int, int]
 
 def split_text(text: str, pattern: str = "gpt4") -> List[str]:
     """Pre-split `text` into chunks with the named pattern (regex.findall)."""
+    import regex  # the `regex` package (\p{L}, possessive quantifiers); imported on first use
     return regex.findall(PATTERNS[pattern], text)
 
 
