@@ -373,3 +373,28 @@ def test_long_chunk_heap_path_equals_short_path():
     for n in (63, 64, 65, 100, 257, 300):
         w = "".join(rnd.choice("abc") for _ in range(n))
         assert tok.encode(w) == ref.encode_ordinary(w, tok.merges, "gpt4")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_threads_work_in_a_forked_child():
+    # A child forked after the parent trained/encoded on threads must not hang (libgomp's pool
+    # does not survive fork; the tokenizer uses fresh std::threads). Run in a subprocess with a
+    # timeout so a regression fails instead of hanging the suite.
+    import subprocess
+    import sys
+    code = (
+        "import os\n"
+        "from kernelgpt.tokenizer import Tokenizer\n"
+        "t = Tokenizer.train(['hello world ' * 500] * 8, 300, num_threads=2)\n"
+        "t.encode_batch(['hello world'] * 4, num_threads=2)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    t2 = Tokenizer.train(['hello world ' * 500] * 8, 300, num_threads=2)\n"
+        "    ok = t2.encode_batch(['hello world'] * 4, num_threads=2) == t.encode_batch(['hello world'] * 4)\n"
+        "    os._exit(0 if ok and t2.merges == t.merges else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(Path(__file__).parents[1] / "python"),
+                                                                   os.environ.get("PYTHONPATH", "")] if p))
+    r = subprocess.run([sys.executable, "-c", code], env=env, timeout=60, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -9,13 +9,11 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "bindings/native_init.h"
 #include "tokenizer/bpe_encode.h"
 #include "tokenizer/bpe_train.h"
+#include "tokenizer/parallel.h"
 
 namespace py = pybind11;
 using kgpt::tok::BpeEncoder;
@@ -59,11 +57,7 @@ py::array_t<int32_t> to_numpy(std::vector<int32_t>&& v) {
 
 int threads_arg(int n) {
   if (n < 0) throw std::invalid_argument("num_threads must be >= 1 (or 0 for the default), got " + std::to_string(n));
-#ifdef _OPENMP
-  return n == 0 ? omp_get_max_threads() : n;
-#else
-  return 1;
-#endif
+  return n == 0 ? kgpt::tok::default_threads() : n;
 }
 
 std::vector<int> allowed_arg(const BpeEncoder& enc, const std::vector<int>& allowed, size_t nspecial) {
@@ -154,8 +148,7 @@ void init_tokenizer(py::module_& m) {
         {
           py::gil_scoped_release nogil;
           const BpeEncoder& enc = *e.enc;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-          for (long long i = 0; i < (long long)views.size(); ++i) enc.encode(views[i], al, res[i]);
+          kgpt::tok::parallel_for(views.size(), nt, [&](size_t i, int) { enc.encode(views[i], al, res[i]); });
         }
         py::list out(res.size());
         for (size_t i = 0; i < res.size(); ++i) out[i] = to_numpy(std::move(res[i]));

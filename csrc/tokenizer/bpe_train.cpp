@@ -12,9 +12,7 @@
 #include <queue>
 #include <stdexcept>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "tokenizer/parallel.h"
 
 namespace kgpt { namespace tok {
 
@@ -22,14 +20,7 @@ namespace {
 constexpr size_t kPieceBytes = size_t(1) << 20;  // a thread's unit of splitting work
 constexpr size_t kFileBlock = size_t(16) << 20;  // bytes read from a file per round
 
-int resolve_threads(int n) {
-#ifdef _OPENMP
-  return n > 0 ? n : omp_get_max_threads();
-#else
-  (void)n;
-  return 1;
-#endif
-}
+int resolve_threads(int n) { return n > 0 ? n : default_threads(); }
 
 inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
 }  // namespace
@@ -58,40 +49,30 @@ void BpeTrainer::add_documents(const std::vector<std::string_view>& docs, int nu
   const int nt = std::max(1, std::min<int>(resolve_threads(num_threads), int(pieces.size())));
   std::vector<std::unique_ptr<StringMap<int64_t>>> local(nt);
   std::vector<int64_t> nchunks(nt, 0);
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num();
-#else
-    const int t = 0;
-#endif
-    local[t].reset(new StringMap<int64_t>(4096));
+  for (auto& m : local) m.reset(new StringMap<int64_t>(4096));
+  parallel_for(pieces.size(), nt, [&](size_t p, int t) {
     StringMap<int64_t>& m = *local[t];
+    std::string_view text = docs[pieces[p].doc];
     int64_t cnt = 0;
-#pragma omp for schedule(dynamic, 1)
-    for (long long p = 0; p < (long long)pieces.size(); ++p) {
-      std::string_view text = docs[pieces[p].doc];
-      for (size_t pos = pieces[p].begin, end; pos < pieces[p].end; pos = end) {
-        end = chunk_end(text, pos, pattern_);
-        m.value(m.insert(text.substr(pos, end - pos), 0)) += 1;
-        ++cnt;
-      }
+    for (size_t pos = pieces[p].begin, end; pos < pieces[p].end; pos = end) {
+      end = chunk_end(text, pos, pattern_);
+      m.value(m.insert(text.substr(pos, end - pos), 0)) += 1;
+      ++cnt;
     }
-    nchunks[t] = cnt;
-  }
+    nchunks[t] += cnt;
+  });
   for (int64_t c : nchunks) total_chunks_ += c;
   // Fold into the shards: shard s takes the entries whose hash says s, from every local table.
-#pragma omp parallel for schedule(dynamic, 1) num_threads(std::min(nt, kShards))
-  for (int s = 0; s < kShards; ++s) {
+  parallel_for(kShards, std::min(nt, kShards), [&](size_t s, int) {
     for (int t = 0; t < nt; ++t) {
       const StringMap<int64_t>& m = *local[t];
       for (size_t e = 0; e < m.size(); ++e) {
         const uint64_t h = m.hash_of(e);
-        if (int(h >> 60) != s) continue;
+        if ((h >> 60) != s) continue;
         shards_[s].value(shards_[s].insert_h(m.key(e), h, 0)) += m.value(e);
       }
     }
-  }
+  });
 }
 
 size_t last_safe_cut(std::string_view text) {
