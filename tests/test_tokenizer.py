@@ -382,8 +382,10 @@ def test_threads_work_in_a_forked_child():
     # timeout so a regression fails instead of hanging the suite.
     import subprocess
     import sys
+    import kernelgpt
+    root = os.path.dirname(os.path.dirname(os.path.abspath(kernelgpt.__file__)))
     code = (
-        "import os\n"
+        f"import os, sys; sys.path.insert(0, {root!r})\n"
         "from kernelgpt.tokenizer import Tokenizer\n"
         "t = Tokenizer.train(['hello world ' * 500] * 8, 300, num_threads=2)\n"
         "t.encode_batch(['hello world'] * 4, num_threads=2)\n"
@@ -394,7 +396,5 @@ def test_threads_work_in_a_forked_child():
         "    os._exit(0 if ok and t2.merges == t.merges else 3)\n"
         "_, status = os.waitpid(pid, 0)\n"
         "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(Path(__file__).parents[1] / "python"),
-                                                                   os.environ.get("PYTHONPATH", "")] if p))
-    r = subprocess.run([sys.executable, "-c", code], env=env, timeout=60, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
