@@ -49,6 +49,8 @@ std::string_view utf8_view(py::handle obj, std::vector<py::object>& keep, const 
 }
 
 py::array_t<int32_t> to_numpy(std::vector<int32_t>&& v) {
+  // The array keeps the vector's whole capacity alive: give back a large unused tail first.
+  if (v.capacity() > v.size() + v.size() / 4 + 4096) v.shrink_to_fit();
   auto* owned = new std::vector<int32_t>(std::move(v));
   py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<int32_t>*>(p); });
   return py::array_t<int32_t>({py::ssize_t(owned->size())}, {py::ssize_t(sizeof(int32_t))},
@@ -131,7 +133,7 @@ void init_tokenizer(py::module_& m) {
         std::vector<int32_t> ids;
         {
           py::gil_scoped_release nogil;
-          ids.reserve(v.size() / 3 + 16);
+          ids.reserve(v.size() / 5 + 16);  // ~4+ bytes per token on text
           e.enc->encode(v, al, ids);
         }
         return to_numpy(std::move(ids));
