@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,14 @@ std::vector<int> allowed_arg(const BpeEncoder& enc, const std::vector<int>& allo
   return allowed;
 }
 
+// The trainer mutates its tables with the GIL released: one lock per trainer keeps two Python
+// threads sharing it from racing (they take turns).
+struct PyTrainer {
+  explicit PyTrainer(Pattern p) : t(p) {}
+  BpeTrainer t;
+  std::mutex mu;
+};
+
 struct PyEncoder {
   std::unique_ptr<BpeEncoder> enc;
   size_t nspecial = 0;
@@ -79,39 +88,48 @@ struct PyEncoder {
 }  // namespace
 
 void init_tokenizer(py::module_& m) {
-  py::class_<BpeTrainer>(m, "BpeTrainer",
+  py::class_<PyTrainer>(m, "BpeTrainer",
                          "Counts pre-split chunks of streamed text, then learns BPE merges.")
-      .def(py::init([](const std::string& pattern) { return new BpeTrainer(pattern_arg(pattern)); }),
+      .def(py::init([](const std::string& pattern) { return new PyTrainer(pattern_arg(pattern)); }),
            py::arg("pattern") = "gpt4")
-      .def("add_documents", [](BpeTrainer& t, py::list docs, int num_threads) {
+      .def("add_documents", [](PyTrainer& t, py::list docs, int num_threads) {
         const int nt = threads_arg(num_threads);
         std::vector<py::object> keep;
         std::vector<std::string_view> views;
         views.reserve(docs.size());
         for (py::handle d : docs) views.push_back(utf8_view(d, keep, "each document"));
         py::gil_scoped_release nogil;
-        t.add_documents(views, nt);
+        std::lock_guard<std::mutex> lock(t.mu);
+        t.t.add_documents(views, nt);
       }, py::arg("docs"), py::arg("num_threads") = 0,
          "Split each str/bytes document on its own and add its chunk counts.")
-      .def("add_file", [](BpeTrainer& t, const std::string& path, int num_threads) {
+      .def("add_file", [](PyTrainer& t, const std::string& path, int num_threads) {
         const int nt = threads_arg(num_threads);
         py::gil_scoped_release nogil;
-        t.add_file(path, nt);
+        std::lock_guard<std::mutex> lock(t.mu);
+        t.t.add_file(path, nt);
       }, py::arg("path"), py::arg("num_threads") = 0, "Stream a UTF-8 file as one document.")
-      .def("train", [](BpeTrainer& t, int64_t num_merges) {
+      .def("train", [](PyTrainer& t, int64_t num_merges) {
         if (num_merges < 0) throw std::invalid_argument("num_merges must be >= 0, got " + std::to_string(num_merges));
         std::vector<kgpt::tok::Merge> merges;
         {
           py::gil_scoped_release nogil;
-          merges = t.train(size_t(num_merges));
+          std::lock_guard<std::mutex> lock(t.mu);
+          merges = t.t.train(size_t(num_merges));
         }
         py::array_t<int32_t> out({py::ssize_t(merges.size()), py::ssize_t(2)});
         int32_t* o = out.mutable_data();
         for (size_t i = 0; i < merges.size(); ++i) { o[2 * i] = merges[i].first; o[2 * i + 1] = merges[i].second; }
         return out;
       }, py::arg("num_merges"), "Learn up to num_merges merges; returns an int32 (n, 2) array.")
-      .def_property_readonly("num_unique_chunks", &BpeTrainer::num_unique_chunks)
-      .def_property_readonly("num_chunks", &BpeTrainer::num_chunks);
+      .def_property_readonly("num_unique_chunks", [](PyTrainer& t) {
+        std::lock_guard<std::mutex> lock(t.mu);
+        return t.t.num_unique_chunks();
+      })
+      .def_property_readonly("num_chunks", [](PyTrainer& t) {
+        std::lock_guard<std::mutex> lock(t.mu);
+        return t.t.num_chunks();
+      });
 
   py::class_<PyEncoder>(m, "BpeEncoder", "Encodes and decodes with fixed merges and special tokens.")
       .def(py::init([](py::array_t<int32_t, py::array::c_style> merges,
