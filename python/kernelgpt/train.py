@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
+import numpy as np
+
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import TokenDataset, atomic_write_bytes
 from .optim import AdamW, clip_grad_norm, lr_schedule
@@ -281,7 +283,9 @@ class Trainer:
         return self.last_checkpoint
 
     def _check_params_finite(self) -> None:
-        if not math.isfinite(self.model.backend.global_norm_sq(self.model.params)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            norm_sq = self.model.backend.global_norm_sq(self.model.params)
+        if not math.isfinite(norm_sq):
             raise TrainingDivergedError(self._diverged_msg("the parameters are not finite"))
 
     def _diverged_msg(self, what: str) -> str:
@@ -378,14 +382,18 @@ class Trainer:
             while self.step < c.max_steps:
                 snapshot = self.data.state_dict()
                 try:
-                    rec = self._train_step()
+                    # Overflow shows up as a non-finite loss/gradient, which we check and report
+                    # ourselves; NumPy's floating-point warnings would only add noise.
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        rec = self._train_step()
                 except KeyboardInterrupt:
                     self.data.load_state_dict(snapshot)  # the half-done step never happened
                     raise
                 losses.append(rec["loss"])
                 done = self.step >= c.max_steps
                 if (c.eval_every and self.step % c.eval_every == 0) or done:
-                    val = self.evaluate()
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        val = self.evaluate()
                     if val is not None:
                         rec["val_loss"] = val
                         self.last_val_loss = val
