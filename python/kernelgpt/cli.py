@@ -208,6 +208,10 @@ def _train(args: argparse.Namespace) -> int:
         from .model import PRESET_BATCH_SIZE
         vocab = args.vocab_size or preset.vocab_size
         seed = DEFAULT_SEED if args.seed is None else args.seed
+        shape = dict(vocab_size=vocab, block_size=args.block_size or preset.block_size,
+                     n_layer=args.n_layer or preset.n_layer, n_head=args.n_head or preset.n_head,
+                     n_embd=args.n_embd or preset.n_embd)
+        GPTConfig(**shape)  # a bad shape fails now, before the tokenizer is trained
         if args.data:
             files = list_text_files(args.data)
             what = f"{len(files)} file(s) from --data"
@@ -229,11 +233,7 @@ def _train(args: argparse.Namespace) -> int:
         write_token_file(out / "tokens.bin", ids, tokenizer.vocab_size)
         _say(f"  {ids.size} tokens ({n_bytes / max(ids.size, 1):.2f} bytes/token) in "
              f"{time.perf_counter() - t0:.1f}s -> {out / 'tokens.bin'}")
-        cfg = GPTConfig(vocab_size=tokenizer.vocab_size,
-                        block_size=args.block_size or preset.block_size,
-                        n_layer=args.n_layer or preset.n_layer,
-                        n_head=args.n_head or preset.n_head,
-                        n_embd=args.n_embd or preset.n_embd)
+        cfg = GPTConfig(**dict(shape, vocab_size=tokenizer.vocab_size))
         data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
         tcfg = TrainConfig(
             batch_size=args.batch_size or PRESET_BATCH_SIZE[args.model or DEFAULT_MODEL],
