@@ -137,3 +137,38 @@ def test_main_is_importable_as_console_script():
     assert a.backend == "auto" and a.max_steps is None and a.data is None
     a = p.parse_args(["sample", "--run", "r"])
     assert a.prompt and a.max_new_tokens > 0
+
+
+def test_real_ctrl_c_saves_and_resumes(trained, tmp_path):
+    """SIGINT to a training process: checkpoint at a step boundary, exit 130, resume continues."""
+    import signal
+    import time
+    d, _ = trained
+    env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
+    run = tmp_path / "run"
+    tiny = [a if a != "4" else "100000" for a in TINY]  # --max-steps: far more than we wait for
+    p = subprocess.Popen([sys.executable, "-m", "kernelgpt", "train", "--data", d / "data",
+                          "--out", run, *tiny], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        metrics = run / "metrics.jsonl"
+        while time.monotonic() < deadline and p.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()[1]
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    step = json.loads((run / (run / "LATEST").read_text().strip() / "trainer_state.json")
+                      .read_text())["step"]
+    assert step >= 3
+    r = kgpt("train", "--out", run, "--resume", "--max-steps", step + 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, step + 3))
