@@ -237,3 +237,9 @@ def test_bad_train_config(token_file):
             TrainConfig(**bad)
     with pytest.raises(ValueError, match="block_size"):
         make(token_file, block_size=32)
+
+
+def test_loss_plot_when_matplotlib_is_present(token_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    make(token_file, tmp_path / "plot", max_steps=3).fit()
+    assert (tmp_path / "plot" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
