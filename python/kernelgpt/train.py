@@ -377,6 +377,7 @@ class Trainer:
         losses: List[float] = []
         last: Dict[str, Any] = {}
         interrupted = False
+        pending: Optional[Dict[str, Any]] = None
         start_step, t_start = self.step, time.perf_counter()
         try:
             while self.step < c.max_steps:
@@ -389,6 +390,7 @@ class Trainer:
                 except KeyboardInterrupt:
                     self.data.load_state_dict(snapshot)  # the half-done step never happened
                     raise
+                pending = rec  # committed; its metrics line must reach the file
                 losses.append(rec["loss"])
                 done = self.step >= c.max_steps
                 if (c.eval_every and self.step % c.eval_every == 0) or done:
@@ -402,8 +404,10 @@ class Trainer:
                         log.info("step %d: train loss %.4f, val loss %.4f", self.step,
                                  rec["loss"], val)
                 if metrics is not None:
-                    metrics.write(json.dumps(rec) + "\n")
-                    metrics.flush()
+                    with _sigint_deferred():
+                        metrics.write(json.dumps(rec) + "\n")
+                        metrics.flush()
+                pending = None
                 if bar is not None:
                     post = {"loss": f"{rec['loss']:.3f}", "tok/s": f"{rec['tokens_per_s']:.0f}"}
                     if self.last_val_loss is not None:
@@ -418,6 +422,10 @@ class Trainer:
             self.save()
         except KeyboardInterrupt:
             interrupted = True
+            if pending is not None and metrics is not None:  # Ctrl-C during eval/logging
+                metrics.write(json.dumps(pending) + "\n")
+                metrics.flush()
+                last = pending
             log.warning("interrupted at step %d; saving a checkpoint", self.step)
             self.save()
         finally:
