@@ -18,10 +18,10 @@ from typing import Any, List, Optional
 
 # Defaults of `kernelgpt train`, sized so the no-argument run takes a few minutes on 2 CPU cores.
 DEFAULT_MODEL = "xs"          # vocab 512, 2 layers, 4 heads, 128 dims, block 64
-DEFAULT_MAX_STEPS = 600       # ~300k training tokens: 1-3 min with numpy here
+DEFAULT_MAX_STEPS = 2000      # ~1M tokens (about one pass over the default corpus)
 DEFAULT_LR = 2e-3             # high, for a tiny model and a short run
-DEFAULT_EVAL_EVERY = 100
-DEFAULT_SAVE_EVERY = 200
+DEFAULT_EVAL_EVERY = 200
+DEFAULT_SAVE_EVERY = 500
 DEFAULT_SEED = 0
 SAMPLE_PROMPT = "def "        # the default corpus is Python source
 RESUME_FIXED = ("data", "model", "n_layer", "n_head", "n_embd", "vocab_size", "block_size",
@@ -238,7 +238,7 @@ def _train(args: argparse.Namespace) -> int:
         tcfg = TrainConfig(
             batch_size=args.batch_size or PRESET_BATCH_SIZE[args.model or DEFAULT_MODEL],
             max_steps=args.max_steps or DEFAULT_MAX_STEPS, lr=args.lr or DEFAULT_LR,
-            warmup_steps=min(20, max(1, (args.max_steps or DEFAULT_MAX_STEPS) // 10)),
+            warmup_steps=min(100, max(1, (args.max_steps or DEFAULT_MAX_STEPS) // 20)),
             grad_accum=args.grad_accum or 1,
             eval_every=DEFAULT_EVAL_EVERY if args.eval_every is None else args.eval_every,
             save_every=DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every,
