@@ -137,7 +137,10 @@ def save_checkpoint(run_dir: PathLike, *, model: Any, optimizer: Any,
     step = int(trainer_state["step"])
     name = f"ckpt-{step:08d}"
     final = run_dir / name
-    current = latest_checkpoint(run_dir) if (run_dir / LATEST).is_file() else None
+    try:
+        current = latest_checkpoint(run_dir)
+    except CheckpointError:  # a garbled LATEST is replaced by this save
+        current = None
     tmp = run_dir / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
