@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -76,33 +77,65 @@ using Ukr = void (*)(int64_t kc, const float* a, const float* b, float* c, int64
                      float alpha, float beta, const float* bias);
 
 // ---------------------------------------------------------------- packing (portable code)
+// d[k*S + i] = src[i*ld + k] for i < n (n <= S source rows, each contiguous along k), zero for
+// n <= i < S. 4x4 SSE transposes (baseline x86-64, no target attribute needed).
+template <int S>
+void pack_transposed(const float* src, int64_t ld, int n, int64_t kc, float* d) {
+  int i = 0;
+#if defined(__SSE2__)
+  for (; i + 4 <= n; i += 4) {
+    const float* r0 = src + i * ld;
+    const float* r1 = r0 + ld;
+    const float* r2 = r1 + ld;
+    const float* r3 = r2 + ld;
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+      __m128 a = _mm_loadu_ps(r0 + k), b = _mm_loadu_ps(r1 + k);
+      __m128 c = _mm_loadu_ps(r2 + k), e = _mm_loadu_ps(r3 + k);
+      _MM_TRANSPOSE4_PS(a, b, c, e);
+      _mm_storeu_ps(d + (k + 0) * S + i, a);
+      _mm_storeu_ps(d + (k + 1) * S + i, b);
+      _mm_storeu_ps(d + (k + 2) * S + i, c);
+      _mm_storeu_ps(d + (k + 3) * S + i, e);
+    }
+    for (; k < kc; ++k) {
+      d[k * S + i] = r0[k];
+      d[k * S + i + 1] = r1[k];
+      d[k * S + i + 2] = r2[k];
+      d[k * S + i + 3] = r3[k];
+    }
+  }
+#endif
+  for (; i < n; ++i)
+    for (int64_t k = 0; k < kc; ++k) d[k * S + i] = src[i * ld + k];
+  if (n < S)
+    for (int64_t k = 0; k < kc; ++k)
+      for (int j = n; j < S; ++j) d[k * S + j] = 0.f;
+}
+
+// d[k*S + j] = src[k*ld + j] for j < n (rows of the source are contiguous along the sliver).
+template <int S>
+void pack_straight(const float* src, int64_t ld, int n, int64_t kc, float* d) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* r = src + k * ld;
+    float* dk = d + k * S;
+    if (n == S) {
+      std::memcpy(dk, r, sizeof(float) * S);
+    } else {
+      for (int j = 0; j < n; ++j) dk[j] = r[j];
+      for (int j = n; j < S; ++j) dk[j] = 0.f;
+    }
+  }
+}
+
 // A block rows [i0, i0+mc) x k [p0, p0+kc) -> slivers of MR rows: dst[s][k][0..MR), zero padded.
 template <int MR>
 void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
             int64_t kc, float* dst) {
   for (int64_t s = 0; s < mc; s += MR) {
     const int m = static_cast<int>(std::min<int64_t>(MR, mc - s));
-    float* d = dst + s * kc;
-    if (!trans) {
-      const float* rows[MR];
-      for (int i = 0; i < m; ++i) rows[i] = A + (i0 + s + i) * lda + p0;
-      if (m == MR) {
-        for (int64_t k = 0; k < kc; ++k)
-          for (int i = 0; i < MR; ++i) d[k * MR + i] = rows[i][k];
-      } else {
-        for (int64_t k = 0; k < kc; ++k) {
-          for (int i = 0; i < m; ++i) d[k * MR + i] = rows[i][k];
-          for (int i = m; i < MR; ++i) d[k * MR + i] = 0.f;
-        }
-      }
-    } else {
-      const float* src = A + p0 * lda + i0 + s;
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* r = src + k * lda;
-        for (int i = 0; i < m; ++i) d[k * MR + i] = r[i];
-        for (int i = m; i < MR; ++i) d[k * MR + i] = 0.f;
-      }
-    }
+    if (!trans) pack_transposed<MR>(A + (i0 + s) * lda + p0, lda, m, kc, dst + s * kc);
+    else pack_straight<MR>(A + p0 * lda + i0 + s, lda, m, kc, dst + s * kc);
   }
 }
 
@@ -112,27 +145,8 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int
             int64_t nc, float* dst) {
   for (int64_t s = 0; s < nc; s += NR) {
     const int n = static_cast<int>(std::min<int64_t>(NR, nc - s));
-    float* d = dst + s * kc;
-    if (!trans) {
-      const float* src = B + p0 * ldb + j0 + s;
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* r = src + k * ldb;
-        for (int j = 0; j < n; ++j) d[k * NR + j] = r[j];
-        for (int j = n; j < NR; ++j) d[k * NR + j] = 0.f;
-      }
-    } else {
-      const float* cols[NR];
-      for (int j = 0; j < n; ++j) cols[j] = B + (j0 + s + j) * ldb + p0;
-      if (n == NR) {
-        for (int64_t k = 0; k < kc; ++k)
-          for (int j = 0; j < NR; ++j) d[k * NR + j] = cols[j][k];
-      } else {
-        for (int64_t k = 0; k < kc; ++k) {
-          for (int j = 0; j < n; ++j) d[k * NR + j] = cols[j][k];
-          for (int j = n; j < NR; ++j) d[k * NR + j] = 0.f;
-        }
-      }
-    }
+    if (!trans) pack_straight<NR>(B + p0 * ldb + j0 + s, ldb, n, kc, dst + s * kc);
+    else pack_transposed<NR>(B + (j0 + s) * ldb + p0, ldb, n, kc, dst + s * kc);
   }
 }
 
@@ -254,9 +268,13 @@ struct Problem {
   const float* bias;
 };
 
-template <int MR, int NR, int64_t MC, int64_t KC, int64_t NC>
-void gemm_rect(const Problem& p, Ukr ukr, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  static_assert(MC % MR == 0 && NC % NR == 0, "blocks must hold whole slivers");
+struct Blocking {
+  int64_t MC, KC, NC;
+};
+
+template <int MR, int NR>
+void gemm_rect(const Problem& p, Ukr ukr, Blocking bl, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int64_t MC = bl.MC, KC = bl.KC, NC = bl.NC;
   float* Ap = tls_a.get(static_cast<size_t>(MC * KC));
   float* Bp = tls_b.get(static_cast<size_t>(NC * KC));
   alignas(64) float tmp[MR * NR];
@@ -295,11 +313,20 @@ void gemm_rect(const Problem& p, Ukr ukr, int64_t m0, int64_t m1, int64_t n0, in
   }
 }
 
-template <int MR, int NR, int64_t MC, int64_t KC, int64_t NC>
-void gemm_threaded(const Problem& p, Ukr ukr) {
+template <int MR, int NR>
+void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
+  if (const char* e = std::getenv("KGPT_GEMM_BLOCK")) {  // TUNING ONLY
+    long a, b, c;
+    if (std::sscanf(e, "%ld,%ld,%ld", &a, &b, &c) == 3) bl = {a, b, c};
+  }
+  // Even k blocks (depends on K only, so the summation order stays thread-count independent).
+  {
+    const int64_t nkb = (p.K + bl.KC - 1) / bl.KC;
+    bl.KC = ((p.K + nkb - 1) / nkb + 3) / 4 * 4;
+  }
   const int nt = threads_for(2.0 * p.M * p.N * p.K);
   if (nt <= 1) {
-    gemm_rect<MR, NR, MC, KC, NC>(p, ukr, 0, p.M, 0, p.N);
+    gemm_rect<MR, NR>(p, ukr, bl, 0, p.M, 0, p.N);
     return;
   }
   // Split the longer sliver count; ties and near-ties go to M (B packing is cheaper to repeat).
@@ -315,10 +342,10 @@ void gemm_threaded(const Problem& p, Ukr ukr) {
 #endif
     if (split_m) {
       const int64_t s0 = mb * t / T, s1 = mb * (t + 1) / T;
-      if (s1 > s0) gemm_rect<MR, NR, MC, KC, NC>(p, ukr, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
+      if (s1 > s0) gemm_rect<MR, NR>(p, ukr, bl, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
     } else {
       const int64_t s0 = nb * t / T, s1 = nb * (t + 1) / T;
-      if (s1 > s0) gemm_rect<MR, NR, MC, KC, NC>(p, ukr, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
+      if (s1 > s0) gemm_rect<MR, NR>(p, ukr, bl, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
     }
   }
 }
@@ -429,9 +456,9 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     return;
   }
   if (!trans_a && trans_b && M <= 4) return gemv_nt(p, gemm_use_avx2());
-  if (gemm_use_avx512()) return gemm_threaded<12, 32, 192, 256, 2048>(p, ukr_avx512_12x32);
-  if (gemm_use_avx2()) return gemm_threaded<6, 16, 144, 256, 2048>(p, ukr_avx2_6x16);
-  gemm_threaded<kPMR, kPNR, 144, 256, 2048>(p, ukr_portable);
+  if (gemm_use_avx512()) return gemm_threaded<12, 32>(p, ukr_avx512_12x32, {192, 384, 1024});
+  if (gemm_use_avx2()) return gemm_threaded<6, 16>(p, ukr_avx2_6x16, {192, 384, 1024});
+  gemm_threaded<kPMR, kPNR>(p, ukr_portable, {192, 384, 1024});
 }
 
 void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC) {
