@@ -4,7 +4,7 @@ cross-entropy path at config S.
 
 For configs XS, S and M, each linear layer (qkv 3C, attn proj C, fc 4C, fc proj C<-4C, lm_head V)
 has three training GEMMs: forward out = x @ w.T, dx = dout @ w, dw += dout.T @ x. Each is timed
-with our kernels (kernelgpt._native) and with numpy in the same process, alternating, and reported
+with our kernels (kernelgpt._native) and with numpy in the same process, in alternating blocks, and reported
 as GFLOP/s (2*N*C*OC / median seconds) and ratio ours/numpy, for 1 and 2 threads.
 
 Every thread count runs in its own subprocess with OMP_NUM_THREADS / OPENBLAS_NUM_THREADS set and
@@ -41,16 +41,22 @@ def layer_shapes(C, V):
 
 
 # ----------------------------------------------------------------------------- worker
-def _median_pair(f_ours, f_np, repeats):
-    """Alternate the two callables (order flipped each round) and return both medians (s)."""
-    f_ours(), f_np()  # warm up: pack buffers, thread pools, page faults
+def _median_pair(f_ours, f_np, repeats, rounds=2):
+    """Time the two callables in alternating blocks (order flipped each round) and return both
+    medians (s). Each block starts with a pause and a warm-up call: both libraries' worker threads
+    spin for a while after a call, and on 2 cores the other library's spinners would steal the
+    CPUs, so the blocks are kept apart instead of interleaving single calls."""
     t_o, t_n = [], []
-    for r in range(repeats):
+    per = max(1, -(-repeats // rounds))
+    for r in range(rounds):
         pair = [(f_ours, t_o), (f_np, t_n)]
         for f, acc in (pair if r % 2 == 0 else pair[::-1]):
-            t = time.perf_counter()
-            f()
-            acc.append(time.perf_counter() - t)
+            time.sleep(0.1)
+            f()  # warm up: pack buffers, thread pools, page faults
+            for _ in range(per):
+                t = time.perf_counter()
+                f()
+                acc.append(time.perf_counter() - t)
     return statistics.median(t_o), statistics.median(t_n)
 
 
@@ -173,7 +179,7 @@ def main():
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"python {platform.python_version()}; timings are medians of {args.repeats}, "
-          "ours and numpy alternating in one process (shared machine: noisy)")
+          "ours and numpy in alternating blocks in one process (shared machine: noisy)")
     two_thread_ratios = []
     for nt in (int(s) for s in args.threads.split(",")):
         r = run_threads(nt, args)

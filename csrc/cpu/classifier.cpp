@@ -139,7 +139,6 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
   // a multiple of 12 (the micro-kernel's rows), at least 12.
   int64_t R = std::max<int64_t>(12, kClassifierBufferFloats / V / 12 * 12);
   R = std::min(R, std::min(kClassifierMaxRows, N));
-  if (const char* e = std::getenv("KGPT_CLS_ROWS")) R = std::min<int64_t>(std::atol(e), N);  // TUNING ONLY
   float* L = tls_logits.get(static_cast<size_t>(R * V));
 #ifdef _OPENMP
   const int nt = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(R * V / 16384)));

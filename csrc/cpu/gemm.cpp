@@ -10,8 +10,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
-#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -274,9 +274,16 @@ struct Blocking {
 
 template <int MR, int NR>
 void gemm_rect(const Problem& p, Ukr ukr, Blocking bl, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const int64_t MC = bl.MC, KC = bl.KC, NC = bl.NC;
-  float* Ap = tls_a.get(static_cast<size_t>(MC * KC));
-  float* Bp = tls_b.get(static_cast<size_t>(NC * KC));
+  // Even row/column blocks for this rectangle (multiples of MR/NR, so tile positions stay fixed;
+  // the summation order depends on KC only).
+  auto even = [](int64_t len, int64_t blk, int64_t unit) {
+    const int64_t nblk = std::max<int64_t>(1, (len + blk - 1) / blk);
+    return ((len + nblk - 1) / nblk + unit - 1) / unit * unit;
+  };
+  const int64_t MC = std::min(bl.MC, even(m1 - m0, bl.MC, MR)), KC = bl.KC;
+  const int64_t NC = std::min(bl.NC, even(n1 - n0, bl.NC, NR));
+  float* Ap = tls_a.get(static_cast<size_t>(bl.MC * KC));
+  float* Bp = tls_b.get(static_cast<size_t>(bl.NC * KC));
   alignas(64) float tmp[MR * NR];
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min(NC, n1 - jc);
@@ -315,10 +322,6 @@ void gemm_rect(const Problem& p, Ukr ukr, Blocking bl, int64_t m0, int64_t m1, i
 
 template <int MR, int NR>
 void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
-  if (const char* e = std::getenv("KGPT_GEMM_BLOCK")) {  // TUNING ONLY
-    long a, b, c;
-    if (std::sscanf(e, "%ld,%ld,%ld", &a, &b, &c) == 3) bl = {a, b, c};
-  }
   // Even k blocks (depends on K only, so the summation order stays thread-count independent).
   {
     const int64_t nkb = (p.K + bl.KC - 1) / bl.KC;
@@ -330,9 +333,16 @@ void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
     return;
   }
   // Split the longer sliver count; ties and near-ties go to M (B packing is cheaper to repeat).
+  // Split rows or columns, whichever gives the slowest thread less to do. Rough cycle model:
+  // FMAs / 32 per cycle, plus ~1 cycle per packed element; the side not split is packed by
+  // every thread (B in full when splitting rows, A in full when splitting columns).
   const int64_t mb = (p.M + MR - 1) / MR, nb = (p.N + NR - 1) / NR;
-  auto imbalance = [nt](int64_t b) { return double((b + nt - 1) / nt) * nt / double(b); };
-  const bool split_m = mb >= nt && imbalance(mb) <= imbalance(nb) * 1.02;
+  auto cost = [&](double rows, double cols) {
+    return rows * cols * p.K / 32.0 + rows * p.K * std::ceil(cols / bl.NC) + cols * p.K;
+  };
+  const double cost_m = cost(std::min<double>(p.M, double((mb + nt - 1) / nt) * MR), double(p.N));
+  const double cost_n = cost(double(p.M), std::min<double>(p.N, double((nb + nt - 1) / nt) * NR));
+  const bool split_m = nb < nt || (mb >= nt && cost_m <= cost_n);
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -354,21 +364,29 @@ void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
 // C[m, n] = alpha * dot(A[m, :], B[n, :]) + beta*C + bias: streams each row of B once for all m.
 template <int M>
 KGPT_AVX2 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1) {
+  constexpr int U = M <= 2 ? 4 : 2;  // independent accumulators per row (hide FMA latency)
   const int64_t K = p.K;
   for (int64_t n = n0; n < n1; ++n) {
     const float* w = p.B + n * p.ldb;
-    __m256 acc0[M], acc1[M];
-    for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
+    __m256 acc[M][U];
+    for (int m = 0; m < M; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
     int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-      const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
-      for (int m = 0; m < M; ++m) {
-        acc0[m] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k), w0, acc0[m]);
-        acc1[m] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k + 8), w1, acc1[m]);
+    for (; k + 8 * U <= K; k += 8 * U) {
+      for (int u = 0; u < U; ++u) {
+        const __m256 wv = _mm256_loadu_ps(w + k + 8 * u);
+        for (int m = 0; m < M; ++m)
+          acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k + 8 * u), wv, acc[m][u]);
       }
     }
+    for (; k + 8 <= K; k += 8) {
+      const __m256 wv = _mm256_loadu_ps(w + k);
+      for (int m = 0; m < M; ++m)
+        acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k), wv, acc[m][0]);
+    }
     for (int m = 0; m < M; ++m) {
-      const __m256 s = _mm256_add_ps(acc0[m], acc1[m]);
+      __m256 s = acc[m][0];
+      for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[m][u]);
       __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
       h = _mm_add_ps(h, _mm_movehl_ps(h, h));
       h = _mm_add_ss(h, _mm_movehdup_ps(h));
@@ -410,7 +428,8 @@ void gemv_nt(const Problem& p, bool avx2) {
       default: return gemv_nt_avx2<4>(p, n0, n1);
     }
   };
-  const int nt = threads_for(2.0 * p.M * p.N * p.K);
+  // Memory-bound: a thread pays off once it streams ~256 KB of B.
+  const int nt = std::max(1, std::min<int>(max_threads(), static_cast<int>(p.N * p.K / 65536)));
   if (nt <= 1) return run(0, p.N);
 #pragma omp parallel num_threads(nt)
   {
