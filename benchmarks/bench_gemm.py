@@ -14,7 +14,8 @@ The machine is shared: timings are noisy, so read the ratios (measured side by s
 absolute figures, and rerun before trusting a single one.
 
 Usage: python benchmarks/bench_gemm.py [--threads 1,2] [--configs XS,S,M] [--repeats 7]
-       [--no-classifier] [--kernel auto|avx512|avx2_fma|portable]
+       [--no-classifier] [--kernel auto|avx512|avx2_fma|portable] [--coretype Haswell]
+(--kernel avx2_fma --coretype Haswell compares the AVX2 micro-kernel with OpenBLAS's AVX2 one.)
 """
 from __future__ import annotations
 
@@ -150,6 +151,8 @@ def run_threads(nt, args):
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
     env.pop("OPENBLAS_L2_SIZE", None)
+    if args.coretype:  # e.g. Haswell: an AVX2-only OpenBLAS, to compare with --kernel avx2_fma
+        env["OPENBLAS_CORETYPE"] = args.coretype
     env.update(OMP_NUM_THREADS=str(nt), OPENBLAS_NUM_THREADS=str(nt))
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join(
@@ -170,6 +173,7 @@ def main():
     ap.add_argument("--configs", default="XS,S,M")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--kernel", default="auto")
+    ap.add_argument("--coretype", default="", help="OPENBLAS_CORETYPE for numpy (default: unset)")
     ap.add_argument("--no-classifier", dest="classifier", action="store_false")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads-one", type=int, default=1, help=argparse.SUPPRESS)

@@ -4,7 +4,12 @@
 // exp uses a vectorised Cephes-style polynomial (about 1 ulp) on the AVX2 path, std::exp otherwise.
 #include "cpu/classifier.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#define KGPT_X86 1
 #include <immintrin.h>
+#else
+#define KGPT_X86 0
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +26,7 @@ namespace kgpt {
 namespace cpu {
 namespace {
 
+#if KGPT_X86
 #define KGPT_AVX2 __attribute__((target("avx2,fma")))
 
 // e^x for x <= 0 (arguments are logits minus the row max); clamped below so 2^n stays normal.
@@ -39,20 +45,6 @@ KGPT_AVX2 inline __m256 exp256(__m256 x) {
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-KGPT_AVX2 inline float hsum(__m256 s) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  return _mm_cvtss_f32(h);
-}
-
-KGPT_AVX2 inline float hmax(__m256 s) {
-  __m128 h = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_max_ss(h, _mm_movehdup_ps(h));
-  return _mm_cvtss_f32(h);
 }
 
 // One row of logits -> loss; with `grad`, the row becomes scale * (softmax - onehot).
@@ -93,6 +85,8 @@ KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scal
   }
   return loss;
 }
+
+#endif  // KGPT_X86
 
 float row_portable(float* row, int64_t V, int32_t t, bool grad, float scale) {
   float mx = row[0];
@@ -135,6 +129,7 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
   if (N <= 0) return;
   const bool grad = dx || dwte;
   const bool avx2 = gemm_use_avx2();
+  (void)avx2;
   // Rows per block: as many as fit a budget of kClassifierBufferFloats (fewer passes over dwte),
   // a multiple of 12 (the micro-kernel's rows), at least 12.
   int64_t R = std::max<int64_t>(12, kClassifierBufferFloats / V / 12 * 12);
@@ -154,7 +149,13 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
     for (int64_t r = 0; r < rb; ++r) {
       float* row = L + r * V;
       const int32_t t = targets[r0 + r];
-      losses[r0 + r] = avx2 ? row_avx2(row, V, t, grad, scale) : row_portable(row, V, t, grad, scale);
+#if KGPT_X86
+      if (avx2) {
+        losses[r0 + r] = row_avx2(row, V, t, grad, scale);
+        continue;
+      }
+#endif
+      losses[r0 + r] = row_portable(row, V, t, grad, scale);
     }
     if (dx) sgemm(false, false, rb, C, V, 1.f, L, V, wte, C, 0.f, dx + r0 * C, C, nullptr);
     if (dwte) sgemm(true, false, V, C, rb, 1.f, L, V, xb, C, 1.f, dwte, C, nullptr);

@@ -6,7 +6,12 @@
 // the k order of every element do not depend on the thread count: results are bitwise identical.
 #include "cpu/gemm.h"
 
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#define KGPT_X86 1
+#include <immintrin.h>  // SSE packing, AVX2/AVX-512 kernels (function-level target attributes)
+#else
+#define KGPT_X86 0
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -175,6 +180,7 @@ void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t 
     for (int j = 0; j < kPNR; ++j) c[i * ldc + j] = epi(acc[i][j], alpha, beta, c + i * ldc + j, bias, j);
 }
 
+#if KGPT_X86
 // ---------------------------------------------------------------- AVX2/FMA 6x16 micro-kernel
 #define KGPT_AVX2 __attribute__((target("avx2,fma")))
 
@@ -252,6 +258,8 @@ KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, fl
   KGPT_STORE(6) KGPT_STORE(7) KGPT_STORE(8) KGPT_STORE(9) KGPT_STORE(10) KGPT_STORE(11)
 #undef KGPT_STORE
 }
+
+#endif  // KGPT_X86
 
 // ---------------------------------------------------------------- blocked driver
 struct Problem {
@@ -362,6 +370,7 @@ void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
 
 // ---------------------------------------------------------------- matrix-vector (M <= 4, NT)
 // C[m, n] = alpha * dot(A[m, :], B[n, :]) + beta*C + bias: streams each row of B once for all m.
+#if KGPT_X86
 template <int M>
 KGPT_AVX2 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1) {
   constexpr int U = M <= 2 ? 4 : 2;  // independent accumulators per row (hide FMA latency)
@@ -399,6 +408,8 @@ KGPT_AVX2 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1) {
   }
 }
 
+#endif  // KGPT_X86
+
 void gemv_nt_portable(const Problem& p, int64_t n0, int64_t n1) {
   constexpr int L = 8;  // independent partial sums the compiler can keep in SIMD lanes
   for (int64_t n = n0; n < n1; ++n) {
@@ -420,13 +431,18 @@ void gemv_nt_portable(const Problem& p, int64_t n0, int64_t n1) {
 
 void gemv_nt(const Problem& p, bool avx2) {
   auto run = [&](int64_t n0, int64_t n1) {
-    if (!avx2) return gemv_nt_portable(p, n0, n1);
-    switch (p.M) {
-      case 1: return gemv_nt_avx2<1>(p, n0, n1);
-      case 2: return gemv_nt_avx2<2>(p, n0, n1);
-      case 3: return gemv_nt_avx2<3>(p, n0, n1);
-      default: return gemv_nt_avx2<4>(p, n0, n1);
+#if KGPT_X86
+    if (avx2) {
+      switch (p.M) {
+        case 1: return gemv_nt_avx2<1>(p, n0, n1);
+        case 2: return gemv_nt_avx2<2>(p, n0, n1);
+        case 3: return gemv_nt_avx2<3>(p, n0, n1);
+        default: return gemv_nt_avx2<4>(p, n0, n1);
+      }
     }
+#endif
+    (void)avx2;
+    gemv_nt_portable(p, n0, n1);
   };
   // Memory-bound: a thread pays off once it streams ~256 KB of B.
   const int nt = std::max(1, std::min<int>(max_threads(), static_cast<int>(p.N * p.K / 65536)));
@@ -475,8 +491,10 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     return;
   }
   if (!trans_a && trans_b && M <= 4) return gemv_nt(p, gemm_use_avx2());
+#if KGPT_X86
   if (gemm_use_avx512()) return gemm_threaded<12, 32>(p, ukr_avx512_12x32, {192, 384, 1024});
   if (gemm_use_avx2()) return gemm_threaded<6, 16>(p, ukr_avx2_6x16, {192, 384, 1024});
+#endif
   gemm_threaded<kPMR, kPNR>(p, ukr_portable, {192, 384, 1024});
 }
 
@@ -484,6 +502,7 @@ void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC) {
   constexpr int64_t CH = 256;  // columns per chunk: the partial sums stay in L1
   const int64_t nchunks = (OC + CH - 1) / CH;
   const int nt = static_cast<int>(std::min<int64_t>(threads_for(double(N) * OC * 4), nchunks));
+  (void)nt;  // unused without OpenMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t o0 = ch * CH, o1 = std::min(OC, o0 + CH);
