@@ -1,0 +1,519 @@
+// SGEMM driver: Goto/BLIS-style loops (NC columns of B, KC deep, MC rows of A) over packed panels,
+// a register-blocked micro-kernel per (MR, NR) tile, and a streaming matrix-vector path for
+// op(A) with <= 4 rows (batch-1 decoding). Kernels are picked once per call from the CPU's
+// features; the vector ones carry function-level target attributes (the build adds no -march).
+// Threads own disjoint rectangles of C whose edges are multiples of MR/NR, so tile positions and
+// the k order of every element do not depend on the thread count: results are bitwise identical.
+#include "cpu/gemm.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define KGPT_X86 1
+#include <immintrin.h>  // SSE packing, AVX2/AVX-512 kernels (function-level target attributes)
+#else
+#define KGPT_X86 0
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "common/cpu_features.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace kgpt {
+namespace cpu {
+namespace {
+
+// ---------------------------------------------------------------- kernel selection
+// Highest kernel allowed: 0 = best the CPU has, 1 = at most AVX2/FMA, 2 = portable only.
+std::atomic<int> g_cap{0};
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool ok = __builtin_cpu_supports("avx512f") && cpu_has_avx2_fma();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// Work below this many flops runs on one thread (spawning costs more than it saves).
+constexpr double kMinFlopsPerThread = 4e6;
+
+int threads_for(double flops) {
+  int nt = max_threads();
+  int by_work = static_cast<int>(flops / kMinFlopsPerThread);
+  return std::max(1, std::min(nt, by_work));
+}
+
+// ---------------------------------------------------------------- per-thread pack buffers
+struct PackBuf {
+  float* p = nullptr;
+  size_t n = 0;
+  ~PackBuf() { std::free(p); }
+  float* get(size_t need) {
+    if (need > n) {
+      std::free(p);
+      size_t bytes = ((need * sizeof(float) + 63) / 64) * 64;
+      p = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p) throw std::bad_alloc();
+      n = need;
+    }
+    return p;
+  }
+};
+thread_local PackBuf tls_a, tls_b;
+
+using Ukr = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                     float alpha, float beta, const float* bias);
+
+// ---------------------------------------------------------------- packing (portable code)
+// d[k*S + i] = src[i*ld + k] for i < n (n <= S source rows, each contiguous along k), zero for
+// n <= i < S. 4x4 SSE transposes (baseline x86-64, no target attribute needed).
+template <int S>
+void pack_transposed(const float* src, int64_t ld, int n, int64_t kc, float* d) {
+  int i = 0;
+#if defined(__SSE2__)
+  for (; i + 4 <= n; i += 4) {
+    const float* r0 = src + i * ld;
+    const float* r1 = r0 + ld;
+    const float* r2 = r1 + ld;
+    const float* r3 = r2 + ld;
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+      __m128 a = _mm_loadu_ps(r0 + k), b = _mm_loadu_ps(r1 + k);
+      __m128 c = _mm_loadu_ps(r2 + k), e = _mm_loadu_ps(r3 + k);
+      _MM_TRANSPOSE4_PS(a, b, c, e);
+      _mm_storeu_ps(d + (k + 0) * S + i, a);
+      _mm_storeu_ps(d + (k + 1) * S + i, b);
+      _mm_storeu_ps(d + (k + 2) * S + i, c);
+      _mm_storeu_ps(d + (k + 3) * S + i, e);
+    }
+    for (; k < kc; ++k) {
+      d[k * S + i] = r0[k];
+      d[k * S + i + 1] = r1[k];
+      d[k * S + i + 2] = r2[k];
+      d[k * S + i + 3] = r3[k];
+    }
+  }
+#endif
+  for (; i < n; ++i)
+    for (int64_t k = 0; k < kc; ++k) d[k * S + i] = src[i * ld + k];
+  if (n < S)
+    for (int64_t k = 0; k < kc; ++k)
+      for (int j = n; j < S; ++j) d[k * S + j] = 0.f;
+}
+
+// d[k*S + j] = src[k*ld + j] for j < n (rows of the source are contiguous along the sliver).
+template <int S>
+void pack_straight(const float* src, int64_t ld, int n, int64_t kc, float* d) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* r = src + k * ld;
+    float* dk = d + k * S;
+    if (n == S) {
+      std::memcpy(dk, r, sizeof(float) * S);
+    } else {
+      for (int j = 0; j < n; ++j) dk[j] = r[j];
+      for (int j = n; j < S; ++j) dk[j] = 0.f;
+    }
+  }
+}
+
+// A block rows [i0, i0+mc) x k [p0, p0+kc) -> slivers of MR rows: dst[s][k][0..MR), zero padded.
+template <int MR>
+void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
+            int64_t kc, float* dst) {
+  for (int64_t s = 0; s < mc; s += MR) {
+    const int m = static_cast<int>(std::min<int64_t>(MR, mc - s));
+    if (!trans) pack_transposed<MR>(A + (i0 + s) * lda + p0, lda, m, kc, dst + s * kc);
+    else pack_straight<MR>(A + p0 * lda + i0 + s, lda, m, kc, dst + s * kc);
+  }
+}
+
+// B block k [p0, p0+kc) x cols [j0, j0+nc) -> slivers of NR columns: dst[s][k][0..NR).
+template <int NR>
+void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0,
+            int64_t nc, float* dst) {
+  for (int64_t s = 0; s < nc; s += NR) {
+    const int n = static_cast<int>(std::min<int64_t>(NR, nc - s));
+    if (!trans) pack_straight<NR>(B + p0 * ldb + j0 + s, ldb, n, kc, dst + s * kc);
+    else pack_transposed<NR>(B + (j0 + s) * ldb + p0, ldb, n, kc, dst + s * kc);
+  }
+}
+
+// Scalar epilogue shared by edge tiles and the portable kernel:
+// c = alpha*acc (+ beta*c when beta != 0) (+ bias).
+inline float epi(float acc, float alpha, float beta, const float* c, const float* bias, int j) {
+  float v = alpha * acc;
+  if (beta != 0.f) v += beta * (*c);
+  if (bias) v += bias[j];
+  return v;
+}
+
+// ---------------------------------------------------------------- portable micro-kernel
+constexpr int kPMR = 6, kPNR = 16;
+void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
+                  float beta, const float* bias) {
+  float acc[kPMR][kPNR] = {};
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* bk = b + k * kPNR;
+    for (int i = 0; i < kPMR; ++i) {
+      const float ai = a[k * kPMR + i];
+      for (int j = 0; j < kPNR; ++j) acc[i][j] += ai * bk[j];
+    }
+  }
+  for (int i = 0; i < kPMR; ++i)
+    for (int j = 0; j < kPNR; ++j) c[i * ldc + j] = epi(acc[i][j], alpha, beta, c + i * ldc + j, bias, j);
+}
+
+#if KGPT_X86
+// ---------------------------------------------------------------- AVX2/FMA 6x16 micro-kernel
+#define KGPT_AVX2 __attribute__((target("avx2,fma")))
+
+KGPT_AVX2 inline void store8(float* c, __m256 acc, __m256 va, float beta, const float* bias) {
+  __m256 v = _mm256_mul_ps(acc, va);
+  if (beta != 0.f) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(c)));
+  if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
+  _mm256_storeu_ps(c, v);
+}
+
+KGPT_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                             float alpha, float beta, const float* bias) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    __m256 av;
+#define KGPT_ROW(i)                          \
+  av = _mm256_broadcast_ss(a + i);           \
+  c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); \
+  c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
+    KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
+#undef KGPT_ROW
+    a += 6;
+    b += 16;
+  }
+  const __m256 va = _mm256_set1_ps(alpha);
+  const float* bias1 = bias ? bias + 8 : nullptr;
+#define KGPT_STORE(i)                                  \
+  store8(c + i * ldc, c##i##0, va, beta, bias);        \
+  store8(c + i * ldc + 8, c##i##1, va, beta, bias1);
+  KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
+#undef KGPT_STORE
+}
+
+// ---------------------------------------------------------------- AVX-512 12x32 micro-kernel
+#define KGPT_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float beta, const float* bias) {
+  __m512 v = _mm512_mul_ps(acc, va);
+  if (beta != 0.f) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(c)));
+  if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
+  _mm512_storeu_ps(c, v);
+}
+
+KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, float* c,
+                                  int64_t ldc, float alpha, float beta, const float* bias) {
+#define KGPT_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+  KGPT_DECL(0) KGPT_DECL(1) KGPT_DECL(2) KGPT_DECL(3) KGPT_DECL(4) KGPT_DECL(5)
+  KGPT_DECL(6) KGPT_DECL(7) KGPT_DECL(8) KGPT_DECL(9) KGPT_DECL(10) KGPT_DECL(11)
+#undef KGPT_DECL
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+    __m512 av;
+#define KGPT_ROW(i)                          \
+  av = _mm512_set1_ps(a[i]);                 \
+  c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0); \
+  c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);
+    KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
+    KGPT_ROW(6) KGPT_ROW(7) KGPT_ROW(8) KGPT_ROW(9) KGPT_ROW(10) KGPT_ROW(11)
+#undef KGPT_ROW
+    a += 12;
+    b += 32;
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  const float* bias1 = bias ? bias + 16 : nullptr;
+#define KGPT_STORE(i)                                   \
+  store16(c + i * ldc, c##i##0, va, beta, bias);        \
+  store16(c + i * ldc + 16, c##i##1, va, beta, bias1);
+  KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
+  KGPT_STORE(6) KGPT_STORE(7) KGPT_STORE(8) KGPT_STORE(9) KGPT_STORE(10) KGPT_STORE(11)
+#undef KGPT_STORE
+}
+
+#endif  // KGPT_X86
+
+// ---------------------------------------------------------------- blocked driver
+struct Problem {
+  bool ta, tb;
+  int64_t M, N, K;
+  float alpha;
+  const float* A;
+  int64_t lda;
+  const float* B;
+  int64_t ldb;
+  float beta;
+  float* C;
+  int64_t ldc;
+  const float* bias;
+};
+
+struct Blocking {
+  int64_t MC, KC, NC;
+};
+
+template <int MR, int NR>
+void gemm_rect(const Problem& p, Ukr ukr, Blocking bl, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  // Even row/column blocks for this rectangle (multiples of MR/NR, so tile positions stay fixed;
+  // the summation order depends on KC only).
+  auto even = [](int64_t len, int64_t blk, int64_t unit) {
+    const int64_t nblk = std::max<int64_t>(1, (len + blk - 1) / blk);
+    return ((len + nblk - 1) / nblk + unit - 1) / unit * unit;
+  };
+  const int64_t MC = std::min(bl.MC, even(m1 - m0, bl.MC, MR)), KC = bl.KC;
+  const int64_t NC = std::min(bl.NC, even(n1 - n0, bl.NC, NR));
+  float* Ap = tls_a.get(static_cast<size_t>(bl.MC * KC));
+  float* Bp = tls_b.get(static_cast<size_t>(bl.NC * KC));
+  alignas(64) float tmp[MR * NR];
+  for (int64_t jc = n0; jc < n1; jc += NC) {
+    const int64_t nc = std::min(NC, n1 - jc);
+    for (int64_t pc = 0; pc < p.K; pc += KC) {
+      const int64_t kc = std::min(KC, p.K - pc);
+      pack_b<NR>(p.tb, p.B, p.ldb, pc, kc, jc, nc, Bp);
+      const bool first = pc == 0;
+      const float beta = first ? p.beta : 1.f;
+      const float* bias = (first && p.bias) ? p.bias + jc : nullptr;
+      for (int64_t ic = m0; ic < m1; ic += MC) {
+        const int64_t mc = std::min(MC, m1 - ic);
+        pack_a<MR>(p.ta, p.A, p.lda, ic, mc, pc, kc, Ap);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+          const float* bp = Bp + jr * kc;
+          const float* bj = bias ? bias + jr : nullptr;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+            float* c = p.C + (ic + ir) * p.ldc + jc + jr;
+            if (mr == MR && nr == NR) {
+              ukr(kc, Ap + ir * kc, bp, c, p.ldc, p.alpha, beta, bj);
+            } else {
+              ukr(kc, Ap + ir * kc, bp, tmp, NR, 1.f, 0.f, nullptr);
+              for (int i = 0; i < mr; ++i)
+                for (int j = 0; j < nr; ++j) {
+                  float* cij = c + i * p.ldc + j;
+                  *cij = epi(tmp[i * NR + j], p.alpha, beta, cij, bj, j);
+                }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <int MR, int NR>
+void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
+  // Even k blocks (depends on K only, so the summation order stays thread-count independent).
+  {
+    const int64_t nkb = (p.K + bl.KC - 1) / bl.KC;
+    bl.KC = ((p.K + nkb - 1) / nkb + 3) / 4 * 4;
+  }
+  const int nt = threads_for(2.0 * p.M * p.N * p.K);
+  if (nt <= 1) {
+    gemm_rect<MR, NR>(p, ukr, bl, 0, p.M, 0, p.N);
+    return;
+  }
+  // Split the longer sliver count; ties and near-ties go to M (B packing is cheaper to repeat).
+  // Split rows or columns, whichever gives the slowest thread less to do. Rough cycle model:
+  // FMAs / 32 per cycle, plus ~1 cycle per packed element; the side not split is packed by
+  // every thread (B in full when splitting rows, A in full when splitting columns).
+  const int64_t mb = (p.M + MR - 1) / MR, nb = (p.N + NR - 1) / NR;
+  auto cost = [&](double rows, double cols) {
+    return rows * cols * p.K / 32.0 + rows * p.K * std::ceil(cols / bl.NC) + cols * p.K;
+  };
+  const double cost_m = cost(std::min<double>(p.M, double((mb + nt - 1) / nt) * MR), double(p.N));
+  const double cost_n = cost(double(p.M), std::min<double>(p.N, double((nb + nt - 1) / nt) * NR));
+  const bool split_m = nb < nt || (mb >= nt && cost_m <= cost_n);
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const int t = 0, T = 1;
+#endif
+    if (split_m) {
+      const int64_t s0 = mb * t / T, s1 = mb * (t + 1) / T;
+      if (s1 > s0) gemm_rect<MR, NR>(p, ukr, bl, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
+    } else {
+      const int64_t s0 = nb * t / T, s1 = nb * (t + 1) / T;
+      if (s1 > s0) gemm_rect<MR, NR>(p, ukr, bl, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- matrix-vector (M <= 4, NT)
+// C[m, n] = alpha * dot(A[m, :], B[n, :]) + beta*C + bias: streams each row of B once for all m.
+#if KGPT_X86
+template <int M>
+KGPT_AVX2 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1) {
+  constexpr int U = M <= 2 ? 4 : 2;  // independent accumulators per row (hide FMA latency)
+  const int64_t K = p.K;
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* w = p.B + n * p.ldb;
+    __m256 acc[M][U];
+    for (int m = 0; m < M; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 * U <= K; k += 8 * U) {
+      for (int u = 0; u < U; ++u) {
+        const __m256 wv = _mm256_loadu_ps(w + k + 8 * u);
+        for (int m = 0; m < M; ++m)
+          acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k + 8 * u), wv, acc[m][u]);
+      }
+    }
+    for (; k + 8 <= K; k += 8) {
+      const __m256 wv = _mm256_loadu_ps(w + k);
+      for (int m = 0; m < M; ++m)
+        acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k), wv, acc[m][0]);
+    }
+    for (int m = 0; m < M; ++m) {
+      __m256 s = acc[m][0];
+      for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[m][u]);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      float dot = _mm_cvtss_f32(h);
+      const float* x = p.A + m * p.lda;
+      for (int64_t kk = k; kk < K; ++kk) dot += x[kk] * w[kk];
+      float* c = p.C + m * p.ldc + n;
+      *c = epi(dot, p.alpha, p.beta, c, p.bias ? p.bias + n : nullptr, 0);
+    }
+  }
+}
+
+#endif  // KGPT_X86
+
+void gemv_nt_portable(const Problem& p, int64_t n0, int64_t n1) {
+  constexpr int L = 8;  // independent partial sums the compiler can keep in SIMD lanes
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* w = p.B + n * p.ldb;
+    for (int64_t m = 0; m < p.M; ++m) {
+      const float* x = p.A + m * p.lda;
+      float part[L] = {};
+      int64_t k = 0;
+      for (; k + L <= p.K; k += L)
+        for (int l = 0; l < L; ++l) part[l] += x[k + l] * w[k + l];
+      float dot = 0.f;
+      for (int l = 0; l < L; ++l) dot += part[l];
+      for (; k < p.K; ++k) dot += x[k] * w[k];
+      float* c = p.C + m * p.ldc + n;
+      *c = epi(dot, p.alpha, p.beta, c, p.bias ? p.bias + n : nullptr, 0);
+    }
+  }
+}
+
+void gemv_nt(const Problem& p, bool avx2) {
+  auto run = [&](int64_t n0, int64_t n1) {
+#if KGPT_X86
+    if (avx2) {
+      switch (p.M) {
+        case 1: return gemv_nt_avx2<1>(p, n0, n1);
+        case 2: return gemv_nt_avx2<2>(p, n0, n1);
+        case 3: return gemv_nt_avx2<3>(p, n0, n1);
+        default: return gemv_nt_avx2<4>(p, n0, n1);
+      }
+    }
+#endif
+    (void)avx2;
+    gemv_nt_portable(p, n0, n1);
+  };
+  // Memory-bound: a thread pays off once it streams ~256 KB of B.
+  const int nt = std::max(1, std::min<int>(max_threads(), static_cast<int>(p.N * p.K / 65536)));
+  if (nt <= 1) return run(0, p.N);
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const int t = 0, T = 1;
+#endif
+    run(p.N * t / T, p.N * (t + 1) / T);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- public entry points
+bool gemm_use_avx2() { return g_cap.load() < 2 && cpu_has_avx2_fma(); }
+bool gemm_use_avx512() { return g_cap.load() < 1 && cpu_has_avx512(); }
+void gemm_set_force_portable(bool on) { g_cap.store(on ? 2 : 0); }
+
+bool gemm_set_kernel(const std::string& name) {
+  if (name == "auto") g_cap.store(0);
+  else if (name == "avx512" && cpu_has_avx512()) g_cap.store(0);
+  else if (name == "avx2_fma" && cpu_has_avx2_fma()) g_cap.store(1);
+  else if (name == "portable") g_cap.store(2);
+  else return false;
+  return true;
+}
+
+const char* gemm_kernel_name() {
+  if (gemm_use_avx512()) return "avx512";
+  if (gemm_use_avx2()) return "avx2_fma";
+  return "portable";
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+           int64_t ldc, const float* bias) {
+  if (M <= 0 || N <= 0) return;
+  const Problem p{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias};
+  if (K <= 0) {  // nothing to multiply: C = beta*C + bias
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = epi(0.f, 0.f, beta, C + m * ldc + n, bias, n);
+    return;
+  }
+  if (!trans_a && trans_b && M <= 4) return gemv_nt(p, gemm_use_avx2());
+#if KGPT_X86
+  if (gemm_use_avx512()) return gemm_threaded<12, 32>(p, ukr_avx512_12x32, {192, 384, 1024});
+  if (gemm_use_avx2()) return gemm_threaded<6, 16>(p, ukr_avx2_6x16, {192, 384, 1024});
+#endif
+  gemm_threaded<kPMR, kPNR>(p, ukr_portable, {192, 384, 1024});
+}
+
+void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC) {
+  constexpr int64_t CH = 256;  // columns per chunk: the partial sums stay in L1
+  const int64_t nchunks = (OC + CH - 1) / CH;
+  const int nt = static_cast<int>(std::min<int64_t>(threads_for(double(N) * OC * 4), nchunks));
+  (void)nt;  // unused without OpenMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    const int64_t o0 = ch * CH, o1 = std::min(OC, o0 + CH);
+    float acc[CH] = {};
+    for (int64_t n = 0; n < N; ++n) {
+      const float* row = dout + n * OC;
+      for (int64_t o = o0; o < o1; ++o) acc[o - o0] += row[o];
+    }
+    for (int64_t o = o0; o < o1; ++o) dbias[o] += acc[o - o0];
+  }
+}
+
+}  // namespace cpu
+}  // namespace kgpt
