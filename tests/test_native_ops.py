@@ -2,6 +2,7 @@
 several shapes (odd ones included: T = 1, 7, 33, 67; C = 12, 20; B = 1), with outputs poisoned
 (NaN) before the call and parameter-gradient buffers starting from random values (`+=`).
 Error bound: ||native - ref64|| / ||ref64|| <= max(1e-5, 2 * err(numpy float32) + 1e-6).
+Each test runs on the AVX2/FMA paths (where the CPU has them) and on the portable ones.
 Also: 1 vs 2 threads give bitwise-identical results (every op here is designed to), and bad
 shapes / dtypes / layouts / ids raise ValueError / TypeError naming the argument."""
 from __future__ import annotations
@@ -14,6 +15,20 @@ from conftest import assert_close
 nat = pytest.importorskip("kernelgpt._native")
 from kernelgpt.backends import native_backend as nb  # noqa: E402
 from kernelgpt.backends import numpy_backend as rb  # noqa: E402
+
+
+def _paths():
+    nat._set_ops_force_portable(False)
+    return (["avx2"] if nat.ops_use_avx2() else []) + ["portable"]
+
+
+@pytest.fixture(autouse=True, params=_paths())
+def isa(request):
+    """Every test runs on each code path this CPU has: the AVX2/FMA clones and the portable ones."""
+    nat._set_ops_force_portable(request.param == "portable")
+    assert nat.ops_use_avx2() == (request.param == "avx2")
+    yield request.param
+    nat._set_ops_force_portable(False)
 
 
 def nan(shape):

@@ -10,6 +10,7 @@
 #include <pybind11/numpy.h>
 
 #include "bindings/native_init.h"
+#include "cpu/dispatch.h"  // ops_set_force_portable (test hook)
 #include "cpu/ops.h"
 
 namespace py = pybind11;
@@ -352,6 +353,10 @@ void init_cpu_ops(py::module_& m) {
   m.def("adamw_update", &adamw_update, a("params"), a("grads"), a("m"), a("v"), py::kw_only(),
         py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("step"), "Fused AdamW step over flat arrays, in place.");
+  m.def("_set_ops_force_portable", &kgpt::cpu::ops_set_force_portable, py::arg("on"),
+        "Test hook: force the portable (non-AVX2) paths of the non-GEMM kernels (process-wide).");
+  m.def("ops_use_avx2", &kgpt::cpu::ops_use_avx2,
+        "Whether the non-GEMM kernels run their AVX2/FMA paths.");
 }
 
 }  // namespace kgpt_bind

@@ -49,10 +49,9 @@ KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, co
       const float alpha = exp_approx(m - mb);  // 0 on the first block (m = -inf)
       l *= alpha;
       for (int64_t d = 0; d < HS; ++d) acc[d] *= alpha;
-      for (int64_t j = 0; j < n; ++j) s[j] = exp_approx(s[j] - mb);
+      l += exp_shift_sum(s, n, mb);
       for (int64_t j = 0; j < n; ++j) {
         const float p = s[j];
-        l += p;
         const float* vr = v + (j0 + j) * ld;
         for (int64_t d = 0; d < HS; ++d) acc[d] += p * vr[d];
       }
@@ -106,10 +105,8 @@ KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const f
           dp[j] += gd * vt[j];
         }
       }
-      for (int64_t j = 0; j < n; ++j) {
-        p[j] = exp_approx(p[j] - lr);
-        dp[j] = p[j] * (dp[j] - D) * scale;  // dS (scaled for dQ and dK)
-      }
+      exp_shift_sum(p, n, lr);
+      for (int64_t j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - D) * scale;  // dS, scaled
       for (int64_t j = 0; j < n; ++j) {
         const float pj = p[j], sj = dp[j];
         float* dvr = dV + (j0 + j) * HS;
@@ -148,11 +145,7 @@ KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc,
     s[t] = dot * scale;
     m = s[t] > m ? s[t] : m;
   }
-  float l = 0.0f;
-  for (int64_t t = 0; t < n_valid; ++t) {
-    s[t] = exp_approx(s[t] - m);
-    l += s[t];
-  }
+  const float l = exp_shift_sum(s, n_valid, m);
   for (int64_t d = 0; d < HS; ++d) o[d] = 0.0f;
   for (int64_t t = 0; t < n_valid; ++t) {
     const float p = s[t];

@@ -16,20 +16,10 @@ KGPT_MULTIVERSION(void, ce_row, (float* loss, float* p, const float* x, int32_t 
                   (loss, p, x, target, V)) {
   float m = x[0];
   for (int64_t j = 1; j < V; ++j) m = x[j] > m ? x[j] : m;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  const int64_t V8 = V & ~int64_t(7);
-  for (int64_t j = 0; j < V8; j += 8)
-    for (int jj = 0; jj < 8; ++jj) {
-      const float e = exp_approx(x[j + jj] - m);
-      p[j + jj] = e;
-      acc[jj] += e;
-    }
+  for (int64_t j = 0; j < V; ++j) p[j] = x[j];
+  // Sum in blocks of 512 accumulated in double: the float lane sums stay short.
   double z = 0.0;
-  for (int jj = 0; jj < 8; ++jj) z += acc[jj];
-  for (int64_t j = V8; j < V; ++j) {
-    p[j] = exp_approx(x[j] - m);
-    z += p[j];
-  }
+  for (int64_t j = 0; j < V; j += 512) z += exp_shift_sum(p + j, V - j < 512 ? V - j : 512, m);
   const float inv = static_cast<float>(1.0 / z);
   for (int64_t j = 0; j < V; ++j) p[j] *= inv;
   *loss = static_cast<float>(double(m) + std::log(z) - double(x[target]));

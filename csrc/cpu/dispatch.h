@@ -20,12 +20,16 @@
   KGPT_TARGET_AVX2 static ret name##_avx2 params { return name##_body args; }     \
   static ret name##_portable params { return name##_body args; }                  \
   static ret name params {                                                         \
-    return ::kgpt::cpu_has_avx2_fma() ? name##_avx2 args : name##_portable args;   \
+    return ::kgpt::cpu::ops_use_avx2() ? name##_avx2 args : name##_portable args;  \
   }                                                                                \
   KGPT_INLINE ret name##_body params
 
 namespace kgpt {
 namespace cpu {
+// True when the CPU has AVX2+FMA and the portable paths are not forced (test hook below).
+bool ops_use_avx2();
+// Test hook (process-wide): force the portable clones of every non-GEMM kernel.
+void ops_set_force_portable(bool on);
 // Below this many elements an elementwise op runs on the calling thread only.
 constexpr int64_t kParallelMin = 1 << 15;
 // Elementwise ops split their range into chunks of this size (static schedule).
