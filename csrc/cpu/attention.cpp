@@ -1,5 +1,5 @@
-// Causal multi-head attention on the CPU, flash-attention style: the forward walks each query row's
-// keys in blocks of kBc with an online softmax (running max and sum, output rescaled as the max
+// Causal multi-head attention on the CPU, flash-attention style: the forward walks groups of kR query
+// rows over blocks of kBc keys (kR x 16 register tiles) with an online softmax (running max and sum, output rescaled as the max
 // grows), so no (T,T) matrix exists; it saves lse (B,NH,T). The backward recomputes P = exp(S-lse)
 // block by block: dV += P^T dO, dP = dO V^T, dS = P (dP - D) with D = rowsum(dO * O), dQ += dS K,
 // dK += dS^T Q. Everything is overwritten (=). Work is split over B x NH, one head per thread at a
@@ -21,106 +21,224 @@ namespace {
 constexpr int64_t kBc = 64;  // keys per block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// One (b, h): q/k/v rows have stride ld = 3C; o rows stride C. Kt scratch (HS, T).
-KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, const float* k,
-                  const float* v, float* Kt, int64_t T, int64_t HS, int64_t ld, int64_t ldo),
-                  (o, lse, q, k, v, Kt, T, HS, ld, ldo)) {
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < HS; ++d) Kt[d * T + t] = k[t * ld + d];
-  float s[kBc];
-  float qs[256], acc[256];  // HS <= 256 (checked by the binding)
-  for (int64_t r = 0; r < T; ++r) {
+constexpr int kR = 4;    // query rows per group (register tile height)
+constexpr int kJ = 16;   // keys per register tile (two AVX2 vectors)
+
+// out[i][jj] = sum_d rows[i*256 + d] * Xt[d*ldt + jj] for i < kR, jj < kJ: the score tile.
+void tile_dot_portable(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt,
+                       int64_t HS) {
+  for (int i = 0; i < kR; ++i) {
+    float t[kJ] = {};
     for (int64_t d = 0; d < HS; ++d) {
-      qs[d] = q[r * ld + d] * scale;
-      acc[d] = 0.0f;
+      const float a = rows[i * 256 + d];
+      const float* x = Xt + d * ldt;
+      for (int jj = 0; jj < kJ; ++jj) t[jj] += a * x[jj];
     }
-    float m = kNegInf, l = 0.0f;
-    for (int64_t j0 = 0; j0 <= r; j0 += kBc) {
-      const int64_t n = std::min(kBc, r + 1 - j0);
-      for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+    for (int jj = 0; jj < kJ; ++jj) out[i][jj] = t[jj];
+  }
+}
+
+// acc[i*256 + d] += sum_{j<n} w[i][j] * X[j*ldx + d] for i < kR, d < HS (P V, dS K).
+void rows_axpy_portable(float* acc, const float (*w)[kBc], const float* X, int64_t ldx,
+                        int64_t n, int64_t HS) {
+  for (int i = 0; i < kR; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      const float a = w[i][j];
+      const float* x = X + j * ldx;
+      for (int64_t d = 0; d < HS; ++d) acc[i * 256 + d] += a * x[d];
+    }
+}
+
+#ifdef KGPT_HAVE_EXP8
+// The same two helpers as 4 x 16 register tiles: 8 accumulators, 2 loads + 4 broadcasts per
+// 8 FMAs. Only the order of the additions over j differs from nothing: d-order is kept.
+__attribute__((target("avx2,fma"))) void tile_dot_avx2(float out[kR][kJ], const float* rows,
+                                                       const float* Xt, int64_t ldt, int64_t HS) {
+  __m256 t[kR][2];
+  for (int i = 0; i < kR; ++i) t[i][0] = t[i][1] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < HS; ++d) {
+    const __m256 x0 = _mm256_loadu_ps(Xt + d * ldt), x1 = _mm256_loadu_ps(Xt + d * ldt + 8);
+    for (int i = 0; i < kR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(rows + i * 256 + d);
+      t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
+      t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
+    }
+  }
+  for (int i = 0; i < kR; ++i) {
+    _mm256_storeu_ps(out[i], t[i][0]);
+    _mm256_storeu_ps(out[i] + 8, t[i][1]);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void rows_axpy_avx2(float* acc, const float (*w)[kBc],
+                                                        const float* X, int64_t ldx, int64_t n,
+                                                        int64_t HS) {
+  int64_t d0 = 0;
+  for (; d0 + kJ <= HS; d0 += kJ) {
+    __m256 t[kR][2];
+    for (int i = 0; i < kR; ++i) {
+      t[i][0] = _mm256_loadu_ps(acc + i * 256 + d0);
+      t[i][1] = _mm256_loadu_ps(acc + i * 256 + d0 + 8);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 x0 = _mm256_loadu_ps(X + j * ldx + d0), x1 = _mm256_loadu_ps(X + j * ldx + d0 + 8);
+      for (int i = 0; i < kR; ++i) {
+        const __m256 a = _mm256_broadcast_ss(&w[i][j]);
+        t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
+        t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
+      }
+    }
+    for (int i = 0; i < kR; ++i) {
+      _mm256_storeu_ps(acc + i * 256 + d0, t[i][0]);
+      _mm256_storeu_ps(acc + i * 256 + d0 + 8, t[i][1]);
+    }
+  }
+  for (int i = 0; i < kR; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t d = d0; d < HS; ++d) acc[i * 256 + d] += w[i][j] * X[j * ldx + d];
+}
+#endif
+
+void tile_dot(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt, int64_t HS) {
+#ifdef KGPT_HAVE_EXP8
+  if (ops_use_avx2()) return tile_dot_avx2(out, rows, Xt, ldt, HS);
+#endif
+  tile_dot_portable(out, rows, Xt, ldt, HS);
+}
+
+void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, int64_t n,
+               int64_t HS) {
+#ifdef KGPT_HAVE_EXP8
+  if (ops_use_avx2()) return rows_axpy_avx2(acc, w, X, ldx, n, HS);
+#endif
+  rows_axpy_portable(acc, w, X, ldx, n, HS);
+}
+
+// Y[j*HS + d] += sum_i w[i][j] * rows[i*256 + d] for j < n (dV += P^T dO, dK += dS^T Q).
+KGPT_INLINE void cols_axpy(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
+                           int64_t HS) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* y = Y + j * HS;
+    const float w0 = w[0][j], w1 = w[1][j], w2 = w[2][j], w3 = w[3][j];
+    for (int64_t d = 0; d < HS; ++d)
+      y[d] += ((w0 * rows[d] + w1 * rows[256 + d]) + (w2 * rows[512 + d] + w3 * rows[768 + d]));
+  }
+}
+
+// Scores of row group [r0, r0+kR) against keys [j0, j0+n), scaled q already in qs; Xt padded.
+KGPT_INLINE void score_block(float (*s)[kBc], const float* qs, const float* Kt, int64_t ldt,
+                             int64_t j0, int64_t n, int64_t HS) {
+  float t[kR][kJ];
+  for (int64_t jb = 0; jb < n; jb += kJ) {
+    tile_dot(t, qs, Kt + j0 + jb, ldt, HS);
+    for (int i = 0; i < kR; ++i)
+      for (int jj = 0; jj < kJ; ++jj) s[i][jb + jj] = t[i][jj];
+  }
+}
+
+// One (b, h): q/k/v rows have stride ld = 3C; o rows stride C. Kt scratch (HS, ldt) with
+// ldt >= T rounded up to kJ, padding zeroed.
+KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, const float* k,
+                  const float* v, float* Kt, int64_t ldt, int64_t T, int64_t HS, int64_t ld,
+                  int64_t ldo),
+                  (o, lse, q, k, v, Kt, ldt, T, HS, ld, ldo)) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  for (int64_t d = 0; d < HS; ++d) {
+    for (int64_t t = 0; t < T; ++t) Kt[d * ldt + t] = k[t * ld + d];
+    for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = 0.0f;
+  }
+  alignas(32) float s[kR][kBc];
+  alignas(32) float qs[kR * 256], acc[kR * 256];
+  float m[kR], l[kR];
+  for (int64_t r0 = 0; r0 < T; r0 += kR) {
+    const int64_t R = std::min<int64_t>(kR, T - r0);
+    for (int i = 0; i < kR; ++i) {
       for (int64_t d = 0; d < HS; ++d) {
-        const float qd = qs[d];
-        const float* kt = Kt + d * T + j0;
-        for (int64_t j = 0; j < n; ++j) s[j] += qd * kt[j];
+        qs[i * 256 + d] = i < R ? q[(r0 + i) * ld + d] * scale : 0.0f;
+        acc[i * 256 + d] = 0.0f;
       }
-      float mb = m;
-      for (int64_t j = 0; j < n; ++j) mb = s[j] > mb ? s[j] : mb;
-      const float alpha = exp_approx(m - mb);  // 0 on the first block (m = -inf)
-      l *= alpha;
-      for (int64_t d = 0; d < HS; ++d) acc[d] *= alpha;
-      l += exp_shift_sum(s, n, mb);
-      for (int64_t j = 0; j < n; ++j) {
-        const float p = s[j];
-        const float* vr = v + (j0 + j) * ld;
-        for (int64_t d = 0; d < HS; ++d) acc[d] += p * vr[d];
-      }
-      m = mb;
+      m[i] = kNegInf;
+      l[i] = 0.0f;
     }
-    const float inv = 1.0f / l;
-    for (int64_t d = 0; d < HS; ++d) o[r * ldo + d] = acc[d] * inv;
-    lse[r] = m + std::log(l);
+    const int64_t kend = r0 + R;  // keys [0, kend) are visible to some row of the group
+    for (int64_t j0 = 0; j0 < kend; j0 += kBc) {
+      const int64_t n = std::min(kBc, kend - j0);
+      score_block(s, qs, Kt, ldt, j0, n, HS);
+      for (int i = 0; i < kR; ++i) {
+        const int64_t lim = i < R ? std::min(n, r0 + i + 1 - j0) : 0;  // causal: j <= r
+        for (int64_t j = lim; j < n; ++j) s[i][j] = kNegInf;
+        if (lim <= 0) {  // nothing visible in this block for row i
+          for (int64_t j = 0; j < n; ++j) s[i][j] = 0.0f;
+          continue;
+        }
+        float mb = m[i];
+        for (int64_t j = 0; j < lim; ++j) mb = s[i][j] > mb ? s[i][j] : mb;
+        const float alpha = exp_approx(m[i] - mb);  // 0 on the first block (m = -inf)
+        l[i] = l[i] * alpha + exp_shift_sum(s[i], n, mb);  // masked entries -> exactly 0
+        for (int64_t d = 0; d < HS; ++d) acc[i * 256 + d] *= alpha;
+        m[i] = mb;
+      }
+      rows_axpy(acc, s, v + j0 * ld, ld, n, HS);
+    }
+    for (int64_t i = 0; i < R; ++i) {
+      const float inv = 1.0f / l[i];
+      for (int64_t d = 0; d < HS; ++d) o[(r0 + i) * ldo + d] = acc[i * 256 + d] * inv;
+      lse[r0 + i] = m[i] + std::log(l[i]);
+    }
   }
 }
 
 // One (b, h) backward. dq/dk/dv rows have stride ld = 3C (parts of dqkv); dO, O stride ldo.
-// Scratch: Kt, Vt (HS, T); dK, dV (T, HS).
+// Scratch: Kt, Vt (HS, ldt) padded; dK, dV (T, HS).
 KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const float* dO,
                   const float* q, const float* k, const float* v, const float* O, const float* lse,
-                  float* Kt, float* Vt, float* dK, float* dV, int64_t T, int64_t HS, int64_t ld,
-                  int64_t ldo),
-                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, dK, dV, T, HS, ld, ldo)) {
+                  float* Kt, float* Vt, float* dK, float* dV, int64_t ldt, int64_t T, int64_t HS,
+                  int64_t ld, int64_t ldo),
+                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, dK, dV, ldt, T, HS, ld, ldo)) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < HS; ++d) {
-      Kt[d * T + t] = k[t * ld + d];
-      Vt[d * T + t] = v[t * ld + d];
+  for (int64_t d = 0; d < HS; ++d) {
+    for (int64_t t = 0; t < T; ++t) {
+      Kt[d * ldt + t] = k[t * ld + d];
+      Vt[d * ldt + t] = v[t * ld + d];
     }
+    for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
+  }
   for (int64_t i = 0; i < T * HS; ++i) dK[i] = dV[i] = 0.0f;
-  float p[kBc], dp[kBc];
-  float qs[256], dqr[256];
-  for (int64_t r = 0; r < T; ++r) {
-    const float* dor = dO + r * ldo;
-    const float* orow = O + r * ldo;
-    float Dl[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const int64_t H8 = HS & ~int64_t(7);
-    for (int64_t d = 0; d < H8; d += 8)
-      for (int jj = 0; jj < 8; ++jj) Dl[jj] += dor[d + jj] * orow[d + jj];
-    float D = ((Dl[0] + Dl[1]) + (Dl[2] + Dl[3])) + ((Dl[4] + Dl[5]) + (Dl[6] + Dl[7]));
-    for (int64_t d = H8; d < HS; ++d) D += dor[d] * orow[d];
-    for (int64_t d = 0; d < HS; ++d) {
-      qs[d] = q[r * ld + d] * scale;
-      dqr[d] = 0.0f;
-    }
-    const float lr = lse[r];
-    for (int64_t j0 = 0; j0 <= r; j0 += kBc) {
-      const int64_t n = std::min(kBc, r + 1 - j0);
-      for (int64_t j = 0; j < n; ++j) p[j] = dp[j] = 0.0f;
+  alignas(32) float p[kR][kBc], dp[kR][kBc];
+  alignas(32) float qs[kR * 256], qr[kR * 256], dor[kR * 256], dqa[kR * 256];
+  float D[kR], lr[kR];
+  for (int64_t r0 = 0; r0 < T; r0 += kR) {
+    const int64_t R = std::min<int64_t>(kR, T - r0);
+    for (int i = 0; i < kR; ++i) {
+      float Dsum = 0.0f;
       for (int64_t d = 0; d < HS; ++d) {
-        const float qd = qs[d], gd = dor[d];
-        const float* kt = Kt + d * T + j0;
-        const float* vt = Vt + d * T + j0;
-        for (int64_t j = 0; j < n; ++j) {
-          p[j] += qd * kt[j];
-          dp[j] += gd * vt[j];
-        }
+        const bool on = i < R;
+        qr[i * 256 + d] = on ? q[(r0 + i) * ld + d] : 0.0f;
+        qs[i * 256 + d] = qr[i * 256 + d] * scale;
+        dor[i * 256 + d] = on ? dO[(r0 + i) * ldo + d] : 0.0f;
+        Dsum += on ? dor[i * 256 + d] * O[(r0 + i) * ldo + d] : 0.0f;
+        dqa[i * 256 + d] = 0.0f;
       }
-      exp_shift_sum(p, n, lr);
-      for (int64_t j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - D) * scale;  // dS, scaled
-      for (int64_t j = 0; j < n; ++j) {
-        const float pj = p[j], sj = dp[j];
-        float* dvr = dV + (j0 + j) * HS;
-        float* dkr = dK + (j0 + j) * HS;
-        const float* kr = k + (j0 + j) * ld;
-        const float* qr = q + r * ld;
-        for (int64_t d = 0; d < HS; ++d) {
-          dvr[d] += pj * dor[d];
-          dkr[d] += sj * qr[d];
-          dqr[d] += sj * kr[d];
-        }
-      }
+      D[i] = Dsum;
+      lr[i] = i < R ? lse[r0 + i] : 0.0f;
     }
-    for (int64_t d = 0; d < HS; ++d) dq[r * ld + d] = dqr[d];
+    const int64_t kend = r0 + R;
+    for (int64_t j0 = 0; j0 < kend; j0 += kBc) {
+      const int64_t n = std::min(kBc, kend - j0);
+      score_block(p, qs, Kt, ldt, j0, n, HS);
+      score_block(dp, dor, Vt, ldt, j0, n, HS);  // dP = dO V^T
+      for (int i = 0; i < kR; ++i) {
+        const int64_t lim = i < R ? std::max<int64_t>(0, std::min(n, r0 + i + 1 - j0)) : 0;
+        if (lim > 0) exp_shift_sum(p[i], lim, lr[i]);
+        for (int64_t j = lim; j < n; ++j) p[i][j] = 0.0f;
+        for (int64_t j = 0; j < n; ++j) dp[i][j] = p[i][j] * (dp[i][j] - D[i]) * scale;  // dS
+      }
+      cols_axpy(dV + j0 * HS, p, dor, n, HS);   // dV += P^T dO
+      cols_axpy(dK + j0 * HS, dp, qr, n, HS);   // dK += dS^T Q
+      rows_axpy(dqa, dp, k + j0 * ld, ld, n, HS);  // dQ += dS K
+    }
+    for (int64_t i = 0; i < R; ++i)
+      for (int64_t d = 0; d < HS; ++d) dq[(r0 + i) * ld + d] = dqa[i * 256 + d];
   }
   for (int64_t t = 0; t < T; ++t)
     for (int64_t d = 0; d < HS; ++d) {
@@ -160,29 +278,29 @@ KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc,
 
 void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
                        int64_t NH) {
-  const int64_t HS = C / NH, ld = 3 * C;
+  const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
 #pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
-    std::vector<float> Kt(static_cast<size_t>(HS * T));
+    std::vector<float> Kt(static_cast<size_t>(HS * ldt));
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
       const int64_t b = bh / NH, h = bh % NH;
       const float* base = qkv + b * T * ld + h * HS;
       attn_fwd_head(out + b * T * C + h * HS, lse + bh * T, base, base + C, base + 2 * C,
-                    Kt.data(), T, HS, ld, C);
+                    Kt.data(), ldt, T, HS, ld, C);
     }
   }
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
-  const int64_t HS = C / NH, ld = 3 * C;
+  const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
 #pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
-    std::vector<float> scratch(static_cast<size_t>(4 * HS * T));
+    std::vector<float> scratch(static_cast<size_t>(2 * HS * ldt + 2 * HS * T));
     float* Kt = scratch.data();
-    float* Vt = Kt + HS * T;
-    float* dK = Vt + HS * T;
+    float* Vt = Kt + HS * ldt;
+    float* dK = Vt + HS * ldt;
     float* dV = dK + HS * T;
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
@@ -190,8 +308,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
       const float* base = qkv + b * T * ld + h * HS;
       float* dbase = dqkv + b * T * ld + h * HS;
       attn_bwd_head(dbase, dbase + C, dbase + 2 * C, dout + b * T * C + h * HS, base, base + C,
-                    base + 2 * C, out + b * T * C + h * HS, lse + bh * T, Kt, Vt, dK, dV, T, HS,
-                    ld, C);
+                    base + 2 * C, out + b * T * C + h * HS, lse + bh * T, Kt, Vt, dK, dV, ldt, T,
+                    HS, ld, C);
     }
   }
 }
