@@ -4,8 +4,9 @@ sampling on S (batch 1) beats NumPy's and PyTorch's tokens/s.
 
 For configs XS, S and M (DESIGN.md; batch 8, 8, 4, T = block size) one training step is timed on
 the native backend, the NumPy backend and, when torch is importable, an equivalent GPT-2 written in
-PyTorch below (eager, CPU, torch.set_num_threads(threads)), round-robin in the same process: each
-round runs every engine once, and medians are reported with GFLOP/s from DESIGN.md's formula
+PyTorch below (eager, CPU, torch.set_num_threads(threads)), each engine in its own subprocess (so
+no two libraries' spinning thread pools fight over the cores), one after the other in the same
+run; medians after a warm-up are reported with GFLOP/s from DESIGN.md's formula
 (kernelgpt.model.train_flops_per_step). Sampling: 96 new tokens after a 4-token prompt, batch 1,
 KV cache, on S. The machine is shared by other jobs: read the ratios (same run), not the
 absolute figures, and rerun before trusting one.
@@ -18,9 +19,11 @@ DIR to PYTHONPATH.)  `pytest benchmarks/bench_native_step.py` runs the XS step v
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -147,20 +150,52 @@ def torch_engines(cfg: GPTConfig, B: int, threads: int):
 
 
 # ----------------------------------------------------------------------------- timing
-def round_robin(fns: dict, rounds: int) -> dict:
-    """Warm each engine once, then ``rounds`` rounds each running every engine once; medians (s)."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
+def median_of(f, rounds: int) -> tuple:
+    f()  # warm-up (buffers, caches, thread pools)
+    times = []
     for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def worker(engine: str, what: str, name: str, rounds: int, threads: int) -> dict:
+    """Time one engine on one config in this process (the parent runs one worker per engine, so
+    no two thread pools (OpenMP, OpenBLAS, torch's) spin against each other on the same cores)."""
+    cfg = GPTConfig.preset(name)
+    B = PRESET_BATCH_SIZE[name]
+    if engine == "torch":
+        tor = torch_engines(cfg, B, threads)
+        if tor is None:
+            return {"skipped": "torch not importable"}
+        f = tor[0] if what == "train" else tor[1]
+        label = f"torch {tor[2]}"
+    else:
+        if engine == "native":
+            from kernelgpt.backends import native_backend
+            native_backend.set_num_threads(threads)  # explicit: this is the benchmark's choice
+        f = kgpt_step(engine, cfg, B) if what == "train" else kgpt_sampler(engine, cfg)
+        label = engine
+    med, times = median_of(f, rounds)
+    return {"label": label, "median": med, "times": times}
+
+
+def run_worker(engine, what, name, rounds, threads) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", engine, what, name,
+                          str(rounds), str(threads)], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"skipped": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        e, what, name, rounds, threads = sys.argv[2:7]
+        print(json.dumps(worker(e, what, name, int(rounds), int(threads))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="xs,s,m")
     ap.add_argument("--rounds", type=int, default=3)
@@ -168,39 +203,41 @@ def main(argv=None) -> None:
     ap.add_argument("--no-torch", dest="torch", action="store_false")
     ap.add_argument("--no-sample", dest="sample", action="store_false")
     args = ap.parse_args(argv)
-    from kernelgpt.backends import native_backend
-    native_backend.set_num_threads(args.threads)  # explicit: this is the benchmark's choice
     print(machine())
-    print(f"threads: native {native_backend.get_num_threads()}, torch {args.threads if args.torch else '-'}"
-          f", numpy via OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    print(f"threads per engine: {args.threads} (OMP/OPENBLAS/torch), one subprocess per engine")
+    engines = ["native", "numpy"] + (["torch"] if args.torch else [])
     held = []
     for name in args.configs.split(","):
         cfg = GPTConfig.preset(name)
         B, T = PRESET_BATCH_SIZE[name], cfg.block_size
-        fns = {"native": kgpt_step("native", cfg, B), "numpy": kgpt_step("numpy", cfg, B)}
-        tor = torch_engines(cfg, B, args.threads) if args.torch else None
-        if tor is not None:
-            fns[f"torch {tor[2]}"] = tor[0]
         rounds = args.rounds if name != "m" else max(2, args.rounds - 1)
-        med = round_robin(fns, rounds)
         flops = train_flops_per_step(cfg, B, T)
+        res = {e: run_worker(e, "train", name, rounds, args.threads) for e in engines}
         print(f"\n== train step {name.upper()} (B={B}, T={T}, {flops / 1e9:.1f} GFLOP/step), "
               f"median of {rounds}")
-        for k, s in med.items():
-            print(f"  {k:14s} {s * 1e3:9.1f} ms  {B * T / s:9.0f} tok/s  {flops / s / 1e9:6.1f} GFLOP/s"
-                  f"  native speed-up {s / med['native']:5.2f}x")
-        held.append((f"{name} native >= 1.5x numpy", med["numpy"] / med["native"] >= 1.5))
+        nat = res["native"]["median"]
+        for e, r in res.items():
+            if "skipped" in r:
+                print(f"  {e:16s} skipped: {r['skipped']}")
+                continue
+            s = r["median"]
+            print(f"  {r['label']:16s} {s * 1e3:9.1f} ms {B * T / s:9.0f} tok/s "
+                  f"{flops / s / 1e9:6.1f} GFLOP/s   native speed-up {s / nat:5.2f}x")
+        held.append((f"{name} native >= 1.5x numpy", res["numpy"]["median"] / nat >= 1.5))
+        if "median" in res.get("torch", {}):
+            held.append((f"{name} native faster than torch", res["torch"]["median"] > nat))
         if args.sample and name == "s":
-            sf = {"native": kgpt_sampler("native", cfg), "numpy": kgpt_sampler("numpy", cfg)}
-            if tor is not None:
-                sf[f"torch {tor[2]}"] = tor[1]
-            sm = round_robin(sf, args.rounds)
-            print(f"\n== sampling S, batch 1, KV cache, {SAMPLE_NEW} new tokens, median of {args.rounds}")
-            for k, s in sm.items():
-                print(f"  {k:14s} {SAMPLE_NEW / s:8.1f} tokens/s")
-            held.append(("S sampling native > numpy", sm["numpy"] > sm["native"]))
-            if tor is not None:
-                held.append(("S sampling native > torch", sm[f"torch {tor[2]}"] > sm["native"]))
+            sm = {e: run_worker(e, "sample", name, args.rounds, args.threads) for e in engines}
+            print(f"\n== sampling S, batch 1, KV cache, {SAMPLE_NEW} new tokens after a 4-token "
+                  f"prompt, median of {args.rounds}")
+            for e, r in sm.items():
+                if "skipped" in r:
+                    print(f"  {e:16s} skipped: {r['skipped']}")
+                    continue
+                print(f"  {r['label']:16s} {SAMPLE_NEW / r['median']:8.1f} tokens/s")
+            for e in ("numpy", "torch"):
+                if "median" in sm.get(e, {}):
+                    held.append((f"S sampling native > {e}", sm[e]["median"] > sm["native"]["median"]))
     print("\n" + "; ".join(f"{k}: {'held' if ok else 'NOT held'}" for k, ok in held))
 
 
