@@ -115,7 +115,7 @@ void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, i
 }
 
 // Y[j*HS + d] += sum_i w[i][j] * rows[i*256 + d] for j < n (dV += P^T dO, dK += dS^T Q).
-KGPT_INLINE void cols_axpy(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
+void cols_axpy_portable(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
                            int64_t HS) {
   for (int64_t j = 0; j < n; ++j) {
     float* y = Y + j * HS;
@@ -123,6 +123,35 @@ KGPT_INLINE void cols_axpy(float* Y, const float (*w)[kBc], const float* rows, i
     for (int64_t d = 0; d < HS; ++d)
       y[d] += ((w0 * rows[d] + w1 * rows[256 + d]) + (w2 * rows[512 + d] + w3 * rows[768 + d]));
   }
+}
+
+#ifdef KGPT_HAVE_EXP8
+__attribute__((target("avx2,fma"))) void cols_axpy_avx2(float* Y, const float (*w)[kBc],
+                                                        const float* rows, int64_t n, int64_t HS) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* y = Y + j * HS;
+    const __m256 w0 = _mm256_set1_ps(w[0][j]), w1 = _mm256_set1_ps(w[1][j]);
+    const __m256 w2 = _mm256_set1_ps(w[2][j]), w3 = _mm256_set1_ps(w[3][j]);
+    int64_t d = 0;
+    for (; d + 8 <= HS; d += 8) {
+      const __m256 a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(rows + 256 + d),
+                                       _mm256_mul_ps(w0, _mm256_loadu_ps(rows + d)));
+      const __m256 b = _mm256_fmadd_ps(w3, _mm256_loadu_ps(rows + 768 + d),
+                                       _mm256_mul_ps(w2, _mm256_loadu_ps(rows + 512 + d)));
+      _mm256_storeu_ps(y + d, _mm256_add_ps(_mm256_loadu_ps(y + d), _mm256_add_ps(a, b)));
+    }
+    for (; d < HS; ++d)
+      y[d] += ((w[0][j] * rows[d] + w[1][j] * rows[256 + d]) +
+               (w[2][j] * rows[512 + d] + w[3][j] * rows[768 + d]));
+  }
+}
+#endif
+
+void cols_axpy(float* Y, const float (*w)[kBc], const float* rows, int64_t n, int64_t HS) {
+#ifdef KGPT_HAVE_EXP8
+  if (ops_use_avx2()) return cols_axpy_avx2(Y, w, rows, n, HS);
+#endif
+  cols_axpy_portable(Y, w, rows, n, HS);
 }
 
 // Scores of row group [r0, r0+kR) against keys [j0, j0+n), scaled q already in qs; Xt padded.
