@@ -165,17 +165,37 @@ inline float epi(float acc, float alpha, float beta, const float* c, const float
 }
 
 // ---------------------------------------------------------------- portable micro-kernel
-constexpr int kPMR = 6, kPNR = 16;
+// 4x8 tile in GCC/Clang generic vectors (SSE2 on any x86-64, NEON on ARM, scalar elsewhere):
+// 8 four-wide accumulators fit the 16 registers of baseline x86-64 without spilling.
+constexpr int kPMR = 4, kPNR = 8;
+typedef float v4f __attribute__((vector_size(16)));
+
+inline v4f load4(const float* p) {
+  v4f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
 void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                   float beta, const float* bias) {
-  float acc[kPMR][kPNR] = {};
+  v4f c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
   for (int64_t k = 0; k < kc; ++k) {
-    const float* bk = b + k * kPNR;
-    for (int i = 0; i < kPMR; ++i) {
-      const float ai = a[k * kPMR + i];
-      for (int j = 0; j < kPNR; ++j) acc[i][j] += ai * bk[j];
-    }
+    const v4f b0 = load4(b), b1 = load4(b + 4);
+    v4f av;
+#define KGPT_ROW(i)              \
+  av = v4f{} + a[i];             \
+  c##i##0 += av * b0;            \
+  c##i##1 += av * b1;
+    KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3)
+#undef KGPT_ROW
+    a += kPMR;
+    b += kPNR;
   }
+  alignas(16) float acc[kPMR][kPNR];
+  std::memcpy(&acc[0][0], &c00, 16); std::memcpy(&acc[0][4], &c01, 16);
+  std::memcpy(&acc[1][0], &c10, 16); std::memcpy(&acc[1][4], &c11, 16);
+  std::memcpy(&acc[2][0], &c20, 16); std::memcpy(&acc[2][4], &c21, 16);
+  std::memcpy(&acc[3][0], &c30, 16); std::memcpy(&acc[3][4], &c31, 16);
   for (int i = 0; i < kPMR; ++i)
     for (int j = 0; j < kPNR; ++j) c[i * ldc + j] = epi(acc[i][j], alpha, beta, c + i * ldc + j, bias, j);
 }
