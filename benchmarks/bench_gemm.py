@@ -53,7 +53,10 @@ def _median_pair(f_ours, f_np, repeats, rounds=2):
         pair = [(f_ours, t_o), (f_np, t_n)]
         for f, acc in (pair if r % 2 == 0 else pair[::-1]):
             time.sleep(0.1)
-            f()  # warm up: pack buffers, thread pools, page faults
+            t_end = time.perf_counter() + 0.05  # warm up >= 50 ms: buffers, pools, idle vCPUs
+            f()
+            while time.perf_counter() < t_end:
+                f()
             for _ in range(per):
                 t = time.perf_counter()
                 f()

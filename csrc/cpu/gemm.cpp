@@ -1,14 +1,14 @@
 // SGEMM driver: Goto/BLIS-style loops (NC columns of B, KC deep, MC rows of A) over packed panels,
-// a register-blocked micro-kernel per (MR, NR) tile, and a streaming matrix-vector path for
-// op(A) with <= 4 rows (batch-1 decoding). Kernels are picked once per call from the CPU's
-// features; the vector ones carry function-level target attributes (the build adds no -march).
+// a register-blocked micro-kernel per (MR, NR) tile (gemm_kernels.cpp), and a streaming
+// matrix-vector path for op(A) with <= 4 rows (batch-1 decoding). The kernel is picked per call
+// from the CPU's features (AVX-512 > AVX2/FMA > portable) unless a test caps it.
 // Threads own disjoint rectangles of C whose edges are multiples of MR/NR, so tile positions and
 // the k order of every element do not depend on the thread count: results are bitwise identical.
 #include "cpu/gemm.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define KGPT_X86 1
-#include <immintrin.h>  // SSE packing, AVX2/AVX-512 kernels (function-level target attributes)
+#include <immintrin.h>  // SSE 4x4 transposes in the packing
 #else
 #define KGPT_X86 0
 #endif
@@ -21,6 +21,7 @@
 #include <string>
 
 #include "common/cpu_features.h"
+#include "cpu/gemm_kernels.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -29,6 +30,8 @@
 namespace kgpt {
 namespace cpu {
 namespace {
+
+using namespace gemm_detail;
 
 // ---------------------------------------------------------------- kernel selection
 // Highest kernel allowed: 0 = best the CPU has, 1 = at most AVX2/FMA, 2 = portable only.
@@ -77,10 +80,6 @@ struct PackBuf {
   }
 };
 thread_local PackBuf tls_a, tls_b;
-
-using Ukr = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                     float alpha, float beta, const float* bias);
-
 // ---------------------------------------------------------------- packing (portable code)
 // d[k*S + i] = src[i*ld + k] for i < n (n <= S source rows, each contiguous along k), zero for
 // n <= i < S. 4x4 SSE transposes (baseline x86-64, no target attribute needed).
@@ -155,127 +154,7 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int
   }
 }
 
-// Scalar epilogue shared by edge tiles and the portable kernel:
-// c = alpha*acc (+ beta*c when beta != 0) (+ bias).
-inline float epi(float acc, float alpha, float beta, const float* c, const float* bias, int j) {
-  float v = alpha * acc;
-  if (beta != 0.f) v += beta * (*c);
-  if (bias) v += bias[j];
-  return v;
-}
-
-// ---------------------------------------------------------------- portable micro-kernel
-constexpr int kPMR = 6, kPNR = 16;
-void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
-                  float beta, const float* bias) {
-  float acc[kPMR][kPNR] = {};
-  for (int64_t k = 0; k < kc; ++k) {
-    const float* bk = b + k * kPNR;
-    for (int i = 0; i < kPMR; ++i) {
-      const float ai = a[k * kPMR + i];
-      for (int j = 0; j < kPNR; ++j) acc[i][j] += ai * bk[j];
-    }
-  }
-  for (int i = 0; i < kPMR; ++i)
-    for (int j = 0; j < kPNR; ++j) c[i * ldc + j] = epi(acc[i][j], alpha, beta, c + i * ldc + j, bias, j);
-}
-
-#if KGPT_X86
-// ---------------------------------------------------------------- AVX2/FMA 6x16 micro-kernel
-#define KGPT_AVX2 __attribute__((target("avx2,fma")))
-
-KGPT_AVX2 inline void store8(float* c, __m256 acc, __m256 va, float beta, const float* bias) {
-  __m256 v = _mm256_mul_ps(acc, va);
-  if (beta != 0.f) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(c)));
-  if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
-  _mm256_storeu_ps(c, v);
-}
-
-KGPT_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                             float alpha, float beta, const float* bias) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-    __m256 av;
-#define KGPT_ROW(i)                          \
-  av = _mm256_broadcast_ss(a + i);           \
-  c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); \
-  c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
-    KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
-#undef KGPT_ROW
-    a += 6;
-    b += 16;
-  }
-  const __m256 va = _mm256_set1_ps(alpha);
-  const float* bias1 = bias ? bias + 8 : nullptr;
-#define KGPT_STORE(i)                                  \
-  store8(c + i * ldc, c##i##0, va, beta, bias);        \
-  store8(c + i * ldc + 8, c##i##1, va, beta, bias1);
-  KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
-#undef KGPT_STORE
-}
-
-// ---------------------------------------------------------------- AVX-512 12x32 micro-kernel
-#define KGPT_AVX512 __attribute__((target("avx512f,avx2,fma")))
-
-KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float beta, const float* bias) {
-  __m512 v = _mm512_mul_ps(acc, va);
-  if (beta != 0.f) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(c)));
-  if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
-  _mm512_storeu_ps(c, v);
-}
-
-KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, float* c,
-                                  int64_t ldc, float alpha, float beta, const float* bias) {
-#define KGPT_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
-  KGPT_DECL(0) KGPT_DECL(1) KGPT_DECL(2) KGPT_DECL(3) KGPT_DECL(4) KGPT_DECL(5)
-  KGPT_DECL(6) KGPT_DECL(7) KGPT_DECL(8) KGPT_DECL(9) KGPT_DECL(10) KGPT_DECL(11)
-#undef KGPT_DECL
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-    __m512 av;
-#define KGPT_ROW(i)                          \
-  av = _mm512_set1_ps(a[i]);                 \
-  c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0); \
-  c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);
-    KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
-    KGPT_ROW(6) KGPT_ROW(7) KGPT_ROW(8) KGPT_ROW(9) KGPT_ROW(10) KGPT_ROW(11)
-#undef KGPT_ROW
-    a += 12;
-    b += 32;
-  }
-  const __m512 va = _mm512_set1_ps(alpha);
-  const float* bias1 = bias ? bias + 16 : nullptr;
-#define KGPT_STORE(i)                                   \
-  store16(c + i * ldc, c##i##0, va, beta, bias);        \
-  store16(c + i * ldc + 16, c##i##1, va, beta, bias1);
-  KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
-  KGPT_STORE(6) KGPT_STORE(7) KGPT_STORE(8) KGPT_STORE(9) KGPT_STORE(10) KGPT_STORE(11)
-#undef KGPT_STORE
-}
-
-#endif  // KGPT_X86
-
 // ---------------------------------------------------------------- blocked driver
-struct Problem {
-  bool ta, tb;
-  int64_t M, N, K;
-  float alpha;
-  const float* A;
-  int64_t lda;
-  const float* B;
-  int64_t ldb;
-  float beta;
-  float* C;
-  int64_t ldc;
-  const float* bias;
-};
-
 struct Blocking {
   int64_t MC, KC, NC;
 };
@@ -368,78 +247,10 @@ void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
   }
 }
 
-// ---------------------------------------------------------------- matrix-vector (M <= 4, NT)
-// C[m, n] = alpha * dot(A[m, :], B[n, :]) + beta*C + bias: streams each row of B once for all m.
-#if KGPT_X86
-template <int M>
-KGPT_AVX2 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1) {
-  constexpr int U = M <= 2 ? 4 : 2;  // independent accumulators per row (hide FMA latency)
-  const int64_t K = p.K;
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* w = p.B + n * p.ldb;
-    __m256 acc[M][U];
-    for (int m = 0; m < M; ++m)
-      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 8 * U <= K; k += 8 * U) {
-      for (int u = 0; u < U; ++u) {
-        const __m256 wv = _mm256_loadu_ps(w + k + 8 * u);
-        for (int m = 0; m < M; ++m)
-          acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k + 8 * u), wv, acc[m][u]);
-      }
-    }
-    for (; k + 8 <= K; k += 8) {
-      const __m256 wv = _mm256_loadu_ps(w + k);
-      for (int m = 0; m < M; ++m)
-        acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k), wv, acc[m][0]);
-    }
-    for (int m = 0; m < M; ++m) {
-      __m256 s = acc[m][0];
-      for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[m][u]);
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      float dot = _mm_cvtss_f32(h);
-      const float* x = p.A + m * p.lda;
-      for (int64_t kk = k; kk < K; ++kk) dot += x[kk] * w[kk];
-      float* c = p.C + m * p.ldc + n;
-      *c = epi(dot, p.alpha, p.beta, c, p.bias ? p.bias + n : nullptr, 0);
-    }
-  }
-}
-
-#endif  // KGPT_X86
-
-void gemv_nt_portable(const Problem& p, int64_t n0, int64_t n1) {
-  constexpr int L = 8;  // independent partial sums the compiler can keep in SIMD lanes
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* w = p.B + n * p.ldb;
-    for (int64_t m = 0; m < p.M; ++m) {
-      const float* x = p.A + m * p.lda;
-      float part[L] = {};
-      int64_t k = 0;
-      for (; k + L <= p.K; k += L)
-        for (int l = 0; l < L; ++l) part[l] += x[k + l] * w[k + l];
-      float dot = 0.f;
-      for (int l = 0; l < L; ++l) dot += part[l];
-      for (; k < p.K; ++k) dot += x[k] * w[k];
-      float* c = p.C + m * p.ldc + n;
-      *c = epi(dot, p.alpha, p.beta, c, p.bias ? p.bias + n : nullptr, 0);
-    }
-  }
-}
-
 void gemv_nt(const Problem& p, bool avx2) {
   auto run = [&](int64_t n0, int64_t n1) {
 #if KGPT_X86
-    if (avx2) {
-      switch (p.M) {
-        case 1: return gemv_nt_avx2<1>(p, n0, n1);
-        case 2: return gemv_nt_avx2<2>(p, n0, n1);
-        case 3: return gemv_nt_avx2<3>(p, n0, n1);
-        default: return gemv_nt_avx2<4>(p, n0, n1);
-      }
-    }
+    if (avx2) return gemv_nt_avx2(p, n0, n1);
 #endif
     (void)avx2;
     gemv_nt_portable(p, n0, n1);
