@@ -17,10 +17,14 @@ import numpy as np
 
 try:  # optional dependency: pip install kernelgpt[cuda]
     import cupy
-    import cupy.cublas as _cublas
 except Exception:  # ImportError, or a broken CUDA install that fails at import
     cupy = None
-    _cublas = None
+_cublas = None
+if cupy is not None:
+    try:  # cuBLAS gemm with beta (accumulating weight gradients without a temporary)
+        import cupy.cublas as _cublas
+    except Exception:  # older/newer CuPy without it: fall back to cupy.matmul below
+        _cublas = None
 
 try:
     from kernelgpt import _cuda  # built by CMake when nvcc is found
@@ -78,7 +82,15 @@ def _apply_math_mode() -> None:
 def _gemm(transa: str, transb: str, a, b, out, beta: float = 0.0) -> None:
     """out = op(a) @ op(b) + beta * out (cuBLAS sgemm on the current stream)."""
     _apply_math_mode()
-    _cublas.gemm(transa, transb, a, b, out=out, alpha=1.0, beta=beta)
+    if _cublas is not None:
+        _cublas.gemm(transa, transb, a, b, out=out, alpha=1.0, beta=beta)
+        return
+    A = a.T if transa == "T" else a
+    B = b.T if transb == "T" else b
+    if beta == 0.0:
+        cupy.matmul(A, B, out=out)
+    else:
+        out += cupy.matmul(A, B)
 
 
 # ---------------------------------------------------------------------------------- array helpers
