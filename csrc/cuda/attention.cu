@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(BwdCfg<D>::BKV) attention_backward_dkdv_kernel
   __shared__ __align__(16) float dOs[BQT][D];
   __shared__ float Ls[BQT], Ds[BQT];
   const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-  const int k0 = (gridDim.y - 1 - blockIdx.y) * BKV;
+  const int k0 = blockIdx.y * BKV;  // early keys see the most queries: heaviest blocks first
   const int j = k0 + threadIdx.x;
   const int C = NH * HS, C3 = 3 * C;
   const float* base = qkv + (long long)b * T * C3;
