@@ -4,14 +4,22 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
 namespace kgpt { namespace cuda {
 
 // Throws std::runtime_error naming the kernel when the launch (or an earlier async op) failed.
+// With KERNELGPT_CUDA_SYNC=1 in the environment every launch is also synchronised, so an
+// asynchronous fault (illegal address, ...) is pinned on the kernel that caused it (debug only).
 inline void check_launch(const char* kernel) {
+  static const bool sync_each = [] {
+    const char* v = std::getenv("KERNELGPT_CUDA_SYNC");
+    return v != nullptr && v[0] == '1';
+  }();
   cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess && sync_each) e = cudaDeviceSynchronize();
   if (e != cudaSuccess) {
     throw std::runtime_error(std::string("CUDA kernel ") + kernel + " failed: " +
                              cudaGetErrorString(e));
