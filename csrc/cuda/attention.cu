@@ -38,18 +38,38 @@ __device__ __forceinline__ void axpy_sh(float* y_reg, float a, const float* x_sh
   }
 }
 
+// Dot products for the backward passes, whose key/query loops are not unrolled: four
+// independent accumulators so the FMAs are not one latency-bound chain.
 template <int D>
 __device__ __forceinline__ float dot_sh2(const float* a_sh, const float* b_sh) {
   // both 16-byte aligned shared rows
   const float4* a4 = reinterpret_cast<const float4*>(a_sh);
   const float4* b4 = reinterpret_cast<const float4*>(b_sh);
-  float acc = 0.f;
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
 #pragma unroll
   for (int d4 = 0; d4 < D / 4; ++d4) {
     const float4 a = a4[d4], b = b4[d4];
-    acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+    s0 += a.x * b.x;
+    s1 += a.y * b.y;
+    s2 += a.z * b.z;
+    s3 += a.w * b.w;
   }
-  return acc;
+  return (s0 + s1) + (s2 + s3);
+}
+
+template <int D>
+__device__ __forceinline__ float dot_reg4(const float* a_reg, const float* b_sh) {
+  const float4* b4 = reinterpret_cast<const float4*>(b_sh);
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma unroll
+  for (int d4 = 0; d4 < D / 4; ++d4) {
+    const float4 v = b4[d4];
+    s0 += a_reg[4 * d4] * v.x;
+    s1 += a_reg[4 * d4 + 1] * v.y;
+    s2 += a_reg[4 * d4 + 2] * v.z;
+    s3 += a_reg[4 * d4 + 3] * v.w;
+  }
+  return (s0 + s1) + (s2 + s3);
 }
 
 // Loads rows [j0, j0+ROWS) of the k (part=1) or v (part=2) columns of head h into sh[ROWS][LD],
@@ -234,8 +254,8 @@ __global__ void __launch_bounds__(FWD_BQ) attention_backward_dq_kernel(
     if (active) {
       for (int r = 0; r < FWD_BK; ++r) {
         if (k0 + r > i) break;
-        const float p = expf(dot_sh<D>(q, Ks[r]) - Li);
-        const float ds = p * (dot_sh<D>(dor, Vs[r]) - Di);
+        const float p = expf(dot_reg4<D>(q, Ks[r]) - Li);
+        const float ds = p * (dot_reg4<D>(dor, Vs[r]) - Di);
         axpy_sh<D>(dq, ds, Ks[r]);
       }
     }
