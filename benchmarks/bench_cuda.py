@@ -265,9 +265,6 @@ def main(argv=None):
                        args.tf32)
         theirs = guarded(res, f"torch_step_{label}", bench_torch_step, preset, B, T, args.steps,
                          args.tf32)
-        npms = None
-        if preset == "s" and not args.no_numpy:
-            npms = guarded(res, f"numpy_step_{label}", bench_numpy_step, preset, B, T)
         row = {"config": label, "B": B, "T": T, "flops": flops}
         if ours:
             row.update(ours_ms=ours[0], ours_tok_s=B * T / ours[0] * 1e3,
@@ -277,8 +274,6 @@ def main(argv=None):
                        torch_tflops=flops / theirs[0] / 1e9)
         if ours and theirs:
             row["speedup_vs_torch"] = theirs[0] / ours[0]
-        if npms:
-            row["numpy_ms"] = npms
         rows.append(row)
     att_rows = []
     for label, preset, B, T in configs:
@@ -297,6 +292,17 @@ def main(argv=None):
             row["ratio_ours_over_torch"] = ours[0] / theirs[0]
         att_rows.append(row)
 
+    out = {"info": info, "train_step": rows, "attention": att_rows, "raw": res}
+    if args.json:  # written now too, in case the slow NumPy baseline below runs out of time
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+    if not args.no_numpy:  # the NumPy path, only where it is not absurdly slow (S)
+        for row, (label, preset, B, T) in zip(rows, configs):
+            if preset == "s":
+                log(f"[train step, numpy backend] {label}")
+                npms = guarded(res, f"numpy_step_{label}", bench_numpy_step, preset, B, T)
+                if npms:
+                    row["numpy_ms"] = npms
     log("")
     log(f"=== training step ({info['device']}, fp32, TF32 {'on' if args.tf32 else 'off'}) ===")
     log(f"{'config':8} {'ours ms':>9} {'tok/s':>10} {'TFLOP/s':>8} | {'torch ms':>9} {'tok/s':>10} "

@@ -87,7 +87,7 @@ stage "benchmarks (bench_cuda.py)"
 # one process per config: a device fault in one cannot take the others down
 BENCH_RC=0
 for cfg in S M GPT-2; do
-  limit=60; [ "$cfg" = GPT-2 ] && limit=90
+  case $cfg in S) limit=90 ;; M) limit=75 ;; *) limit=120 ;; esac
   timeout "$limit" $PY benchmarks/bench_cuda.py --steps "${BENCH_STEPS:-8}" --configs "$cfg" \
     --json "$OUT/bench_$cfg.json"
   rc=$?
