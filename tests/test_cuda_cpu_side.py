@@ -73,3 +73,50 @@ def test_set_tf32_is_a_plain_flag():
         assert cuda_backend._TF32 is False
     finally:
         cuda_backend._TF32 = old
+
+
+def _real_cupy_present() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("cupy") is not None
+
+
+def test_fake_binding_has_the_real_signatures():
+    """The fake _cuda used below must take exactly the real binding's parameters, in order."""
+    import inspect
+    import os
+    import re
+    import sys
+    cuda = pytest.importorskip("kernelgpt._cuda")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fake_cuda"))
+    try:
+        fake = importlib.import_module("fake_cuda_impl")
+    finally:
+        sys.path.pop(0)
+    for name in (n for n in dir(cuda) if not n.startswith("_")):
+        doc = getattr(cuda, name).__doc__.splitlines()[0]
+        real = re.findall(r"(\w+):", doc.split("(", 1)[1].rsplit(")", 1)[0])
+        assert real == list(inspect.signature(getattr(fake, name)).parameters), name
+
+
+def test_backend_plumbing_against_a_fake_device():
+    """cuda_backend + the CUDA test files, run on numpy stand-ins for CuPy and _cuda (subprocess):
+    catches Python-side errors (validation, argument order, chunking) without a GPU."""
+    import os
+    import subprocess
+    import sys
+    if _real_cupy_present():
+        pytest.skip("real CuPy installed: the GPU tests cover this")
+    here = os.path.dirname(os.path.abspath(__file__))
+    import kernelgpt
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(kernelgpt.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_root, os.path.join(here, "fake_cuda")]))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "fakeplugin",
+                        "-p", "no:cacheprovider", os.path.join(here, "test_cuda_ops.py"),
+                        os.path.join(here, "test_cuda_model.py"),
+                        # the S-size model checks are slow on a CPU and add no plumbing coverage
+                        "--deselect", "tests/test_cuda_model.py::test_loss_and_every_gradient_match_numpy[fused-s]",
+                        "--deselect", "tests/test_cuda_model.py::test_loss_and_every_gradient_match_numpy[unfused-s]"],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=here)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert " passed" in last and "skipped" not in last and "2 deselected" in last, last
