@@ -8,6 +8,8 @@ Modes:
          Writes OUT/rank{r}.npz (losses, params).
   fail   rank 1 raises before the first all-reduce that rank 0 is already waiting in.
   hang   rank 1 sleeps; rank 0's watchdog (--timeout) must end the job.
+  nccl   one-GPU check of NCCLCommunicator: the NCCL all-reduce and broadcast calls driven with
+         world_size 1 (sum over one rank, then /1: must give the input back bit for bit).
 """
 from __future__ import annotations
 
@@ -75,9 +77,38 @@ def run_steps(args, comm):
              params=be.to_numpy(model.params))
 
 
+def run_nccl():
+    import cupy as cp
+    from cupy.cuda import nccl
+    from kernelgpt.distributed import NCCLCommunicator
+    comm = NCCLCommunicator(timeout=60)
+    rng = np.random.default_rng(0)
+    host = rng.standard_normal(1_000_003).astype(np.float32)
+    a = cp.asarray(host)
+    comm._nccl_allreduce_mean(a)
+    assert np.array_equal(cp.asnumpy(a), host), "NCCL all-reduce over one rank changed the data"
+    comm._nccl_bcast(a, 0)
+    assert np.array_equal(cp.asnumpy(a), host), "NCCL broadcast from rank 0 changed the data"
+    comm.allreduce_mean_(a)       # world_size 1: the public call is the identity
+    comm.broadcast_(a)
+    comm.barrier()
+    try:
+        comm.allreduce_mean_(a[::2])
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("a strided cupy array was accepted")
+    loss = np.array([1.5])
+    comm.allreduce_mean_(loss)    # host arrays go through MPI (or nowhere with one rank)
+    assert loss[0] == 1.5
+    print(f"NCCL OK: version {nccl.get_version()}, world {comm.world_size}, "
+          f"device {cp.cuda.Device().id}, {comm!r}", flush=True)
+    comm.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["step", "fail", "hang"])
+    ap.add_argument("mode", choices=["step", "fail", "hang", "nccl"])
     ap.add_argument("--backend", default="numpy")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--accum", type=int, default=1)
@@ -88,6 +119,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--single", action="store_true", help="no MPI at all (SingleProcess)")
     args = ap.parse_args()
+    if args.mode == "nccl":
+        return run_nccl()
     comm = SingleProcess() if args.single else MPICommunicator(timeout=args.timeout)
     with comm.fail_fast():
         if args.mode == "step":

@@ -173,3 +173,20 @@ def test_stuck_rank_is_cut_off_by_the_timeout():
     assert p.returncode != 0
     assert "rank 0: all-reduce waited more than 1.5 s" in p.stderr
     assert time.monotonic() - t0 < 40
+
+
+@pytest.mark.cuda
+def test_nccl_calls_on_one_gpu():
+    """The NCCL communicator's all-reduce and broadcast calls on one GPU (world size 1). Two and
+    more GPUs need a multi-GPU machine: not covered here."""
+    cp = pytest.importorskip("cupy")
+    try:
+        from cupy.cuda import nccl  # noqa: F401
+        n_dev = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, no NCCL build
+        pytest.skip(f"CuPy cannot reach a GPU with NCCL: {e}")
+    if n_dev < 1:
+        pytest.skip("no CUDA device")
+    p = single("nccl", timeout=120)
+    _ok(p)
+    assert "NCCL OK" in p.stdout

@@ -371,8 +371,11 @@ class NCCLCommunicator(_Base):
                 self._mpi.allreduce_mean_(a)
             return
         a = self._check_device_array(a, "a")
-        if self.world_size == 1:
-            return
+        if self.world_size > 1:
+            self._nccl_allreduce_mean(a)
+
+    def _nccl_allreduce_mean(self, a: Any) -> None:
+        # Split out so a one-GPU check can drive the NCCL calls with world_size 1.
         nccl, stream = self._nccl_mod, self._cp.cuda.get_current_stream()
         with self._guard("NCCL all-reduce"):
             self._nccl.allReduce(a.data.ptr, a.data.ptr, a.size, nccl.NCCL_FLOAT32,
@@ -387,8 +390,10 @@ class NCCLCommunicator(_Base):
                 self._mpi.broadcast_(a, root)
             return
         a = self._check_device_array(a, "a")
-        if self.world_size == 1:
-            return
+        if self.world_size > 1:
+            self._nccl_bcast(a, root)
+
+    def _nccl_bcast(self, a: Any, root: int) -> None:
         nccl, stream = self._nccl_mod, self._cp.cuda.get_current_stream()
         with self._guard("NCCL broadcast"):
             self._nccl.bcast(a.data.ptr, a.size, nccl.NCCL_FLOAT32, root, stream.ptr)
