@@ -305,8 +305,10 @@ class MPICommunicator(_Base):
 class NCCLCommunicator(_Base):
     """Collectives between GPUs through NCCL (cupy.cuda.nccl), for the CUDA backend.
 
-    UNVERIFIED with more than one rank: the machine it was written on has no GPU (see
-    README_distributed_section.md for what was checked where). Design: every rank picks the GPU
+    UNVERIFIED with more than one rank: it was written on a machine without a GPU, and the lent
+    GPU machine had one GPU (NCCL refuses two ranks on one device). Checked there (H200, CuPy 14.2,
+    NCCL 2.28.9): the unique id is bytes and crosses MPI as written below; NcclCommunicator,
+    allReduce and bcast with these arguments run with one rank. Design: every rank picks the GPU
     ``local_rank % device_count`` (local_rank from an MPI shared-memory split), rank 0 makes the
     NCCL unique id and MPI broadcasts it, each rank joins an NcclCommunicator. allreduce_mean_
     enqueues ncclAllReduce(SUM, float32, in place) on CuPy's current stream, then scales by
@@ -338,7 +340,10 @@ class NCCLCommunicator(_Base):
             cupy.cuda.Device(self._local_rank() % n_dev).use()
         uid = nccl.get_unique_id() if self.rank == 0 else None
         if self._mpi is not None and self.world_size > 1:
-            uid = tuple(self._mpi.bcast_object(list(uid) if uid is not None else None, root=0))
+            # CuPy 14 returns the id as bytes, older CuPy as a tuple of ints: send its type too.
+            msg = None if uid is None else {"bytes": isinstance(uid, bytes), "id": list(uid)}
+            msg = self._mpi.bcast_object(msg, root=0)
+            uid = bytes(msg["id"]) if msg["bytes"] else tuple(msg["id"])
         self._watchdog = None if timeout is None else _Watchdog(timeout, self._timed_out,
                                                                 f"rank {self.rank}: ")
         with self._guard("NCCL init"):
