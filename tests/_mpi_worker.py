@@ -8,6 +8,7 @@ Modes:
          Writes OUT/rank{r}.npz (losses, params).
   fail   rank 1 raises before the first all-reduce that rank 0 is already waiting in.
   hang   rank 1 sleeps; rank 0's watchdog (--timeout) must end the job.
+  die    rank 1 ends abruptly (os._exit(3), no exception, no MPI_Finalize): mpirun ends the job.
   nccl   one-GPU check of NCCLCommunicator: the NCCL all-reduce and broadcast calls driven with
          world_size 1 (sum over one rank, then /1: must give the input back bit for bit).
 """
@@ -108,7 +109,7 @@ def run_nccl():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["step", "fail", "hang", "nccl"])
+    ap.add_argument("mode", choices=["step", "fail", "hang", "die", "nccl"])
     ap.add_argument("--backend", default="numpy")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--accum", type=int, default=1)
@@ -129,6 +130,11 @@ def main():
             if comm.rank == 1:
                 time.sleep(0.5)  # rank 0 is inside the all-reduce by now
                 raise ValueError("injected failure for the test")
+            comm.allreduce_mean_(np.ones(8, np.float32))
+        elif args.mode == "die":
+            if comm.rank == 1:
+                time.sleep(0.5)
+                os._exit(3)
             comm.allreduce_mean_(np.ones(8, np.float32))
         elif args.mode == "hang":
             if comm.rank == 1:

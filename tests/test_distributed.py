@@ -190,3 +190,10 @@ def test_nccl_calls_on_one_gpu():
     p = single("nccl", timeout=120)
     _ok(p)
     assert "NCCL OK" in p.stdout
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_rank_that_dies_without_a_word_ends_the_job():
+    p = mpirun(2, "die", timeout=30)
+    assert p.returncode != 0
