@@ -39,7 +39,8 @@ T_ = TypeVar("T_")
 
 _INSTALL_HINT = ("--distributed needs mpi4py and an MPI library "
                  "(e.g. `apt install openmpi-bin libopenmpi-dev` then `pip install mpi4py`), "
-                 "and the job must be started by a launcher: `mpirun -np N python -m kernelgpt ...`")
+                 "and the job must be started by a launcher: "
+                 "`mpirun -np N python -m kernelgpt ...`")
 
 
 class DistributedAbort(RuntimeError):
@@ -128,8 +129,8 @@ class _Watchdog:
                 late = self._deadline is not None and time.monotonic() > self._deadline
                 what = self._what
             if late:
-                self._on_timeout(f"{self._who}{what} waited more than {self.timeout:g} s (--dist-timeout): "
-                                 "another rank is stuck, dead or much slower")
+                self._on_timeout(f"{self._who}{what} waited more than {self.timeout:g} s "
+                                 "(--dist-timeout): another rank is stuck, dead or much slower")
                 return
 
     def close(self) -> None:
@@ -143,7 +144,9 @@ class _Base:
     _watchdog: Optional[_Watchdog] = None
 
     def _guard(self, what: str):
-        return self._watchdog.guard(what) if self._watchdog is not None else contextlib.nullcontext()
+        if self._watchdog is None:
+            return contextlib.nullcontext()
+        return self._watchdog.guard(what)
 
     def abort(self, msg: str, code: int = 1) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
