@@ -1,0 +1,236 @@
+"""Autoregressive sampling for :class:`kernelgpt.model.GPT`, with a KV cache.
+
+The prompt is run once through the model's normal forward (the prefill), which also copies each
+layer's keys and values into per-layer caches (B,NH,maxT,HS) held as backend arrays; each new
+token then runs one position through the blocks (``backend.attention_decode`` and matmuls over B
+rows). When the sequence reaches block_size the context window slides: the cache is rebuilt from
+the last block_size tokens, so cached and uncached generation see exactly the same context.
+Token choice (temperature, top-k, top-p) happens on the host in float64 from an explicit
+``numpy.random.Generator``; nothing here keeps state between calls.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+
+# ---------------------------------------------------------------------------------- arguments
+def _check_prompt(model, prompt_ids: Any) -> Tuple[np.ndarray, bool]:
+    """-> (int32 array (B,T), whether the prompt was 1-D)."""
+    cfg = model.config
+    a = prompt_ids
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(model.backend.to_numpy(a) if hasattr(a, "shape") else a)
+    if a.size == 0:
+        raise ValueError("prompt_ids is empty: give at least one token id")
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"prompt_ids must hold integer token ids, got dtype {a.dtype}")
+    one_d = a.ndim == 1
+    if one_d:
+        a = a[None, :]
+    if a.ndim != 2:
+        raise ValueError(f"prompt_ids must be 1-D (T,) or 2-D (B, T), got shape {a.shape}")
+    if a.shape[1] > cfg.block_size:
+        raise ValueError(f"prompt has {a.shape[1]} tokens, more than block_size={cfg.block_size}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= cfg.vocab_size:
+        raise ValueError(f"prompt_ids hold token ids in [{lo}, {hi}], outside [0, "
+                         f"{cfg.vocab_size})")
+    return np.ascontiguousarray(a, dtype=np.int32), one_d
+
+
+def _check_options(model, max_new_tokens, temperature, top_k, top_p, stop):
+    V = model.config.vocab_size
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+            or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}") from None
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1 (or None), got {top_k!r}")
+        top_k = min(int(top_k), V)
+    if top_p is not None:
+        try:
+            top_p = float(top_p)
+        except (TypeError, ValueError):
+            raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}") from None
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    stop_ids: Optional[np.ndarray] = None
+    if stop is not None:
+        ids = [stop] if isinstance(stop, (int, np.integer)) else list(stop)
+        if not ids or any(isinstance(s, bool) or not isinstance(s, (int, np.integer))
+                          or not 0 <= s < V for s in ids):
+            raise ValueError(f"stop must be a token id or a non-empty sequence of token ids in "
+                             f"[0, {V}), got {stop!r}")
+        stop_ids = np.asarray(ids, dtype=np.int64)
+    return int(max_new_tokens), temperature, top_k, top_p, stop_ids
+
+
+def _rng(seed: Any) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+                        and seed >= 0):
+        return np.random.default_rng(seed)  # None: fresh entropy from the OS
+    raise ValueError(f"seed must be None, an int >= 0 or a numpy Generator, got {seed!r}")
+
+
+# ---------------------------------------------------------------------------------- token choice
+def pick_tokens(logits: np.ndarray, temperature: float, top_k: Optional[int],
+                top_p: Optional[float], rng: np.random.Generator) -> np.ndarray:
+    """Choose one token per row of logits (B,V) -> int64 (B,). temperature 0 = argmax; else
+    softmax(logits / temperature) restricted to the top_k largest and then to the smallest set
+    of most likely tokens whose probability reaches top_p (the most likely one always kept)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    B, V = logits.shape
+    if temperature == 0.0:
+        return logits.argmax(axis=1)
+    z = logits / temperature
+    if top_k is not None and top_k < V:
+        kth = np.partition(z, V - top_k, axis=1)[:, V - top_k, None]
+        z = np.where(z < kth, -np.inf, z)
+    z = z - z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sorted_p = np.take_along_axis(probs, order, axis=1)
+        keep_sorted = (np.cumsum(sorted_p, axis=1) - sorted_p) < top_p   # mass before < p
+        keep_sorted[:, 0] = True
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=1)
+        probs = np.where(keep, probs, 0.0)
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(B) * cdf[:, -1]
+    # first index whose cdf exceeds u: zero-probability tokens can never be chosen
+    return np.minimum((cdf <= u[:, None]).sum(axis=1), V - 1)
+
+
+# ---------------------------------------------------------------------------------- decoding
+class _KVDecoder:
+    """Per-call KV caches and (B,*) decode buffers for one model and batch size."""
+
+    def __init__(self, model, B: int):
+        be, cfg = model.backend, model.config
+        C, NH, dt = cfg.n_embd, cfg.n_head, model.dtype
+        self.model, self.B = model, B
+        shape = (B, NH, cfg.block_size, C // NH)
+        self.caches = [(be.zeros(shape, dt), be.zeros(shape, dt)) for _ in range(cfg.n_layer)]
+        e = lambda *s: be.empty(s, dt)  # noqa: E731
+        self.x, self.ln, self.q, self.atty, self.proj = e(B, C), e(B, C), e(B, C), e(B, C), e(B, C)
+        self.mean, self.rstd = e(B), e(B)
+        self.qkv, self.fch, self.fch_gelu = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C)
+        self.logits = e(B, cfg.vocab_size)
+
+    def prefill(self, tokens: np.ndarray) -> Any:
+        """Run the normal forward over tokens (B,T), filling caches[:, :, :T]; last-row logits."""
+        m = self.model
+        a = m._forward_trunk(m.backend.asarray(tokens), kv_caches=self.caches)
+        return m._last_logits(a)
+
+    def step(self, tok: np.ndarray, pos: int) -> Any:
+        """Append token ids tok (B,) at position pos (< block_size); logits (B,V) of the next."""
+        m = self.model
+        be, cfg, p = m.backend, m.config, m.param_views
+        C, NH = cfg.n_embd, cfg.n_head
+        hs = C // NH
+        x = self.x
+        x[...] = p["wte"][be.asarray(tok.astype(np.int32))]     # embedding of one position
+        x += p["wpe"][pos]
+        for l in range(cfg.n_layer):
+            h = f"h.{l}."
+            kc, vc = self.caches[l]
+            be.layernorm_forward(self.ln, self.mean, self.rstd, x, p[h + "ln_1.w"], p[h + "ln_1.b"])
+            be.matmul_forward(self.qkv, self.ln, p[h + "attn.c_attn.w"], p[h + "attn.c_attn.b"])
+            self.q[...] = self.qkv[:, :C]
+            kc[:, :, pos] = self.qkv[:, C:2 * C].reshape(self.B, NH, hs)
+            vc[:, :, pos] = self.qkv[:, 2 * C:].reshape(self.B, NH, hs)
+            be.attention_decode(self.atty, self.q, kc, vc, pos + 1)
+            be.matmul_forward(self.proj, self.atty, p[h + "attn.c_proj.w"], p[h + "attn.c_proj.b"])
+            be.residual_forward(x, x, self.proj)
+            be.layernorm_forward(self.ln, self.mean, self.rstd, x, p[h + "ln_2.w"], p[h + "ln_2.b"])
+            be.matmul_forward(self.fch, self.ln, p[h + "mlp.c_fc.w"], p[h + "mlp.c_fc.b"])
+            be.gelu_forward(self.fch_gelu, self.fch)
+            be.matmul_forward(self.proj, self.fch_gelu, p[h + "mlp.c_proj.w"], p[h + "mlp.c_proj.b"])
+            be.residual_forward(x, x, self.proj)
+        be.layernorm_forward(self.ln, self.mean, self.rstd, x, p["ln_f.w"], p["ln_f.b"])
+        be.matmul_forward(self.logits, self.ln, p["wte"], None)
+        return self.logits
+
+
+def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.ndarray], Any],
+                 use_cache: bool = True) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """Core loop over a validated prompt (B,T) int32: yields (logits (B,V) float64 numpy, chosen
+    tokens (B,) int32) per step, where ``choose(logits)`` picks the tokens."""
+    maxT = model.config.block_size
+    be = model.backend
+    seq = tokens.copy()
+    dec = _KVDecoder(model, seq.shape[0]) if use_cache else None
+    n_cached = 0
+    for i in range(n_steps):
+        if not use_cache:
+            window = seq[:, -maxT:]
+            logits = model._last_logits(model._forward_trunk(be.asarray(window)))
+        elif i == 0 or n_cached == maxT:  # first step or the window slides: (re)build the cache
+            window = seq[:, -maxT:]
+            logits = dec.prefill(np.ascontiguousarray(window))
+            n_cached = window.shape[1]
+        else:
+            logits = dec.step(seq[:, -1], n_cached)
+            n_cached += 1
+        host = np.asarray(be.to_numpy(logits), dtype=np.float64)
+        nxt = np.asarray(choose(host), dtype=np.int32)
+        seq = np.concatenate([seq, nxt[:, None]], axis=1)
+        yield host, nxt
+
+
+def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
+                    stop: Any = None, use_cache: bool = True) -> Iterator[Any]:
+    """Yield new tokens one step at a time: an int for a 1-D prompt, an int32 array (B,) for a
+    2-D one (B prompts of equal length). ``stop``: a token id or a sequence of token ids; a row
+    ends when it emits any of them (the stop token is yielded). Rows that ended are padded with
+    their stop token until every row has ended. Arguments are validated before the first yield."""
+    tokens, one_d = _check_prompt(model, prompt_ids)
+    n, temperature, top_k, top_p, stop_ids = _check_options(model, max_new_tokens, temperature,
+                                                            top_k, top_p, stop)
+    rng = _rng(seed)
+
+    def run() -> Iterator[Any]:
+        done = np.zeros(tokens.shape[0], dtype=bool)
+        last = np.zeros(tokens.shape[0], dtype=np.int32)
+
+        def choose(logits):
+            t = pick_tokens(logits, temperature, top_k, top_p, rng).astype(np.int32)
+            return np.where(done, last, t)
+
+        for _, nxt in _logit_steps(model, tokens, n, choose, use_cache):
+            if stop_ids is not None:
+                done |= np.isin(nxt, stop_ids)
+                last[...] = nxt
+            yield int(nxt[0]) if one_d else nxt.copy()
+            if done.all():
+                return
+    return run()
+
+
+def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
+             stop: Any = None, use_cache: bool = True) -> np.ndarray:
+    """Prompt plus up to ``max_new_tokens`` sampled tokens, as an int32 numpy array of shape
+    (B, T + n), B = 1 for a 1-D prompt (n < max_new_tokens when every row hit ``stop``).
+    temperature 0 is greedy; ``seed`` (int, Generator, or None for fresh entropy) makes sampling
+    reproducible. See :func:`generate_stream` for ``stop``."""
+    tokens, _ = _check_prompt(model, prompt_ids)
+    steps: List[Any] = list(generate_stream(model, tokens, max_new_tokens, temperature, top_k,
+                                            top_p, seed, stop, use_cache))
+    new = np.stack(steps, axis=1) if steps else np.zeros((tokens.shape[0], 0), np.int32)
+    return np.concatenate([tokens, new.astype(np.int32)], axis=1)
