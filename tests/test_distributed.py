@@ -197,3 +197,21 @@ def test_nccl_calls_on_one_gpu():
 def test_rank_that_dies_without_a_word_ends_the_job():
     p = mpirun(2, "die", timeout=30)
     assert p.returncode != 0
+
+
+def test_unbounded_suspends_the_watchdog():
+    comm = dist.SingleProcess()
+    fired = []
+    comm._watchdog = dist._Watchdog(0.1, fired.append)
+    try:
+        with comm.unbounded():
+            with comm._guard("barrier"):
+                time.sleep(0.4)
+        assert fired == []
+        with comm._guard("barrier"):
+            deadline = time.monotonic() + 5
+            while not fired and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert fired
+    finally:
+        comm.close()

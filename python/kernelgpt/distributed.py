@@ -143,10 +143,22 @@ class _Base:
     world_size: int = 1
     _watchdog: Optional[_Watchdog] = None
 
+    _unbounded = False
+
     def _guard(self, what: str):
-        if self._watchdog is None:
+        if self._watchdog is None or self._unbounded:
             return contextlib.nullcontext()
         return self._watchdog.guard(what)
+
+    @contextlib.contextmanager
+    def unbounded(self) -> Iterator[None]:
+        """Collectives in this block wait without the timeout: for waits that are long by
+        design, such as every rank waiting while rank 0 trains the tokenizer."""
+        prev, self._unbounded = self._unbounded, True
+        try:
+            yield
+        finally:
+            self._unbounded = prev
 
     def abort(self, msg: str, code: int = 1) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
