@@ -18,7 +18,7 @@ from typing import Any, List, Optional
 
 # Defaults of `kernelgpt train`, sized so the no-argument run takes a few minutes on 2 CPU cores.
 DEFAULT_MODEL = "xs"          # vocab 512, 2 layers, 4 heads, 128 dims, block 64
-DEFAULT_MAX_STEPS = 2000      # ~1M tokens (about one pass over the default corpus)
+DEFAULT_MAX_STEPS = 1000      # ~0.5M tokens, about half a pass over the default corpus
 DEFAULT_LR = 2e-3             # high, for a tiny model and a short run
 DEFAULT_EVAL_EVERY = 200
 DEFAULT_SAVE_EVERY = 500
