@@ -6,6 +6,8 @@ Modes:
          global batch of each step is drawn from one generator seeded alike on every rank and
          rank r takes rows [r*B, (r+1)*B), so N ranks with batch B see what 1 rank with N*B sees.
          Writes OUT/rank{r}.npz (losses, params).
+  train  Trainer(..., comm=comm).fit() on a TokenDataset of the same tokens (--out: run folder,
+         --resume: continue it); writes OUT/result{r}.npz (losses, params, step).
   fail   rank 1 raises before the first all-reduce that rank 0 is already waiting in.
   hang   rank 1 sleeps; rank 0's watchdog (--timeout) must end the job.
   die    rank 1 ends abruptly (os._exit(3), no exception, no MPI_Finalize): mpirun ends the job.
@@ -107,9 +109,29 @@ def run_nccl():
     comm.close()
 
 
+def run_trainer(args, comm):
+    from kernelgpt.data import TokenDataset
+    from kernelgpt.train import TrainConfig, Trainer
+    data = TokenDataset(tokens(), TINY["vocab_size"], val_fraction=0.1, seed=3)
+    if args.resume:
+        tr = Trainer.resume(args.run, data=data, backend=args.backend, comm=comm,
+                            max_steps=args.steps)
+    else:
+        cfg = TrainConfig(batch_size=args.batch, grad_accum=args.accum, max_steps=args.steps,
+                          lr=3e-3, warmup_steps=2, eval_every=2, eval_batches=2,
+                          save_every=args.save_every, seed=0)
+        model = GPT(GPTConfig(**TINY), backend=args.backend,
+                    seed=args.seed + comm.rank * args.desync)
+        tr = Trainer(model, data, cfg, out_dir=args.run, comm=comm)
+    summary = tr.fit()
+    np.savez(os.path.join(args.out, f"result{comm.rank}.npz"), losses=np.array(summary["losses"]),
+             params=tr.model.backend.to_numpy(tr.model.params), step=summary["step"],
+             val_loss=np.nan if summary["val_loss"] is None else summary["val_loss"])
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["step", "fail", "hang", "die", "nccl"])
+    ap.add_argument("mode", choices=["step", "train", "fail", "hang", "die", "nccl"])
     ap.add_argument("--backend", default="numpy")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--accum", type=int, default=1)
@@ -119,6 +141,9 @@ def main():
     ap.add_argument("--out", default=".")
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--single", action="store_true", help="no MPI at all (SingleProcess)")
+    ap.add_argument("--run", default=None, help="train: the run folder (None: write nothing)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--save-every", type=int, default=0)
     args = ap.parse_args()
     if args.mode == "nccl":
         return run_nccl()
@@ -126,6 +151,8 @@ def main():
     with comm.fail_fast():
         if args.mode == "step":
             run_steps(args, comm)
+        elif args.mode == "train":
+            run_trainer(args, comm)
         elif args.mode == "fail":
             if comm.rank == 1:
                 time.sleep(0.5)  # rank 0 is inside the all-reduce by now

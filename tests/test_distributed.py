@@ -4,6 +4,7 @@ message instead of a hang. The multi-rank tests start `mpirun -np 2` on tests/_m
 skip when mpirun or mpi4py is missing; the single-process parts run everywhere."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -215,3 +216,89 @@ def test_unbounded_suspends_the_watchdog():
         assert fired
     finally:
         comm.close()
+
+
+# ------------------------------------------------------------------ the Trainer under mpirun
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_trainer_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path, backend):
+    _backend_or_skip(backend)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    common = ["train", "--backend", backend, "--steps", "4"]
+    _ok(single(*common, "--batch", "4", "--out", str(one)))
+    _ok(mpirun(2, *common, "--batch", "2", "--out", str(two), "--run", str(tmp_path / "run")))
+    ref = np.load(one / "result0.npz")
+    r0, r1 = np.load(two / "result0.npz"), np.load(two / "result1.npz")
+    np.testing.assert_allclose(r0["losses"], ref["losses"], rtol=2e-6, atol=0)
+    np.testing.assert_allclose(r0["val_loss"], ref["val_loss"], rtol=2e-6)
+    assert rel_err(r0["params"], ref["params"]) < 1e-5
+    assert np.array_equal(r0["params"], r1["params"])      # identical step on every rank
+    assert np.array_equal(r0["losses"], r1["losses"])      # every rank logs the global loss
+    # rank 0 alone wrote the run folder: metrics hold each step once, with the global loss
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]
+    np.testing.assert_allclose([json.loads(l)["loss"] for l in lines], r0["losses"], rtol=1e-12)
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_resume_under_mpi_continues_the_run_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    for d in (straight, split):
+        d.mkdir()
+    common = ["train", "--backend", "numpy", "--batch", "2"]
+    _ok(mpirun(2, *common, "--steps", "4", "--out", str(straight),
+               "--run", str(tmp_path / "run_a")))
+    _ok(mpirun(2, *common, "--steps", "2", "--out", str(split), "--run", str(tmp_path / "run_b")))
+    assert (tmp_path / "run_b" / "LATEST").is_file()
+    # a new job: every rank reads rank 0's checkpoint and trains steps 3 and 4
+    _ok(mpirun(2, *common, "--steps", "4", "--out", str(split), "--run", str(tmp_path / "run_b"),
+               "--resume"))
+    a = np.load(straight / "result0.npz")
+    for r in (0, 1):
+        b = np.load(split / f"result{r}.npz")
+        assert int(b["step"]) == 4
+        assert np.array_equal(b["params"], a["params"])     # bit for bit
+        assert np.array_equal(b["losses"], a["losses"][2:])
+
+
+# ------------------------------------------------------------------ the command line under mpirun
+@pytest.mark.mpi
+@needs_mpi
+def test_cli_train_distributed_then_resume(tmp_path):
+    pytest.importorskip("kernelgpt.tokenizer", reason="the tokenizer is not merged into this build")
+    (tmp_path / "data.txt").write_text("def f(x):\n    return x + 1\n" * 400)
+    tiny = ["--data", "data.txt", "--out", "run", "--batch-size", "2", "--block-size", "16",
+            "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "280",
+            "--backend", "numpy", "--eval-every", "2", "--save-every", "2"]
+
+    def kgpt_mpi(*args):
+        cmd = ["mpirun", "-np", "2", sys.executable, "-m", "kernelgpt", "train", "--distributed",
+               "--dist-timeout", "60", *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                              timeout=120)
+
+    p = kgpt_mpi(*tiny, "--max-steps", "4")
+    _ok(p)
+    assert p.stderr.count("training 1 layers") == 1          # rank 0 alone talks
+    steps = [json.loads(l)["step"] for l in (tmp_path / "run/metrics.jsonl").read_text()
+             .splitlines()]
+    assert steps == [1, 2, 3, 4]
+    p = kgpt_mpi("--out", "run", "--resume", "--max-steps", "6")
+    _ok(p)
+    assert "resuming run at step 4 of 6" in p.stderr
+    steps = [json.loads(l)["step"] for l in (tmp_path / "run/metrics.jsonl").read_text()
+             .splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    # every user error still ends the whole job with one clear line
+    p = kgpt_mpi(*tiny, "--max-steps", "4")
+    assert p.returncode != 0 and "already holds a trained run" in p.stderr
+
+
+def test_cli_dist_timeout_needs_distributed(tmp_path):
+    pytest.importorskip("kernelgpt.tokenizer", reason="the tokenizer is not merged into this build")
+    p = subprocess.run([sys.executable, "-m", "kernelgpt", "train", "--dist-timeout", "5"],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "--dist-timeout needs --distributed" in p.stderr

@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=_int_at_least(0),
                    help=f"checkpoint every N steps, 0 = only at the end (default "
                         f"{DEFAULT_SAVE_EVERY})")
+    # [distributed]
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training under `mpirun -np N` (MPI on the CPU, NCCL for "
+                        "--backend cuda); global batch = N x batch size x grad accum, the "
+                        "learning rate is not scaled")
+    t.add_argument("--dist-timeout", type=_float_in(0.0, lo_open=True), metavar="SECONDS",
+                   help="with --distributed: end the whole job when one collective waits longer "
+                        "than this (a rank stuck or dead); default: wait forever")
 
     s = sub.add_parser("sample", help="stream text from a trained run")
     s.add_argument("--run", required=True, metavar="RUN", help="run folder (or checkpoint folder)")
@@ -176,6 +184,20 @@ def _print_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
 
 # ---------------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
+    # [distributed] every rank runs _train_ranks; one rank's error ends the whole job
+    if args.dist_timeout is not None and not args.distributed:
+        raise UserError("--dist-timeout needs --distributed")
+    if not args.distributed:
+        return _train_ranks(args, None)
+    from .distributed import init_distributed
+    comm = init_distributed(args.backend, timeout=args.dist_timeout)
+    with comm.fail_fast():
+        return _train_ranks(args, comm)
+
+
+def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
+    main_rank = comm is None or comm.rank == 0  # [distributed] rank 0 alone talks and writes
+    say = _say if main_rank else (lambda msg: None)
     from .backends import get_backend
     from .checkpoint import latest_checkpoint
     from .data import TokenDataset, list_text_files, read_texts, encode_texts, write_token_file
@@ -192,15 +214,18 @@ def _train(args: argparse.Namespace) -> int:
                             f"own); only --max-steps, --eval-every, --save-every, --backend can")
         overrides = {k: getattr(args, k) for k in ("max_steps", "eval_every", "save_every")
                      if getattr(args, k) is not None}
-        trainer = Trainer.resume(args.out, backend=backend, progress=True, **overrides)
+        trainer = Trainer.resume(args.out, backend=backend, progress=True, comm=comm,
+                                 **overrides)
         model, out = trainer.model, Path(args.out)
         tok_path = trainer.last_checkpoint / "tokenizer.json"
         tokenizer = _load_tokenizer_class().load(os.fspath(tok_path)) if tok_path.is_file() \
             else None
-        _say(f"resuming {out} at step {trainer.step} of {trainer.config.max_steps} "
-             f"({backend.name} backend)")
+        say(f"resuming {out} at step {trainer.step} of {trainer.config.max_steps} "
+            f"({backend.name} backend)")
     else:
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        if comm is not None:  # [distributed] rank 0's folder (its clock names the default)
+            out = Path(comm.bcast_object(os.fspath(out)))
         if out.exists() and latest_checkpoint(out) is not None:
             raise UserError(f"{out} already holds a trained run: continue it with --resume or "
                             f"choose another --out")
@@ -212,27 +237,34 @@ def _train(args: argparse.Namespace) -> int:
                      n_layer=args.n_layer or preset.n_layer, n_head=args.n_head or preset.n_head,
                      n_embd=args.n_embd or preset.n_embd)
         GPTConfig(**shape)  # a bad shape fails now, before the tokenizer is trained
-        if args.data:
-            files = list_text_files(args.data)
-            what = f"{len(files)} file(s) from --data"
-        else:
-            from .corpus import default_corpus_files
-            files = default_corpus_files()
-            what = f"the default corpus ({len(files)} standard-library files)"
-        texts = read_texts(files)
-        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        if not texts:
-            raise UserError("the training data is empty")
-        out.mkdir(parents=True, exist_ok=True)
-        Tokenizer = _load_tokenizer_class()
-        t0 = time.perf_counter()
-        _say(f"training a BPE tokenizer (vocab {vocab}) on {what}, {n_bytes / 1e6:.1f} MB ...")
-        tokenizer = Tokenizer.train(texts, vocab)
-        tokenizer.save(os.fspath(out / "tokenizer.json"))
-        ids = encode_texts(tokenizer, texts)
-        write_token_file(out / "tokens.bin", ids, tokenizer.vocab_size)
-        _say(f"  {ids.size} tokens ({n_bytes / max(ids.size, 1):.2f} bytes/token) in "
-             f"{time.perf_counter() - t0:.1f}s -> {out / 'tokens.bin'}")
+        if main_rank:  # [distributed] rank 0 trains the tokenizer, writes the token file
+            if args.data:
+                files = list_text_files(args.data)
+                what = f"{len(files)} file(s) from --data"
+            else:
+                from .corpus import default_corpus_files
+                files = default_corpus_files()
+                what = f"the default corpus ({len(files)} standard-library files)"
+            texts = read_texts(files)
+            n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+            if not texts:
+                raise UserError("the training data is empty")
+            out.mkdir(parents=True, exist_ok=True)
+            Tokenizer = _load_tokenizer_class()
+            t0 = time.perf_counter()
+            _say(f"training a BPE tokenizer (vocab {vocab}) on {what}, "
+                 f"{n_bytes / 1e6:.1f} MB ...")
+            tokenizer = Tokenizer.train(texts, vocab)
+            tokenizer.save(os.fspath(out / "tokenizer.json"))
+            ids = encode_texts(tokenizer, texts)
+            write_token_file(out / "tokens.bin", ids, tokenizer.vocab_size)
+            _say(f"  {ids.size} tokens ({n_bytes / max(ids.size, 1):.2f} bytes/token) in "
+                 f"{time.perf_counter() - t0:.1f}s -> {out / 'tokens.bin'}")
+        if comm is not None:  # [distributed] the others wait for it, then read both files
+            with comm.unbounded():
+                comm.barrier()
+            if not main_rank:
+                tokenizer = _load_tokenizer_class().load(os.fspath(out / "tokenizer.json"))
         cfg = GPTConfig(**dict(shape, vocab_size=tokenizer.vocab_size))
         data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
         tcfg = TrainConfig(
@@ -244,11 +276,14 @@ def _train(args: argparse.Namespace) -> int:
             save_every=DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every,
             seed=seed)
         model = GPT(cfg, backend=backend, seed=seed)
-        trainer = Trainer(model, data, tcfg, out_dir=out, tokenizer=tokenizer, progress=True)
-        _say(f"training {cfg.n_layer} layers x {cfg.n_embd} dims ({model.num_params() / 1e6:.2f}M "
-             f"params, block {cfg.block_size}, batch {tcfg.batch_size}) for {tcfg.max_steps} "
-             f"steps on the {backend.name} backend -> {out}")
+        trainer = Trainer(model, data, tcfg, out_dir=out, tokenizer=tokenizer, progress=True,
+                          comm=comm)
+        say(f"training {cfg.n_layer} layers x {cfg.n_embd} dims ({model.num_params() / 1e6:.2f}M "
+            f"params, block {cfg.block_size}, batch {tcfg.batch_size}) for {tcfg.max_steps} "
+            f"steps on the {backend.name} backend -> {out}")
     summary = trainer.fit()
+    if not main_rank:  # [distributed] rank 0 reports and samples
+        return 0
     val = summary["val_loss"]
     _say(f"step {summary['step']}: train loss {summary['loss'] if summary['loss'] is None else round(summary['loss'], 4)}"
          f", val loss {val if val is None else round(val, 4)}, {summary['tokens_per_s']:.0f} "

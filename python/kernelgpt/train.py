@@ -27,6 +27,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import TokenDataset, atomic_write_bytes
+from .distributed import SingleProcess, mean_across_ranks, run_ranks  # [distributed]
 from .optim import AdamW, clip_grad_norm, lr_schedule
 
 log = logging.getLogger(__name__)
@@ -122,13 +123,30 @@ class Trainer:
     grad_reduce: called as ``grad_reduce(model)`` after the micro-batches, before clipping (a
         data-parallel run averages gradients across ranks there).
     is_main: only the main rank writes files.
+    comm: [distributed] a kernelgpt.distributed Communicator (default SingleProcess). With more
+        than one rank: ``data`` is sharded (rank r reads rows [r*B, (r+1)*B) of each global
+        batch), rank 0's parameters are broadcast, gradients are averaged by one all-reduce per
+        optimizer step (the default ``grad_reduce``), losses are averaged over ranks, only rank
+        0 writes files and shows progress. Global batch = world x batch_size x grad_accum;
+        the learning rate is not scaled.
     """
 
     def __init__(self, model: Any, data: TokenDataset, config: Optional[TrainConfig] = None,
                  out_dir: Optional[Union[str, os.PathLike]] = None, tokenizer: Any = None,
                  progress: bool = False, callbacks: Iterable[Callable] = (),
-                 grad_reduce: Optional[Callable[[Any], None]] = None, is_main: bool = True):
+                 grad_reduce: Optional[Callable[[Any], None]] = None, is_main: bool = True,
+                 comm: Any = None):
         cfg = config if config is not None else TrainConfig()
+        # [distributed] data parallel over comm (see kernelgpt/distributed.py)
+        self.comm = comm if comm is not None else SingleProcess()
+        if self.comm.world_size > 1:
+            if data.world != self.comm.world_size:
+                data = data.shard(self.comm.rank, self.comm.world_size)
+            self.comm.broadcast_(model.params)  # every rank starts from rank 0's parameters
+            if grad_reduce is None:
+                grad_reduce = lambda m: self.comm.allreduce_mean_(m.grads)  # noqa: E731
+            is_main = is_main and self.comm.rank == 0
+        # [/distributed]
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__}")
         self.block_size = cfg.block_size or model.config.block_size
@@ -178,7 +196,7 @@ class Trainer:
         losses = [self.model.forward(x, y, return_logits=False)[1] for x, y in
                   self.data.val_batches(self.config.eval_batches, self.config.batch_size,
                                         self.block_size)]
-        return float(sum(losses) / len(losses))
+        return mean_across_ranks(self.comm, float(sum(losses) / len(losses)))  # [distributed]
 
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> Dict[str, Any]:
@@ -228,7 +246,7 @@ class Trainer:
     @classmethod
     def resume(cls, out_dir: Union[str, os.PathLike], data: Optional[TokenDataset] = None,
                backend: Any = "auto", progress: bool = False, callbacks: Iterable[Callable] = (),
-               **overrides: Any) -> "Trainer":
+               comm: Any = None, **overrides: Any) -> "Trainer":
         """A Trainer continuing the run in ``out_dir`` from its latest checkpoint. ``data``
         defaults to the token file the run recorded; ``overrides`` change TrainConfig fields
         (e.g. max_steps=... to train longer)."""
@@ -251,7 +269,8 @@ class Trainer:
             except ValueError as e:
                 raise CheckpointError(f"cannot reopen the run's data: {e}") from None
         model = GPT(mcfg, backend=backend)
-        trainer = cls(model, data, cfg, out_dir=out_dir, progress=progress, callbacks=callbacks)
+        trainer = cls(model, data, cfg, out_dir=out_dir, progress=progress, callbacks=callbacks,
+                      comm=comm)  # [distributed] every rank reads the same checkpoint
         trainer.load_state(ck)
         return trainer
 
@@ -337,6 +356,7 @@ class Trainer:
             loss += l / c.grad_accum
         if self.grad_reduce is not None:
             self.grad_reduce(model)
+        loss = mean_across_ranks(self.comm, loss)  # [distributed] the global batch's mean loss
         norm = clip_grad_norm(model, c.grad_clip)
         if not math.isfinite(norm):
             raise TrainingDivergedError(self._diverged_msg(f"the gradient norm is {norm}"))
@@ -352,6 +372,13 @@ class Trainer:
                 "tokens_per_s": n_tok / max(dt, 1e-9), "elapsed_s": round(self.elapsed, 3)}
 
     def fit(self, resume: bool = False) -> Dict[str, Any]:
+        """See :meth:`_fit`. [distributed] With several ranks, an exception on one rank ends
+        the whole job (``comm.fail_fast``) instead of leaving the others in an all-reduce."""
+        if self.comm.world_size > 1:
+            return run_ranks(self._fit, self.comm, resume)
+        return self._fit(resume)
+
+    def _fit(self, resume: bool = False) -> Dict[str, Any]:
         """Train until ``config.max_steps``. ``resume=True`` first restores the latest
         checkpoint in ``out_dir``. Returns a summary dict: step, loss (last), val_loss (last),
         best_val_loss, tokens_seen, elapsed_s, tokens_per_s, interrupted, checkpoint, losses
@@ -370,7 +397,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             metrics = open(self.out_dir / METRICS_FILE, "a", encoding="utf-8")
         bar = None
-        if self.progress:
+        if self.progress and self.is_main:  # [distributed] rank 0 alone shows progress
             from tqdm.auto import tqdm
             bar = tqdm(total=c.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                        smoothing=0.1)
@@ -401,8 +428,9 @@ class Trainer:
                         self.last_val_loss = val
                         if self.best_val_loss is None or val < self.best_val_loss:
                             self.best_val_loss = val
-                        log.info("step %d: train loss %.4f, val loss %.4f", self.step,
-                                 rec["loss"], val)
+                        if self.is_main:  # [distributed]
+                            log.info("step %d: train loss %.4f, val loss %.4f", self.step,
+                                     rec["loss"], val)
                 if metrics is not None:
                     with _sigint_deferred():
                         metrics.write(json.dumps(rec) + "\n")
@@ -439,6 +467,7 @@ class Trainer:
                 "best_val_loss": self.best_val_loss, "tokens_seen": self.tokens_seen,
                 "elapsed_s": self.elapsed,
                 "tokens_per_s": ((self.step - start_step) * c.grad_accum * c.batch_size
-                                 * self.block_size / wall) if wall > 0 else 0.0,
+                                 * self.block_size * self.data.world / wall)  # [distributed]
+                                if wall > 0 else 0.0,
                 "interrupted": interrupted, "checkpoint": self.last_checkpoint,
                 "losses": losses}
