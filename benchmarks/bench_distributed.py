@@ -26,7 +26,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYDIR = os.path.join(os.path.dirname(HERE), "python")
-sys.path.insert(0, PYDIR)
+try:  # an installed kernelgpt, or the checkout's python/ (dev build)
+    import kernelgpt  # noqa: F401
+except ImportError:
+    sys.path.insert(0, PYDIR)
 
 ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 

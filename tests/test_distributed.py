@@ -19,7 +19,9 @@ from kernelgpt import distributed as dist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_mpi_worker.py")
-PYDIR = os.path.join(os.path.dirname(HERE), "python")
+# The workers import the kernelgpt this process imported (the installed one in CI, python/ in a
+# dev checkout), so they see the same compiled backends.
+PYDIR = os.path.dirname(os.path.dirname(os.path.abspath(dist.__file__)))
 
 
 def _have_mpi() -> str | None:
