@@ -4,7 +4,7 @@ cross-entropy path at config S.
 
 For configs XS, S and M, each linear layer (qkv 3C, attn proj C, fc 4C, fc proj C<-4C, lm_head V)
 has three training GEMMs: forward out = x @ w.T, dx = dout @ w, dw += dout.T @ x. Each is timed
-with our kernels (kernelgpt._native) and with numpy in the same process, alternating, and reported
+with our kernels (kernelgpt._native) and with numpy in the same process, in alternating blocks, and reported
 as GFLOP/s (2*N*C*OC / median seconds) and ratio ours/numpy, for 1 and 2 threads.
 
 Every thread count runs in its own subprocess with OMP_NUM_THREADS / OPENBLAS_NUM_THREADS set and
@@ -14,7 +14,8 @@ The machine is shared: timings are noisy, so read the ratios (measured side by s
 absolute figures, and rerun before trusting a single one.
 
 Usage: python benchmarks/bench_gemm.py [--threads 1,2] [--configs XS,S,M] [--repeats 7]
-       [--no-classifier] [--kernel auto|avx512|avx2_fma|portable]
+       [--no-classifier] [--kernel auto|avx512|avx2_fma|portable] [--coretype Haswell]
+(--kernel avx2_fma --coretype Haswell compares the AVX2 micro-kernel with OpenBLAS's AVX2 one.)
 """
 from __future__ import annotations
 
@@ -41,16 +42,25 @@ def layer_shapes(C, V):
 
 
 # ----------------------------------------------------------------------------- worker
-def _median_pair(f_ours, f_np, repeats):
-    """Alternate the two callables (order flipped each round) and return both medians (s)."""
-    f_ours(), f_np()  # warm up: pack buffers, thread pools, page faults
+def _median_pair(f_ours, f_np, repeats, rounds=2):
+    """Time the two callables in alternating blocks (order flipped each round) and return both
+    medians (s). Each block starts with a pause and a warm-up call: both libraries' worker threads
+    spin for a while after a call, and on 2 cores the other library's spinners would steal the
+    CPUs, so the blocks are kept apart instead of interleaving single calls."""
     t_o, t_n = [], []
-    for r in range(repeats):
+    per = max(1, -(-repeats // rounds))
+    for r in range(rounds):
         pair = [(f_ours, t_o), (f_np, t_n)]
         for f, acc in (pair if r % 2 == 0 else pair[::-1]):
-            t = time.perf_counter()
+            time.sleep(0.1)
+            t_end = time.perf_counter() + 0.05  # warm up >= 50 ms: buffers, pools, idle vCPUs
             f()
-            acc.append(time.perf_counter() - t)
+            while time.perf_counter() < t_end:
+                f()
+            for _ in range(per):
+                t = time.perf_counter()
+                f()
+                acc.append(time.perf_counter() - t)
     return statistics.median(t_o), statistics.median(t_n)
 
 
@@ -144,6 +154,8 @@ def run_threads(nt, args):
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
     env.pop("OPENBLAS_L2_SIZE", None)
+    if args.coretype:  # e.g. Haswell: an AVX2-only OpenBLAS, to compare with --kernel avx2_fma
+        env["OPENBLAS_CORETYPE"] = args.coretype
     env.update(OMP_NUM_THREADS=str(nt), OPENBLAS_NUM_THREADS=str(nt))
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join(
@@ -164,6 +176,7 @@ def main():
     ap.add_argument("--configs", default="XS,S,M")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--kernel", default="auto")
+    ap.add_argument("--coretype", default="", help="OPENBLAS_CORETYPE for numpy (default: unset)")
     ap.add_argument("--no-classifier", dest="classifier", action="store_false")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads-one", type=int, default=1, help=argparse.SUPPRESS)
@@ -173,7 +186,7 @@ def main():
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"python {platform.python_version()}; timings are medians of {args.repeats}, "
-          "ours and numpy alternating in one process (shared machine: noisy)")
+          "ours and numpy in alternating blocks in one process (shared machine: noisy)")
     two_thread_ratios = []
     for nt in (int(s) for s in args.threads.split(",")):
         r = run_threads(nt, args)

@@ -1,6 +1,362 @@
-// CPU kernel bindings (gemm, attention, layernorm, ...). Filled in by the native backend work.
+// Bindings of the non-GEMM CPU kernels (csrc/cpu/ops.h) under their base.py names. Each function
+// validates shapes (std::invalid_argument -> ValueError naming the argument and both shapes) and
+// id ranges; dtype and layout are enforced by py::array_t<..., c_style> + noconvert (TypeError).
+// Pointers are taken with the GIL held, then the kernel runs with the GIL released.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <pybind11/numpy.h>
+
 #include "bindings/native_init.h"
+#include "cpu/dispatch.h"  // ops_set_force_portable (test hook)
+#include "cpu/ops.h"
+
+namespace py = pybind11;
 
 namespace kgpt_bind {
-void init_cpu_ops(pybind11::module_& m) { (void)m; }
+namespace {
+
+using FArr = py::array_t<float, py::array::c_style>;
+using IArr = py::array_t<int32_t, py::array::c_style>;
+using Shape = std::vector<int64_t>;
+
+std::string tstr(const Shape& v) {
+  std::string s = "(";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + (v.size() == 1 ? ",)" : ")");
+}
+
+Shape shape_of(const py::array& a) {
+  Shape s(a.ndim());
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s[i] = a.shape(i);
+  return s;
+}
+
+// "rstd must have shape (N,)=(12,), got (11,)"
+void check_shape(const char* name, const py::array& a, const char* letters, const Shape& want) {
+  if (shape_of(a) != want)
+    throw std::invalid_argument(std::string(name) + " must have shape " + letters + "=" +
+                                tstr(want) + ", got " + tstr(shape_of(a)));
+}
+
+void check_same(const char* name, const py::array& a, const char* ref_name, const py::array& ref) {
+  if (shape_of(a) != shape_of(ref))
+    throw std::invalid_argument(std::string(name) + " must have the shape of " + ref_name + " " +
+                                tstr(shape_of(ref)) + ", got " + tstr(shape_of(a)));
+}
+
+void check_ndim(const char* name, const py::array& a, int nd, const char* letters) {
+  if (a.ndim() != nd)
+    throw std::invalid_argument(std::string(name) + " must be " + std::to_string(nd) + "-D " +
+                                letters + ", got shape " + tstr(shape_of(a)));
+}
+
+void check_ids(const char* name, const IArr& ids, int64_t upper) {
+  const int32_t* p = ids.data();
+  for (py::ssize_t i = 0; i < ids.size(); ++i)
+    if (p[i] < 0 || p[i] >= upper)
+      throw std::invalid_argument(std::string(name) + " values must lie in [0, " +
+                                  std::to_string(upper) + "), got " + std::to_string(p[i]) +
+                                  " at flat index " + std::to_string(i));
+}
+
+int64_t check_heads(int64_t C, int64_t n_head) {
+  if (n_head < 1 || C % n_head != 0)
+    throw std::invalid_argument("n_head must be a positive divisor of C=" + std::to_string(C) +
+                                ", got " + std::to_string(n_head));
+  if (C / n_head > 256)
+    throw std::invalid_argument("head size C/n_head must be <= 256, got " +
+                                std::to_string(C / n_head));
+  return n_head;
+}
+
+void embedding_forward(FArr out, IArr idx, FArr wte, FArr wpe) {
+  check_ndim("idx", idx, 2, "(B, T)");
+  check_ndim("wte", wte, 2, "(V, C)");
+  check_ndim("wpe", wpe, 2, "(maxT, C)");
+  const int64_t B = idx.shape(0), T = idx.shape(1), V = wte.shape(0), C = wte.shape(1);
+  if (wpe.shape(1) != C || wpe.shape(0) < T)
+    throw std::invalid_argument("wpe must have shape (maxT>=" + std::to_string(T) + ", C=" +
+                                std::to_string(C) + "), got " + tstr(shape_of(wpe)));
+  check_shape("out", out, "(B, T, C)", {B, T, C});
+  check_ids("idx", idx, V);
+  float* po = out.mutable_data();
+  const int32_t* pi = idx.data();
+  const float *pt = wte.data(), *pp = wpe.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::embedding_forward(po, pi, pt, pp, B, T, C);
+  }
+}
+
+void embedding_backward(FArr dwte, FArr dwpe, FArr dout, IArr idx) {
+  check_ndim("dout", dout, 3, "(B, T, C)");
+  check_ndim("dwte", dwte, 2, "(V, C)");
+  check_ndim("dwpe", dwpe, 2, "(maxT, C)");
+  const int64_t B = dout.shape(0), T = dout.shape(1), C = dout.shape(2), V = dwte.shape(0);
+  check_shape("dwte", dwte, "(V, C)", {V, C});
+  if (dwpe.shape(1) != C || dwpe.shape(0) < T)
+    throw std::invalid_argument("dwpe must have shape (maxT>=" + std::to_string(T) + ", C=" +
+                                std::to_string(C) + "), got " + tstr(shape_of(dwpe)));
+  check_shape("idx", idx, "(B, T)", {B, T});
+  check_ids("idx", idx, V);
+  float *pw = dwte.mutable_data(), *pp = dwpe.mutable_data();
+  const float* pd = dout.data();
+  const int32_t* pi = idx.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::embedding_backward(pw, pp, pd, pi, B, T, C);
+  }
+}
+
+void layernorm_forward(FArr out, FArr mean, FArr rstd, FArr x, FArr w, FArr b, float eps) {
+  check_ndim("x", x, 2, "(N, C)");
+  const int64_t N = x.shape(0), C = x.shape(1);
+  check_shape("out", out, "(N, C)", {N, C});
+  check_shape("mean", mean, "(N,)", {N});
+  check_shape("rstd", rstd, "(N,)", {N});
+  check_shape("w", w, "(C,)", {C});
+  check_shape("b", b, "(C,)", {C});
+  if (!(eps > 0.0f)) throw std::invalid_argument("eps must be > 0, got " + std::to_string(eps));
+  float *po = out.mutable_data(), *pm = mean.mutable_data(), *pr = rstd.mutable_data();
+  const float *px = x.data(), *pw = w.data(), *pb = b.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::layernorm_forward(po, pm, pr, px, pw, pb, N, C, eps);
+  }
+}
+
+void layernorm_backward(FArr dx, FArr dw, FArr db, FArr dout, FArr x, FArr w, FArr mean,
+                        FArr rstd) {
+  check_ndim("x", x, 2, "(N, C)");
+  const int64_t N = x.shape(0), C = x.shape(1);
+  check_shape("dx", dx, "(N, C)", {N, C});
+  check_shape("dout", dout, "(N, C)", {N, C});
+  check_shape("dw", dw, "(C,)", {C});
+  check_shape("db", db, "(C,)", {C});
+  check_shape("w", w, "(C,)", {C});
+  check_shape("mean", mean, "(N,)", {N});
+  check_shape("rstd", rstd, "(N,)", {N});
+  float *pdx = dx.mutable_data(), *pdw = dw.mutable_data(), *pdb = db.mutable_data();
+  const float *pd = dout.data(), *px = x.data(), *pw = w.data(), *pm = mean.data(),
+              *pr = rstd.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::layernorm_backward(pdx, pdw, pdb, pd, px, pw, pm, pr, N, C);
+  }
+}
+
+void attention_forward(FArr out, FArr lse, FArr qkv, int64_t n_head) {
+  check_ndim("qkv", qkv, 3, "(B, T, 3C)");
+  const int64_t B = qkv.shape(0), T = qkv.shape(1), C3 = qkv.shape(2);
+  if (C3 % 3 != 0 || C3 == 0)
+    throw std::invalid_argument("qkv last dimension must be 3*C, got shape " + tstr(shape_of(qkv)));
+  const int64_t C = C3 / 3, NH = check_heads(C, n_head);
+  check_shape("out", out, "(B, T, C)", {B, T, C});
+  check_shape("lse", lse, "(B, NH, T)", {B, NH, T});
+  float *po = out.mutable_data(), *pl = lse.mutable_data();
+  const float* pq = qkv.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::attention_forward(po, pl, pq, B, T, C, NH);
+  }
+}
+
+void attention_backward(FArr dqkv, FArr dout, FArr qkv, FArr out, FArr lse, int64_t n_head) {
+  check_ndim("qkv", qkv, 3, "(B, T, 3C)");
+  const int64_t B = qkv.shape(0), T = qkv.shape(1), C3 = qkv.shape(2);
+  if (C3 % 3 != 0 || C3 == 0)
+    throw std::invalid_argument("qkv last dimension must be 3*C, got shape " + tstr(shape_of(qkv)));
+  const int64_t C = C3 / 3, NH = check_heads(C, n_head);
+  check_shape("dqkv", dqkv, "(B, T, 3C)", {B, T, C3});
+  check_shape("dout", dout, "(B, T, C)", {B, T, C});
+  check_shape("out", out, "(B, T, C)", {B, T, C});
+  check_shape("lse", lse, "(B, NH, T)", {B, NH, T});
+  float* pd = dqkv.mutable_data();
+  const float *pdo = dout.data(), *pq = qkv.data(), *po = out.data(), *pl = lse.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::attention_backward(pd, pdo, pq, po, pl, B, T, C, NH);
+  }
+}
+
+void attention_decode(FArr out, FArr q, FArr k_cache, FArr v_cache, int64_t n_valid) {
+  check_ndim("k_cache", k_cache, 4, "(B, NH, maxT, HS)");
+  const int64_t B = k_cache.shape(0), NH = k_cache.shape(1), maxT = k_cache.shape(2),
+                HS = k_cache.shape(3);
+  check_shape("v_cache", v_cache, "(B, NH, maxT, HS)", {B, NH, maxT, HS});
+  check_shape("q", q, "(B, C)", {B, NH * HS});
+  check_shape("out", out, "(B, C)", {B, NH * HS});
+  if (n_valid < 1 || n_valid > maxT)
+    throw std::invalid_argument("n_valid must be in [1, maxT=" + std::to_string(maxT) + "], got " +
+                                std::to_string(n_valid));
+  float* po = out.mutable_data();
+  const float *pq = q.data(), *pk = k_cache.data(), *pv = v_cache.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::attention_decode(po, pq, pk, pv, B, NH, maxT, HS, n_valid);
+  }
+}
+
+void gelu_forward(FArr out, FArr x) {
+  check_same("out", out, "x", x);
+  float* po = out.mutable_data();
+  const float* px = x.data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::gelu_forward(po, px, n);
+  }
+}
+
+void gelu_backward(FArr dx, FArr dout, FArr x) {
+  check_same("dout", dout, "x", x);
+  check_same("dx", dx, "x", x);
+  float* pdx = dx.mutable_data();
+  const float *pd = dout.data(), *px = x.data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::gelu_backward(pdx, pd, px, n);
+  }
+}
+
+void residual_forward(FArr out, FArr a, FArr b) {
+  check_same("b", b, "a", a);
+  check_same("out", out, "a", a);
+  float* po = out.mutable_data();
+  const float *pa = a.data(), *pb = b.data();
+  const int64_t n = a.size();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::residual_forward(po, pa, pb, n);
+  }
+}
+
+void residual_backward(FArr da, FArr db, FArr dout) {
+  check_same("da", da, "dout", dout);
+  check_same("db", db, "dout", dout);
+  if (da.size() > 0 && da.data() == db.data())
+    throw std::invalid_argument("da and db must be different buffers");
+  float *pa = da.mutable_data(), *pb = db.mutable_data();
+  const float* pd = dout.data();
+  const int64_t n = dout.size();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::residual_backward(pa, pb, pd, n);
+  }
+}
+
+void crossentropy_forward(FArr losses, FArr probs, FArr logits, IArr targets) {
+  check_ndim("logits", logits, 2, "(N, V)");
+  const int64_t N = logits.shape(0), V = logits.shape(1);
+  if (V < 1) throw std::invalid_argument("logits must have V >= 1 columns");
+  check_shape("probs", probs, "(N, V)", {N, V});
+  check_shape("losses", losses, "(N,)", {N});
+  check_shape("targets", targets, "(N,)", {N});
+  check_ids("targets", targets, V);
+  float *pl = losses.mutable_data(), *pp = probs.mutable_data();
+  const float* px = logits.data();
+  const int32_t* pt = targets.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::crossentropy_forward(pl, pp, px, pt, N, V);
+  }
+}
+
+void crossentropy_backward(FArr dlogits, FArr probs, IArr targets, float scale) {
+  check_ndim("probs", probs, 2, "(N, V)");
+  const int64_t N = probs.shape(0), V = probs.shape(1);
+  check_shape("dlogits", dlogits, "(N, V)", {N, V});
+  check_shape("targets", targets, "(N,)", {N});
+  check_ids("targets", targets, V);
+  float* pd = dlogits.mutable_data();
+  const float* pp = probs.data();
+  const int32_t* pt = targets.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::crossentropy_backward(pd, pp, pt, N, V, scale);
+  }
+}
+
+double global_norm_sq(FArr g) {
+  check_ndim("g", g, 1, "(n,)");
+  const float* p = g.data();
+  const int64_t n = g.size();
+  double r;
+  {
+    py::gil_scoped_release nogil;
+    r = kgpt::cpu::global_norm_sq(p, n);
+  }
+  return r;
+}
+
+void scale_(FArr g, float s) {
+  check_ndim("g", g, 1, "(n,)");
+  float* p = g.mutable_data();
+  const int64_t n = g.size();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::scale_inplace(p, n, s);
+  }
+}
+
+void adamw_update(FArr params, FArr grads, FArr m, FArr v, float lr, float beta1, float beta2,
+                  float eps, float weight_decay, int64_t step) {
+  check_ndim("params", params, 1, "(n,)");
+  const int64_t n = params.shape(0);
+  check_shape("grads", grads, "(n,)", {n});
+  check_shape("m", m, "(n,)", {n});
+  check_shape("v", v, "(n,)", {n});
+  if (step < 1) throw std::invalid_argument("step must be an int >= 1, got " + std::to_string(step));
+  float *pp = params.mutable_data(), *pm = m.mutable_data(), *pv = v.mutable_data();
+  const float* pg = grads.data();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::adamw_update(pp, pg, pm, pv, n, lr, beta1, beta2, eps, weight_decay, step);
+  }
+}
+
+}  // namespace
+
+void init_cpu_ops(py::module_& m) {
+  auto a = [](const char* name) { return py::arg(name).noconvert(); };
+  m.def("embedding_forward", &embedding_forward, a("out"), a("idx"), a("wte"), a("wpe"),
+        "out (B,T,C) = wte[idx] + wpe[:T].");
+  m.def("embedding_backward", &embedding_backward, a("dwte"), a("dwpe"), a("dout"), a("idx"),
+        "dwte (V,C) += scatter of dout by idx; dwpe[:T] += dout.sum(0). Thread-count independent.");
+  m.def("layernorm_forward", &layernorm_forward, a("out"), a("mean"), a("rstd"), a("x"), a("w"),
+        a("b"), py::arg("eps") = 1e-5f, "out (N,C) = (x-mean)*rstd*w + b; saves mean, rstd (N,).");
+  m.def("layernorm_backward", &layernorm_backward, a("dx"), a("dw"), a("db"), a("dout"), a("x"),
+        a("w"), a("mean"), a("rstd"), "dx (N,C) = ; dw, db (C,) += .");
+  m.def("attention_forward", &attention_forward, a("out"), a("lse"), a("qkv"), py::arg("n_head"),
+        "Causal attention, online softmax; out (B,T,C) = , lse (B,NH,T) = .");
+  m.def("attention_backward", &attention_backward, a("dqkv"), a("dout"), a("qkv"), a("out"),
+        a("lse"), py::arg("n_head"), "dqkv (B,T,3C) = , recomputing P from lse block by block.");
+  m.def("attention_decode", &attention_decode, a("out"), a("q"), a("k_cache"), a("v_cache"),
+        py::arg("n_valid"), "One KV-cache step: out (B,C) = softmax(q k^T/sqrt(HS)) v.");
+  m.def("gelu_forward", &gelu_forward, a("out"), a("x"), "out = tanh-GELU(x).");
+  m.def("gelu_backward", &gelu_backward, a("dx"), a("dout"), a("x"), "dx = dout * gelu'(x).");
+  m.def("residual_forward", &residual_forward, a("out"), a("a"), a("b"),
+        "out = a + b (out may alias a or b).");
+  m.def("residual_backward", &residual_backward, a("da"), a("db"), a("dout"),
+        "da += dout; db += dout.");
+  m.def("crossentropy_forward", &crossentropy_forward, a("losses"), a("probs"), a("logits"),
+        a("targets"), "probs (N,V) = softmax(logits); losses (N,) = -log probs[n, targets[n]].");
+  m.def("crossentropy_backward", &crossentropy_backward, a("dlogits"), a("probs"), a("targets"),
+        py::arg("scale"), "dlogits (N,V) = scale * (probs - onehot(targets)).");
+  m.def("global_norm_sq", &global_norm_sq, a("g"),
+        "Sum of squares of g in float64, fixed chunk order (thread-count independent).");
+  m.def("scale_", &scale_, a("g"), py::arg("s"), "g *= s in place.");
+  m.def("adamw_update", &adamw_update, a("params"), a("grads"), a("m"), a("v"), py::kw_only(),
+        py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("step"), "Fused AdamW step over flat arrays, in place.");
+  m.def("_set_ops_force_portable", &kgpt::cpu::ops_set_force_portable, py::arg("on"),
+        "Test hook: force the portable (non-AVX2) paths of the non-GEMM kernels (process-wide).");
+  m.def("ops_use_avx2", &kgpt::cpu::ops_use_avx2,
+        "Whether the non-GEMM kernels run their AVX2/FMA paths.");
+}
+
 }  // namespace kgpt_bind

@@ -4,7 +4,12 @@
 // exp uses a vectorised Cephes-style polynomial (about 1 ulp) on the AVX2 path, std::exp otherwise.
 #include "cpu/classifier.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#define KGPT_X86 1
 #include <immintrin.h>
+#else
+#define KGPT_X86 0
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +26,7 @@ namespace kgpt {
 namespace cpu {
 namespace {
 
+#if KGPT_X86
 #define KGPT_AVX2 __attribute__((target("avx2,fma")))
 
 // e^x for x <= 0 (arguments are logits minus the row max); clamped below so 2^n stays normal.
@@ -41,52 +47,46 @@ KGPT_AVX2 inline __m256 exp256(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-KGPT_AVX2 inline float hsum(__m256 s) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  return _mm_cvtss_f32(h);
-}
-
-KGPT_AVX2 inline float hmax(__m256 s) {
-  __m128 h = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_max_ss(h, _mm_movehdup_ps(h));
-  return _mm_cvtss_f32(h);
-}
-
 // One row of logits -> loss; with `grad`, the row becomes scale * (softmax - onehot).
+// Pass 1 reads the row once keeping a running max and rescaled sum per lane (online softmax,
+// rescaled once per 32 elements); pass 2 (training only) recomputes exp and writes dlogits.
+// Two passes instead of three matter because a block of logits does not fit in L2.
 KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scale) {
-  int64_t j = 0;
-  __m256 vm = _mm256_set1_ps(-INFINITY);
-  for (; j + 8 <= V; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(row + j));
-  float mx = hmax(vm);
-  for (; j < V; ++j) mx = std::max(mx, row[j]);
-  const float lt = row[t];
-  const __m256 vmx = _mm256_set1_ps(mx);
-  __m256 vs = _mm256_setzero_ps();
-  for (j = 0; j + 8 <= V; j += 8) {
-    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx));
-    _mm256_storeu_ps(row + j, e);
-    vs = _mm256_add_ps(vs, e);
+  const int64_t Vv = V / 32 * 32;
+  __m256 vm = _mm256_set1_ps(-INFINITY), vs = _mm256_setzero_ps();
+  for (int64_t j = 0; j < Vv; j += 32) {
+    const __m256 x0 = _mm256_loadu_ps(row + j), x1 = _mm256_loadu_ps(row + j + 8);
+    const __m256 x2 = _mm256_loadu_ps(row + j + 16), x3 = _mm256_loadu_ps(row + j + 24);
+    const __m256 mn = _mm256_max_ps(vm, _mm256_max_ps(_mm256_max_ps(x0, x1), _mm256_max_ps(x2, x3)));
+    vs = _mm256_mul_ps(vs, exp256(_mm256_sub_ps(vm, mn)));
+    vs = _mm256_add_ps(vs, _mm256_add_ps(_mm256_add_ps(exp256(_mm256_sub_ps(x0, mn)), exp256(_mm256_sub_ps(x1, mn))),
+                                         _mm256_add_ps(exp256(_mm256_sub_ps(x2, mn)), exp256(_mm256_sub_ps(x3, mn)))));
+    vm = mn;
   }
-  float sum = hsum(vs);
-  for (; j < V; ++j) {
-    float tail[8] = {row[j] - mx, 0, 0, 0, 0, 0, 0, 0};
-    _mm256_storeu_ps(tail, exp256(_mm256_loadu_ps(tail)));
-    row[j] = tail[0];
-    sum += tail[0];
-  }
-  const float loss = std::log(sum) + mx - lt;
+  alignas(32) float lm[8], ls[8];
+  _mm256_store_ps(lm, vm);
+  _mm256_store_ps(ls, vs);
+  float mx = -INFINITY;
+  for (int l = 0; l < 8; ++l) mx = std::max(mx, lm[l]);
+  for (int64_t j = Vv; j < V; ++j) mx = std::max(mx, row[j]);
+  float sum = 0.f;
+  for (int l = 0; l < 8; ++l)
+    if (ls[l] > 0.f) sum += ls[l] * std::exp(lm[l] - mx);
+  for (int64_t j = Vv; j < V; ++j) sum += std::exp(row[j] - mx);
+  const float loss = std::log(sum) + mx - row[t];
   if (grad) {
     const float f = scale / sum;
-    const __m256 vf = _mm256_set1_ps(f);
-    for (j = 0; j + 8 <= V; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vf));
-    for (; j < V; ++j) row[j] *= f;
+    const __m256 vf = _mm256_set1_ps(f), vmx = _mm256_set1_ps(mx);
+    int64_t j = 0;
+    for (; j + 8 <= V; j += 8)
+      _mm256_storeu_ps(row + j, _mm256_mul_ps(exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx)), vf));
+    for (; j < V; ++j) row[j] = std::exp(row[j] - mx) * f;
     row[t] -= scale;
   }
   return loss;
 }
+
+#endif  // KGPT_X86
 
 float row_portable(float* row, int64_t V, int32_t t, bool grad, float scale) {
   float mx = row[0];
@@ -129,7 +129,11 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
   if (N <= 0) return;
   const bool grad = dx || dwte;
   const bool avx2 = gemm_use_avx2();
-  const int64_t R = std::min(kClassifierRows, N);
+  (void)avx2;
+  // Rows per block: as many as fit a budget of kClassifierBufferFloats (fewer passes over dwte),
+  // a multiple of 12 (the micro-kernel's rows), at least 12.
+  int64_t R = std::max<int64_t>(12, kClassifierBufferFloats / V / 12 * 12);
+  R = std::min(R, std::min(kClassifierMaxRows, N));
   float* L = tls_logits.get(static_cast<size_t>(R * V));
 #ifdef _OPENMP
   const int nt = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(R * V / 16384)));
@@ -145,7 +149,13 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
     for (int64_t r = 0; r < rb; ++r) {
       float* row = L + r * V;
       const int32_t t = targets[r0 + r];
-      losses[r0 + r] = avx2 ? row_avx2(row, V, t, grad, scale) : row_portable(row, V, t, grad, scale);
+#if KGPT_X86
+      if (avx2) {
+        losses[r0 + r] = row_avx2(row, V, t, grad, scale);
+        continue;
+      }
+#endif
+      losses[r0 + r] = row_portable(row, V, t, grad, scale);
     }
     if (dx) sgemm(false, false, rb, C, V, 1.f, L, V, wte, C, 0.f, dx + r0 * C, C, nullptr);
     if (dwte) sgemm(true, false, V, C, rb, 1.f, L, V, xb, C, 1.f, dwte, C, nullptr);

@@ -15,8 +15,10 @@ namespace cpu {
 void classifier_forward(float* losses, float* dx, float* dwte, const float* x, const float* wte,
                         const int32_t* targets, int64_t N, int64_t C, int64_t V, float scale);
 
-// Rows per block (the buffer is rows x V floats).
-constexpr int64_t kClassifierRows = 128;
+// Rows per block: up to kClassifierMaxRows, and the (rows, V) buffer at most this many floats
+// (16 MB): larger blocks mean fewer read-modify-write passes over dwte.
+constexpr int64_t kClassifierBufferFloats = int64_t(4) << 20;
+constexpr int64_t kClassifierMaxRows = 512;
 
 }  // namespace cpu
 }  // namespace kgpt

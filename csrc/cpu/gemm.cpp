@@ -1,20 +1,27 @@
 // SGEMM driver: Goto/BLIS-style loops (NC columns of B, KC deep, MC rows of A) over packed panels,
-// a register-blocked micro-kernel per (MR, NR) tile, and a streaming matrix-vector path for
-// op(A) with <= 4 rows (batch-1 decoding). Kernels are picked once per call from the CPU's
-// features; the vector ones carry function-level target attributes (the build adds no -march).
+// a register-blocked micro-kernel per (MR, NR) tile (gemm_kernels.cpp), and a streaming
+// matrix-vector path for op(A) with <= 4 rows (batch-1 decoding). The kernel is picked per call
+// from the CPU's features (AVX-512 > AVX2/FMA > portable) unless a test caps it.
 // Threads own disjoint rectangles of C whose edges are multiples of MR/NR, so tile positions and
 // the k order of every element do not depend on the thread count: results are bitwise identical.
 #include "cpu/gemm.h"
 
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#define KGPT_X86 1
+#include <immintrin.h>  // SSE 4x4 transposes in the packing
+#else
+#define KGPT_X86 0
+#endif
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "common/cpu_features.h"
+#include "cpu/gemm_kernels.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -23,6 +30,8 @@
 namespace kgpt {
 namespace cpu {
 namespace {
+
+using namespace gemm_detail;
 
 // ---------------------------------------------------------------- kernel selection
 // Highest kernel allowed: 0 = best the CPU has, 1 = at most AVX2/FMA, 2 = portable only.
@@ -71,38 +80,66 @@ struct PackBuf {
   }
 };
 thread_local PackBuf tls_a, tls_b;
-
-using Ukr = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                     float alpha, float beta, const float* bias);
-
 // ---------------------------------------------------------------- packing (portable code)
+// d[k*S + i] = src[i*ld + k] for i < n (n <= S source rows, each contiguous along k), zero for
+// n <= i < S. 4x4 SSE transposes (baseline x86-64, no target attribute needed).
+template <int S>
+void pack_transposed(const float* src, int64_t ld, int n, int64_t kc, float* d) {
+  int i = 0;
+#if defined(__SSE2__)
+  for (; i + 4 <= n; i += 4) {
+    const float* r0 = src + i * ld;
+    const float* r1 = r0 + ld;
+    const float* r2 = r1 + ld;
+    const float* r3 = r2 + ld;
+    int64_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+      __m128 a = _mm_loadu_ps(r0 + k), b = _mm_loadu_ps(r1 + k);
+      __m128 c = _mm_loadu_ps(r2 + k), e = _mm_loadu_ps(r3 + k);
+      _MM_TRANSPOSE4_PS(a, b, c, e);
+      _mm_storeu_ps(d + (k + 0) * S + i, a);
+      _mm_storeu_ps(d + (k + 1) * S + i, b);
+      _mm_storeu_ps(d + (k + 2) * S + i, c);
+      _mm_storeu_ps(d + (k + 3) * S + i, e);
+    }
+    for (; k < kc; ++k) {
+      d[k * S + i] = r0[k];
+      d[k * S + i + 1] = r1[k];
+      d[k * S + i + 2] = r2[k];
+      d[k * S + i + 3] = r3[k];
+    }
+  }
+#endif
+  for (; i < n; ++i)
+    for (int64_t k = 0; k < kc; ++k) d[k * S + i] = src[i * ld + k];
+  if (n < S)
+    for (int64_t k = 0; k < kc; ++k)
+      for (int j = n; j < S; ++j) d[k * S + j] = 0.f;
+}
+
+// d[k*S + j] = src[k*ld + j] for j < n (rows of the source are contiguous along the sliver).
+template <int S>
+void pack_straight(const float* src, int64_t ld, int n, int64_t kc, float* d) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* r = src + k * ld;
+    float* dk = d + k * S;
+    if (n == S) {
+      std::memcpy(dk, r, sizeof(float) * S);
+    } else {
+      for (int j = 0; j < n; ++j) dk[j] = r[j];
+      for (int j = n; j < S; ++j) dk[j] = 0.f;
+    }
+  }
+}
+
 // A block rows [i0, i0+mc) x k [p0, p0+kc) -> slivers of MR rows: dst[s][k][0..MR), zero padded.
 template <int MR>
 void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
             int64_t kc, float* dst) {
   for (int64_t s = 0; s < mc; s += MR) {
     const int m = static_cast<int>(std::min<int64_t>(MR, mc - s));
-    float* d = dst + s * kc;
-    if (!trans) {
-      const float* rows[MR];
-      for (int i = 0; i < m; ++i) rows[i] = A + (i0 + s + i) * lda + p0;
-      if (m == MR) {
-        for (int64_t k = 0; k < kc; ++k)
-          for (int i = 0; i < MR; ++i) d[k * MR + i] = rows[i][k];
-      } else {
-        for (int64_t k = 0; k < kc; ++k) {
-          for (int i = 0; i < m; ++i) d[k * MR + i] = rows[i][k];
-          for (int i = m; i < MR; ++i) d[k * MR + i] = 0.f;
-        }
-      }
-    } else {
-      const float* src = A + p0 * lda + i0 + s;
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* r = src + k * lda;
-        for (int i = 0; i < m; ++i) d[k * MR + i] = r[i];
-        for (int i = m; i < MR; ++i) d[k * MR + i] = 0.f;
-      }
-    }
+    if (!trans) pack_transposed<MR>(A + (i0 + s) * lda + p0, lda, m, kc, dst + s * kc);
+    else pack_straight<MR>(A + p0 * lda + i0 + s, lda, m, kc, dst + s * kc);
   }
 }
 
@@ -112,153 +149,28 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int
             int64_t nc, float* dst) {
   for (int64_t s = 0; s < nc; s += NR) {
     const int n = static_cast<int>(std::min<int64_t>(NR, nc - s));
-    float* d = dst + s * kc;
-    if (!trans) {
-      const float* src = B + p0 * ldb + j0 + s;
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* r = src + k * ldb;
-        for (int j = 0; j < n; ++j) d[k * NR + j] = r[j];
-        for (int j = n; j < NR; ++j) d[k * NR + j] = 0.f;
-      }
-    } else {
-      const float* cols[NR];
-      for (int j = 0; j < n; ++j) cols[j] = B + (j0 + s + j) * ldb + p0;
-      if (n == NR) {
-        for (int64_t k = 0; k < kc; ++k)
-          for (int j = 0; j < NR; ++j) d[k * NR + j] = cols[j][k];
-      } else {
-        for (int64_t k = 0; k < kc; ++k) {
-          for (int j = 0; j < n; ++j) d[k * NR + j] = cols[j][k];
-          for (int j = n; j < NR; ++j) d[k * NR + j] = 0.f;
-        }
-      }
-    }
+    if (!trans) pack_straight<NR>(B + p0 * ldb + j0 + s, ldb, n, kc, dst + s * kc);
+    else pack_transposed<NR>(B + (j0 + s) * ldb + p0, ldb, n, kc, dst + s * kc);
   }
-}
-
-// Scalar epilogue shared by edge tiles and the portable kernel:
-// c = alpha*acc (+ beta*c when beta != 0) (+ bias).
-inline float epi(float acc, float alpha, float beta, const float* c, const float* bias, int j) {
-  float v = alpha * acc;
-  if (beta != 0.f) v += beta * (*c);
-  if (bias) v += bias[j];
-  return v;
-}
-
-// ---------------------------------------------------------------- portable micro-kernel
-constexpr int kPMR = 6, kPNR = 16;
-void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
-                  float beta, const float* bias) {
-  float acc[kPMR][kPNR] = {};
-  for (int64_t k = 0; k < kc; ++k) {
-    const float* bk = b + k * kPNR;
-    for (int i = 0; i < kPMR; ++i) {
-      const float ai = a[k * kPMR + i];
-      for (int j = 0; j < kPNR; ++j) acc[i][j] += ai * bk[j];
-    }
-  }
-  for (int i = 0; i < kPMR; ++i)
-    for (int j = 0; j < kPNR; ++j) c[i * ldc + j] = epi(acc[i][j], alpha, beta, c + i * ldc + j, bias, j);
-}
-
-// ---------------------------------------------------------------- AVX2/FMA 6x16 micro-kernel
-#define KGPT_AVX2 __attribute__((target("avx2,fma")))
-
-KGPT_AVX2 inline void store8(float* c, __m256 acc, __m256 va, float beta, const float* bias) {
-  __m256 v = _mm256_mul_ps(acc, va);
-  if (beta != 0.f) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(c)));
-  if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
-  _mm256_storeu_ps(c, v);
-}
-
-KGPT_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                             float alpha, float beta, const float* bias) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-    __m256 av;
-#define KGPT_ROW(i)                          \
-  av = _mm256_broadcast_ss(a + i);           \
-  c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); \
-  c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
-    KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
-#undef KGPT_ROW
-    a += 6;
-    b += 16;
-  }
-  const __m256 va = _mm256_set1_ps(alpha);
-  const float* bias1 = bias ? bias + 8 : nullptr;
-#define KGPT_STORE(i)                                  \
-  store8(c + i * ldc, c##i##0, va, beta, bias);        \
-  store8(c + i * ldc + 8, c##i##1, va, beta, bias1);
-  KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
-#undef KGPT_STORE
-}
-
-// ---------------------------------------------------------------- AVX-512 12x32 micro-kernel
-#define KGPT_AVX512 __attribute__((target("avx512f,avx2,fma")))
-
-KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float beta, const float* bias) {
-  __m512 v = _mm512_mul_ps(acc, va);
-  if (beta != 0.f) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(c)));
-  if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
-  _mm512_storeu_ps(c, v);
-}
-
-KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, float* c,
-                                  int64_t ldc, float alpha, float beta, const float* bias) {
-#define KGPT_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
-  KGPT_DECL(0) KGPT_DECL(1) KGPT_DECL(2) KGPT_DECL(3) KGPT_DECL(4) KGPT_DECL(5)
-  KGPT_DECL(6) KGPT_DECL(7) KGPT_DECL(8) KGPT_DECL(9) KGPT_DECL(10) KGPT_DECL(11)
-#undef KGPT_DECL
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-    __m512 av;
-#define KGPT_ROW(i)                          \
-  av = _mm512_set1_ps(a[i]);                 \
-  c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0); \
-  c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);
-    KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
-    KGPT_ROW(6) KGPT_ROW(7) KGPT_ROW(8) KGPT_ROW(9) KGPT_ROW(10) KGPT_ROW(11)
-#undef KGPT_ROW
-    a += 12;
-    b += 32;
-  }
-  const __m512 va = _mm512_set1_ps(alpha);
-  const float* bias1 = bias ? bias + 16 : nullptr;
-#define KGPT_STORE(i)                                   \
-  store16(c + i * ldc, c##i##0, va, beta, bias);        \
-  store16(c + i * ldc + 16, c##i##1, va, beta, bias1);
-  KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
-  KGPT_STORE(6) KGPT_STORE(7) KGPT_STORE(8) KGPT_STORE(9) KGPT_STORE(10) KGPT_STORE(11)
-#undef KGPT_STORE
 }
 
 // ---------------------------------------------------------------- blocked driver
-struct Problem {
-  bool ta, tb;
-  int64_t M, N, K;
-  float alpha;
-  const float* A;
-  int64_t lda;
-  const float* B;
-  int64_t ldb;
-  float beta;
-  float* C;
-  int64_t ldc;
-  const float* bias;
+struct Blocking {
+  int64_t MC, KC, NC;
 };
 
-template <int MR, int NR, int64_t MC, int64_t KC, int64_t NC>
-void gemm_rect(const Problem& p, Ukr ukr, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  static_assert(MC % MR == 0 && NC % NR == 0, "blocks must hold whole slivers");
-  float* Ap = tls_a.get(static_cast<size_t>(MC * KC));
-  float* Bp = tls_b.get(static_cast<size_t>(NC * KC));
+template <int MR, int NR>
+void gemm_rect(const Problem& p, Ukr ukr, Blocking bl, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  // Even row/column blocks for this rectangle (multiples of MR/NR, so tile positions stay fixed;
+  // the summation order depends on KC only).
+  auto even = [](int64_t len, int64_t blk, int64_t unit) {
+    const int64_t nblk = std::max<int64_t>(1, (len + blk - 1) / blk);
+    return ((len + nblk - 1) / nblk + unit - 1) / unit * unit;
+  };
+  const int64_t MC = std::min(bl.MC, even(m1 - m0, bl.MC, MR)), KC = bl.KC;
+  const int64_t NC = std::min(bl.NC, even(n1 - n0, bl.NC, NR));
+  float* Ap = tls_a.get(static_cast<size_t>(bl.MC * KC));
+  float* Bp = tls_b.get(static_cast<size_t>(bl.NC * KC));
   alignas(64) float tmp[MR * NR];
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min(NC, n1 - jc);
@@ -295,17 +207,29 @@ void gemm_rect(const Problem& p, Ukr ukr, int64_t m0, int64_t m1, int64_t n0, in
   }
 }
 
-template <int MR, int NR, int64_t MC, int64_t KC, int64_t NC>
-void gemm_threaded(const Problem& p, Ukr ukr) {
+template <int MR, int NR>
+void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
+  // Even k blocks (depends on K only, so the summation order stays thread-count independent).
+  {
+    const int64_t nkb = (p.K + bl.KC - 1) / bl.KC;
+    bl.KC = ((p.K + nkb - 1) / nkb + 3) / 4 * 4;
+  }
   const int nt = threads_for(2.0 * p.M * p.N * p.K);
   if (nt <= 1) {
-    gemm_rect<MR, NR, MC, KC, NC>(p, ukr, 0, p.M, 0, p.N);
+    gemm_rect<MR, NR>(p, ukr, bl, 0, p.M, 0, p.N);
     return;
   }
   // Split the longer sliver count; ties and near-ties go to M (B packing is cheaper to repeat).
+  // Split rows or columns, whichever gives the slowest thread less to do. Rough cycle model:
+  // FMAs / 32 per cycle, plus ~1 cycle per packed element; the side not split is packed by
+  // every thread (B in full when splitting rows, A in full when splitting columns).
   const int64_t mb = (p.M + MR - 1) / MR, nb = (p.N + NR - 1) / NR;
-  auto imbalance = [nt](int64_t b) { return double((b + nt - 1) / nt) * nt / double(b); };
-  const bool split_m = mb >= nt && imbalance(mb) <= imbalance(nb) * 1.02;
+  auto cost = [&](double rows, double cols) {
+    return rows * cols * p.K / 32.0 + rows * p.K * std::ceil(cols / bl.NC) + cols * p.K;
+  };
+  const double cost_m = cost(std::min<double>(p.M, double((mb + nt - 1) / nt) * MR), double(p.N));
+  const double cost_n = cost(double(p.M), std::min<double>(p.N, double((nb + nt - 1) / nt) * NR));
+  const bool split_m = nb < nt || (mb >= nt && cost_m <= cost_n);
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -315,75 +239,24 @@ void gemm_threaded(const Problem& p, Ukr ukr) {
 #endif
     if (split_m) {
       const int64_t s0 = mb * t / T, s1 = mb * (t + 1) / T;
-      if (s1 > s0) gemm_rect<MR, NR, MC, KC, NC>(p, ukr, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
+      if (s1 > s0) gemm_rect<MR, NR>(p, ukr, bl, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
     } else {
       const int64_t s0 = nb * t / T, s1 = nb * (t + 1) / T;
-      if (s1 > s0) gemm_rect<MR, NR, MC, KC, NC>(p, ukr, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
-    }
-  }
-}
-
-// ---------------------------------------------------------------- matrix-vector (M <= 4, NT)
-// C[m, n] = alpha * dot(A[m, :], B[n, :]) + beta*C + bias: streams each row of B once for all m.
-template <int M>
-KGPT_AVX2 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1) {
-  const int64_t K = p.K;
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* w = p.B + n * p.ldb;
-    __m256 acc0[M], acc1[M];
-    for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-      const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
-      for (int m = 0; m < M; ++m) {
-        acc0[m] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k), w0, acc0[m]);
-        acc1[m] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k + 8), w1, acc1[m]);
-      }
-    }
-    for (int m = 0; m < M; ++m) {
-      const __m256 s = _mm256_add_ps(acc0[m], acc1[m]);
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      float dot = _mm_cvtss_f32(h);
-      const float* x = p.A + m * p.lda;
-      for (int64_t kk = k; kk < K; ++kk) dot += x[kk] * w[kk];
-      float* c = p.C + m * p.ldc + n;
-      *c = epi(dot, p.alpha, p.beta, c, p.bias ? p.bias + n : nullptr, 0);
-    }
-  }
-}
-
-void gemv_nt_portable(const Problem& p, int64_t n0, int64_t n1) {
-  constexpr int L = 8;  // independent partial sums the compiler can keep in SIMD lanes
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* w = p.B + n * p.ldb;
-    for (int64_t m = 0; m < p.M; ++m) {
-      const float* x = p.A + m * p.lda;
-      float part[L] = {};
-      int64_t k = 0;
-      for (; k + L <= p.K; k += L)
-        for (int l = 0; l < L; ++l) part[l] += x[k + l] * w[k + l];
-      float dot = 0.f;
-      for (int l = 0; l < L; ++l) dot += part[l];
-      for (; k < p.K; ++k) dot += x[k] * w[k];
-      float* c = p.C + m * p.ldc + n;
-      *c = epi(dot, p.alpha, p.beta, c, p.bias ? p.bias + n : nullptr, 0);
+      if (s1 > s0) gemm_rect<MR, NR>(p, ukr, bl, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
     }
   }
 }
 
 void gemv_nt(const Problem& p, bool avx2) {
   auto run = [&](int64_t n0, int64_t n1) {
-    if (!avx2) return gemv_nt_portable(p, n0, n1);
-    switch (p.M) {
-      case 1: return gemv_nt_avx2<1>(p, n0, n1);
-      case 2: return gemv_nt_avx2<2>(p, n0, n1);
-      case 3: return gemv_nt_avx2<3>(p, n0, n1);
-      default: return gemv_nt_avx2<4>(p, n0, n1);
-    }
+#if KGPT_X86
+    if (avx2) return gemv_nt_avx2(p, n0, n1);
+#endif
+    (void)avx2;
+    gemv_nt_portable(p, n0, n1);
   };
-  const int nt = threads_for(2.0 * p.M * p.N * p.K);
+  // Memory-bound: a thread pays off once it streams ~256 KB of B.
+  const int nt = std::max(1, std::min<int>(max_threads(), static_cast<int>(p.N * p.K / 65536)));
   if (nt <= 1) return run(0, p.N);
 #pragma omp parallel num_threads(nt)
   {
@@ -429,15 +302,18 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     return;
   }
   if (!trans_a && trans_b && M <= 4) return gemv_nt(p, gemm_use_avx2());
-  if (gemm_use_avx512()) return gemm_threaded<12, 32, 192, 256, 2048>(p, ukr_avx512_12x32);
-  if (gemm_use_avx2()) return gemm_threaded<6, 16, 144, 256, 2048>(p, ukr_avx2_6x16);
-  gemm_threaded<kPMR, kPNR, 144, 256, 2048>(p, ukr_portable);
+#if KGPT_X86
+  if (gemm_use_avx512()) return gemm_threaded<12, 32>(p, ukr_avx512_12x32, {192, 384, 1024});
+  if (gemm_use_avx2()) return gemm_threaded<6, 16>(p, ukr_avx2_6x16, {192, 384, 1024});
+#endif
+  gemm_threaded<kPMR, kPNR>(p, ukr_portable, {192, 384, 1024});
 }
 
 void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC) {
   constexpr int64_t CH = 256;  // columns per chunk: the partial sums stay in L1
   const int64_t nchunks = (OC + CH - 1) / CH;
   const int nt = static_cast<int>(std::min<int64_t>(threads_for(double(N) * OC * 4), nchunks));
+  (void)nt;  // unused without OpenMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t o0 = ch * CH, o1 = std::min(OC, o0 + CH);

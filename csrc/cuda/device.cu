@@ -2,6 +2,8 @@
 // imports on a machine without a GPU and reports 0 devices there.
 #include <cuda_runtime.h>
 
+#include "cuda/kernels.h"
+
 namespace kgpt { namespace cuda {
 int device_count() {
   int n = 0;

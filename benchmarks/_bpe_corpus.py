@@ -1,0 +1,70 @@
+"""Benchmark corpus for the tokenizer claims: the Python standard library's .py files of the
+running interpreter (sysconfig "stdlib" path, all subfolders, sorted by relative path, read as
+UTF-8 with undecodable files skipped) followed by the Korean seed text
+(/work/shared/seeds/generative-ai-overview.ko.md, or shared/seeds/ next to the checkout, when
+present), repeated in that order and truncated to the size asked for (at a character boundary).
+Deterministic for a given interpreter; real code plus prose, available offline."""
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+from typing import List
+
+_SEED_CANDIDATES = [Path("/work/shared/seeds/generative-ai-overview.ko.md"),
+                    Path(__file__).resolve().parents[1] / "shared" / "seeds" / "generative-ai-overview.ko.md"]
+
+
+def source_texts() -> List[str]:
+    """The stdlib .py files (sorted) and the Korean seed, one str each."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts = []
+    for p in sorted(root.rglob("*.py"), key=lambda q: q.relative_to(root).as_posix()):
+        if "site-packages" in p.parts or "dist-packages" in p.parts:
+            continue
+        try:
+            texts.append(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, OSError):
+            continue
+    for seed in _SEED_CANDIDATES:
+        if seed.is_file():
+            texts.append(seed.read_text(encoding="utf-8"))
+            break
+    return texts
+
+
+def corpus_documents(n_bytes: int) -> List[str]:
+    """Documents (files) repeated in order until their UTF-8 size reaches n_bytes; the last one
+    is cut so the total is at most n_bytes."""
+    src = source_texts()
+    out, total, i = [], 0, 0
+    while total < n_bytes:
+        t = src[i % len(src)]
+        b = len(t.encode("utf-8"))
+        if total + b > n_bytes:
+            t = t.encode("utf-8")[: n_bytes - total].decode("utf-8", "ignore")
+            b = len(t.encode("utf-8"))
+            if b == 0:
+                break
+        out.append(t)
+        total += b
+        i += 1
+    return out
+
+
+def corpus_text(n_bytes: int) -> str:
+    return "".join(corpus_documents(n_bytes))
+
+
+def corpus_lines(n_bytes: int) -> List[str]:
+    """The corpus held as lines (keepends), how the train comparison feeds every tool."""
+    return corpus_text(n_bytes).splitlines(keepends=True)
+
+
+def write_corpus_file(path: os.PathLike, n_bytes: int) -> None:
+    Path(path).write_text(corpus_text(n_bytes), encoding="utf-8", newline="")
+
+
+if __name__ == "__main__":
+    src = source_texts()
+    print(f"{len(src)} documents, {sum(len(t.encode()) for t in src) / 1e6:.1f} MB of unique text")

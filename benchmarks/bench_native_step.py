@@ -1,0 +1,252 @@
+"""Claim: the native backend's training step (forward + backward + AdamW) is at least 1.5x the
+NumPy path on config S and 4x on XS, competitive with PyTorch eager on 2 threads, and its KV-cache
+sampling on S (batch 1) beats NumPy's and PyTorch's tokens/s.
+
+For configs XS, S and M (DESIGN.md; batch 8, 8, 4, T = block size) one training step is timed on
+the native backend, the NumPy backend and, when torch is importable, an equivalent GPT-2 written in
+PyTorch below (eager, CPU, torch.set_num_threads(threads)), each engine in its own subprocess (so
+no two libraries' spinning thread pools fight over the cores), one after the other in the same
+run; medians after a warm-up are reported with GFLOP/s from DESIGN.md's formula
+(kernelgpt.model.train_flops_per_step). Sampling: 96 new tokens after a 4-token prompt, batch 1,
+KV cache, on S. The machine is shared by other jobs: read the ratios (same run), not the
+absolute figures, and rerun before trusting one.
+
+Usage: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 PYTHONPATH=python python3 \\
+           benchmarks/bench_native_step.py [--configs xs,s,m] [--rounds 3] [--no-torch] [--no-sample]
+(torch is a benchmark-only peer, never a dependency; e.g. pip install --target DIR torch and add
+DIR to PYTHONPATH.)  `pytest benchmarks/bench_native_step.py` runs the XS step via pytest-benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine  # noqa: E402
+
+from kernelgpt.model import GPT, PRESET_BATCH_SIZE, GPTConfig, train_flops_per_step  # noqa: E402
+from kernelgpt.optim import AdamW  # noqa: E402
+
+SAMPLE_NEW = 96
+
+
+# ----------------------------------------------------------------------------- our engines
+def kgpt_step(backend: str, cfg: GPTConfig, B: int, seed: int = 0):
+    model = GPT(cfg, backend=backend, seed=seed)
+    opt = AdamW(model, lr=1e-4, weight_decay=0.1)
+    r = np.random.default_rng(seed)
+    idx = r.integers(0, cfg.vocab_size, (B, cfg.block_size)).astype(np.int32)
+    tgt = r.integers(0, cfg.vocab_size, (B, cfg.block_size)).astype(np.int32)
+
+    def step():
+        model.zero_grad()
+        _, loss = model.forward(idx, tgt, return_logits=False)
+        model.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def kgpt_sampler(backend: str, cfg: GPTConfig):
+    model = GPT(cfg, backend=backend, seed=0)
+    prompt = np.array([1, 2, 3, 4], np.int32)
+    return lambda: model.generate(prompt, SAMPLE_NEW, temperature=1.0, top_k=50, seed=0)
+
+
+# ----------------------------------------------------------------------------- PyTorch peer
+def torch_engines(cfg: GPTConfig, B: int, threads: int):
+    """(train step, sampler) of a GPT-2 in PyTorch eager with the same config, or None."""
+    try:
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    C, NH, V, T = cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.block_size
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+        def attn(self, x, cache=None, pos=0):
+            Bx, Tx, _ = x.shape
+            q, k, v = self.c_attn(x).split(C, dim=2)
+            q, k, v = (t.view(Bx, Tx, NH, C // NH).transpose(1, 2) for t in (q, k, v))
+            if cache is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:  # KV cache: write this step's k, v, attend over [0, pos + Tx)
+                kc, vc = cache
+                kc[:, :, pos:pos + Tx] = k
+                vc[:, :, pos:pos + Tx] = v
+                k, v = kc[:, :, :pos + Tx], vc[:, :, :pos + Tx]
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=Tx > 1)
+            return self.c_proj(y.transpose(1, 2).reshape(Bx, Tx, C))
+
+        def forward(self, x, cache=None, pos=0):
+            x = x + self.attn(self.ln_1(x), cache, pos)
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class TorchGPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
+            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layer))
+            self.ln_f = nn.LayerNorm(C)
+
+        def forward(self, idx, caches=None, pos=0):
+            t = idx.shape[1]
+            x = self.wte(idx) + self.wpe(torch.arange(pos, pos + t))
+            for i, blk in enumerate(self.h):
+                x = blk(x, None if caches is None else caches[i], pos)
+            return self.ln_f(x) @ self.wte.weight.T  # tied lm_head
+
+    torch.manual_seed(0)
+    model = TorchGPT()
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": rest, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, V, (B, T), generator=g)
+    tgt = torch.randint(0, V, (B, T), generator=g)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(idx).view(-1, V), tgt.view(-1))
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def sample():
+        with torch.inference_mode():
+            hs = C // NH
+            caches = [(torch.zeros(1, NH, T, hs), torch.zeros(1, NH, T, hs))
+                      for _ in range(cfg.n_layer)]
+            ids = torch.tensor([[1, 2, 3, 4]])
+            logits = model(ids, caches, 0)[:, -1]
+            pos = ids.shape[1]
+            gen = torch.Generator().manual_seed(0)
+            out = []
+            for _ in range(SAMPLE_NEW):
+                v, ix = torch.topk(logits, 50)
+                nxt = ix.gather(1, torch.multinomial(F.softmax(v, -1), 1, generator=gen))
+                out.append(int(nxt))
+                logits = model(nxt, caches, pos)[:, -1]
+                pos += 1
+            return out
+    return step, sample, torch.__version__
+
+
+# ----------------------------------------------------------------------------- timing
+def median_of(f, rounds: int) -> tuple:
+    f()  # warm-up (buffers, caches, thread pools)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def worker(engine: str, what: str, name: str, rounds: int, threads: int) -> dict:
+    """Time one engine on one config in this process (the parent runs one worker per engine, so
+    no two thread pools (OpenMP, OpenBLAS, torch's) spin against each other on the same cores)."""
+    cfg = GPTConfig.preset(name)
+    B = PRESET_BATCH_SIZE[name]
+    if engine == "torch":
+        tor = torch_engines(cfg, B, threads)
+        if tor is None:
+            return {"skipped": "torch not importable"}
+        f = tor[0] if what == "train" else tor[1]
+        label = f"torch {tor[2]}"
+    else:
+        if engine == "native":
+            from kernelgpt.backends import native_backend
+            native_backend.set_num_threads(threads)  # explicit: this is the benchmark's choice
+        f = kgpt_step(engine, cfg, B) if what == "train" else kgpt_sampler(engine, cfg)
+        label = engine
+    med, times = median_of(f, rounds)
+    return {"label": label, "median": med, "times": times}
+
+
+def run_worker(engine, what, name, rounds, threads) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", engine, what, name,
+                          str(rounds), str(threads)], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"skipped": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        e, what, name, rounds, threads = sys.argv[2:7]
+        print(json.dumps(worker(e, what, name, int(rounds), int(threads))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="xs,s,m")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--no-torch", dest="torch", action="store_false")
+    ap.add_argument("--no-sample", dest="sample", action="store_false")
+    args = ap.parse_args(argv)
+    print(machine())
+    print(f"threads per engine: {args.threads} (OMP/OPENBLAS/torch), one subprocess per engine")
+    engines = ["native", "numpy"] + (["torch"] if args.torch else [])
+    held = []
+    for name in args.configs.split(","):
+        cfg = GPTConfig.preset(name)
+        B, T = PRESET_BATCH_SIZE[name], cfg.block_size
+        rounds = args.rounds if name != "m" else max(2, args.rounds - 1)
+        flops = train_flops_per_step(cfg, B, T)
+        res = {e: run_worker(e, "train", name, rounds, args.threads) for e in engines}
+        print(f"\n== train step {name.upper()} (B={B}, T={T}, {flops / 1e9:.1f} GFLOP/step), "
+              f"median of {rounds}")
+        nat = res["native"]["median"]
+        for e, r in res.items():
+            if "skipped" in r:
+                print(f"  {e:16s} skipped: {r['skipped']}")
+                continue
+            s = r["median"]
+            print(f"  {r['label']:16s} {s * 1e3:9.1f} ms {B * T / s:9.0f} tok/s "
+                  f"{flops / s / 1e9:6.1f} GFLOP/s   native speed-up {s / nat:5.2f}x")
+        held.append((f"{name} native >= 1.5x numpy", res["numpy"]["median"] / nat >= 1.5))
+        if "median" in res.get("torch", {}):
+            held.append((f"{name} native faster than torch", res["torch"]["median"] > nat))
+        if args.sample and name == "s":
+            sm = {e: run_worker(e, "sample", name, args.rounds, args.threads) for e in engines}
+            print(f"\n== sampling S, batch 1, KV cache, {SAMPLE_NEW} new tokens after a 4-token "
+                  f"prompt, median of {args.rounds}")
+            for e, r in sm.items():
+                if "skipped" in r:
+                    print(f"  {e:16s} skipped: {r['skipped']}")
+                    continue
+                print(f"  {r['label']:16s} {SAMPLE_NEW / r['median']:8.1f} tokens/s")
+            for e in ("numpy", "torch"):
+                if "median" in sm.get(e, {}):
+                    held.append((f"S sampling native > {e}", sm[e]["median"] > sm["native"]["median"]))
+    print("\n" + "; ".join(f"{k}: {'held' if ok else 'NOT held'}" for k, ok in held))
+
+
+def test_bench_native_train_step_xs(benchmark):
+    cfg = GPTConfig.preset("xs")
+    step = kgpt_step("native", cfg, PRESET_BATCH_SIZE["xs"])
+    loss = benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    assert math.isfinite(loss)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+// Causal multi-head attention on the CPU, flash-attention style: the forward walks groups of kR query
+// rows over blocks of kBc keys (kR x 16 register tiles) with an online softmax (running max and sum, output rescaled as the max
+// grows), so no (T,T) matrix exists; it saves lse (B,NH,T). The backward recomputes P = exp(S-lse)
+// block by block: dV += P^T dO, dP = dO V^T, dS = P (dP - D) with D = rowsum(dO * O), dQ += dS K,
+// dK += dS^T Q. Everything is overwritten (=). Work is split over B x NH, one head per thread at a
+// time, each head computed serially: results are bitwise identical for any thread count.
+// attention_decode is the KV-cache step: one new query per sequence against the cached keys.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/dispatch.h"
+#include "cpu/ops.h"
+#include "cpu/vecmath.h"
+
+namespace kgpt {
+namespace cpu {
+namespace {
+
+constexpr int64_t kBc = 64;  // keys per block
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+constexpr int kR = 4;    // query rows per group (register tile height)
+constexpr int kJ = 16;   // keys per register tile (two AVX2 vectors)
+
+// out[i][jj] = sum_d rows[i*256 + d] * Xt[d*ldt + jj] for i < kR, jj < kJ: the score tile.
+void tile_dot_portable(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt,
+                       int64_t HS) {
+  for (int i = 0; i < kR; ++i) {
+    float t[kJ] = {};
+    for (int64_t d = 0; d < HS; ++d) {
+      const float a = rows[i * 256 + d];
+      const float* x = Xt + d * ldt;
+      for (int jj = 0; jj < kJ; ++jj) t[jj] += a * x[jj];
+    }
+    for (int jj = 0; jj < kJ; ++jj) out[i][jj] = t[jj];
+  }
+}
+
+// acc[i*256 + d] += sum_{j<n} w[i][j] * X[j*ldx + d] for i < kR, d < HS (P V, dS K).
+void rows_axpy_portable(float* acc, const float (*w)[kBc], const float* X, int64_t ldx,
+                        int64_t n, int64_t HS) {
+  for (int i = 0; i < kR; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      const float a = w[i][j];
+      const float* x = X + j * ldx;
+      for (int64_t d = 0; d < HS; ++d) acc[i * 256 + d] += a * x[d];
+    }
+}
+
+#ifdef KGPT_HAVE_EXP8
+// The same two helpers as 4 x 16 register tiles: 8 accumulators, 2 loads + 4 broadcasts per
+// 8 FMAs. Only the order of the additions over j differs from nothing: d-order is kept.
+__attribute__((target("avx2,fma"))) void tile_dot_avx2(float out[kR][kJ], const float* rows,
+                                                       const float* Xt, int64_t ldt, int64_t HS) {
+  __m256 t[kR][2];
+  for (int i = 0; i < kR; ++i) t[i][0] = t[i][1] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < HS; ++d) {
+    const __m256 x0 = _mm256_loadu_ps(Xt + d * ldt), x1 = _mm256_loadu_ps(Xt + d * ldt + 8);
+    for (int i = 0; i < kR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(rows + i * 256 + d);
+      t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
+      t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
+    }
+  }
+  for (int i = 0; i < kR; ++i) {
+    _mm256_storeu_ps(out[i], t[i][0]);
+    _mm256_storeu_ps(out[i] + 8, t[i][1]);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void rows_axpy_avx2(float* acc, const float (*w)[kBc],
+                                                        const float* X, int64_t ldx, int64_t n,
+                                                        int64_t HS) {
+  int64_t d0 = 0;
+  for (; d0 + kJ <= HS; d0 += kJ) {
+    __m256 t[kR][2];
+    for (int i = 0; i < kR; ++i) {
+      t[i][0] = _mm256_loadu_ps(acc + i * 256 + d0);
+      t[i][1] = _mm256_loadu_ps(acc + i * 256 + d0 + 8);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 x0 = _mm256_loadu_ps(X + j * ldx + d0), x1 = _mm256_loadu_ps(X + j * ldx + d0 + 8);
+      for (int i = 0; i < kR; ++i) {
+        const __m256 a = _mm256_broadcast_ss(&w[i][j]);
+        t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
+        t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
+      }
+    }
+    for (int i = 0; i < kR; ++i) {
+      _mm256_storeu_ps(acc + i * 256 + d0, t[i][0]);
+      _mm256_storeu_ps(acc + i * 256 + d0 + 8, t[i][1]);
+    }
+  }
+  for (int i = 0; i < kR; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t d = d0; d < HS; ++d) acc[i * 256 + d] += w[i][j] * X[j * ldx + d];
+}
+#endif
+
+void tile_dot(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt, int64_t HS) {
+#ifdef KGPT_HAVE_EXP8
+  if (ops_use_avx2()) return tile_dot_avx2(out, rows, Xt, ldt, HS);
+#endif
+  tile_dot_portable(out, rows, Xt, ldt, HS);
+}
+
+void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, int64_t n,
+               int64_t HS) {
+#ifdef KGPT_HAVE_EXP8
+  if (ops_use_avx2()) return rows_axpy_avx2(acc, w, X, ldx, n, HS);
+#endif
+  rows_axpy_portable(acc, w, X, ldx, n, HS);
+}
+
+// Y[j*HS + d] += sum_i w[i][j] * rows[i*256 + d] for j < n (dV += P^T dO, dK += dS^T Q).
+void cols_axpy_portable(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
+                           int64_t HS) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* y = Y + j * HS;
+    const float w0 = w[0][j], w1 = w[1][j], w2 = w[2][j], w3 = w[3][j];
+    for (int64_t d = 0; d < HS; ++d)
+      y[d] += ((w0 * rows[d] + w1 * rows[256 + d]) + (w2 * rows[512 + d] + w3 * rows[768 + d]));
+  }
+}
+
+#ifdef KGPT_HAVE_EXP8
+__attribute__((target("avx2,fma"))) void cols_axpy_avx2(float* Y, const float (*w)[kBc],
+                                                        const float* rows, int64_t n, int64_t HS) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* y = Y + j * HS;
+    const __m256 w0 = _mm256_set1_ps(w[0][j]), w1 = _mm256_set1_ps(w[1][j]);
+    const __m256 w2 = _mm256_set1_ps(w[2][j]), w3 = _mm256_set1_ps(w[3][j]);
+    int64_t d = 0;
+    for (; d + 8 <= HS; d += 8) {
+      const __m256 a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(rows + 256 + d),
+                                       _mm256_mul_ps(w0, _mm256_loadu_ps(rows + d)));
+      const __m256 b = _mm256_fmadd_ps(w3, _mm256_loadu_ps(rows + 768 + d),
+                                       _mm256_mul_ps(w2, _mm256_loadu_ps(rows + 512 + d)));
+      _mm256_storeu_ps(y + d, _mm256_add_ps(_mm256_loadu_ps(y + d), _mm256_add_ps(a, b)));
+    }
+    for (; d < HS; ++d)
+      y[d] += ((w[0][j] * rows[d] + w[1][j] * rows[256 + d]) +
+               (w[2][j] * rows[512 + d] + w[3][j] * rows[768 + d]));
+  }
+}
+#endif
+
+void cols_axpy(float* Y, const float (*w)[kBc], const float* rows, int64_t n, int64_t HS) {
+#ifdef KGPT_HAVE_EXP8
+  if (ops_use_avx2()) return cols_axpy_avx2(Y, w, rows, n, HS);
+#endif
+  cols_axpy_portable(Y, w, rows, n, HS);
+}
+
+// Scores of row group [r0, r0+kR) against keys [j0, j0+n), scaled q already in qs; Xt padded.
+KGPT_INLINE void score_block(float (*s)[kBc], const float* qs, const float* Kt, int64_t ldt,
+                             int64_t j0, int64_t n, int64_t HS) {
+  float t[kR][kJ];
+  for (int64_t jb = 0; jb < n; jb += kJ) {
+    tile_dot(t, qs, Kt + j0 + jb, ldt, HS);
+    for (int i = 0; i < kR; ++i)
+      for (int jj = 0; jj < kJ; ++jj) s[i][jb + jj] = t[i][jj];
+  }
+}
+
+// One (b, h): q/k/v rows have stride ld = 3C; o rows stride C. Kt scratch (HS, ldt) with
+// ldt >= T rounded up to kJ, padding zeroed.
+KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, const float* k,
+                  const float* v, float* Kt, int64_t ldt, int64_t T, int64_t HS, int64_t ld,
+                  int64_t ldo),
+                  (o, lse, q, k, v, Kt, ldt, T, HS, ld, ldo)) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  for (int64_t d = 0; d < HS; ++d) {
+    for (int64_t t = 0; t < T; ++t) Kt[d * ldt + t] = k[t * ld + d];
+    for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = 0.0f;
+  }
+  alignas(32) float s[kR][kBc];
+  alignas(32) float qs[kR * 256], acc[kR * 256];
+  float m[kR], l[kR];
+  for (int64_t r0 = 0; r0 < T; r0 += kR) {
+    const int64_t R = std::min<int64_t>(kR, T - r0);
+    for (int i = 0; i < kR; ++i) {
+      for (int64_t d = 0; d < HS; ++d) {
+        qs[i * 256 + d] = i < R ? q[(r0 + i) * ld + d] * scale : 0.0f;
+        acc[i * 256 + d] = 0.0f;
+      }
+      m[i] = kNegInf;
+      l[i] = 0.0f;
+    }
+    const int64_t kend = r0 + R;  // keys [0, kend) are visible to some row of the group
+    for (int64_t j0 = 0; j0 < kend; j0 += kBc) {
+      const int64_t n = std::min(kBc, kend - j0);
+      score_block(s, qs, Kt, ldt, j0, n, HS);
+      for (int i = 0; i < kR; ++i) {
+        const int64_t lim = i < R ? std::min(n, r0 + i + 1 - j0) : 0;  // causal: j <= r
+        for (int64_t j = lim; j < n; ++j) s[i][j] = kNegInf;
+        if (lim <= 0) {  // nothing visible in this block for row i
+          for (int64_t j = 0; j < n; ++j) s[i][j] = 0.0f;
+          continue;
+        }
+        float mb = m[i];
+        for (int64_t j = 0; j < lim; ++j) mb = s[i][j] > mb ? s[i][j] : mb;
+        const float alpha = exp_approx(m[i] - mb);  // 0 on the first block (m = -inf)
+        l[i] = l[i] * alpha + exp_shift_sum(s[i], n, mb);  // masked entries -> exactly 0
+        for (int64_t d = 0; d < HS; ++d) acc[i * 256 + d] *= alpha;
+        m[i] = mb;
+      }
+      rows_axpy(acc, s, v + j0 * ld, ld, n, HS);
+    }
+    for (int64_t i = 0; i < R; ++i) {
+      const float inv = 1.0f / l[i];
+      for (int64_t d = 0; d < HS; ++d) o[(r0 + i) * ldo + d] = acc[i * 256 + d] * inv;
+      lse[r0 + i] = m[i] + std::log(l[i]);
+    }
+  }
+}
+
+// One (b, h) backward. dq/dk/dv rows have stride ld = 3C (parts of dqkv); dO, O stride ldo.
+// Scratch: Kt, Vt (HS, ldt) padded; dK, dV (T, HS).
+KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const float* dO,
+                  const float* q, const float* k, const float* v, const float* O, const float* lse,
+                  float* Kt, float* Vt, float* dK, float* dV, int64_t ldt, int64_t T, int64_t HS,
+                  int64_t ld, int64_t ldo),
+                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, dK, dV, ldt, T, HS, ld, ldo)) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  for (int64_t d = 0; d < HS; ++d) {
+    for (int64_t t = 0; t < T; ++t) {
+      Kt[d * ldt + t] = k[t * ld + d];
+      Vt[d * ldt + t] = v[t * ld + d];
+    }
+    for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
+  }
+  for (int64_t i = 0; i < T * HS; ++i) dK[i] = dV[i] = 0.0f;
+  alignas(32) float p[kR][kBc], dp[kR][kBc];
+  alignas(32) float qs[kR * 256], qr[kR * 256], dor[kR * 256], dqa[kR * 256];
+  float D[kR], lr[kR];
+  for (int64_t r0 = 0; r0 < T; r0 += kR) {
+    const int64_t R = std::min<int64_t>(kR, T - r0);
+    for (int i = 0; i < kR; ++i) {
+      float Dsum = 0.0f;
+      for (int64_t d = 0; d < HS; ++d) {
+        const bool on = i < R;
+        qr[i * 256 + d] = on ? q[(r0 + i) * ld + d] : 0.0f;
+        qs[i * 256 + d] = qr[i * 256 + d] * scale;
+        dor[i * 256 + d] = on ? dO[(r0 + i) * ldo + d] : 0.0f;
+        Dsum += on ? dor[i * 256 + d] * O[(r0 + i) * ldo + d] : 0.0f;
+        dqa[i * 256 + d] = 0.0f;
+      }
+      D[i] = Dsum;
+      lr[i] = i < R ? lse[r0 + i] : 0.0f;
+    }
+    const int64_t kend = r0 + R;
+    for (int64_t j0 = 0; j0 < kend; j0 += kBc) {
+      const int64_t n = std::min(kBc, kend - j0);
+      score_block(p, qs, Kt, ldt, j0, n, HS);
+      score_block(dp, dor, Vt, ldt, j0, n, HS);  // dP = dO V^T
+      for (int i = 0; i < kR; ++i) {
+        const int64_t lim = i < R ? std::max<int64_t>(0, std::min(n, r0 + i + 1 - j0)) : 0;
+        if (lim > 0) exp_shift_sum(p[i], lim, lr[i]);
+        for (int64_t j = lim; j < n; ++j) p[i][j] = 0.0f;
+        for (int64_t j = 0; j < n; ++j) dp[i][j] = p[i][j] * (dp[i][j] - D[i]) * scale;  // dS
+      }
+      cols_axpy(dV + j0 * HS, p, dor, n, HS);   // dV += P^T dO
+      cols_axpy(dK + j0 * HS, dp, qr, n, HS);   // dK += dS^T Q
+      rows_axpy(dqa, dp, k + j0 * ld, ld, n, HS);  // dQ += dS K
+    }
+    for (int64_t i = 0; i < R; ++i)
+      for (int64_t d = 0; d < HS; ++d) dq[(r0 + i) * ld + d] = dqa[i * 256 + d];
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t d = 0; d < HS; ++d) {
+      dk[t * ld + d] = dK[t * HS + d];
+      dv[t * ld + d] = dV[t * HS + d];
+    }
+}
+
+KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc, const float* vc,
+                  float* s, int64_t HS, int64_t n_valid),
+                  (o, q, kc, vc, s, HS, n_valid)) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  const int64_t H8 = HS & ~int64_t(7);
+  float m = kNegInf;
+  for (int64_t t = 0; t < n_valid; ++t) {
+    const float* kr = kc + t * HS;
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t d = 0; d < H8; d += 8)
+      for (int jj = 0; jj < 8; ++jj) a[jj] += q[d + jj] * kr[d + jj];
+    float dot = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (int64_t d = H8; d < HS; ++d) dot += q[d] * kr[d];
+    s[t] = dot * scale;
+    m = s[t] > m ? s[t] : m;
+  }
+  const float l = exp_shift_sum(s, n_valid, m);
+  for (int64_t d = 0; d < HS; ++d) o[d] = 0.0f;
+  for (int64_t t = 0; t < n_valid; ++t) {
+    const float p = s[t];
+    const float* vr = vc + t * HS;
+    for (int64_t d = 0; d < HS; ++d) o[d] += p * vr[d];
+  }
+  const float inv = 1.0f / l;
+  for (int64_t d = 0; d < HS; ++d) o[d] *= inv;
+}
+
+}  // namespace
+
+void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
+                       int64_t NH) {
+  const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
+#pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
+  {
+    std::vector<float> Kt(static_cast<size_t>(HS * ldt));
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < B * NH; ++bh) {
+      const int64_t b = bh / NH, h = bh % NH;
+      const float* base = qkv + b * T * ld + h * HS;
+      attn_fwd_head(out + b * T * C + h * HS, lse + bh * T, base, base + C, base + 2 * C,
+                    Kt.data(), ldt, T, HS, ld, C);
+    }
+  }
+}
+
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
+  const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
+#pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
+  {
+    std::vector<float> scratch(static_cast<size_t>(2 * HS * ldt + 2 * HS * T));
+    float* Kt = scratch.data();
+    float* Vt = Kt + HS * ldt;
+    float* dK = Vt + HS * ldt;
+    float* dV = dK + HS * T;
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < B * NH; ++bh) {
+      const int64_t b = bh / NH, h = bh % NH;
+      const float* base = qkv + b * T * ld + h * HS;
+      float* dbase = dqkv + b * T * ld + h * HS;
+      attn_bwd_head(dbase, dbase + C, dbase + 2 * C, dout + b * T * C + h * HS, base, base + C,
+                    base + 2 * C, out + b * T * C + h * HS, lse + bh * T, Kt, Vt, dK, dV, ldt, T,
+                    HS, ld, C);
+    }
+  }
+}
+
+void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
+                      int64_t B, int64_t NH, int64_t maxT, int64_t HS, int64_t n_valid) {
+  // Parallel only when there is enough cache to stream (batch-1 decoding of short contexts stays
+  // on the calling thread: spawning work would cost more than the step).
+#pragma omp parallel if (B * NH > 1 && B * NH * n_valid * HS > kParallelMin)
+  {
+    std::vector<float> s(static_cast<size_t>(n_valid));
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < B * NH; ++bh) {
+      const int64_t b = bh / NH, h = bh % NH;
+      decode_head(out + b * NH * HS + h * HS, q + b * NH * HS + h * HS,
+                  k_cache + bh * maxT * HS, v_cache + bh * maxT * HS, s.data(), HS, n_valid);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace kgpt

@@ -1,0 +1,38 @@
+// Run-time ISA dispatch for the non-GEMM kernels: KGPT_MULTIVERSION compiles one serial worker
+// body twice, once for AVX2/FMA (function-level target attribute) and once portable, and picks
+// the clone at run time with kgpt::cpu_has_avx2_fma(). OpenMP lives in the callers, outside the
+// worker, because parallel regions are outlined before inlining and would lose the target.
+#pragma once
+#include <cstdint>
+
+#include "common/cpu_features.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define KGPT_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define KGPT_TARGET_AVX2
+#endif
+#define KGPT_INLINE static inline __attribute__((always_inline))
+
+// Usage: KGPT_MULTIVERSION(void, name, (float* a, int64_t n), (a, n)) { ...serial body... }
+#define KGPT_MULTIVERSION(ret, name, params, args)                                  \
+  KGPT_INLINE ret name##_body params;                                              \
+  KGPT_TARGET_AVX2 static ret name##_avx2 params { return name##_body args; }     \
+  static ret name##_portable params { return name##_body args; }                  \
+  static ret name params {                                                         \
+    return ::kgpt::cpu::ops_use_avx2() ? name##_avx2 args : name##_portable args;  \
+  }                                                                                \
+  KGPT_INLINE ret name##_body params
+
+namespace kgpt {
+namespace cpu {
+// True when the CPU has AVX2+FMA and the portable paths are not forced (test hook below).
+bool ops_use_avx2();
+// Test hook (process-wide): force the portable clones of every non-GEMM kernel.
+void ops_set_force_portable(bool on);
+// Below this many elements an elementwise op runs on the calling thread only.
+constexpr int64_t kParallelMin = 1 << 15;
+// Elementwise ops split their range into chunks of this size (static schedule).
+constexpr int64_t kChunk = 1 << 13;
+}  // namespace cpu
+}  // namespace kgpt

@@ -1,0 +1,49 @@
+// Token + position embedding. Forward out (B,T,C) = wte[idx] + wpe[:T] (overwrite). Backward
+// accumulates into the tables: dwte (V,C) += dout rows scattered by idx, dwpe[:T] += dout summed
+// over B. Determinism without atomics: threads own disjoint channel ranges and each walks the
+// rows in order n = 0..N-1, so every element sees the same additions in the same order for any
+// thread count (bitwise identical, and equal to the serial loop).
+#include <algorithm>
+
+#include "cpu/dispatch.h"
+#include "cpu/ops.h"
+
+namespace kgpt {
+namespace cpu {
+
+void embedding_forward(float* out, const int32_t* idx, const float* wte, const float* wpe,
+                       int64_t B, int64_t T, int64_t C) {
+  const int64_t N = B * T;
+#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* te = wte + static_cast<int64_t>(idx[n]) * C;
+    const float* pe = wpe + (n % T) * C;
+    float* o = out + n * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = te[c] + pe[c];
+  }
+}
+
+void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* idx,
+                        int64_t B, int64_t T, int64_t C) {
+  // Channel blocks of 16 floats (one cache line): threads never share a line of the tables.
+  const int64_t CB = 16, nblk = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static) if (B * T * C > kParallelMin)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t c0 = blk * CB, c1 = std::min(C, c0 + CB);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t n = b * T + t;
+        const float* d = dout + n * C;
+        float* te = dwte + static_cast<int64_t>(idx[n]) * C;
+        float* pe = dwpe + t * C;
+        for (int64_t c = c0; c < c1; ++c) {
+          te[c] += d[c];
+          pe[c] += d[c];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace kgpt

@@ -1,0 +1,131 @@
+// LayerNorm over the last axis. Forward out (N,C) = (x-mean)*rstd*w + b, saving mean and rstd
+// (all overwritten). Backward dx (N,C) = (overwrite), dw, db (C,) += (parameter gradients).
+// Row statistics use 8 float lanes combined in double (vectorisable, and accurate for the C we
+// use). The backward's dw/db are summed per fixed chunk of rows into scratch, then the chunks are
+// added in chunk order: the result does not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/dispatch.h"
+#include "cpu/ops.h"
+
+namespace kgpt {
+namespace cpu {
+namespace {
+
+constexpr int64_t kRowsPerChunk = 32;
+
+KGPT_INLINE double lanes_sum(const float* acc) {
+  double s = 0.0;
+  for (int j = 0; j < 8; ++j) s += acc[j];
+  return s;
+}
+
+KGPT_MULTIVERSION(void, ln_rows, (float* out, float* mean, float* rstd, const float* x,
+                  const float* w, const float* b, int64_t r0, int64_t r1, int64_t C, float eps),
+                  (out, mean, rstd, x, w, b, r0, r1, C, eps)) {
+  const int64_t C8 = C & ~int64_t(7);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * C;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t c = 0; c < C8; c += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += xr[c + j];
+    double s = lanes_sum(acc);
+    for (int64_t c = C8; c < C; ++c) s += xr[c];
+    const float mu = static_cast<float>(s / C);
+    float acc2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t c = 0; c < C8; c += 8)
+      for (int j = 0; j < 8; ++j) {
+        const float d = xr[c + j] - mu;
+        acc2[j] += d * d;
+      }
+    double v = lanes_sum(acc2);
+    for (int64_t c = C8; c < C; ++c) v += double(xr[c] - mu) * double(xr[c] - mu);
+    const float rs = static_cast<float>(1.0 / std::sqrt(v / C + double(eps)));
+    float* o = out + r * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] - mu) * rs * w[c] + b[c];
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+}
+
+// dx for rows [r0, r1), and this chunk's dw/db partial sums (overwritten into pdw, pdb).
+KGPT_MULTIVERSION(void, ln_back_rows, (float* dx, float* pdw, float* pdb, const float* dout,
+                  const float* x, const float* w, const float* mean, const float* rstd,
+                  int64_t r0, int64_t r1, int64_t C),
+                  (dx, pdw, pdb, dout, x, w, mean, rstd, r0, r1, C)) {
+  const int64_t C8 = C & ~int64_t(7);
+  for (int64_t c = 0; c < C; ++c) pdw[c] = pdb[c] = 0.0f;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * C;
+    const float* dr = dout + r * C;
+    const float mu = mean[r], rs = rstd[r];
+    float ag[8] = {0, 0, 0, 0, 0, 0, 0, 0}, agx[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t c = 0; c < C8; c += 8)
+      for (int j = 0; j < 8; ++j) {
+        const float xh = (xr[c + j] - mu) * rs;
+        const float g = dr[c + j] * w[c + j];
+        ag[j] += g;
+        agx[j] += g * xh;
+      }
+    double sg = lanes_sum(ag), sgx = lanes_sum(agx);
+    for (int64_t c = C8; c < C; ++c) {
+      const float xh = (xr[c] - mu) * rs;
+      const float g = dr[c] * w[c];
+      sg += g;
+      sgx += double(g) * xh;
+    }
+    const float mg = static_cast<float>(sg / C), mgx = static_cast<float>(sgx / C);
+    float* dxr = dx + r * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float xh = (xr[c] - mu) * rs;
+      dxr[c] = rs * (dr[c] * w[c] - mg - xh * mgx);
+      pdw[c] += dr[c] * xh;
+      pdb[c] += dr[c];
+    }
+  }
+}
+
+}  // namespace
+
+void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
+                       const float* b, int64_t N, int64_t C, float eps) {
+  const int64_t nchunk = (N + kRowsPerChunk - 1) / kRowsPerChunk;
+#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
+  for (int64_t k = 0; k < nchunk; ++k) {
+    const int64_t r0 = k * kRowsPerChunk, r1 = std::min(N, r0 + kRowsPerChunk);
+    ln_rows(out, mean, rstd, x, w, b, r0, r1, C, eps);
+  }
+}
+
+void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
+                        const float* w, const float* mean, const float* rstd, int64_t N,
+                        int64_t C) {
+  const int64_t nchunk = (N + kRowsPerChunk - 1) / kRowsPerChunk;
+  std::vector<float> part(static_cast<size_t>(nchunk * 2 * C));
+  float* pp = part.data();
+  const bool par = N * C > kParallelMin;
+#pragma omp parallel if (par)
+  {
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < nchunk; ++k) {
+      const int64_t r0 = k * kRowsPerChunk, r1 = std::min(N, r0 + kRowsPerChunk);
+      ln_back_rows(dx, pp + k * 2 * C, pp + k * 2 * C + C, dout, x, w, mean, rstd, r0, r1, C);
+    }
+    // Chunk partials added in chunk order, channels split over threads: thread-count independent.
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      float sw = 0.0f, sb = 0.0f;
+      for (int64_t k = 0; k < nchunk; ++k) {
+        sw += pp[k * 2 * C + c];
+        sb += pp[k * 2 * C + C + c];
+      }
+      dw[c] += sw;
+      db[c] += sb;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace kgpt

@@ -1,0 +1,58 @@
+// Declarations of the non-GEMM CPU kernels (one family per .cpp: embedding, layernorm, gelu,
+// residual, attention, crossentropy, optimizer). Kernels assume valid input: the bindings check.
+// `=`/`+=` rule: activation outputs and activation gradients are overwritten; parameter
+// gradients (dwte, dwpe, dw, db) are accumulated. Every kernel is deterministic for a given
+// thread count, and (as documented per kernel) bitwise identical across thread counts.
+#pragma once
+#include <cstdint>
+
+namespace kgpt {
+namespace cpu {
+
+// embedding.cpp. out (B,T,C) = wte[idx] + wpe[:T]; dwte (V,C) += scatter of dout by idx;
+// dwpe[:T] += dout summed over B. The backward splits channels over threads and adds rows in
+// index order, so it is bitwise identical for any thread count.
+void embedding_forward(float* out, const int32_t* idx, const float* wte, const float* wpe,
+                       int64_t B, int64_t T, int64_t C);
+void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* idx,
+                        int64_t B, int64_t T, int64_t C);
+
+// layernorm.cpp. x (N,C) -> out (N,C) =, mean (N,) =, rstd (N,) =; backward dx =, dw +=, db +=.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
+                       const float* b, int64_t N, int64_t C, float eps);
+void layernorm_backward(float* dx, float* dw, float* db, const float* dout, const float* x,
+                        const float* w, const float* mean, const float* rstd, int64_t N,
+                        int64_t C);
+
+// gelu.cpp (tanh approximation). out = gelu(x); dx = dout * gelu'(x). n elements.
+void gelu_forward(float* out, const float* x, int64_t n);
+void gelu_backward(float* dx, const float* dout, const float* x, int64_t n);
+
+// residual.cpp. out = a + b (may alias); da += dout; db += dout.
+void residual_forward(float* out, const float* a, const float* b, int64_t n);
+void residual_backward(float* da, float* db, const float* dout, int64_t n);
+
+// attention.cpp. qkv (B,T,3C), out (B,T,C), lse (B,NH,T); dqkv (B,T,3C) =.
+void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T,
+                       int64_t C, int64_t NH);
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH);
+// q (B,C), caches (B,NH,maxT,HS) with positions [0, n_valid) filled; out (B,C) =.
+void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
+                      int64_t B, int64_t NH, int64_t maxT, int64_t HS, int64_t n_valid);
+
+// crossentropy.cpp. logits (N,V) -> probs (N,V) =, losses (N,) =; dlogits = scale*(probs-onehot).
+void crossentropy_forward(float* losses, float* probs, const float* logits,
+                          const int32_t* targets, int64_t N, int64_t V);
+void crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets,
+                           int64_t N, int64_t V, float scale);
+
+// optimizer.cpp. Sum of squares in float64 over fixed chunks (identical for any thread count);
+// g *= s; fused AdamW (elementwise, identical for any thread count).
+double global_norm_sq(const float* g, int64_t n);
+void scale_inplace(float* g, int64_t n, float s);
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int64_t step);
+
+}  // namespace cpu
+}  // namespace kgpt

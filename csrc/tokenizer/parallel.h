@@ -1,0 +1,63 @@
+// Tiny fork-safe parallel loop for the tokenizer: fresh std::threads per call, items handed out
+// one at a time from an atomic counter (dynamic schedule). Not OpenMP on purpose: GNU libgomp's
+// thread pool does not survive fork(), so a child of a process that had trained or batch-encoded
+// would hang (multiprocessing "fork" workers, data loaders). Thread-count default: OpenMP's
+// (OMP_NUM_THREADS / cores), read without starting an OpenMP pool.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace kgpt { namespace tok {
+
+inline int default_threads() {
+#ifdef _OPENMP
+  return std::max(1, omp_get_max_threads());
+#else
+  if (const char* s = std::getenv("OMP_NUM_THREADS")) {
+    const int n = std::atoi(s);
+    if (n > 0) return n;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+#endif
+}
+
+// Calls fn(item, thread_index) for item in [0, n) on min(threads, n) threads (threads <= 0: the
+// default). The first exception thrown by fn is rethrown here after all threads have joined.
+template <class Fn>
+void parallel_for(size_t n, int threads, Fn&& fn) {
+  if (threads <= 0) threads = default_threads();
+  const size_t nt = std::min<size_t>(size_t(threads), n);
+  if (nt <= 1) {
+    for (size_t i = 0; i < n; ++i) fn(i, 0);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  std::exception_ptr err;
+  std::mutex err_mu;
+  auto work = [&](int t) {
+    try {
+      for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn(i, t);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(err_mu);
+      if (!err) err = std::current_exception();
+      next.store(n);
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(nt - 1);
+  for (size_t t = 1; t < nt; ++t) pool.emplace_back(work, int(t));
+  work(0);
+  for (auto& th : pool) th.join();
+  if (err) std::rethrow_exception(err);
+}
+
+}}  // namespace kgpt::tok

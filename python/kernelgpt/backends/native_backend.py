@@ -1,0 +1,100 @@
+"""The native CPU backend: the op interface of :mod:`kernelgpt.backends.base` on the C++ kernels
+of ``kernelgpt._native`` (csrc/cpu/, bound in csrc/bindings/native_cpu.cpp and native_gemm.cpp).
+
+Arrays are float32 (int32 for ids) C-contiguous numpy arrays; the bindings raise TypeError for any
+other dtype or layout and ValueError for shapes and id ranges, naming the argument. Same ``=``/``+=``
+rule as base.py. Threads: OpenMP, sized by OMP_NUM_THREADS or an explicit :func:`set_num_threads`
+call (this module never sets a thread count by itself).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy
+import numpy as np
+
+try:
+    from kernelgpt import _native
+except ImportError:  # not built: is_available() is False and get_backend skips this backend
+    _native = None
+
+name = "native"
+xp = numpy
+
+
+def is_available() -> bool:
+    return _native is not None
+
+
+# ---------------------------------------------------------------------------------- array helpers
+def asarray(a: Any, dtype: Any = None) -> np.ndarray:
+    """Host array -> a C-contiguous numpy array (float32 unless ``dtype`` says otherwise; no copy
+    when already one)."""
+    if dtype is None:
+        arr = np.asarray(a)
+        dtype = arr.dtype if arr.dtype.kind in "iub" else np.float32
+        return np.ascontiguousarray(arr, dtype=dtype)
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    return np.asarray(a)
+
+
+def empty(shape: tuple, dtype: Any = "float32") -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+def zeros(shape: tuple, dtype: Any = "float32") -> np.ndarray:
+    return np.zeros(shape, dtype=dtype)
+
+
+def set_num_threads(n: int) -> None:
+    """Set the OpenMP thread count the kernels use (process-wide; only when the caller asks)."""
+    _native.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return int(_native.max_threads())
+
+
+# ---------------------------------------------------------------------------------- ops
+if _native is not None:
+    embedding_forward = _native.embedding_forward
+    embedding_backward = _native.embedding_backward
+    layernorm_forward = _native.layernorm_forward
+    layernorm_backward = _native.layernorm_backward
+    attention_forward = _native.attention_forward
+    attention_backward = _native.attention_backward
+    attention_decode = _native.attention_decode
+    gelu_forward = _native.gelu_forward
+    gelu_backward = _native.gelu_backward
+    residual_forward = _native.residual_forward
+    residual_backward = _native.residual_backward
+    crossentropy_forward = _native.crossentropy_forward
+    crossentropy_backward = _native.crossentropy_backward
+    global_norm_sq = _native.global_norm_sq
+    scale_ = _native.scale_
+
+    def adamw_update(params, grads, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
+                     weight_decay: float, step: int) -> None:
+        """One fused AdamW step over flat float32 arrays, in place (see base.py)."""
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
+            raise ValueError(f"step must be an int >= 1, got {step!r}")
+        _native.adamw_update(params, grads, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                             weight_decay=weight_decay, step=int(step))
+
+    # The GEMM kernels come from native_gemm.cpp; fall back to the reference where a build lacks
+    # them (they are float32-only here too).
+    if hasattr(_native, "matmul_forward"):
+        matmul_forward = _native.matmul_forward
+        matmul_backward = _native.matmul_backward
+    else:  # pragma: no cover - only for partial builds
+        from kernelgpt.backends.numpy_backend import matmul_backward, matmul_forward  # noqa: F401
+    if hasattr(_native, "classifier_forward"):
+        def classifier_forward(losses, dx: Optional[np.ndarray], dwte: Optional[np.ndarray], x,
+                               wte, targets, scale: float) -> None:
+            """Fused lm_head + softmax + cross-entropy (see base.py)."""
+            _native.classifier_forward(losses, dx, dwte, x, wte, targets, float(scale))
+    else:  # pragma: no cover
+        from kernelgpt.backends.numpy_backend import classifier_forward  # noqa: F401

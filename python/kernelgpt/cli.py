@@ -1,0 +1,343 @@
+"""The command line: ``python -m kernelgpt train|sample|tokenizer`` (also the ``kernelgpt`` script).
+
+``train`` with no arguments trains a BPE tokenizer and the XS model on the embedded default corpus
+(the standard library's source, see corpus.py) into runs/<timestamp>/ and prints a sample.
+``sample`` streams text from a run folder. ``tokenizer`` (alias ``tokenize``) is the tokenizer's
+own command line (cli_tokenizer.py). Errors a user can make print one line on stderr and exit with
+status 1 (2 for a bad option); KERNELGPT_DEBUG=1 shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+# Defaults of `kernelgpt train`, sized so the no-argument run takes a few minutes on 2 CPU cores.
+DEFAULT_MODEL = "xs"          # vocab 512, 2 layers, 4 heads, 128 dims, block 64
+DEFAULT_MAX_STEPS = 1000      # ~0.5M tokens, about half a pass over the default corpus
+DEFAULT_LR = 2e-3             # high, for a tiny model and a short run
+DEFAULT_EVAL_EVERY = 200
+DEFAULT_SAVE_EVERY = 500
+DEFAULT_SEED = 0
+SAMPLE_PROMPT = "def "        # the default corpus is Python source
+RESUME_FIXED = ("data", "model", "n_layer", "n_head", "n_embd", "vocab_size", "block_size",
+                "batch_size", "lr", "seed", "grad_accum")
+
+
+class UserError(Exception):
+    """A mistake on the command line: reported as one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_at_least(lo: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+    return parse
+
+
+def _float_in(lo: float, hi: float = float("inf"), lo_open: bool = False):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not (lo < v if lo_open else lo <= v) or not v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo}, {hi}], "
+                                             f"got {s}")
+        return v
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kernelgpt", description="Train a BPE tokenizer and a small GPT; sample it.")
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,tokenizer}", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a tokenizer and a model (no arguments: the default "
+                                     "corpus, a few minutes on 2 cores)")
+    t.add_argument("--data", nargs="+", metavar="FILE_OR_DIR",
+                   help="text files or folders (default: the Python standard library's source)")
+    t.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<timestamp>)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (bit-exact)")
+    t.add_argument("--max-steps", type=_int_at_least(1),
+                   help=f"optimizer steps in total (default {DEFAULT_MAX_STEPS})")
+    t.add_argument("--batch-size", type=_int_at_least(1), help="sequences per step (default: "
+                   "the preset's, 8 for xs)")
+    t.add_argument("--block-size", type=_int_at_least(1), help="context length (default: the "
+                   "preset's, 64 for xs)")
+    t.add_argument("--model", choices=("xs", "s", "m"),
+                   help=f"size preset (default {DEFAULT_MODEL})")
+    t.add_argument("--n-layer", type=_int_at_least(1), help="override the preset's layers")
+    t.add_argument("--n-head", type=_int_at_least(1), help="override the preset's heads")
+    t.add_argument("--n-embd", type=_int_at_least(1), help="override the preset's width")
+    t.add_argument("--vocab-size", type=_int_at_least(257), help="tokenizer vocabulary "
+                   "(default: the preset's, 512 for xs)")
+    t.add_argument("--lr", type=_float_in(0.0, 10.0, lo_open=True),
+                   help=f"peak learning rate (default {DEFAULT_LR})")
+    t.add_argument("--grad-accum", type=_int_at_least(1), help="micro-batches per step "
+                   "(default 1)")
+    t.add_argument("--backend", choices=("numpy", "native", "cuda", "auto"), default="auto",
+                   help="op backend (default auto: cuda, else native, else numpy)")
+    t.add_argument("--seed", type=_int_at_least(0), help=f"seed of init and data order "
+                   f"(default {DEFAULT_SEED})")
+    t.add_argument("--eval-every", type=_int_at_least(0),
+                   help=f"validation every N steps, 0 = only at the end (default "
+                        f"{DEFAULT_EVAL_EVERY})")
+    t.add_argument("--save-every", type=_int_at_least(0),
+                   help=f"checkpoint every N steps, 0 = only at the end (default "
+                        f"{DEFAULT_SAVE_EVERY})")
+    # [distributed]
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training under `mpirun -np N` (MPI on the CPU, NCCL for "
+                        "--backend cuda); global batch = N x batch size x grad accum, the "
+                        "learning rate is not scaled")
+    t.add_argument("--dist-timeout", type=_float_in(0.0, lo_open=True), metavar="SECONDS",
+                   help="with --distributed: end the whole job when one collective waits longer "
+                        "than this (a rank stuck or dead); default: wait forever")
+
+    s = sub.add_parser("sample", help="stream text from a trained run")
+    s.add_argument("--run", required=True, metavar="RUN", help="run folder (or checkpoint folder)")
+    s.add_argument("--prompt", default=SAMPLE_PROMPT, help=f"text to continue (default "
+                   f"{SAMPLE_PROMPT!r})")
+    s.add_argument("--max-new-tokens", type=_int_at_least(1), default=200)
+    s.add_argument("--temperature", type=_float_in(0.0, 100.0), default=0.8,
+                   help="0 = greedy (default 0.8)")
+    s.add_argument("--top-k", type=_int_at_least(1), default=None)
+    s.add_argument("--top-p", type=_float_in(0.0, 1.0, lo_open=True), default=None)
+    s.add_argument("--seed", type=_int_at_least(0), default=None, help="sampling seed")
+    s.add_argument("--backend", choices=("numpy", "native", "cuda", "auto"), default="auto")
+
+    try:
+        from .cli_tokenizer import add_tokenizer_parser
+    except ImportError:
+        k = sub.add_parser("tokenizer", help="train / use a BPE tokenizer")
+        k.add_argument("rest", nargs=argparse.REMAINDER)
+        k.set_defaults(_tokenizer_missing=True)
+    else:
+        add_tokenizer_parser(sub)
+    return p
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load_tokenizer_class():
+    try:
+        from .tokenizer import Tokenizer
+    except ImportError as e:
+        raise UserError(f"the tokenizer module is not available in this build ({e})") from None
+    return Tokenizer
+
+
+def _stream_text(tokenizer: Any, ids) -> Any:
+    """Yield printable text for a stream of token ids, holding back incomplete UTF-8."""
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for i in ids:
+        i = int(i)
+        if hasattr(tokenizer, "decode_bytes"):
+            b = tokenizer.decode_bytes([i])
+        else:
+            b = tokenizer.decode([i]).encode("utf-8")
+        yield dec.decode(b)
+    yield dec.decode(b"", final=True)
+
+
+def _print_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
+                  temperature: float, top_k: Optional[int], top_p: Optional[float],
+                  seed: Optional[int]) -> None:
+    ids = list(tokenizer.encode(prompt))
+    if not ids:
+        raise UserError("the prompt is empty: give at least one character with --prompt")
+    bs = model.config.block_size
+    if len(ids) > bs:
+        raise UserError(f"the prompt is {len(ids)} tokens, longer than the model's block size "
+                        f"{bs}")
+    import numpy as np
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    stream = model.generate_stream(np.asarray(ids, np.int32), max_new_tokens,
+                                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    for piece in _stream_text(tokenizer, stream):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+
+
+# ---------------------------------------------------------------------------------- train
+def _train(args: argparse.Namespace) -> int:
+    # [distributed] every rank runs _train_ranks; one rank's error ends the whole job
+    if args.dist_timeout is not None and not args.distributed:
+        raise UserError("--dist-timeout needs --distributed")
+    if not args.distributed:
+        return _train_ranks(args, None)
+    from .distributed import init_distributed
+    comm = init_distributed(args.backend, timeout=args.dist_timeout)
+    with comm.fail_fast():
+        return _train_ranks(args, comm)
+
+
+def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
+    main_rank = comm is None or comm.rank == 0  # [distributed] rank 0 alone talks and writes
+    say = _say if main_rank else (lambda msg: None)
+    from .backends import get_backend
+    from .checkpoint import latest_checkpoint
+    from .data import TokenDataset, list_text_files, read_texts, encode_texts, write_token_file
+    from .model import GPT, GPTConfig
+    from .train import TrainConfig, Trainer
+
+    backend = get_backend(args.backend)
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+        fixed = [f"--{n.replace('_', '-')}" for n in RESUME_FIXED if getattr(args, n) is not None]
+        if fixed:
+            raise UserError(f"{', '.join(fixed)} cannot change when resuming (the run keeps its "
+                            f"own); only --max-steps, --eval-every, --save-every, --backend can")
+        overrides = {k: getattr(args, k) for k in ("max_steps", "eval_every", "save_every")
+                     if getattr(args, k) is not None}
+        trainer = Trainer.resume(args.out, backend=backend, progress=True, comm=comm,
+                                 **overrides)
+        model, out = trainer.model, Path(args.out)
+        tok_path = trainer.last_checkpoint / "tokenizer.json"
+        tokenizer = _load_tokenizer_class().load(os.fspath(tok_path)) if tok_path.is_file() \
+            else None
+        say(f"resuming {out} at step {trainer.step} of {trainer.config.max_steps} "
+            f"({backend.name} backend)")
+    else:
+        out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        if comm is not None:  # [distributed] rank 0's folder (its clock names the default)
+            out = Path(comm.bcast_object(os.fspath(out)))
+        if out.exists() and latest_checkpoint(out) is not None:
+            raise UserError(f"{out} already holds a trained run: continue it with --resume or "
+                            f"choose another --out")
+        preset = GPTConfig.preset(args.model or DEFAULT_MODEL)
+        from .model import PRESET_BATCH_SIZE
+        vocab = args.vocab_size or preset.vocab_size
+        seed = DEFAULT_SEED if args.seed is None else args.seed
+        shape = dict(vocab_size=vocab, block_size=args.block_size or preset.block_size,
+                     n_layer=args.n_layer or preset.n_layer, n_head=args.n_head or preset.n_head,
+                     n_embd=args.n_embd or preset.n_embd)
+        GPTConfig(**shape)  # a bad shape fails now, before the tokenizer is trained
+        if main_rank:  # [distributed] rank 0 trains the tokenizer, writes the token file
+            if args.data:
+                files = list_text_files(args.data)
+                what = f"{len(files)} file(s) from --data"
+            else:
+                from .corpus import default_corpus_files
+                files = default_corpus_files()
+                what = f"the default corpus ({len(files)} standard-library files)"
+            texts = read_texts(files)
+            n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+            if not texts:
+                raise UserError("the training data is empty")
+            out.mkdir(parents=True, exist_ok=True)
+            Tokenizer = _load_tokenizer_class()
+            t0 = time.perf_counter()
+            _say(f"training a BPE tokenizer (vocab {vocab}) on {what}, "
+                 f"{n_bytes / 1e6:.1f} MB ...")
+            tokenizer = Tokenizer.train(texts, vocab)
+            tokenizer.save(os.fspath(out / "tokenizer.json"))
+            ids = encode_texts(tokenizer, texts)
+            write_token_file(out / "tokens.bin", ids, tokenizer.vocab_size)
+            _say(f"  {ids.size} tokens ({n_bytes / max(ids.size, 1):.2f} bytes/token) in "
+                 f"{time.perf_counter() - t0:.1f}s -> {out / 'tokens.bin'}")
+        if comm is not None:  # [distributed] the others wait for it, then read both files
+            with comm.unbounded():
+                comm.barrier()
+            if not main_rank:
+                tokenizer = _load_tokenizer_class().load(os.fspath(out / "tokenizer.json"))
+        cfg = GPTConfig(**dict(shape, vocab_size=tokenizer.vocab_size))
+        data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
+        tcfg = TrainConfig(
+            batch_size=args.batch_size or PRESET_BATCH_SIZE[args.model or DEFAULT_MODEL],
+            max_steps=args.max_steps or DEFAULT_MAX_STEPS, lr=args.lr or DEFAULT_LR,
+            warmup_steps=min(100, max(1, (args.max_steps or DEFAULT_MAX_STEPS) // 20)),
+            grad_accum=args.grad_accum or 1,
+            eval_every=DEFAULT_EVAL_EVERY if args.eval_every is None else args.eval_every,
+            save_every=DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every,
+            seed=seed)
+        model = GPT(cfg, backend=backend, seed=seed)
+        trainer = Trainer(model, data, tcfg, out_dir=out, tokenizer=tokenizer, progress=True,
+                          comm=comm)
+        say(f"training {cfg.n_layer} layers x {cfg.n_embd} dims ({model.num_params() / 1e6:.2f}M "
+            f"params, block {cfg.block_size}, batch {tcfg.batch_size}) for {tcfg.max_steps} "
+            f"steps on the {backend.name} backend -> {out}")
+    summary = trainer.fit()
+    if not main_rank:  # [distributed] rank 0 reports and samples
+        return 0
+    val = summary["val_loss"]
+    _say(f"step {summary['step']}: train loss {summary['loss'] if summary['loss'] is None else round(summary['loss'], 4)}"
+         f", val loss {val if val is None else round(val, 4)}, {summary['tokens_per_s']:.0f} "
+         f"tokens/s; checkpoint {summary['checkpoint']}")
+    if summary["interrupted"]:
+        _say(f"interrupted: continue with  python -m kernelgpt train --out {out} --resume")
+        return 130
+    if tokenizer is not None:
+        _say("sample:")
+        _print_sample(model, tokenizer, SAMPLE_PROMPT, 120, 0.8, 40, None, 0)
+    _say(f"more samples:  python -m kernelgpt sample --run {out} --prompt 'def '")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- sample
+def _sample(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    model, tokenizer, _ = load_model(args.run, backend=args.backend)
+    if tokenizer is None:
+        raise UserError(f"{args.run} has no tokenizer.json: cannot turn text into tokens")
+    _print_sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+                  args.top_k, args.top_p, args.seed)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "tokenize":  # DESIGN.md's name for the tokenizer command
+        argv[0] = "tokenizer"
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "sample":
+            return _sample(args)
+        if getattr(args, "_tokenizer_missing", False):
+            raise UserError("the tokenizer command is not available in this build")
+        from .cli_tokenizer import run_tokenizer
+        return int(run_tokenizer(args) or 0)
+    except KeyboardInterrupt:
+        _say("kernelgpt: interrupted")
+        return 130
+    except BrokenPipeError:  # e.g. `kernelgpt sample ... | head`
+        return 0
+    except (UserError, ValueError, TypeError, OSError, RuntimeError) as e:
+        # CheckpointError, TrainingDivergedError, FileNotFoundError, unavailable backends, ...
+        if os.environ.get("KERNELGPT_DEBUG"):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        _say(f"kernelgpt {args.command}: error: {msg}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""`kernelgpt tokenizer train|encode`: the command-line front end of tokenizer.py.
+
+ids.bin format (little-endian), written atomically:
+    bytes 0-7    magic b"KGPTIDS\\0"
+    bytes 8-11   uint32 version = 1
+    bytes 12-15  uint32 bytes per id: 2 (uint16, when vocab_size <= 65536) or 4 (uint32)
+    bytes 16-23  uint64 number of ids
+    bytes 24-    the ids
+Read it back with ``read_ids(path)``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+IDS_MAGIC = b"KGPTIDS\0"
+IDS_VERSION = 1
+_HEADER = struct.Struct("<8sIIQ")
+
+log = logging.getLogger(__name__)
+
+
+def add_tokenizer_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `tokenizer` with its `train` and `encode` subcommands."""
+    p = subparsers.add_parser("tokenizer", help="train a BPE tokenizer or encode a file with one")
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="{train,encode}")
+    sub.required = True
+    t = sub.add_parser("train", help="learn BPE merges from text files")
+    t.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files (streamed)")
+    t.add_argument("--vocab-size", type=int, required=True, metavar="N",
+                   help="256 byte tokens + merges + special tokens")
+    t.add_argument("--out", required=True, metavar="TOK_JSON", help="where to write the tokenizer")
+    t.add_argument("--pattern", choices=["gpt4", "gpt2"], default="gpt4", help="pre-split pattern")
+    t.add_argument("--special", nargs="*", default=[], metavar="TOKEN", help="special tokens (ids after the merges)")
+    t.add_argument("--threads", type=int, default=None, help="threads (default: OpenMP's default)")
+    e = sub.add_parser("encode", help="encode a text file to ids.bin")
+    e.add_argument("--tokenizer", required=True, metavar="TOK_JSON")
+    e.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file")
+    e.add_argument("--out", required=True, metavar="IDS_BIN", help="output (format in cli_tokenizer.py)")
+    e.add_argument("--allow-special", action="store_true",
+                   help="encode special token strings in the text as special tokens (default: error)")
+    p.set_defaults(func=run_tokenizer)
+    return p
+
+
+def write_ids(path, ids: np.ndarray, vocab_size: int) -> None:
+    from .tokenizer import _atomic_write
+    dtype = np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
+    header = _HEADER.pack(IDS_MAGIC, IDS_VERSION, dtype.itemsize, len(ids))
+    _atomic_write(path, header + np.asarray(ids).astype(dtype).tobytes())
+
+
+def read_ids(path) -> np.ndarray:
+    """Ids of an ids.bin file as uint16/uint32 (a memory map). ValueError if it is not one."""
+    with open(path, "rb") as f:
+        head = f.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        raise ValueError(f"{path}: too short for an ids file header")
+    magic, version, width, n = _HEADER.unpack(head)
+    if magic != IDS_MAGIC or version != IDS_VERSION or width not in (2, 4):
+        raise ValueError(f"{path}: not a kernelgpt ids file (magic/version/width)")
+    expected = _HEADER.size + n * width
+    if os.path.getsize(path) != expected:
+        raise ValueError(f"{path}: size {os.path.getsize(path)} != header's {expected} bytes")
+    return np.memmap(path, dtype="<u2" if width == 2 else "<u4", mode="r", offset=_HEADER.size, shape=(n,))
+
+
+def run_tokenizer(args) -> int:
+    """Run `tokenizer train|encode`; prints one line; returns the exit code (errors: one line on
+    stderr, exit code 1)."""
+    from .tokenizer import Tokenizer
+    try:
+        if args.tokenizer_command == "train":
+            for f in args.input:
+                if not os.path.isfile(f):
+                    raise FileNotFoundError(f"input file not found: {f}")
+            tok = Tokenizer.train([Path(f) for f in args.input], args.vocab_size, pattern=args.pattern,
+                                  special_tokens=args.special, num_threads=args.threads)
+            tok.save(args.out)
+            print(f"wrote {args.out}: vocab_size {tok.vocab_size} ({len(tok.merges)} merges, "
+                  f"{len(tok.special_tokens)} special tokens, pattern {tok.pattern})")
+            return 0
+        if args.tokenizer_command == "encode":
+            tok = Tokenizer.load(args.tokenizer)
+            with open(args.input, "r", encoding="utf-8") as f:
+                text = f.read()
+            ids = tok.encode_to_numpy(text, allowed_special="all" if args.allow_special else "none_raise")
+            write_ids(args.out, ids, tok.vocab_size)
+            print(f"wrote {args.out}: {len(ids)} ids from {len(text.encode('utf-8'))} bytes")
+            return 0
+        raise ValueError(f"unknown tokenizer command {args.tokenizer_command!r}")
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
+        print(f"kernelgpt tokenizer: error: {e}", file=sys.stderr)
+        return 1

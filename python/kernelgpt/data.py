@@ -1,0 +1,311 @@
+"""Training data: text files -> token ids -> a token file on disk -> random (x, y) batches.
+
+Token file format (version 1), all integers little-endian:
+    offset  size  field
+    0       8     magic b"KGPTTOK1"
+    8       4     uint32 format version (1)
+    12      4     uint32 bytes per id: 2 (uint16 ids, vocab <= 65536) or 4 (uint32 ids)
+    16      8     uint64 vocab_size (every id is < vocab_size)
+    24      8     uint64 n_tokens
+    32      ...   n_tokens ids, little-endian, of the width above
+The file is written atomically (temporary file in the same folder, fsync, os.replace) and read
+back with np.memmap, so a corpus larger than memory costs no RAM. Batches come from one seeded
+np.random.Generator whose state is saved in checkpoints, so a resumed run draws the same batches
+as the uninterrupted one. Not here: tokenizer training (tokenizer.py), the default corpus (corpus.py).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+MAGIC = b"KGPTTOK1"
+VERSION = 1
+_HEADER = struct.Struct("<8sIIQQ")  # magic, version, id width, vocab_size, n_tokens
+HEADER_SIZE = _HEADER.size          # 32 bytes
+_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+
+PathLike = Union[str, os.PathLike]
+
+# Suffixes taken when a directory is given to ``--data`` (explicit file paths are always taken).
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".c", ".h", ".cpp", ".hpp", ".js", ".ts", ".json",
+                 ".html", ".css", ".tex", ".csv", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh")
+
+
+# ---------------------------------------------------------------------------------- atomic files
+def fsync_dir(path: PathLike) -> None:
+    """Flush a directory entry (after a rename) where the platform allows it."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, write_fn) -> None:
+    """Write ``path`` atomically: ``write_fn(f)`` fills a temporary file in the same folder (opened
+    "wb"), which is flushed, fsynced and renamed over ``path``. On any error the temporary file is
+    removed and ``path`` keeps its previous content."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+# ---------------------------------------------------------------------------------- token files
+def id_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab <= 65536), else uint32."""
+    if vocab_size < 1 or vocab_size > 2**32:
+        raise ValueError(f"vocab_size must be in [1, 2**32], got {vocab_size}")
+    return _DTYPES[2] if vocab_size <= 2**16 else _DTYPES[4]
+
+
+def write_token_file(path: PathLike, ids: Any, vocab_size: int) -> Path:
+    """Write 1-D integer ids (all in [0, vocab_size)) to ``path`` in the format above, atomically."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
+    if ids.size and ids.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
+    dt = id_dtype(int(vocab_size))
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"ids lie in [{int(ids.min())}, {int(ids.max())}], outside "
+                         f"[0, {vocab_size})")
+    header = _HEADER.pack(MAGIC, VERSION, dt.itemsize, int(vocab_size), int(ids.size))
+    body = ids.astype(dt, copy=False)
+
+    def write(f):
+        f.write(header)
+        f.write(memoryview(np.ascontiguousarray(body)).cast("B"))
+    atomic_write(path, write)
+    return Path(path)
+
+
+def read_token_header(path: PathLike) -> Dict[str, int]:
+    """Parse and validate a token file's header -> {"version", "width", "vocab_size", "n_tokens"}.
+    A foreign, truncated or inconsistent file raises ValueError naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE)
+    except OSError as e:
+        raise ValueError(f"cannot read token file {path}: {e.strerror or e}") from None
+    if len(head) < HEADER_SIZE or head[:8] != MAGIC:
+        raise ValueError(f"{path} is not a kernelgpt token file (bad magic/header)")
+    _, version, width, vocab, n = _HEADER.unpack(head)
+    if version != VERSION:
+        raise ValueError(f"{path}: unsupported token file version {version} (expected {VERSION})")
+    if width not in _DTYPES:
+        raise ValueError(f"{path}: bad id width {width} (expected 2 or 4)")
+    if vocab < 1 or (width == 2 and vocab > 2**16):
+        raise ValueError(f"{path}: vocab_size {vocab} does not fit {width}-byte ids")
+    want = HEADER_SIZE + n * width
+    if size != want:
+        raise ValueError(f"{path}: truncated or padded token file ({size} bytes, header says "
+                         f"{want})")
+    return {"version": version, "width": width, "vocab_size": vocab, "n_tokens": n}
+
+
+def read_token_file(path: PathLike) -> Tuple[np.ndarray, int]:
+    """(ids as a read-only np.memmap (uint16/uint32), vocab_size). Validates the header."""
+    h = read_token_header(path)
+    if h["n_tokens"] == 0:
+        return np.zeros(0, _DTYPES[h["width"]]), h["vocab_size"]
+    ids = np.memmap(path, dtype=_DTYPES[h["width"]], mode="r", offset=HEADER_SIZE,
+                    shape=(h["n_tokens"],))
+    return ids, h["vocab_size"]
+
+
+# ---------------------------------------------------------------------------------- text -> ids
+def list_text_files(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
+    """Expand files and directories into a sorted, de-duplicated list of files. A directory
+    contributes its files (recursively, hidden entries skipped) whose suffix is in TEXT_SUFFIXES;
+    a file given by name is always taken. A missing path raises FileNotFoundError."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: List[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [Path(root, f) for f in files
+                          if not f.startswith(".") and f.lower().endswith(TEXT_SUFFIXES)]
+            out += sorted(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"data path not found: {p}")
+    seen, uniq = set(), []
+    for p in out:
+        k = os.path.abspath(p)
+        if k not in seen:
+            seen.add(k)
+            uniq.append(p)
+    return uniq
+
+
+def read_texts(files: Iterable[PathLike]) -> List[str]:
+    """File contents as str (UTF-8; undecodable bytes become U+FFFD), empty files dropped."""
+    texts = []
+    for f in files:
+        with open(f, "rb") as fh:
+            t = fh.read().decode("utf-8", errors="replace")
+        if t:
+            texts.append(t)
+    return texts
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Concatenate the token ids of every document (``encode_batch`` when the tokenizer has it,
+    which encodes documents in parallel) -> 1-D int64 array."""
+    if not texts:
+        return np.zeros(0, np.int64)
+    if hasattr(tokenizer, "encode_batch"):
+        parts = tokenizer.encode_batch(list(texts))
+    else:
+        parts = [tokenizer.encode(t) for t in texts]
+    parts = [np.asarray(p, dtype=np.int64).ravel() for p in parts]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def tokenize_files(tokenizer: Any, paths: Union[PathLike, Sequence[PathLike]],
+                   out_path: PathLike) -> Path:
+    """Text files/dirs -> one token file at ``out_path`` (documents concatenated in sorted order)."""
+    files = list_text_files(paths)
+    ids = encode_texts(tokenizer, read_texts(files))
+    return write_token_file(out_path, ids, int(tokenizer.vocab_size))
+
+
+# ---------------------------------------------------------------------------------- batches
+class TokenDataset:
+    """Train/validation split of one token stream with seeded random batches.
+
+    The last ``val_fraction`` of the tokens is the validation split. ``get_batch("train")`` draws
+    batch offsets from ``self.rng`` (np.random.Generator(PCG64(seed))); its state and the number of
+    batches drawn are the data position saved in checkpoints (``state_dict``). Validation batches
+    come from a fresh generator seeded from ``seed`` at each :meth:`val_batches` call, so every
+    evaluation sees the same batches and never disturbs the training stream.
+
+    ``shard(rank, world)`` gives data-parallel rank ``rank`` its share of every global batch: all
+    ranks draw the same ``world * B`` offsets and rank r keeps rows [r*B, (r+1)*B), so ``world``
+    ranks with batch B see exactly the batches of one rank with batch ``world * B``.
+    """
+
+    def __init__(self, tokens: Any, vocab_size: int, val_fraction: float = 0.1, seed: int = 0,
+                 source: Optional[str] = None):
+        tokens = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)
+        if tokens.ndim != 1 or (tokens.size and tokens.dtype.kind not in "iu"):
+            raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype} "
+                             f"{tokens.shape}")
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.tokens = tokens
+        self.vocab_size = int(vocab_size)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.source = source
+        n_val = int(round(tokens.size * self.val_fraction))
+        self.train = tokens[:tokens.size - n_val]
+        self.val = tokens[tokens.size - n_val:]
+        self.rank, self.world = 0, 1
+        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+        self.batches_drawn = 0
+
+    @classmethod
+    def from_file(cls, path: PathLike, val_fraction: float = 0.1, seed: int = 0
+                  ) -> "TokenDataset":
+        ids, vocab = read_token_file(path)
+        return cls(ids, vocab, val_fraction=val_fraction, seed=seed, source=os.fspath(path))
+
+    def __len__(self) -> int:
+        return int(self.tokens.size)
+
+    def shard(self, rank: int, world: int) -> "TokenDataset":
+        """This dataset as seen by data-parallel rank ``rank`` of ``world`` (see class doc)."""
+        if not (isinstance(world, int) and world >= 1 and isinstance(rank, int)
+                and 0 <= rank < world):
+            raise ValueError(f"need 0 <= rank < world, got rank={rank!r} world={world!r}")
+        ds = TokenDataset(self.tokens, self.vocab_size, self.val_fraction, self.seed, self.source)
+        ds.rank, ds.world = rank, world
+        return ds
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """What a checkpoint records to recognise the same data on resume."""
+        head = np.asarray(self.tokens[:4096], dtype=np.int64)
+        tail = np.asarray(self.tokens[-4096:], dtype=np.int64)
+        return {"n_tokens": int(self.tokens.size), "vocab_size": self.vocab_size,
+                "val_fraction": self.val_fraction,
+                "checksum": int((head * 31 + 7).sum() ^ (tail * 17 + 3).sum()) & 0xFFFFFFFF}
+
+    def _check(self, split: np.ndarray, name: str, T: int) -> None:
+        if split.size < T + 1:
+            raise ValueError(f"the {name} split has {split.size} tokens, too few for one "
+                             f"sequence of block_size {T} (+1); give more data or a smaller "
+                             f"block size / val fraction")
+
+    @staticmethod
+    def _rows(split: np.ndarray, offsets: np.ndarray, T: int) -> Tuple[np.ndarray, np.ndarray]:
+        rows = np.stack([np.asarray(split[o:o + T + 1], dtype=np.int32) for o in offsets])
+        return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
+
+    def get_batch(self, batch_size: int, block_size: int) -> Tuple[np.ndarray, np.ndarray]:
+        """A random training batch: (x, y) int32 (B, T) with y = x shifted by one token."""
+        B, T = int(batch_size), int(block_size)
+        if B < 1 or T < 1:
+            raise ValueError(f"batch_size and block_size must be >= 1, got {B}, {T}")
+        self._check(self.train, "train", T)
+        offsets = self.rng.integers(0, self.train.size - T, size=B * self.world)
+        self.batches_drawn += 1
+        return self._rows(self.train, offsets[self.rank * B:(self.rank + 1) * B], T)
+
+    def val_batches(self, n_batches: int, batch_size: int, block_size: int):
+        """Yield ``n_batches`` validation batches, the same ones at every call."""
+        B, T = int(batch_size), int(block_size)
+        self._check(self.val, "validation", T)
+        rng = np.random.Generator(np.random.PCG64([self.seed, 0x7A1]))
+        for _ in range(int(n_batches)):
+            offsets = rng.integers(0, self.val.size - T, size=B * self.world)
+            yield self._rows(self.val, offsets[self.rank * B:(self.rank + 1) * B], T)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """JSON-able data position: the batch generator's state and batches drawn so far."""
+        return {"rng": self.rng.bit_generator.state, "batches_drawn": self.batches_drawn,
+                "seed": self.seed, "rank": self.rank, "world": self.world}
+
+    def load_state_dict(self, d: Dict[str, Any]) -> None:
+        try:
+            state = d["rng"]
+            if state.get("bit_generator") != "PCG64":
+                raise ValueError(f"unexpected bit generator {state.get('bit_generator')!r}")
+            rng = np.random.Generator(np.random.PCG64())
+            rng.bit_generator.state = state
+            drawn = int(d["batches_drawn"])
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"bad data state: {e}") from None
+        self.rng, self.batches_drawn = rng, drawn

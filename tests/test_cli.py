@@ -1,0 +1,174 @@
+"""`python -m kernelgpt train/sample` end to end in subprocesses (tiny options, tiny data), and
+every user error exiting non-zero with one line on stderr and no traceback."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("kernelgpt.tokenizer", reason="the tokenizer is not merged into this build")
+
+PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+TINY = ["--max-steps", "4", "--batch-size", "2", "--block-size", "16", "--n-layer", "1",
+        "--n-head", "2", "--n-embd", "16", "--vocab-size", "280", "--backend", "numpy",
+        "--eval-every", "2", "--save-every", "2"]
+
+
+def kgpt(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(PYTHON_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.pop("KERNELGPT_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "kernelgpt", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run shared by the tests below."""
+    d = tmp_path_factory.mktemp("cli")
+    data = d / "data"
+    data.mkdir()
+    import kernelgpt.corpus as corpus
+    for i, f in enumerate(corpus.default_corpus_files(12_000)):
+        (data / f"doc{i}.py").write_bytes(f.read_bytes())
+    r = kgpt("train", "--data", data, "--out", d / "run", *TINY, cwd=d)
+    assert r.returncode == 0, r.stderr
+    return d, r
+
+
+def test_train_writes_a_run_folder(trained):
+    d, r = trained
+    run = d / "run"
+    assert (run / "LATEST").read_text().strip() == "ckpt-00000004"
+    ck = run / "ckpt-00000004"
+    for f in ("model.safetensors", "optimizer.safetensors", "config.json", "tokenizer.json",
+              "trainer_state.json", "manifest.json"):
+        assert (ck / f).is_file(), f
+    cfg = json.loads((ck / "config.json").read_text())
+    assert cfg["model"] == {"vocab_size": 280, "block_size": 16, "n_layer": 1, "n_head": 2,
+                            "n_embd": 16}
+    assert cfg["train"]["max_steps"] == 4 and cfg["train"]["batch_size"] == 2
+    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in recs] == [1, 2, 3, 4]
+    assert "val_loss" in recs[1] and "val_loss" in recs[3]
+    assert r.stdout.startswith("def ")  # the closing sample
+    assert "Traceback" not in r.stderr
+
+
+def test_resume_and_sample(trained):
+    d, _ = trained
+    r = kgpt("train", "--out", d / "run", "--resume", "--max-steps", "5", "--backend", "numpy",
+             cwd=d)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    assert (d / "run" / "LATEST").read_text().strip() == "ckpt-00000005"
+    args = ["sample", "--run", d / "run", "--prompt", "import", "--max-new-tokens", "12",
+            "--seed", "3", "--top-k", "20", "--backend", "numpy"]
+    a, b = kgpt(*args, cwd=d), kgpt(*args, cwd=d)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout.startswith("import") and len(a.stdout) > len("import")
+    assert a.stdout == b.stdout  # seeded: reproducible
+    g = kgpt("sample", "--run", d / "run", "--prompt", "x", "--temperature", "0",
+             "--max-new-tokens", "5", cwd=d)
+    assert g.returncode == 0, g.stderr
+
+
+@pytest.mark.parametrize("case", [
+    "missing_run", "corrupt_checkpoint", "long_prompt", "unknown_backend", "unavailable_backend",
+    "bad_steps", "bad_lr", "missing_data", "existing_run", "resume_changes_model",
+    "resume_without_out", "bad_model_shape", "no_subcommand"])
+def test_user_errors_are_one_line(trained, case, tmp_path):
+    d, _ = trained
+    run = d / "run"
+    if case == "corrupt_checkpoint":
+        import shutil
+        shutil.copytree(run, tmp_path / "copy")
+        ck = tmp_path / "copy" / (tmp_path / "copy" / "LATEST").read_text().strip()
+        raw = bytearray((ck / "model.safetensors").read_bytes())
+        raw[-5] ^= 0x55
+        (ck / "model.safetensors").write_bytes(bytes(raw))
+    args = {
+        "missing_run": ["sample", "--run", tmp_path / "nope", "--prompt", "a"],
+        "corrupt_checkpoint": ["sample", "--run", tmp_path / "copy", "--prompt", "a"],
+        "long_prompt": ["sample", "--run", run, "--prompt", "x y z " * 40],
+        "unknown_backend": ["train", "--backend", "fortran"],
+        "unavailable_backend": ["sample", "--run", run, "--backend", "cuda"]
+        if not _has_cuda() else ["sample", "--run", tmp_path / "nope"],
+        "bad_steps": ["train", "--max-steps", "0"],
+        "bad_lr": ["train", "--lr", "-1"],
+        "missing_data": ["train", "--data", tmp_path / "absent.txt", "--out", tmp_path / "o"],
+        "existing_run": ["train", "--out", run, *TINY],
+        "resume_changes_model": ["train", "--out", run, "--resume", "--n-layer", "3"],
+        "resume_without_out": ["train", "--resume"],
+        "bad_model_shape": ["train", "--data", run / "tokenizer.json", "--out", tmp_path / "o2",
+                            "--n-head", "3", "--n-embd", "16", "--max-steps", "1",
+                            "--vocab-size", "260"],
+        "no_subcommand": [],
+    }[case]
+    r = kgpt(*args, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], r.stderr
+    assert lines[0].startswith("kernelgpt"), r.stderr
+    want = {"missing_run": "not found", "corrupt_checkpoint": "model.safetensors",
+            "long_prompt": "block size", "unknown_backend": "fortran",
+            "bad_steps": "--max-steps", "bad_lr": "--lr", "missing_data": "absent.txt",
+            "existing_run": "--resume", "resume_changes_model": "--n-layer",
+            "resume_without_out": "--out", "bad_model_shape": "divisible"}.get(case)
+    if want:
+        assert want in lines[0], lines[0]
+
+
+def _has_cuda() -> bool:
+    from kernelgpt.backends import available_backends
+    return "cuda" in available_backends()
+
+
+def test_main_is_importable_as_console_script():
+    from kernelgpt.cli import build_parser, main
+    assert callable(main)
+    p = build_parser()
+    a = p.parse_args(["train"])
+    assert a.backend == "auto" and a.max_steps is None and a.data is None
+    a = p.parse_args(["sample", "--run", "r"])
+    assert a.prompt and a.max_new_tokens > 0
+
+
+def test_real_ctrl_c_saves_and_resumes(trained, tmp_path):
+    """SIGINT to a training process: checkpoint at a step boundary, exit 130, resume continues."""
+    import signal
+    import time
+    d, _ = trained
+    env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
+    run = tmp_path / "run"
+    tiny = [a if a != "4" else "100000" for a in TINY]  # --max-steps: far more than we wait for
+    p = subprocess.Popen([sys.executable, "-m", "kernelgpt", "train", "--data", d / "data",
+                          "--out", run, *tiny], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        metrics = run / "metrics.jsonl"
+        while time.monotonic() < deadline and p.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()[1]
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    step = json.loads((run / (run / "LATEST").read_text().strip() / "trainer_state.json")
+                      .read_text())["step"]
+    assert step >= 3
+    r = kgpt("train", "--out", run, "--resume", "--max-steps", step + 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, step + 3))

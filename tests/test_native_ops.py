@@ -1,0 +1,367 @@
+"""Every non-GEMM native CPU op against the float64 NumPy reference, on fresh random inputs of
+several shapes (odd ones included: T = 1, 7, 33, 67; C = 12, 20; B = 1), with outputs poisoned
+(NaN) before the call and parameter-gradient buffers starting from random values (`+=`).
+Error bound: ||native - ref64|| / ||ref64|| <= max(1e-5, 2 * err(numpy float32) + 1e-6).
+Each test runs on the AVX2/FMA paths (where the CPU has them) and on the portable ones.
+Also: 1 vs 2 threads give bitwise-identical results (every op here is designed to), and bad
+shapes / dtypes / layouts / ids raise ValueError / TypeError naming the argument."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+
+nat = pytest.importorskip("kernelgpt._native")
+from kernelgpt.backends import native_backend as nb  # noqa: E402
+from kernelgpt.backends import numpy_backend as rb  # noqa: E402
+
+
+def _paths():
+    nat._set_ops_force_portable(False)
+    return (["avx2"] if nat.ops_use_avx2() else []) + ["portable"]
+
+
+@pytest.fixture(autouse=True, params=_paths())
+def isa(request):
+    """Every test runs on each code path this CPU has: the AVX2/FMA clones and the portable ones."""
+    nat._set_ops_force_portable(request.param == "portable")
+    assert nat.ops_use_avx2() == (request.param == "avx2")
+    yield request.param
+    nat._set_ops_force_portable(False)
+
+
+def nan(shape):
+    return np.full(shape, np.nan, np.float32)
+
+
+def f32(a):
+    return np.ascontiguousarray(a, np.float32)
+
+
+def f64(a):
+    return np.ascontiguousarray(a, np.float64)
+
+
+def run_three(fn_native, fn_ref, inputs, outs, accum=()):
+    """Run the op on native (float32), reference float64 and reference float32.
+    ``inputs``: dict of float arrays (and other args as-is); ``outs``: dict name -> shape of
+    overwritten outputs (poisoned); ``accum``: dict name -> initial value of += outputs.
+    Returns (native, ref64, ref32) dicts of outputs."""
+    accum = dict(accum)
+    res = []
+    for be_fn, conv, poison in ((fn_native, f32, True), (fn_ref, f64, False), (fn_ref, f32, False)):
+        args = {k: (conv(v) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
+                for k, v in inputs.items()}
+        o = {k: (nan(s) if poison else np.zeros(s, conv(np.zeros(1)).dtype)) for k, s in outs.items()}
+        o.update({k: conv(v).copy() for k, v in accum.items()})
+        be_fn(o, args)
+        res.append(o)
+    return res
+
+
+def check(res, names=None):
+    got, want, w32 = res
+    for k in (names or got):
+        assert_close(got[k], want[k], name=k, ref32=w32[k])
+
+
+# ------------------------------------------------------------------------------- embedding
+@pytest.mark.parametrize("B,T,C,V", [(1, 1, 12, 5), (2, 7, 20, 300), (3, 33, 64, 16)])
+def test_embedding(rng, B, T, C, V):
+    maxT = T + 3
+    idx = rng.integers(0, V, (B, T)).astype(np.int32)
+    idx[0, 0] = idx[-1, -1] = V - 1  # repeated ids exercise the scatter-add
+    inp = dict(idx=idx, wte=rng.standard_normal((V, C)), wpe=rng.standard_normal((maxT, C)),
+               dout=rng.standard_normal((B, T, C)))
+
+    def fwd(be):
+        return lambda o, a: be.embedding_forward(o["out"], a["idx"], a["wte"], a["wpe"])
+    check(run_three(fwd(nb), fwd(rb), inp, {"out": (B, T, C)}))
+
+    def bwd(be):
+        return lambda o, a: be.embedding_backward(o["dwte"], o["dwpe"], a["dout"], a["idx"])
+    acc = {"dwte": rng.standard_normal((V, C)), "dwpe": rng.standard_normal((maxT, C))}
+    check(run_three(bwd(nb), bwd(rb), inp, {}, acc))
+
+
+# ------------------------------------------------------------------------------- layernorm
+@pytest.mark.parametrize("N,C", [(1, 12), (7, 20), (67, 64), (130, 384)])
+def test_layernorm(rng, N, C):
+    inp = dict(x=rng.standard_normal((N, C)) * 3 + 1.5, w=rng.standard_normal(C),
+               b=rng.standard_normal(C), dout=rng.standard_normal((N, C)))
+
+    def fwd(be):
+        return lambda o, a: be.layernorm_forward(o["out"], o["mean"], o["rstd"], a["x"], a["w"], a["b"])
+    r = run_three(fwd(nb), fwd(rb), inp, {"out": (N, C), "mean": (N,), "rstd": (N,)})
+    check(r)
+    inp.update(mean=r[1]["mean"], rstd=r[1]["rstd"])
+
+    def bwd(be):
+        return lambda o, a: be.layernorm_backward(o["dx"], o["dw"], o["db"], a["dout"], a["x"],
+                                                  a["w"], a["mean"], a["rstd"])
+    acc = {"dw": rng.standard_normal(C), "db": rng.standard_normal(C)}
+    check(run_three(bwd(nb), bwd(rb), inp, {"dx": (N, C)}, acc))
+
+
+# ------------------------------------------------------------------------------- attention
+ATT_SHAPES = [(1, 1, 12, 3), (2, 7, 20, 4), (1, 33, 48, 3), (2, 67, 64, 2), (1, 130, 32, 1)]
+
+
+@pytest.mark.parametrize("B,T,C,NH", ATT_SHAPES)
+def test_attention(rng, B, T, C, NH):
+    inp = dict(qkv=rng.standard_normal((B, T, 3 * C)) * 1.5, dout=rng.standard_normal((B, T, C)))
+
+    def fwd(be):
+        return lambda o, a: be.attention_forward(o["out"], o["lse"], a["qkv"], NH)
+    r = run_three(fwd(nb), fwd(rb), inp, {"out": (B, T, C), "lse": (B, NH, T)})
+    check(r)
+    inp.update(out=r[1]["out"], lse=r[1]["lse"])
+
+    def bwd(be):
+        return lambda o, a: be.attention_backward(o["dqkv"], a["dout"], a["qkv"], a["out"],
+                                                  a["lse"], NH)
+    check(run_three(bwd(nb), bwd(rb), inp, {"dqkv": (B, T, 3 * C)}))
+
+
+@pytest.mark.parametrize("B,NH,maxT,HS,n_valid", [(1, 3, 8, 4, 1), (2, 2, 40, 10, 37),
+                                                  (1, 6, 64, 64, 64), (3, 1, 9, 12, 5)])
+def test_attention_decode(rng, B, NH, maxT, HS, n_valid):
+    kc = rng.standard_normal((B, NH, maxT, HS))
+    vc = rng.standard_normal((B, NH, maxT, HS))
+    kc[:, :, n_valid:] = np.nan  # positions past n_valid must never be read
+    vc[:, :, n_valid:] = np.nan
+    inp = dict(q=rng.standard_normal((B, NH * HS)) * 2, k=kc, v=vc)
+
+    def f(be):
+        return lambda o, a: be.attention_decode(o["out"], a["q"], a["k"], a["v"], n_valid)
+    check(run_three(f(nb), f(rb), inp, {"out": (B, NH * HS)}))
+
+
+def test_decode_matches_last_row_of_forward(rng):
+    B, T, C, NH = 2, 19, 24, 3
+    HS = C // NH
+    qkv = f32(rng.standard_normal((B, T, 3 * C)))
+    out, lse = nan((B, T, C)), nan((B, NH, T))
+    nb.attention_forward(out, lse, qkv, NH)
+    k = np.ascontiguousarray(qkv[:, :, C:2 * C].reshape(B, T, NH, HS).transpose(0, 2, 1, 3))
+    v = np.ascontiguousarray(qkv[:, :, 2 * C:].reshape(B, T, NH, HS).transpose(0, 2, 1, 3))
+    o = nan((B, C))
+    nb.attention_decode(o, np.ascontiguousarray(qkv[:, -1, :C]), k, v, T)
+    assert_close(o, out[:, -1], name="decode")
+
+
+# ------------------------------------------------------------------------------- elementwise
+@pytest.mark.parametrize("shape", [(1,), (7, 13), (3, 33, 20), (70001,)])
+def test_gelu(rng, shape):
+    x = rng.standard_normal(shape) * 3
+    x.flat[0] = -30.0  # far tails: exp over/underflow paths
+    if x.size > 1:
+        x.flat[1] = 30.0
+    inp = dict(x=x, dout=rng.standard_normal(shape))
+    check(run_three(lambda o, a: nb.gelu_forward(o["out"], a["x"]),
+                    lambda o, a: rb.gelu_forward(o["out"], a["x"]), inp, {"out": shape}))
+    check(run_three(lambda o, a: nb.gelu_backward(o["dx"], a["dout"], a["x"]),
+                    lambda o, a: rb.gelu_backward(o["dx"], a["dout"], a["x"]), inp, {"dx": shape}))
+
+
+@pytest.mark.parametrize("shape", [(1,), (5, 12), (2, 67, 20), (100003,)])
+def test_residual(rng, shape):
+    inp = dict(a=rng.standard_normal(shape), b=rng.standard_normal(shape),
+               dout=rng.standard_normal(shape))
+    check(run_three(lambda o, a: nb.residual_forward(o["out"], a["a"], a["b"]),
+                    lambda o, a: rb.residual_forward(o["out"], a["a"], a["b"]), inp, {"out": shape}))
+    acc = {"da": rng.standard_normal(shape), "db": rng.standard_normal(shape)}
+    check(run_three(lambda o, a: nb.residual_backward(o["da"], o["db"], a["dout"]),
+                    lambda o, a: rb.residual_backward(o["da"], o["db"], a["dout"]), inp, {}, acc))
+
+
+def test_residual_forward_in_place(rng):
+    a, b = f32(rng.standard_normal((3, 7, 12))), f32(rng.standard_normal((3, 7, 12)))
+    want = a + b
+    nb.residual_forward(a, a, b)
+    np.testing.assert_array_equal(a, want)
+
+
+# ------------------------------------------------------------------------------- loss
+@pytest.mark.parametrize("N,V", [(1, 3), (7, 300), (33, 1000), (67, 257)])
+def test_crossentropy(rng, N, V):
+    tg = rng.integers(0, V, N).astype(np.int32)
+    inp = dict(logits=rng.standard_normal((N, V)) * 4, targets=tg)
+
+    def fwd(be):
+        return lambda o, a: be.crossentropy_forward(o["losses"], o["probs"], a["logits"], a["targets"])
+    r = run_three(fwd(nb), fwd(rb), inp, {"losses": (N,), "probs": (N, V)})
+    check(r)
+    inp["probs"] = r[1]["probs"]
+
+    def bwd(be):
+        return lambda o, a: be.crossentropy_backward(o["dlogits"], a["probs"], a["targets"], 1.0 / N)
+    check(run_three(bwd(nb), bwd(rb), inp, {"dlogits": (N, V)}))
+
+
+def test_crossentropy_backward_in_place(rng):
+    N, V = 5, 11
+    probs = f32(rng.random((N, V)))
+    tg = rng.integers(0, V, N).astype(np.int32)
+    want = probs * 0.5
+    want[np.arange(N), tg] -= 0.5
+    nb.crossentropy_backward(probs, probs, tg, 0.5)
+    np.testing.assert_allclose(probs, want, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------- optimizer
+@pytest.mark.parametrize("n", [1, 13, 65536 * 3 + 7])
+def test_global_norm_sq_and_scale(rng, n):
+    g = rng.standard_normal(n).astype(np.float32)
+    want = float(np.dot(g.astype(np.float64), g.astype(np.float64)))
+    assert abs(nb.global_norm_sq(g) - want) <= 1e-12 * max(want, 1.0)
+    h = g.copy()
+    nb.scale_(h, 0.37)
+    np.testing.assert_array_equal(h, g * np.float32(0.37))
+
+
+@pytest.mark.parametrize("n,step,wd", [(1, 1, 0.0), (1001, 3, 0.1), (70003, 1000, 0.1)])
+def test_adamw(rng, n, step, wd):
+    hp = dict(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=wd, step=step)
+    inp = dict(grads=rng.standard_normal(n))
+    acc = dict(params=rng.standard_normal(n), m=rng.standard_normal(n) * 0.1,
+               v=rng.random(n) * 0.01)
+
+    def f(be):
+        return lambda o, a: be.adamw_update(o["params"], a["grads"], o["m"], o["v"], **hp)
+    check(run_three(f(nb), f(rb), inp, {}, acc))
+
+
+# ------------------------------------------------------------------------------- threads
+@pytest.fixture
+def threads():
+    old = nat.max_threads()
+    yield lambda n: nat.set_num_threads(n)
+    nat.set_num_threads(old)
+
+
+def _all_ops(rng):
+    """Run every op on one fixed set of inputs big enough to cross the parallel thresholds."""
+    B, T, C, NH, V = 4, 67, 96, 3, 300
+    N = B * T
+    r = np.random.default_rng(7)
+    g = lambda *s: f32(r.standard_normal(s))  # noqa: E731
+    idx = r.integers(0, V, (B, T)).astype(np.int32)
+    out = {}
+    out["emb"] = nan((B, T, C)); nb.embedding_forward(out["emb"], idx, g(V, C), g(T, C))
+    dwte, dwpe = g(V, C), g(T, C); nb.embedding_backward(dwte, dwpe, g(B, T, C), idx)
+    out["dwte"], out["dwpe"] = dwte, dwpe
+    x, w, b = g(N, C), g(C), g(C)
+    o, m, s = nan((N, C)), nan(N), nan(N); nb.layernorm_forward(o, m, s, x, w, b)
+    dx, dw, db = nan((N, C)), g(C), g(C); nb.layernorm_backward(dx, dw, db, g(N, C), x, w, m, s)
+    out.update(ln=o, ln_dx=dx, ln_dw=dw, ln_db=db)
+    qkv = g(B, T, 3 * C)
+    ao, lse = nan((B, T, C)), nan((B, NH, T)); nb.attention_forward(ao, lse, qkv, NH)
+    dq = nan((B, T, 3 * C)); nb.attention_backward(dq, g(B, T, C), qkv, ao, lse, NH)
+    out.update(att=ao, lse=lse, dqkv=dq)
+    HS = C // NH
+    dec = nan((B, C)); nb.attention_decode(dec, g(B, C), g(B, NH, T, HS), g(B, NH, T, HS), T)
+    out["dec"] = dec
+    big = g(100003)
+    ge = nan(big.shape); nb.gelu_forward(ge, big); gd = nan(big.shape); nb.gelu_backward(gd, g(100003), big)
+    out.update(gelu=ge, gelu_d=gd)
+    ra = nan(big.shape); nb.residual_forward(ra, big, g(100003)); out["res"] = ra
+    lg = g(N, V); tg = r.integers(0, V, N).astype(np.int32)
+    ls, pr = nan(N), nan((N, V)); nb.crossentropy_forward(ls, pr, lg, tg)
+    dl = nan((N, V)); nb.crossentropy_backward(dl, pr, tg, 0.01)
+    out.update(ce=ls, probs=pr, dlogits=dl)
+    gg = g(300007)
+    out["norm"] = np.array([nb.global_norm_sq(gg)])
+    p, mm, vv = g(300007), g(300007), np.abs(g(300007))
+    nb.adamw_update(p, gg, mm, vv, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=5)
+    out.update(p=p, m=mm, v=vv)
+    return out
+
+
+def test_one_and_two_threads_bitwise_equal(rng, threads):
+    threads(1)
+    a = _all_ops(rng)
+    threads(2)
+    b = _all_ops(rng)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_bad_shapes_name_the_argument(rng):
+    N, C = 12, 8
+    x, w, b = nan((N, C)) * 0, nan(C) * 0, nan(C) * 0
+    with pytest.raises(ValueError, match=r"rstd must have shape \(N,\)=\(12,\), got \(11,\)"):
+        nb.layernorm_forward(nan((N, C)), nan(N), nan(N - 1), x, w, b)
+    with pytest.raises(ValueError, match="w must have shape"):
+        nb.layernorm_forward(nan((N, C)), nan(N), nan(N), x, nan(C + 1), b)
+    with pytest.raises(ValueError, match="n_head"):
+        nb.attention_forward(nan((1, 4, 9)), nan((1, 2, 4)), nan((1, 4, 27)), 2)
+    with pytest.raises(ValueError, match="lse must have shape"):
+        nb.attention_forward(nan((1, 4, 8)), nan((1, 2, 5)), nan((1, 4, 24)), 2)
+    with pytest.raises(ValueError, match="dqkv must have shape"):
+        nb.attention_backward(nan((1, 4, 23)), nan((1, 4, 8)), nan((1, 4, 24)), nan((1, 4, 8)),
+                              nan((1, 2, 4)), 2)
+    with pytest.raises(ValueError, match="n_valid"):
+        nb.attention_decode(nan((1, 8)), nan((1, 8)), nan((1, 2, 5, 4)), nan((1, 2, 5, 4)), 6)
+    with pytest.raises(ValueError, match="v_cache must have shape"):
+        nb.attention_decode(nan((1, 8)), nan((1, 8)), nan((1, 2, 5, 4)), nan((1, 2, 6, 4)), 2)
+    with pytest.raises(ValueError, match="out must have the shape of x"):
+        nb.gelu_forward(nan((3, 4)), nan((4, 3)))
+    with pytest.raises(ValueError, match="db must have the shape of dout"):
+        nb.residual_backward(nan(5), nan(6), nan(5))
+    with pytest.raises(ValueError, match="wpe must have shape"):
+        nb.embedding_forward(nan((1, 9, 4)), np.zeros((1, 9), np.int32), nan((5, 4)), nan((8, 4)))
+    with pytest.raises(ValueError, match="m must have shape"):
+        nb.adamw_update(nan(5), nan(5), nan(4), nan(5), lr=1.0, beta1=0.9, beta2=0.9, eps=1e-8,
+                        weight_decay=0.0, step=1)
+    with pytest.raises(ValueError, match="step"):
+        nb.adamw_update(nan(5), nan(5), nan(5), nan(5), lr=1.0, beta1=0.9, beta2=0.9, eps=1e-8,
+                        weight_decay=0.0, step=0)
+    with pytest.raises(ValueError, match="g must be 1-D"):
+        nb.global_norm_sq(nan((2, 3)))
+
+
+def test_ids_out_of_range():
+    wte, wpe = np.zeros((5, 4), np.float32), np.zeros((3, 4), np.float32)
+    for bad in (5, -1):
+        idx = np.array([[0, bad]], np.int32)
+        with pytest.raises(ValueError, match=r"idx values must lie in \[0, 5\)"):
+            nb.embedding_forward(nan((1, 2, 4)), idx, wte, wpe)
+        with pytest.raises(ValueError, match="idx values"):
+            nb.embedding_backward(wte.copy(), wpe.copy(), np.zeros((1, 2, 4), np.float32), idx)
+    tg = np.array([0, 7], np.int32)
+    with pytest.raises(ValueError, match="targets values"):
+        nb.crossentropy_forward(nan(2), nan((2, 7)), np.zeros((2, 7), np.float32), tg)
+    with pytest.raises(ValueError, match="targets values"):
+        nb.crossentropy_backward(nan((2, 7)), np.zeros((2, 7), np.float32), tg, 1.0)
+
+
+def test_bad_dtype_and_layout_raise_type_error():
+    x64 = np.zeros((4, 8))
+    with pytest.raises(TypeError):
+        nb.gelu_forward(nan((4, 8)), x64)
+    with pytest.raises(TypeError):  # float64 output would be silently copied without noconvert
+        nb.gelu_forward(x64, nan((4, 8)))
+    with pytest.raises(TypeError):
+        nb.gelu_forward(nan((8, 4)).T, nan((4, 8)))
+    with pytest.raises(TypeError):
+        nb.embedding_forward(nan((1, 2, 4)), np.zeros((1, 2), np.int64), nan((5, 4)), nan((3, 4)))
+    with pytest.raises(TypeError):
+        nb.layernorm_forward(nan((4, 8)), nan(4), nan(4), nan((4, 16))[:, ::2], nan(8), nan(8))
+    with pytest.raises(TypeError):
+        nb.scale_(np.zeros(4), 2.0)
+
+
+def test_backend_module_surface():
+    from kernelgpt.backends import base, get_backend
+    assert get_backend("native") is nb and nb.name == "native" and nb.xp is np
+    for fn in [k for k in vars(base.Backend) if not k.startswith("_") and k not in ("name", "xp")]:
+        assert callable(getattr(nb, fn)), fn
+    a = nb.asarray([[1, 2], [3, 4.5]])
+    assert a.dtype == np.float32 and a.flags.c_contiguous and nb.to_numpy(a) is a
+    assert nb.asarray(np.array([1, 2], np.int32)).dtype == np.int32
+    assert nb.zeros((2, 3)).dtype == np.float32 and nb.empty((2,), "int32").dtype == np.int32
+    n = nb.get_num_threads()
+    assert n >= 1
