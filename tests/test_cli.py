@@ -12,7 +12,11 @@ import pytest
 
 pytest.importorskip("kernelgpt.tokenizer", reason="the tokenizer is not merged into this build")
 
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+# The directory holding the kernelgpt that this test process imports (the checkout's python/ in a
+# dev build, site-packages when installed), so subprocesses see the same package and extension.
+import kernelgpt  # noqa: E402
+
+PYTHON_DIR = Path(kernelgpt.__file__).resolve().parents[1]
 TINY = ["--max-steps", "4", "--batch-size", "2", "--block-size", "16", "--n-layer", "1",
         "--n-head", "2", "--n-embd", "16", "--vocab-size", "280", "--backend", "numpy",
         "--eval-every", "2", "--save-every", "2"]
