@@ -289,3 +289,19 @@ def test_gemm_bad_shapes(rng):
         nat.gemm(nan(3, 4), f32(rng, 3, 5), f32(rng, 4, 6), trans_b=True)
     with pytest.raises(ValueError, match=r"c must have shape \(M, N\)=\(5, 4\)"):
         nat.gemm(nan(3, 4), f32(rng, 3, 5), f32(rng, 3, 4), trans_a=True)
+
+
+def test_fma_peak_measure_and_bad_arguments():
+    """The peak probe benchmarks report against: a positive rate for an ISA this CPU has, a
+    ValueError naming the problem otherwise."""
+    if nat.gemm_kernel_name() == "portable":
+        pytest.skip("no AVX2/FMA on this CPU")
+    isa = "avx512" if nat.gemm_kernel_name() == "avx512" else "avx2_fma"
+    one = nat.fma_peak_gflops(isa, 1, 0.02)
+    assert np.isfinite(one) and one > 1.0
+    with pytest.raises(ValueError, match="isa"):
+        nat.fma_peak_gflops("sse9", 1, 0.02)
+    with pytest.raises(ValueError, match="threads"):
+        nat.fma_peak_gflops(isa, 0, 0.02)
+    with pytest.raises(ValueError, match="seconds"):
+        nat.fma_peak_gflops(isa, 1, -1.0)

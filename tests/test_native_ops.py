@@ -19,16 +19,25 @@ from kernelgpt.backends import numpy_backend as rb  # noqa: E402
 
 def _paths():
     nat._set_ops_force_portable(False)
-    return (["avx2"] if nat.ops_use_avx2() else []) + ["portable"]
+    nat._set_ops_allow_avx512(True)
+    return ((["avx512"] if nat.ops_use_avx512() else []) + (["avx2"] if nat.ops_use_avx2() else [])
+            + ["portable"])
+
+
+def _set_path(name):
+    nat._set_ops_force_portable(name == "portable")
+    nat._set_ops_allow_avx512(name == "avx512")
 
 
 @pytest.fixture(autouse=True, params=_paths())
 def isa(request):
-    """Every test runs on each code path this CPU has: the AVX2/FMA clones and the portable ones."""
-    nat._set_ops_force_portable(request.param == "portable")
-    assert nat.ops_use_avx2() == (request.param == "avx2")
+    """Every test runs on each code path this CPU has: the AVX-512 variants (where an op has
+    them), the AVX2/FMA clones and the portable ones."""
+    _set_path(request.param)
+    assert nat.ops_use_avx2() == (request.param != "portable")
+    assert nat.ops_use_avx512() == (request.param == "avx512")
     yield request.param
-    nat._set_ops_force_portable(False)
+    _set_path("avx512")
 
 
 def nan(shape):
@@ -105,7 +114,8 @@ def test_layernorm(rng, N, C):
 
 
 # ------------------------------------------------------------------------------- attention
-ATT_SHAPES = [(1, 1, 12, 3), (2, 7, 20, 4), (1, 33, 48, 3), (2, 67, 64, 2), (1, 130, 32, 1)]
+ATT_SHAPES = [(1, 1, 12, 3), (2, 7, 20, 4), (1, 33, 48, 3), (2, 67, 64, 2), (1, 130, 32, 1),
+              (1, 70, 128, 2), (2, 45, 80, 2), (1, 20, 72, 3)]  # HS 64, 40, 24: vector tails
 
 
 @pytest.mark.parametrize("B,T,C,NH", ATT_SHAPES)
@@ -122,6 +132,24 @@ def test_attention(rng, B, T, C, NH):
         return lambda o, a: be.attention_backward(o["dqkv"], a["dout"], a["qkv"], a["out"],
                                                   a["lse"], NH)
     check(run_three(bwd(nb), bwd(rb), inp, {"dqkv": (B, T, 3 * C)}))
+
+
+@pytest.mark.parametrize("B,T,C,NH", [(2, 67, 128, 2), (1, 45, 80, 2), (1, 20, 72, 3)])
+def test_attention_avx512_equals_avx2_bitwise(rng, isa, B, T, C, NH):
+    """The AVX-512 tiles keep every element's operation order: both paths give the same bits."""
+    if isa != "avx512":
+        pytest.skip("needs the AVX-512 path")
+    qkv, dout = f32(rng.standard_normal((B, T, 3 * C))), f32(rng.standard_normal((B, T, C)))
+    res = []
+    for path in ("avx512", "avx2"):
+        _set_path(path)
+        out, lse, dqkv = nan((B, T, C)), nan((B, NH, T)), nan((B, T, 3 * C))
+        nb.attention_forward(out, lse, qkv, NH)
+        nb.attention_backward(dqkv, dout, qkv, out, lse, NH)
+        res.append((out, lse, dqkv))
+    _set_path("avx512")
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("B,NH,maxT,HS,n_valid", [(1, 3, 8, 4, 1), (2, 2, 40, 10, 37),

@@ -355,6 +355,10 @@ void init_cpu_ops(py::module_& m) {
         py::arg("weight_decay"), py::arg("step"), "Fused AdamW step over flat arrays, in place.");
   m.def("_set_ops_force_portable", &kgpt::cpu::ops_set_force_portable, py::arg("on"),
         "Test hook: force the portable (non-AVX2) paths of the non-GEMM kernels (process-wide).");
+  m.def("_set_ops_allow_avx512", &kgpt::cpu::ops_set_allow_avx512, py::arg("on"),
+        "Test hook: allow (default) or forbid the AVX-512 variants of the non-GEMM kernels.");
+  m.def("ops_use_avx512", &kgpt::cpu::ops_use_avx512,
+        "Whether the non-GEMM kernels with AVX-512 variants run them.");
   m.def("ops_use_avx2", &kgpt::cpu::ops_use_avx2,
         "Whether the non-GEMM kernels run their AVX2/FMA paths.");
 }

@@ -14,6 +14,7 @@
 #include "bindings/native_init.h"
 #include "cpu/classifier.h"
 #include "cpu/gemm.h"
+#include "cpu/peak.h"
 
 namespace py = pybind11;
 
@@ -190,6 +191,12 @@ void init_gemm(py::module_& m) {
         "c (M,N) = alpha * op(a) @ op(b) + beta * c + bias (N,). op(a) is a (M,K), or a.T when "
         "trans_a (a is then (K,M)); op(b) is b (K,N), or b.T when trans_b (b is (N,K)). "
         "beta == 0 never reads c.");
+  m.def("fma_peak_gflops", [](const std::string& isa, int threads, double seconds) {
+    py::gil_scoped_release nogil;
+    return kgpt::cpu::fma_peak_gflops(isa, threads, seconds);
+  }, py::arg("isa"), py::arg("threads") = 1, py::arg("seconds") = 0.5,
+        "Measured single-precision FMA peak in GFLOP/s: `threads` threads each run independent "
+        "register-only FMA chains ('avx512' or 'avx2_fma') for `seconds`; rates are summed.");
   m.def("gemm_kernel_name", []() { return std::string(kgpt::cpu::gemm_kernel_name()); },
         "The GEMM micro-kernel in use: 'avx512', 'avx2_fma' or 'portable'.");
   m.def("_set_gemm_force_portable", &kgpt::cpu::gemm_set_force_portable, py::arg("on"),

@@ -22,7 +22,7 @@ constexpr int64_t kBc = 64;  // keys per block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 constexpr int kR = 4;    // query rows per group (register tile height)
-constexpr int kJ = 16;   // keys per register tile (two AVX2 vectors)
+constexpr int kJ = 32;   // keys per register tile (two AVX-512 vectors; AVX2 does two halves)
 
 // out[i][jj] = sum_d rows[i*256 + d] * Xt[d*ldt + jj] for i < kR, jj < kJ: the score tile.
 void tile_dot_portable(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt,
@@ -54,27 +54,29 @@ void rows_axpy_portable(float* acc, const float (*w)[kBc], const float* X, int64
 // 8 FMAs. Only the order of the additions over j differs from nothing: d-order is kept.
 __attribute__((target("avx2,fma"))) void tile_dot_avx2(float out[kR][kJ], const float* rows,
                                                        const float* Xt, int64_t ldt, int64_t HS) {
-  __m256 t[kR][2];
-  for (int i = 0; i < kR; ++i) t[i][0] = t[i][1] = _mm256_setzero_ps();
-  for (int64_t d = 0; d < HS; ++d) {
-    const __m256 x0 = _mm256_loadu_ps(Xt + d * ldt), x1 = _mm256_loadu_ps(Xt + d * ldt + 8);
-    for (int i = 0; i < kR; ++i) {
-      const __m256 a = _mm256_broadcast_ss(rows + i * 256 + d);
-      t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
-      t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
+  for (int h = 0; h < kJ; h += 16) {
+    __m256 t[kR][2];
+    for (int i = 0; i < kR; ++i) t[i][0] = t[i][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < HS; ++d) {
+      const __m256 x0 = _mm256_loadu_ps(Xt + d * ldt + h), x1 = _mm256_loadu_ps(Xt + d * ldt + h + 8);
+      for (int i = 0; i < kR; ++i) {
+        const __m256 a = _mm256_broadcast_ss(rows + i * 256 + d);
+        t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
+        t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
+      }
     }
-  }
-  for (int i = 0; i < kR; ++i) {
-    _mm256_storeu_ps(out[i], t[i][0]);
-    _mm256_storeu_ps(out[i] + 8, t[i][1]);
+    for (int i = 0; i < kR; ++i) {
+      _mm256_storeu_ps(out[i] + h, t[i][0]);
+      _mm256_storeu_ps(out[i] + h + 8, t[i][1]);
+    }
   }
 }
 
-__attribute__((target("avx2,fma"))) void rows_axpy_avx2(float* acc, const float (*w)[kBc],
-                                                        const float* X, int64_t ldx, int64_t n,
-                                                        int64_t HS) {
-  int64_t d0 = 0;
-  for (; d0 + kJ <= HS; d0 += kJ) {
+// From column d0 on (d0 = 0: all of them); 16 columns at a time, then a scalar tail.
+__attribute__((target("avx2,fma"))) void rows_axpy_avx2_from(float* acc, const float (*w)[kBc],
+                                                             const float* X, int64_t ldx,
+                                                             int64_t n, int64_t HS, int64_t d0) {
+  for (; d0 + 16 <= HS; d0 += 16) {
     __m256 t[kR][2];
     for (int i = 0; i < kR; ++i) {
       t[i][0] = _mm256_loadu_ps(acc + i * 256 + d0);
@@ -97,10 +99,95 @@ __attribute__((target("avx2,fma"))) void rows_axpy_avx2(float* acc, const float 
     for (int64_t j = 0; j < n; ++j)
       for (int64_t d = d0; d < HS; ++d) acc[i * 256 + d] += w[i][j] * X[j * ldx + d];
 }
+
+__attribute__((target("avx2,fma"))) void rows_axpy_avx2(float* acc, const float (*w)[kBc],
+                                                        const float* X, int64_t ldx, int64_t n,
+                                                        int64_t HS) {
+  rows_axpy_avx2_from(acc, w, X, ldx, n, HS, 0);
+}
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+// AVX-512 clones of the three helpers: the same per-element operation order as the AVX2 ones
+// (each output element sums over d, or over j, in the same sequence with the same FMAs), so
+// both paths give bitwise-identical results; only the vector width differs.
+#define KGPT_AVX512_ATT __attribute__((target("avx512f,avx2,fma")))
+KGPT_AVX512_ATT void tile_dot_avx512(float out[kR][kJ], const float* rows, const float* Xt,
+                                     int64_t ldt, int64_t HS) {
+  __m512 t[kR][2];
+  for (int i = 0; i < kR; ++i) t[i][0] = t[i][1] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < HS; ++d) {
+    const __m512 x0 = _mm512_loadu_ps(Xt + d * ldt), x1 = _mm512_loadu_ps(Xt + d * ldt + 16);
+    for (int i = 0; i < kR; ++i) {
+      const __m512 a = _mm512_set1_ps(rows[i * 256 + d]);
+      t[i][0] = _mm512_fmadd_ps(a, x0, t[i][0]);
+      t[i][1] = _mm512_fmadd_ps(a, x1, t[i][1]);
+    }
+  }
+  for (int i = 0; i < kR; ++i) {
+    _mm512_storeu_ps(out[i], t[i][0]);
+    _mm512_storeu_ps(out[i] + 16, t[i][1]);
+  }
+}
+
+KGPT_AVX512_ATT void rows_axpy_avx512(float* acc, const float (*w)[kBc], const float* X,
+                                      int64_t ldx, int64_t n, int64_t HS) {
+  int64_t d0 = 0;
+  for (; d0 + 32 <= HS; d0 += 32) {
+    __m512 t[kR][2];
+    for (int i = 0; i < kR; ++i) {
+      t[i][0] = _mm512_loadu_ps(acc + i * 256 + d0);
+      t[i][1] = _mm512_loadu_ps(acc + i * 256 + d0 + 16);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const __m512 x0 = _mm512_loadu_ps(X + j * ldx + d0), x1 = _mm512_loadu_ps(X + j * ldx + d0 + 16);
+      for (int i = 0; i < kR; ++i) {
+        const __m512 a = _mm512_set1_ps(w[i][j]);
+        t[i][0] = _mm512_fmadd_ps(a, x0, t[i][0]);
+        t[i][1] = _mm512_fmadd_ps(a, x1, t[i][1]);
+      }
+    }
+    for (int i = 0; i < kR; ++i) {
+      _mm512_storeu_ps(acc + i * 256 + d0, t[i][0]);
+      _mm512_storeu_ps(acc + i * 256 + d0 + 16, t[i][1]);
+    }
+  }
+  if (d0 < HS) rows_axpy_avx2_from(acc, w, X, ldx, n, HS, d0);
+}
+
+KGPT_AVX512_ATT void cols_axpy_avx512(float* Y, const float (*w)[kBc], const float* rows,
+                                      int64_t n, int64_t HS) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* y = Y + j * HS;
+    const __m512 w0 = _mm512_set1_ps(w[0][j]), w1 = _mm512_set1_ps(w[1][j]);
+    const __m512 w2 = _mm512_set1_ps(w[2][j]), w3 = _mm512_set1_ps(w[3][j]);
+    int64_t d = 0;
+    for (; d + 16 <= HS; d += 16) {
+      const __m512 a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(rows + 256 + d),
+                                       _mm512_mul_ps(w0, _mm512_loadu_ps(rows + d)));
+      const __m512 b = _mm512_fmadd_ps(w3, _mm512_loadu_ps(rows + 768 + d),
+                                       _mm512_mul_ps(w2, _mm512_loadu_ps(rows + 512 + d)));
+      _mm512_storeu_ps(y + d, _mm512_add_ps(_mm512_loadu_ps(y + d), _mm512_add_ps(a, b)));
+    }
+    for (; d + 8 <= HS; d += 8) {
+      const __m256 a = _mm256_fmadd_ps(_mm512_castps512_ps256(w1), _mm256_loadu_ps(rows + 256 + d),
+                                       _mm256_mul_ps(_mm512_castps512_ps256(w0), _mm256_loadu_ps(rows + d)));
+      const __m256 b = _mm256_fmadd_ps(_mm512_castps512_ps256(w3), _mm256_loadu_ps(rows + 768 + d),
+                                       _mm256_mul_ps(_mm512_castps512_ps256(w2), _mm256_loadu_ps(rows + 512 + d)));
+      _mm256_storeu_ps(y + d, _mm256_add_ps(_mm256_loadu_ps(y + d), _mm256_add_ps(a, b)));
+    }
+    for (; d < HS; ++d)
+      y[d] += ((w[0][j] * rows[d] + w[1][j] * rows[256 + d]) +
+               (w[2][j] * rows[512 + d] + w[3][j] * rows[768 + d]));
+  }
+}
 #endif
 
 void tile_dot(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt, int64_t HS) {
 #ifdef KGPT_HAVE_EXP8
+#if defined(__x86_64__) || defined(__i386__)
+  if (ops_use_avx512()) return tile_dot_avx512(out, rows, Xt, ldt, HS);
+#endif
   if (ops_use_avx2()) return tile_dot_avx2(out, rows, Xt, ldt, HS);
 #endif
   tile_dot_portable(out, rows, Xt, ldt, HS);
@@ -109,6 +196,9 @@ void tile_dot(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt
 void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, int64_t n,
                int64_t HS) {
 #ifdef KGPT_HAVE_EXP8
+#if defined(__x86_64__) || defined(__i386__)
+  if (ops_use_avx512()) return rows_axpy_avx512(acc, w, X, ldx, n, HS);
+#endif
   if (ops_use_avx2()) return rows_axpy_avx2(acc, w, X, ldx, n, HS);
 #endif
   rows_axpy_portable(acc, w, X, ldx, n, HS);
@@ -149,6 +239,9 @@ __attribute__((target("avx2,fma"))) void cols_axpy_avx2(float* Y, const float (*
 
 void cols_axpy(float* Y, const float (*w)[kBc], const float* rows, int64_t n, int64_t HS) {
 #ifdef KGPT_HAVE_EXP8
+#if defined(__x86_64__) || defined(__i386__)
+  if (ops_use_avx512()) return cols_axpy_avx512(Y, w, rows, n, HS);
+#endif
   if (ops_use_avx2()) return cols_axpy_avx2(Y, w, rows, n, HS);
 #endif
   cols_axpy_portable(Y, w, rows, n, HS);

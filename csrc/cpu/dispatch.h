@@ -30,6 +30,11 @@ namespace cpu {
 bool ops_use_avx2();
 // Test hook (process-wide): force the portable clones of every non-GEMM kernel.
 void ops_set_force_portable(bool on);
+// True when ops_use_avx2() and the CPU has AVX-512F and the hook below allows it: the kernels
+// with AVX-512 variants (attention tiles, AdamW) use them. Their results equal the AVX2 ones.
+bool ops_use_avx512();
+// Test hook (process-wide): allow (default) or forbid the AVX-512 variants.
+void ops_set_allow_avx512(bool on);
 // Below this many elements an elementwise op runs on the calling thread only.
 constexpr int64_t kParallelMin = 1 << 15;
 // Elementwise ops split their range into chunks of this size (static schedule).

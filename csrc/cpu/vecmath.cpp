@@ -43,11 +43,25 @@ float exp_shift_sum_portable(float* s, int64_t n, float shift) {
 }
 
 std::atomic<bool> g_force_portable{false};
+std::atomic<bool> g_allow_avx512{true};
+
+bool cpu_has_avx512f() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+#else
+  return false;
+#endif
+}
 
 }  // namespace
 
 bool ops_use_avx2() { return cpu_has_avx2_fma() && !g_force_portable.load(std::memory_order_relaxed); }
 void ops_set_force_portable(bool on) { g_force_portable.store(on); }
+bool ops_use_avx512() {
+  return ops_use_avx2() && cpu_has_avx512f() && g_allow_avx512.load(std::memory_order_relaxed);
+}
+void ops_set_allow_avx512(bool on) { g_allow_avx512.store(on); }
 
 float exp_shift_sum(float* s, int64_t n, float shift) {
 #ifdef KGPT_HAVE_EXP8

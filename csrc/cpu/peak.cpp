@@ -1,0 +1,108 @@
+// Measured FMA peak of this machine: each thread runs independent chains of fused multiply-adds
+// in registers (no memory traffic) for a fixed wall time. Reported by benchmarks as the ceiling
+// against which the training step's GFLOP/s are read (benchmarks/README.md).
+#include "cpu/peak.h"
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace kgpt {
+namespace cpu {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// 12 independent accumulators hide the FMA latency (4 cycles) on two FMA ports.
+constexpr int64_t kInner = 1 << 16;
+constexpr int kChains = 12;
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx512f"))) double spin_avx512(double seconds, float* sink) {
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(1.0f + 1e-3f * i);
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  int64_t reps = 0;
+  const auto t0 = Clock::now();
+  double dt = 0;
+  do {
+    for (int64_t r = 0; r < kInner; ++r)
+      for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+    ++reps;
+    dt = std::chrono::duration<double>(Clock::now() - t0).count();
+  } while (dt < seconds);
+  __m512 s = acc[0];
+  for (int i = 1; i < kChains; ++i) s = _mm512_add_ps(s, acc[i]);
+  *sink = _mm512_reduce_add_ps(s);
+  return double(reps) * kInner * kChains * 16 * 2 / dt;
+}
+
+__attribute__((target("avx2,fma"))) double spin_avx2(double seconds, float* sink) {
+  __m256 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(1.0f + 1e-3f * i);
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  int64_t reps = 0;
+  const auto t0 = Clock::now();
+  double dt = 0;
+  do {
+    for (int64_t r = 0; r < kInner; ++r)
+      for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+    ++reps;
+    dt = std::chrono::duration<double>(Clock::now() - t0).count();
+  } while (dt < seconds);
+  __m256 s = acc[0];
+  for (int i = 1; i < kChains; ++i) s = _mm256_add_ps(s, acc[i]);
+  float v[8];
+  _mm256_storeu_ps(v, s);
+  *sink = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+  return double(reps) * kInner * kChains * 8 * 2 / dt;
+}
+#endif
+
+}  // namespace
+
+double fma_peak_gflops(const std::string& isa, int threads, double seconds) {
+  if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  if (!(seconds > 0) || seconds > 60)
+    throw std::invalid_argument("seconds must be in (0, 60], got " + std::to_string(seconds));
+  double (*spin)(double, float*) = nullptr;
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == "avx512") {
+    if (!__builtin_cpu_supports("avx512f"))
+      throw std::invalid_argument("this CPU has no AVX-512F");
+    spin = spin_avx512;
+  } else if (isa == "avx2_fma") {
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+      throw std::invalid_argument("this CPU has no AVX2/FMA");
+    spin = spin_avx2;
+  }
+#endif
+  if (!spin)
+    throw std::invalid_argument("isa must be 'avx512' or 'avx2_fma' (x86-64 only), got '" + isa + "'");
+  std::vector<double> rate(threads, 0.0);
+  std::vector<float> sink(threads, 0.f);
+  std::vector<std::thread> pool;
+  std::atomic<int> ready{0};
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (ready.load() < threads) std::this_thread::yield();  // start together
+      rate[t] = spin(seconds, &sink[t]);
+    });
+  for (auto& th : pool) th.join();
+  double total = 0;
+  for (double r : rate) total += r;
+  volatile float keep = sink[0];  // the chains' results are used
+  (void)keep;
+  return total / 1e9;
+}
+
+}  // namespace cpu
+}  // namespace kgpt
