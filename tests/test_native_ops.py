@@ -152,6 +152,27 @@ def test_attention_avx512_equals_avx2_bitwise(rng, isa, B, T, C, NH):
         np.testing.assert_array_equal(a, b)
 
 
+def test_adamw_same_bits_on_every_path(rng, isa):
+    """AdamW runs the same fused operations lane by lane on every path (the scalar one through
+    std::fma), so AVX-512, AVX2 and portable agree bitwise, odd lengths (vector tails) included."""
+    if isa != _paths()[0]:
+        pytest.skip("compared once, from the best path")
+    n = 16 * 1000 + 13
+    start = [f32(rng.standard_normal(n)) for _ in range(4)]
+    start[3] = np.abs(start[3])
+    res = []
+    for path in _paths():
+        _set_path(path)
+        p, g, m, v = (a.copy() for a in start)
+        nb.adamw_update(p, g, m, v, lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+                        step=7)
+        res.append((p, m, v))
+    _set_path("avx512")
+    for other in res[1:]:
+        for a, b in zip(res[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("B,NH,maxT,HS,n_valid", [(1, 3, 8, 4, 1), (2, 2, 40, 10, 37),
                                                   (1, 6, 64, 64, 64), (3, 1, 9, 12, 5)])
 def test_attention_decode(rng, B, NH, maxT, HS, n_valid):
