@@ -107,7 +107,8 @@ def test_matmul_backward_without_dx(rng):
 # ----------------------------------------------------------------------------- general gemm
 @pytest.mark.parametrize("ta", [False, True], ids=["A", "At"])
 @pytest.mark.parametrize("tb", [False, True], ids=["B", "Bt"])
-@pytest.mark.parametrize("mnk", [(1, 5, 12), (3, 37, 33), (37, 100, 7), (130, 70, 300)],
+@pytest.mark.parametrize("mnk", [(1, 5, 12), (3, 37, 33), (37, 100, 7), (130, 70, 300),
+                                 (250, 90, 900), (400, 67, 1000)],  # several K and M blocks
                          ids=lambda s: "M=%d,N=%d,K=%d" % s)
 def test_gemm_all_transposes(kernel, rng, ta, tb, mnk):
     M, N, K = mnk

@@ -1,4 +1,5 @@
-// SGEMM driver: Goto/BLIS-style loops (NC columns of B, KC deep, MC rows of A) over packed panels,
+// SGEMM driver: Goto/BLIS-style loops (NC columns of B, KC deep, MC rows of A) over packed panels
+// (a row-major op(A) is read in place by the AVX kernels instead of packed),
 // a register-blocked micro-kernel per (MR, NR) tile (gemm_kernels.cpp), and a streaming
 // matrix-vector path for op(A) with <= 4 rows (batch-1 decoding). The kernel is picked per call
 // from the CPU's features (AVX-512 > AVX2/FMA > portable) unless a test caps it.
@@ -159,56 +160,81 @@ struct Blocking {
   int64_t MC, KC, NC;
 };
 
+// The micro-kernel pair of one ISA: ukr over packed A slivers, and (when not null) ukrd reading
+// a row-major op(A) in place. Both do the same FMAs in the same k order.
+struct Kern {
+  Ukr ukr;
+  UkrD ukrd;
+};
+
+// Block of `len` split into even pieces of at most `blk`, rounded up to multiples of `unit` (so
+// tile positions stay on the MR/NR grid; the summation order depends on KC only).
+int64_t even_block(int64_t len, int64_t blk, int64_t unit) {
+  const int64_t nblk = std::max<int64_t>(1, (len + blk - 1) / blk);
+  return ((len + nblk - 1) / nblk + unit - 1) / unit * unit;
+}
+
+// Rows [m0, m1) of C (m0 on the MR grid) times the packed B panel k [pc, pc+kc) x cols
+// [jc, jc+nc): A blocks of MC rows, packed into Ap unless the kernel reads op(A) in place (then
+// only a last, partial sliver is packed); full tiles straight into C, edge tiles through tmp.
 template <int MR, int NR>
-void gemm_rect(const Problem& p, Ukr ukr, Blocking bl, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  // Even row/column blocks for this rectangle (multiples of MR/NR, so tile positions stay fixed;
-  // the summation order depends on KC only).
-  auto even = [](int64_t len, int64_t blk, int64_t unit) {
-    const int64_t nblk = std::max<int64_t>(1, (len + blk - 1) / blk);
-    return ((len + nblk - 1) / nblk + unit - 1) / unit * unit;
-  };
-  const int64_t MC = std::min(bl.MC, even(m1 - m0, bl.MC, MR)), KC = bl.KC;
-  const int64_t NC = std::min(bl.NC, even(n1 - n0, bl.NC, NR));
-  float* Ap = tls_a.get(static_cast<size_t>(bl.MC * KC));
-  float* Bp = tls_b.get(static_cast<size_t>(bl.NC * KC));
+void panel_rows(const Problem& p, Kern kr, const float* Bp, int64_t jc, int64_t nc, int64_t pc,
+                int64_t kc, int64_t m0, int64_t m1, int64_t MC, float* Ap) {
+  const bool first = pc == 0;
+  const float beta = first ? p.beta : 1.f;
+  const float* bias = (first && p.bias) ? p.bias + jc : nullptr;
+  const bool direct = kr.ukrd != nullptr && !p.ta;
   alignas(64) float tmp[MR * NR];
-  for (int64_t jc = n0; jc < n1; jc += NC) {
-    const int64_t nc = std::min(NC, n1 - jc);
-    for (int64_t pc = 0; pc < p.K; pc += KC) {
-      const int64_t kc = std::min(KC, p.K - pc);
-      pack_b<NR>(p.tb, p.B, p.ldb, pc, kc, jc, nc, Bp);
-      const bool first = pc == 0;
-      const float beta = first ? p.beta : 1.f;
-      const float* bias = (first && p.bias) ? p.bias + jc : nullptr;
-      for (int64_t ic = m0; ic < m1; ic += MC) {
-        const int64_t mc = std::min(MC, m1 - ic);
-        pack_a<MR>(p.ta, p.A, p.lda, ic, mc, pc, kc, Ap);
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-          const float* bp = Bp + jr * kc;
-          const float* bj = bias ? bias + jr : nullptr;
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-            float* c = p.C + (ic + ir) * p.ldc + jc + jr;
-            if (mr == MR && nr == NR) {
-              ukr(kc, Ap + ir * kc, bp, c, p.ldc, p.alpha, beta, bj);
-            } else {
-              ukr(kc, Ap + ir * kc, bp, tmp, NR, 1.f, 0.f, nullptr);
-              for (int i = 0; i < mr; ++i)
-                for (int j = 0; j < nr; ++j) {
-                  float* cij = c + i * p.ldc + j;
-                  *cij = epi(tmp[i * NR + j], p.alpha, beta, cij, bj, j);
-                }
+  for (int64_t ic = m0; ic < m1; ic += MC) {
+    const int64_t mc = std::min(MC, m1 - ic);
+    const int64_t in_place = direct ? mc / MR * MR : 0;  // rows [ic, ic+in_place) read in place
+    if (in_place < mc) pack_a<MR>(p.ta, p.A, p.lda, ic + in_place, mc - in_place, pc, kc, Ap);
+    for (int64_t jr = 0; jr < nc; jr += NR) {
+      const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+      const float* bp = Bp + jr * kc;
+      const float* bj = bias ? bias + jr : nullptr;
+      for (int64_t ir = 0; ir < mc; ir += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+        float* c = p.C + (ic + ir) * p.ldc + jc + jr;
+        const bool inp = ir < in_place;
+        const float* ap = inp ? p.A + (ic + ir) * p.lda + pc : Ap + (ir - in_place) * kc;
+        if (mr == MR && nr == NR) {
+          if (inp) kr.ukrd(kc, ap, p.lda, bp, c, p.ldc, p.alpha, beta, bj);
+          else kr.ukr(kc, ap, bp, c, p.ldc, p.alpha, beta, bj);
+        } else {
+          if (inp) kr.ukrd(kc, ap, p.lda, bp, tmp, NR, 1.f, 0.f, nullptr);
+          else kr.ukr(kc, ap, bp, tmp, NR, 1.f, 0.f, nullptr);
+          for (int i = 0; i < mr; ++i)
+            for (int j = 0; j < nr; ++j) {
+              float* cij = c + i * p.ldc + j;
+              *cij = epi(tmp[i * NR + j], p.alpha, beta, cij, bj, j);
             }
-          }
         }
       }
     }
   }
 }
 
+// One thread computes the rectangle rows [m0, m1) x cols [n0, n1) of C on its own.
 template <int MR, int NR>
-void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
+void gemm_rect(const Problem& p, Kern kr, Blocking bl, int64_t m0, int64_t m1, int64_t n0,
+               int64_t n1) {
+  const int64_t MC = std::min(bl.MC, even_block(m1 - m0, bl.MC, MR)), KC = bl.KC;
+  const int64_t NC = std::min(bl.NC, even_block(n1 - n0, bl.NC, NR));
+  float* Ap = tls_a.get(static_cast<size_t>(bl.MC * KC));
+  float* Bp = tls_b.get(static_cast<size_t>(bl.NC * KC));
+  for (int64_t jc = n0; jc < n1; jc += NC) {
+    const int64_t nc = std::min(NC, n1 - jc);
+    for (int64_t pc = 0; pc < p.K; pc += KC) {
+      const int64_t kc = std::min(KC, p.K - pc);
+      pack_b<NR>(p.tb, p.B, p.ldb, pc, kc, jc, nc, Bp);
+      panel_rows<MR, NR>(p, kr, Bp, jc, nc, pc, kc, m0, m1, MC, Ap);
+    }
+  }
+}
+
+template <int MR, int NR>
+void gemm_threaded(const Problem& p, Kern kr, Blocking bl) {
   // Even k blocks (depends on K only, so the summation order stays thread-count independent).
   {
     const int64_t nkb = (p.K + bl.KC - 1) / bl.KC;
@@ -216,19 +242,24 @@ void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
   }
   const int nt = threads_for(2.0 * p.M * p.N * p.K);
   if (nt <= 1) {
-    gemm_rect<MR, NR>(p, ukr, bl, 0, p.M, 0, p.N);
+    gemm_rect<MR, NR>(p, kr, bl, 0, p.M, 0, p.N);
     return;
   }
-  // Split the longer sliver count; ties and near-ties go to M (B packing is cheaper to repeat).
   // Split rows or columns, whichever gives the slowest thread less to do. Rough cycle model:
-  // FMAs / 32 per cycle, plus ~1 cycle per packed element; the side not split is packed by
-  // every thread (B in full when splitting rows, A in full when splitting columns).
+  // FMAs / 32 per cycle, plus ~1 cycle per packed element. Splitting rows, every thread packs
+  // all of B and its own rows of A; splitting columns, its columns of B and all of A. A costs
+  // nothing to pack when the kernel reads it in place. (Sharing one packed B across the team
+  // was measured slower: the other core's half arrives through cache-to-cache transfers.)
   const int64_t mb = (p.M + MR - 1) / MR, nb = (p.N + NR - 1) / NR;
-  auto cost = [&](double rows, double cols) {
-    return rows * cols * p.K / 32.0 + rows * p.K * std::ceil(cols / bl.NC) + cols * p.K;
+  const bool direct = kr.ukrd != nullptr && !p.ta;
+  auto cost = [&](double rows, double cols, double b_cols) {
+    const double a_pack = direct ? 0.0 : rows * p.K * std::ceil(cols / bl.NC);
+    return rows * cols * p.K / 32.0 + a_pack + b_cols * p.K;
   };
-  const double cost_m = cost(std::min<double>(p.M, double((mb + nt - 1) / nt) * MR), double(p.N));
-  const double cost_n = cost(double(p.M), std::min<double>(p.N, double((nb + nt - 1) / nt) * NR));
+  const double rows_m = std::min<double>(p.M, double((mb + nt - 1) / nt) * MR);
+  const double cols_n = std::min<double>(p.N, double((nb + nt - 1) / nt) * NR);
+  const double cost_m = cost(rows_m, double(p.N), double(p.N));
+  const double cost_n = cost(double(p.M), cols_n, cols_n);
   const bool split_m = nb < nt || (mb >= nt && cost_m <= cost_n);
 #pragma omp parallel num_threads(nt)
   {
@@ -239,10 +270,10 @@ void gemm_threaded(const Problem& p, Ukr ukr, Blocking bl) {
 #endif
     if (split_m) {
       const int64_t s0 = mb * t / T, s1 = mb * (t + 1) / T;
-      if (s1 > s0) gemm_rect<MR, NR>(p, ukr, bl, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
+      if (s1 > s0) gemm_rect<MR, NR>(p, kr, bl, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
     } else {
       const int64_t s0 = nb * t / T, s1 = nb * (t + 1) / T;
-      if (s1 > s0) gemm_rect<MR, NR>(p, ukr, bl, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
+      if (s1 > s0) gemm_rect<MR, NR>(p, kr, bl, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
     }
   }
 }
@@ -303,10 +334,12 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   }
   if (!trans_a && trans_b && M <= 4) return gemv_nt(p, gemm_use_avx2());
 #if KGPT_X86
-  if (gemm_use_avx512()) return gemm_threaded<12, 32>(p, ukr_avx512_12x32, {192, 384, 1024});
-  if (gemm_use_avx2()) return gemm_threaded<6, 16>(p, ukr_avx2_6x16, {192, 384, 1024});
+  if (gemm_use_avx512())
+    return gemm_threaded<12, 32>(p, {ukr_avx512_12x32, ukrd_avx512_12x32}, {192, 384, 1024});
+  if (gemm_use_avx2())
+    return gemm_threaded<6, 16>(p, {ukr_avx2_6x16, ukrd_avx2_6x16}, {192, 384, 1024});
 #endif
-  gemm_threaded<kPMR, kPNR>(p, ukr_portable, {192, 384, 1024});
+  gemm_threaded<kPMR, kPNR>(p, {ukr_portable, nullptr}, {192, 384, 1024});
 }
 
 void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC) {

@@ -62,8 +62,12 @@ static KGPT_AVX2 inline void store8(float* c, __m256 acc, __m256 va, float beta,
   _mm256_storeu_ps(c, v);
 }
 
-KGPT_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                             float alpha, float beta, const float* bias) {
+// DIRECT: A is read in place, element (i, k) at a[i*lda + k] (row-major op(A), no packing);
+// otherwise from the packed sliver, a[k*6 + i]. The same FMAs in the same k order either way.
+template <bool DIRECT>
+static KGPT_AVX2 inline void ukr_avx2_6x16_impl(int64_t kc, const float* a, int64_t lda,
+                                                const float* b, float* c, int64_t ldc,
+                                                float alpha, float beta, const float* bias) {
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -74,12 +78,12 @@ KGPT_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* 
     const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
     __m256 av;
 #define KGPT_ROW(i)                          \
-  av = _mm256_broadcast_ss(a + i);           \
+  av = _mm256_broadcast_ss(DIRECT ? a + i * lda + k : a + i); \
   c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0); \
   c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
     KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
 #undef KGPT_ROW
-    a += 6;
+    if (!DIRECT) a += 6;
     b += 16;
   }
   const __m256 va = _mm256_set1_ps(alpha);
@@ -89,6 +93,16 @@ KGPT_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* 
   store8(c + i * ldc + 8, c##i##1, va, beta, bias1);
   KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
 #undef KGPT_STORE
+}
+
+KGPT_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                             float alpha, float beta, const float* bias) {
+  ukr_avx2_6x16_impl<false>(kc, a, 0, b, c, ldc, alpha, beta, bias);
+}
+
+KGPT_AVX2 void ukrd_avx2_6x16(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
+                              int64_t ldc, float alpha, float beta, const float* bias) {
+  ukr_avx2_6x16_impl<true>(kc, a, lda, b, c, ldc, alpha, beta, bias);
 }
 
 // ---------------------------------------------------------------- AVX-512 12x32 micro-kernel
@@ -101,8 +115,10 @@ static KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float be
   _mm512_storeu_ps(c, v);
 }
 
-KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, float* c,
-                                  int64_t ldc, float alpha, float beta, const float* bias) {
+template <bool DIRECT>
+static KGPT_AVX512 inline void ukr_avx512_12x32_impl(int64_t kc, const float* a, int64_t lda,
+                                                     const float* b, float* c, int64_t ldc,
+                                                     float alpha, float beta, const float* bias) {
 #define KGPT_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
   KGPT_DECL(0) KGPT_DECL(1) KGPT_DECL(2) KGPT_DECL(3) KGPT_DECL(4) KGPT_DECL(5)
   KGPT_DECL(6) KGPT_DECL(7) KGPT_DECL(8) KGPT_DECL(9) KGPT_DECL(10) KGPT_DECL(11)
@@ -111,13 +127,13 @@ KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, fl
     const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
     __m512 av;
 #define KGPT_ROW(i)                          \
-  av = _mm512_set1_ps(a[i]);                 \
+  av = _mm512_set1_ps(DIRECT ? a[i * lda + k] : a[i]); \
   c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0); \
   c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);
     KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
     KGPT_ROW(6) KGPT_ROW(7) KGPT_ROW(8) KGPT_ROW(9) KGPT_ROW(10) KGPT_ROW(11)
 #undef KGPT_ROW
-    a += 12;
+    if (!DIRECT) a += 12;
     b += 32;
   }
   const __m512 va = _mm512_set1_ps(alpha);
@@ -128,6 +144,17 @@ KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, fl
   KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
   KGPT_STORE(6) KGPT_STORE(7) KGPT_STORE(8) KGPT_STORE(9) KGPT_STORE(10) KGPT_STORE(11)
 #undef KGPT_STORE
+}
+
+KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, float* c,
+                                  int64_t ldc, float alpha, float beta, const float* bias) {
+  ukr_avx512_12x32_impl<false>(kc, a, 0, b, c, ldc, alpha, beta, bias);
+}
+
+KGPT_AVX512 void ukrd_avx512_12x32(int64_t kc, const float* a, int64_t lda, const float* b,
+                                   float* c, int64_t ldc, float alpha, float beta,
+                                   const float* bias) {
+  ukr_avx512_12x32_impl<true>(kc, a, lda, b, c, ldc, alpha, beta, bias);
 }
 
 #endif  // KGPT_X86

@@ -37,6 +37,11 @@ inline float epi(float acc, float alpha, float beta, const float* c, const float
 using Ukr = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                      float alpha, float beta, const float* bias);
 
+// The same tile with A read in place (row-major op(A): element (i, k) at a[i*lda + k]): used
+// for full-height tiles when op(A) is not transposed, so A needs no packing.
+using UkrD = void (*)(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
+                      int64_t ldc, float alpha, float beta, const float* bias);
+
 constexpr int kPMR = 4, kPNR = 8;  // the portable kernel's tile
 void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                   float beta, const float* bias);
@@ -48,6 +53,10 @@ void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t
                    float beta, const float* bias);
 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                       float alpha, float beta, const float* bias);
+void ukrd_avx2_6x16(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
+                    int64_t ldc, float alpha, float beta, const float* bias);
+void ukrd_avx512_12x32(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
+                       int64_t ldc, float alpha, float beta, const float* bias);
 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1);
 #endif
 
