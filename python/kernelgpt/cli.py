@@ -314,8 +314,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "tokenize":  # DESIGN.md's name for the tokenizer command
         argv[0] = "tokenizer"
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        _say("kernelgpt: interrupted")
+        return 130
     try:
         if args.command == "train":
             return _train(args)
