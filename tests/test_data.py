@@ -9,8 +9,8 @@ import pytest
 
 from kernelgpt.corpus import default_corpus_files
 from kernelgpt.data import (HEADER_SIZE, MAGIC, TokenDataset, atomic_write, encode_texts,
-                            list_text_files, read_token_file, read_token_header, tokenize_files,
-                            write_token_file)
+                            list_text_files, looks_like_token_file, read_token_file,
+                            read_token_header, tokenize_files, write_token_file)
 
 
 class ByteTokenizer:
@@ -54,7 +54,8 @@ def test_token_file_rejects_bad_ids(tmp_path):
     assert not (tmp_path / "x.bin").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "pad", "magic", "version", "width", "tiny"])
+@pytest.mark.parametrize("damage", ["truncate", "pad", "magic", "version", "width", "tiny",
+                                    "empty", "vocab_too_big_for_width", "legacy_ids"])
 def test_token_file_validation(tmp_path, damage):
     p = write_token_file(tmp_path / "t.bin", np.arange(100) % 256, 256)
     raw = bytearray(p.read_bytes())
@@ -70,9 +71,31 @@ def test_token_file_validation(tmp_path, damage):
         raw[12:16] = struct.pack("<I", 3)
     elif damage == "tiny":
         raw = raw[:10]
+    elif damage == "empty":
+        raw = b""
+    elif damage == "vocab_too_big_for_width":
+        raw[16:24] = struct.pack("<Q", 2**16 + 1)
+    elif damage == "legacy_ids":  # the tokenizer command's former ids.bin
+        raw = struct.pack("<8sIIQ", b"KGPTIDS\0", 1, 2, 100) + bytes(raw[HEADER_SIZE:])
     p.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="t.bin"):
+    want = {"magic": "not a kernelgpt token file", "version": "version 99",
+            "width": "id width 3", "tiny": "truncated token file header",
+            "empty": "not a kernelgpt token file", "legacy_ids": "legacy KGPTIDS.*read_ids",
+            "vocab_too_big_for_width": "does not fit"}.get(damage, "truncated or padded")
+    with pytest.raises(ValueError, match=want) as e:
         read_token_file(p)
+    assert "t.bin" in str(e.value)
+    with pytest.raises(ValueError, match=want):
+        TokenDataset.from_file(p)
+    assert looks_like_token_file(p) == (damage not in ("magic", "empty"))
+
+
+def test_looks_like_token_file(tmp_path):
+    assert looks_like_token_file(write_token_file(tmp_path / "t.bin", [1, 2], 256))
+    (tmp_path / "a.txt").write_text("KGPTTOK")  # one byte short of the magic
+    assert not looks_like_token_file(tmp_path / "a.txt")
+    assert not looks_like_token_file(tmp_path / "missing.bin")
+    assert not looks_like_token_file(tmp_path)  # a folder
 
 
 def test_read_missing_token_file(tmp_path):

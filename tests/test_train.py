@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import kernelgpt.checkpoint as ckmod
+import kernelgpt.train as trmod
 from kernelgpt.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_model
 from kernelgpt.corpus import default_corpus_files
 from kernelgpt.data import TokenDataset, write_token_file
@@ -117,6 +120,58 @@ def test_ctrl_c_mid_step_discards_the_half_step(token_file, tmp_path, monkeypatc
     s2 = tr2.fit()
     assert s["losses"] + s2["losses"] == losses
     np.testing.assert_array_equal(tr2.model.params, params)
+
+
+@pytest.mark.parametrize("moment", ["commit", "metrics_line", "evaluation"])
+def test_real_sigint_during_step_bookkeeping(token_file, tmp_path, monkeypatch, moment):
+    """A real SIGINT while step 3 commits (held back, raised once the step is done), while its
+    metrics line is written (held back too), or during its evaluation: the run stops at step 3
+    with one metrics line per step, and the resumed run matches the uninterrupted one exactly."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+    losses, params, _ = _straight(token_file, tmp_path)
+    run = tmp_path / moment
+    tr = make(token_file, run)  # eval_every=3: step 3 is evaluated
+    if moment == "commit":
+        real_step, calls = tr.optimizer.step, []
+
+        def opt_step(lr):
+            calls.append(lr)
+            if len(calls) == 3:
+                signal.raise_signal(signal.SIGINT)
+            return real_step(lr)
+        monkeypatch.setattr(tr.optimizer, "step", opt_step)
+    elif moment == "metrics_line":
+        fired = []
+
+        def dumps(obj, **kw):  # the step-3 record, once
+            if isinstance(obj, dict) and obj.get("step") == 3 and "grad_norm" in obj \
+                    and not fired:
+                fired.append(obj)
+                signal.raise_signal(signal.SIGINT)
+            return json.dumps(obj, **kw)
+        monkeypatch.setattr(trmod, "json", SimpleNamespace(dumps=dumps, loads=json.loads))
+    else:
+        real_eval = tr.evaluate
+
+        def evaluate():
+            if tr.step == 3:
+                signal.raise_signal(signal.SIGINT)
+            return real_eval()
+        monkeypatch.setattr(tr, "evaluate", evaluate)
+    s = tr.fit()
+    monkeypatch.undo()
+    assert s["interrupted"] and s["step"] == 3 and latest_checkpoint(run).name == "ckpt-00000003"
+    assert s["losses"] == losses[:3]
+
+    def logged():
+        return [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged() == [1, 2, 3]
+    tr2 = Trainer.resume(run, backend="numpy")
+    s2 = tr2.fit()
+    assert s["losses"] + s2["losses"] == losses
+    np.testing.assert_array_equal(tr2.model.params, params)
+    assert logged() == [1, 2, 3, 4, 5, 6]
 
 
 def test_checkpoint_round_trip(token_file, tmp_path):

@@ -1,7 +1,8 @@
 """The command line: ``python -m kernelgpt train|sample|tokenizer`` (also the ``kernelgpt`` script).
 
 ``train`` with no arguments trains a BPE tokenizer and the XS model on the embedded default corpus
-(the standard library's source, see corpus.py) into runs/<timestamp>/ and prints a sample.
+(the standard library's source, see corpus.py) into runs/<timestamp>/ and prints a sample;
+``train --data TOKEN_FILE [--tokenizer TOK_JSON]`` trains on ids from ``tokenizer encode`` instead.
 ``sample`` streams text from a run folder. ``tokenizer`` (alias ``tokenize``) is the tokenizer's
 own command line (cli_tokenizer.py). Errors a user can make print one line on stderr and exit with
 status 1 (2 for a bad option); KERNELGPT_DEBUG=1 shows the traceback instead.
@@ -24,8 +25,8 @@ DEFAULT_EVAL_EVERY = 200
 DEFAULT_SAVE_EVERY = 500
 DEFAULT_SEED = 0
 SAMPLE_PROMPT = "def "        # the default corpus is Python source
-RESUME_FIXED = ("data", "model", "n_layer", "n_head", "n_embd", "vocab_size", "block_size",
-                "batch_size", "lr", "seed", "grad_accum")
+RESUME_FIXED = ("data", "tokenizer", "model", "n_layer", "n_head", "n_embd", "vocab_size",
+                "block_size", "batch_size", "lr", "seed", "grad_accum")
 
 
 class UserError(Exception):
@@ -70,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a tokenizer and a model (no arguments: the default "
                                      "corpus, a few minutes on 2 cores)")
     t.add_argument("--data", nargs="+", metavar="FILE_OR_DIR",
-                   help="text files or folders (default: the Python standard library's source)")
+                   help="text files or folders (default: the Python standard library's source), "
+                        "or one token file from `kernelgpt tokenizer encode` (no tokenizer is "
+                        "trained then; the model's vocab defaults to the file's)")
+    t.add_argument("--tokenizer", metavar="TOK_JSON",
+                   help="with a token file in --data: the tokenizer that encoded it, kept in "
+                        "the run so that `sample` can turn text into tokens")
     t.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<timestamp>)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (bit-exact)")
@@ -86,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-head", type=_int_at_least(1), help="override the preset's heads")
     t.add_argument("--n-embd", type=_int_at_least(1), help="override the preset's width")
     t.add_argument("--vocab-size", type=_int_at_least(257), help="tokenizer vocabulary "
-                   "(default: the preset's, 512 for xs)")
+                   "(default: the preset's, 512 for xs); with a token file in --data, the "
+                   "model's (default: the file's vocab_size)")
     t.add_argument("--lr", type=_float_in(0.0, 10.0, lo_open=True),
                    help=f"peak learning rate (default {DEFAULT_LR})")
     t.add_argument("--grad-accum", type=_int_at_least(1), help="micro-batches per step "
@@ -183,6 +190,41 @@ def _print_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
 
 
 # ---------------------------------------------------------------------------------- train
+def _token_file_arg(args: argparse.Namespace) -> Optional[Path]:
+    """The token file given as --data (it must be the only --data path), else None."""
+    from .data import looks_like_token_file
+    paths = [Path(p) for p in (args.data or [])]
+    tokens = [p for p in paths if p.is_file() and looks_like_token_file(p)]
+    if not tokens:
+        if args.tokenizer is not None:
+            raise UserError("--tokenizer goes with a token file in --data (from `kernelgpt "
+                            "tokenizer encode`); text data trains its own tokenizer")
+        return None
+    if len(paths) > 1:
+        raise UserError(f"a token file must be the only --data path: {tokens[0]} was given "
+                        f"with {len(paths) - 1} other path(s)")
+    return tokens[0]
+
+
+def _tokenizer_for_token_file(args: argparse.Namespace, token_file: Path, data_vocab: int,
+                              model_vocab: int) -> Any:
+    """Check the vocabularies of the token file, the model and --tokenizer; load the latter."""
+    if data_vocab > model_vocab:
+        raise UserError(f"{token_file} holds ids of a {data_vocab}-token vocabulary, more than "
+                        f"the model's --vocab-size {model_vocab}")
+    if args.tokenizer is None:
+        return None
+    tokenizer = _load_tokenizer_class().load(args.tokenizer)
+    if tokenizer.vocab_size != data_vocab:
+        raise UserError(f"{args.tokenizer} has vocab_size {tokenizer.vocab_size} but "
+                        f"{token_file} records {data_vocab}: it was not encoded with this "
+                        f"tokenizer")
+    if model_vocab != data_vocab:
+        raise UserError(f"--vocab-size {model_vocab} differs from the tokenizer's "
+                        f"{tokenizer.vocab_size}: a model that samples text needs them equal")
+    return tokenizer
+
+
 def _train(args: argparse.Namespace) -> int:
     # [distributed] every rank runs _train_ranks; one rank's error ends the whole job
     if args.dist_timeout is not None and not args.distributed:
@@ -200,7 +242,8 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
     say = _say if main_rank else (lambda msg: None)
     from .backends import get_backend
     from .checkpoint import latest_checkpoint
-    from .data import TokenDataset, list_text_files, read_texts, encode_texts, write_token_file
+    from .data import (TokenDataset, encode_texts, list_text_files, read_texts,
+                       read_token_header, write_token_file)
     from .model import GPT, GPTConfig
     from .train import TrainConfig, Trainer
 
@@ -231,13 +274,26 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
                             f"choose another --out")
         preset = GPTConfig.preset(args.model or DEFAULT_MODEL)
         from .model import PRESET_BATCH_SIZE
-        vocab = args.vocab_size or preset.vocab_size
+        token_file = _token_file_arg(args)
+        if token_file is not None:  # pre-tokenized data: checked now, used as it is
+            header = read_token_header(token_file)  # ValueError naming a foreign/damaged file
+            vocab = args.vocab_size or header["vocab_size"]
+        else:
+            vocab = args.vocab_size or preset.vocab_size
         seed = DEFAULT_SEED if args.seed is None else args.seed
         shape = dict(vocab_size=vocab, block_size=args.block_size or preset.block_size,
                      n_layer=args.n_layer or preset.n_layer, n_head=args.n_head or preset.n_head,
                      n_embd=args.n_embd or preset.n_embd)
         GPTConfig(**shape)  # a bad shape fails now, before the tokenizer is trained
-        if main_rank:  # [distributed] rank 0 trains the tokenizer, writes the token file
+        if token_file is not None:
+            tokenizer = _tokenizer_for_token_file(args, token_file, header["vocab_size"], vocab)
+            if main_rank and tokenizer is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                tokenizer.save(os.fspath(out / "tokenizer.json"))
+            say(f"training on the token file {token_file}: {header['n_tokens']} tokens of a "
+                f"{header['vocab_size']}-token vocabulary"
+                + ("" if tokenizer is not None else " (no --tokenizer: the run cannot sample)"))
+        elif main_rank:  # [distributed] rank 0 trains the tokenizer, writes the token file
             if args.data:
                 files = list_text_files(args.data)
                 what = f"{len(files)} file(s) from --data"
@@ -260,13 +316,17 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
             write_token_file(out / "tokens.bin", ids, tokenizer.vocab_size)
             _say(f"  {ids.size} tokens ({n_bytes / max(ids.size, 1):.2f} bytes/token) in "
                  f"{time.perf_counter() - t0:.1f}s -> {out / 'tokens.bin'}")
-        if comm is not None:  # [distributed] the others wait for it, then read both files
-            with comm.unbounded():
+        if comm is not None and token_file is None:  # [distributed] the others wait for it,
+            with comm.unbounded():                      # then read both files
                 comm.barrier()
             if not main_rank:
                 tokenizer = _load_tokenizer_class().load(os.fspath(out / "tokenizer.json"))
-        cfg = GPTConfig(**dict(shape, vocab_size=tokenizer.vocab_size))
-        data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
+        if token_file is not None:
+            cfg = GPTConfig(**shape)
+            data = TokenDataset.from_file(token_file, val_fraction=0.1, seed=seed)
+        else:
+            cfg = GPTConfig(**dict(shape, vocab_size=tokenizer.vocab_size))
+            data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
         tcfg = TrainConfig(
             batch_size=args.batch_size or PRESET_BATCH_SIZE[args.model or DEFAULT_MODEL],
             max_steps=args.max_steps or DEFAULT_MAX_STEPS, lr=args.lr or DEFAULT_LR,
@@ -294,7 +354,7 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
     if tokenizer is not None:
         _say("sample:")
         _print_sample(model, tokenizer, SAMPLE_PROMPT, 120, 0.8, 40, None, 0)
-    _say(f"more samples:  python -m kernelgpt sample --run {out} --prompt 'def '")
+        _say(f"more samples:  python -m kernelgpt sample --run {out} --prompt 'def '")
     return 0
 
 
@@ -314,8 +374,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "tokenize":  # DESIGN.md's name for the tokenizer command
         argv[0] = "tokenizer"
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        _say("kernelgpt: interrupted")
+        return 130
     try:
         if args.command == "train":
             return _train(args)

@@ -1,12 +1,15 @@
 """`kernelgpt tokenizer train|encode`: the command-line front end of tokenizer.py.
 
-ids.bin format (little-endian), written atomically:
+`encode` writes the package's token file (data.py: magic b"KGPTTOK1", version, id width,
+vocab_size = the tokenizer's vocab size, count, then the ids), written atomically; it feeds
+`kernelgpt train --data FILE` and ``TokenDataset.from_file`` directly. ``read_ids(path)`` returns
+the ids of such a file, and still reads the ids.bin this command wrote before (legacy format,
+little-endian, no vocab_size):
     bytes 0-7    magic b"KGPTIDS\\0"
     bytes 8-11   uint32 version = 1
-    bytes 12-15  uint32 bytes per id: 2 (uint16, when vocab_size <= 65536) or 4 (uint32)
+    bytes 12-15  uint32 bytes per id: 2 (uint16) or 4 (uint32)
     bytes 16-23  uint64 number of ids
     bytes 24-    the ids
-Read it back with ``read_ids(path)``.
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-IDS_MAGIC = b"KGPTIDS\0"
+from .data import LEGACY_IDS_MAGIC, read_token_file, write_token_file
+
+IDS_MAGIC = LEGACY_IDS_MAGIC  # the legacy format's magic and version, read by read_ids only
 IDS_VERSION = 1
-_HEADER = struct.Struct("<8sIIQ")
+_HEADER = struct.Struct("<8sIIQ")  # legacy header: magic, version, id width, count
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +44,12 @@ def add_tokenizer_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--pattern", choices=["gpt4", "gpt2"], default="gpt4", help="pre-split pattern")
     t.add_argument("--special", nargs="*", default=[], metavar="TOKEN", help="special tokens (ids after the merges)")
     t.add_argument("--threads", type=int, default=None, help="threads (default: OpenMP's default)")
-    e = sub.add_parser("encode", help="encode a text file to ids.bin")
+    e = sub.add_parser("encode", help="encode a text file to a token file (what `train --data` "
+                                      "also takes)")
     e.add_argument("--tokenizer", required=True, metavar="TOK_JSON")
     e.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file")
-    e.add_argument("--out", required=True, metavar="IDS_BIN", help="output (format in cli_tokenizer.py)")
+    e.add_argument("--out", required=True, metavar="IDS_BIN",
+                   help="output token file (KGPTTOK1 format, see kernelgpt/data.py)")
     e.add_argument("--allow-special", action="store_true",
                    help="encode special token strings in the text as special tokens (default: error)")
     p.set_defaults(func=run_tokenizer)
@@ -50,25 +57,42 @@ def add_tokenizer_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def write_ids(path, ids: np.ndarray, vocab_size: int) -> None:
-    from .tokenizer import _atomic_write
-    dtype = np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
-    header = _HEADER.pack(IDS_MAGIC, IDS_VERSION, dtype.itemsize, len(ids))
-    _atomic_write(path, header + np.asarray(ids).astype(dtype).tobytes())
+    """Write ``ids`` (all in [0, vocab_size)) as a token file (data.write_token_file)."""
+    write_token_file(path, ids, vocab_size)
 
 
 def read_ids(path) -> np.ndarray:
-    """Ids of an ids.bin file as uint16/uint32 (a memory map). ValueError if it is not one."""
+    """Ids of a token file, or of a legacy KGPTIDS ids.bin, as uint16/uint32 (a memory map).
+    ValueError naming the file if it is neither, or is truncated."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(IDS_MAGIC))
+    except OSError as e:
+        raise ValueError(f"cannot read ids file {path}: {e.strerror or e}") from None
+    if magic != IDS_MAGIC:
+        return read_token_file(path)[0]
+    return _read_legacy_ids(path)
+
+
+def _read_legacy_ids(path) -> np.ndarray:
     with open(path, "rb") as f:
         head = f.read(_HEADER.size)
     if len(head) < _HEADER.size:
-        raise ValueError(f"{path}: too short for an ids file header")
-    magic, version, width, n = _HEADER.unpack(head)
-    if magic != IDS_MAGIC or version != IDS_VERSION or width not in (2, 4):
-        raise ValueError(f"{path}: not a kernelgpt ids file (magic/version/width)")
+        raise ValueError(f"{path}: too short for an ids file header ({len(head)} bytes, need "
+                         f"{_HEADER.size})")
+    _, version, width, n = _HEADER.unpack(head)
+    if version != IDS_VERSION or width not in (2, 4):
+        raise ValueError(f"{path}: unsupported KGPTIDS ids file (version {version}, id width "
+                         f"{width})")
     expected = _HEADER.size + n * width
-    if os.path.getsize(path) != expected:
-        raise ValueError(f"{path}: size {os.path.getsize(path)} != header's {expected} bytes")
-    return np.memmap(path, dtype="<u2" if width == 2 else "<u4", mode="r", offset=_HEADER.size, shape=(n,))
+    size = os.path.getsize(path)
+    if size != expected:
+        raise ValueError(f"{path}: truncated or padded ids file (size {size} != header's "
+                         f"{expected} bytes)")
+    dtype = np.dtype("<u2") if width == 2 else np.dtype("<u4")
+    if n == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=_HEADER.size, shape=(n,))
 
 
 def run_tokenizer(args) -> int:
@@ -92,7 +116,8 @@ def run_tokenizer(args) -> int:
                 text = f.read()
             ids = tok.encode_to_numpy(text, allowed_special="all" if args.allow_special else "none_raise")
             write_ids(args.out, ids, tok.vocab_size)
-            print(f"wrote {args.out}: {len(ids)} ids from {len(text.encode('utf-8'))} bytes")
+            print(f"wrote {args.out}: {len(ids)} ids from {len(text.encode('utf-8'))} bytes "
+                  f"(vocab_size {tok.vocab_size})")
             return 0
         raise ValueError(f"unknown tokenizer command {args.tokenizer_command!r}")
     except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:

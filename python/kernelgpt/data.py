@@ -1,6 +1,8 @@
 """Training data: text files -> token ids -> a token file on disk -> random (x, y) batches.
 
-Token file format (version 1), all integers little-endian:
+The token file is the package's one on-disk format for token ids: the command line's run folder
+(RUN/tokens.bin), ``kernelgpt tokenizer encode`` and ``train --data TOKEN_FILE`` all use it.
+Format (version 1), all integers little-endian:
     offset  size  field
     0       8     magic b"KGPTTOK1"
     8       4     uint32 format version (1)
@@ -9,7 +11,9 @@ Token file format (version 1), all integers little-endian:
     24      8     uint64 n_tokens
     32      ...   n_tokens ids, little-endian, of the width above
 The file is written atomically (temporary file in the same folder, fsync, os.replace) and read
-back with np.memmap, so a corpus larger than memory costs no RAM. Batches come from one seeded
+back with np.memmap, so a corpus larger than memory costs no RAM. The older b"KGPTIDS\0" ids file
+of the tokenizer command (no vocab_size) is read only by cli_tokenizer.read_ids; here it gets a
+ValueError saying so. Batches come from one seeded
 np.random.Generator whose state is saved in checkpoints, so a resumed run draws the same batches
 as the uninterrupted one. Not here: tokenizer training (tokenizer.py), the default corpus (corpus.py).
 """
@@ -24,6 +28,7 @@ import numpy as np
 
 MAGIC = b"KGPTTOK1"
 VERSION = 1
+LEGACY_IDS_MAGIC = b"KGPTIDS\0"  # the tokenizer command's former ids.bin (cli_tokenizer.read_ids)
 _HEADER = struct.Struct("<8sIIQQ")  # magic, version, id width, vocab_size, n_tokens
 HEADER_SIZE = _HEADER.size          # 32 bytes
 _DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
@@ -114,8 +119,16 @@ def read_token_header(path: PathLike) -> Dict[str, int]:
             head = f.read(HEADER_SIZE)
     except OSError as e:
         raise ValueError(f"cannot read token file {path}: {e.strerror or e}") from None
-    if len(head) < HEADER_SIZE or head[:8] != MAGIC:
-        raise ValueError(f"{path} is not a kernelgpt token file (bad magic/header)")
+    if head[:8] == LEGACY_IDS_MAGIC:
+        raise ValueError(f"{path} is a legacy KGPTIDS ids file, which records no vocab_size: "
+                         f"read it with kernelgpt.cli_tokenizer.read_ids, or re-encode the text "
+                         f"with `kernelgpt tokenizer encode`")
+    if head[:8] != MAGIC:
+        raise ValueError(f"{path} is not a kernelgpt token file (magic {head[:8]!r}, expected "
+                         f"{MAGIC!r})")
+    if len(head) < HEADER_SIZE:
+        raise ValueError(f"{path}: truncated token file header ({len(head)} bytes, need "
+                         f"{HEADER_SIZE})")
     _, version, width, vocab, n = _HEADER.unpack(head)
     if version != VERSION:
         raise ValueError(f"{path}: unsupported token file version {version} (expected {VERSION})")
@@ -128,6 +141,16 @@ def read_token_header(path: PathLike) -> Dict[str, int]:
         raise ValueError(f"{path}: truncated or padded token file ({size} bytes, header says "
                          f"{want})")
     return {"version": version, "width": width, "vocab_size": vocab, "n_tokens": n}
+
+
+def looks_like_token_file(path: PathLike) -> bool:
+    """True when ``path`` is a file starting with a token file's magic (or the legacy KGPTIDS
+    magic, which read_token_header then rejects with a message saying what to do)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) in (MAGIC, LEGACY_IDS_MAGIC)
+    except OSError:
+        return False
 
 
 def read_token_file(path: PathLike) -> Tuple[np.ndarray, int]:

@@ -175,6 +175,7 @@ class Trainer:
         self.last_val_loss: Optional[float] = None
         self.last_checkpoint: Optional[Path] = None
         self._resumed = False
+        self._committed: Optional[Dict[str, Any]] = None  # the last committed step's record
 
     # ------------------------------------------------------------------ schedule / eval
     @property
@@ -361,15 +362,20 @@ class Trainer:
         if not math.isfinite(norm):
             raise TrainingDivergedError(self._diverged_msg(f"the gradient norm is {norm}"))
         lr = self.lr_at(self.step)
-        with _sigint_deferred():  # the commit: parameters, moments, counters move together
+        # The commit: parameters, moments, counters and the step's record move together. A
+        # Ctrl-C held back here is raised as the block ends, after the step happened: _fit tells
+        # the two cases apart by self.step and finds the record in self._committed.
+        with _sigint_deferred():
             self.optimizer.step(lr)
             self.step += 1
             n_tok = c.grad_accum * c.batch_size * self.block_size * self.data.world
             self.tokens_seen += n_tok
             dt = time.perf_counter() - t0
             self.elapsed += dt
-        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
-                "tokens_per_s": n_tok / max(dt, 1e-9), "elapsed_s": round(self.elapsed, 3)}
+            self._committed = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
+                               "tokens_per_s": n_tok / max(dt, 1e-9),
+                               "elapsed_s": round(self.elapsed, 3)}
+        return self._committed
 
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         """See :meth:`_fit`. [distributed] With several ranks, an exception on one rank ends
@@ -404,20 +410,25 @@ class Trainer:
         losses: List[float] = []
         last: Dict[str, Any] = {}
         interrupted = False
-        pending: Optional[Dict[str, Any]] = None
+        # A Ctrl-C can land on any bytecode, so what was done is read from counters that move
+        # inside the deferred blocks: self.step (with self._committed, the step's record) and
+        # logged (the last step whose metrics line is in the file).
         start_step, t_start = self.step, time.perf_counter()
+        logged = self.step
+        self._committed = None
         try:
             while self.step < c.max_steps:
-                snapshot = self.data.state_dict()
+                snapshot, step_before = self.data.state_dict(), self.step
                 try:
                     # Overflow shows up as a non-finite loss/gradient, which we check and report
                     # ourselves; NumPy's floating-point warnings would only add noise.
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                        rec = self._train_step()
+                        self._train_step()
                 except KeyboardInterrupt:
-                    self.data.load_state_dict(snapshot)  # the half-done step never happened
+                    if self.step == step_before:
+                        self.data.load_state_dict(snapshot)  # the half-done step never happened
                     raise
-                pending = rec  # committed; its metrics line must reach the file
+                rec = self._committed
                 losses.append(rec["loss"])
                 done = self.step >= c.max_steps
                 if (c.eval_every and self.step % c.eval_every == 0) or done:
@@ -435,7 +446,7 @@ class Trainer:
                     with _sigint_deferred():
                         metrics.write(json.dumps(rec) + "\n")
                         metrics.flush()
-                pending = None
+                        logged = self.step
                 if bar is not None:
                     post = {"loss": f"{rec['loss']:.3f}", "tok/s": f"{rec['tokens_per_s']:.0f}"}
                     if self.last_val_loss is not None:
@@ -450,10 +461,16 @@ class Trainer:
             self.save()
         except KeyboardInterrupt:
             interrupted = True
-            if pending is not None and metrics is not None:  # Ctrl-C during eval/logging
-                metrics.write(json.dumps(pending) + "\n")
-                metrics.flush()
-                last = pending
+            rec = self._committed
+            if rec is not None and rec["step"] == self.step > start_step:
+                # Ctrl-C after a step's commit but before its bookkeeping (eval, logging) ended
+                if len(losses) < self.step - start_step:
+                    losses.append(rec["loss"])
+                if metrics is not None and logged < self.step:
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
+                    logged = self.step
+                last = rec
             log.warning("interrupted at step %d; saving a checkpoint", self.step)
             self.save()
         finally:
