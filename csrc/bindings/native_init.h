@@ -8,4 +8,5 @@ void init_pretokenize(pybind11::module_& m); // native_pretokenize.cpp
 void init_tokenizer(pybind11::module_& m);  // native_tokenizer.cpp
 void init_cpu_ops(pybind11::module_& m);    // native_cpu.cpp
 void init_gemm(pybind11::module_& m);       // native_gemm.cpp
+void init_decode(pybind11::module_& m);     // native_decode.cpp
 }  // namespace kgpt_bind

@@ -26,4 +26,5 @@ PYBIND11_MODULE(_native, m) {
   kgpt_bind::init_tokenizer(m);
   kgpt_bind::init_cpu_ops(m);
   kgpt_bind::init_gemm(m);
+  kgpt_bind::init_decode(m);
 }

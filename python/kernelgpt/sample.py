@@ -87,31 +87,40 @@ def _rng(seed: Any) -> np.random.Generator:
 def pick_tokens(logits: np.ndarray, temperature: float, top_k: Optional[int],
                 top_p: Optional[float], rng: np.random.Generator) -> np.ndarray:
     """Choose one token per row of logits (B,V) -> int64 (B,). temperature 0 = argmax; else
-    softmax(logits / temperature) restricted to the top_k largest and then to the smallest set
-    of most likely tokens whose probability reaches top_p (the most likely one always kept)."""
+    softmax(logits / temperature) restricted to the top_k largest (ties at the k-th value all
+    kept) and then to the smallest set of most likely tokens whose probability reaches top_p (the
+    most likely one always kept). One ``rng.random(B)`` draw u per call; a row takes the first
+    candidate, in token-id order, whose cumulative probability exceeds u (so a zero-probability
+    token is never chosen). Only the candidates are exponentiated and summed."""
     logits = np.asarray(logits, dtype=np.float64)
     B, V = logits.shape
     if temperature == 0.0:
         return logits.argmax(axis=1)
     z = logits / temperature
-    if top_k is not None and top_k < V:
-        kth = np.partition(z, V - top_k, axis=1)[:, V - top_k, None]
-        z = np.where(z < kth, -np.inf, z)
-    z = z - z.max(axis=1, keepdims=True)
-    probs = np.exp(z)
-    probs /= probs.sum(axis=1, keepdims=True)
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, axis=1, kind="stable")
-        sorted_p = np.take_along_axis(probs, order, axis=1)
-        keep_sorted = (np.cumsum(sorted_p, axis=1) - sorted_p) < top_p   # mass before < p
-        keep_sorted[:, 0] = True
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=1)
-        probs = np.where(keep, probs, 0.0)
-    cdf = np.cumsum(probs, axis=1)
-    u = rng.random(B) * cdf[:, -1]
-    # first index whose cdf exceeds u: zero-probability tokens can never be chosen
-    return np.minimum((cdf <= u[:, None]).sum(axis=1), V - 1)
+    u = rng.random(B)
+    out = np.empty(B, dtype=np.int64)
+    for b in range(B):
+        zb = z[b]
+        if top_k is not None and top_k < V:
+            kth = np.partition(zb, V - top_k)[V - top_k]
+            cand = np.flatnonzero(zb >= kth)          # ascending token ids
+            zc = zb[cand]
+        else:
+            cand, zc = None, zb
+        probs = np.exp(zc - zc.max())
+        probs /= probs.sum()
+        if top_p is not None and top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            sorted_p = probs[order]
+            keep_sorted = (np.cumsum(sorted_p) - sorted_p) < top_p   # mass before < p
+            keep_sorted[0] = True
+            keep = np.zeros_like(keep_sorted)
+            keep[order] = keep_sorted
+            probs = np.where(keep, probs, 0.0)
+        cdf = np.cumsum(probs)
+        i = min(int(np.count_nonzero(cdf <= u[b] * cdf[-1])), cdf.size - 1)
+        out[b] = i if cand is None else cand[i]
+    return out
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -129,6 +138,10 @@ class _KVDecoder:
         self.mean, self.rstd = e(B), e(B)
         self.qkv, self.fch, self.fch_gelu = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C)
         self.logits = e(B, cfg.vocab_size)
+        # The backend's fused one-call step where it has one (native, float32); None otherwise.
+        make = getattr(be, "make_decoder", None)
+        self.fused = (make(model.param_views, self.caches, NH, B)
+                      if make is not None and np.dtype(model.dtype) == np.float32 else None)
 
     def prefill(self, tokens: np.ndarray) -> Any:
         """Run the normal forward over tokens (B,T), filling caches[:, :, :T]; last-row logits."""
@@ -138,6 +151,13 @@ class _KVDecoder:
 
     def step(self, tok: np.ndarray, pos: int) -> Any:
         """Append token ids tok (B,) at position pos (< block_size); logits (B,V) of the next."""
+        if self.fused is not None:
+            self.fused.step(np.ascontiguousarray(tok, dtype=np.int32), pos, self.logits)
+            return self.logits
+        return self.step_ops(tok, pos)
+
+    def step_ops(self, tok: np.ndarray, pos: int) -> Any:
+        """The same step op by op through the backend interface (every backend)."""
         m = self.model
         be, cfg, p = m.backend, m.config, m.param_views
         C, NH = cfg.n_embd, cfg.n_head

@@ -91,6 +91,21 @@ if _native is not None:
         matmul_backward = _native.matmul_backward
     else:  # pragma: no cover - only for partial builds
         from kernelgpt.backends.numpy_backend import matmul_backward, matmul_forward  # noqa: F401
+    def make_decoder(param_views, caches, n_head: int, batch: int):
+        """A fused KV-cache decoder (``_native.Decoder``) over the model's weights and these
+        caches, or None where it does not apply (batch > 4, or a build without it). Its
+        ``step(tok, pos, logits)`` equals the op-by-op step bitwise (tests/test_sample.py)."""
+        if not hasattr(_native, "Decoder") or not 1 <= batch <= 4:
+            return None
+        p = param_views
+        n_layer = len(caches)
+        names = ("ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w",
+                 "attn.c_proj.b", "ln_2.w", "ln_2.b", "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w",
+                 "mlp.c_proj.b")
+        layers = [tuple(p[f"h.{l}.{n}"] for n in names) for l in range(n_layer)]
+        return _native.Decoder(p["wte"], p["wpe"], p["ln_f.w"], p["ln_f.b"], layers,
+                               [tuple(kv) for kv in caches], n_head, batch)
+
     if hasattr(_native, "classifier_forward"):
         def classifier_forward(losses, dx: Optional[np.ndarray], dwte: Optional[np.ndarray], x,
                                wte, targets, scale: float) -> None:

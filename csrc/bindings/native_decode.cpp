@@ -1,0 +1,150 @@
+// Binding of the fused KV-cache decoder (cpu/decode.h): a Decoder object holds raw pointers to the
+// model's weights and to the caller's KV caches, so it validates every array once, here, and keeps
+// a reference to each so none can be freed under it. Arrays must already be float32 and
+// C-contiguous (the caches writeable): a converted copy would silently detach the pointers.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <pybind11/numpy.h>
+
+#include "bindings/native_init.h"
+#include "cpu/decode.h"
+
+namespace py = pybind11;
+
+namespace kgpt_bind {
+namespace {
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+class Decoder {
+ public:
+  Decoder(py::object wte, py::object wpe, py::object lnf_w, py::object lnf_b, py::list layers,
+          py::list caches, int64_t n_head, int64_t batch) {
+    const py::array te = take("wte", wte, 2, {-1, -1}, false);
+    m_.V = te.shape(0);
+    m_.C = te.shape(1);
+    const int64_t C = m_.C;
+    if (n_head < 1 || C % n_head != 0)
+      throw std::invalid_argument("n_head must be >= 1 and divide C=" + std::to_string(C) +
+                                  ", got " + std::to_string(n_head));
+    if (batch < 1 || batch > 4)
+      throw std::invalid_argument("batch must be in [1, 4] for the fused decoder, got " +
+                                  std::to_string(batch));
+    m_.NH = n_head;
+    m_.B = batch;
+    const py::array pe = take("wpe", wpe, 2, {-1, C}, false);
+    m_.maxT = pe.shape(0);
+    m_.wte = static_cast<const float*>(te.data());
+    m_.wpe = static_cast<const float*>(pe.data());
+    m_.lnf_w = ptr(take("lnf_w", lnf_w, 1, {C}, false));
+    m_.lnf_b = ptr(take("lnf_b", lnf_b, 1, {C}, false));
+    if (py::len(layers) != py::len(caches) || py::len(layers) == 0)
+      throw std::invalid_argument("layers and caches must be non-empty lists of equal length, got " +
+                                  std::to_string(py::len(layers)) + " and " +
+                                  std::to_string(py::len(caches)));
+    static const char* names[12] = {"ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b",
+                                    "attn.c_proj.w", "attn.c_proj.b", "ln_2.w", "ln_2.b",
+                                    "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w", "mlp.c_proj.b"};
+    const std::vector<std::vector<int64_t>> shapes = {{C}, {C}, {3 * C, C}, {3 * C}, {C, C}, {C},
+                                                      {C}, {C}, {4 * C, C}, {4 * C}, {C, 4 * C}, {C}};
+    const int64_t HS = C / n_head;
+    for (size_t l = 0; l < py::len(layers); ++l) {
+      py::sequence ws = layers[l].cast<py::sequence>();
+      if (py::len(ws) != 12)
+        throw std::invalid_argument("layer " + std::to_string(l) + " must hold 12 arrays, got " +
+                                    std::to_string(py::len(ws)));
+      const float* p[12];
+      for (int i = 0; i < 12; ++i) {
+        const std::string nm = "h." + std::to_string(l) + "." + names[i];
+        p[i] = ptr(take(nm.c_str(), ws[i], static_cast<int>(shapes[i].size()), shapes[i], false));
+      }
+      py::sequence kv = caches[l].cast<py::sequence>();
+      if (py::len(kv) != 2)
+        throw std::invalid_argument("caches[" + std::to_string(l) + "] must be a (k, v) pair");
+      const std::vector<int64_t> cs = {batch, n_head, m_.maxT, HS};
+      const std::string kn = "k_cache[" + std::to_string(l) + "]";
+      const std::string vn = "v_cache[" + std::to_string(l) + "]";
+      float* kc = static_cast<float*>(take(kn.c_str(), kv[0], 4, cs, true).mutable_data());
+      float* vc = static_cast<float*>(take(vn.c_str(), kv[1], 4, cs, true).mutable_data());
+      m_.layers.push_back({p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
+                           p[11], kc, vc});
+    }
+    scratch_.assign(static_cast<size_t>(kgpt::cpu::decode_scratch_floats(m_)), 0.f);
+  }
+
+  void step(py::array_t<int32_t, py::array::c_style> tok, int64_t pos,
+            py::array_t<float, py::array::c_style> logits) {
+    if (tok.ndim() != 1 || tok.shape(0) != m_.B)
+      throw std::invalid_argument("tok must have shape (B,)=(" + std::to_string(m_.B) +
+                                  ",), got " + shape_str(tok));
+    if (logits.ndim() != 2 || logits.shape(0) != m_.B || logits.shape(1) != m_.V)
+      throw std::invalid_argument("logits must have shape (B, V)=(" + std::to_string(m_.B) +
+                                  ", " + std::to_string(m_.V) + "), got " + shape_str(logits));
+    if (pos < 0 || pos >= m_.maxT)
+      throw std::invalid_argument("pos must be in [0, " + std::to_string(m_.maxT) + "), got " +
+                                  std::to_string(pos));
+    const int32_t* t = tok.data();
+    for (int64_t b = 0; b < m_.B; ++b)
+      if (t[b] < 0 || t[b] >= m_.V)
+        throw std::invalid_argument("tok holds id " + std::to_string(t[b]) + " outside [0, " +
+                                    std::to_string(m_.V) + ")");
+    float* out = logits.mutable_data();
+    py::gil_scoped_release nogil;
+    kgpt::cpu::decode_step(m_, t, pos, out, scratch_.data());
+  }
+
+ private:
+  // Checks one array (float32, C-contiguous, ndim, shape with -1 = any, writeable when asked),
+  // keeps a reference to it (for the Decoder's lifetime) and returns it.
+  py::array take(const char* name, py::handle obj, int nd, const std::vector<int64_t>& shape,
+                        bool writeable) {
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(std::string(name) + " must be a numpy array");
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style))
+      throw py::type_error(std::string(name) + " must be a C-contiguous float32 array");
+    bool ok = a.ndim() == nd;
+    for (int i = 0; ok && i < nd; ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
+    if (!ok) {
+      std::string want = "(";
+      for (int i = 0; i < nd; ++i)
+        want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
+      throw std::invalid_argument(std::string(name) + " must have shape " + want +
+                                  (nd == 1 ? ",)" : ")") + ", got " + shape_str(a));
+    }
+    if (writeable && !a.writeable())
+      throw std::invalid_argument(std::string(name) + " must be writeable");
+    keep_.push_back(a);
+    return a;
+  }
+  static const float* ptr(const py::array& a) { return static_cast<const float*>(a.data()); }
+
+  kgpt::cpu::DecodeModel m_;
+  std::vector<py::array> keep_;
+  std::vector<float> scratch_;
+};
+
+}  // namespace
+
+void init_decode(py::module_& m) {
+  py::class_<Decoder>(m, "Decoder",
+                      "Fused KV-cache decoding over a model's weights and the caller's caches "
+                      "(batch <= 4): step(tok, pos, logits) runs every layer and the lm_head for "
+                      "one new position, writing the caches at pos. Bitwise equal to the "
+                      "op-by-op native path.")
+      .def(py::init<py::object, py::object, py::object, py::object, py::list, py::list, int64_t,
+                    int64_t>(),
+           py::arg("wte"), py::arg("wpe"), py::arg("lnf_w"), py::arg("lnf_b"), py::arg("layers"),
+           py::arg("caches"), py::arg("n_head"), py::arg("batch"))
+      .def("step", &Decoder::step, py::arg("tok").noconvert(), py::arg("pos"),
+           py::arg("logits").noconvert());
+}
+
+}  // namespace kgpt_bind

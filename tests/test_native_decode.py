@@ -1,0 +1,124 @@
+"""The native backend's fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp): its step
+gives bitwise the logits and cache writes of the op-by-op step (same kernels, same order), it is
+used for batch <= 4 and the op path beyond, cached sampling still equals uncached, and bad
+arrays or arguments raise clear exceptions (the decoder keeps raw pointers, so it must refuse
+anything it would have to copy, and keep what it points to alive)."""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+
+nat = pytest.importorskip("kernelgpt._native")
+from kernelgpt import sample  # noqa: E402
+from kernelgpt.backends import native_backend as nb  # noqa: E402
+from kernelgpt.model import GPT, GPTConfig  # noqa: E402
+
+CFG = GPTConfig(vocab_size=37, block_size=12, n_layer=2, n_head=3, n_embd=24)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = GPT(CFG, backend="native", seed=4)
+    r = np.random.default_rng(9)
+    m.params[:] += r.standard_normal(m.params.size).astype(np.float32) * 0.3
+    return m
+
+
+@pytest.mark.parametrize("B", [1, 3, 4])
+def test_fused_step_bitwise_equals_op_by_op(model, rng, B):
+    prompt = rng.integers(0, CFG.vocab_size, (B, 3)).astype(np.int32)
+    fused, ops = sample._KVDecoder(model, B), sample._KVDecoder(model, B)
+    assert fused.fused is not None
+    ops.fused = None
+    np.testing.assert_array_equal(fused.prefill(prompt), ops.prefill(prompt))
+    for pos in range(3, CFG.block_size):
+        tok = rng.integers(0, CFG.vocab_size, B).astype(np.int32)
+        fused.logits.fill(np.nan)
+        a = np.array(fused.step(tok, pos))
+        b = np.array(ops.step(tok, pos))
+        np.testing.assert_array_equal(a, b)
+        for (k1, v1), (k2, v2) in zip(fused.caches, ops.caches):
+            np.testing.assert_array_equal(k1[:, :, :pos + 1], k2[:, :, :pos + 1])
+            np.testing.assert_array_equal(v1[:, :, :pos + 1], v2[:, :, :pos + 1])
+
+
+@pytest.mark.parametrize("B", [1, 5])
+def test_cached_equals_uncached_either_path(model, rng, B):
+    assert (sample._KVDecoder(model, B).fused is None) == (B > 4)
+    prompt = rng.integers(0, CFG.vocab_size, (B, 2)).astype(np.int32)
+    n = 14  # runs past block_size: the cache is rebuilt as the window slides
+    cached = list(sample._logit_steps(model, prompt, n, lambda lg: lg.argmax(1), True))
+    plain = list(sample._logit_steps(model, prompt, n, lambda lg: lg.argmax(1), False))
+    assert np.array_equal(np.stack([t for _, t in cached]), np.stack([t for _, t in plain]))
+    assert_close(np.stack([lg for lg, _ in cached]), np.stack([lg for lg, _ in plain]), tol=1e-5)
+
+
+def _parts(model, B=1):
+    p = model.param_views
+    caches = [(np.zeros((B, CFG.n_head, CFG.block_size, CFG.n_embd // CFG.n_head), np.float32),
+               np.zeros((B, CFG.n_head, CFG.block_size, CFG.n_embd // CFG.n_head), np.float32))
+              for _ in range(CFG.n_layer)]
+    names = ("ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w",
+             "attn.c_proj.b", "ln_2.w", "ln_2.b", "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w",
+             "mlp.c_proj.b")
+    layers = [[p[f"h.{l}.{n}"] for n in names] for l in range(CFG.n_layer)]
+    return dict(wte=p["wte"], wpe=p["wpe"], lnf_w=p["ln_f.w"], lnf_b=p["ln_f.b"], layers=layers,
+                caches=caches, n_head=CFG.n_head, batch=B)
+
+
+def test_decoder_refuses_bad_arrays(model):
+    good = _parts(model)
+    cases = [
+        (dict(wte=good["wte"].astype(np.float64)), TypeError, "wte"),
+        (dict(wte=np.asfortranarray(good["wte"])), TypeError, "wte"),
+        (dict(wpe=good["wpe"][:, :5].copy()), ValueError, "wpe"),
+        (dict(lnf_b=np.zeros(3, np.float32)), ValueError, "lnf_b"),
+        (dict(n_head=5), ValueError, "n_head"),
+        (dict(batch=5), ValueError, "batch"),
+        (dict(batch=0), ValueError, "batch"),
+        (dict(caches=good["caches"][:1]), ValueError, "equal length"),
+        (dict(layers=[good["layers"][0][:11], good["layers"][1]]), ValueError, "12 arrays"),
+        (dict(layers=[good["layers"][0][:2] + [good["layers"][0][2][:, :3].copy()]
+                      + good["layers"][0][3:], good["layers"][1]]), ValueError, "c_attn.w"),
+        (dict(caches=[(good["caches"][0][0][:, :, :5].copy(), good["caches"][0][1]),
+                      good["caches"][1]]), ValueError, "k_cache"),
+    ]
+    ro = good["caches"][1][1].copy()
+    ro.flags.writeable = False
+    cases.append((dict(caches=[good["caches"][0], (good["caches"][1][0], ro)]), ValueError,
+                  "writeable"))
+    for change, exc, word in cases:
+        with pytest.raises(exc, match=word):
+            nat.Decoder(**dict(good, **change))
+
+
+def test_decoder_step_bad_arguments_and_keeps_arrays_alive(model):
+    parts = _parts(model, B=2)
+    dec = nat.Decoder(**parts)
+    del parts
+    gc.collect()  # the decoder holds references: its pointers stay valid
+    logits = np.full((2, CFG.vocab_size), np.nan, np.float32)
+    dec.step(np.array([1, 2], np.int32), 0, logits)
+    assert np.isfinite(logits).all()
+    with pytest.raises(ValueError, match="tok"):
+        dec.step(np.array([1], np.int32), 1, logits)
+    with pytest.raises(ValueError, match="outside"):
+        dec.step(np.array([1, CFG.vocab_size], np.int32), 1, logits)
+    with pytest.raises(ValueError, match="pos"):
+        dec.step(np.array([1, 2], np.int32), CFG.block_size, logits)
+    with pytest.raises(ValueError, match="logits"):
+        dec.step(np.array([1, 2], np.int32), 1, logits[:1].copy())
+    with pytest.raises(TypeError):
+        dec.step(np.array([1, 2], np.int64), 1, logits)
+    with pytest.raises(TypeError):
+        dec.step(np.array([1, 2], np.int32), 1, logits.astype(np.float64))
+
+
+def test_backend_make_decoder_limits(model):
+    caches = _parts(model, B=1)["caches"]
+    assert nb.make_decoder(model.param_views, caches, CFG.n_head, 1) is not None
+    assert nb.make_decoder(model.param_views, caches, CFG.n_head, 6) is None
