@@ -1,5 +1,5 @@
 // Causal multi-head attention on the CPU, flash-attention style: the forward walks groups of kR query
-// rows over blocks of kBc keys (kR x 16 register tiles) with an online softmax (running max and sum, output rescaled as the max
+// rows over blocks of kBc keys (kR x kJ register tiles) with an online softmax (running max and sum, output rescaled as the max
 // grows), so no (T,T) matrix exists; it saves lse (B,NH,T). The backward recomputes P = exp(S-lse)
 // block by block: dV += P^T dO, dP = dO V^T, dS = P (dP - D) with D = rowsum(dO * O), dQ += dS K,
 // dK += dS^T Q. Everything is overwritten (=). Work is split over B x NH, one head per thread at a
@@ -21,8 +21,13 @@ namespace {
 constexpr int64_t kBc = 64;  // keys per block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-constexpr int kR = 4;    // query rows per group (register tile height)
-constexpr int kJ = 32;   // keys per register tile (two AVX-512 vectors; AVX2 does two halves)
+constexpr int kR = 8;    // query rows per group (register tile height)
+constexpr int kJ = 32;   // keys per register tile (two AVX-512 vectors; AVX2 does it in quarters)
+
+// The per-element operation order below is the same on every path (portable, AVX2, AVX-512):
+// score and axpy tiles sum over d (or j) in sequence with one multiply-add per step; cols_axpy
+// adds its eight rows as the fixed tree ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)). The
+// AVX paths fuse each multiply-add (bitwise equal to each other); the portable one does not.
 
 // out[i][jj] = sum_d rows[i*256 + d] * Xt[d*ldt + jj] for i < kR, jj < kJ: the score tile.
 void tile_dot_portable(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt,
@@ -49,69 +54,114 @@ void rows_axpy_portable(float* acc, const float (*w)[kBc], const float* X, int64
     }
 }
 
-#ifdef KGPT_HAVE_EXP8
-// The same two helpers as 4 x 16 register tiles: 8 accumulators, 2 loads + 4 broadcasts per
-// 8 FMAs. Only the order of the additions over j differs from nothing: d-order is kept.
-__attribute__((target("avx2,fma"))) void tile_dot_avx2(float out[kR][kJ], const float* rows,
-                                                       const float* Xt, int64_t ldt, int64_t HS) {
-  for (int h = 0; h < kJ; h += 16) {
-    __m256 t[kR][2];
-    for (int i = 0; i < kR; ++i) t[i][0] = t[i][1] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < HS; ++d) {
-      const __m256 x0 = _mm256_loadu_ps(Xt + d * ldt + h), x1 = _mm256_loadu_ps(Xt + d * ldt + h + 8);
-      for (int i = 0; i < kR; ++i) {
-        const __m256 a = _mm256_broadcast_ss(rows + i * 256 + d);
-        t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
-        t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
-      }
-    }
-    for (int i = 0; i < kR; ++i) {
-      _mm256_storeu_ps(out[i] + h, t[i][0]);
-      _mm256_storeu_ps(out[i] + h + 8, t[i][1]);
-    }
-  }
+// Y[j*HS + d] += sum_i w[i][j] * rows[i*256 + d] for j < n (dV += P^T dO, dK += dS^T Q).
+// col8 with fused multiply-adds (the vector paths' lane order; used in their scalar tails);
+// col8_plain the same tree with separate multiplies and adds (portable: no FMA emulation).
+KGPT_INLINE float col8(const float (*w)[kBc], int64_t j, const float* r, int64_t d) {
+  const float s01 = std::fma(w[1][j], r[256 + d], w[0][j] * r[d]);
+  const float s23 = std::fma(w[3][j], r[768 + d], w[2][j] * r[512 + d]);
+  const float s45 = std::fma(w[5][j], r[1280 + d], w[4][j] * r[1024 + d]);
+  const float s67 = std::fma(w[7][j], r[1792 + d], w[6][j] * r[1536 + d]);
+  return (s01 + s23) + (s45 + s67);
+}
+KGPT_INLINE float col8_plain(const float (*w)[kBc], int64_t j, const float* r, int64_t d) {
+  const float s01 = w[1][j] * r[256 + d] + w[0][j] * r[d];
+  const float s23 = w[3][j] * r[768 + d] + w[2][j] * r[512 + d];
+  const float s45 = w[5][j] * r[1280 + d] + w[4][j] * r[1024 + d];
+  const float s67 = w[7][j] * r[1792 + d] + w[6][j] * r[1536 + d];
+  return (s01 + s23) + (s45 + s67);
 }
 
-// From column d0 on (d0 = 0: all of them); 16 columns at a time, then a scalar tail.
-__attribute__((target("avx2,fma"))) void rows_axpy_avx2_from(float* acc, const float (*w)[kBc],
-                                                             const float* X, int64_t ldx,
-                                                             int64_t n, int64_t HS, int64_t d0) {
-  for (; d0 + 16 <= HS; d0 += 16) {
-    __m256 t[kR][2];
-    for (int i = 0; i < kR; ++i) {
-      t[i][0] = _mm256_loadu_ps(acc + i * 256 + d0);
-      t[i][1] = _mm256_loadu_ps(acc + i * 256 + d0 + 8);
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      const __m256 x0 = _mm256_loadu_ps(X + j * ldx + d0), x1 = _mm256_loadu_ps(X + j * ldx + d0 + 8);
-      for (int i = 0; i < kR; ++i) {
-        const __m256 a = _mm256_broadcast_ss(&w[i][j]);
-        t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
-        t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
-      }
-    }
-    for (int i = 0; i < kR; ++i) {
-      _mm256_storeu_ps(acc + i * 256 + d0, t[i][0]);
-      _mm256_storeu_ps(acc + i * 256 + d0 + 8, t[i][1]);
-    }
-  }
-  for (int i = 0; i < kR; ++i)
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t d = d0; d < HS; ++d) acc[i * 256 + d] += w[i][j] * X[j * ldx + d];
+void cols_axpy_portable(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
+                        int64_t HS) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < HS; ++d) Y[j * HS + d] += col8_plain(w, j, rows, d);
 }
-
-__attribute__((target("avx2,fma"))) void rows_axpy_avx2(float* acc, const float (*w)[kBc],
-                                                        const float* X, int64_t ldx, int64_t n,
-                                                        int64_t HS) {
-  rows_axpy_avx2_from(acc, w, X, ldx, n, HS, 0);
-}
-#endif
 
 #if defined(__x86_64__) || defined(__i386__)
-// AVX-512 clones of the three helpers: the same per-element operation order as the AVX2 ones
-// (each output element sums over d, or over j, in the same sequence with the same FMAs), so
-// both paths give bitwise-identical results; only the vector width differs.
+#define KGPT_AVX2_ATT __attribute__((target("avx2,fma")))
 #define KGPT_AVX512_ATT __attribute__((target("avx512f,avx2,fma")))
+
+// AVX2: 4 rows x 16 columns at a time (8 accumulators of the 16 registers).
+KGPT_AVX2_ATT void tile_dot_avx2(float out[kR][kJ], const float* rows, const float* Xt,
+                                 int64_t ldt, int64_t HS) {
+  for (int i0 = 0; i0 < kR; i0 += 4)
+    for (int h = 0; h < kJ; h += 16) {
+      __m256 t[4][2];
+      for (int i = 0; i < 4; ++i) t[i][0] = t[i][1] = _mm256_setzero_ps();
+      for (int64_t d = 0; d < HS; ++d) {
+        const __m256 x0 = _mm256_loadu_ps(Xt + d * ldt + h), x1 = _mm256_loadu_ps(Xt + d * ldt + h + 8);
+        for (int i = 0; i < 4; ++i) {
+          const __m256 a = _mm256_broadcast_ss(rows + (i0 + i) * 256 + d);
+          t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
+          t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
+        }
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(out[i0 + i] + h, t[i][0]);
+        _mm256_storeu_ps(out[i0 + i] + h + 8, t[i][1]);
+      }
+    }
+}
+
+// Columns [d0, HS): 4 rows x 16 columns at a time, then a scalar tail.
+KGPT_AVX2_ATT void rows_axpy_avx2_from(float* acc, const float (*w)[kBc], const float* X,
+                                       int64_t ldx, int64_t n, int64_t HS, int64_t d0) {
+  int64_t d = d0;
+  for (; d + 16 <= HS; d += 16)
+    for (int i0 = 0; i0 < kR; i0 += 4) {
+      __m256 t[4][2];
+      for (int i = 0; i < 4; ++i) {
+        t[i][0] = _mm256_loadu_ps(acc + (i0 + i) * 256 + d);
+        t[i][1] = _mm256_loadu_ps(acc + (i0 + i) * 256 + d + 8);
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const __m256 x0 = _mm256_loadu_ps(X + j * ldx + d), x1 = _mm256_loadu_ps(X + j * ldx + d + 8);
+        for (int i = 0; i < 4; ++i) {
+          const __m256 a = _mm256_broadcast_ss(&w[i0 + i][j]);
+          t[i][0] = _mm256_fmadd_ps(a, x0, t[i][0]);
+          t[i][1] = _mm256_fmadd_ps(a, x1, t[i][1]);
+        }
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(acc + (i0 + i) * 256 + d, t[i][0]);
+        _mm256_storeu_ps(acc + (i0 + i) * 256 + d + 8, t[i][1]);
+      }
+    }
+  for (int i = 0; i < kR; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t e = d; e < HS; ++e)
+        acc[i * 256 + e] = std::fma(w[i][j], X[j * ldx + e], acc[i * 256 + e]);
+}
+
+KGPT_AVX2_ATT void rows_axpy_avx2(float* acc, const float (*w)[kBc], const float* X, int64_t ldx,
+                                  int64_t n, int64_t HS) {
+  rows_axpy_avx2_from(acc, w, X, ldx, n, HS, 0);
+}
+
+// Eight weighted rows of 8 lanes in col8's tree order.
+KGPT_AVX2_ATT inline __m256 col8_avx2(const __m256 (&wv)[8], const float* r, int64_t d) {
+  const __m256 s01 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(r + 256 + d), _mm256_mul_ps(wv[0], _mm256_loadu_ps(r + d)));
+  const __m256 s23 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(r + 768 + d), _mm256_mul_ps(wv[2], _mm256_loadu_ps(r + 512 + d)));
+  const __m256 s45 = _mm256_fmadd_ps(wv[5], _mm256_loadu_ps(r + 1280 + d), _mm256_mul_ps(wv[4], _mm256_loadu_ps(r + 1024 + d)));
+  const __m256 s67 = _mm256_fmadd_ps(wv[7], _mm256_loadu_ps(r + 1792 + d), _mm256_mul_ps(wv[6], _mm256_loadu_ps(r + 1536 + d)));
+  return _mm256_add_ps(_mm256_add_ps(s01, s23), _mm256_add_ps(s45, s67));
+}
+
+KGPT_AVX2_ATT void cols_axpy_avx2(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
+                                  int64_t HS) {
+  for (int64_t j = 0; j < n; ++j) {
+    float* y = Y + j * HS;
+    __m256 wv[8];
+    for (int i = 0; i < 8; ++i) wv[i] = _mm256_set1_ps(w[i][j]);
+    int64_t d = 0;
+    for (; d + 8 <= HS; d += 8)
+      _mm256_storeu_ps(y + d, _mm256_add_ps(_mm256_loadu_ps(y + d), col8_avx2(wv, rows, d)));
+    for (; d < HS; ++d) y[d] += col8(w, j, rows, d);
+  }
+}
+
+// AVX-512: 8 rows x 32 columns (16 accumulators of the 32 registers).
 KGPT_AVX512_ATT void tile_dot_avx512(float out[kR][kJ], const float* rows, const float* Xt,
                                      int64_t ldt, int64_t HS) {
   __m512 t[kR][2];
@@ -159,35 +209,26 @@ KGPT_AVX512_ATT void cols_axpy_avx512(float* Y, const float (*w)[kBc], const flo
                                       int64_t n, int64_t HS) {
   for (int64_t j = 0; j < n; ++j) {
     float* y = Y + j * HS;
-    const __m512 w0 = _mm512_set1_ps(w[0][j]), w1 = _mm512_set1_ps(w[1][j]);
-    const __m512 w2 = _mm512_set1_ps(w[2][j]), w3 = _mm512_set1_ps(w[3][j]);
+    __m512 wv[8];
+    for (int i = 0; i < 8; ++i) wv[i] = _mm512_set1_ps(w[i][j]);
     int64_t d = 0;
     for (; d + 16 <= HS; d += 16) {
-      const __m512 a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(rows + 256 + d),
-                                       _mm512_mul_ps(w0, _mm512_loadu_ps(rows + d)));
-      const __m512 b = _mm512_fmadd_ps(w3, _mm512_loadu_ps(rows + 768 + d),
-                                       _mm512_mul_ps(w2, _mm512_loadu_ps(rows + 512 + d)));
-      _mm512_storeu_ps(y + d, _mm512_add_ps(_mm512_loadu_ps(y + d), _mm512_add_ps(a, b)));
+      const float* r = rows;
+      const __m512 s01 = _mm512_fmadd_ps(wv[1], _mm512_loadu_ps(r + 256 + d), _mm512_mul_ps(wv[0], _mm512_loadu_ps(r + d)));
+      const __m512 s23 = _mm512_fmadd_ps(wv[3], _mm512_loadu_ps(r + 768 + d), _mm512_mul_ps(wv[2], _mm512_loadu_ps(r + 512 + d)));
+      const __m512 s45 = _mm512_fmadd_ps(wv[5], _mm512_loadu_ps(r + 1280 + d), _mm512_mul_ps(wv[4], _mm512_loadu_ps(r + 1024 + d)));
+      const __m512 s67 = _mm512_fmadd_ps(wv[7], _mm512_loadu_ps(r + 1792 + d), _mm512_mul_ps(wv[6], _mm512_loadu_ps(r + 1536 + d)));
+      _mm512_storeu_ps(y + d, _mm512_add_ps(_mm512_loadu_ps(y + d),
+                                            _mm512_add_ps(_mm512_add_ps(s01, s23), _mm512_add_ps(s45, s67))));
     }
-    for (; d + 8 <= HS; d += 8) {
-      const __m256 a = _mm256_fmadd_ps(_mm512_castps512_ps256(w1), _mm256_loadu_ps(rows + 256 + d),
-                                       _mm256_mul_ps(_mm512_castps512_ps256(w0), _mm256_loadu_ps(rows + d)));
-      const __m256 b = _mm256_fmadd_ps(_mm512_castps512_ps256(w3), _mm256_loadu_ps(rows + 768 + d),
-                                       _mm256_mul_ps(_mm512_castps512_ps256(w2), _mm256_loadu_ps(rows + 512 + d)));
-      _mm256_storeu_ps(y + d, _mm256_add_ps(_mm256_loadu_ps(y + d), _mm256_add_ps(a, b)));
-    }
-    for (; d < HS; ++d)
-      y[d] += ((w[0][j] * rows[d] + w[1][j] * rows[256 + d]) +
-               (w[2][j] * rows[512 + d] + w[3][j] * rows[768 + d]));
+    for (; d < HS; ++d) y[d] += col8(w, j, rows, d);
   }
 }
 #endif
 
 void tile_dot(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt, int64_t HS) {
-#ifdef KGPT_HAVE_EXP8
 #if defined(__x86_64__) || defined(__i386__)
   if (ops_use_avx512()) return tile_dot_avx512(out, rows, Xt, ldt, HS);
-#endif
   if (ops_use_avx2()) return tile_dot_avx2(out, rows, Xt, ldt, HS);
 #endif
   tile_dot_portable(out, rows, Xt, ldt, HS);
@@ -195,53 +236,16 @@ void tile_dot(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt
 
 void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, int64_t n,
                int64_t HS) {
-#ifdef KGPT_HAVE_EXP8
 #if defined(__x86_64__) || defined(__i386__)
   if (ops_use_avx512()) return rows_axpy_avx512(acc, w, X, ldx, n, HS);
-#endif
   if (ops_use_avx2()) return rows_axpy_avx2(acc, w, X, ldx, n, HS);
 #endif
   rows_axpy_portable(acc, w, X, ldx, n, HS);
 }
 
-// Y[j*HS + d] += sum_i w[i][j] * rows[i*256 + d] for j < n (dV += P^T dO, dK += dS^T Q).
-void cols_axpy_portable(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
-                           int64_t HS) {
-  for (int64_t j = 0; j < n; ++j) {
-    float* y = Y + j * HS;
-    const float w0 = w[0][j], w1 = w[1][j], w2 = w[2][j], w3 = w[3][j];
-    for (int64_t d = 0; d < HS; ++d)
-      y[d] += ((w0 * rows[d] + w1 * rows[256 + d]) + (w2 * rows[512 + d] + w3 * rows[768 + d]));
-  }
-}
-
-#ifdef KGPT_HAVE_EXP8
-__attribute__((target("avx2,fma"))) void cols_axpy_avx2(float* Y, const float (*w)[kBc],
-                                                        const float* rows, int64_t n, int64_t HS) {
-  for (int64_t j = 0; j < n; ++j) {
-    float* y = Y + j * HS;
-    const __m256 w0 = _mm256_set1_ps(w[0][j]), w1 = _mm256_set1_ps(w[1][j]);
-    const __m256 w2 = _mm256_set1_ps(w[2][j]), w3 = _mm256_set1_ps(w[3][j]);
-    int64_t d = 0;
-    for (; d + 8 <= HS; d += 8) {
-      const __m256 a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(rows + 256 + d),
-                                       _mm256_mul_ps(w0, _mm256_loadu_ps(rows + d)));
-      const __m256 b = _mm256_fmadd_ps(w3, _mm256_loadu_ps(rows + 768 + d),
-                                       _mm256_mul_ps(w2, _mm256_loadu_ps(rows + 512 + d)));
-      _mm256_storeu_ps(y + d, _mm256_add_ps(_mm256_loadu_ps(y + d), _mm256_add_ps(a, b)));
-    }
-    for (; d < HS; ++d)
-      y[d] += ((w[0][j] * rows[d] + w[1][j] * rows[256 + d]) +
-               (w[2][j] * rows[512 + d] + w[3][j] * rows[768 + d]));
-  }
-}
-#endif
-
 void cols_axpy(float* Y, const float (*w)[kBc], const float* rows, int64_t n, int64_t HS) {
-#ifdef KGPT_HAVE_EXP8
 #if defined(__x86_64__) || defined(__i386__)
   if (ops_use_avx512()) return cols_axpy_avx512(Y, w, rows, n, HS);
-#endif
   if (ops_use_avx2()) return cols_axpy_avx2(Y, w, rows, n, HS);
 #endif
   cols_axpy_portable(Y, w, rows, n, HS);
@@ -265,10 +269,12 @@ KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, co
                   int64_t ldo),
                   (o, lse, q, k, v, Kt, ldt, T, HS, ld, ldo)) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  for (int64_t d = 0; d < HS; ++d) {
-    for (int64_t t = 0; t < T; ++t) Kt[d * ldt + t] = k[t * ld + d];
+  // Row by row: each k row is read once, sequentially (a strided column walk re-reads every
+  // row's cache lines HS times).
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t d = 0; d < HS; ++d) Kt[d * ldt + t] = k[t * ld + d];
+  for (int64_t d = 0; d < HS; ++d)
     for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = 0.0f;
-  }
   alignas(32) float s[kR][kBc];
   alignas(32) float qs[kR * 256], acc[kR * 256];
   float m[kR], l[kR];
@@ -318,13 +324,13 @@ KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const f
                   int64_t ld, int64_t ldo),
                   (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, dK, dV, ldt, T, HS, ld, ldo)) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  for (int64_t d = 0; d < HS; ++d) {
-    for (int64_t t = 0; t < T; ++t) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t d = 0; d < HS; ++d) {
       Kt[d * ldt + t] = k[t * ld + d];
       Vt[d * ldt + t] = v[t * ld + d];
     }
+  for (int64_t d = 0; d < HS; ++d)
     for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
-  }
   for (int64_t i = 0; i < T * HS; ++i) dK[i] = dV[i] = 0.0f;
   alignas(32) float p[kR][kBc], dp[kR][kBc];
   alignas(32) float qs[kR * 256], qr[kR * 256], dor[kR * 256], dqa[kR * 256];
