@@ -74,6 +74,8 @@ static KGPT_AVX2 inline void ukr_avx2_6x16_impl(int64_t kc, const float* a, int6
   __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
   __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int i = 0; i < 6; ++i) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+#pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
     __m256 av;
@@ -123,6 +125,12 @@ static KGPT_AVX512 inline void ukr_avx512_12x32_impl(int64_t kc, const float* a,
   KGPT_DECL(0) KGPT_DECL(1) KGPT_DECL(2) KGPT_DECL(3) KGPT_DECL(4) KGPT_DECL(5)
   KGPT_DECL(6) KGPT_DECL(7) KGPT_DECL(8) KGPT_DECL(9) KGPT_DECL(10) KGPT_DECL(11)
 #undef KGPT_DECL
+  // The C tile's lines are requested now so the stores at the end do not wait for them.
+  for (int i = 0; i < 12; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
+  }
+#pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
     __m512 av;
