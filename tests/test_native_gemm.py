@@ -306,3 +306,20 @@ def test_fma_peak_measure_and_bad_arguments():
         nat.fma_peak_gflops(isa, 0, 0.02)
     with pytest.raises(ValueError, match="seconds"):
         nat.fma_peak_gflops(isa, 1, -1.0)
+
+
+@pytest.mark.parametrize("shape", [(512, 128, 384), (67, 20, 37), (2, 33, 100)],
+                         ids=lambda s: "N=%d,C=%d,OC=%d" % s)
+def test_matmul_backward_pair_equals_two_gemms_bitwise(rng, shape):
+    """matmul_backward runs dx and dw side by side (the team split in two); each must still be
+    bitwise what a lone gemm gives (same tile grid, same k order)."""
+    N, C, OC = shape
+    x, w, dout = f32(rng, N, C), f32(rng, OC, C), f32(rng, N, OC)
+    dw0 = f32(rng, OC, C)
+    dx, dw = nan(N, C), dw0.copy()
+    nat.matmul_backward(dx, dw, None, dout, x, w)
+    dx_ref, dw_ref = nan(N, C), dw0.copy()
+    nat.gemm(dx_ref, dout, w)
+    nat.gemm(dw_ref, dout, x, trans_a=True, beta=1.0)
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(dw, dw_ref)

@@ -104,8 +104,15 @@ void matmul_backward(OptF dx, FArr dw, OptF dbias, FArr dout, FArr x, FArr w) {
   const float *pdo = dout.data(), *px = x.data(), *pw = w.data();
   {
     py::gil_scoped_release nogil;
-    if (pdx) kgpt::cpu::sgemm(false, false, N, C, OC, 1.f, pdo, OC, pw, C, 0.f, pdx, C, nullptr);
-    kgpt::cpu::sgemm(true, false, OC, C, N, 1.f, pdo, OC, px, C, 1.f, pdw, C, nullptr);
+    const kgpt::cpu::GemmArgs gdw{true, false, OC, C, N, 1.f, pdo, OC, px, C, 1.f, pdw, C, nullptr};
+    if (pdx) {
+      const kgpt::cpu::GemmArgs gdx{false, false, N, C, OC, 1.f, pdo, OC, pw, C, 0.f, pdx, C,
+                                    nullptr};
+      kgpt::cpu::sgemm_pair(gdx, gdw);  // dx and dw side by side
+    } else {
+      kgpt::cpu::sgemm(gdw.trans_a, gdw.trans_b, gdw.M, gdw.N, gdw.K, gdw.alpha, gdw.A, gdw.lda,
+                       gdw.B, gdw.ldb, gdw.beta, gdw.C, gdw.ldc, gdw.bias);
+    }
     if (pdb) kgpt::cpu::column_sum_acc(pdb, pdo, N, OC);
   }
 }

@@ -233,23 +233,21 @@ void gemm_rect(const Problem& p, Kern kr, Blocking bl, int64_t m0, int64_t m1, i
   }
 }
 
+// Even k blocks (depends on K only, so the summation order stays thread-count independent).
+Blocking even_kc(const Problem& p, Blocking bl) {
+  const int64_t nkb = (p.K + bl.KC - 1) / bl.KC;
+  bl.KC = ((p.K + nkb - 1) / nkb + 3) / 4 * 4;
+  return bl;
+}
+
+// Whether a team of nt threads splits C by rows (else by columns): whichever gives the slowest
+// thread less to do. Rough cycle model: FMAs / 32 per cycle, plus ~1 cycle per packed element.
+// Splitting rows, every thread packs all of B and its own rows of A; splitting columns, its
+// columns of B and all of A. A costs nothing to pack when the kernel reads it in place.
+// (Sharing one packed B across the team was measured slower: the other core's half arrives
+// through cache-to-cache transfers.)
 template <int MR, int NR>
-void gemm_threaded(const Problem& p, Kern kr, Blocking bl) {
-  // Even k blocks (depends on K only, so the summation order stays thread-count independent).
-  {
-    const int64_t nkb = (p.K + bl.KC - 1) / bl.KC;
-    bl.KC = ((p.K + nkb - 1) / nkb + 3) / 4 * 4;
-  }
-  const int nt = threads_for(2.0 * p.M * p.N * p.K);
-  if (nt <= 1) {
-    gemm_rect<MR, NR>(p, kr, bl, 0, p.M, 0, p.N);
-    return;
-  }
-  // Split rows or columns, whichever gives the slowest thread less to do. Rough cycle model:
-  // FMAs / 32 per cycle, plus ~1 cycle per packed element. Splitting rows, every thread packs
-  // all of B and its own rows of A; splitting columns, its columns of B and all of A. A costs
-  // nothing to pack when the kernel reads it in place. (Sharing one packed B across the team
-  // was measured slower: the other core's half arrives through cache-to-cache transfers.)
+bool split_rows(const Problem& p, Kern kr, Blocking bl, int nt) {
   const int64_t mb = (p.M + MR - 1) / MR, nb = (p.N + NR - 1) / NR;
   const bool direct = kr.ukrd != nullptr && !p.ta;
   auto cost = [&](double rows, double cols, double b_cols) {
@@ -260,7 +258,30 @@ void gemm_threaded(const Problem& p, Kern kr, Blocking bl) {
   const double cols_n = std::min<double>(p.N, double((nb + nt - 1) / nt) * NR);
   const double cost_m = cost(rows_m, double(p.N), double(p.N));
   const double cost_n = cost(double(p.M), cols_n, cols_n);
-  const bool split_m = nb < nt || (mb >= nt && cost_m <= cost_n);
+  return nb < nt || (mb >= nt && cost_m <= cost_n);
+}
+
+// Thread t's share (of T) of the product: a band of rows or of columns on the MR/NR grid.
+template <int MR, int NR>
+void gemm_share(const Problem& p, Kern kr, Blocking bl, bool by_rows, int t, int T) {
+  if (by_rows) {
+    const int64_t mb = (p.M + MR - 1) / MR, s0 = mb * t / T, s1 = mb * (t + 1) / T;
+    if (s1 > s0) gemm_rect<MR, NR>(p, kr, bl, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
+  } else {
+    const int64_t nb = (p.N + NR - 1) / NR, s0 = nb * t / T, s1 = nb * (t + 1) / T;
+    if (s1 > s0) gemm_rect<MR, NR>(p, kr, bl, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
+  }
+}
+
+template <int MR, int NR>
+void gemm_threaded(const Problem& p, Kern kr, Blocking bl) {
+  bl = even_kc(p, bl);
+  const int nt = threads_for(2.0 * p.M * p.N * p.K);
+  if (nt <= 1) {
+    gemm_rect<MR, NR>(p, kr, bl, 0, p.M, 0, p.N);
+    return;
+  }
+  const bool by_rows = split_rows<MR, NR>(p, kr, bl, nt);
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -268,12 +289,41 @@ void gemm_threaded(const Problem& p, Kern kr, Blocking bl) {
 #else
     const int t = 0, T = 1;
 #endif
-    if (split_m) {
-      const int64_t s0 = mb * t / T, s1 = mb * (t + 1) / T;
-      if (s1 > s0) gemm_rect<MR, NR>(p, kr, bl, s0 * MR, std::min(p.M, s1 * MR), 0, p.N);
+    gemm_share<MR, NR>(p, kr, bl, by_rows, t, T);
+  }
+}
+
+// Two independent products at once: the team splits in two halves, each computing one product
+// with its half (on two cores: each product on one core, so no operand is packed twice).
+// Every element is still computed on the fixed tile grid with the k order of sgemm: bitwise
+// the same results as two sgemm calls.
+template <int MR, int NR>
+void gemm_pair_threaded(const Problem& p, const Problem& q, Kern kr, Blocking bl0) {
+  const Blocking bp = even_kc(p, bl0), bq = even_kc(q, bl0);
+  const int nt = std::min(max_threads(), threads_for(2.0 * p.M * p.N * p.K) +
+                                             threads_for(2.0 * q.M * q.N * q.K));
+  if (nt < 2) {
+    gemm_threaded<MR, NR>(p, kr, bl0);
+    gemm_threaded<MR, NR>(q, kr, bl0);
+    return;
+  }
+  const int tp = nt / 2, tq = nt - tp;
+  const bool rows_p = split_rows<MR, NR>(p, kr, bp, tp), rows_q = split_rows<MR, NR>(q, kr, bq, tq);
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const int t = 0, T = 1;
+#endif
+    if (T < nt) {  // the runtime gave fewer threads: every thread does its share of both
+      gemm_share<MR, NR>(p, kr, bp, rows_p, t, T);
+#pragma omp barrier
+      gemm_share<MR, NR>(q, kr, bq, rows_q, t, T);
+    } else if (t < tp) {
+      gemm_share<MR, NR>(p, kr, bp, rows_p, t, tp);
     } else {
-      const int64_t s0 = nb * t / T, s1 = nb * (t + 1) / T;
-      if (s1 > s0) gemm_rect<MR, NR>(p, kr, bl, 0, p.M, s0 * NR, std::min(p.N, s1 * NR));
+      gemm_share<MR, NR>(q, kr, bq, rows_q, t - tp, tq);
     }
   }
 }
@@ -340,6 +390,32 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     return gemm_threaded<6, 16>(p, {ukr_avx2_6x16, ukrd_avx2_6x16}, {192, 384, 1024});
 #endif
   gemm_threaded<kPMR, kPNR>(p, {ukr_portable, nullptr}, {192, 384, 1024});
+}
+
+void sgemm_pair(const GemmArgs& x, const GemmArgs& y) {
+  auto problem = [](const GemmArgs& g) {
+    return Problem{g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, g.A, g.lda, g.B, g.ldb,
+                   g.beta, g.C, g.ldc, g.bias};
+  };
+  // Degenerate products and the matrix-vector path: one after the other through sgemm.
+  auto plain = [](const GemmArgs& g) {
+    return g.M <= 0 || g.N <= 0 || g.K <= 0 || (!g.trans_a && g.trans_b && g.M <= 4);
+  };
+  if (plain(x) || plain(y)) {
+    sgemm(x.trans_a, x.trans_b, x.M, x.N, x.K, x.alpha, x.A, x.lda, x.B, x.ldb, x.beta, x.C,
+          x.ldc, x.bias);
+    sgemm(y.trans_a, y.trans_b, y.M, y.N, y.K, y.alpha, y.A, y.lda, y.B, y.ldb, y.beta, y.C,
+          y.ldc, y.bias);
+    return;
+  }
+  const Problem p = problem(x), q = problem(y);
+#if KGPT_X86
+  if (gemm_use_avx512())
+    return gemm_pair_threaded<12, 32>(p, q, {ukr_avx512_12x32, ukrd_avx512_12x32}, {192, 384, 1024});
+  if (gemm_use_avx2())
+    return gemm_pair_threaded<6, 16>(p, q, {ukr_avx2_6x16, ukrd_avx2_6x16}, {192, 384, 1024});
+#endif
+  gemm_pair_threaded<kPMR, kPNR>(p, q, {ukr_portable, nullptr}, {192, 384, 1024});
 }
 
 void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC) {

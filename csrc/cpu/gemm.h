@@ -18,6 +18,24 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
            int64_t ldc, const float* bias);
 
+// The arguments of one sgemm call.
+struct GemmArgs {
+  bool trans_a, trans_b;
+  int64_t M, N, K;
+  float alpha;
+  const float* A;
+  int64_t lda;
+  const float* B;
+  int64_t ldb;
+  float beta;
+  float* C;
+  int64_t ldc;
+  const float* bias;
+};
+// Two independent products (outputs must not overlap each other's inputs), the thread team
+// split between them; results bitwise equal to sgemm(x) then sgemm(y).
+void sgemm_pair(const GemmArgs& x, const GemmArgs& y);
+
 // dbias (OC,) += column sums of dout (N,OC), rows added in order (deterministic).
 void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC);
 
