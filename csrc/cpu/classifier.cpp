@@ -157,8 +157,15 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
 #endif
       losses[r0 + r] = row_portable(row, V, t, grad, scale);
     }
-    if (dx) sgemm(false, false, rb, C, V, 1.f, L, V, wte, C, 0.f, dx + r0 * C, C, nullptr);
-    if (dwte) sgemm(true, false, V, C, rb, 1.f, L, V, xb, C, 1.f, dwte, C, nullptr);
+    const GemmArgs gdx{false, false, rb, C, V, 1.f, L, V, wte, C, 0.f, dx + r0 * C, C, nullptr};
+    const GemmArgs gdw{true, false, V, C, rb, 1.f, L, V, xb, C, 1.f, dwte, C, nullptr};
+    if (dx && dwte) {
+      sgemm_pair(gdx, gdw);  // side by side on halves of the team
+    } else if (dx) {
+      sgemm(false, false, rb, C, V, 1.f, L, V, wte, C, 0.f, dx + r0 * C, C, nullptr);
+    } else if (dwte) {
+      sgemm(true, false, V, C, rb, 1.f, L, V, xb, C, 1.f, dwte, C, nullptr);
+    }
   }
 }
 
