@@ -152,6 +152,27 @@ def test_attention_avx512_equals_avx2_bitwise(rng, isa, B, T, C, NH):
         np.testing.assert_array_equal(a, b)
 
 
+def test_gelu_avx512_equals_avx2_bitwise(rng, isa):
+    """The AVX-512 GELU runs the AVX2 code's operations on 16 lanes: the same bits, extreme
+    inputs (exp clamping) and odd lengths (vector tails) included."""
+    if isa != "avx512":
+        pytest.skip("needs the AVX-512 path")
+    n = 16 * 300 + 11
+    x = f32(rng.standard_normal(n) * 4)
+    x[:6] = [-60.0, -12.0, 0.0, -0.0, 12.0, 60.0]
+    dout = f32(rng.standard_normal(n))
+    res = []
+    for path in ("avx512", "avx2"):
+        _set_path(path)
+        out, dx = nan(n), nan(n)
+        nb.gelu_forward(out, x)
+        nb.gelu_backward(dx, dout, x)
+        res.append((out, dx))
+    _set_path("avx512")
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_adamw_same_bits_on_every_path(rng, isa):
     """AdamW runs the same fused operations lane by lane on every path (the scalar one through
     std::fma), so AVX-512, AVX2 and portable agree bitwise, odd lengths (vector tails) included."""
