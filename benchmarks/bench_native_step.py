@@ -7,7 +7,8 @@ the native backend, the NumPy backend and, when torch is importable, an equivale
 PyTorch below (eager, CPU, torch.set_num_threads(threads)), each engine in its own subprocess (so
 no two libraries' spinning thread pools fight over the cores), one after the other in the same
 run; medians after a warm-up are reported with GFLOP/s from DESIGN.md's formula
-(kernelgpt.model.train_flops_per_step). Sampling: 96 new tokens after a 4-token prompt, batch 1,
+(kernelgpt.model.train_flops_per_step) and as a share of the machine's measured FMA peak (the
+widest ISA it has, same thread count). Sampling: 96 new tokens after a 4-token prompt, batch 1,
 KV cache, on S. The machine is shared by other jobs: read the ratios (same run), not the
 absolute figures, and rerun before trusting one.
 
@@ -191,6 +192,23 @@ def run_worker(engine, what, name, rounds, threads) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def measured_peak(threads: int) -> dict:
+    """GFLOP/s of register-only FMA chains per ISA the CPU has, on `threads` threads (median of
+    3 half-second runs), or {} without the native module or on a CPU without AVX2/FMA."""
+    try:
+        from kernelgpt import _native
+    except ImportError:
+        return {}
+    out = {}
+    for isa in ("avx512", "avx2_fma"):
+        try:
+            out[isa] = statistics.median(_native.fma_peak_gflops(isa, threads, 0.5)
+                                         for _ in range(3))
+        except ValueError:  # this CPU lacks the ISA
+            continue
+    return out
+
+
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
         e, what, name, rounds, threads = sys.argv[2:7]
@@ -205,6 +223,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     print(machine())
     print(f"threads per engine: {args.threads} (OMP/OPENBLAS/torch), one subprocess per engine")
+    peak = measured_peak(args.threads)
+    if peak:
+        print(f"measured FMA peak, {args.threads} threads: " +
+              ", ".join(f"{isa} {g:.0f} GFLOP/s" for isa, g in peak.items()) +
+              " (register-only FMA chains, kernelgpt._native.fma_peak_gflops)")
+    top = max(peak.values()) if peak else None
     engines = ["native", "numpy"] + (["torch"] if args.torch else [])
     held = []
     for name in args.configs.split(","):
@@ -221,8 +245,9 @@ def main(argv=None) -> None:
                 print(f"  {e:16s} skipped: {r['skipped']}")
                 continue
             s = r["median"]
+            pct = f" ({flops / s / 1e9 / top * 100:4.1f}% of peak)" if top else ""
             print(f"  {r['label']:16s} {s * 1e3:9.1f} ms {B * T / s:9.0f} tok/s "
-                  f"{flops / s / 1e9:6.1f} GFLOP/s   native speed-up {s / nat:5.2f}x")
+                  f"{flops / s / 1e9:6.1f} GFLOP/s{pct}   native speed-up {s / nat:5.2f}x")
         held.append((f"{name} native >= 1.5x numpy", res["numpy"]["median"] / nat >= 1.5))
         if "median" in res.get("torch", {}):
             held.append((f"{name} native faster than torch", res["torch"]["median"] > nat))
