@@ -131,7 +131,7 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
   const bool avx2 = gemm_use_avx2();
   (void)avx2;
   // Rows per block: as many as fit a budget of kClassifierBufferFloats (fewer passes over dwte),
-  // a multiple of 12 (the micro-kernel's rows), at least 12.
+  // a multiple of 12 (of every micro-kernel's rows: 4, 6), at least 12.
   int64_t R = std::max<int64_t>(12, kClassifierBufferFloats / V / 12 * 12);
   R = std::min(R, std::min(kClassifierMaxRows, N));
   float* L = tls_logits.get(static_cast<size_t>(R * V));

@@ -385,7 +385,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   if (!trans_a && trans_b && M <= 4) return gemv_nt(p, gemm_use_avx2());
 #if KGPT_X86
   if (gemm_use_avx512())
-    return gemm_threaded<12, 32>(p, {ukr_avx512_12x32, ukrd_avx512_12x32}, {192, 384, 1024});
+    return gemm_threaded<6, 64>(p, {ukr_avx512_6x64, ukrd_avx512_6x64}, {192, 384, 1024});
   if (gemm_use_avx2())
     return gemm_threaded<6, 16>(p, {ukr_avx2_6x16, ukrd_avx2_6x16}, {192, 384, 1024});
 #endif
@@ -411,7 +411,7 @@ void sgemm_pair(const GemmArgs& x, const GemmArgs& y) {
   const Problem p = problem(x), q = problem(y);
 #if KGPT_X86
   if (gemm_use_avx512())
-    return gemm_pair_threaded<12, 32>(p, q, {ukr_avx512_12x32, ukrd_avx512_12x32}, {192, 384, 1024});
+    return gemm_pair_threaded<6, 64>(p, q, {ukr_avx512_6x64, ukrd_avx512_6x64}, {192, 384, 1024});
   if (gemm_use_avx2())
     return gemm_pair_threaded<6, 16>(p, q, {ukr_avx2_6x16, ukrd_avx2_6x16}, {192, 384, 1024});
 #endif

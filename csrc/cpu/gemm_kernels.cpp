@@ -107,7 +107,7 @@ KGPT_AVX2 void ukrd_avx2_6x16(int64_t kc, const float* a, int64_t lda, const flo
   ukr_avx2_6x16_impl<true>(kc, a, lda, b, c, ldc, alpha, beta, bias);
 }
 
-// ---------------------------------------------------------------- AVX-512 12x32 micro-kernel
+// ---------------------------------------------------------------- AVX-512 helpers
 #define KGPT_AVX512 __attribute__((target("avx512f,avx2,fma")))
 
 static KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float beta, const float* bias) {
@@ -117,52 +117,48 @@ static KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float be
   _mm512_storeu_ps(c, v);
 }
 
+// ---------------------------------------------------------------- AVX-512 6x64 micro-kernel
+// Six rows by four vectors: 24 accumulators, 4 loads of B and 6 broadcasts of A per 24 FMAs.
+// (A 12x32 tile, 14 loads per 24 FMAs, measured 5-9% slower on the model's shapes, in a training
+// step too.) DIRECT: A read in place, element (i, k) at a[i*lda + k]; else the packed sliver.
 template <bool DIRECT>
-static KGPT_AVX512 inline void ukr_avx512_12x32_impl(int64_t kc, const float* a, int64_t lda,
-                                                     const float* b, float* c, int64_t ldc,
-                                                     float alpha, float beta, const float* bias) {
-#define KGPT_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
-  KGPT_DECL(0) KGPT_DECL(1) KGPT_DECL(2) KGPT_DECL(3) KGPT_DECL(4) KGPT_DECL(5)
-  KGPT_DECL(6) KGPT_DECL(7) KGPT_DECL(8) KGPT_DECL(9) KGPT_DECL(10) KGPT_DECL(11)
-#undef KGPT_DECL
-  // The C tile's lines are requested now so the stores at the end do not wait for them.
-  for (int i = 0; i < 12; ++i) {
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
-  }
+static KGPT_AVX512 inline void ukr_avx512_6x64_impl(int64_t kc, const float* a, int64_t lda,
+                                                    const float* b, float* c, int64_t ldc,
+                                                    float alpha, float beta, const float* bias) {
+  __m512 acc[6][4];
+  for (int i = 0; i < 6; ++i)
+    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int i = 0; i < 6; ++i)  // the C tile's lines, requested now for the stores at the end
+    for (int v = 0; v < 4; ++v) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16 * v), _MM_HINT_T0);
 #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-    __m512 av;
-#define KGPT_ROW(i)                          \
-  av = _mm512_set1_ps(DIRECT ? a[i * lda + k] : a[i]); \
-  c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0); \
-  c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);
-    KGPT_ROW(0) KGPT_ROW(1) KGPT_ROW(2) KGPT_ROW(3) KGPT_ROW(4) KGPT_ROW(5)
-    KGPT_ROW(6) KGPT_ROW(7) KGPT_ROW(8) KGPT_ROW(9) KGPT_ROW(10) KGPT_ROW(11)
-#undef KGPT_ROW
-    if (!DIRECT) a += 12;
-    b += 32;
+    const __m512 b2 = _mm512_load_ps(b + 32), b3 = _mm512_load_ps(b + 48);
+    for (int i = 0; i < 6; ++i) {
+      const __m512 av = _mm512_set1_ps(DIRECT ? a[i * lda + k] : a[i]);
+      acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+      acc[i][2] = _mm512_fmadd_ps(av, b2, acc[i][2]);
+      acc[i][3] = _mm512_fmadd_ps(av, b3, acc[i][3]);
+    }
+    if (!DIRECT) a += 6;
+    b += 64;
   }
   const __m512 va = _mm512_set1_ps(alpha);
-  const float* bias1 = bias ? bias + 16 : nullptr;
-#define KGPT_STORE(i)                                   \
-  store16(c + i * ldc, c##i##0, va, beta, bias);        \
-  store16(c + i * ldc + 16, c##i##1, va, beta, bias1);
-  KGPT_STORE(0) KGPT_STORE(1) KGPT_STORE(2) KGPT_STORE(3) KGPT_STORE(4) KGPT_STORE(5)
-  KGPT_STORE(6) KGPT_STORE(7) KGPT_STORE(8) KGPT_STORE(9) KGPT_STORE(10) KGPT_STORE(11)
-#undef KGPT_STORE
+  for (int i = 0; i < 6; ++i)
+    for (int v = 0; v < 4; ++v)
+      store16(c + i * ldc + 16 * v, acc[i][v], va, beta, bias ? bias + 16 * v : nullptr);
 }
 
-KGPT_AVX512 void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, float* c,
-                                  int64_t ldc, float alpha, float beta, const float* bias) {
-  ukr_avx512_12x32_impl<false>(kc, a, 0, b, c, ldc, alpha, beta, bias);
+KGPT_AVX512 void ukr_avx512_6x64(int64_t kc, const float* a, const float* b, float* c,
+                                 int64_t ldc, float alpha, float beta, const float* bias) {
+  ukr_avx512_6x64_impl<false>(kc, a, 0, b, c, ldc, alpha, beta, bias);
 }
 
-KGPT_AVX512 void ukrd_avx512_12x32(int64_t kc, const float* a, int64_t lda, const float* b,
-                                   float* c, int64_t ldc, float alpha, float beta,
-                                   const float* bias) {
-  ukr_avx512_12x32_impl<true>(kc, a, lda, b, c, ldc, alpha, beta, bias);
+KGPT_AVX512 void ukrd_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b,
+                                  float* c, int64_t ldc, float alpha, float beta,
+                                  const float* bias) {
+  ukr_avx512_6x64_impl<true>(kc, a, lda, b, c, ldc, alpha, beta, bias);
 }
 
 #endif  // KGPT_X86

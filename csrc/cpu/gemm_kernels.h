@@ -1,5 +1,5 @@
 // Internal to the GEMM (csrc/cpu/gemm.cpp, gemm_kernels.cpp): the problem description and the
-// kernels that compute one register tile (portable 4x8, AVX2/FMA 6x16, AVX-512 12x32, over packed
+// kernels that compute one register tile (portable 4x8, AVX2/FMA 6x16, AVX-512 6x64, over packed
 // panels) or a range of output columns of a matrix-vector product. Every output element is
 // summed in a fixed k order. Not a public interface: sgemm in gemm.h is.
 #pragma once
@@ -51,12 +51,12 @@ void gemv_nt_portable(const Problem& p, int64_t n0, int64_t n1);
 #if defined(__x86_64__) || defined(__i386__)
 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                    float beta, const float* bias);
-void ukr_avx512_12x32(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                      float alpha, float beta, const float* bias);
 void ukrd_avx2_6x16(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
                     int64_t ldc, float alpha, float beta, const float* bias);
-void ukrd_avx512_12x32(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
-                       int64_t ldc, float alpha, float beta, const float* bias);
+void ukr_avx512_6x64(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                     float alpha, float beta, const float* bias);
+void ukrd_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
+                      int64_t ldc, float alpha, float beta, const float* bias);
 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1);
 #endif
 
