@@ -54,7 +54,7 @@ void rows_axpy_portable(float* acc, const float (*w)[kBc], const float* X, int64
     }
 }
 
-// Y[j*HS + d] += sum_i w[i][j] * rows[i*256 + d] for j < n (dV += P^T dO, dK += dS^T Q).
+// Y[j*ldy + d] += sum_i w[i][j] * rows[i*256 + d] for j < n (dV += P^T dO, dK += dS^T Q).
 // col8 with fused multiply-adds (the vector paths' lane order; used in their scalar tails);
 // col8_plain the same tree with separate multiplies and adds (portable: no FMA emulation).
 KGPT_INLINE float col8(const float (*w)[kBc], int64_t j, const float* r, int64_t d) {
@@ -72,10 +72,10 @@ KGPT_INLINE float col8_plain(const float (*w)[kBc], int64_t j, const float* r, i
   return (s01 + s23) + (s45 + s67);
 }
 
-void cols_axpy_portable(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
-                        int64_t HS) {
+void cols_axpy_portable(float* Y, int64_t ldy, const float (*w)[kBc], const float* rows,
+                        int64_t n, int64_t HS) {
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < HS; ++d) Y[j * HS + d] += col8_plain(w, j, rows, d);
+    for (int64_t d = 0; d < HS; ++d) Y[j * ldy + d] += col8_plain(w, j, rows, d);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -148,10 +148,10 @@ KGPT_AVX2_ATT inline __m256 col8_avx2(const __m256 (&wv)[8], const float* r, int
   return _mm256_add_ps(_mm256_add_ps(s01, s23), _mm256_add_ps(s45, s67));
 }
 
-KGPT_AVX2_ATT void cols_axpy_avx2(float* Y, const float (*w)[kBc], const float* rows, int64_t n,
-                                  int64_t HS) {
+KGPT_AVX2_ATT void cols_axpy_avx2(float* Y, int64_t ldy, const float (*w)[kBc], const float* rows,
+                                  int64_t n, int64_t HS) {
   for (int64_t j = 0; j < n; ++j) {
-    float* y = Y + j * HS;
+    float* y = Y + j * ldy;
     __m256 wv[8];
     for (int i = 0; i < 8; ++i) wv[i] = _mm256_set1_ps(w[i][j]);
     int64_t d = 0;
@@ -205,10 +205,10 @@ KGPT_AVX512_ATT void rows_axpy_avx512(float* acc, const float (*w)[kBc], const f
   if (d0 < HS) rows_axpy_avx2_from(acc, w, X, ldx, n, HS, d0);
 }
 
-KGPT_AVX512_ATT void cols_axpy_avx512(float* Y, const float (*w)[kBc], const float* rows,
-                                      int64_t n, int64_t HS) {
+KGPT_AVX512_ATT void cols_axpy_avx512(float* Y, int64_t ldy, const float (*w)[kBc],
+                                      const float* rows, int64_t n, int64_t HS) {
   for (int64_t j = 0; j < n; ++j) {
-    float* y = Y + j * HS;
+    float* y = Y + j * ldy;
     __m512 wv[8];
     for (int i = 0; i < 8; ++i) wv[i] = _mm512_set1_ps(w[i][j]);
     int64_t d = 0;
@@ -243,12 +243,60 @@ void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, i
   rows_axpy_portable(acc, w, X, ldx, n, HS);
 }
 
-void cols_axpy(float* Y, const float (*w)[kBc], const float* rows, int64_t n, int64_t HS) {
+void cols_axpy(float* Y, int64_t ldy, const float (*w)[kBc], const float* rows, int64_t n,
+               int64_t HS) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (ops_use_avx512()) return cols_axpy_avx512(Y, w, rows, n, HS);
-  if (ops_use_avx2()) return cols_axpy_avx2(Y, w, rows, n, HS);
+  if (ops_use_avx512()) return cols_axpy_avx512(Y, ldy, w, rows, n, HS);
+  if (ops_use_avx2()) return cols_axpy_avx2(Y, ldy, w, rows, n, HS);
 #endif
-  cols_axpy_portable(Y, w, rows, n, HS);
+  cols_axpy_portable(Y, ldy, w, rows, n, HS);
+}
+
+// dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols (the K/V transposes), 8x8 blocks in
+// AVX2 registers where the CPU has them. A pure copy: every path gives the same result.
+void transpose_portable(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
+                        int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+KGPT_AVX2_ATT void transpose_avx2(const float* src, int64_t lds, int64_t rows, int64_t cols,
+                                  float* dst, int64_t ldd) {
+  const int64_t R8 = rows & ~int64_t(7), C8 = cols & ~int64_t(7);
+  for (int64_t r = 0; r < R8; r += 8)
+    for (int64_t c = 0; c < C8; c += 8) {
+      __m256 v[8], t[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r + i) * lds + c);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        v[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        v[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        v[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        v[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      // v[0..3]: columns c+{0,1,2,3} of rows r..r+3 (low lane) and r+4..r+7 come from v[4..7]
+      const int order[4] = {0, 1, 2, 3};
+      for (int q = 0; q < 4; ++q) {
+        const int i = order[q];
+        _mm256_storeu_ps(dst + (c + q) * ldd + r, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (c + q + 4) * ldd + r, _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+      }
+    }
+  for (int64_t r = 0; r < rows; ++r)  // edges
+    for (int64_t c = (r < R8 ? C8 : 0); c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+#endif
+
+void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
+               int64_t ldd) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (ops_use_avx2()) return transpose_avx2(src, lds, rows, cols, dst, ldd);
+#endif
+  transpose_portable(src, lds, rows, cols, dst, ldd);
 }
 
 // Scores of row group [r0, r0+kR) against keys [j0, j0+n), scaled q already in qs; Xt padded.
@@ -269,10 +317,7 @@ KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, co
                   int64_t ldo),
                   (o, lse, q, k, v, Kt, ldt, T, HS, ld, ldo)) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  // Row by row: each k row is read once, sequentially (a strided column walk re-reads every
-  // row's cache lines HS times).
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < HS; ++d) Kt[d * ldt + t] = k[t * ld + d];
+  transpose(k, ld, T, HS, Kt, ldt);
   for (int64_t d = 0; d < HS; ++d)
     for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = 0.0f;
   alignas(32) float s[kR][kBc];
@@ -317,21 +362,19 @@ KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, co
 }
 
 // One (b, h) backward. dq/dk/dv rows have stride ld = 3C (parts of dqkv); dO, O stride ldo.
-// Scratch: Kt, Vt (HS, ldt) padded; dK, dV (T, HS).
+// Scratch: Kt, Vt (HS, ldt) padded. dk, dv are zeroed, then accumulated in place.
 KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const float* dO,
                   const float* q, const float* k, const float* v, const float* O, const float* lse,
-                  float* Kt, float* Vt, float* dK, float* dV, int64_t ldt, int64_t T, int64_t HS,
+                  float* Kt, float* Vt, int64_t ldt, int64_t T, int64_t HS,
                   int64_t ld, int64_t ldo),
-                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, dK, dV, ldt, T, HS, ld, ldo)) {
+                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, ldt, T, HS, ld, ldo)) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < HS; ++d) {
-      Kt[d * ldt + t] = k[t * ld + d];
-      Vt[d * ldt + t] = v[t * ld + d];
-    }
+  transpose(k, ld, T, HS, Kt, ldt);
+  transpose(v, ld, T, HS, Vt, ldt);
   for (int64_t d = 0; d < HS; ++d)
     for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
-  for (int64_t i = 0; i < T * HS; ++i) dK[i] = dV[i] = 0.0f;
+  for (int64_t t = 0; t < T; ++t)  // dk, dv are accumulated in place (their rows of dqkv)
+    for (int64_t d = 0; d < HS; ++d) dk[t * ld + d] = dv[t * ld + d] = 0.0f;
   alignas(32) float p[kR][kBc], dp[kR][kBc];
   alignas(32) float qs[kR * 256], qr[kR * 256], dor[kR * 256], dqa[kR * 256];
   float D[kR], lr[kR];
@@ -361,18 +404,13 @@ KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const f
         for (int64_t j = lim; j < n; ++j) p[i][j] = 0.0f;
         for (int64_t j = 0; j < n; ++j) dp[i][j] = p[i][j] * (dp[i][j] - D[i]) * scale;  // dS
       }
-      cols_axpy(dV + j0 * HS, p, dor, n, HS);   // dV += P^T dO
-      cols_axpy(dK + j0 * HS, dp, qr, n, HS);   // dK += dS^T Q
+      cols_axpy(dv + j0 * ld, ld, p, dor, n, HS);   // dV += P^T dO
+      cols_axpy(dk + j0 * ld, ld, dp, qr, n, HS);   // dK += dS^T Q
       rows_axpy(dqa, dp, k + j0 * ld, ld, n, HS);  // dQ += dS K
     }
     for (int64_t i = 0; i < R; ++i)
       for (int64_t d = 0; d < HS; ++d) dq[(r0 + i) * ld + d] = dqa[i * 256 + d];
   }
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < HS; ++d) {
-      dk[t * ld + d] = dK[t * HS + d];
-      dv[t * ld + d] = dV[t * HS + d];
-    }
 }
 
 KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc, const float* vc,
@@ -425,18 +463,16 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
 #pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
-    std::vector<float> scratch(static_cast<size_t>(2 * HS * ldt + 2 * HS * T));
+    std::vector<float> scratch(static_cast<size_t>(2 * HS * ldt));
     float* Kt = scratch.data();
     float* Vt = Kt + HS * ldt;
-    float* dK = Vt + HS * ldt;
-    float* dV = dK + HS * T;
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
       const int64_t b = bh / NH, h = bh % NH;
       const float* base = qkv + b * T * ld + h * HS;
       float* dbase = dqkv + b * T * ld + h * HS;
       attn_bwd_head(dbase, dbase + C, dbase + 2 * C, dout + b * T * C + h * HS, base, base + C,
-                    base + 2 * C, out + b * T * C + h * HS, lse + bh * T, Kt, Vt, dK, dV, ldt, T,
+                    base + 2 * C, out + b * T * C + h * HS, lse + bh * T, Kt, Vt, ldt, T,
                     HS, ld, C);
     }
   }
