@@ -209,6 +209,20 @@ def measured_peak(threads: int) -> dict:
     return out
 
 
+def decode_bound(cfg: GPTConfig, threads: int):
+    """(MB of float32 weights a batch-1 decoding step must read, measured GB/s streaming that
+    many MB, the tokens/s that allows), or None without the native module."""
+    try:
+        from kernelgpt import _native
+    except ImportError:
+        return None
+    C, V, L, T = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.block_size
+    n = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C   # every parameter, wte once (tied)
+    mb = n * 4 / 1e6
+    gbs = statistics.median(_native.read_bandwidth_gbs(mb, threads, 0.5) for _ in range(3))
+    return mb, gbs, gbs * 1e3 / mb
+
+
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
         e, what, name, rounds, threads = sys.argv[2:7]
@@ -260,6 +274,12 @@ def main(argv=None) -> None:
                     print(f"  {e:16s} skipped: {r['skipped']}")
                     continue
                 print(f"  {r['label']:16s} {SAMPLE_NEW / r['median']:8.1f} tokens/s")
+            bound = decode_bound(cfg, args.threads)
+            if bound:
+                print(f"  bound: {bound[0]:.1f} MB of weights read per token at {bound[1]:.1f} GB/s "
+                      f"(measured streaming read of that many MB, {args.threads} threads) -> at "
+                      f"most {bound[2]:.0f} tokens/s; native reaches "
+                      f"{SAMPLE_NEW / sm['native']['median'] / bound[2] * 100:.0f}% of it")
             for e in ("numpy", "torch"):
                 if "median" in sm.get(e, {}):
                     held.append((f"S sampling native > {e}", sm[e]["median"] > sm["native"]["median"]))

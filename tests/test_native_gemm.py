@@ -323,3 +323,15 @@ def test_matmul_backward_pair_equals_two_gemms_bitwise(rng, shape):
     nat.gemm(dw_ref, dout, x, trans_a=True, beta=1.0)
     np.testing.assert_array_equal(dx, dx_ref)
     np.testing.assert_array_equal(dw, dw_ref)
+
+
+def test_read_bandwidth_probe_and_bad_arguments():
+    """The bandwidth probe the sampling benchmark quotes: a positive rate; ValueError otherwise."""
+    gbs = nat.read_bandwidth_gbs(1.0, 1, 0.02)
+    assert np.isfinite(gbs) and gbs > 0.1
+    with pytest.raises(ValueError, match="megabytes"):
+        nat.read_bandwidth_gbs(0.0, 1, 0.02)
+    with pytest.raises(ValueError, match="threads"):
+        nat.read_bandwidth_gbs(1.0, 0, 0.02)
+    with pytest.raises(ValueError, match="seconds"):
+        nat.read_bandwidth_gbs(1.0, 1, 100.0)

@@ -204,6 +204,12 @@ void init_gemm(py::module_& m) {
   }, py::arg("isa"), py::arg("threads") = 1, py::arg("seconds") = 0.5,
         "Measured single-precision FMA peak in GFLOP/s: `threads` threads each run independent "
         "register-only FMA chains ('avx512' or 'avx2_fma') for `seconds`; rates are summed.");
+  m.def("read_bandwidth_gbs", [](double megabytes, int threads, double seconds) {
+    py::gil_scoped_release nogil;
+    return kgpt::cpu::read_bandwidth_gbs(megabytes, threads, seconds);
+  }, py::arg("megabytes"), py::arg("threads") = 1, py::arg("seconds") = 0.5,
+        "Measured streaming read bandwidth in GB/s: `threads` threads each sum their share of a "
+        "`megabytes` buffer repeatedly for `seconds`; rates are summed.");
   m.def("gemm_kernel_name", []() { return std::string(kgpt::cpu::gemm_kernel_name()); },
         "The GEMM micro-kernel in use: 'avx512', 'avx2_fma' or 'portable'.");
   m.def("_set_gemm_force_portable", &kgpt::cpu::gemm_set_force_portable, py::arg("on"),

@@ -1,7 +1,10 @@
-// Measured FMA peak of this machine: each thread runs independent chains of fused multiply-adds
-// in registers (no memory traffic) for a fixed wall time. Reported by benchmarks as the ceiling
-// against which the training step's GFLOP/s are read (benchmarks/README.md).
+// Measured ceilings of this machine, reported by the benchmarks next to what the kernels reach
+// (benchmarks/README.md): the FMA peak (each thread runs independent chains of fused multiply-adds
+// in registers, no memory traffic, for a fixed wall time) and the streaming read bandwidth over a
+// buffer of a given size (the bound of batch-1 decoding, which reads every weight once a token).
 #include "cpu/peak.h"
+
+#include "common/cpu_features.h"
 
 #include <atomic>
 #include <chrono>
@@ -66,7 +69,81 @@ __attribute__((target("avx2,fma"))) double spin_avx2(double seconds, float* sink
 }
 #endif
 
+// Sum of n floats with 4 independent vector accumulators: a pure streaming read.
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2"))) float read_sum_avx2(const float* p, int64_t n) {
+  __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a = _mm256_add_ps(a, _mm256_loadu_ps(p + i));
+    b = _mm256_add_ps(b, _mm256_loadu_ps(p + i + 8));
+    c = _mm256_add_ps(c, _mm256_loadu_ps(p + i + 16));
+    d = _mm256_add_ps(d, _mm256_loadu_ps(p + i + 24));
+  }
+  float v[8];
+  _mm256_storeu_ps(v, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+  float s = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+#endif
+
+float read_sum_portable(const float* p, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += p[i + j];
+  float s = 0;
+  for (int j = 0; j < 8; ++j) s += acc[j];
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
 }  // namespace
+
+double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
+  if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  if (!(megabytes > 0) || megabytes > 4096)
+    throw std::invalid_argument("megabytes must be in (0, 4096], got " + std::to_string(megabytes));
+  if (!(seconds > 0) || seconds > 60)
+    throw std::invalid_argument("seconds must be in (0, 60], got " + std::to_string(seconds));
+  const int64_t n = static_cast<int64_t>(megabytes * 1e6 / sizeof(float)) / threads * threads;
+  std::vector<float> buf(static_cast<size_t>(n), 1.0f);  // touched once: resident in the caches
+                                                         // or RAM as its size allows
+  const bool avx2 = cpu_has_avx2_fma();
+  (void)avx2;
+  std::vector<float> sink(threads, 0.f);
+  std::atomic<int> ready{0};
+  std::vector<double> bytes(threads, 0.0), secs(threads, 0.0);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      const float* p = buf.data() + n / threads * t;
+      const int64_t len = n / threads;
+      ready.fetch_add(1);
+      while (ready.load() < threads) std::this_thread::yield();
+      const auto t0 = Clock::now();
+      double dt = 0;
+      int64_t reps = 0;
+      do {
+#if defined(__x86_64__) || defined(__i386__)
+        sink[t] += avx2 ? read_sum_avx2(p, len) : read_sum_portable(p, len);
+#else
+        sink[t] += read_sum_portable(p, len);
+#endif
+        ++reps;
+        dt = std::chrono::duration<double>(Clock::now() - t0).count();
+      } while (dt < seconds);
+      bytes[t] = double(reps) * len * sizeof(float);
+      secs[t] = dt;
+    });
+  for (auto& th : pool) th.join();
+  double total = 0;
+  for (int t = 0; t < threads; ++t) total += bytes[t] / secs[t];
+  volatile float keep = sink[0];
+  (void)keep;
+  return total / 1e9;
+}
 
 double fma_peak_gflops(const std::string& isa, int threads, double seconds) {
   if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
