@@ -26,8 +26,8 @@ constexpr int kJ = 32;   // keys per register tile (two AVX-512 vectors; AVX2 do
 
 // The per-element operation order below is the same on every path (portable, AVX2, AVX-512):
 // score and axpy tiles sum over d (or j) in sequence with one multiply-add per step; cols_axpy
-// adds its eight rows as the fixed tree ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)). The
-// AVX paths fuse each multiply-add (bitwise equal to each other); the portable one does not.
+// sums its eight rows in order from zero, then adds the sum to Y. The AVX paths fuse each
+// multiply-add (bitwise equal to each other); the portable one does not.
 
 // out[i][jj] = sum_d rows[i*256 + d] * Xt[d*ldt + jj] for i < kR, jj < kJ: the score tile.
 void tile_dot_portable(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt,
@@ -55,21 +55,18 @@ void rows_axpy_portable(float* acc, const float (*w)[kBc], const float* X, int64
 }
 
 // Y[j*ldy + d] += sum_i w[i][j] * rows[i*256 + d] for j < n (dV += P^T dO, dK += dS^T Q).
-// col8 with fused multiply-adds (the vector paths' lane order; used in their scalar tails);
-// col8_plain the same tree with separate multiplies and adds (portable: no FMA emulation).
+// One element of cols_axpy: acc = sum_i w[i][j] * r[i*256 + d] accumulated over i = 0..7 in
+// order from zero (then added to y once). col8 fuses each multiply-add like the vector paths
+// (used in their tails); col8_plain does not (portable: no FMA emulation).
 KGPT_INLINE float col8(const float (*w)[kBc], int64_t j, const float* r, int64_t d) {
-  const float s01 = std::fma(w[1][j], r[256 + d], w[0][j] * r[d]);
-  const float s23 = std::fma(w[3][j], r[768 + d], w[2][j] * r[512 + d]);
-  const float s45 = std::fma(w[5][j], r[1280 + d], w[4][j] * r[1024 + d]);
-  const float s67 = std::fma(w[7][j], r[1792 + d], w[6][j] * r[1536 + d]);
-  return (s01 + s23) + (s45 + s67);
+  float acc = 0.0f;
+  for (int i = 0; i < 8; ++i) acc = std::fma(w[i][j], r[i * 256 + d], acc);
+  return acc;
 }
 KGPT_INLINE float col8_plain(const float (*w)[kBc], int64_t j, const float* r, int64_t d) {
-  const float s01 = w[1][j] * r[256 + d] + w[0][j] * r[d];
-  const float s23 = w[3][j] * r[768 + d] + w[2][j] * r[512 + d];
-  const float s45 = w[5][j] * r[1280 + d] + w[4][j] * r[1024 + d];
-  const float s67 = w[7][j] * r[1792 + d] + w[6][j] * r[1536 + d];
-  return (s01 + s23) + (s45 + s67);
+  float acc = 0.0f;
+  for (int i = 0; i < 8; ++i) acc += w[i][j] * r[i * 256 + d];
+  return acc;
 }
 
 void cols_axpy_portable(float* Y, int64_t ldy, const float (*w)[kBc], const float* rows,
@@ -139,26 +136,35 @@ KGPT_AVX2_ATT void rows_axpy_avx2(float* acc, const float (*w)[kBc], const float
   rows_axpy_avx2_from(acc, w, X, ldx, n, HS, 0);
 }
 
-// Eight weighted rows of 8 lanes in col8's tree order.
-KGPT_AVX2_ATT inline __m256 col8_avx2(const __m256 (&wv)[8], const float* r, int64_t d) {
-  const __m256 s01 = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(r + 256 + d), _mm256_mul_ps(wv[0], _mm256_loadu_ps(r + d)));
-  const __m256 s23 = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(r + 768 + d), _mm256_mul_ps(wv[2], _mm256_loadu_ps(r + 512 + d)));
-  const __m256 s45 = _mm256_fmadd_ps(wv[5], _mm256_loadu_ps(r + 1280 + d), _mm256_mul_ps(wv[4], _mm256_loadu_ps(r + 1024 + d)));
-  const __m256 s67 = _mm256_fmadd_ps(wv[7], _mm256_loadu_ps(r + 1792 + d), _mm256_mul_ps(wv[6], _mm256_loadu_ps(r + 1536 + d)));
-  return _mm256_add_ps(_mm256_add_ps(s01, s23), _mm256_add_ps(s45, s67));
-}
-
+// A register tile of 4 keys x 16 columns (8 accumulators): per row i, 2 loads of it and 4
+// broadcast weights feed 8 FMAs; Y is read and written once per tile.
 KGPT_AVX2_ATT void cols_axpy_avx2(float* Y, int64_t ldy, const float (*w)[kBc], const float* rows,
                                   int64_t n, int64_t HS) {
-  for (int64_t j = 0; j < n; ++j) {
-    float* y = Y + j * ldy;
-    __m256 wv[8];
-    for (int i = 0; i < 8; ++i) wv[i] = _mm256_set1_ps(w[i][j]);
-    int64_t d = 0;
-    for (; d + 8 <= HS; d += 8)
-      _mm256_storeu_ps(y + d, _mm256_add_ps(_mm256_loadu_ps(y + d), col8_avx2(wv, rows, d)));
-    for (; d < HS; ++d) y[d] += col8(w, j, rows, d);
+  const int64_t H16 = HS & ~int64_t(15);
+  int64_t j0 = 0;
+  for (; j0 + 4 <= n; j0 += 4) {
+    for (int64_t d = 0; d < H16; d += 16) {
+      __m256 acc[4][2];
+      for (int jj = 0; jj < 4; ++jj) acc[jj][0] = acc[jj][1] = _mm256_setzero_ps();
+      for (int i = 0; i < 8; ++i) {
+        const __m256 r0 = _mm256_loadu_ps(rows + i * 256 + d), r1 = _mm256_loadu_ps(rows + i * 256 + d + 8);
+        for (int jj = 0; jj < 4; ++jj) {
+          const __m256 a = _mm256_broadcast_ss(&w[i][j0 + jj]);
+          acc[jj][0] = _mm256_fmadd_ps(a, r0, acc[jj][0]);
+          acc[jj][1] = _mm256_fmadd_ps(a, r1, acc[jj][1]);
+        }
+      }
+      for (int jj = 0; jj < 4; ++jj) {
+        float* y = Y + (j0 + jj) * ldy + d;
+        _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), acc[jj][0]));
+        _mm256_storeu_ps(y + 8, _mm256_add_ps(_mm256_loadu_ps(y + 8), acc[jj][1]));
+      }
+    }
+    for (int jj = 0; jj < 4; ++jj)
+      for (int64_t d = H16; d < HS; ++d) Y[(j0 + jj) * ldy + d] += col8(w, j0 + jj, rows, d);
   }
+  for (; j0 < n; ++j0)
+    for (int64_t d = 0; d < HS; ++d) Y[j0 * ldy + d] += col8(w, j0, rows, d);
 }
 
 // AVX-512: 8 rows x 32 columns (16 accumulators of the 32 registers).
@@ -205,24 +211,36 @@ KGPT_AVX512_ATT void rows_axpy_avx512(float* acc, const float (*w)[kBc], const f
   if (d0 < HS) rows_axpy_avx2_from(acc, w, X, ldx, n, HS, d0);
 }
 
+// A register tile of 8 keys x 32 columns (16 accumulators): per row i, 2 loads of it and 8
+// broadcast weights feed 16 FMAs; Y is read and written once per tile. Lanes do what the AVX2
+// tile's do (bitwise the same); leftover keys and columns go through col8.
 KGPT_AVX512_ATT void cols_axpy_avx512(float* Y, int64_t ldy, const float (*w)[kBc],
                                       const float* rows, int64_t n, int64_t HS) {
-  for (int64_t j = 0; j < n; ++j) {
-    float* y = Y + j * ldy;
-    __m512 wv[8];
-    for (int i = 0; i < 8; ++i) wv[i] = _mm512_set1_ps(w[i][j]);
-    int64_t d = 0;
-    for (; d + 16 <= HS; d += 16) {
-      const float* r = rows;
-      const __m512 s01 = _mm512_fmadd_ps(wv[1], _mm512_loadu_ps(r + 256 + d), _mm512_mul_ps(wv[0], _mm512_loadu_ps(r + d)));
-      const __m512 s23 = _mm512_fmadd_ps(wv[3], _mm512_loadu_ps(r + 768 + d), _mm512_mul_ps(wv[2], _mm512_loadu_ps(r + 512 + d)));
-      const __m512 s45 = _mm512_fmadd_ps(wv[5], _mm512_loadu_ps(r + 1280 + d), _mm512_mul_ps(wv[4], _mm512_loadu_ps(r + 1024 + d)));
-      const __m512 s67 = _mm512_fmadd_ps(wv[7], _mm512_loadu_ps(r + 1792 + d), _mm512_mul_ps(wv[6], _mm512_loadu_ps(r + 1536 + d)));
-      _mm512_storeu_ps(y + d, _mm512_add_ps(_mm512_loadu_ps(y + d),
-                                            _mm512_add_ps(_mm512_add_ps(s01, s23), _mm512_add_ps(s45, s67))));
+  const int64_t H32 = HS & ~int64_t(31);
+  int64_t j0 = 0;
+  for (; j0 + 8 <= n; j0 += 8) {
+    for (int64_t d = 0; d < H32; d += 32) {
+      __m512 acc[8][2];
+      for (int jj = 0; jj < 8; ++jj) acc[jj][0] = acc[jj][1] = _mm512_setzero_ps();
+      for (int i = 0; i < 8; ++i) {
+        const __m512 r0 = _mm512_loadu_ps(rows + i * 256 + d), r1 = _mm512_loadu_ps(rows + i * 256 + d + 16);
+        for (int jj = 0; jj < 8; ++jj) {
+          const __m512 a = _mm512_set1_ps(w[i][j0 + jj]);
+          acc[jj][0] = _mm512_fmadd_ps(a, r0, acc[jj][0]);
+          acc[jj][1] = _mm512_fmadd_ps(a, r1, acc[jj][1]);
+        }
+      }
+      for (int jj = 0; jj < 8; ++jj) {
+        float* y = Y + (j0 + jj) * ldy + d;
+        _mm512_storeu_ps(y, _mm512_add_ps(_mm512_loadu_ps(y), acc[jj][0]));
+        _mm512_storeu_ps(y + 16, _mm512_add_ps(_mm512_loadu_ps(y + 16), acc[jj][1]));
+      }
     }
-    for (; d < HS; ++d) y[d] += col8(w, j, rows, d);
+    for (int jj = 0; jj < 8; ++jj)
+      for (int64_t d = H32; d < HS; ++d) Y[(j0 + jj) * ldy + d] += col8(w, j0 + jj, rows, d);
   }
+  for (; j0 < n; ++j0)
+    for (int64_t d = 0; d < HS; ++d) Y[j0 * ldy + d] += col8(w, j0, rows, d);
 }
 #endif
 
