@@ -362,8 +362,16 @@ KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, co
           for (int64_t j = 0; j < n; ++j) s[i][j] = 0.0f;
           continue;
         }
-        float mb = m[i];
-        for (int64_t j = 0; j < lim; ++j) mb = s[i][j] > mb ? s[i][j] : mb;
+        // Running max in 8 independent lanes (a max is exact, so any grouping gives the same
+        // value; one serial chain of compares was the forward's single hottest loop).
+        float m8[8];
+        for (int u = 0; u < 8; ++u) m8[u] = m[i];
+        int64_t j = 0;
+        for (; j + 8 <= lim; j += 8)
+          for (int u = 0; u < 8; ++u) m8[u] = s[i][j + u] > m8[u] ? s[i][j + u] : m8[u];
+        for (; j < lim; ++j) m8[0] = s[i][j] > m8[0] ? s[i][j] : m8[0];
+        float mb = m8[0];
+        for (int u = 1; u < 8; ++u) mb = m8[u] > mb ? m8[u] : mb;
         const float alpha = exp_approx(m[i] - mb);  // 0 on the first block (m = -inf)
         l[i] = l[i] * alpha + exp_shift_sum(s[i], n, mb);  // masked entries -> exactly 0
         for (int64_t d = 0; d < HS; ++d) acc[i * 256 + d] *= alpha;
