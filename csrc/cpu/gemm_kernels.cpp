@@ -121,7 +121,7 @@ static KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float be
 // Six rows by four vectors: 24 accumulators, 4 loads of B and 6 broadcasts of A per 24 FMAs.
 // (A 12x32 tile, 14 loads per 24 FMAs, measured 5-9% slower on the model's shapes, in a training
 // step too.) DIRECT: A read in place, element (i, k) at a[i*lda + k]; else the packed sliver.
-template <bool DIRECT>
+template <int MODE>
 static KGPT_AVX512 inline void ukr_avx512_6x64_impl(int64_t kc, const float* a, int64_t lda,
                                                     const float* b, float* c, int64_t ldc,
                                                     float alpha, float beta, const float* bias) {
@@ -135,13 +135,13 @@ static KGPT_AVX512 inline void ukr_avx512_6x64_impl(int64_t kc, const float* a, 
     const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
     const __m512 b2 = _mm512_load_ps(b + 32), b3 = _mm512_load_ps(b + 48);
     for (int i = 0; i < 6; ++i) {
-      const __m512 av = _mm512_set1_ps(DIRECT ? a[i * lda + k] : a[i]);
+      const __m512 av = _mm512_set1_ps(MODE == 1 ? a[i * lda + k] : MODE == 2 ? a[k * lda + i] : a[i]);
       acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
       acc[i][2] = _mm512_fmadd_ps(av, b2, acc[i][2]);
       acc[i][3] = _mm512_fmadd_ps(av, b3, acc[i][3]);
     }
-    if (!DIRECT) a += 6;
+    if (MODE == 0) a += 6;
     b += 64;
   }
   const __m512 va = _mm512_set1_ps(alpha);
@@ -152,13 +152,19 @@ static KGPT_AVX512 inline void ukr_avx512_6x64_impl(int64_t kc, const float* a, 
 
 KGPT_AVX512 void ukr_avx512_6x64(int64_t kc, const float* a, const float* b, float* c,
                                  int64_t ldc, float alpha, float beta, const float* bias) {
-  ukr_avx512_6x64_impl<false>(kc, a, 0, b, c, ldc, alpha, beta, bias);
+  ukr_avx512_6x64_impl<0>(kc, a, 0, b, c, ldc, alpha, beta, bias);
 }
 
 KGPT_AVX512 void ukrd_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b,
                                   float* c, int64_t ldc, float alpha, float beta,
                                   const float* bias) {
-  ukr_avx512_6x64_impl<true>(kc, a, lda, b, c, ldc, alpha, beta, bias);
+  ukr_avx512_6x64_impl<1>(kc, a, lda, b, c, ldc, alpha, beta, bias);
+}
+
+KGPT_AVX512 void ukrt_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b,
+                                  float* c, int64_t ldc, float alpha, float beta,
+                                  const float* bias) {
+  ukr_avx512_6x64_impl<2>(kc, a, lda, b, c, ldc, alpha, beta, bias);
 }
 
 #endif  // KGPT_X86

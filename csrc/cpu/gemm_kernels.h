@@ -57,6 +57,8 @@ void ukr_avx512_6x64(int64_t kc, const float* a, const float* b, float* c, int64
                      float alpha, float beta, const float* bias);
 void ukrd_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
                       int64_t ldc, float alpha, float beta, const float* bias);
+void ukrt_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
+                      int64_t ldc, float alpha, float beta, const float* bias);
 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1);
 #endif
 
