@@ -1,8 +1,8 @@
-// Causal multi-head attention on the CPU, flash-attention style: the forward walks groups of kR query
-// rows over blocks of kBc keys (kR x kJ register tiles) with an online softmax (running max and sum, output rescaled as the max
-// grows), so no (T,T) matrix exists; it saves lse (B,NH,T). The backward recomputes P = exp(S-lse)
+// Causal multi-head attention on the CPU, flash-attention style: the forward walks groups of kR
+// query rows over blocks of kBc keys (kR x kJ register tiles) with an online softmax (running max
+// and sum, output rescaled as the max grows), so no (T,T) matrix exists; it saves lse (B,NH,T). The backward recomputes P = exp(S-lse)
 // block by block: dV += P^T dO, dP = dO V^T, dS = P (dP - D) with D = rowsum(dO * O), dQ += dS K,
-// dK += dS^T Q. Everything is overwritten (=). Work is split over B x NH, one head per thread at a
+// dK += dS^T Q (dK, dV accumulated in place in dqkv, after zeroing). Everything is overwritten (=). Work is split over B x NH, one head per thread at a
 // time, each head computed serially: results are bitwise identical for any thread count.
 // attention_decode is the KV-cache step: one new query per sequence against the cached keys.
 #include <algorithm>

@@ -1,5 +1,6 @@
 // SGEMM driver: Goto/BLIS-style loops (NC columns of B, KC deep, MC rows of A) over packed panels
-// (a row-major op(A) is read in place by the AVX kernels instead of packed),
+// (op(A) is read in place by the AVX kernels instead of packed when row-major, and by the AVX-512
+// one when transposed and small),
 // a register-blocked micro-kernel per (MR, NR) tile (gemm_kernels.cpp), and a streaming
 // matrix-vector path for op(A) with <= 4 rows (batch-1 decoding). The kernel is picked per call
 // from the CPU's features (AVX-512 > AVX2/FMA > portable) unless a test caps it.
