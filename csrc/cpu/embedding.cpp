@@ -30,17 +30,23 @@ void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32
 #pragma omp parallel for schedule(static) if (B * T * C > kParallelMin)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t c0 = blk * CB, c1 = std::min(C, c0 + CB);
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t n = b * T + t;
-        const float* d = dout + n * C;
-        float* te = dwte + static_cast<int64_t>(idx[n]) * C;
-        float* pe = dwpe + t * C;
-        for (int64_t c = c0; c < c1; ++c) {
-          te[c] += d[c];
-          pe[c] += d[c];
-        }
+    // Positions first (each pe row summed over b in a local block, stored once), then tokens:
+    // interleaving the two read-modify-write streams made every load wait on the stores before
+    // it (their rows are 4 KB-aliased). Per element the additions keep their order.
+    for (int64_t t = 0; t < T; ++t) {
+      float acc[CB];
+      float* pe = dwpe + t * C;
+      for (int64_t c = c0; c < c1; ++c) acc[c - c0] = pe[c];
+      for (int64_t b = 0; b < B; ++b) {
+        const float* d = dout + (b * T + t) * C;
+        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += d[c];
       }
+      for (int64_t c = c0; c < c1; ++c) pe[c] = acc[c - c0];
+    }
+    for (int64_t n = 0; n < B * T; ++n) {
+      const float* d = dout + n * C;
+      float* te = dwte + static_cast<int64_t>(idx[n]) * C;
+      for (int64_t c = c0; c < c1; ++c) te[c] += d[c];
     }
   }
 }
