@@ -110,8 +110,7 @@ void matmul_backward(OptF dx, FArr dw, OptF dbias, FArr dout, FArr x, FArr w) {
                                     nullptr};
       kgpt::cpu::sgemm_pair(gdx, gdw);  // dx and dw side by side
     } else {
-      kgpt::cpu::sgemm(gdw.trans_a, gdw.trans_b, gdw.M, gdw.N, gdw.K, gdw.alpha, gdw.A, gdw.lda,
-                       gdw.B, gdw.ldb, gdw.beta, gdw.C, gdw.ldc, gdw.bias);
+      kgpt::cpu::sgemm(gdw);
     }
     if (pdb) kgpt::cpu::column_sum_acc(pdb, pdo, N, OC);
   }

@@ -1,7 +1,8 @@
 // Fused classifier: per block of rows, logits = x_b @ wte.T (GEMM, overwrite), then per row the
 // max, exp, sum, loss and in place dlogits = scale * (p - onehot), then dx_b = dlogits @ wte and
 // dwte += dlogits.T @ x_b. Row work is spread over threads by rows; the GEMMs thread themselves.
-// exp uses a vectorised Cephes-style polynomial (about 1 ulp) on the AVX2 path, std::exp otherwise.
+// exp is vecmath.h's exp8_avx2 (a Cephes-style polynomial, about 1 ulp) on the AVX2 path,
+// std::exp otherwise.
 #include "cpu/classifier.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -17,6 +18,7 @@
 #include <new>
 
 #include "cpu/gemm.h"
+#include "cpu/vecmath.h"  // exp8_avx2
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -29,24 +31,6 @@ namespace {
 #if KGPT_X86
 #define KGPT_AVX2 __attribute__((target("avx2,fma")))
 
-// e^x for x <= 0 (arguments are logits minus the row max); clamped below so 2^n stays normal.
-KGPT_AVX2 inline __m256 exp256(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 split in two parts
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
 // One row of logits -> loss; with `grad`, the row becomes scale * (softmax - onehot).
 // Pass 1 reads the row once keeping a running max and rescaled sum per lane (online softmax,
 // rescaled once per 32 elements); pass 2 (training only) recomputes exp and writes dlogits.
@@ -58,9 +42,9 @@ KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scal
     const __m256 x0 = _mm256_loadu_ps(row + j), x1 = _mm256_loadu_ps(row + j + 8);
     const __m256 x2 = _mm256_loadu_ps(row + j + 16), x3 = _mm256_loadu_ps(row + j + 24);
     const __m256 mn = _mm256_max_ps(vm, _mm256_max_ps(_mm256_max_ps(x0, x1), _mm256_max_ps(x2, x3)));
-    vs = _mm256_mul_ps(vs, exp256(_mm256_sub_ps(vm, mn)));
-    vs = _mm256_add_ps(vs, _mm256_add_ps(_mm256_add_ps(exp256(_mm256_sub_ps(x0, mn)), exp256(_mm256_sub_ps(x1, mn))),
-                                         _mm256_add_ps(exp256(_mm256_sub_ps(x2, mn)), exp256(_mm256_sub_ps(x3, mn)))));
+    vs = _mm256_mul_ps(vs, exp8_avx2(_mm256_sub_ps(vm, mn)));
+    vs = _mm256_add_ps(vs, _mm256_add_ps(_mm256_add_ps(exp8_avx2(_mm256_sub_ps(x0, mn)), exp8_avx2(_mm256_sub_ps(x1, mn))),
+                                         _mm256_add_ps(exp8_avx2(_mm256_sub_ps(x2, mn)), exp8_avx2(_mm256_sub_ps(x3, mn)))));
     vm = mn;
   }
   alignas(32) float lm[8], ls[8];
@@ -79,7 +63,7 @@ KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scal
     const __m256 vf = _mm256_set1_ps(f), vmx = _mm256_set1_ps(mx);
     int64_t j = 0;
     for (; j + 8 <= V; j += 8)
-      _mm256_storeu_ps(row + j, _mm256_mul_ps(exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx)), vf));
+      _mm256_storeu_ps(row + j, _mm256_mul_ps(exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx)), vf));
     for (; j < V; ++j) row[j] = std::exp(row[j] - mx) * f;
     row[t] -= scale;
   }
@@ -162,9 +146,9 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
     if (dx && dwte) {
       sgemm_pair(gdx, gdw);  // side by side on halves of the team
     } else if (dx) {
-      sgemm(false, false, rb, C, V, 1.f, L, V, wte, C, 0.f, dx + r0 * C, C, nullptr);
+      sgemm(gdx);
     } else if (dwte) {
-      sgemm(true, false, V, C, rb, 1.f, L, V, xb, C, 1.f, dwte, C, nullptr);
+      sgemm(gdw);
     }
   }
 }

@@ -9,4 +9,13 @@ bool cpu_has_avx2_fma() {
   return false;
 #endif
 }
+
+bool cpu_has_avx512f() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool ok = __builtin_cpu_supports("avx512f") && cpu_has_avx2_fma();
+  return ok;
+#else
+  return false;
+#endif
+}
 }  // namespace kgpt

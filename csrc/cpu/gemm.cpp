@@ -39,15 +39,6 @@ using namespace gemm_detail;
 // Highest kernel allowed: 0 = best the CPU has, 1 = at most AVX2/FMA, 2 = portable only.
 std::atomic<int> g_cap{0};
 
-bool cpu_has_avx512() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool ok = __builtin_cpu_supports("avx512f") && cpu_has_avx2_fma();
-  return ok;
-#else
-  return false;
-#endif
-}
-
 int max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -369,12 +360,12 @@ void gemv_nt(const Problem& p, bool avx2) {
 
 // ---------------------------------------------------------------- public entry points
 bool gemm_use_avx2() { return g_cap.load() < 2 && cpu_has_avx2_fma(); }
-bool gemm_use_avx512() { return g_cap.load() < 1 && cpu_has_avx512(); }
+bool gemm_use_avx512() { return g_cap.load() < 1 && cpu_has_avx512f(); }
 void gemm_set_force_portable(bool on) { g_cap.store(on ? 2 : 0); }
 
 bool gemm_set_kernel(const std::string& name) {
   if (name == "auto") g_cap.store(0);
-  else if (name == "avx512" && cpu_has_avx512()) g_cap.store(0);
+  else if (name == "avx512" && cpu_has_avx512f()) g_cap.store(0);
   else if (name == "avx2_fma" && cpu_has_avx2_fma()) g_cap.store(1);
   else if (name == "portable") g_cap.store(2);
   else return false;
@@ -390,14 +381,20 @@ const char* gemm_kernel_name() {
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
            int64_t ldc, const float* bias) {
-  if (M <= 0 || N <= 0) return;
-  const Problem p{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias};
-  if (K <= 0) {  // nothing to multiply: C = beta*C + bias
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = epi(0.f, 0.f, beta, C + m * ldc + n, bias, n);
+  sgemm(GemmArgs{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias});
+}
+
+void sgemm(const GemmArgs& p) {
+  if (p.M <= 0 || p.N <= 0) return;
+  if (p.K <= 0) {  // nothing to multiply: C = beta*C + bias
+    for (int64_t m = 0; m < p.M; ++m)
+      for (int64_t n = 0; n < p.N; ++n) {
+        float* c = p.C + m * p.ldc + n;
+        *c = epi(0.f, 0.f, p.beta, c, p.bias, static_cast<int>(n));
+      }
     return;
   }
-  if (!trans_a && trans_b && M <= 4) return gemv_nt(p, gemm_use_avx2());
+  if (!p.ta && p.tb && p.M <= 4) return gemv_nt(p, gemm_use_avx2());
 #if KGPT_X86
   if (gemm_use_avx512())
     return gemm_threaded<6, 64>(p, {ukr_avx512_6x64, ukrd_avx512_6x64, ukrt_avx512_6x64}, {192, 384, 1024});
@@ -407,23 +404,16 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   gemm_threaded<kPMR, kPNR>(p, {ukr_portable, nullptr}, {192, 384, 1024});
 }
 
-void sgemm_pair(const GemmArgs& x, const GemmArgs& y) {
-  auto problem = [](const GemmArgs& g) {
-    return Problem{g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, g.A, g.lda, g.B, g.ldb,
-                   g.beta, g.C, g.ldc, g.bias};
-  };
+void sgemm_pair(const GemmArgs& p, const GemmArgs& q) {
   // Degenerate products and the matrix-vector path: one after the other through sgemm.
   auto plain = [](const GemmArgs& g) {
-    return g.M <= 0 || g.N <= 0 || g.K <= 0 || (!g.trans_a && g.trans_b && g.M <= 4);
+    return g.M <= 0 || g.N <= 0 || g.K <= 0 || (!g.ta && g.tb && g.M <= 4);
   };
-  if (plain(x) || plain(y)) {
-    sgemm(x.trans_a, x.trans_b, x.M, x.N, x.K, x.alpha, x.A, x.lda, x.B, x.ldb, x.beta, x.C,
-          x.ldc, x.bias);
-    sgemm(y.trans_a, y.trans_b, y.M, y.N, y.K, y.alpha, y.A, y.lda, y.B, y.ldb, y.beta, y.C,
-          y.ldc, y.bias);
+  if (plain(p) || plain(q)) {
+    sgemm(p);
+    sgemm(q);
     return;
   }
-  const Problem p = problem(x), q = problem(y);
 #if KGPT_X86
   if (gemm_use_avx512())
     return gemm_pair_threaded<6, 64>(p, q, {ukr_avx512_6x64, ukrd_avx512_6x64, ukrt_avx512_6x64}, {192, 384, 1024});

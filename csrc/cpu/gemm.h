@@ -18,9 +18,9 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
            const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
            int64_t ldc, const float* bias);
 
-// The arguments of one sgemm call.
+// The arguments of one sgemm call, in the same order (ta, tb = trans_a, trans_b).
 struct GemmArgs {
-  bool trans_a, trans_b;
+  bool ta, tb;
   int64_t M, N, K;
   float alpha;
   const float* A;
@@ -32,6 +32,7 @@ struct GemmArgs {
   int64_t ldc;
   const float* bias;
 };
+void sgemm(const GemmArgs& g);
 // Two independent products (outputs must not overlap each other's inputs), the thread team
 // split between them; results bitwise equal to sgemm(x) then sgemm(y).
 void sgemm_pair(const GemmArgs& x, const GemmArgs& y);

@@ -5,24 +5,14 @@
 #pragma once
 #include <cstdint>
 
+#include "cpu/gemm.h"
+
 namespace kgpt {
 namespace cpu {
 namespace gemm_detail {
 
 // C (M,N) = alpha * op(A) @ op(B) + beta * C + bias; see sgemm in gemm.h.
-struct Problem {
-  bool ta, tb;
-  int64_t M, N, K;
-  float alpha;
-  const float* A;
-  int64_t lda;
-  const float* B;
-  int64_t ldb;
-  float beta;
-  float* C;
-  int64_t ldc;
-  const float* bias;
-};
+using Problem = GemmArgs;
 
 // Scalar epilogue shared by edge tiles and the portable kernel:
 // c = alpha*acc (+ beta*c when beta != 0) (+ bias).

@@ -152,11 +152,11 @@ double fma_peak_gflops(const std::string& isa, int threads, double seconds) {
   double (*spin)(double, float*) = nullptr;
 #if defined(__x86_64__) || defined(__i386__)
   if (isa == "avx512") {
-    if (!__builtin_cpu_supports("avx512f"))
+    if (!cpu_has_avx512f())
       throw std::invalid_argument("this CPU has no AVX-512F");
     spin = spin_avx512;
   } else if (isa == "avx2_fma") {
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+    if (!cpu_has_avx2_fma())
       throw std::invalid_argument("this CPU has no AVX2/FMA");
     spin = spin_avx2;
   }

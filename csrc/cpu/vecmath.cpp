@@ -45,15 +45,6 @@ float exp_shift_sum_portable(float* s, int64_t n, float shift) {
 std::atomic<bool> g_force_portable{false};
 std::atomic<bool> g_allow_avx512{true};
 
-bool cpu_has_avx512f() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
 bool ops_use_avx2() { return cpu_has_avx2_fma() && !g_force_portable.load(std::memory_order_relaxed); }
