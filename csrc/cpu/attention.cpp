@@ -512,6 +512,11 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   }
 }
 
+void attention_decode_head(float* out, const float* q, const float* k_cache, const float* v_cache,
+                           int64_t HS, int64_t n_valid, float* scores) {
+  decode_head(out, q, k_cache, v_cache, scores, HS, n_valid);
+}
+
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
                       int64_t B, int64_t NH, int64_t maxT, int64_t HS, int64_t n_valid) {
   // Parallel only when there is enough cache to stream (batch-1 decoding of short contexts stays

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cpu/gemm.h"
 #include "cpu/gemm_kernels.h"
@@ -29,6 +30,16 @@ void gemv_cols(float* out, const float* x, const float* w, const float* bias, in
 #endif
   gemm_detail::gemv_nt_portable(p, n0, n1);
 }
+
+// Per-thread attention scores, grown once to the longest context seen.
+struct ScoreBuf {
+  std::vector<float> v;
+  float* get(int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
+  }
+};
+thread_local ScoreBuf tls_scores;
 
 }  // namespace
 
@@ -67,6 +78,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
 #else
     const int t = 0, T = 1;
 #endif
+    float* scores = tls_scores.get(maxT);  // this thread's attention scratch
     auto cols = [&](float* out, const float* in, const float* w, const float* bias, int64_t N,
                     int64_t K) {
       gemv_cols(out, in, w, bias, B, N, K, N * t / T, N * (t + 1) / T);
@@ -83,8 +95,8 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         float* vc = L.v_cache + bh * maxT * HS;
         std::memcpy(kc + pos * HS, qkv + b * 3 * C + C + h * HS, sizeof(float) * HS);
         std::memcpy(vc + pos * HS, qkv + b * 3 * C + 2 * C + h * HS, sizeof(float) * HS);
-        attention_decode(atty + b * C + h * HS, qkv + b * 3 * C + h * HS, kc, vc, 1, 1, maxT, HS,
-                         pos + 1);
+        attention_decode_head(atty + b * C + h * HS, qkv + b * 3 * C + h * HS, kc, vc, HS,
+                              pos + 1, scores);
       }
       cols(proj, atty, L.proj_w, L.proj_b, C, C);
 #pragma omp barrier

@@ -40,6 +40,10 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 // q (B,C), caches (B,NH,maxT,HS) with positions [0, n_valid) filled; out (B,C) =.
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
                       int64_t B, int64_t NH, int64_t maxT, int64_t HS, int64_t n_valid);
+// One head of it, on the calling thread: q, out (HS,), caches (maxT, HS); scores: n_valid floats
+// of scratch. attention_decode runs exactly this per (b, h).
+void attention_decode_head(float* out, const float* q, const float* k_cache, const float* v_cache,
+                           int64_t HS, int64_t n_valid, float* scores);
 
 // crossentropy.cpp. logits (N,V) -> probs (N,V) =, losses (N,) =; dlogits = scale*(probs-onehot).
 void crossentropy_forward(float* losses, float* probs, const float* logits,
