@@ -216,9 +216,7 @@ def decode_bound(cfg: GPTConfig, threads: int):
         from kernelgpt import _native
     except ImportError:
         return None
-    C, V, L, T = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.block_size
-    n = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C   # every parameter, wte once (tied)
-    mb = n * 4 / 1e6
+    mb = GPT(cfg, backend="numpy", seed=0).num_params() * 4 / 1e6  # every parameter (wte tied)
     gbs = statistics.median(_native.read_bandwidth_gbs(mb, threads, 0.5) for _ in range(3))
     return mb, gbs, gbs * 1e3 / mb
 
