@@ -308,21 +308,33 @@ def test_fma_peak_measure_and_bad_arguments():
         nat.fma_peak_gflops(isa, 1, -1.0)
 
 
-@pytest.mark.parametrize("shape", [(512, 128, 384), (67, 20, 37), (2, 33, 100)],
+@pytest.mark.parametrize("shape", [(512, 128, 384), (67, 20, 37), (2, 33, 100), (600, 400, 500)],
                          ids=lambda s: "N=%d,C=%d,OC=%d" % s)
-def test_matmul_backward_pair_equals_two_gemms_bitwise(rng, shape):
-    """matmul_backward runs dx and dw side by side (the team split in two); each must still be
-    bitwise what a lone gemm gives (same tile grid, same k order)."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmul_backward_pair_equals_two_gemms_bitwise(rng, shape, threads):
+    """matmul_backward runs dx (then dbias) and dw side by side for small products (the team
+    split in two) and one after the other for large ones (N=600,C=400,OC=500 is over the pair
+    limit); each result must still be bitwise what a lone gemm, and the lone column sum of the
+    dx=None path, give (same tile grid, same k order, every column summed row by row)."""
     N, C, OC = shape
     x, w, dout = f32(rng, N, C), f32(rng, OC, C), f32(rng, N, OC)
-    dw0 = f32(rng, OC, C)
-    dx, dw = nan(N, C), dw0.copy()
-    nat.matmul_backward(dx, dw, None, dout, x, w)
-    dx_ref, dw_ref = nan(N, C), dw0.copy()
-    nat.gemm(dx_ref, dout, w)
-    nat.gemm(dw_ref, dout, x, trans_a=True, beta=1.0)
+    dw0, db0 = f32(rng, OC, C), f32(rng, OC)
+    prev = nat.max_threads()
+    nat.set_num_threads(threads)
+    try:
+        dx, dw, db = nan(N, C), dw0.copy(), db0.copy()
+        nat.matmul_backward(dx, dw, db, dout, x, w)
+        dx_ref, dw_ref, db_ref = nan(N, C), dw0.copy(), db0.copy()
+        nat.gemm(dx_ref, dout, w)
+        nat.gemm(dw_ref, dout, x, trans_a=True, beta=1.0)
+        nat.matmul_backward(None, dw0.copy(), db_ref, dout, x, w)
+    finally:
+        nat.set_num_threads(prev)
     np.testing.assert_array_equal(dx, dx_ref)
     np.testing.assert_array_equal(dw, dw_ref)
+    np.testing.assert_array_equal(db, db_ref)
+    ref = db0.astype(np.float64) + dout.astype(np.float64).sum(0)
+    np.testing.assert_allclose(db, ref, rtol=1e-5, atol=1e-4)
 
 
 def test_read_bandwidth_probe_and_bad_arguments():

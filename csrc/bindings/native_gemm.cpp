@@ -105,14 +105,15 @@ void matmul_backward(OptF dx, FArr dw, OptF dbias, FArr dout, FArr x, FArr w) {
   {
     py::gil_scoped_release nogil;
     const kgpt::cpu::GemmArgs gdw{true, false, OC, C, N, 1.f, pdo, OC, px, C, 1.f, pdw, C, nullptr};
+    const kgpt::cpu::ColumnSum db{pdb, pdo, N, OC};
     if (pdx) {
       const kgpt::cpu::GemmArgs gdx{false, false, N, C, OC, 1.f, pdo, OC, pw, C, 0.f, pdx, C,
                                     nullptr};
-      kgpt::cpu::sgemm_pair(gdx, gdw);  // dx and dw side by side
+      kgpt::cpu::sgemm_pair(gdx, gdw, pdb ? &db : nullptr);  // dx (then dbias) and dw
     } else {
       kgpt::cpu::sgemm(gdw);
+      if (pdb) kgpt::cpu::column_sum_acc(pdb, pdo, N, OC);
     }
-    if (pdb) kgpt::cpu::column_sum_acc(pdb, pdo, N, OC);
   }
 }
 

@@ -33,12 +33,19 @@ struct GemmArgs {
   const float* bias;
 };
 void sgemm(const GemmArgs& g);
-// Two independent products (outputs must not overlap each other's inputs), the thread team
-// split between them; results bitwise equal to sgemm(x) then sgemm(y).
-void sgemm_pair(const GemmArgs& x, const GemmArgs& y);
-
-// dbias (OC,) += column sums of dout (N,OC), rows added in order (deterministic).
+// dst (OC,) += column sums of src (N, OC), rows added in order (deterministic).
+struct ColumnSum {
+  float* dst;
+  const float* src;
+  int64_t N, OC;
+};
 void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC);
+
+// Two independent products (outputs must not overlap each other's inputs) and, when `sum` is
+// given, a column sum after x. Small products run side by side on halves of the thread team
+// (the sum on x's half, which is usually the faster one); large ones one after the other on the
+// whole team. Results bitwise equal to sgemm(x), sgemm(y), column_sum_acc(sum) in any case.
+void sgemm_pair(const GemmArgs& x, const GemmArgs& y, const ColumnSum* sum = nullptr);
 
 // Name of the micro-kernel sgemm uses now: "avx512", "avx2_fma" or "portable".
 const char* gemm_kernel_name();
