@@ -28,15 +28,15 @@ def model():
     return m
 
 
-@pytest.mark.parametrize("B", [1, 3, 4])
-def test_fused_step_bitwise_equals_op_by_op(model, rng, B):
-    prompt = rng.integers(0, CFG.vocab_size, (B, 3)).astype(np.int32)
+def _check_fused_equals_ops(model, rng, B):
+    cfg = model.config
+    prompt = rng.integers(0, cfg.vocab_size, (B, 3)).astype(np.int32)
     fused, ops = sample._KVDecoder(model, B), sample._KVDecoder(model, B)
     assert fused.fused is not None
     ops.fused = None
     np.testing.assert_array_equal(fused.prefill(prompt), ops.prefill(prompt))
-    for pos in range(3, CFG.block_size):
-        tok = rng.integers(0, CFG.vocab_size, B).astype(np.int32)
+    for pos in range(3, cfg.block_size):
+        tok = rng.integers(0, cfg.vocab_size, B).astype(np.int32)
         fused.logits.fill(np.nan)
         a = np.array(fused.step(tok, pos))
         b = np.array(ops.step(tok, pos))
@@ -44,6 +44,28 @@ def test_fused_step_bitwise_equals_op_by_op(model, rng, B):
         for (k1, v1), (k2, v2) in zip(fused.caches, ops.caches):
             np.testing.assert_array_equal(k1[:, :, :pos + 1], k2[:, :, :pos + 1])
             np.testing.assert_array_equal(v1[:, :, :pos + 1], v2[:, :, :pos + 1])
+
+
+@pytest.mark.parametrize("B", [1, 3, 4])
+def test_fused_step_bitwise_equals_op_by_op(model, rng, B):
+    _check_fused_equals_ops(model, rng, B)
+
+
+# Wide enough (12 C^2 >= 2 x 65536 weights per layer) that the fused step runs on two threads:
+# each thread's own heads (3 heads: 1 + 2; 5 heads: 2 + 3) and column ranges. C=120 has 4C a
+# multiple of 16 (GELU by column range); C=110 does not (GELU over the whole row after a barrier).
+@pytest.mark.parametrize("C,NH", [(120, 3), (110, 5)])
+@pytest.mark.parametrize("B", [1, 2])
+def test_fused_step_two_threads_bitwise_equals_op_by_op(rng, C, NH, B):
+    cfg = GPTConfig(vocab_size=53, block_size=9, n_layer=2, n_head=NH, n_embd=C)
+    m = GPT(cfg, backend="native", seed=5)
+    m.params[:] += np.random.default_rng(2).standard_normal(m.params.size).astype(np.float32) * 0.1
+    before = nb.get_num_threads()
+    nb.set_num_threads(2)
+    try:
+        _check_fused_equals_ops(m, rng, B)
+    finally:
+        nb.set_num_threads(before)
 
 
 @pytest.mark.parametrize("B", [1, 5])

@@ -190,6 +190,28 @@ def test_classifier_dx_only_and_dwte_only(rng):
     assert np.array_equal(l1, l2) and np.array_equal(l1, l3)
 
 
+@pytest.mark.skipif(nat.gemm_kernel_name() != "avx512", reason="needs the AVX-512 path")
+@pytest.mark.parametrize("shape", [(67, 20, 517), (512, 128, 512), (5, 7, 3)],
+                         ids=lambda s: "N=%d,C=%d,V=%d" % s)
+def test_classifier_avx512_equals_avx2_bitwise(rng, shape):
+    """The AVX-512 softmax rows keep the AVX2 rows' 16 partial sums and exp lane for lane, and the
+    two GEMM micro-kernels share the k order: losses and gradients are the same bits."""
+    N, C, V = shape
+    x, wte = f32(rng, N, C), f32(rng, V, C) * np.float32(0.5)
+    t = rng.integers(0, V, N).astype(np.int32)
+    got = []
+    try:
+        for k in ("avx512", "avx2_fma"):
+            nat._set_gemm_kernel(k)
+            out = (nan(N), nan(N, C), np.zeros((V, C), np.float32))
+            nat.classifier_forward(out[0], out[1], out[2], x, wte, t, 0.3)
+            got.append(out)
+    finally:
+        nat._set_gemm_kernel("auto")
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- threads
 def test_one_and_two_threads_bitwise_equal(kernel, rng, threads):
     """Threads own disjoint output tiles aligned to the micro-kernel, so every element is summed in

@@ -1,8 +1,8 @@
 // Fused classifier: per block of rows, logits = x_b @ wte.T (GEMM, overwrite), then per row the
 // max, exp, sum, loss and in place dlogits = scale * (p - onehot), then dx_b = dlogits @ wte and
 // dwte += dlogits.T @ x_b. Row work is spread over threads by rows; the GEMMs thread themselves.
-// exp is vecmath.h's exp8_avx2 (a Cephes-style polynomial, about 1 ulp) on the AVX2 path,
-// std::exp otherwise.
+// exp is vecmath.h's exp8_avx2/exp16_avx512 (a Cephes-style polynomial, about 1 ulp) on the
+// AVX2/AVX-512 paths, which give the same bits, std::exp otherwise.
 #include "cpu/classifier.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -30,41 +30,93 @@ namespace {
 
 #if KGPT_X86
 #define KGPT_AVX2 __attribute__((target("avx2,fma")))
+#define KGPT_AVX512 __attribute__((target("avx512f,avx2,fma")))
 
-// One row of logits -> loss; with `grad`, the row becomes scale * (softmax - onehot).
-// Pass 1 reads the row once keeping a running max and rescaled sum per lane (online softmax,
-// rescaled once per 32 elements); pass 2 (training only) recomputes exp and writes dlogits.
-// Two passes instead of three matter because a block of logits does not fit in L2.
+// One row of logits -> loss; with `grad`, the row becomes scale * (softmax - onehot). Three
+// passes over the row, which sits in L1/L2 after the first: the max, then exp(x - max) summed
+// (and stored when training), then the scaling. One exp per element.
+// Summation order, the same on both ISA paths (so they give the same bits): 16 partial sums,
+// lane l adding the elements j = l (mod 16) of the first V/16*16 in order, then the 16 lanes in
+// order, then the tail elements in order.
 KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scale) {
-  const int64_t Vv = V / 32 * 32;
-  __m256 vm = _mm256_set1_ps(-INFINITY), vs = _mm256_setzero_ps();
-  for (int64_t j = 0; j < Vv; j += 32) {
-    const __m256 x0 = _mm256_loadu_ps(row + j), x1 = _mm256_loadu_ps(row + j + 8);
-    const __m256 x2 = _mm256_loadu_ps(row + j + 16), x3 = _mm256_loadu_ps(row + j + 24);
-    const __m256 mn = _mm256_max_ps(vm, _mm256_max_ps(_mm256_max_ps(x0, x1), _mm256_max_ps(x2, x3)));
-    vs = _mm256_mul_ps(vs, exp8_avx2(_mm256_sub_ps(vm, mn)));
-    vs = _mm256_add_ps(vs, _mm256_add_ps(_mm256_add_ps(exp8_avx2(_mm256_sub_ps(x0, mn)), exp8_avx2(_mm256_sub_ps(x1, mn))),
-                                         _mm256_add_ps(exp8_avx2(_mm256_sub_ps(x2, mn)), exp8_avx2(_mm256_sub_ps(x3, mn)))));
-    vm = mn;
+  const int64_t Vv = V / 16 * 16;
+  const float xt = row[t];
+  __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+  for (int64_t j = 0; j < Vv; j += 16) {
+    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(row + j));
+    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(row + j + 8));
   }
-  alignas(32) float lm[8], ls[8];
-  _mm256_store_ps(lm, vm);
-  _mm256_store_ps(ls, vs);
+  alignas(32) float lane[16];
+  _mm256_store_ps(lane, _mm256_max_ps(m0, m1));
   float mx = -INFINITY;
-  for (int l = 0; l < 8; ++l) mx = std::max(mx, lm[l]);
+  for (int l = 0; l < 8; ++l) mx = std::max(mx, lane[l]);
   for (int64_t j = Vv; j < V; ++j) mx = std::max(mx, row[j]);
+  const __m256 vmx = _mm256_set1_ps(mx);
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  for (int64_t j = 0; j < Vv; j += 16) {
+    const __m256 e0 = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx));
+    const __m256 e1 = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + j + 8), vmx));
+    if (grad) {
+      _mm256_storeu_ps(row + j, e0);
+      _mm256_storeu_ps(row + j + 8, e1);
+    }
+    s0 = _mm256_add_ps(s0, e0);
+    s1 = _mm256_add_ps(s1, e1);
+  }
+  _mm256_store_ps(lane, s0);
+  _mm256_store_ps(lane + 8, s1);
   float sum = 0.f;
-  for (int l = 0; l < 8; ++l)
-    if (ls[l] > 0.f) sum += ls[l] * std::exp(lm[l] - mx);
-  for (int64_t j = Vv; j < V; ++j) sum += std::exp(row[j] - mx);
-  const float loss = std::log(sum) + mx - row[t];
+  for (int l = 0; l < 16; ++l) sum += lane[l];
+  for (int64_t j = Vv; j < V; ++j) {
+    const float e = std::exp(row[j] - mx);
+    if (grad) row[j] = e;
+    sum += e;
+  }
+  const float loss = std::log(sum) + mx - xt;
   if (grad) {
     const float f = scale / sum;
-    const __m256 vf = _mm256_set1_ps(f), vmx = _mm256_set1_ps(mx);
+    const __m256 vf = _mm256_set1_ps(f);
     int64_t j = 0;
-    for (; j + 8 <= V; j += 8)
-      _mm256_storeu_ps(row + j, _mm256_mul_ps(exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmx)), vf));
-    for (; j < V; ++j) row[j] = std::exp(row[j] - mx) * f;
+    for (; j + 8 <= V; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vf));
+    for (; j < V; ++j) row[j] *= f;
+    row[t] -= scale;
+  }
+  return loss;
+}
+
+// The same on 16 lanes (exp16_avx512 equals exp8_avx2 lane for lane).
+KGPT_AVX512 float row_avx512(float* row, int64_t V, int32_t t, bool grad, float scale) {
+  const int64_t Vv = V / 16 * 16;
+  const float xt = row[t];
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < Vv; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(row + j));
+  alignas(64) float lane[16];
+  _mm512_store_ps(lane, m);
+  float mx = -INFINITY;
+  for (int l = 0; l < 16; ++l) mx = std::max(mx, lane[l]);
+  for (int64_t j = Vv; j < V; ++j) mx = std::max(mx, row[j]);
+  const __m512 vmx = _mm512_set1_ps(mx);
+  __m512 s = _mm512_setzero_ps();
+  for (int64_t j = 0; j < Vv; j += 16) {
+    const __m512 e = exp16_avx512(_mm512_sub_ps(_mm512_loadu_ps(row + j), vmx));
+    if (grad) _mm512_storeu_ps(row + j, e);
+    s = _mm512_add_ps(s, e);
+  }
+  _mm512_store_ps(lane, s);
+  float sum = 0.f;
+  for (int l = 0; l < 16; ++l) sum += lane[l];
+  for (int64_t j = Vv; j < V; ++j) {
+    const float e = std::exp(row[j] - mx);
+    if (grad) row[j] = e;
+    sum += e;
+  }
+  const float loss = std::log(sum) + mx - xt;
+  if (grad) {
+    const float f = scale / sum;
+    const __m512 vf = _mm512_set1_ps(f);
+    int64_t j = 0;
+    for (; j + 16 <= V; j += 16) _mm512_storeu_ps(row + j, _mm512_mul_ps(_mm512_loadu_ps(row + j), vf));
+    for (; j < V; ++j) row[j] *= f;
     row[t] -= scale;
   }
   return loss;
@@ -112,8 +164,9 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
                         const int32_t* targets, int64_t N, int64_t C, int64_t V, float scale) {
   if (N <= 0) return;
   const bool grad = dx || dwte;
-  const bool avx2 = gemm_use_avx2();
+  const bool avx2 = gemm_use_avx2(), avx512 = gemm_use_avx512();
   (void)avx2;
+  (void)avx512;
   // Rows per block: as many as fit a budget of kClassifierBufferFloats (fewer passes over dwte),
   // a multiple of 12 (of every micro-kernel's rows: 4, 6), at least 12.
   int64_t R = std::max<int64_t>(12, kClassifierBufferFloats / V / 12 * 12);
@@ -134,6 +187,10 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
       float* row = L + r * V;
       const int32_t t = targets[r0 + r];
 #if KGPT_X86
+      if (avx512) {
+        losses[r0 + r] = row_avx512(row, V, t, grad, scale);
+        continue;
+      }
       if (avx2) {
         losses[r0 + r] = row_avx2(row, V, t, grad, scale);
         continue;

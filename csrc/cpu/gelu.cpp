@@ -129,6 +129,8 @@ void gelu_forward(float* out, const float* x, int64_t n) {
   }
 }
 
+void gelu_forward_serial(float* out, const float* x, int64_t n) { gelu_fwd_chunk(out, x, n); }
+
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n) {
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (n > kParallelMin / 4)

@@ -26,6 +26,8 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
 
 // gelu.cpp (tanh approximation). out = gelu(x); dx = dout * gelu'(x). n elements.
 void gelu_forward(float* out, const float* x, int64_t n);
+// The same on the calling thread only (for callers already inside a parallel region).
+void gelu_forward_serial(float* out, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n);
 
 // residual.cpp. out = a + b (may alias); da += dout; db += dout.
