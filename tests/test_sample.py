@@ -84,6 +84,25 @@ def test_pick_tokens_distribution_and_filters():
     assert draws == {0, 1, 2}
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 0.37, 1.0, 7.5, 1e30])
+@pytest.mark.parametrize("top_k,top_p", [(1, None), (5, None), (50, 0.9), (199, None)])
+def test_pick_tokens_float32_shortcut_equals_float64(temperature, top_k, top_p):
+    """float32 logits with top_k take their candidates straight from the float32 values; the
+    tokens must be exactly those of the float64 route for the same draws (ties at the k-th value
+    included: the logits are drawn from a few levels, so many values repeat)."""
+    r = np.random.default_rng(11)
+    for trial in range(40):
+        B, V = 1 + trial % 3, 200
+        levels = r.standard_normal(12).astype(np.float32) * np.float32(4)
+        lg32 = levels[r.integers(0, 12, (B, V))] + (trial % 2) * r.standard_normal(
+            (B, V)).astype(np.float32)
+        g1, g2 = np.random.default_rng(trial), np.random.default_rng(trial)
+        a = sample.pick_tokens(lg32, temperature, top_k, top_p, g1)
+        b = sample.pick_tokens(lg32.astype(np.float64), temperature, top_k, top_p, g2)
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == np.int64
+
+
 def test_stream_yields_ints_and_arrays(model):
     out = list(model.generate_stream([5, 6], 4, temperature=0))
     assert all(isinstance(t, int) for t in out) and len(out) == 4

@@ -6,7 +6,8 @@ token then runs one position through the blocks (``backend.attention_decode`` an
 rows). When the sequence reaches block_size the context window slides: the cache is rebuilt from
 the last block_size tokens, so cached and uncached generation see exactly the same context.
 Token choice (temperature, top-k, top-p) happens on the host in float64 from an explicit
-``numpy.random.Generator``; nothing here keeps state between calls.
+``numpy.random.Generator`` (the top-k candidates are found on the float32 logits, which selects
+the same set); nothing here keeps state between calls.
 """
 from __future__ import annotations
 
@@ -92,21 +93,32 @@ def pick_tokens(logits: np.ndarray, temperature: float, top_k: Optional[int],
     most likely one always kept). One ``rng.random(B)`` draw u per call; a row takes the first
     candidate, in token-id order, whose cumulative probability exceeds u (so a zero-probability
     token is never chosen). Only the candidates are exponentiated and summed."""
-    logits = np.asarray(logits, dtype=np.float64)
-    B, V = logits.shape
+    raw = np.asarray(logits)
+    B, V = raw.shape
     if temperature == 0.0:
-        return logits.argmax(axis=1)
-    z = logits / temperature
+        return raw.argmax(axis=1).astype(np.int64)
     u = rng.random(B)
     out = np.empty(B, dtype=np.int64)
+    # With top_k, the candidates can be chosen on float32 logits directly: float32 -> float64 is
+    # exact and dividing by a temperature in [1e-30, 1e30] keeps every float32 value's order and
+    # ties without overflow or underflow, so the candidate set and their z are the same as from
+    # the float64 division of all V logits (which this skips).
+    direct = (top_k is not None and top_k < V and raw.dtype == np.float32
+              and 1e-30 <= temperature <= 1e30)
+    z = None if direct else np.asarray(raw, dtype=np.float64) / temperature
     for b in range(B):
-        zb = z[b]
-        if top_k is not None and top_k < V:
+        if direct:
+            rb = raw[b]
+            kth = np.partition(rb, V - top_k)[V - top_k]
+            cand = np.flatnonzero(rb >= kth)          # ascending token ids
+            zc = rb[cand].astype(np.float64) / temperature
+        elif top_k is not None and top_k < V:
+            zb = z[b]
             kth = np.partition(zb, V - top_k)[V - top_k]
             cand = np.flatnonzero(zb >= kth)          # ascending token ids
             zc = zb[cand]
         else:
-            cand, zc = None, zb
+            cand, zc = None, z[b]
         probs = np.exp(zc - zc.max())
         probs /= probs.sum()
         if top_p is not None and top_p < 1.0:
@@ -188,27 +200,33 @@ class _KVDecoder:
 
 def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.ndarray], Any],
                  use_cache: bool = True) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """Core loop over a validated prompt (B,T) int32: yields (logits (B,V) float64 numpy, chosen
-    tokens (B,) int32) per step, where ``choose(logits)`` picks the tokens."""
+    """Core loop over a validated prompt (B,T) int32: yields (logits (B,V), a fresh host numpy
+    copy in the model's dtype; chosen tokens (B,) int32) per step, where ``choose(logits)`` picks
+    the tokens. Kept lean: after each step has streamed every weight through the caches, each
+    Python operation here runs cold."""
     maxT = model.config.block_size
     be = model.backend
-    seq = tokens.copy()
-    dec = _KVDecoder(model, seq.shape[0]) if use_cache else None
+    B, T0 = tokens.shape
+    seq = np.empty((B, T0 + n_steps), np.int32)      # the prompt, then the chosen tokens
+    seq[:, :T0] = tokens
+    end = T0
+    dec = _KVDecoder(model, B) if use_cache else None
     n_cached = 0
     for i in range(n_steps):
         if not use_cache:
-            window = seq[:, -maxT:]
+            window = seq[:, max(0, end - maxT):end]
             logits = model._last_logits(model._forward_trunk(be.asarray(window)))
         elif i == 0 or n_cached == maxT:  # first step or the window slides: (re)build the cache
-            window = seq[:, -maxT:]
-            logits = dec.prefill(np.ascontiguousarray(window))
+            window = np.ascontiguousarray(seq[:, max(0, end - maxT):end])
+            logits = dec.prefill(window)
             n_cached = window.shape[1]
         else:
-            logits = dec.step(seq[:, -1], n_cached)
+            logits = dec.step(seq[:, end - 1], n_cached)
             n_cached += 1
-        host = np.asarray(be.to_numpy(logits), dtype=np.float64)
+        host = np.array(be.to_numpy(logits))
         nxt = np.asarray(choose(host), dtype=np.int32)
-        seq = np.concatenate([seq, nxt[:, None]], axis=1)
+        seq[:, end] = nxt
+        end += 1
         yield host, nxt
 
 
@@ -230,7 +248,7 @@ def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: fl
 
         def choose(logits):
             t = pick_tokens(logits, temperature, top_k, top_p, rng).astype(np.int32)
-            return np.where(done, last, t)
+            return t if stop_ids is None else np.where(done, last, t)
 
         for _, nxt in _logit_steps(model, tokens, n, choose, use_cache):
             if stop_ids is not None:
