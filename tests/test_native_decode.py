@@ -144,3 +144,84 @@ def test_backend_make_decoder_limits(model):
     caches = _parts(model, B=1)["caches"]
     assert nb.make_decoder(model.param_views, caches, CFG.n_head, 1) is not None
     assert nb.make_decoder(model.param_views, caches, CFG.n_head, 6) is None
+
+
+# ----------------------------------------------------------------------------- Decoder.sample
+def _stream(model, prompt, n, **kw):
+    """generate() as the general path computes it: generate_stream, token by token in Python."""
+    steps = list(sample.generate_stream(model, prompt, n, **kw))
+    new = np.stack(steps, axis=1) if steps else np.zeros((prompt.shape[0], 0), np.int32)
+    return np.concatenate([prompt, new.astype(np.int32)], axis=1)
+
+
+@pytest.mark.parametrize("opts", [dict(temperature=0.0), dict(temperature=1.0),
+                                  dict(temperature=0.7, top_k=5), dict(temperature=1.3, top_p=0.8),
+                                  dict(temperature=1.0, top_k=9, top_p=0.6),
+                                  dict(temperature=1.0, top_k=1)], ids=str)
+@pytest.mark.parametrize("B", [1, 3])
+def test_sampling_loop_in_cpp_equals_python_loop(model, rng, opts, B):
+    """generate() runs the fused decoder's own loop (Decoder.sample): the same tokens as the
+    token-by-token Python path, past block_size (the window slides and the cache is rebuilt),
+    and the generator left in the same state (the unused draws of a chunk are given back)."""
+    prompt = rng.integers(0, CFG.vocab_size, (B, 2)).astype(np.int32)
+    n = 3 * CFG.block_size
+    g1, g2 = np.random.default_rng(7), np.random.default_rng(7)
+    fast = model.generate(prompt, n, seed=g1, **opts)
+    slow = _stream(model, prompt, n, seed=g2, **opts)
+    np.testing.assert_array_equal(fast, slow)
+    assert g1.random() == g2.random()
+
+
+@pytest.mark.parametrize("B", [1, 2, 4])
+def test_sampling_loop_stop_tokens_equal_python_loop(model, B):
+    """Stop ids: rows that stopped repeat their stop token, the loop ends once all have (possibly
+    inside a C++ chunk, whose unused draws go back to the generator)."""
+    for trial in range(12):
+        r = np.random.default_rng(trial)
+        prompt = r.integers(0, CFG.vocab_size, (B, 3)).astype(np.int32)
+        stop = [int(s) for s in r.choice(CFG.vocab_size, 6, replace=False)]
+        g1, g2 = np.random.default_rng(trial), np.random.default_rng(trial)
+        fast = model.generate(prompt, 40, temperature=1.5, stop=stop, seed=g1)
+        slow = _stream(model, prompt, 40, temperature=1.5, stop=stop, seed=g2)
+        np.testing.assert_array_equal(fast, slow)
+        assert g1.random() == g2.random()
+
+
+def test_sampling_loop_nonfinite_logits_raise_like_python_loop():
+    """NaN weights give NaN logits: the C++ loop stops before choosing and hands the step to
+    pick_tokens, which raises a clear ValueError, as the Python loop does."""
+    m = GPT(CFG, backend="native", seed=4)
+    m.param_views["ln_f.w"][0] = np.nan
+    prompt = np.array([[1, 2]], np.int32)
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match="finite"):
+            m.generate(prompt, 8, temperature=temperature, top_k=4, seed=3)
+        with pytest.raises(ValueError, match="finite"):
+            _stream(m, prompt, 8, temperature=temperature, top_k=4, seed=3)
+
+
+def test_decoder_sample_bad_arguments(model):
+    parts = _parts(model, B=2)
+    dec = nat.Decoder(**parts)
+    V = CFG.vocab_size
+    logits = np.zeros((2, V), np.float32)
+    ok = dict(out=np.zeros((3, 2), np.int32), tok=np.array([1, 2], np.int32), pos=0,
+              u=np.full((3, 2), 0.5), temperature=1.0, top_k=0, top_p=1.0,
+              stop=np.zeros(0, np.int32), done=np.zeros(2, np.uint8), logits=logits)
+    steps, bad = dec.sample(**ok)
+    assert steps == 3 and not bad and ((ok["out"] >= 0) & (ok["out"] < V)).all()
+    cases = [
+        (dict(out=np.zeros((3, 1), np.int32)), ValueError, "out"),
+        (dict(u=np.full((2, 2), 0.5)), ValueError, "u must have"),
+        (dict(u=np.full((3, 2), 1.0)), ValueError, r"\[0, 1\)"),
+        (dict(tok=np.array([1, V], np.int32)), ValueError, "outside"),
+        (dict(pos=CFG.block_size - 2), ValueError, "positions"),
+        (dict(temperature=-1.0), ValueError, "temperature"),
+        (dict(top_p=0.0), ValueError, "top_p"),
+        (dict(done=np.zeros(3, np.uint8)), ValueError, "done"),
+        (dict(logits=logits[:1].copy()), ValueError, "logits"),
+        (dict(u=np.full((3, 2), 0.5, np.float32)), TypeError, "incompatible"),
+    ]
+    for change, exc, word in cases:
+        with pytest.raises(exc, match=word):
+            dec.sample(**dict(ok, **change))

@@ -2,6 +2,7 @@
 // model's weights and to the caller's KV caches, so it validates every array once, here, and keeps
 // a reference to each so none can be freed under it. Arrays must already be float32 and
 // C-contiguous (the caches writeable): a converted copy would silently detach the pointers.
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -100,6 +101,64 @@ class Decoder {
     kgpt::cpu::decode_step(m_, t, pos, out, scratch_.data());
   }
 
+  // Up to n = out.shape[0] steps of step() plus the token choice (cpu::decode_sample): returns
+  // (steps taken, whether a non-finite logit stopped the loop). tok (B,) int32 is updated in
+  // place to the last tokens; done (B,) uint8 likewise; u (n, B) float64 draws in [0, 1).
+  py::tuple sample(py::array_t<int32_t, py::array::c_style> out,
+                   py::array_t<int32_t, py::array::c_style> tok, int64_t pos,
+                   py::array_t<double, py::array::c_style> u, double temperature, int64_t top_k,
+                   double top_p, py::array_t<int32_t, py::array::c_style> stop,
+                   py::array_t<uint8_t, py::array::c_style> done,
+                   py::array_t<float, py::array::c_style> logits) {
+    const int64_t B = m_.B;
+    if (out.ndim() != 2 || out.shape(1) != B)
+      throw std::invalid_argument("out must have shape (n, B) with B=" + std::to_string(B) +
+                                  ", got " + shape_str(out));
+    const int64_t n = out.shape(0);
+    if (u.ndim() != 2 || u.shape(0) != n || u.shape(1) != B)
+      throw std::invalid_argument("u must have the shape of out (" + std::to_string(n) + ", " +
+                                  std::to_string(B) + "), got " + shape_str(u));
+    if (tok.ndim() != 1 || tok.shape(0) != B)
+      throw std::invalid_argument("tok must have shape (B,)=(" + std::to_string(B) +
+                                  ",), got " + shape_str(tok));
+    if (done.ndim() != 1 || done.shape(0) != B)
+      throw std::invalid_argument("done must have shape (B,)=(" + std::to_string(B) +
+                                  ",), got " + shape_str(done));
+    if (stop.ndim() != 1) throw std::invalid_argument("stop must be 1-D, got " + shape_str(stop));
+    if (logits.ndim() != 2 || logits.shape(0) != B || logits.shape(1) != m_.V)
+      throw std::invalid_argument("logits must have shape (B, V)=(" + std::to_string(B) +
+                                  ", " + std::to_string(m_.V) + "), got " + shape_str(logits));
+    if (pos < 0 || pos + n > m_.maxT)
+      throw std::invalid_argument("positions pos..pos+n-1 must lie in [0, " +
+                                  std::to_string(m_.maxT) + "), got pos=" + std::to_string(pos) +
+                                  ", n=" + std::to_string(n));
+    if (!(temperature >= 0.0) || !std::isfinite(temperature))
+      throw std::invalid_argument("temperature must be a finite number >= 0");
+    if (!(top_p > 0.0)) throw std::invalid_argument("top_p must be > 0");
+    const int32_t* t = tok.data();
+    for (int64_t b = 0; b < B; ++b)
+      if (t[b] < 0 || t[b] >= m_.V)
+        throw std::invalid_argument("tok holds id " + std::to_string(t[b]) + " outside [0, " +
+                                    std::to_string(m_.V) + ")");
+    const double* pu = u.data();
+    for (int64_t i = 0; i < n * B; ++i)
+      if (!(pu[i] >= 0.0 && pu[i] < 1.0)) throw std::invalid_argument("u must lie in [0, 1)");
+    int32_t* po = out.mutable_data();
+    int32_t* pt = tok.mutable_data();
+    uint8_t* pd = done.mutable_data();
+    float* pl = logits.mutable_data();
+    const int32_t* ps = stop.data();
+    const int64_t nstop = stop.shape(0);
+    bool nonfinite = false;
+    int64_t steps;
+    {
+      py::gil_scoped_release nogil;
+      steps = kgpt::cpu::decode_sample(m_, scratch_.data(), pl, pt, pos, n, pu, temperature,
+                                       top_k, top_p, ps, nstop, pd, po, &nonfinite, pick_);
+    }
+    return py::make_tuple(steps, nonfinite);
+  }
+
  private:
   // Checks one array (float32, C-contiguous, ndim, shape with -1 = any, writeable when asked),
   // keeps a reference to it (for the Decoder's lifetime) and returns it.
@@ -129,6 +188,7 @@ class Decoder {
   kgpt::cpu::DecodeModel m_;
   std::vector<py::array> keep_;
   std::vector<float> scratch_;
+  kgpt::cpu::PickScratch pick_;
 };
 
 }  // namespace
@@ -144,7 +204,13 @@ void init_decode(py::module_& m) {
            py::arg("wte"), py::arg("wpe"), py::arg("lnf_w"), py::arg("lnf_b"), py::arg("layers"),
            py::arg("caches"), py::arg("n_head"), py::arg("batch"))
       .def("step", &Decoder::step, py::arg("tok").noconvert(), py::arg("pos"),
-           py::arg("logits").noconvert());
+           py::arg("logits").noconvert())
+      .def("sample", &Decoder::sample, py::arg("out").noconvert(), py::arg("tok").noconvert(),
+           py::arg("pos"), py::arg("u").noconvert(), py::arg("temperature"), py::arg("top_k"),
+           py::arg("top_p"), py::arg("stop").noconvert(), py::arg("done").noconvert(),
+           py::arg("logits").noconvert(),
+           "Up to out.shape[0] steps with the token choice of kernelgpt.sample.pick_tokens "
+           "in the loop; returns (steps taken, stopped on a non-finite logit).");
 }
 
 }  // namespace kgpt_bind

@@ -2,7 +2,10 @@
 #include "cpu/decode.h"
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <cstring>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -146,6 +149,123 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     const auto [n0, n1] = even(V);
     cols(logits, ln, m.wte, nullptr, V, C, n0, n1);
   }
+}
+
+namespace {
+
+// Sum of a[0..n) in the order of NumPy's pairwise summation for contiguous float64 (8 partial
+// sums per block of up to 128, blocks split in halves), so probabilities normalise as in
+// pick_tokens.
+double pairwise_sum(const double* a, int64_t n) {
+  if (n < 8) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i) s += a[i];
+    return s;
+  }
+  if (n <= 128) {
+    double r[8];
+    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    int64_t i = 8;
+    for (; i < n - n % 8; i += 8)
+      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+    double s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) s += a[i];
+    return s;
+  }
+  int64_t n2 = n / 2;
+  n2 -= n2 % 8;
+  return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+}  // namespace
+
+int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
+                   double top_p, double u, PickScratch& ps) {
+  if (temperature == 0.0) return std::max_element(logits, logits + V) - logits;
+  ps.cand.clear();
+  if (top_k > 0 && top_k < V) {
+    // The k-th largest value (duplicates counted, as np.partition does): a min-heap of the k
+    // largest seen; most logits fail the one comparison with its top.
+    ps.sel.assign(logits, logits + top_k);
+    std::make_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
+    for (int64_t j = top_k; j < V; ++j)
+      if (logits[j] > ps.sel.front()) {
+        std::pop_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
+        ps.sel.back() = logits[j];
+        std::push_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
+      }
+    const float kth = ps.sel.front();
+    for (int64_t j = 0; j < V; ++j)
+      if (logits[j] >= kth) ps.cand.push_back(j);  // ascending token ids
+  } else {
+    ps.cand.resize(static_cast<size_t>(V));
+    std::iota(ps.cand.begin(), ps.cand.end(), int64_t(0));
+  }
+  const int64_t n = static_cast<int64_t>(ps.cand.size());
+  ps.p.resize(static_cast<size_t>(n));
+  double zmax = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    ps.p[j] = static_cast<double>(logits[ps.cand[j]]) / temperature;
+    zmax = std::max(zmax, ps.p[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) ps.p[j] = std::exp(ps.p[j] - zmax);
+  const double total = pairwise_sum(ps.p.data(), n);
+  for (int64_t j = 0; j < n; ++j) ps.p[j] /= total;
+  if (top_p < 1.0) {  // keep the most likely tokens while the mass before each is < top_p
+    ps.order.resize(static_cast<size_t>(n));
+    std::iota(ps.order.begin(), ps.order.end(), int64_t(0));
+    std::stable_sort(ps.order.begin(), ps.order.end(),
+                     [&](int64_t a, int64_t b) { return -ps.p[a] < -ps.p[b]; });
+    double before = 0.0;
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t j = ps.order[r];
+      const double pj = ps.p[j];
+      const double cum = before + pj;
+      if (r > 0 && !(cum - pj < top_p)) ps.p[j] = 0.0;
+      before = cum;
+    }
+  }
+  ps.cdf.resize(static_cast<size_t>(n));
+  double c = 0.0;
+  for (int64_t j = 0; j < n; ++j) ps.cdf[j] = c += ps.p[j];
+  const double thr = u * ps.cdf[n - 1];
+  int64_t i = 0;
+  for (int64_t j = 0; j < n; ++j) i += ps.cdf[j] <= thr;
+  return ps.cand[std::min(i, n - 1)];
+}
+
+int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32_t* tok,
+                      int64_t pos, int64_t n, const double* u, double temperature, int64_t top_k,
+                      double top_p, const int32_t* stop, int64_t nstop, uint8_t* done,
+                      int32_t* out, bool* nonfinite, PickScratch& ps) {
+  const int64_t B = m.B, V = m.V;
+  *nonfinite = false;
+  for (int64_t i = 0; i < n; ++i) {
+    decode_step(m, tok, pos + i, logits, scratch);
+    float probe = 0.f;  // x - x is 0 for finite x and NaN otherwise (vectorises, unlike isfinite)
+    for (int64_t j = 0; j < B * V; ++j) probe += logits[j] - logits[j];
+    if (probe != 0.f) {
+      *nonfinite = true;
+      return i;
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      int32_t t = static_cast<int32_t>(
+          pick_token(logits + b * V, V, temperature, top_k, top_p, u[i * B + b], ps));
+      if (nstop > 0 && done[b]) t = tok[b];
+      out[i * B + b] = t;
+    }
+    bool all_done = nstop > 0;
+    for (int64_t b = 0; b < B; ++b) {
+      tok[b] = out[i * B + b];
+      if (nstop > 0) {
+        for (int64_t s = 0; s < nstop; ++s)
+          if (stop[s] == tok[b]) done[b] = 1;
+        all_done = all_done && done[b];
+      }
+    }
+    if (all_done) return i + 1;
+  }
+  return n;
 }
 
 }  // namespace cpu

@@ -31,5 +31,33 @@ int64_t decode_scratch_floats(const DecodeModel& m);
 void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* logits,
                  float* scratch);
 
+// Reusable buffers for pick_token (sized on first use).
+struct PickScratch {
+  std::vector<float> sel;
+  std::vector<int64_t> cand, order;
+  std::vector<double> p, cdf;
+};
+
+// One token from one row of finite logits (V,), by the rule of kernelgpt.sample.pick_tokens, in
+// float64: temperature 0 gives the first argmax; otherwise softmax(logits / temperature) over the
+// top_k largest logits (ties at the k-th value all kept; top_k <= 0 or >= V keeps all), then the
+// smallest set of most likely candidates whose mass reaches top_p (top_p >= 1 keeps all; the most
+// likely one always stays), and the first candidate in id order whose cumulative probability
+// exceeds u times the total.
+int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
+                   double top_p, double u, PickScratch& ps);
+
+// Up to n decoding steps with the token choice in the loop (what sampling does per token,
+// without returning to Python). Step i feeds tok (B,) at position pos + i, picks row b's token
+// with u[i*B + b], and writes it to out[i*B + b] and tok[b]. With stop ids (nstop > 0), a row
+// that is done repeats its last token, and a row becomes done when it emits a stop id; the loop
+// ends after the step where every row is done. Returns the steps taken. A row of logits that is
+// not finite ends the loop before its token is picked: *nonfinite is set, the return value is
+// that step's index, the step itself has run (caches written, logits in `logits`).
+int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32_t* tok,
+                      int64_t pos, int64_t n, const double* u, double temperature, int64_t top_k,
+                      double top_p, const int32_t* stop, int64_t nstop, uint8_t* done,
+                      int32_t* out, bool* nonfinite, PickScratch& ps);
+
 }  // namespace cpu
 }  // namespace kgpt

@@ -92,9 +92,12 @@ def pick_tokens(logits: np.ndarray, temperature: float, top_k: Optional[int],
     kept) and then to the smallest set of most likely tokens whose probability reaches top_p (the
     most likely one always kept). One ``rng.random(B)`` draw u per call; a row takes the first
     candidate, in token-id order, whose cumulative probability exceeds u (so a zero-probability
-    token is never chosen). Only the candidates are exponentiated and summed."""
+    token is never chosen). Only the candidates are exponentiated and summed. Non-finite logits
+    raise ValueError."""
     raw = np.asarray(logits)
     B, V = raw.shape
+    if not np.isfinite(raw).all():
+        raise ValueError("logits must be finite: the model produced NaN or inf (diverged weights?)")
     if temperature == 0.0:
         return raw.argmax(axis=1).astype(np.int64)
     u = rng.random(B)
@@ -260,14 +263,85 @@ def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: fl
     return run()
 
 
+def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k: Optional[int],
+                    top_p: Optional[float], rng: np.random.Generator,
+                    stop_ids: Optional[List[int]]) -> Optional[np.ndarray]:
+    """generate() through the fused decoder's own sampling loop (``Decoder.sample``: the decode
+    step and pick_tokens' rule per token in C++), or None where there is none. The same tokens
+    as the generate_stream path: the same logits, the same rule, the same draws (one
+    ``rng.random(B)`` per sampled step, in order; a chunk is drawn at once and the generator
+    rewound to what was used), the same window slides and stop handling. The rule runs in C++
+    float64 arithmetic whose exp can differ from NumPy's in the last bit, which could change a
+    token only when a draw falls within ~1e-16 of a cumulative-probability boundary."""
+    B, T0 = tokens.shape
+    maxT = model.config.block_size
+    dec = _KVDecoder(model, B)
+    if dec.fused is None or not hasattr(dec.fused, "sample"):
+        return None
+    seq = np.empty((B, T0 + n), np.int32)
+    seq[:, :T0] = tokens
+    end, n_cached = T0, 0
+    done = np.zeros(B, np.uint8)
+    stop = np.asarray(stop_ids if stop_ids is not None else [], np.int32)
+    k_arg = int(top_k) if top_k is not None else 0
+    p_arg = float(top_p) if top_p is not None else 1.0
+
+    def push(logits) -> bool:  # one token chosen in Python; True when every row has stopped
+        nonlocal end
+        t = pick_tokens(logits, temperature, top_k, top_p, rng).astype(np.int32)
+        if stop_ids is not None:
+            t = np.where(done.astype(bool), seq[:, end - 1], t)
+            done[np.isin(t, stop)] = 1
+        seq[:, end] = t
+        end += 1
+        return stop_ids is not None and bool(done.all())
+
+    while end - T0 < n:
+        if end == T0 or n_cached == maxT:  # first step or the window slides: (re)build the cache
+            window = np.ascontiguousarray(seq[:, max(0, end - maxT):end])
+            n_cached = window.shape[1]
+            if push(np.array(dec.prefill(window))):
+                break
+            continue
+        k = min(n - (end - T0), maxT - n_cached)
+        state = rng.bit_generator.state
+        u = rng.random((k, B)) if temperature != 0.0 else np.zeros((k, B))
+        out = np.empty((k, B), np.int32)
+        tok = seq[:, end - 1].copy()       # updated in place by sample()
+        got, bad = dec.fused.sample(out, tok, n_cached, u, float(temperature), k_arg, p_arg, stop,
+                                    done, dec.logits)
+        seq[:, end:end + got] = out[:got].T
+        end += got
+        n_cached += got
+        if temperature != 0.0 and got < k:  # give back the draws not used
+            rng.bit_generator.state = state
+            rng.random((got, B))
+        if bad:  # that step ran but its logits are not finite: choose as pick_tokens does
+            n_cached += 1
+            if push(dec.logits.copy()):
+                break
+        elif stop_ids is not None and done.all():
+            break
+    return seq[:, :end]
+
+
 def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
              stop: Any = None, use_cache: bool = True) -> np.ndarray:
     """Prompt plus up to ``max_new_tokens`` sampled tokens, as an int32 numpy array of shape
     (B, T + n), B = 1 for a 1-D prompt (n < max_new_tokens when every row hit ``stop``).
     temperature 0 is greedy; ``seed`` (int, Generator, or None for fresh entropy) makes sampling
-    reproducible. See :func:`generate_stream` for ``stop``."""
+    reproducible. See :func:`generate_stream` for ``stop``. With the KV cache on a backend whose
+    fused decoder samples in its own loop (native), the whole loop runs there."""
     tokens, _ = _check_prompt(model, prompt_ids)
+    if use_cache:
+        n, temp, k, p, stop_ids = _check_options(model, max_new_tokens, temperature, top_k, top_p,
+                                                 stop)
+        rng = _rng(seed)
+        fast = _generate_fused(model, tokens, n, temp, k, p, rng, stop_ids) if n > 0 else None
+        if fast is not None:
+            return fast
+        seed = rng  # the same generator for the general path
     steps: List[Any] = list(generate_stream(model, tokens, max_new_tokens, temperature, top_k,
                                             top_p, seed, stop, use_cache))
     new = np.stack(steps, axis=1) if steps else np.zeros((tokens.shape[0], 0), np.int32)
