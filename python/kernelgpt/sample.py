@@ -275,6 +275,8 @@ def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k
     token only when a draw falls within ~1e-16 of a cumulative-probability boundary."""
     B, T0 = tokens.shape
     maxT = model.config.block_size
+    if getattr(model.backend, "make_decoder", None) is None or np.dtype(model.dtype) != np.float32:
+        return None  # no fused decoder on this backend: do not build caches for nothing
     dec = _KVDecoder(model, B)
     if dec.fused is None or not hasattr(dec.fused, "sample"):
         return None
