@@ -277,6 +277,8 @@ def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k
     maxT = model.config.block_size
     if getattr(model.backend, "make_decoder", None) is None or np.dtype(model.dtype) != np.float32:
         return None  # no fused decoder on this backend: do not build caches for nothing
+    if temperature != 0.0 and not 1e-30 <= temperature <= 1e30:
+        return None  # where logits / temperature can overflow, keep pick_tokens' float64 route
     dec = _KVDecoder(model, B)
     if dec.fused is None or not hasattr(dec.fused, "sample"):
         return None
