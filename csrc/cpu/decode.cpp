@@ -242,9 +242,13 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
   *nonfinite = false;
   for (int64_t i = 0; i < n; ++i) {
     decode_step(m, tok, pos + i, logits, scratch);
-    float probe = 0.f;  // x - x is 0 for finite x and NaN otherwise (vectorises, unlike isfinite)
-    for (int64_t j = 0; j < B * V; ++j) probe += logits[j] - logits[j];
-    if (probe != 0.f) {
+    uint32_t bad = 0;  // any exponent field all ones (inf or NaN); an integer OR vectorises
+    for (int64_t j = 0; j < B * V; ++j) {
+      uint32_t bits;
+      std::memcpy(&bits, logits + j, sizeof(bits));
+      bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    }
+    if (bad) {
       *nonfinite = true;
       return i;
     }
