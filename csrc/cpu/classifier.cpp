@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "cpu/dispatch.h"  // KGPT_INLINE
 #include "cpu/gemm.h"
 #include "cpu/vecmath.h"  // exp8_avx2
 
@@ -37,7 +38,35 @@ namespace {
 // (and stored when training), then the scaling. One exp per element.
 // Summation order, the same on both ISA paths (so they give the same bits): 16 partial sums,
 // lane l adding the elements j = l (mod 16) of the first V/16*16 in order, then the 16 lanes in
-// order, then the tail elements in order.
+// order, then the tail elements in order. The vector parts differ by ISA; the rest is shared:
+
+// The row's max from the vector lanes' maxima and the tail [Vv, V).
+KGPT_INLINE float row_max(const float* lane, int nlanes, const float* row, int64_t Vv, int64_t V) {
+  float mx = -INFINITY;
+  for (int l = 0; l < nlanes; ++l) mx = std::max(mx, lane[l]);
+  for (int64_t j = Vv; j < V; ++j) mx = std::max(mx, row[j]);
+  return mx;
+}
+
+// From the 16 lanes' exp sums over [0, Vv): the tail's exps, the loss, and with `grad` the
+// scaling into dlogits (xt: the target's logit, read before the row was overwritten).
+KGPT_INLINE float row_finish(float* row, int64_t Vv, int64_t V, int32_t t, float xt, float mx,
+                             const float* lane, bool grad, float scale) {
+  float sum = 0.f;
+  for (int l = 0; l < 16; ++l) sum += lane[l];
+  for (int64_t j = Vv; j < V; ++j) {
+    const float e = std::exp(row[j] - mx);
+    if (grad) row[j] = e;
+    sum += e;
+  }
+  if (grad) {
+    const float f = scale / sum;
+    for (int64_t j = 0; j < V; ++j) row[j] *= f;
+    row[t] -= scale;
+  }
+  return std::log(sum) + mx - xt;
+}
+
 KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scale) {
   const int64_t Vv = V / 16 * 16;
   const float xt = row[t];
@@ -48,9 +77,7 @@ KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scal
   }
   alignas(32) float lane[16];
   _mm256_store_ps(lane, _mm256_max_ps(m0, m1));
-  float mx = -INFINITY;
-  for (int l = 0; l < 8; ++l) mx = std::max(mx, lane[l]);
-  for (int64_t j = Vv; j < V; ++j) mx = std::max(mx, row[j]);
+  const float mx = row_max(lane, 8, row, Vv, V);
   const __m256 vmx = _mm256_set1_ps(mx);
   __m256 s0 = _mm256_setzero_ps(), s1 = s0;
   for (int64_t j = 0; j < Vv; j += 16) {
@@ -65,23 +92,7 @@ KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scal
   }
   _mm256_store_ps(lane, s0);
   _mm256_store_ps(lane + 8, s1);
-  float sum = 0.f;
-  for (int l = 0; l < 16; ++l) sum += lane[l];
-  for (int64_t j = Vv; j < V; ++j) {
-    const float e = std::exp(row[j] - mx);
-    if (grad) row[j] = e;
-    sum += e;
-  }
-  const float loss = std::log(sum) + mx - xt;
-  if (grad) {
-    const float f = scale / sum;
-    const __m256 vf = _mm256_set1_ps(f);
-    int64_t j = 0;
-    for (; j + 8 <= V; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vf));
-    for (; j < V; ++j) row[j] *= f;
-    row[t] -= scale;
-  }
-  return loss;
+  return row_finish(row, Vv, V, t, xt, mx, lane, grad, scale);
 }
 
 // The same on 16 lanes (exp16_avx512 equals exp8_avx2 lane for lane).
@@ -92,9 +103,7 @@ KGPT_AVX512 float row_avx512(float* row, int64_t V, int32_t t, bool grad, float 
   for (int64_t j = 0; j < Vv; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(row + j));
   alignas(64) float lane[16];
   _mm512_store_ps(lane, m);
-  float mx = -INFINITY;
-  for (int l = 0; l < 16; ++l) mx = std::max(mx, lane[l]);
-  for (int64_t j = Vv; j < V; ++j) mx = std::max(mx, row[j]);
+  const float mx = row_max(lane, 16, row, Vv, V);
   const __m512 vmx = _mm512_set1_ps(mx);
   __m512 s = _mm512_setzero_ps();
   for (int64_t j = 0; j < Vv; j += 16) {
@@ -103,23 +112,7 @@ KGPT_AVX512 float row_avx512(float* row, int64_t V, int32_t t, bool grad, float 
     s = _mm512_add_ps(s, e);
   }
   _mm512_store_ps(lane, s);
-  float sum = 0.f;
-  for (int l = 0; l < 16; ++l) sum += lane[l];
-  for (int64_t j = Vv; j < V; ++j) {
-    const float e = std::exp(row[j] - mx);
-    if (grad) row[j] = e;
-    sum += e;
-  }
-  const float loss = std::log(sum) + mx - xt;
-  if (grad) {
-    const float f = scale / sum;
-    const __m512 vf = _mm512_set1_ps(f);
-    int64_t j = 0;
-    for (; j + 16 <= V; j += 16) _mm512_storeu_ps(row + j, _mm512_mul_ps(_mm512_loadu_ps(row + j), vf));
-    for (; j < V; ++j) row[j] *= f;
-    row[t] -= scale;
-  }
-  return loss;
+  return row_finish(row, Vv, V, t, xt, mx, lane, grad, scale);
 }
 
 #endif  // KGPT_X86
