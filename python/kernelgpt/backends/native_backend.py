@@ -13,6 +13,8 @@ from typing import Any, Optional
 import numpy
 import numpy as np
 
+from kernelgpt.backends.numpy_backend import empty, to_numpy, zeros  # noqa: F401  (same helpers)
+
 try:
     from kernelgpt import _native
 except ImportError:  # not built: is_available() is False and get_backend skips this backend
@@ -27,6 +29,8 @@ def is_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------- array helpers
+# Host numpy arrays, as in the NumPy backend (empty, zeros, to_numpy come from there); only
+# asarray differs (float32 unless told).
 def asarray(a: Any, dtype: Any = None) -> np.ndarray:
     """Host array -> a C-contiguous numpy array (float32 unless ``dtype`` says otherwise; no copy
     when already one)."""
@@ -35,18 +39,6 @@ def asarray(a: Any, dtype: Any = None) -> np.ndarray:
         dtype = arr.dtype if arr.dtype.kind in "iub" else np.float32
         return np.ascontiguousarray(arr, dtype=dtype)
     return np.ascontiguousarray(a, dtype=dtype)
-
-
-def to_numpy(a: Any) -> np.ndarray:
-    return np.asarray(a)
-
-
-def empty(shape: tuple, dtype: Any = "float32") -> np.ndarray:
-    return np.empty(shape, dtype=dtype)
-
-
-def zeros(shape: tuple, dtype: Any = "float32") -> np.ndarray:
-    return np.zeros(shape, dtype=dtype)
 
 
 def set_num_threads(n: int) -> None:
