@@ -14,12 +14,12 @@ import argparse
 import functools
 import os
 import platform
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bpe_corpus import corpus_documents  # noqa: E402
+from _common import median_time  # noqa: E402
 
 from kernelgpt import _bpe_reference as ref  # noqa: E402
 from kernelgpt.tokenizer import Tokenizer  # noqa: E402
@@ -58,12 +58,7 @@ def test_encode_native_long_word_1mb(benchmark):
 
 
 def _median(fn, repeats=5):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return median_time(fn, repeats, warmup=0)[0]
 
 
 def main() -> int:

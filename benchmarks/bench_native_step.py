@@ -26,12 +26,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine  # noqa: E402
+from _common import machine, median_time  # noqa: E402
 
 from kernelgpt.model import GPT, PRESET_BATCH_SIZE, GPTConfig, train_flops_per_step  # noqa: E402
 from kernelgpt.optim import AdamW  # noqa: E402
@@ -152,13 +151,7 @@ def torch_engines(cfg: GPTConfig, B: int, threads: int):
 
 # ----------------------------------------------------------------------------- timing
 def median_of(f, rounds: int) -> tuple:
-    f()  # warm-up (buffers, caches, thread pools)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    return median_time(f, rounds, warmup=1)  # one warm-up: buffers, caches, thread pools
 
 
 def worker(engine: str, what: str, name: str, rounds: int, threads: int) -> dict:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import pathlib
 import platform
-import statistics
 import sysconfig
-import time
 
 import pytest
+from _common import median_time
 
 regex = pytest.importorskip("regex")
 _native = pytest.importorskip("kernelgpt._native")
@@ -80,13 +79,7 @@ def test_pretokenize_speed(benchmark, impl, name, pattern):
 
 
 def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_time(fn, repeats, warmup=1)[0]
 
 
 def main() -> None:

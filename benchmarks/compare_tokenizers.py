@@ -25,6 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import _common  # noqa: E402
 
 
 def _rss_now_mib() -> float:
@@ -106,12 +107,7 @@ def have(mod: str) -> bool:
 
 
 def median_time(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return _common.median_time(fn, repeats, warmup=0)[0]
 
 
 def time_with_limit(code: str, limit: float):
