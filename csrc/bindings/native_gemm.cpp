@@ -112,7 +112,7 @@ void matmul_backward(OptF dx, FArr dw, OptF dbias, FArr dout, FArr x, FArr w) {
       kgpt::cpu::sgemm_pair(gdx, gdw, pdb ? &db : nullptr);  // dx (then dbias) and dw
     } else {
       kgpt::cpu::sgemm(gdw);
-      if (pdb) kgpt::cpu::column_sum_acc(pdb, pdo, N, OC);
+      if (pdb) kgpt::cpu::column_sum_acc(db);
     }
   }
 }

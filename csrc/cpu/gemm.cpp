@@ -301,11 +301,12 @@ void gemm_threaded(const Problem& p, Kern kr, Blocking bl) {
 
 // Columns [o0, o1) of sum->dst += column sums of sum->src (every column added row by row in
 // order, so any split of the columns gives the same bits).
+constexpr int64_t kSumChunk = 256;  // columns per chunk: the partial sums stay in L1
+
 void column_sum_range(const ColumnSum& s, int64_t o0, int64_t o1) {
-  constexpr int64_t CH = 256;  // columns per chunk: the partial sums stay in L1
-  for (int64_t c0 = o0; c0 < o1; c0 += CH) {
-    const int64_t c1 = std::min(o1, c0 + CH);
-    float acc[CH] = {};
+  for (int64_t c0 = o0; c0 < o1; c0 += kSumChunk) {
+    const int64_t c1 = std::min(o1, c0 + kSumChunk);
+    float acc[kSumChunk] = {};
     for (int64_t n = 0; n < s.N; ++n) {
       const float* row = s.src + n * s.OC;
       for (int64_t o = c0; o < c1; ++o) acc[o - c0] += row[o];
@@ -327,7 +328,7 @@ void gemm_pair_threaded(const Problem& p, const Problem& q, const ColumnSum* sum
   if (nt < 2) {
     gemm_threaded<MR, NR>(p, kr, bl0);
     gemm_threaded<MR, NR>(q, kr, bl0);
-    if (sum) column_sum_acc(sum->dst, sum->src, sum->N, sum->OC);
+    if (sum) column_sum_acc(*sum);
     return;
   }
   const int tp = nt / 2, tq = nt - tp;
@@ -437,7 +438,7 @@ void sgemm_pair(const GemmArgs& p, const GemmArgs& q, const ColumnSum* sum) {
   if (plain(p) || plain(q)) {
     sgemm(p);
     sgemm(q);
-    if (sum) column_sum_acc(sum->dst, sum->src, sum->N, sum->OC);
+    if (sum) column_sum_acc(*sum);
     return;
   }
 #if KGPT_X86
@@ -449,14 +450,13 @@ void sgemm_pair(const GemmArgs& p, const GemmArgs& q, const ColumnSum* sum) {
   gemm_pair_threaded<kPMR, kPNR>(p, q, sum, {ukr_portable, nullptr}, {192, 384, 1024});
 }
 
-void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC) {
-  constexpr int64_t CH = 256;
-  const ColumnSum sum{dbias, dout, N, OC};
-  const int64_t nchunks = (OC + CH - 1) / CH;
-  const int nt = static_cast<int>(std::min<int64_t>(threads_for(double(N) * OC * 4), nchunks));
+void column_sum_acc(const ColumnSum& sum) {
+  const int64_t OC = sum.OC, nchunks = (OC + kSumChunk - 1) / kSumChunk;
+  const int nt = static_cast<int>(std::min<int64_t>(threads_for(double(sum.N) * OC * 4), nchunks));
   (void)nt;  // unused without OpenMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t ch = 0; ch < nchunks; ++ch) column_sum_range(sum, ch * CH, std::min(OC, ch * CH + CH));
+  for (int64_t ch = 0; ch < nchunks; ++ch)
+    column_sum_range(sum, ch * kSumChunk, std::min(OC, (ch + 1) * kSumChunk));
 }
 
 }  // namespace cpu

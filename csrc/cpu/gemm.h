@@ -39,7 +39,7 @@ struct ColumnSum {
   const float* src;
   int64_t N, OC;
 };
-void column_sum_acc(float* dbias, const float* dout, int64_t N, int64_t OC);
+void column_sum_acc(const ColumnSum& sum);
 
 // Two independent products (outputs must not overlap each other's inputs) and, when `sum` is
 // given, a column sum after x. Small products run side by side on halves of the thread team
