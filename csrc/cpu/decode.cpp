@@ -130,14 +130,14 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
         for (int64_t b = 0; b < B; ++b)
           gelu_forward_serial(fchg + b * 4 * C + n0, fch + b * 4 * C + n0, n1 - n0);
+#pragma omp barrier
       } else {
         const auto [n0, n1] = even(4 * C);
         cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
 #pragma omp barrier
 #pragma omp single
-        gelu_forward(fchg, fch, B * 4 * C);
+        gelu_forward(fchg, fch, B * 4 * C);  // (single ends with a barrier)
       }
-#pragma omp barrier
       {
         const auto [n0, n1] = even(C);
         cols(proj, fchg, L.fcproj_w, L.fcproj_b, C, 4 * C, n0, n1);
