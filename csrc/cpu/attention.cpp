@@ -29,8 +29,8 @@ constexpr int kJ = 32;   // keys per register tile (two AVX-512 vectors; AVX2 do
 // sums its eight rows in order from zero, then adds the sum to Y. The AVX paths fuse each
 // multiply-add (bitwise equal to each other); the portable one does not.
 
-// out[i][jj] = sum_d rows[i*256 + d] * Xt[d*ldt + jj] for i < kR, jj < kJ: the score tile.
-void tile_dot_portable(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt,
+// out[i*ldo + jj] = sum_d rows[i*256 + d] * Xt[d*ldt + jj] for i < kR, jj < kJ: the score tile.
+void tile_dot_portable(float* out, int64_t ldo, const float* rows, const float* Xt, int64_t ldt,
                        int64_t HS) {
   for (int i = 0; i < kR; ++i) {
     float t[kJ] = {};
@@ -39,7 +39,7 @@ void tile_dot_portable(float out[kR][kJ], const float* rows, const float* Xt, in
       const float* x = Xt + d * ldt;
       for (int jj = 0; jj < kJ; ++jj) t[jj] += a * x[jj];
     }
-    for (int jj = 0; jj < kJ; ++jj) out[i][jj] = t[jj];
+    for (int jj = 0; jj < kJ; ++jj) out[i * ldo + jj] = t[jj];
   }
 }
 
@@ -80,7 +80,7 @@ void cols_axpy_portable(float* Y, int64_t ldy, const float (*w)[kBc], const floa
 #define KGPT_AVX512_ATT __attribute__((target("avx512f,avx2,fma")))
 
 // AVX2: 4 rows x 16 columns at a time (8 accumulators of the 16 registers).
-KGPT_AVX2_ATT void tile_dot_avx2(float out[kR][kJ], const float* rows, const float* Xt,
+KGPT_AVX2_ATT void tile_dot_avx2(float* out, int64_t ldo, const float* rows, const float* Xt,
                                  int64_t ldt, int64_t HS) {
   for (int i0 = 0; i0 < kR; i0 += 4)
     for (int h = 0; h < kJ; h += 16) {
@@ -95,8 +95,8 @@ KGPT_AVX2_ATT void tile_dot_avx2(float out[kR][kJ], const float* rows, const flo
         }
       }
       for (int i = 0; i < 4; ++i) {
-        _mm256_storeu_ps(out[i0 + i] + h, t[i][0]);
-        _mm256_storeu_ps(out[i0 + i] + h + 8, t[i][1]);
+        _mm256_storeu_ps(out + (i0 + i) * ldo + h, t[i][0]);
+        _mm256_storeu_ps(out + (i0 + i) * ldo + h + 8, t[i][1]);
       }
     }
 }
@@ -168,7 +168,7 @@ KGPT_AVX2_ATT void cols_axpy_avx2(float* Y, int64_t ldy, const float (*w)[kBc], 
 }
 
 // AVX-512: 8 rows x 32 columns (16 accumulators of the 32 registers).
-KGPT_AVX512_ATT void tile_dot_avx512(float out[kR][kJ], const float* rows, const float* Xt,
+KGPT_AVX512_ATT void tile_dot_avx512(float* out, int64_t ldo, const float* rows, const float* Xt,
                                      int64_t ldt, int64_t HS) {
   __m512 t[kR][2];
   for (int i = 0; i < kR; ++i) t[i][0] = t[i][1] = _mm512_setzero_ps();
@@ -181,8 +181,8 @@ KGPT_AVX512_ATT void tile_dot_avx512(float out[kR][kJ], const float* rows, const
     }
   }
   for (int i = 0; i < kR; ++i) {
-    _mm512_storeu_ps(out[i], t[i][0]);
-    _mm512_storeu_ps(out[i] + 16, t[i][1]);
+    _mm512_storeu_ps(out + i * ldo, t[i][0]);
+    _mm512_storeu_ps(out + i * ldo + 16, t[i][1]);
   }
 }
 
@@ -244,12 +244,13 @@ KGPT_AVX512_ATT void cols_axpy_avx512(float* Y, int64_t ldy, const float (*w)[kB
 }
 #endif
 
-void tile_dot(float out[kR][kJ], const float* rows, const float* Xt, int64_t ldt, int64_t HS) {
+void tile_dot(float* out, int64_t ldo, const float* rows, const float* Xt, int64_t ldt,
+              int64_t HS) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (ops_use_avx512()) return tile_dot_avx512(out, rows, Xt, ldt, HS);
-  if (ops_use_avx2()) return tile_dot_avx2(out, rows, Xt, ldt, HS);
+  if (ops_use_avx512()) return tile_dot_avx512(out, ldo, rows, Xt, ldt, HS);
+  if (ops_use_avx2()) return tile_dot_avx2(out, ldo, rows, Xt, ldt, HS);
 #endif
-  tile_dot_portable(out, rows, Xt, ldt, HS);
+  tile_dot_portable(out, ldo, rows, Xt, ldt, HS);
 }
 
 void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, int64_t n,
@@ -320,12 +321,7 @@ void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float*
 // Scores of row group [r0, r0+kR) against keys [j0, j0+n), scaled q already in qs; Xt padded.
 KGPT_INLINE void score_block(float (*s)[kBc], const float* qs, const float* Kt, int64_t ldt,
                              int64_t j0, int64_t n, int64_t HS) {
-  float t[kR][kJ];
-  for (int64_t jb = 0; jb < n; jb += kJ) {
-    tile_dot(t, qs, Kt + j0 + jb, ldt, HS);
-    for (int i = 0; i < kR; ++i)
-      for (int jj = 0; jj < kJ; ++jj) s[i][jb + jj] = t[i][jj];
-  }
+  for (int64_t jb = 0; jb < n; jb += kJ) tile_dot(&s[0][jb], kBc, qs, Kt + j0 + jb, ldt, HS);
 }
 
 // One (b, h): q/k/v rows have stride ld = 3C; o rows stride C. Kt scratch (HS, ldt) with
