@@ -94,6 +94,28 @@ def test_embedding(rng, B, T, C, V):
     check(run_three(bwd(nb), bwd(rb), inp, {}, acc))
 
 
+@pytest.mark.parametrize("offset", [0, 1, 5, 15])
+@pytest.mark.parametrize("C", [432, 100])
+def test_embedding_backward_table_off_the_line_grid(rng, threads, offset, C):
+    """The backward splits channels on dwte's cache-line grid: a table starting `offset` floats
+    past a 64-byte boundary (block 0 then covers part of a line), on a size that takes two
+    threads, still gets every element right (against the float64 reference)."""
+    threads(2)
+    B, T, V = 8, 80, 50
+    idx = rng.integers(0, V, (B, T)).astype(np.int32)
+    dout = f32(rng.standard_normal((B, T, C)))
+    buf = np.empty(V * C + 32, np.float32)
+    start = (-(buf.ctypes.data // 4) % 16 + offset) % 16  # floats to the grid, then offset
+    dwte = buf[start:start + V * C].reshape(V, C)
+    dwte[...] = rng.standard_normal((V, C))
+    dwpe = f32(rng.standard_normal((T, C)))
+    want_te, want_pe = dwte.astype(np.float64), dwpe.astype(np.float64)
+    rb.embedding_backward(want_te, want_pe, dout.astype(np.float64), idx)
+    nb.embedding_backward(dwte, dwpe, dout, idx)
+    assert_close(dwte, want_te, name="dwte")
+    assert_close(dwpe, want_pe, name="dwpe")
+
+
 # ------------------------------------------------------------------------------- layernorm
 @pytest.mark.parametrize("N,C", [(1, 12), (7, 20), (67, 64), (130, 384)])
 def test_layernorm(rng, N, C):
@@ -322,6 +344,10 @@ def _all_ops(rng):
     out["emb"] = nan((B, T, C)); nb.embedding_forward(out["emb"], idx, g(V, C), g(T, C))
     dwte, dwpe = g(V, C), g(T, C); nb.embedding_backward(dwte, dwpe, g(B, T, C), idx)
     out["dwte"], out["dwpe"] = dwte, dwpe
+    Tb, Cb = 80, 436  # above the backward's two-thread size, on a table off the line grid
+    dwte_b, dwpe_b = g(V * Cb + 3)[3:].reshape(V, Cb), g(Tb, Cb)
+    nb.embedding_backward(dwte_b, dwpe_b, g(8, Tb, Cb), r.integers(0, V, (8, Tb)).astype(np.int32))
+    out["dwte_big"], out["dwpe_big"] = dwte_b, dwpe_b
     x, w, b = g(N, C), g(C), g(C)
     o, m, s = nan((N, C)), nan(N), nan(N); nb.layernorm_forward(o, m, s, x, w, b)
     dx, dw, db = nan((N, C)), g(C), g(C); nb.layernorm_backward(dx, dw, db, g(N, C), x, w, m, s)
