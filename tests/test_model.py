@@ -168,6 +168,24 @@ def test_layout_and_views():
     assert model.param_views["h.0.mlp.c_proj.w"].shape == (6, 24)
 
 
+@pytest.mark.parametrize("shape,dtype", [((3, 5), "float32"), ((0,), "float32"), (7, "int32"),
+                                         ((2, 3, 4), "float64"), ((1000,), "float32")])
+def test_cpu_buffers_start_on_a_cache_line(shape, dtype):
+    """The CPU backends' empty/zeros start on 64-byte boundaries (NumPy's own allocations are
+    16-byte aligned: a 64-byte vector access would then straddle two cache lines)."""
+    from kernelgpt.backends import numpy_backend as rb
+    for fn in (rb.empty, rb.zeros):
+        a = fn(shape, dtype)
+        want = (shape,) if isinstance(shape, int) else shape
+        assert a.shape == want and a.dtype == np.dtype(dtype) and a.flags.c_contiguous
+        assert a.flags.writeable and (a.size == 0 or a.ctypes.data % 64 == 0)
+    assert not np.any(rb.zeros(shape, dtype))
+    model = tiny("float32")
+    model.forward(np.zeros((2, 5), np.int32))
+    for arr in (model.params, model.grads, model._acts.qkv[0], model._acts.fch[0]):
+        assert arr.ctypes.data % 64 == 0
+
+
 def test_init_statistics_and_seed():
     cfg = GPTConfig(vocab_size=300, block_size=32, n_layer=4, n_head=4, n_embd=64)
     a, b, c = (GPT(cfg, backend="numpy", seed=s) for s in (7, 7, 8))

@@ -171,9 +171,8 @@ class GPT:
         self.n_decay = sum(int(np.prod(s)) for _, s in shapes if len(s) == 2)
         host = self._init_params(shapes, seed)
         xp = self.backend.xp
-        self.params = self.backend.asarray(host.astype(dt))
-        if self.params is host:  # never share memory with the init array
-            self.params = self.params.copy()
+        self.params = self.backend.empty(host.shape, dt)  # the backend's (aligned) allocation
+        self.params[...] = self.backend.asarray(host.astype(dt))
         self.grads = self.backend.zeros(host.shape, dt)
         self.param_views: Dict[str, Any] = {}
         self.grad_views: Dict[str, Any] = {}

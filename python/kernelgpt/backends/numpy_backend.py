@@ -37,12 +37,26 @@ def to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+_ALIGN = 64  # bytes: a cache line, and one AVX-512 vector
+
+
 def empty(shape: tuple, dtype: Any = "float32") -> np.ndarray:
-    return np.empty(shape, dtype=dtype)
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary (NumPy's own
+    allocations are only 16-byte aligned, so every 64-byte vector access of a kernel would
+    straddle two cache lines)."""
+    dt = np.dtype(dtype)
+    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    buf = np.empty(nbytes + _ALIGN, np.uint8)
+    off = -buf.ctypes.data % _ALIGN
+    return buf[off:off + nbytes].view(dt).reshape(shape)
 
 
 def zeros(shape: tuple, dtype: Any = "float32") -> np.ndarray:
-    return np.zeros(shape, dtype=dtype)
+    """Like :func:`empty`, filled with zeros."""
+    a = empty(shape, dtype)
+    a.fill(0)
+    return a
 
 
 # ---------------------------------------------------------------------------------- validation
