@@ -7,6 +7,7 @@
 // attention_decode is the KV-cache step: one new query per sequence against the cached keys.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -334,8 +335,8 @@ KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, co
   transpose(k, ld, T, HS, Kt, ldt);
   for (int64_t d = 0; d < HS; ++d)
     for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = 0.0f;
-  alignas(32) float s[kR][kBc];
-  alignas(32) float qs[kR * 256], acc[kR * 256];
+  alignas(64) float s[kR][kBc];
+  alignas(64) float qs[kR * 256], acc[kR * 256];
   float m[kR], l[kR];
   for (int64_t r0 = 0; r0 < T; r0 += kR) {
     const int64_t R = std::min<int64_t>(kR, T - r0);
@@ -397,8 +398,8 @@ KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const f
     for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
   for (int64_t t = 0; t < T; ++t)  // dk, dv are accumulated in place (their rows of dqkv)
     for (int64_t d = 0; d < HS; ++d) dk[t * ld + d] = dv[t * ld + d] = 0.0f;
-  alignas(32) float p[kR][kBc], dp[kR][kBc];
-  alignas(32) float qs[kR * 256], qr[kR * 256], dor[kR * 256], dqa[kR * 256];
+  alignas(64) float p[kR][kBc], dp[kR][kBc];
+  alignas(64) float qs[kR * 256], qr[kR * 256], dor[kR * 256], dqa[kR * 256];
   float D[kR], lr[kR];
   for (int64_t r0 = 0; r0 < T; r0 += kR) {
     const int64_t R = std::min<int64_t>(kR, T - r0);
@@ -470,6 +471,12 @@ KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc,
   for (int64_t d = 0; d < HS; ++d) o[d] *= inv;
 }
 
+// The first 64-byte boundary at or after p (scratch vectors get 16 spare floats for it): the
+// key/value transposes are read in 64-byte vectors, which straddle two lines when misaligned.
+float* line_aligned(float* p) {
+  return p + (16 - reinterpret_cast<uintptr_t>(p) / sizeof(float) % 16) % 16;
+}
+
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
@@ -477,13 +484,14 @@ void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int6
   const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
 #pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
-    std::vector<float> Kt(static_cast<size_t>(HS * ldt));
+    std::vector<float> buf(static_cast<size_t>(HS * ldt + 16));
+    float* Kt = line_aligned(buf.data());
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
       const int64_t b = bh / NH, h = bh % NH;
       const float* base = qkv + b * T * ld + h * HS;
       attn_fwd_head(out + b * T * C + h * HS, lse + bh * T, base, base + C, base + 2 * C,
-                    Kt.data(), ldt, T, HS, ld, C);
+                    Kt, ldt, T, HS, ld, C);
     }
   }
 }
@@ -493,8 +501,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
 #pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
-    std::vector<float> scratch(static_cast<size_t>(2 * HS * ldt));
-    float* Kt = scratch.data();
+    std::vector<float> scratch(static_cast<size_t>(2 * HS * ldt + 16));
+    float* Kt = line_aligned(scratch.data());
     float* Vt = Kt + HS * ldt;
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
