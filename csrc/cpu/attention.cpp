@@ -471,12 +471,6 @@ KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc,
   for (int64_t d = 0; d < HS; ++d) o[d] *= inv;
 }
 
-// The first 64-byte boundary at or after p (scratch vectors get 16 spare floats for it): the
-// key/value transposes are read in 64-byte vectors, which straddle two lines when misaligned.
-float* line_aligned(float* p) {
-  return p + (16 - reinterpret_cast<uintptr_t>(p) / sizeof(float) % 16) % 16;
-}
-
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,

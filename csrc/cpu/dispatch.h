@@ -39,5 +39,11 @@ void ops_set_allow_avx512(bool on);
 constexpr int64_t kParallelMin = 1 << 15;
 // Elementwise ops split their range into chunks of this size (static schedule).
 constexpr int64_t kChunk = 1 << 13;
+// The first 64-byte boundary at or after p: scratch vectors get 16 spare floats and start their
+// data there (std::vector's 16-byte alignment makes 32- and 64-byte vector accesses straddle
+// cache lines).
+inline float* line_aligned(float* p) {
+  return p + (16 - reinterpret_cast<uintptr_t>(p) / sizeof(float) % 16) % 16;
+}
 }  // namespace cpu
 }  // namespace kgpt

@@ -128,8 +128,8 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
                         const float* w, const float* mean, const float* rstd, int64_t N,
                         int64_t C) {
   const int64_t nchunk = (N + kRowsPerChunk - 1) / kRowsPerChunk;
-  std::vector<float> part(static_cast<size_t>(nchunk * 2 * C));
-  float* pp = part.data();
+  std::vector<float> part(static_cast<size_t>(nchunk * 2 * C + 16));
+  float* pp = line_aligned(part.data());
   const bool par = N * C > kParallelMin;
 #pragma omp parallel if (par)
   {
