@@ -167,7 +167,9 @@ def _classifier_case(rng, N, C, V, scale=0.37):
 
 
 @pytest.mark.parametrize("shape", [(1, 12, 5), (3, 20, 37), (17, 33, 300), (67, 20, 517),
-                                   (300, 33, 1000)], ids=lambda s: "N=%d,C=%d,V=%d" % s)
+                                   (300, 33, 1000),
+                                   (1100, 20, 700), (600, 16, 9000)],  # several row blocks
+                         ids=lambda s: "N=%d,C=%d,V=%d" % s)
 def test_classifier_matches_float64(kernel, rng, shape):
     _classifier_case(rng, *shape)
 

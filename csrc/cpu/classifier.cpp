@@ -161,9 +161,13 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
   (void)avx2;
   (void)avx512;
   // Rows per block: as many as fit a budget of kClassifierBufferFloats (fewer passes over dwte),
-  // a multiple of 12 (of every micro-kernel's rows: 4, 6), at least 12.
+  // a multiple of 12 (of every micro-kernel's rows: 4, 6), at least 12; then evened out over
+  // the blocks that takes (S: 4 x 504 + 32 rows became 5 x 420; a thin last block still paid a
+  // whole pass over dwte).
   int64_t R = std::max<int64_t>(12, kClassifierBufferFloats / V / 12 * 12);
   R = std::min(R, std::min(kClassifierMaxRows, N));
+  const int64_t nblocks = (N + R - 1) / R;
+  R = std::min(R, ((N + nblocks - 1) / nblocks + 11) / 12 * 12);
   float* L = tls_logits.get(static_cast<size_t>(R * V));
 #ifdef _OPENMP
   const int nt = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(R * V / 16384)));
