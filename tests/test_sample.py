@@ -163,3 +163,27 @@ def test_stop_in_a_batch_pads_finished_rows(model):
     for r in range(3):
         assert np.array_equal(got[r, :ends[r]], free[r, :ends[r]])
         assert np.all(got[r, ends[r]:] == stop)
+
+
+def test_generate_reuses_its_decoder_and_follows_the_weights(rng):
+    """generate() keeps its KV-cache decoder on the model between calls: repeated calls give the
+    same tokens, a different batch size gets its own decoder, and weights changed in place (as
+    training does) are used by the next call, as by a fresh model holding the same weights."""
+    pytest.importorskip("kernelgpt._native")
+    cfg = GPTConfig(vocab_size=37, block_size=12, n_layer=2, n_head=2, n_embd=16)
+    m = GPT(cfg, backend="native", seed=3)
+    m.params[:] += rng.standard_normal(m.params.size).astype(np.float32) * 0.3
+    prompt = rng.integers(0, 37, (1, 4)).astype(np.int32)
+    a = m.generate(prompt, 20, temperature=0.9, top_k=10, seed=1)
+    assert getattr(m, "_generate_decoder", None) is not None and m._generate_decoder.B == 1
+    assert np.array_equal(m.generate(prompt, 20, temperature=0.9, top_k=10, seed=1), a)
+    greedy = m.generate(prompt, 20, temperature=0)
+    two = m.generate(np.concatenate([prompt, prompt]), 20, temperature=0)  # rows independent
+    assert m._generate_decoder.B == 2 and np.array_equal(two, np.concatenate([greedy, greedy]))
+    assert np.array_equal(m.generate(prompt, 20, temperature=0.9, top_k=10, seed=1), a)
+    m.params[:] *= 1.5  # in place, as the optimizer updates them
+    fresh = GPT(cfg, backend="native", seed=0)
+    fresh.load_state_dict(m.state_dict())
+    got = m.generate(prompt, 20, temperature=0, seed=1)
+    assert np.array_equal(got, fresh.generate(prompt, 20, temperature=0, seed=1))
+    assert not np.array_equal(got, a)
