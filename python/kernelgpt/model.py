@@ -170,7 +170,6 @@ class GPT:
         self._shapes = dict(shapes)
         self.n_decay = sum(int(np.prod(s)) for _, s in shapes if len(s) == 2)
         host = self._init_params(shapes, seed)
-        xp = self.backend.xp
         self.params = self.backend.empty(host.shape, dt)  # the backend's (aligned) allocation
         self.params[...] = self.backend.asarray(host.astype(dt))
         self.grads = self.backend.zeros(host.shape, dt)
@@ -182,7 +181,6 @@ class GPT:
             self.param_views[name] = self.params[off:off + n].reshape(shape)
             self.grad_views[name] = self.grads[off:off + n].reshape(shape)
             off += n
-        self._xp = xp
         self._acts: Optional[_Acts] = None
 
     # ------------------------------------------------------------------ parameters
@@ -373,7 +371,7 @@ class GPT:
             if ls != 1.0:
                 be.scale_(a.dlnf.reshape(-1), ls)
                 be.scale_(a.dwte_cls.reshape(-1), ls)
-            self._xp.add(g["wte"], a.dwte_cls, out=g["wte"])
+            be.residual_forward(g["wte"], g["wte"], a.dwte_cls)  # the backend's threaded add
         else:
             if a.dlogits is None:
                 a.dlogits = be.empty((N, cfg.vocab_size), self.dtype)
