@@ -180,6 +180,8 @@ def test_cpu_buffers_start_on_a_cache_line(shape, dtype):
         assert a.shape == want and a.dtype == np.dtype(dtype) and a.flags.c_contiguous
         assert a.flags.writeable and (a.size == 0 or a.ctypes.data % 64 == 0)
     assert not np.any(rb.zeros(shape, dtype))
+    with pytest.raises(ValueError, match="negative"):
+        rb.empty((2, -1))
     model = tiny("float32")
     model.forward(np.zeros((2, 5), np.int32))
     for arr in (model.params, model.grads, model._acts.qkv[0], model._acts.fch[0]):

@@ -46,6 +46,8 @@ def empty(shape: tuple, dtype: Any = "float32") -> np.ndarray:
     straddle two cache lines)."""
     dt = np.dtype(dtype)
     shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimensions are not allowed, got shape {shape}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     buf = np.empty(nbytes + _ALIGN, np.uint8)
     off = -buf.ctypes.data % _ALIGN
