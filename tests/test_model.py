@@ -254,3 +254,15 @@ def test_train_flops_formula():
     nonemb = L * (12 * C * C + 13 * C) + 2 * C
     want = 6 * (nonemb + V * C) * B * T + 12 * L * T * C * B * T
     assert train_flops_per_step(cfg, B, T) == want
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_zero_grad_clears_non_finite_gradients(backend):
+    """zero_grad (the backend's zero_) leaves exact zeros even after a diverged step's NaN/inf."""
+    if backend == "native":
+        pytest.importorskip("kernelgpt._native")
+    model = GPT(GPTConfig(**TINY), backend=backend, seed=0)
+    model.grads[::2] = np.nan
+    model.grads[1::2] = -np.inf
+    model.zero_grad()
+    assert np.array_equal(model.grads, np.zeros_like(model.grads))

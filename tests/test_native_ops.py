@@ -461,3 +461,22 @@ def test_backend_module_surface():
     assert nb.zeros((2, 3)).dtype == np.float32 and nb.empty((2,), "int32").dtype == np.int32
     n = nb.get_num_threads()
     assert n >= 1
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (8192 * 5 + 3,), (300, 77)])
+def test_zero_clears_everything(shape, threads):
+    """zero_ writes 0 to every element (NaN and inf included), on one thread and on two (sizes
+    above the threaded threshold), any shape; like the NumPy backend's."""
+    for n in (1, 2):
+        threads(n)
+        a = np.full(shape, np.nan, np.float32)
+        if a.size:
+            a.flat[::3] = np.inf
+        nb.zero_(a)
+        b = np.full(shape, np.nan, np.float32)
+        rb.zero_(b)
+        assert np.array_equal(a, np.zeros(shape, np.float32)) and np.array_equal(a, b)
+    with pytest.raises(TypeError):
+        nb.zero_(np.zeros(4, np.float64))
+    with pytest.raises(TypeError):
+        nb.zero_(np.zeros((4, 4), np.float32)[:, ::2])

@@ -293,6 +293,15 @@ double global_norm_sq(FArr g) {
   return r;
 }
 
+void zero_(FArr a) {
+  float* p = a.mutable_data();
+  const int64_t n = a.size();
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::zero_inplace(p, n);
+  }
+}
+
 void scale_(FArr g, float s) {
   check_ndim("g", g, 1, "(n,)");
   float* p = g.mutable_data();
@@ -350,6 +359,7 @@ void init_cpu_ops(py::module_& m) {
   m.def("global_norm_sq", &global_norm_sq, a("g"),
         "Sum of squares of g in float64, fixed chunk order (thread-count independent).");
   m.def("scale_", &scale_, a("g"), py::arg("s"), "g *= s in place.");
+  m.def("zero_", &zero_, a("a"), "a[...] = 0 in place (any shape; threaded above 32K floats).");
   m.def("adamw_update", &adamw_update, a("params"), a("grads"), a("m"), a("v"), py::kw_only(),
         py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("step"), "Fused AdamW step over flat arrays, in place.");

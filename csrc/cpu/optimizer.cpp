@@ -8,6 +8,8 @@
 #endif
 #include <vector>
 
+#include <cstring>
+
 #include "cpu/dispatch.h"
 #include "cpu/ops.h"
 
@@ -123,6 +125,15 @@ void scale_inplace(float* g, int64_t n, float s) {
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
     scale_chunk(g + i0, len, s);
+  }
+}
+
+void zero_inplace(float* a, int64_t n) {
+  const int64_t nchunk = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (int64_t c = 0; c < nchunk; ++c) {
+    const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
+    std::memset(a + i0, 0, sizeof(float) * static_cast<size_t>(len));
   }
 }
 

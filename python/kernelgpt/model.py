@@ -208,7 +208,7 @@ class GPT:
         return int(self.params.size)
 
     def zero_grad(self) -> None:
-        self.grads.fill(0)
+        self.backend.zero_(self.grads)
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of the named parameters as float32 numpy arrays (wte is also the lm_head)."""
@@ -331,7 +331,7 @@ class GPT:
         if targets is not None and not return_logits:
             if a.dwte_cls is None:
                 a.dwte_cls = be.empty((V, C), self.dtype)
-            a.dwte_cls.fill(0)
+            be.zero_(a.dwte_cls)
             be.classifier_forward(a.losses, a.dlnf, a.dwte_cls, a.lnf, wte, a.targets.reshape(N),
                                   1.0 / N)
             a.fused = True

@@ -117,6 +117,8 @@ class Backend(Protocol):
         """Sum of squares of the flat float32 array g, accumulated in float64. Deterministic."""
     def scale_(self, g: Array, s: float) -> None:
         """g *= s in place."""
+    def zero_(self, a: Array) -> None:
+        """a[...] = 0 in place, any shape (the model's zero_grad; NaN and inf are cleared too)."""
     def adamw_update(self, params: Array, grads: Array, m: Array, v: Array, *, lr: float,
                      beta1: float, beta2: float, eps: float, weight_decay: float,
                      step: int) -> None:

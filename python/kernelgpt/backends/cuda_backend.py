@@ -430,6 +430,12 @@ def scale_(g, s: float) -> None:
         _cuda.scale_(_p(g), float(s), g.size, _stream())
 
 
+def zero_(a) -> None:
+    """a[...] = 0 in place, any shape (CuPy's fill kernel)."""
+    _dev(a, "a")
+    a.fill(0)
+
+
 def adamw_update(params, grads, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
                  weight_decay: float, step: int) -> None:
     """One fused AdamW step over flat float32 arrays (p, m, v updated in place)."""

@@ -67,6 +67,7 @@ if _native is not None:
     crossentropy_backward = _native.crossentropy_backward
     global_norm_sq = _native.global_norm_sq
     scale_ = _native.scale_
+    zero_ = _native.zero_
 
     def adamw_update(params, grads, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
                      weight_decay: float, step: int) -> None:

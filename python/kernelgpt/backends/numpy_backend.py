@@ -458,6 +458,12 @@ def scale_(g, s: float) -> None:
     g *= g.dtype.type(s)
 
 
+def zero_(a) -> None:
+    """a[...] = 0 in place, any shape."""
+    _floats((a, "a"))
+    a.fill(0)
+
+
 def adamw_update(params, grads, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
                  weight_decay: float, step: int) -> None:
     """One AdamW step over flat arrays of equal length, in place (step counts from 1):
