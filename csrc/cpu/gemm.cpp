@@ -225,6 +225,14 @@ struct Kern {
   UkrD ukrt = nullptr;
 };
 
+// Each ISA's kernels and the blocking every one of them uses (sgemm and sgemm_pair).
+constexpr Blocking kBlocking{192, 384, 1024};
+#if KGPT_X86
+const Kern kKernAvx512{ukr_avx512_6x64, ukrd_avx512_6x64, ukrt_avx512_6x64};
+const Kern kKernAvx2{ukr_avx2_6x16, ukrd_avx2_6x16};
+#endif
+const Kern kKernPortable{ukr_portable, nullptr};
+
 // Block of `len` split into even pieces of at most `blk`, rounded up to multiples of `unit` (so
 // tile positions stay on the MR/NR grid; the summation order depends on KC only).
 int64_t even_block(int64_t len, int64_t blk, int64_t unit) {
@@ -486,11 +494,11 @@ void sgemm(const GemmArgs& p) {
   if (!p.ta && p.tb && p.M <= 4) return gemv_nt(p, gemm_use_avx2());
 #if KGPT_X86
   if (gemm_use_avx512())
-    return gemm_threaded<6, 64>(p, {ukr_avx512_6x64, ukrd_avx512_6x64, ukrt_avx512_6x64}, {192, 384, 1024});
+    return gemm_threaded<6, 64>(p, kKernAvx512, kBlocking);
   if (gemm_use_avx2())
-    return gemm_threaded<6, 16>(p, {ukr_avx2_6x16, ukrd_avx2_6x16}, {192, 384, 1024});
+    return gemm_threaded<6, 16>(p, kKernAvx2, kBlocking);
 #endif
-  gemm_threaded<kPMR, kPNR>(p, {ukr_portable, nullptr}, {192, 384, 1024});
+  gemm_threaded<kPMR, kPNR>(p, kKernPortable, kBlocking);
 }
 
 // Side by side pays while each product is small (measured: XS's dx/dW pairs 6-17% faster than
@@ -512,11 +520,11 @@ void sgemm_pair(const GemmArgs& p, const GemmArgs& q, const ColumnSum* sum) {
   }
 #if KGPT_X86
   if (gemm_use_avx512())
-    return gemm_pair_threaded<6, 64>(p, q, sum, {ukr_avx512_6x64, ukrd_avx512_6x64, ukrt_avx512_6x64}, {192, 384, 1024});
+    return gemm_pair_threaded<6, 64>(p, q, sum, kKernAvx512, kBlocking);
   if (gemm_use_avx2())
-    return gemm_pair_threaded<6, 16>(p, q, sum, {ukr_avx2_6x16, ukrd_avx2_6x16}, {192, 384, 1024});
+    return gemm_pair_threaded<6, 16>(p, q, sum, kKernAvx2, kBlocking);
 #endif
-  gemm_pair_threaded<kPMR, kPNR>(p, q, sum, {ukr_portable, nullptr}, {192, 384, 1024});
+  gemm_pair_threaded<kPMR, kPNR>(p, q, sum, kKernPortable, kBlocking);
 }
 
 void column_sum_acc(const ColumnSum& sum) {
