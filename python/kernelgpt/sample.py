@@ -263,15 +263,19 @@ def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: fl
     return run()
 
 
-def _cached_decoder(model, B: int) -> "_KVDecoder":
+def _cached_decoder(model, B: int) -> Optional["_KVDecoder"]:
     """generate()'s _KVDecoder for batch size B, kept on the model between calls: building one
     allocates and zero-fills every layer's KV cache (about 1 ms on S, 1% of a 96-token call).
-    Only generate(), which runs to completion, reuses it; generate_stream() iterators build their
-    own, so several can be interleaved. The prefill rewrites every cache position a call reads."""
+    None (and nothing kept) where its fused decoder cannot sample (batch > 4, a build without
+    it). Only generate(), which runs to completion, reuses it; generate_stream() iterators build
+    their own, so several can be interleaved. The prefill rewrites every cache position read."""
     dec = getattr(model, "_generate_decoder", None)
     if dec is None or dec.B != B:
         model._generate_decoder = None  # free the old caches before allocating new ones
-        dec = model._generate_decoder = _KVDecoder(model, B)
+        dec = _KVDecoder(model, B)
+        if dec.fused is None or not hasattr(dec.fused, "sample"):
+            return None
+        model._generate_decoder = dec
     return dec
 
 
@@ -292,7 +296,7 @@ def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k
     if temperature != 0.0 and not 1e-30 <= temperature <= 1e30:
         return None  # where logits / temperature can overflow, keep pick_tokens' float64 route
     dec = _cached_decoder(model, B)
-    if dec.fused is None or not hasattr(dec.fused, "sample"):
+    if dec is None:
         return None
     seq = np.empty((B, T0 + n), np.int32)
     seq[:, :T0] = tokens
