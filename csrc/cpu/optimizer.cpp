@@ -1,14 +1,14 @@
 // Optimizer-side kernels over the flat parameter/gradient buffers: global_norm_sq (float64 sum of
 // squares over fixed 64 Ki-element chunks, partials added serially in chunk order, so the result
-// is the same for any thread count), scale_ (g *= s) and the fused AdamW step (p, m, v updated in
-// place in one pass). All elementwise work is identical for any thread count.
+// is the same for any thread count), scale_ (g *= s), zero_ (a threaded memset) and the fused
+// AdamW step (p, m, v updated in place in one pass). All elementwise work is identical for any
+// thread count.
 #include <cmath>
+#include <cstring>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
 #include <vector>
-
-#include <cstring>
 
 #include "cpu/dispatch.h"
 #include "cpu/ops.h"
