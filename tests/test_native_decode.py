@@ -225,3 +225,48 @@ def test_decoder_sample_bad_arguments(model):
     for change, exc, word in cases:
         with pytest.raises(exc, match=word):
             dec.sample(**dict(ok, **change))
+
+
+@pytest.mark.parametrize("V", [1, 7, 37, 130, 1000, 8192, 8195])
+def test_pick_token_equals_pick_tokens(V):
+    """_native.pick_token (Decoder.sample's per-row choice) picks what sample.pick_tokens picks,
+    for every top_k route: the block-maximum bound (k up to V/8), the heap beyond it, and no
+    filter; on logits with many ties at the k-th value (integers, quarters) and without."""
+    rng = np.random.default_rng(V)
+    ks = sorted({1, 2, 5, 50, 200, V // 8, V // 8 + 1, V - 1, V, V + 3} - {0})
+    for trial in range(4):
+        lg = rng.standard_normal(V).astype(np.float32) * 3
+        if trial == 1:
+            lg = np.round(lg)  # a handful of distinct values: ties everywhere
+        elif trial == 2:
+            lg = np.round(lg * 4) / 4
+        for k in ks + [None]:
+            for temperature, top_p in [(1.0, None), (0.7, 0.9), (2.0, 0.5), (0.0, None)]:
+                seed = int(rng.integers(1 << 30))
+                want = sample.pick_tokens(lg[None], temperature, k, top_p,
+                                          np.random.default_rng(seed))[0]
+                u = np.random.default_rng(seed).random(1)[0]
+                got = nat.pick_token(lg, temperature, 0 if k is None else k,
+                                     1.0 if top_p is None else top_p, u)
+                assert got == want, (V, trial, k, temperature, top_p)
+
+
+def test_pick_token_bad_arguments():
+    lg = np.zeros(5, np.float32)
+    assert nat.pick_token(lg, 1.0, 2, 1.0, 0.5) in range(5)
+    cases = [
+        (dict(logits=np.zeros(0, np.float32)), ValueError, "non-empty"),
+        (dict(logits=np.zeros((1, 5), np.float32)), ValueError, "1-D"),
+        (dict(logits=np.array([0, np.nan], np.float32)), ValueError, "finite"),
+        (dict(logits=np.array([0, np.inf], np.float32)), ValueError, "finite"),
+        (dict(logits=np.zeros(5)), TypeError, "incompatible"),
+        (dict(temperature=-1.0), ValueError, "temperature"),
+        (dict(temperature=np.inf), ValueError, "temperature"),
+        (dict(top_p=0.0), ValueError, "top_p"),
+        (dict(u=1.0), ValueError, r"\[0, 1\)"),
+        (dict(u=-0.1), ValueError, r"\[0, 1\)"),
+    ]
+    ok = dict(logits=lg, temperature=1.0, top_k=2, top_p=1.0, u=0.5)
+    for change, exc, word in cases:
+        with pytest.raises(exc, match=word):
+            nat.pick_token(**dict(ok, **change))

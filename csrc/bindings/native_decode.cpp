@@ -191,6 +191,28 @@ class Decoder {
   kgpt::cpu::PickScratch pick_;
 };
 
+// One token from one row of logits by pick_tokens' rule (cpu::pick_token): what Decoder.sample
+// does per row, callable alone so its selection can be checked on any logits.
+int64_t pick_token(py::array_t<float, py::array::c_style> logits, double temperature,
+                   int64_t top_k, double top_p, double u) {
+  if (logits.ndim() != 1 || logits.shape(0) < 1)
+    throw std::invalid_argument("logits must be a non-empty 1-D array, got shape " +
+                                shape_str(logits));
+  if (!(temperature >= 0.0) || !std::isfinite(temperature))
+    throw std::invalid_argument("temperature must be a finite number >= 0");
+  if (!(top_p > 0.0)) throw std::invalid_argument("top_p must be > 0");
+  if (!(u >= 0.0 && u < 1.0)) throw std::invalid_argument("u must lie in [0, 1)");
+  const float* pl = logits.data();
+  const int64_t V = logits.shape(0);
+  for (int64_t j = 0; j < V; ++j)
+    if (!std::isfinite(pl[j]))
+      throw std::invalid_argument("logits must be finite, got " + std::to_string(pl[j]) +
+                                  " at index " + std::to_string(j));
+  kgpt::cpu::PickScratch ps;
+  py::gil_scoped_release nogil;
+  return kgpt::cpu::pick_token(pl, V, temperature, top_k, top_p, u, ps);
+}
+
 }  // namespace
 
 void init_decode(py::module_& m) {
@@ -211,6 +233,11 @@ void init_decode(py::module_& m) {
            py::arg("logits").noconvert(),
            "Up to out.shape[0] steps with the token choice of kernelgpt.sample.pick_tokens "
            "in the loop; returns (steps taken, stopped on a non-finite logit).");
+  m.def("pick_token", &pick_token, py::arg("logits").noconvert(), py::arg("temperature"),
+        py::arg("top_k"), py::arg("top_p"), py::arg("u"),
+        "One token id from 1-D finite float32 logits by the rule of "
+        "kernelgpt.sample.pick_tokens, with the draw u in [0, 1) given (top_k <= 0: no top-k "
+        "filter; top_p >= 1: no top-p filter); what Decoder.sample does per row.");
 }
 
 }  // namespace kgpt_bind

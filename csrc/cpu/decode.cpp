@@ -177,26 +177,73 @@ double pairwise_sum(const double* a, int64_t n) {
   return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
 }
 
-}  // namespace
-
-int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
-                   double top_p, double u, PickScratch& ps) {
-  if (temperature == 0.0) return std::max_element(logits, logits + V) - logits;
-  ps.cand.clear();
-  if (top_k > 0 && top_k < V) {
-    // The k-th largest value (duplicates counted, as np.partition does): a min-heap of the k
-    // largest seen; most logits fail the one comparison with its top.
-    ps.sel.assign(logits, logits + top_k);
+// ps.cand = the ids j of every logit >= the k-th largest (duplicates counted, as np.partition
+// does), ascending; 0 < k < V.
+void top_k_candidates(const float* logits, int64_t V, int64_t k, PickScratch& ps) {
+  // Blocks of bs logits, at least 2k of them where V allows (8 <= bs <= 64).
+  int64_t bs = 64;
+  while (bs > 8 && (V + bs - 1) / bs < 2 * k) bs /= 2;
+  const int64_t nb = (V + bs - 1) / bs;
+  if (nb < k) {
+    // Too few blocks (k > V/8): a min-heap of the k largest seen; most logits fail the one
+    // comparison with its top.
+    ps.sel.assign(logits, logits + k);
     std::make_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
-    for (int64_t j = top_k; j < V; ++j)
+    for (int64_t j = k; j < V; ++j)
       if (logits[j] > ps.sel.front()) {
         std::pop_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
         ps.sel.back() = logits[j];
         std::push_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
       }
     const float kth = ps.sel.front();
+    ps.cand.clear();
     for (int64_t j = 0; j < V; ++j)
-      if (logits[j] >= kth) ps.cand.push_back(j);  // ascending token ids
+      if (logits[j] >= kth) ps.cand.push_back(j);
+    return;
+  }
+  // A lower bound t0 of the k-th largest: the k-th largest block maximum (the k largest maxima
+  // are k distinct logits, so at least k logits reach t0). Only blocks whose maximum reaches t0
+  // hold logits >= t0; those are gathered in id order, and the k-th largest among them is the
+  // k-th largest of all.
+  ps.bmax.resize(static_cast<size_t>(nb));
+  int64_t b = 0, j = 0;
+  for (; j + bs <= V; j += bs, ++b) {
+    float m[8];  // eight lanes the compiler keeps in SIMD registers
+    for (int l = 0; l < 8; ++l) m[l] = logits[j + l];
+    for (int64_t i = 8; i < bs; i += 8)
+      for (int l = 0; l < 8; ++l) m[l] = std::max(m[l], logits[j + i + l]);
+    ps.bmax[b] = *std::max_element(m, m + 8);
+  }
+  if (j < V) ps.bmax[b] = *std::max_element(logits + j, logits + V);
+  ps.sel.assign(ps.bmax.begin(), ps.bmax.end());
+  std::nth_element(ps.sel.begin(), ps.sel.begin() + (k - 1), ps.sel.end(), std::greater<float>());
+  const float t0 = ps.sel[k - 1];
+  if (static_cast<int64_t>(ps.hit.size()) < V) ps.hit.resize(static_cast<size_t>(V));
+  int64_t* hit = ps.hit.data();
+  int64_t nh = 0;
+  for (b = 0; b < nb; ++b) {
+    if (ps.bmax[b] < t0) continue;
+    for (int64_t i = b * bs, e = std::min(V, i + bs); i < e; ++i) {
+      hit[nh] = i;  // branch-free: most logits of a block miss
+      nh += logits[i] >= t0;
+    }
+  }
+  ps.sel.resize(static_cast<size_t>(nh));
+  for (int64_t i = 0; i < nh; ++i) ps.sel[i] = logits[hit[i]];
+  std::nth_element(ps.sel.begin(), ps.sel.begin() + (k - 1), ps.sel.end(), std::greater<float>());
+  const float kth = ps.sel[k - 1];
+  ps.cand.clear();
+  for (int64_t i = 0; i < nh; ++i)
+    if (logits[hit[i]] >= kth) ps.cand.push_back(hit[i]);
+}
+
+}  // namespace
+
+int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
+                   double top_p, double u, PickScratch& ps) {
+  if (temperature == 0.0) return std::max_element(logits, logits + V) - logits;
+  if (top_k > 0 && top_k < V) {
+    top_k_candidates(logits, V, top_k, ps);
   } else {
     ps.cand.resize(static_cast<size_t>(V));
     std::iota(ps.cand.begin(), ps.cand.end(), int64_t(0));

@@ -33,8 +33,8 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
 
 // Reusable buffers for pick_token (sized on first use).
 struct PickScratch {
-  std::vector<float> sel;
-  std::vector<int64_t> cand, order;
+  std::vector<float> sel, bmax;
+  std::vector<int64_t> cand, order, hit;
   std::vector<double> p, cdf;
 };
 
