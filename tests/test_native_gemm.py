@@ -214,6 +214,30 @@ def test_classifier_avx512_equals_avx2_bitwise(rng, shape):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(nat.gemm_kernel_name() != "avx512", reason="needs the AVX-512 path")
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+def test_matrix_vector_avx512_equals_avx2_bitwise(rng, M):
+    """Rows M <= 4 (decoding, prefill) take the matrix-vector kernel; its AVX-512 form keeps the
+    AVX2 form's 8-lane sums two to a register, so both give the same bits, at every K tail (the
+    16/32-wide loop, the 8-wide tail, the scalar tail), with and without a bias."""
+    got = {}
+    try:
+        for k in ("avx512", "avx2_fma"):
+            nat._set_gemm_kernel(k)
+            r = np.random.default_rng(M)
+            for K in (5, 8, 16, 24, 37, 100, 384, 1543):
+                x, w, b = f32(r, M, K), f32(r, 67, K), f32(r, 67)
+                for bias in (b, None):
+                    out = nan(M, 67)
+                    nat.matmul_forward(out, x, w, bias)
+                    got.setdefault(k, []).append(out)
+    finally:
+        nat._set_gemm_kernel("auto")
+    for a, b in zip(got["avx512"], got["avx2_fma"]):
+        assert np.isfinite(a).all()
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- threads
 def test_one_and_two_threads_bitwise_equal(kernel, rng, threads):
     """Threads own disjoint output tiles aligned to the micro-kernel, so every element is summed in

@@ -28,11 +28,7 @@ constexpr float kLnEps = 1e-5f;  // the model's layernorm epsilon
 void gemv_cols(float* out, const float* x, const float* w, const float* bias, int64_t B,
                int64_t N, int64_t K, int64_t n0, int64_t n1) {
   if (n1 <= n0) return;
-  const gemm_detail::Problem p{false, true, B, N, K, 1.f, x, K, w, K, 0.f, out, N, bias};
-#if defined(__x86_64__) || defined(__i386__)
-  if (gemm_use_avx2()) return gemm_detail::gemv_nt_avx2(p, n0, n1);
-#endif
-  gemm_detail::gemv_nt_portable(p, n0, n1);
+  gemm_detail::gemv_nt_range({false, true, B, N, K, 1.f, x, K, w, K, 0.f, out, N, bias}, n0, n1);
 }
 
 // Per-thread scratch, grown once: attention scores, and the thread's own copy of the residual

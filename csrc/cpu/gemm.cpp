@@ -431,17 +431,10 @@ void gemm_pair_threaded(const Problem& p, const Problem& q, const ColumnSum* sum
   }
 }
 
-void gemv_nt(const Problem& p, bool avx2) {
-  auto run = [&](int64_t n0, int64_t n1) {
-#if KGPT_X86
-    if (avx2) return gemv_nt_avx2(p, n0, n1);
-#endif
-    (void)avx2;
-    gemv_nt_portable(p, n0, n1);
-  };
+void gemv_nt(const Problem& p) {
   // Memory-bound: a thread pays off once it streams ~256 KB of B.
   const int nt = std::max(1, std::min<int>(max_threads(), static_cast<int>(p.N * p.K / 65536)));
-  if (nt <= 1) return run(0, p.N);
+  if (nt <= 1) return gemm_detail::gemv_nt_range(p, 0, p.N);
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -449,13 +442,21 @@ void gemv_nt(const Problem& p, bool avx2) {
 #else
     const int t = 0, T = 1;
 #endif
-    run(p.N * t / T, p.N * (t + 1) / T);
+    gemm_detail::gemv_nt_range(p, p.N * t / T, p.N * (t + 1) / T);
   }
 }
 
 }  // namespace
 
 // ---------------------------------------------------------------- public entry points
+void gemm_detail::gemv_nt_range(const Problem& p, int64_t n0, int64_t n1) {
+#if KGPT_X86
+  if (gemm_use_avx512()) return gemv_nt_avx512(p, n0, n1);
+  if (gemm_use_avx2()) return gemv_nt_avx2(p, n0, n1);
+#endif
+  gemv_nt_portable(p, n0, n1);
+}
+
 bool gemm_use_avx2() { return g_cap.load() < 2 && cpu_has_avx2_fma(); }
 bool gemm_use_avx512() { return g_cap.load() < 1 && cpu_has_avx512f(); }
 void gemm_set_force_portable(bool on) { g_cap.store(on ? 2 : 0); }
@@ -491,7 +492,7 @@ void sgemm(const GemmArgs& p) {
       }
     return;
   }
-  if (!p.ta && p.tb && p.M <= 4) return gemv_nt(p, gemm_use_avx2());
+  if (!p.ta && p.tb && p.M <= 4) return gemv_nt(p);
 #if KGPT_X86
   if (gemm_use_avx512())
     return gemm_threaded<6, 64>(p, kKernAvx512, kBlocking);

@@ -172,9 +172,41 @@ KGPT_AVX512 void ukrt_avx512_6x64(int64_t kc, const float* a, int64_t lda, const
 // ---------------------------------------------------------------- matrix-vector (M <= 4, NT)
 // C[m, n] = alpha * dot(A[m, :], B[n, :]) + beta*C + bias: streams each row of B once for all m.
 #if KGPT_X86
+// Rows of M <= 2 keep 4 independent 8-lane sums (k in steps of 32), of M 3-4 keep 2 (steps of
+// 16), to hide the FMA latency. Both ISAs add the same products into the same lanes in the same
+// order, so their results are bitwise equal.
+template <int M>
+constexpr int kGemvU = M <= 2 ? 4 : 2;
+
+// The part after the wide loop: the 8-wide tail into acc[m][0], the lane sums, the epilogue.
+template <int M>
+KGPT_AVX2 inline void gemv_finish(const Problem& p, int64_t n, int64_t k,
+                                  __m256 (&acc)[M][kGemvU<M>]) {
+  constexpr int U = kGemvU<M>;
+  const int64_t K = p.K;
+  const float* w = p.B + n * p.ldb;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 wv = _mm256_loadu_ps(w + k);
+    for (int m = 0; m < M; ++m)
+      acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k), wv, acc[m][0]);
+  }
+  for (int m = 0; m < M; ++m) {
+    __m256 s = acc[m][0];
+    for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[m][u]);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float dot = _mm_cvtss_f32(h);
+    const float* x = p.A + m * p.lda;
+    for (int64_t kk = k; kk < K; ++kk) dot += x[kk] * w[kk];
+    float* c = p.C + m * p.ldc + n;
+    *c = epi(dot, p.alpha, p.beta, c, p.bias ? p.bias + n : nullptr, 0);
+  }
+}
+
 template <int M>
 KGPT_AVX2 void gemv_rows_avx2(const Problem& p, int64_t n0, int64_t n1) {
-  constexpr int U = M <= 2 ? 4 : 2;  // independent accumulators per row (hide FMA latency)
+  constexpr int U = kGemvU<M>;
   const int64_t K = p.K;
   for (int64_t n = n0; n < n1; ++n) {
     const float* w = p.B + n * p.ldb;
@@ -189,23 +221,45 @@ KGPT_AVX2 void gemv_rows_avx2(const Problem& p, int64_t n0, int64_t n1) {
           acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k + 8 * u), wv, acc[m][u]);
       }
     }
-    for (; k + 8 <= K; k += 8) {
-      const __m256 wv = _mm256_loadu_ps(w + k);
-      for (int m = 0; m < M; ++m)
-        acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p.A + m * p.lda + k), wv, acc[m][0]);
+    gemv_finish<M>(p, n, k, acc);
+  }
+}
+
+// The same sums with half the instructions: zmm v of a row holds the AVX2 sums 2v and 2v+1.
+template <int M>
+KGPT_AVX512 void gemv_rows_avx512(const Problem& p, int64_t n0, int64_t n1) {
+  constexpr int U = kGemvU<M>, Z = U / 2;
+  const int64_t K = p.K;
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* w = p.B + n * p.ldb;
+    __m512 z[M][Z];
+    for (int m = 0; m < M; ++m)
+      for (int v = 0; v < Z; ++v) z[m][v] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 * U <= K; k += 8 * U) {
+      for (int v = 0; v < Z; ++v) {
+        const __m512 wv = _mm512_loadu_ps(w + k + 16 * v);
+        for (int m = 0; m < M; ++m)
+          z[m][v] = _mm512_fmadd_ps(_mm512_loadu_ps(p.A + m * p.lda + k + 16 * v), wv, z[m][v]);
+      }
     }
-    for (int m = 0; m < M; ++m) {
-      __m256 s = acc[m][0];
-      for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[m][u]);
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      float dot = _mm_cvtss_f32(h);
-      const float* x = p.A + m * p.lda;
-      for (int64_t kk = k; kk < K; ++kk) dot += x[kk] * w[kk];
-      float* c = p.C + m * p.ldc + n;
-      *c = epi(dot, p.alpha, p.beta, c, p.bias ? p.bias + n : nullptr, 0);
-    }
+    __m256 acc[M][U];
+    for (int m = 0; m < M; ++m)
+      for (int v = 0; v < Z; ++v) {
+        acc[m][2 * v] = _mm512_castps512_ps256(z[m][v]);
+        acc[m][2 * v + 1] =
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z[m][v]), 1));
+      }
+    gemv_finish<M>(p, n, k, acc);
+  }
+}
+
+void gemv_nt_avx512(const Problem& p, int64_t n0, int64_t n1) {
+  switch (p.M) {
+    case 1: return gemv_rows_avx512<1>(p, n0, n1);
+    case 2: return gemv_rows_avx512<2>(p, n0, n1);
+    case 3: return gemv_rows_avx512<3>(p, n0, n1);
+    default: return gemv_rows_avx512<4>(p, n0, n1);
   }
 }
 

@@ -37,6 +37,8 @@ void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t 
                   float beta, const float* bias);
 // Matrix-vector (M <= 4, A (M,K) rows, B (N,K) rows): output columns [n0, n1).
 void gemv_nt_portable(const Problem& p, int64_t n0, int64_t n1);
+// Columns [n0, n1) of an NT matrix-vector product (M <= 4) on the active ISA's kernel.
+void gemv_nt_range(const Problem& p, int64_t n0, int64_t n1);
 
 #if defined(__x86_64__) || defined(__i386__)
 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
@@ -50,6 +52,7 @@ void ukrd_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b, f
 void ukrt_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
                       int64_t ldc, float alpha, float beta, const float* bias);
 void gemv_nt_avx2(const Problem& p, int64_t n0, int64_t n1);
+void gemv_nt_avx512(const Problem& p, int64_t n0, int64_t n1);
 #endif
 
 }  // namespace gemm_detail
