@@ -270,3 +270,153 @@ def test_pick_token_bad_arguments():
     for change, exc, word in cases:
         with pytest.raises(exc, match=word):
             nat.pick_token(**dict(ok, **change))
+
+
+# ----------------------------------------------------------------------------- lm_head filter
+def _bf16(a):
+    """float32 -> bfloat16 (round to nearest even) -> float32, as the filter's table."""
+    b = a.astype(np.float32).view(np.uint32).astype(np.uint64)
+    h = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
+    return h.astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.parametrize("V,C,scale", [(1, 1, 1.0), (97, 37, 0.02), (700, 384, 1.0),
+                                       (50, 16, 1e-20), (64, 48, 1e15)])
+def test_lm_filter_bound_holds_and_is_tight(V, C, scale):
+    """Every approximate logit (bfloat16 table) lies within the bound E of the exact fp32 logit
+    that the lm_head kernel computes, for random rows x and for the worst case x along the
+    largest rounding error d_j, where the error reaches most of E (the bound is not vacuous)."""
+    r = np.random.default_rng(V * C)
+    wte = (r.standard_normal((V, C)) * scale).astype(np.float32)
+    d = wte.astype(np.float64) - _bf16(wte).astype(np.float64)
+    j = int(np.argmax(np.linalg.norm(d, axis=1)))
+    xs = [r.standard_normal(C).astype(np.float32), r.standard_normal(C).astype(np.float32) * 30]
+    worst = None
+    if np.linalg.norm(d[j]) > 0:
+        worst = (d[j] / np.linalg.norm(d[j]) * 20).astype(np.float32)
+        xs.append(worst)
+    for x in xs:
+        approx, E = nat._lm_filter_probe(wte, x)
+        assert E >= 0
+        exact = np.full((1, V), np.nan, np.float32)
+        nat.matmul_forward(exact, x[None], wte, None)
+        err = np.abs(exact[0].astype(np.float64) - approx.astype(np.float64))
+        assert (err <= E).all(), (err.max(), E)
+        if x is worst:
+            assert err[j] >= 0.5 * E, (err[j], E)
+
+
+def test_lm_filter_refuses_what_it_cannot_bound():
+    r = np.random.default_rng(0)
+    wte, x = r.standard_normal((40, 24)).astype(np.float32), r.standard_normal(24).astype(np.float32)
+    assert nat._lm_filter_probe(wte, x)[1] >= 0
+    bad_w = wte.copy()
+    bad_w[3, 5] = np.nan
+    assert nat._lm_filter_probe(bad_w, x)[1] < 0          # a table entry not finite
+    bad_w[3, 5] = 3e38                                     # finite, but its bfloat16 rounding is inf
+    assert nat._lm_filter_probe(bad_w, x)[1] < 0
+    assert nat._lm_filter_probe(wte, np.full(24, np.inf, np.float32))[1] < 0
+    assert nat._lm_filter_probe(wte, x * np.float32(1e36))[1] < 0  # a logit could overflow
+    with pytest.raises(ValueError, match="x must have shape"):
+        nat._lm_filter_probe(wte, x[:5].copy())
+
+
+FCFG = GPTConfig(vocab_size=701, block_size=20, n_layer=2, n_head=2, n_embd=40)
+
+
+@pytest.fixture(scope="module")
+def fmodel():
+    m = GPT(FCFG, backend="native", seed=5)
+    r = np.random.default_rng(11)
+    m.params[:] += r.standard_normal(m.params.size).astype(np.float32) * 0.2
+    m.param_views["ln_f.w"][:] *= 4  # a wide spread of logits, as a trained model has
+    return m
+
+
+def _sample_both(m, B, temperature, top_k, top_p, stop=(), T0=3):
+    """Decoder.sample from the same caches and draws with and without lm_filter."""
+    cfg = m.config
+    prompt = np.random.default_rng(B).integers(0, cfg.vocab_size, (B, T0)).astype(np.int32)
+    n = cfg.block_size - T0
+    u = np.random.default_rng(7).random((n, B))
+    got = []
+    for filt in (False, True):
+        dec = sample._KVDecoder(m, B)
+        dec.prefill(prompt)
+        out, tok, done = np.full((n, B), -1, np.int32), prompt[:, -1].copy(), np.zeros(B, np.uint8)
+        steps, bad = dec.fused.sample(out, tok, T0, u, temperature, top_k, top_p,
+                                      np.asarray(stop, np.int32), done, dec.logits, lm_filter=filt)
+        got.append((steps, bad, out, tok, done, dec.logits.copy()))
+    (s0, b0, o0, t0, d0, l0), (s1, b1, o1, t1, d1, l1) = got
+    assert (s0, b0) == (s1, b1)
+    np.testing.assert_array_equal(o0, o1)
+    np.testing.assert_array_equal(t0, t1)
+    np.testing.assert_array_equal(d0, d1)
+    return s0, b0, l0, l1
+
+
+@pytest.mark.parametrize("B", [1, 2, 4])
+@pytest.mark.parametrize("opts", [(0.0, 0, 1.0), (1.0, 1, 1.0), (0.7, 5, 1.0), (1.0, 50, 0.9),
+                                  (1.3, 88, 1.0), (1.0, 89, 0.95), (2.0, 300, 1.0),
+                                  (1.0, 700, 1.0)], ids=str)
+def test_lm_filter_sampling_equals_exact(fmodel, B, opts):
+    """With lm_filter the loop picks exactly the tokens of the exact lm_head, for greedy and every
+    top-k route (block bound, heap, k = V - 1), with top_p, on 1-4 rows; and for small k it did
+    run filtered: the logits left behind are approximations away from the candidates (past V/4
+    candidates it computes every exact logit in one pass)."""
+    steps, bad, exact, filtered = _sample_both(fmodel, B, *opts)
+    assert steps == FCFG.block_size - 3 and not bad
+    if opts[1] < 100:
+        assert not np.array_equal(exact, filtered)
+
+
+def test_lm_filter_ignored_without_top_k(fmodel):
+    """Plain sampling over every token needs every exact logit: the filter is not used."""
+    _, _, exact, filtered = _sample_both(fmodel, 2, 1.0, 0, 0.9)
+    np.testing.assert_array_equal(exact, filtered)
+
+
+def test_lm_filter_ties_and_stops():
+    """Rows of wte repeated make exactly tied logits, at the top (greedy takes the first) and
+    across the k-th value (all kept); stop tokens end rows as in the exact loop."""
+    m = GPT(FCFG, backend="native", seed=6)
+    r = np.random.default_rng(3)
+    m.params[:] += r.standard_normal(m.params.size).astype(np.float32) * 0.2
+    wte = m.param_views["wte"]
+    wte[100:140] = wte[7] * 3
+    wte[300:320] = wte[9]
+    for opts in [(0.0, 0, 1.0), (1.0, 3, 1.0), (1.0, 30, 1.0), (0.9, 45, 0.8)]:
+        _sample_both(m, 2, *opts)
+    steps, _, _, _ = _sample_both(m, 3, 1.0, 20, 1.0, stop=(7, 100, 101, 102, 9))
+    assert steps >= 1
+    # ln_f's weight 0 and bias along wte[7]: every step's logits are b . wte[j], largest (and
+    # tied) on rows 100-139, so greedy must take 100 and top-k below 40 keeps all 40.
+    m.param_views["ln_f.w"][:] = 0
+    m.param_views["ln_f.b"][:] = wte[7] * 5
+    steps, _, exact, filtered = _sample_both(m, 1, 0.0, 0, 1.0)
+    lg = exact[0]
+    assert lg.argmax() == 100 and (lg[100:140] == lg.max()).all()
+    np.testing.assert_array_equal(filtered[0, 100:140], lg[100:140])
+    for k in (1, 30, 39, 40, 45):
+        _sample_both(m, 1, 1.0, k, 1.0)
+
+
+def test_lm_filter_nonfinite_and_overflow_fall_back():
+    """Where the bound cannot be trusted (a NaN in the table, a non-finite or enormous layernorm
+    output), the step takes the exact lm_head: a non-finite logit stops the loop as before, and
+    logits near overflow are all computed exactly."""
+    for poison in ("wte", "ln_f_inf", "ln_f_huge"):
+        m = GPT(FCFG, backend="native", seed=4)
+        m.params[:] += np.random.default_rng(1).standard_normal(m.params.size).astype(np.float32) * 0.2
+        if poison == "wte":
+            m.param_views["wte"][50, 3] = np.nan
+        elif poison == "ln_f_inf":
+            m.param_views["ln_f.w"][0] = np.inf
+        else:
+            m.param_views["ln_f.w"][:] = 1e37
+            m.param_views["ln_f.b"][:] = 0
+        steps, bad, exact, filtered = _sample_both(m, 1, 1.0, 10, 1.0)
+        if poison == "ln_f_huge":
+            np.testing.assert_array_equal(exact, filtered)
+        else:
+            assert steps == 0 and bad

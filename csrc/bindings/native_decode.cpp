@@ -109,7 +109,7 @@ class Decoder {
                    py::array_t<double, py::array::c_style> u, double temperature, int64_t top_k,
                    double top_p, py::array_t<int32_t, py::array::c_style> stop,
                    py::array_t<uint8_t, py::array::c_style> done,
-                   py::array_t<float, py::array::c_style> logits) {
+                   py::array_t<float, py::array::c_style> logits, bool lm_filter) {
     const int64_t B = m_.B;
     if (out.ndim() != 2 || out.shape(1) != B)
       throw std::invalid_argument("out must have shape (n, B) with B=" + std::to_string(B) +
@@ -153,8 +153,13 @@ class Decoder {
     int64_t steps;
     {
       py::gil_scoped_release nogil;
+      // The filter's table is rebuilt from the weights on every call (they may have changed in
+      // place since the last), and only where it is used.
+      const bool filter = lm_filter && (temperature == 0.0 || (top_k > 0 && top_k < m_.V));
+      if (filter) kgpt::cpu::lm_filter_build(filter_, m_.wte, m_.V, m_.C);
       steps = kgpt::cpu::decode_sample(m_, scratch_.data(), pl, pt, pos, n, pu, temperature,
-                                       top_k, top_p, ps, nstop, pd, po, &nonfinite, pick_);
+                                       top_k, top_p, ps, nstop, pd, po, &nonfinite, pick_,
+                                       filter ? &filter_ : nullptr);
     }
     return py::make_tuple(steps, nonfinite);
   }
@@ -189,6 +194,7 @@ class Decoder {
   std::vector<py::array> keep_;
   std::vector<float> scratch_;
   kgpt::cpu::PickScratch pick_;
+  kgpt::cpu::LmFilter filter_;  // sample()'s bfloat16 lm_head table, when asked for
 };
 
 // One token from one row of logits by pick_tokens' rule (cpu::pick_token): what Decoder.sample
@@ -213,6 +219,31 @@ int64_t pick_token(py::array_t<float, py::array::c_style> logits, double tempera
   return kgpt::cpu::pick_token(pl, V, temperature, top_k, top_p, u, ps);
 }
 
+// Test hook: the lm_head filter built from wte (V, C) applied to one row x (C,): (approximate
+// logits (V,), the bound E, negative where the exact path is needed).
+py::tuple lm_filter_probe(py::array_t<float, py::array::c_style> wte,
+                          py::array_t<float, py::array::c_style> x) {
+  if (wte.ndim() != 2 || wte.shape(0) < 1 || wte.shape(1) < 1)
+    throw std::invalid_argument("wte must be a non-empty 2-D array, got shape " + shape_str(wte));
+  const int64_t V = wte.shape(0), C = wte.shape(1);
+  if (x.ndim() != 1 || x.shape(0) != C)
+    throw std::invalid_argument("x must have shape (C,)=(" + std::to_string(C) + ",), got " +
+                                shape_str(x));
+  py::array_t<float> approx(V);
+  float* pa = approx.mutable_data();
+  const float* pw = wte.data();
+  const float* px = x.data();
+  double E;
+  {
+    py::gil_scoped_release nogil;
+    kgpt::cpu::LmFilter f;
+    kgpt::cpu::lm_filter_build(f, pw, V, C);
+    kgpt::cpu::lm_filter_logits(pa, px, f, 1, 0, V);
+    E = kgpt::cpu::lm_filter_bound(f, px);
+  }
+  return py::make_tuple(approx, E);
+}
+
 }  // namespace
 
 void init_decode(py::module_& m) {
@@ -230,9 +261,16 @@ void init_decode(py::module_& m) {
       .def("sample", &Decoder::sample, py::arg("out").noconvert(), py::arg("tok").noconvert(),
            py::arg("pos"), py::arg("u").noconvert(), py::arg("temperature"), py::arg("top_k"),
            py::arg("top_p"), py::arg("stop").noconvert(), py::arg("done").noconvert(),
-           py::arg("logits").noconvert(),
+           py::arg("logits").noconvert(), py::arg("lm_filter") = false,
            "Up to out.shape[0] steps with the token choice of kernelgpt.sample.pick_tokens "
-           "in the loop; returns (steps taken, stopped on a non-finite logit).");
+           "in the loop; returns (steps taken, stopped on a non-finite logit). lm_filter: "
+           "for greedy and top_k in (0, V), read a bfloat16 copy of the lm_head (rebuilt from "
+           "the weights on each call) to bound every logit, and compute exact logits only for "
+           "the tokens the bound cannot rule out: the same tokens, fewer bytes per step; "
+           "logits then holds exact values only where the choice read them.");
+  m.def("_lm_filter_probe", &lm_filter_probe, py::arg("wte").noconvert(), py::arg("x").noconvert(),
+        "Test hook: (approximate logits, bound E) of Decoder.sample's lm_head filter for one "
+        "row x; E < 0 where the exact path would be taken.");
   m.def("pick_token", &pick_token, py::arg("logits").noconvert(), py::arg("temperature"),
         py::arg("top_k"), py::arg("top_p"), py::arg("u"),
         "One token id from 1-D finite float32 logits by the rule of "

@@ -11,6 +11,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/lm_filter.h"
 #include "cpu/ops.h"
 
 #ifdef _OPENMP
@@ -49,9 +50,14 @@ thread_local ThreadBuf tls_buf;
 
 }  // namespace
 
+// The final layernorm's output (B, C) in the scratch: after atty, proj (B,C); qkv (B,3C);
+// fch, fch_gelu (B,4C).
+static float* scratch_lnf(const DecodeModel& m, float* scratch) { return scratch + m.B * 13 * m.C; }
+
 int64_t decode_scratch_floats(const DecodeModel& m) {
-  // shared between the threads: atty, proj (B,C); qkv (B,3C); fch, fch_gelu (B,4C)
-  return m.B * (2 * m.C + 3 * m.C + 8 * m.C);
+  // shared between the threads: atty, proj (B,C); qkv (B,3C); fch, fch_gelu (B,4C); the final
+  // layernorm's output (B,C), for the lm_head filter's exact logits
+  return m.B * (2 * m.C + 3 * m.C + 8 * m.C + m.C);
 }
 
 // Threads meet at four barriers per layer. Each thread:
@@ -61,13 +67,14 @@ int64_t decode_scratch_floats(const DecodeModel& m) {
 // (column ranges of the matrix-vector kernel give the columns' exact values; GELU ranges start
 // on multiples of 16 so every element takes the same vector path), so the two agree bitwise.
 void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* logits,
-                 float* scratch) {
+                 float* scratch, const LmFilter* filter) {
   const int64_t B = m.B, C = m.C, NH = m.NH, HS = C / NH, V = m.V, maxT = m.maxT;
   float* atty = scratch;
   float* proj = atty + B * C;
   float* qkv = proj + B * C;
   float* fch = qkv + B * 3 * C;
   float* fchg = fch + B * 4 * C;
+  float* lnf = scratch_lnf(m, scratch);
   // Threads: as the matrix-vector path sizes them, one per ~256 KB of weights per layer.
   const int64_t per_layer = 12 * C * C;
 #ifdef _OPENMP
@@ -143,7 +150,12 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     }
     layernorm_forward(ln, mean, rstd, x, m.lnf_w, m.lnf_b, B, C, kLnEps);
     const auto [n0, n1] = even(V);
-    cols(logits, ln, m.wte, nullptr, V, C, n0, n1);
+    if (filter != nullptr) {  // approximate logits; the chooser computes the exact ones it needs
+      lm_filter_logits(logits, ln, *filter, B, n0, n1);
+      if (t == 0) std::memcpy(lnf, ln, sizeof(float) * B * C);
+    } else {
+      cols(logits, ln, m.wte, nullptr, V, C, n0, n1);
+    }
   }
 }
 
@@ -173,77 +185,76 @@ double pairwise_sum(const double* a, int64_t n) {
   return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
 }
 
-// ps.cand = the ids j of every logit >= the k-th largest (duplicates counted, as np.partition
-// does), ascending; 0 < k < V.
-void top_k_candidates(const float* logits, int64_t V, int64_t k, PickScratch& ps) {
-  // Blocks of bs logits, at least 2k of them where V allows (8 <= bs <= 64).
+// The k-th largest of v[0..V) (duplicates counted, as np.partition does), 0 < k <= V. Where it
+// splits v into blocks, their maxima stay in ps (ps.nb > 0) for gather_at_least on the same v.
+float kth_largest(const float* v, int64_t V, int64_t k, PickScratch& ps) {
+  // Blocks of bs values, at least 2k of them where V allows (8 <= bs <= 64).
   int64_t bs = 64;
   while (bs > 8 && (V + bs - 1) / bs < 2 * k) bs /= 2;
   const int64_t nb = (V + bs - 1) / bs;
   if (nb < k) {
-    // Too few blocks (k > V/8): a min-heap of the k largest seen; most logits fail the one
+    // Too few blocks (k > V/8): a min-heap of the k largest seen; most values fail the one
     // comparison with its top.
-    ps.sel.assign(logits, logits + k);
+    ps.nb = 0;
+    ps.sel.assign(v, v + k);
     std::make_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
     for (int64_t j = k; j < V; ++j)
-      if (logits[j] > ps.sel.front()) {
+      if (v[j] > ps.sel.front()) {
         std::pop_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
-        ps.sel.back() = logits[j];
+        ps.sel.back() = v[j];
         std::push_heap(ps.sel.begin(), ps.sel.end(), std::greater<float>());
       }
-    const float kth = ps.sel.front();
-    ps.cand.clear();
-    for (int64_t j = 0; j < V; ++j)
-      if (logits[j] >= kth) ps.cand.push_back(j);
-    return;
+    return ps.sel.front();
   }
   // A lower bound t0 of the k-th largest: the k-th largest block maximum (the k largest maxima
-  // are k distinct logits, so at least k logits reach t0). Only blocks whose maximum reaches t0
-  // hold logits >= t0; those are gathered in id order, and the k-th largest among them is the
-  // k-th largest of all.
+  // are k distinct values, so at least k values reach t0). Only blocks whose maximum reaches t0
+  // hold values >= t0, and the k-th largest among those is the k-th largest of all.
+  ps.bs = bs;
+  ps.nb = nb;
   ps.bmax.resize(static_cast<size_t>(nb));
   int64_t b = 0, j = 0;
   for (; j + bs <= V; j += bs, ++b) {
     float m[8];  // eight lanes the compiler keeps in SIMD registers
-    for (int l = 0; l < 8; ++l) m[l] = logits[j + l];
+    for (int l = 0; l < 8; ++l) m[l] = v[j + l];
     for (int64_t i = 8; i < bs; i += 8)
-      for (int l = 0; l < 8; ++l) m[l] = std::max(m[l], logits[j + i + l]);
+      for (int l = 0; l < 8; ++l) m[l] = std::max(m[l], v[j + i + l]);
     ps.bmax[b] = *std::max_element(m, m + 8);
   }
-  if (j < V) ps.bmax[b] = *std::max_element(logits + j, logits + V);
+  if (j < V) ps.bmax[b] = *std::max_element(v + j, v + V);
   ps.sel.assign(ps.bmax.begin(), ps.bmax.end());
   std::nth_element(ps.sel.begin(), ps.sel.begin() + (k - 1), ps.sel.end(), std::greater<float>());
   const float t0 = ps.sel[k - 1];
-  if (static_cast<int64_t>(ps.hit.size()) < V) ps.hit.resize(static_cast<size_t>(V));
-  int64_t* hit = ps.hit.data();
-  int64_t nh = 0;
+  ps.sel.clear();
   for (b = 0; b < nb; ++b) {
     if (ps.bmax[b] < t0) continue;
-    for (int64_t i = b * bs, e = std::min(V, i + bs); i < e; ++i) {
-      hit[nh] = i;  // branch-free: most logits of a block miss
-      nh += logits[i] >= t0;
-    }
+    for (int64_t i = b * bs, e = std::min(V, i + bs); i < e; ++i)
+      if (v[i] >= t0) ps.sel.push_back(v[i]);
   }
-  ps.sel.resize(static_cast<size_t>(nh));
-  for (int64_t i = 0; i < nh; ++i) ps.sel[i] = logits[hit[i]];
   std::nth_element(ps.sel.begin(), ps.sel.begin() + (k - 1), ps.sel.end(), std::greater<float>());
-  const float kth = ps.sel[k - 1];
-  ps.cand.clear();
-  for (int64_t i = 0; i < nh; ++i)
-    if (logits[hit[i]] >= kth) ps.cand.push_back(hit[i]);
+  return ps.sel[k - 1];
 }
 
-}  // namespace
-
-int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
-                   double top_p, double u, PickScratch& ps) {
-  if (temperature == 0.0) return std::max_element(logits, logits + V) - logits;
-  if (top_k > 0 && top_k < V) {
-    top_k_candidates(logits, V, top_k, ps);
-  } else {
-    ps.cand.resize(static_cast<size_t>(V));
-    std::iota(ps.cand.begin(), ps.cand.end(), int64_t(0));
+// ps.cand = the ids j with v[j] >= thr, ascending (blocks whose maximum is below thr skipped
+// where kth_largest left the maxima of this v).
+void gather_at_least(const float* v, int64_t V, float thr, PickScratch& ps) {
+  ps.cand.clear();
+  if (ps.nb == 0) {
+    for (int64_t j = 0; j < V; ++j)
+      if (v[j] >= thr) ps.cand.push_back(j);
+    return;
   }
+  for (int64_t b = 0; b < ps.nb; ++b) {
+    if (ps.bmax[b] < thr) continue;
+    for (int64_t i = b * ps.bs, e = std::min(V, i + ps.bs); i < e; ++i)
+      if (v[i] >= thr) ps.cand.push_back(i);
+  }
+}
+
+// The draw among ps.cand (ascending ids of finite logits, non-empty), temperature > 0: softmax
+// of their logits / temperature, the top_p cut, and the first candidate whose cumulative
+// probability exceeds u times the total.
+int64_t choose_candidate(const float* logits, double temperature, double top_p, double u,
+                         PickScratch& ps) {
   const int64_t n = static_cast<int64_t>(ps.cand.size());
   ps.p.resize(static_cast<size_t>(n));
   double zmax = -INFINITY;
@@ -277,27 +288,113 @@ int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t t
   return ps.cand[std::min(i, n - 1)];
 }
 
+// The largest float <= d.
+float float_at_most(double d) {
+  float f = static_cast<float>(d);
+  if (static_cast<double>(f) > d) f = std::nextafter(f, -INFINITY);
+  return f;
+}
+
+// pick_token's choice (greedy, or top_k in (0, V)) from a row holding approximate logits, each
+// within E of its exact value. exact(j) writes the exact logit into row[j]; it is called for the
+// tokens whose exact logit could reach the exact k-th largest (k = 1 for greedy) and no other,
+// and the choice reads exact logits only.
+//   With A the k-th largest approximate logit, at least k tokens have exact logits >= A - E, so
+//   the exact k-th largest T is >= A - E; a token with exact logit >= T then has an approximate
+//   one >= T - E >= A - 2E. Those tokens (at least k: all with approximate >= A) hold the top k
+//   exactly, ties included.
+template <class Exact>
+int64_t pick_token_filtered(float* row, int64_t V, double E, double temperature, int64_t top_k,
+                            double top_p, double u, PickScratch& ps, Exact&& exact) {
+  const int64_t k = temperature == 0.0 ? 1 : top_k;
+  const float a = kth_largest(row, V, k, ps);
+  const double ad = a;
+  gather_at_least(row, V, float_at_most(ad - 2.0 * E - std::abs(ad) * 0x1p-50), ps);
+  exact(ps.cand);
+  if (temperature == 0.0) {  // the first of the largest, as max_element
+    int64_t best = ps.cand[0];
+    for (int64_t j : ps.cand)
+      if (row[j] > row[best]) best = j;
+    return best;
+  }
+  ps.sel.resize(ps.cand.size());
+  for (size_t i = 0; i < ps.cand.size(); ++i) ps.sel[i] = row[ps.cand[i]];
+  std::nth_element(ps.sel.begin(), ps.sel.begin() + (k - 1), ps.sel.end(), std::greater<float>());
+  const float kth = ps.sel[k - 1];
+  size_t w = 0;
+  for (size_t i = 0; i < ps.cand.size(); ++i)
+    if (row[ps.cand[i]] >= kth) ps.cand[w++] = ps.cand[i];
+  ps.cand.resize(w);
+  return choose_candidate(row, temperature, top_p, u, ps);
+}
+
+}  // namespace
+
+int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
+                   double top_p, double u, PickScratch& ps) {
+  if (temperature == 0.0) return std::max_element(logits, logits + V) - logits;
+  if (top_k > 0 && top_k < V) {
+    gather_at_least(logits, V, kth_largest(logits, V, top_k, ps), ps);
+  } else {
+    ps.cand.resize(static_cast<size_t>(V));
+    std::iota(ps.cand.begin(), ps.cand.end(), int64_t(0));
+  }
+  return choose_candidate(logits, temperature, top_p, u, ps);
+}
+
 int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32_t* tok,
                       int64_t pos, int64_t n, const double* u, double temperature, int64_t top_k,
                       double top_p, const int32_t* stop, int64_t nstop, uint8_t* done,
-                      int32_t* out, bool* nonfinite, PickScratch& ps) {
-  const int64_t B = m.B, V = m.V;
+                      int32_t* out, bool* nonfinite, PickScratch& ps, const LmFilter* filter) {
+  const int64_t B = m.B, V = m.V, C = m.C;
   *nonfinite = false;
+  if (filter != nullptr && !(filter->ok && filter->V == V && filter->C == C &&
+                             (temperature == 0.0 || (top_k > 0 && top_k < V))))
+    filter = nullptr;
+  const float* lnf = scratch_lnf(m, scratch);
+  // Exact logits of columns [j0, j1) for every row: the lm_head's own kernel on the same input,
+  // so each is bitwise the value of the unfiltered step.
+  auto exact_cols = [&](int64_t j0, int64_t j1) {
+    gemm_detail::gemv_nt_range({false, true, B, V, C, 1.f, lnf, C, m.wte, C, 0.f, logits, V,
+                                nullptr}, j0, j1);
+  };
+  double E[4];
   for (int64_t i = 0; i < n; ++i) {
-    decode_step(m, tok, pos + i, logits, scratch);
-    uint32_t bad = 0;  // any exponent field all ones (inf or NaN); an integer OR vectorises
-    for (int64_t j = 0; j < B * V; ++j) {
-      uint32_t bits;
-      std::memcpy(&bits, logits + j, sizeof(bits));
-      bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    decode_step(m, tok, pos + i, logits, scratch, filter);
+    bool filtered = filter != nullptr;
+    for (int64_t b = 0; filtered && b < B; ++b) {
+      E[b] = lm_filter_bound(*filter, lnf + b * C);
+      filtered = E[b] >= 0.0;  // else x is not finite or a logit could overflow
     }
-    if (bad) {
-      *nonfinite = true;
-      return i;
+    if (filter != nullptr && !filtered) exact_cols(0, V);
+    if (!filtered) {
+      uint32_t bad = 0;  // any exponent field all ones (inf or NaN); an integer OR vectorises
+      for (int64_t j = 0; j < B * V; ++j) {
+        uint32_t bits;
+        std::memcpy(&bits, logits + j, sizeof(bits));
+        bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+      }
+      if (bad) {
+        *nonfinite = true;
+        return i;
+      }
     }
     for (int64_t b = 0; b < B; ++b) {
-      int32_t t = static_cast<int32_t>(
-          pick_token(logits + b * V, V, temperature, top_k, top_p, u[i * B + b], ps));
+      int32_t t;
+      if (filtered) {
+        auto exact = [&](const std::vector<int64_t>& ids) {
+          if (static_cast<int64_t>(ids.size()) * 4 > V) return exact_cols(0, V);
+          // Scattered rows: request them all first, so their reads overlap.
+          for (int64_t j : ids)
+            for (int64_t c = 0; c < C; c += 16) __builtin_prefetch(m.wte + j * C + c);
+          for (int64_t j : ids) exact_cols(j, j + 1);
+        };
+        t = static_cast<int32_t>(pick_token_filtered(logits + b * V, V, E[b], temperature, top_k,
+                                                     top_p, u[i * B + b], ps, exact));
+      } else {
+        t = static_cast<int32_t>(
+            pick_token(logits + b * V, V, temperature, top_k, top_p, u[i * B + b], ps));
+      }
       if (nstop > 0 && done[b]) t = tok[b];
       out[i * B + b] = t;
     }

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/lm_filter.h"
+
 namespace kgpt {
 namespace cpu {
 
@@ -27,14 +29,17 @@ struct DecodeModel {
 int64_t decode_scratch_floats(const DecodeModel& m);
 
 // tok (B,) ids already validated to lie in [0, V); 0 <= pos < maxT. Writes the caches at pos and
-// logits (B, V). B must be <= 4 (the matrix-vector kernels' row count).
+// logits (B, V). B must be <= 4 (the matrix-vector kernels' row count). With a filter (built
+// from m.wte), logits are instead the filter's approximations and the final layernorm's output
+// is left in the scratch for the exact logits (decode_sample's use).
 void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* logits,
-                 float* scratch);
+                 float* scratch, const LmFilter* filter = nullptr);
 
 // Reusable buffers for pick_token (sized on first use).
 struct PickScratch {
   std::vector<float> sel, bmax;
-  std::vector<int64_t> cand, order, hit;
+  std::vector<int64_t> cand, order;
+  int64_t bs = 0, nb = 0;  // the block size and count of bmax (nb = 0: none)
   std::vector<double> p, cdf;
 };
 
@@ -54,10 +59,15 @@ int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t t
 // ends after the step where every row is done. Returns the steps taken. A row of logits that is
 // not finite ends the loop before its token is picked: *nonfinite is set, the return value is
 // that step's index, the step itself has run (caches written, logits in `logits`).
+// With a filter built from m.wte (used for greedy and for top_k in (0, V); ignored otherwise), the
+// lm_head reads the filter's bfloat16 table and only the candidates get exact logits: the same
+// tokens. `logits` then holds exact values only where the choice read them, except on a
+// non-finite return, where it holds every exact logit of that step.
 int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32_t* tok,
                       int64_t pos, int64_t n, const double* u, double temperature, int64_t top_k,
                       double top_p, const int32_t* stop, int64_t nstop, uint8_t* done,
-                      int32_t* out, bool* nonfinite, PickScratch& ps);
+                      int32_t* out, bool* nonfinite, PickScratch& ps,
+                      const LmFilter* filter = nullptr);
 
 }  // namespace cpu
 }  // namespace kgpt

@@ -279,6 +279,9 @@ def _cached_decoder(model, B: int) -> Optional["_KVDecoder"]:
     return dec
 
 
+_LM_FILTER_MIN_STEPS = 8
+
+
 def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k: Optional[int],
                     top_p: Optional[float], rng: np.random.Generator,
                     stop_ids: Optional[List[int]]) -> Optional[np.ndarray]:
@@ -328,8 +331,11 @@ def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k
         u = rng.random((k, B)) if temperature != 0.0 else np.zeros((k, B))
         out = np.empty((k, B), np.int32)
         tok = seq[:, end - 1].copy()       # updated in place by sample()
+        # lm_filter: greedy and top-k read a bfloat16 copy of the lm_head to bound the logits and
+        # compute exact ones only for the tokens that can be chosen (the same tokens, 11% fewer
+        # bytes per step on S); its table is rebuilt on each call, which pays from ~8 steps on.
         got, bad = dec.fused.sample(out, tok, n_cached, u, float(temperature), k_arg, p_arg, stop,
-                                    done, dec.logits)
+                                    done, dec.logits, lm_filter=k >= _LM_FILTER_MIN_STEPS)
         seq[:, end:end + got] = out[:got].T
         end += got
         n_cached += got
