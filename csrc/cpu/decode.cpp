@@ -296,9 +296,9 @@ float float_at_most(double d) {
 }
 
 // pick_token's choice (greedy, or top_k in (0, V)) from a row holding approximate logits, each
-// within E of its exact value. exact(j) writes the exact logit into row[j]; it is called for the
-// tokens whose exact logit could reach the exact k-th largest (k = 1 for greedy) and no other,
-// and the choice reads exact logits only.
+// within E of its exact value. exact(ids) writes the exact logits of those ids into the row; it
+// is called once, for the tokens whose exact logit could reach the exact k-th largest (k = 1 for
+// greedy), and the choice reads exact logits only.
 //   With A the k-th largest approximate logit, at least k tokens have exact logits >= A - E, so
 //   the exact k-th largest T is >= A - E; a token with exact logit >= T then has an approximate
 //   one >= T - E >= A - 2E. Those tokens (at least k: all with approximate >= A) hold the top k
