@@ -273,6 +273,23 @@ def test_pick_token_bad_arguments():
 
 
 # ----------------------------------------------------------------------------- lm_head filter
+def _ops_paths():
+    nat._set_ops_force_portable(False)
+    nat._set_ops_allow_avx512(True)
+    return ((["avx512"] if nat.ops_use_avx512() else []) + (["avx2"] if nat.ops_use_avx2() else [])
+            + ["portable"])
+
+
+@pytest.fixture(params=_ops_paths())
+def ops_path(request):
+    """The filter's table and approximate logits on each code path this CPU has."""
+    nat._set_ops_force_portable(request.param == "portable")
+    nat._set_ops_allow_avx512(request.param == "avx512")
+    yield request.param
+    nat._set_ops_force_portable(False)
+    nat._set_ops_allow_avx512(True)
+
+
 def _bf16(a):
     """float32 -> bfloat16 (round to nearest even) -> float32, as the filter's table."""
     b = a.astype(np.float32).view(np.uint32).astype(np.uint64)
@@ -282,7 +299,7 @@ def _bf16(a):
 
 @pytest.mark.parametrize("V,C,scale", [(1, 1, 1.0), (97, 37, 0.02), (700, 384, 1.0),
                                        (50, 16, 1e-20), (64, 48, 1e15)])
-def test_lm_filter_bound_holds_and_is_tight(V, C, scale):
+def test_lm_filter_bound_holds_and_is_tight(ops_path, V, C, scale):
     """Every approximate logit (bfloat16 table) lies within the bound E of the exact fp32 logit
     that the lm_head kernel computes, for random rows x and for the worst case x along the
     largest rounding error d_j, where the error reaches most of E (the bound is not vacuous)."""
@@ -359,7 +376,7 @@ def _sample_both(m, B, temperature, top_k, top_p, stop=(), T0=3):
 @pytest.mark.parametrize("opts", [(0.0, 0, 1.0), (1.0, 1, 1.0), (0.7, 5, 1.0), (1.0, 50, 0.9),
                                   (1.3, 88, 1.0), (1.0, 89, 0.95), (2.0, 300, 1.0),
                                   (1.0, 700, 1.0)], ids=str)
-def test_lm_filter_sampling_equals_exact(fmodel, B, opts):
+def test_lm_filter_sampling_equals_exact(ops_path, fmodel, B, opts):
     """With lm_filter the loop picks exactly the tokens of the exact lm_head, for greedy and every
     top-k route (block bound, heap, k = V - 1), with top_p, on 1-4 rows; and for small k it did
     run filtered: the logits left behind are approximations away from the candidates (past V/4
