@@ -62,3 +62,23 @@ def assert_close(got, want, *, name="out", tol=1e-5, ref32=None, floor=1e-6):
         bound = max(tol, 2 * rel_err(ref32, want) + floor)
     err = rel_err(got, want)
     assert err <= bound, f"{name}: relative error {err:.3g} > {bound:.3g}"
+
+
+def native_ops_paths() -> list:
+    """The native non-GEMM code paths this CPU has: "avx512", "avx2", "portable" (most capable
+    first); [] without the native module."""
+    try:
+        from kernelgpt import _native as nat
+    except ImportError:
+        return []
+    set_native_ops_path("avx512")
+    return ((["avx512"] if nat.ops_use_avx512() else []) + (["avx2"] if nat.ops_use_avx2() else [])
+            + ["portable"])
+
+
+def set_native_ops_path(name: str) -> None:
+    """Force the native non-GEMM kernels onto one code path ("avx512" = the default: the most
+    capable the CPU has)."""
+    from kernelgpt import _native as nat
+    nat._set_ops_force_portable(name == "portable")
+    nat._set_ops_allow_avx512(name == "avx512")

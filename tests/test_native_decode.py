@@ -10,7 +10,7 @@ import gc
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, native_ops_paths, set_native_ops_path
 
 nat = pytest.importorskip("kernelgpt._native")
 from kernelgpt import sample  # noqa: E402
@@ -273,21 +273,12 @@ def test_pick_token_bad_arguments():
 
 
 # ----------------------------------------------------------------------------- lm_head filter
-def _ops_paths():
-    nat._set_ops_force_portable(False)
-    nat._set_ops_allow_avx512(True)
-    return ((["avx512"] if nat.ops_use_avx512() else []) + (["avx2"] if nat.ops_use_avx2() else [])
-            + ["portable"])
-
-
-@pytest.fixture(params=_ops_paths())
+@pytest.fixture(params=native_ops_paths())
 def ops_path(request):
     """The filter's table and approximate logits on each code path this CPU has."""
-    nat._set_ops_force_portable(request.param == "portable")
-    nat._set_ops_allow_avx512(request.param == "avx512")
+    set_native_ops_path(request.param)
     yield request.param
-    nat._set_ops_force_portable(False)
-    nat._set_ops_allow_avx512(True)
+    set_native_ops_path("avx512")
 
 
 def _bf16(a):

@@ -10,34 +10,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, native_ops_paths, set_native_ops_path
 
 nat = pytest.importorskip("kernelgpt._native")
 from kernelgpt.backends import native_backend as nb  # noqa: E402
 from kernelgpt.backends import numpy_backend as rb  # noqa: E402
 
 
-def _paths():
-    nat._set_ops_force_portable(False)
-    nat._set_ops_allow_avx512(True)
-    return ((["avx512"] if nat.ops_use_avx512() else []) + (["avx2"] if nat.ops_use_avx2() else [])
-            + ["portable"])
-
-
-def _set_path(name):
-    nat._set_ops_force_portable(name == "portable")
-    nat._set_ops_allow_avx512(name == "avx512")
-
-
-@pytest.fixture(autouse=True, params=_paths())
+@pytest.fixture(autouse=True, params=native_ops_paths())
 def isa(request):
     """Every test runs on each code path this CPU has: the AVX-512 variants (where an op has
     them), the AVX2/FMA clones and the portable ones."""
-    _set_path(request.param)
+    set_native_ops_path(request.param)
     assert nat.ops_use_avx2() == (request.param != "portable")
     assert nat.ops_use_avx512() == (request.param == "avx512")
     yield request.param
-    _set_path("avx512")
+    set_native_ops_path("avx512")
 
 
 def nan(shape):
@@ -164,12 +152,12 @@ def test_attention_avx512_equals_avx2_bitwise(rng, isa, B, T, C, NH):
     qkv, dout = f32(rng.standard_normal((B, T, 3 * C))), f32(rng.standard_normal((B, T, C)))
     res = []
     for path in ("avx512", "avx2"):
-        _set_path(path)
+        set_native_ops_path(path)
         out, lse, dqkv = nan((B, T, C)), nan((B, NH, T)), nan((B, T, 3 * C))
         nb.attention_forward(out, lse, qkv, NH)
         nb.attention_backward(dqkv, dout, qkv, out, lse, NH)
         res.append((out, lse, dqkv))
-    _set_path("avx512")
+    set_native_ops_path("avx512")
     for a, b in zip(*res):
         np.testing.assert_array_equal(a, b)
 
@@ -185,12 +173,12 @@ def test_gelu_avx512_equals_avx2_bitwise(rng, isa):
     dout = f32(rng.standard_normal(n))
     res = []
     for path in ("avx512", "avx2"):
-        _set_path(path)
+        set_native_ops_path(path)
         out, dx = nan(n), nan(n)
         nb.gelu_forward(out, x)
         nb.gelu_backward(dx, dout, x)
         res.append((out, dx))
-    _set_path("avx512")
+    set_native_ops_path("avx512")
     for a, b in zip(*res):
         np.testing.assert_array_equal(a, b)
 
@@ -198,19 +186,19 @@ def test_gelu_avx512_equals_avx2_bitwise(rng, isa):
 def test_adamw_same_bits_on_every_path(rng, isa):
     """AdamW runs the same fused operations lane by lane on every path (the scalar one through
     std::fma), so AVX-512, AVX2 and portable agree bitwise, odd lengths (vector tails) included."""
-    if isa != _paths()[0]:
+    if isa != native_ops_paths()[0]:
         pytest.skip("compared once, from the best path")
     n = 16 * 1000 + 13
     start = [f32(rng.standard_normal(n)) for _ in range(4)]
     start[3] = np.abs(start[3])
     res = []
-    for path in _paths():
-        _set_path(path)
+    for path in native_ops_paths():
+        set_native_ops_path(path)
         p, g, m, v = (a.copy() for a in start)
         nb.adamw_update(p, g, m, v, lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
                         step=7)
         res.append((p, m, v))
-    _set_path("avx512")
+    set_native_ops_path("avx512")
     for other in res[1:]:
         for a, b in zip(res[0], other):
             np.testing.assert_array_equal(a, b)
