@@ -293,7 +293,8 @@ def _bf16(a):
 def test_lm_filter_bound_holds_and_is_tight(ops_path, V, C, scale):
     """Every approximate logit (bfloat16 table) lies within the bound E of the exact fp32 logit
     that the lm_head kernel computes, for random rows x and for the worst case x along the
-    largest rounding error d_j, where the error reaches most of E (the bound is not vacuous)."""
+    largest rounding error d_j, where the error reaches most of E (the bound is not vacuous),
+    down to weights so small that their products underflow."""
     r = np.random.default_rng(V * C)
     wte = (r.standard_normal((V, C)) * scale).astype(np.float32)
     d = wte.astype(np.float64) - _bf16(wte).astype(np.float64)
@@ -310,7 +311,7 @@ def test_lm_filter_bound_holds_and_is_tight(ops_path, V, C, scale):
         nat.matmul_forward(exact, x[None], wte, None)
         err = np.abs(exact[0].astype(np.float64) - approx.astype(np.float64))
         assert (err <= E).all(), (err.max(), E)
-        if x is worst:
+        if x is worst and scale >= 1e-3:  # (at 1e-20 the underflow allowance dominates E)
             assert err[j] >= 0.5 * E, (err[j], E)
 
 

@@ -23,7 +23,10 @@ namespace cpu {
 namespace {
 
 constexpr double kU = 0x1p-24;     // float32 unit roundoff
-constexpr double kEta = 0x1p-149;  // smallest subnormal float32: underflow's absolute error
+// Underflow's absolute error per operation: below the smallest normal float32, so it also covers
+// a process running with flush-to-zero or denormals-are-zero (set by any library built with
+// -ffast-math), where a subnormal result or operand becomes 0.
+constexpr double kEta = 0x1p-126;
 
 double gamma_n(int64_t C) {
   const double n = static_cast<double>(C + 16);
@@ -199,7 +202,8 @@ double lm_filter_bound(const LmFilter& f, const float* x) {
   const double xn = std::sqrt(s * (1.0 + static_cast<double>(f.C + 8) * 0x1p-52)) * (1.0 + 0x1p-50);
   // |f_j| and |a_j| are at most (1 + gamma) ||x|| ||w_j|| (+ underflow): keep far from FLT_MAX.
   if (!(xn * f.wmax < 1e37)) return -1.0;
-  return (xn * f.rmax + 2.0 * static_cast<double>(f.C + 16) * kEta) * (1.0 + 0x1p-40);
+  return (xn * f.rmax + 2.0 * static_cast<double>(f.C + 16) * kEta * (1.0 + xn)) *
+         (1.0 + 0x1p-40);
 }
 
 }  // namespace cpu
