@@ -22,7 +22,8 @@ namespace kgpt {
 namespace cpu {
 namespace {
 
-constexpr double kU = 0x1p-24;     // float32 unit roundoff
+// float32 unit roundoff, doubled so the bound holds in any rounding mode, not only to nearest
+constexpr double kU = 0x1p-23;
 // Underflow's absolute error per operation: below the smallest normal float32, so it also covers
 // a process running with flush-to-zero or denormals-are-zero (set by any library built with
 // -ffast-math), where a subnormal result or operand becomes 0.

@@ -8,11 +8,11 @@
 //
 // The bound, for one row x (C,) of the final layernorm output and table row w_j, with w'_j its
 // bfloat16 rounding and d_j = w_j - w'_j: the exact fp32 logit f_j and the approximate a_j are
-// both fp32 dot products of C terms, so (Higham, with n = C + 16 roundings on any path and
-// gamma_n = n u / (1 - n u), u = 2^-24) |f_j - x.w_j| <= gamma_n sum|x_k w_jk| + n eta and
-// |a_j - x.w'_j| <= gamma_n sum|x_k w'_jk| + n eta (eta = 2^-126 covers underflow, with or
-// without flush-to-zero), while |x.w_j - x.w'_j| <= ||x|| ||d_j||. By Cauchy-Schwarz and
-// ||w'_j|| <= ||w_j|| + ||d_j||:
+// both fp32 dot products of C terms, so (Higham, with n = C + 16 roundings on any path,
+// gamma_n = n u / (1 - n u) and u = 2^-23, which holds in any rounding mode)
+// |f_j - x.w_j| <= gamma_n sum|x_k w_jk| + n eta and |a_j - x.w'_j| <= gamma_n sum|x_k w'_jk|
+// + n eta (eta = 2^-126 covers underflow, with or without flush-to-zero), while
+// |x.w_j - x.w'_j| <= ||x|| ||d_j||. By Cauchy-Schwarz and ||w'_j|| <= ||w_j|| + ||d_j||:
 //   |f_j - a_j| <= ||x|| * r_j + 2 n eta,   r_j = gamma_n (2 ||w_j|| + ||d_j||) + ||d_j||,
 // to which E adds 2 n eta ||x|| for subnormal operands read as zero.
 // E uses the largest r_j (upper bounds of the norms, with margins for their own rounding).
