@@ -24,6 +24,13 @@ std::string shape_str(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
+// The token choice's options, as pick_token needs them.
+void check_choice(double temperature, double top_p) {
+  if (!(temperature >= 0.0) || !std::isfinite(temperature))
+    throw std::invalid_argument("temperature must be a finite number >= 0");
+  if (!(top_p > 0.0)) throw std::invalid_argument("top_p must be > 0");
+}
+
 class Decoder {
  public:
   Decoder(py::object wte, py::object wpe, py::object lnf_w, py::object lnf_b, py::list layers,
@@ -132,9 +139,7 @@ class Decoder {
       throw std::invalid_argument("positions pos..pos+n-1 must lie in [0, " +
                                   std::to_string(m_.maxT) + "), got pos=" + std::to_string(pos) +
                                   ", n=" + std::to_string(n));
-    if (!(temperature >= 0.0) || !std::isfinite(temperature))
-      throw std::invalid_argument("temperature must be a finite number >= 0");
-    if (!(top_p > 0.0)) throw std::invalid_argument("top_p must be > 0");
+    check_choice(temperature, top_p);
     const int32_t* t = tok.data();
     for (int64_t b = 0; b < B; ++b)
       if (t[b] < 0 || t[b] >= m_.V)
@@ -155,7 +160,7 @@ class Decoder {
       py::gil_scoped_release nogil;
       // The filter's table is rebuilt from the weights on every call (they may have changed in
       // place since the last), and only where it is used.
-      const bool filter = lm_filter && (temperature == 0.0 || (top_k > 0 && top_k < m_.V));
+      const bool filter = lm_filter && kgpt::cpu::lm_filter_applies(temperature, top_k, m_.V);
       if (filter) kgpt::cpu::lm_filter_build(filter_, m_.wte, m_.V, m_.C);
       steps = kgpt::cpu::decode_sample(m_, scratch_.data(), pl, pt, pos, n, pu, temperature,
                                        top_k, top_p, ps, nstop, pd, po, &nonfinite, pick_,
@@ -204,9 +209,7 @@ int64_t pick_token(py::array_t<float, py::array::c_style> logits, double tempera
   if (logits.ndim() != 1 || logits.shape(0) < 1)
     throw std::invalid_argument("logits must be a non-empty 1-D array, got shape " +
                                 shape_str(logits));
-  if (!(temperature >= 0.0) || !std::isfinite(temperature))
-    throw std::invalid_argument("temperature must be a finite number >= 0");
-  if (!(top_p > 0.0)) throw std::invalid_argument("top_p must be > 0");
+  check_choice(temperature, top_p);
   if (!(u >= 0.0 && u < 1.0)) throw std::invalid_argument("u must lie in [0, 1)");
   const float* pl = logits.data();
   const int64_t V = logits.shape(0);

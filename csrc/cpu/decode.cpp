@@ -349,7 +349,7 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
   const int64_t B = m.B, V = m.V, C = m.C;
   *nonfinite = false;
   if (filter != nullptr && !(filter->ok && filter->V == V && filter->C == C &&
-                             (temperature == 0.0 || (top_k > 0 && top_k < V))))
+                             lm_filter_applies(temperature, top_k, V)))
     filter = nullptr;
   const float* lnf = scratch_lnf(m, scratch);
   // Exact logits of columns [j0, j1) for every row: the lm_head's own kernel on the same input,

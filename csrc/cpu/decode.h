@@ -52,6 +52,11 @@ struct PickScratch {
 int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
                    double top_p, double u, PickScratch& ps);
 
+// Whether decode_sample uses a filter for this choice: greedy, or top_k in (0, V).
+inline bool lm_filter_applies(double temperature, int64_t top_k, int64_t V) {
+  return temperature == 0.0 || (top_k > 0 && top_k < V);
+}
+
 // Up to n decoding steps with the token choice in the loop (what sampling does per token,
 // without returning to Python). Step i feeds tok (B,) at position pos + i, picks row b's token
 // with u[i*B + b], and writes it to out[i*B + b] and tok[b]. With stop ids (nstop > 0), a row
@@ -59,7 +64,7 @@ int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t t
 // ends after the step where every row is done. Returns the steps taken. A row of logits that is
 // not finite ends the loop before its token is picked: *nonfinite is set, the return value is
 // that step's index, the step itself has run (caches written, logits in `logits`).
-// With a filter built from m.wte (used for greedy and for top_k in (0, V); ignored otherwise), the
+// With a filter built from m.wte (used where lm_filter_applies; ignored otherwise), the
 // lm_head reads the filter's bfloat16 table and only the candidates get exact logits: the same
 // tokens. `logits` then holds exact values only where the choice read them, except on a
 // non-finite return, where it holds every exact logit of that step.
