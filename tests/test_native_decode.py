@@ -20,12 +20,18 @@ from kernelgpt.model import GPT, GPTConfig  # noqa: E402
 CFG = GPTConfig(vocab_size=37, block_size=12, n_layer=2, n_head=3, n_embd=24)
 
 
+def _perturbed(cfg, seed, noise_seed, scale):
+    """A native model whose parameters are its init plus Gaussian noise (larger, less uniform
+    values than an untrained model has)."""
+    m = GPT(cfg, backend="native", seed=seed)
+    noise = np.random.default_rng(noise_seed).standard_normal(m.params.size)
+    m.params[:] += noise.astype(np.float32) * np.float32(scale)
+    return m
+
+
 @pytest.fixture(scope="module")
 def model():
-    m = GPT(CFG, backend="native", seed=4)
-    r = np.random.default_rng(9)
-    m.params[:] += r.standard_normal(m.params.size).astype(np.float32) * 0.3
-    return m
+    return _perturbed(CFG, 4, 9, 0.3)
 
 
 def _check_fused_equals_ops(model, rng, B):
@@ -58,8 +64,7 @@ def test_fused_step_bitwise_equals_op_by_op(model, rng, B):
 @pytest.mark.parametrize("B", [1, 2])
 def test_fused_step_two_threads_bitwise_equals_op_by_op(rng, C, NH, B):
     cfg = GPTConfig(vocab_size=53, block_size=9, n_layer=2, n_head=NH, n_embd=C)
-    m = GPT(cfg, backend="native", seed=5)
-    m.params[:] += np.random.default_rng(2).standard_normal(m.params.size).astype(np.float32) * 0.1
+    m = _perturbed(cfg, 5, 2, 0.1)
     before = nb.get_num_threads()
     nb.set_num_threads(2)
     try:
@@ -335,9 +340,7 @@ FCFG = GPTConfig(vocab_size=701, block_size=20, n_layer=2, n_head=2, n_embd=40)
 
 @pytest.fixture(scope="module")
 def fmodel():
-    m = GPT(FCFG, backend="native", seed=5)
-    r = np.random.default_rng(11)
-    m.params[:] += r.standard_normal(m.params.size).astype(np.float32) * 0.2
+    m = _perturbed(FCFG, 5, 11, 0.2)
     m.param_views["ln_f.w"][:] *= 4  # a wide spread of logits, as a trained model has
     return m
 
@@ -388,9 +391,7 @@ def test_lm_filter_ignored_without_top_k(fmodel):
 def test_lm_filter_ties_and_stops():
     """Rows of wte repeated make exactly tied logits, at the top (greedy takes the first) and
     across the k-th value (all kept); stop tokens end rows as in the exact loop."""
-    m = GPT(FCFG, backend="native", seed=6)
-    r = np.random.default_rng(3)
-    m.params[:] += r.standard_normal(m.params.size).astype(np.float32) * 0.2
+    m = _perturbed(FCFG, 6, 3, 0.2)
     wte = m.param_views["wte"]
     wte[100:140] = wte[7] * 3
     wte[300:320] = wte[9]
@@ -415,8 +416,7 @@ def test_lm_filter_nonfinite_and_overflow_fall_back():
     output), the step takes the exact lm_head: a non-finite logit stops the loop as before, and
     logits near overflow are all computed exactly."""
     for poison in ("wte", "ln_f_inf", "ln_f_huge"):
-        m = GPT(FCFG, backend="native", seed=4)
-        m.params[:] += np.random.default_rng(1).standard_normal(m.params.size).astype(np.float32) * 0.2
+        m = _perturbed(FCFG, 4, 1, 0.2)
         if poison == "wte":
             m.param_views["wte"][50, 3] = np.nan
         elif poison == "ln_f_inf":
