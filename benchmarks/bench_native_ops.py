@@ -52,7 +52,7 @@ def make_cases(seed=0):
     eo, dwte, dwpe, dout = o2(B, T, C), o2(V, C), o2(T, C), g(B, T, C)
     lo, lm, lr_, ldx, ldw, ldb = o2(N, C), o2(N), o2(N), o2(N, C), o2(C), o2(C)
     ao, al, adq, dec = o2(B, T, C), o2(B, NH, T), o2(B, T, 3 * C), o2(1, C)
-    go, gd, ro, rda, rdb = o2(N, 4 * C), o2(N, 4 * C), o2(N, C), o2(N, C), o2(N, C)
+    go, gd, ro = o2(N, 4 * C), o2(N, 4 * C), o2(N, C)
     cl, cp, cd = o2(N // 4), o2(N // 4, V), o2(N // 4, V)
     q1 = np.ascontiguousarray(kc[0, :, -1].reshape(1, C))
     return {
@@ -65,8 +65,7 @@ def make_cases(seed=0):
         "attention_decode": lambda be: be.attention_decode(dec, q1, kc, vc, T),
         "gelu_forward": lambda be: be.gelu_forward(go, h),
         "gelu_backward": lambda be: be.gelu_backward(gd, h, h),
-        "residual_forward": lambda be: be.residual_forward(ro, x, x),
-        "residual_backward": lambda be: be.residual_backward(rda, rdb, x),
+        "add": lambda be: be.add(ro, x, x),
         "crossentropy_forward": lambda be: be.crossentropy_forward(cl, cp, logits, tg[:N // 4]),
         "crossentropy_backward": lambda be: be.crossentropy_backward(cd, probs, tg[:N // 4], 1e-3),
         "global_norm_sq": lambda be: be.global_norm_sq(flat),
@@ -89,7 +88,7 @@ def _cases():
 OPS = [
     "embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward",
     "attention_forward", "attention_backward", "attention_decode", "gelu_forward", "gelu_backward",
-    "residual_forward", "residual_backward", "crossentropy_forward", "crossentropy_backward",
+    "add", "crossentropy_forward", "crossentropy_backward",
     "global_norm_sq", "scale_", "adamw_update"]
 
 

@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine, median_time  # noqa: E402
 
-from kernelgpt.model import GPT, PRESET_BATCH_SIZE, GPTConfig, train_flops_per_step  # noqa: E402
+from kernelgpt.model import GPT, GPTConfig, train_flops_per_step  # noqa: E402
+from kernelgpt.train import PRESET_BATCH_SIZE  # noqa: E402
 from kernelgpt.optim import AdamW  # noqa: E402
 
 SAMPLE_NEW = 96

@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine, median_time  # noqa: E402
 
-from kernelgpt.model import GPT, PRESET_BATCH_SIZE, GPTConfig, train_flops_per_step  # noqa: E402
+from kernelgpt.model import GPT, GPTConfig, train_flops_per_step  # noqa: E402
+from kernelgpt.train import PRESET_BATCH_SIZE  # noqa: E402
 
 ROUNDS = {"xs": 5, "s": 3, "m": 2}        # the M step takes tens of seconds in NumPy
 SAMPLE_TOKENS = {"xs": 48, "s": 96}

@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from kernelgpt.backends import native_backend as nb
-from kernelgpt.model import GPT, PRESET_BATCH_SIZE, GPTConfig
+from kernelgpt.model import GPT, GPTConfig
+from kernelgpt.train import PRESET_BATCH_SIZE
 from kernelgpt.optim import AdamW
 
 

@@ -51,7 +51,7 @@ def test_numpy_arrays_are_rejected_with_typeerror():
     with pytest.raises(TypeError, match="out must be a cupy.ndarray"):
         cuda_backend._dev(a, "out")
     with pytest.raises(TypeError, match="a must be a cupy.ndarray"):
-        cuda_backend.residual_forward(a, a, a)
+        cuda_backend.add(a, a, a)
     with pytest.raises(TypeError, match="qkv"):
         cuda_backend.attention_forward(a, a, a, 2)
     with pytest.raises(TypeError, match="g"):

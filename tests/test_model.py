@@ -184,7 +184,7 @@ def test_cpu_buffers_start_on_a_cache_line(shape, dtype):
         rb.empty((2, -1))
     model = tiny("float32")
     model.forward(np.zeros((2, 5), np.int32))
-    for arr in (model.params, model.grads, model._acts.qkv[0], model._acts.fch[0]):
+    for arr in (model.params, model.grads, model._acts.layers[0].qkv, model._acts.layers[0].fch):
         assert arr.ctypes.data % 64 == 0
 
 

@@ -17,6 +17,8 @@ from kernelgpt import sample  # noqa: E402
 from kernelgpt.backends import native_backend as nb  # noqa: E402
 from kernelgpt.model import GPT, GPTConfig  # noqa: E402
 
+SP = sample.SamplingParams
+
 CFG = GPTConfig(vocab_size=37, block_size=12, n_layer=2, n_head=3, n_embd=24)
 
 
@@ -37,15 +39,15 @@ def model():
 def _check_fused_equals_ops(model, rng, B):
     cfg = model.config
     prompt = rng.integers(0, cfg.vocab_size, (B, 3)).astype(np.int32)
-    fused, ops = sample._KVDecoder(model, B), sample._KVDecoder(model, B)
+    fused, ops = model.kv_cache(B), model.kv_cache(B)
     assert fused.fused is not None
     ops.fused = None
-    np.testing.assert_array_equal(fused.prefill(prompt), ops.prefill(prompt))
+    np.testing.assert_array_equal(model.prefill(fused, prompt), model.prefill(ops, prompt))
     for pos in range(3, cfg.block_size):
         tok = rng.integers(0, cfg.vocab_size, B).astype(np.int32)
         fused.logits.fill(np.nan)
-        a = np.array(fused.step(tok, pos))
-        b = np.array(ops.step(tok, pos))
+        a = np.array(model.decode_step(fused, tok, pos))
+        b = np.array(model.decode_step(ops, tok, pos))
         np.testing.assert_array_equal(a, b)
         for (k1, v1), (k2, v2) in zip(fused.caches, ops.caches):
             np.testing.assert_array_equal(k1[:, :, :pos + 1], k2[:, :, :pos + 1])
@@ -75,7 +77,7 @@ def test_fused_step_two_threads_bitwise_equals_op_by_op(rng, C, NH, B):
 
 @pytest.mark.parametrize("B", [1, 5])
 def test_cached_equals_uncached_either_path(model, rng, B):
-    assert (sample._KVDecoder(model, B).fused is None) == (B > 4)
+    assert (model.kv_cache(B).fused is None) == (B > 4)
     prompt = rng.integers(0, CFG.vocab_size, (B, 2)).astype(np.int32)
     n = 14  # runs past block_size: the cache is rebuilt as the window slides
     cached = list(sample._logit_steps(model, prompt, n, lambda lg: lg.argmax(1), True))
@@ -85,31 +87,39 @@ def test_cached_equals_uncached_either_path(model, rng, B):
 
 
 def _parts(model, B=1):
+    from kernelgpt.model import param_table
     p = model.param_views
     caches = [(np.zeros((B, CFG.n_head, CFG.block_size, CFG.n_embd // CFG.n_head), np.float32),
                np.zeros((B, CFG.n_head, CFG.block_size, CFG.n_embd // CFG.n_head), np.float32))
               for _ in range(CFG.n_layer)]
-    names = ("ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w",
-             "attn.c_proj.b", "ln_2.w", "ln_2.b", "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w",
-             "mlp.c_proj.b")
-    layers = [[p[f"h.{l}.{n}"] for n in names] for l in range(CFG.n_layer)]
-    return dict(wte=p["wte"], wpe=p["wpe"], lnf_w=p["ln_f.w"], lnf_b=p["ln_f.b"], layers=layers,
+    names = [s.name for s in param_table(CFG).block]
+    layers = [[(f"h.{l}.{n}", p[f"h.{l}.{n}"]) for n in names] for l in range(CFG.n_layer)]
+    return dict(weights=[(n, p[n]) for n in ("wte", "wpe", "ln_f.w", "ln_f.b")], layers=layers,
                 caches=caches, n_head=CFG.n_head, batch=B)
+
+
+def _with(parts, **arrays):
+    """parts with some of the top-level weights (wte, wpe, ln_f.w, ln_f.b) replaced."""
+    w = [(n, arrays.get(n.replace(".", "_").replace("ln_f", "lnf"), a)) for n, a in
+         parts["weights"]]
+    return dict(parts, weights=w)
 
 
 def test_decoder_refuses_bad_arrays(model):
     good = _parts(model)
+    wte, wpe = good["weights"][0][1], good["weights"][1][1]
     cases = [
-        (dict(wte=good["wte"].astype(np.float64)), TypeError, "wte"),
-        (dict(wte=np.asfortranarray(good["wte"])), TypeError, "wte"),
-        (dict(wpe=good["wpe"][:, :5].copy()), ValueError, "wpe"),
-        (dict(lnf_b=np.zeros(3, np.float32)), ValueError, "lnf_b"),
+        (_with(good, wte=wte.astype(np.float64)), TypeError, "wte"),
+        (_with(good, wte=np.asfortranarray(wte)), TypeError, "wte"),
+        (_with(good, wpe=wpe[:, :5].copy()), ValueError, "wpe"),
+        (_with(good, lnf_b=np.zeros(3, np.float32)), ValueError, "ln_f.b"),
         (dict(n_head=5), ValueError, "n_head"),
         (dict(batch=5), ValueError, "batch"),
         (dict(batch=0), ValueError, "batch"),
         (dict(caches=good["caches"][:1]), ValueError, "equal length"),
         (dict(layers=[good["layers"][0][:11], good["layers"][1]]), ValueError, "12 arrays"),
-        (dict(layers=[good["layers"][0][:2] + [good["layers"][0][2][:, :3].copy()]
+        (dict(layers=[good["layers"][0][:2] + [("h.0.attn.c_attn.w",
+                                                good["layers"][0][2][1][:, :3].copy())]
                       + good["layers"][0][3:], good["layers"][1]]), ValueError, "c_attn.w"),
         (dict(caches=[(good["caches"][0][0][:, :, :5].copy(), good["caches"][0][1]),
                       good["caches"][1]]), ValueError, "k_cache"),
@@ -147,8 +157,10 @@ def test_decoder_step_bad_arguments_and_keeps_arrays_alive(model):
 
 def test_backend_make_decoder_limits(model):
     caches = _parts(model, B=1)["caches"]
-    assert nb.make_decoder(model.param_views, caches, CFG.n_head, 1) is not None
-    assert nb.make_decoder(model.param_views, caches, CFG.n_head, 6) is None
+    assert nb.make_decoder(model, caches, 1) is not None
+    assert nb.make_decoder(model, caches, 6) is None
+    m64 = GPT(CFG, backend="numpy", dtype="float64")  # float64: not the fused decoder's
+    assert nb.make_decoder(m64, caches, 1) is None
 
 
 # ----------------------------------------------------------------------------- Decoder.sample
@@ -211,7 +223,7 @@ def test_decoder_sample_bad_arguments(model):
     V = CFG.vocab_size
     logits = np.zeros((2, V), np.float32)
     ok = dict(out=np.zeros((3, 2), np.int32), tok=np.array([1, 2], np.int32), pos=0,
-              u=np.full((3, 2), 0.5), temperature=1.0, top_k=0, top_p=1.0,
+              u=np.full((3, 2), 0.5), params=SP(1.0, 0, 1.0),
               stop=np.zeros(0, np.int32), done=np.zeros(2, np.uint8), logits=logits)
     steps, bad = dec.sample(**ok)
     assert steps == 3 and not bad and ((ok["out"] >= 0) & (ok["out"] < V)).all()
@@ -221,8 +233,8 @@ def test_decoder_sample_bad_arguments(model):
         (dict(u=np.full((3, 2), 1.0)), ValueError, r"\[0, 1\)"),
         (dict(tok=np.array([1, V], np.int32)), ValueError, "outside"),
         (dict(pos=CFG.block_size - 2), ValueError, "positions"),
-        (dict(temperature=-1.0), ValueError, "temperature"),
-        (dict(top_p=0.0), ValueError, "top_p"),
+        (dict(params=SP(-1.0, 0, 1.0)), ValueError, "temperature"),
+        (dict(params=SP(1.0, 0, 0.0)), ValueError, "top_p"),
         (dict(done=np.zeros(3, np.uint8)), ValueError, "done"),
         (dict(logits=logits[:1].copy()), ValueError, "logits"),
         (dict(u=np.full((3, 2), 0.5, np.float32)), TypeError, "incompatible"),
@@ -248,30 +260,32 @@ def test_pick_token_equals_pick_tokens(V):
         for k in ks + [None]:
             for temperature, top_p in [(1.0, None), (0.7, 0.9), (2.0, 0.5), (0.0, None)]:
                 seed = int(rng.integers(1 << 30))
-                want = sample.pick_tokens(lg[None], temperature, k, top_p,
+                want = sample.pick_tokens(lg[None], SP(temperature, k, top_p),
                                           np.random.default_rng(seed))[0]
                 u = np.random.default_rng(seed).random(1)[0]
-                got = nat.pick_token(lg, temperature, 0 if k is None else k,
-                                     1.0 if top_p is None else top_p, u)
+                got = nat.pick_token(lg, SP(temperature, 0 if k is None else k,
+                                            1.0 if top_p is None else top_p), u)
                 assert got == want, (V, trial, k, temperature, top_p)
 
 
 def test_pick_token_bad_arguments():
     lg = np.zeros(5, np.float32)
-    assert nat.pick_token(lg, 1.0, 2, 1.0, 0.5) in range(5)
+    assert nat.pick_token(lg, SP(1.0, 2, 1.0), 0.5) in range(5)
+    assert nat.pick_token(lg, SP(1.0, None, None), 0.5) in range(5)
     cases = [
         (dict(logits=np.zeros(0, np.float32)), ValueError, "non-empty"),
         (dict(logits=np.zeros((1, 5), np.float32)), ValueError, "1-D"),
         (dict(logits=np.array([0, np.nan], np.float32)), ValueError, "finite"),
         (dict(logits=np.array([0, np.inf], np.float32)), ValueError, "finite"),
         (dict(logits=np.zeros(5)), TypeError, "incompatible"),
-        (dict(temperature=-1.0), ValueError, "temperature"),
-        (dict(temperature=np.inf), ValueError, "temperature"),
-        (dict(top_p=0.0), ValueError, "top_p"),
+        (dict(params=SP(-1.0, 2, 1.0)), ValueError, "temperature"),
+        (dict(params=SP(np.inf, 2, 1.0)), ValueError, "temperature"),
+        (dict(params=SP(1.0, 2, 0.0)), ValueError, "top_p"),
+        (dict(params=object()), AttributeError, "temperature"),
         (dict(u=1.0), ValueError, r"\[0, 1\)"),
         (dict(u=-0.1), ValueError, r"\[0, 1\)"),
     ]
-    ok = dict(logits=lg, temperature=1.0, top_k=2, top_p=1.0, u=0.5)
+    ok = dict(logits=lg, params=SP(1.0, 2, 1.0), u=0.5)
     for change, exc, word in cases:
         with pytest.raises(exc, match=word):
             nat.pick_token(**dict(ok, **change))
@@ -353,10 +367,10 @@ def _sample_both(m, B, temperature, top_k, top_p, stop=(), T0=3):
     u = np.random.default_rng(7).random((n, B))
     got = []
     for filt in (False, True):
-        dec = sample._KVDecoder(m, B)
-        dec.prefill(prompt)
+        dec = m.kv_cache(B)
+        m.prefill(dec, prompt)
         out, tok, done = np.full((n, B), -1, np.int32), prompt[:, -1].copy(), np.zeros(B, np.uint8)
-        steps, bad = dec.fused.sample(out, tok, T0, u, temperature, top_k, top_p,
+        steps, bad = dec.fused.sample(out, tok, T0, u, SP(temperature, top_k, top_p),
                                       np.asarray(stop, np.int32), done, dec.logits, lm_filter=filt)
         got.append((steps, bad, out, tok, done, dec.logits.copy()))
     (s0, b0, o0, t0, d0, l0), (s1, b1, o1, t1, d1, l1) = got

@@ -154,7 +154,7 @@ def _classifier_case(rng, N, C, V, scale=0.37):
     losses, dx = nan(N), nan(N, C)
     dwte = f32(rng, V, C)
     dwte0 = dwte.copy()
-    nat.classifier_forward(losses, dx, dwte, x, wte, targets, scale)
+    nat.classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale)
     l64, dx64, dw64 = _classifier_ref(x, wte, targets, scale, np.float64)
     l32, dx32, dw32 = _classifier_ref(x, wte, targets, scale, np.float32)
     close(losses, l64, l32, "losses")
@@ -162,7 +162,7 @@ def _classifier_case(rng, N, C, V, scale=0.37):
     close(dwte, dwte0.astype(np.float64) + dw64, dwte0 + dw32, "dwte")
 
     only = nan(N)  # the forward alone gives the same losses, bit for bit
-    nat.classifier_forward(only, None, None, x, wte, targets, scale)
+    nat.classifier_forward_backward(only, None, None, x, wte, targets, scale)
     assert np.array_equal(only, losses)
 
 
@@ -183,11 +183,11 @@ def test_classifier_dx_only_and_dwte_only(rng):
     x, wte = f32(rng, N, C), f32(rng, V, C)
     t = rng.integers(0, V, N).astype(np.int32)
     l1, dx1, dw1 = nan(N), nan(N, C), np.zeros((V, C), np.float32)
-    nat.classifier_forward(l1, dx1, dw1, x, wte, t, 1.0)
+    nat.classifier_forward_backward(l1, dx1, dw1, x, wte, t, 1.0)
     l2, dx2 = nan(N), nan(N, C)
-    nat.classifier_forward(l2, dx2, None, x, wte, t, 1.0)
+    nat.classifier_forward_backward(l2, dx2, None, x, wte, t, 1.0)
     l3, dw3 = nan(N), np.zeros((V, C), np.float32)
-    nat.classifier_forward(l3, None, dw3, x, wte, t, 1.0)
+    nat.classifier_forward_backward(l3, None, dw3, x, wte, t, 1.0)
     assert np.array_equal(dx1, dx2) and np.array_equal(dw1, dw3)
     assert np.array_equal(l1, l2) and np.array_equal(l1, l3)
 
@@ -206,7 +206,7 @@ def test_classifier_avx512_equals_avx2_bitwise(rng, shape):
         for k in ("avx512", "avx2_fma"):
             nat._set_gemm_kernel(k)
             out = (nan(N), nan(N, C), np.zeros((V, C), np.float32))
-            nat.classifier_forward(out[0], out[1], out[2], x, wte, t, 0.3)
+            nat.classifier_forward_backward(out[0], out[1], out[2], x, wte, t, 0.3)
             got.append(out)
     finally:
         nat._set_gemm_kernel("auto")
@@ -256,7 +256,7 @@ def test_one_and_two_threads_bitwise_equal(kernel, rng, threads):
         outs = nan(3, 4099)
         nat.matmul_forward(outs, xs, ws, None)
         losses, cdx, cdw = nan(N), nan(N, C), np.ones((V, C), np.float32)
-        nat.classifier_forward(losses, cdx, cdw, x, wte, t, 0.01)
+        nat.classifier_forward_backward(losses, cdx, cdw, x, wte, t, 0.01)
         results.append([out, dx, dw, db, outs, losses, cdx, cdw])
     for a, b2 in zip(*results):
         assert np.array_equal(a, b2)
@@ -311,24 +311,24 @@ def test_classifier_bad_input(rng):
     N, C, V = 6, 8, 10
     x, wte = f32(rng, N, C), f32(rng, V, C)
     t = np.array([0, 1, 2, 3, 4, 9], np.int32)
-    nat.classifier_forward(nan(N), None, None, x, wte, t, 1.0)
+    nat.classifier_forward_backward(nan(N), None, None, x, wte, t, 1.0)
     bad = t.copy()
     bad[3] = V
     with pytest.raises(ValueError, match=r"targets must be in \[0, V\)=\[0, 10\), got 10 at index 3"):
-        nat.classifier_forward(nan(N), None, None, x, wte, bad, 1.0)
+        nat.classifier_forward_backward(nan(N), None, None, x, wte, bad, 1.0)
     bad[3] = -1
     with pytest.raises(ValueError, match="targets"):
-        nat.classifier_forward(nan(N), None, None, x, wte, bad, 1.0)
+        nat.classifier_forward_backward(nan(N), None, None, x, wte, bad, 1.0)
     with pytest.raises(TypeError):
-        nat.classifier_forward(nan(N), None, None, x, wte, t.astype(np.int64), 1.0)
+        nat.classifier_forward_backward(nan(N), None, None, x, wte, t.astype(np.int64), 1.0)
     with pytest.raises(ValueError, match=r"targets must have shape \(N,\)=\(6,\)"):
-        nat.classifier_forward(nan(N), None, None, x, wte, t[:5].copy(), 1.0)
+        nat.classifier_forward_backward(nan(N), None, None, x, wte, t[:5].copy(), 1.0)
     with pytest.raises(ValueError, match=r"dwte must have shape \(V, C\)=\(10, 8\)"):
-        nat.classifier_forward(nan(N), None, nan(V, C + 1), x, wte, t, 1.0)
+        nat.classifier_forward_backward(nan(N), None, nan(V, C + 1), x, wte, t, 1.0)
     with pytest.raises(ValueError, match=r"wte must have shape \(V, C\)=\(10, 8\), got \(10, 7\)"):
-        nat.classifier_forward(nan(N), None, None, x, f32(rng, V, C - 1), t, 1.0)
+        nat.classifier_forward_backward(nan(N), None, None, x, f32(rng, V, C - 1), t, 1.0)
     with pytest.raises(ValueError, match=r"losses must have shape"):
-        nat.classifier_forward(nan(N + 1), None, None, x, wte, t, 1.0)
+        nat.classifier_forward_backward(nan(N + 1), None, None, x, wte, t, 1.0)
 
 
 def test_gemm_bad_shapes(rng):

@@ -10,6 +10,8 @@ from conftest import assert_close
 from kernelgpt import sample
 from kernelgpt.model import GPT, GPTConfig
 
+SP = sample.SamplingParams
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -73,14 +75,14 @@ def test_greedy_limits(model, rng):
 def test_pick_tokens_distribution_and_filters():
     rng = np.random.default_rng(0)
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
-    draws = np.array([sample.pick_tokens(logits, 1.0, None, None, rng)[0] for _ in range(4000)])
+    draws = np.array([sample.pick_tokens(logits, SP(1.0, None, None), rng)[0] for _ in range(4000)])
     freq = np.bincount(draws, minlength=4) / len(draws)
     assert np.allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.03)
-    draws = {int(sample.pick_tokens(logits, 1.0, 2, None, rng)[0]) for _ in range(300)}
+    draws = {int(sample.pick_tokens(logits, SP(1.0, 2, None), rng)[0]) for _ in range(300)}
     assert draws == {0, 1}
-    draws = {int(sample.pick_tokens(logits, 1.0, None, 0.79, rng)[0]) for _ in range(300)}
+    draws = {int(sample.pick_tokens(logits, SP(1.0, None, 0.79), rng)[0]) for _ in range(300)}
     assert draws == {0, 1}   # 0.5 + 0.3 reaches 0.79
-    draws = {int(sample.pick_tokens(logits, 1.0, None, 0.81, rng)[0]) for _ in range(300)}
+    draws = {int(sample.pick_tokens(logits, SP(1.0, None, 0.81), rng)[0]) for _ in range(300)}
     assert draws == {0, 1, 2}
 
 
@@ -97,8 +99,8 @@ def test_pick_tokens_float32_shortcut_equals_float64(temperature, top_k, top_p):
         lg32 = levels[r.integers(0, 12, (B, V))] + (trial % 2) * r.standard_normal(
             (B, V)).astype(np.float32)
         g1, g2 = np.random.default_rng(trial), np.random.default_rng(trial)
-        a = sample.pick_tokens(lg32, temperature, top_k, top_p, g1)
-        b = sample.pick_tokens(lg32.astype(np.float64), temperature, top_k, top_p, g2)
+        a = sample.pick_tokens(lg32, SP(temperature, top_k, top_p), g1)
+        b = sample.pick_tokens(lg32.astype(np.float64), SP(temperature, top_k, top_p), g2)
         np.testing.assert_array_equal(a, b)
         assert a.dtype == np.int64
 

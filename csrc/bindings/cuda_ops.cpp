@@ -4,6 +4,7 @@
 // are re-checked (positive, consistent) -> ValueError, and kernel failures -> RuntimeError.
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -57,7 +58,7 @@ void init_cuda_ops(py::module_& m) {
   m.def("layernorm_forward", [](u out, u mean, u rstd, u x, u w, u b, int N, int C, float eps,
                                 u stream) {
     positive(N, "N"); positive(C, "C");
-    need(eps >= 0.f, "eps must be >= 0");
+    need(std::isfinite(eps) && eps > 0.f, "eps must be a finite number > 0");
     py::gil_scoped_release nogil;
     kc::layernorm_forward(ptr<float>(out, "out"), ptr<float>(mean, "mean"),
                           ptr<float>(rstd, "rstd"), ptr<const float>(x, "x"),
@@ -92,19 +93,12 @@ void init_cuda_ops(py::module_& m) {
     kc::gelu_backward(ptr<float>(dx, "dx"), ptr<const float>(dout, "dout"),
                       ptr<const float>(x, "x"), n, stream_of(stream));
   }, py::arg("dx"), py::arg("dout"), py::arg("x"), py::arg("n"), py::arg("stream"));
-  m.def("residual_forward", [](u out, u a, u b, long long n, u stream) {
+  m.def("add", [](u out, u a, u b, long long n, u stream) {
     positive(n, "n");
     py::gil_scoped_release nogil;
-    kc::residual_forward(ptr<float>(out, "out"), ptr<const float>(a, "a"),
-                         ptr<const float>(b, "b"), n, stream_of(stream));
+    kc::add(ptr<float>(out, "out"), ptr<const float>(a, "a"),
+            ptr<const float>(b, "b"), n, stream_of(stream));
   }, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("n"), py::arg("stream"));
-  m.def("residual_backward", [](u da, u db, u dout, long long n, u stream) {
-    positive(n, "n");
-    need(da != db, "da and db must be different buffers");
-    py::gil_scoped_release nogil;
-    kc::residual_backward(ptr<float>(da, "da"), ptr<float>(db, "db"),
-                          ptr<const float>(dout, "dout"), n, stream_of(stream));
-  }, py::arg("da"), py::arg("db"), py::arg("dout"), py::arg("n"), py::arg("stream"));
   m.def("add_bias", [](u out, u bias, int N, int OC, u stream) {
     positive(N, "N"); positive(OC, "OC");
     py::gil_scoped_release nogil;

@@ -223,7 +223,7 @@ void gelu_backward(FArr dx, FArr dout, FArr x) {
   }
 }
 
-void residual_forward(FArr out, FArr a, FArr b) {
+void add(FArr out, FArr a, FArr b) {
   check_same("b", b, "a", a);
   check_same("out", out, "a", a);
   float* po = out.mutable_data();
@@ -231,21 +231,7 @@ void residual_forward(FArr out, FArr a, FArr b) {
   const int64_t n = a.size();
   {
     py::gil_scoped_release nogil;
-    kgpt::cpu::residual_forward(po, pa, pb, n);
-  }
-}
-
-void residual_backward(FArr da, FArr db, FArr dout) {
-  check_same("da", da, "dout", dout);
-  check_same("db", db, "dout", dout);
-  if (da.size() > 0 && da.data() == db.data())
-    throw std::invalid_argument("da and db must be different buffers");
-  float *pa = da.mutable_data(), *pb = db.mutable_data();
-  const float* pd = dout.data();
-  const int64_t n = dout.size();
-  {
-    py::gil_scoped_release nogil;
-    kgpt::cpu::residual_backward(pa, pb, pd, n);
+    kgpt::cpu::add(po, pa, pb, n);
   }
 }
 
@@ -348,10 +334,7 @@ void init_cpu_ops(py::module_& m) {
         py::arg("n_valid"), "One KV-cache step: out (B,C) = softmax(q k^T/sqrt(HS)) v.");
   m.def("gelu_forward", &gelu_forward, a("out"), a("x"), "out = tanh-GELU(x).");
   m.def("gelu_backward", &gelu_backward, a("dx"), a("dout"), a("x"), "dx = dout * gelu'(x).");
-  m.def("residual_forward", &residual_forward, a("out"), a("a"), a("b"),
-        "out = a + b (out may alias a or b).");
-  m.def("residual_backward", &residual_backward, a("da"), a("db"), a("dout"),
-        "da += dout; db += dout.");
+  m.def("add", &add, a("out"), a("a"), a("b"), "out = a + b (out may alias a or b).");
   m.def("crossentropy_forward", &crossentropy_forward, a("losses"), a("probs"), a("logits"),
         a("targets"), "probs (N,V) = softmax(logits); losses (N,) = -log probs[n, targets[n]].");
   m.def("crossentropy_backward", &crossentropy_backward, a("dlogits"), a("probs"), a("targets"),

@@ -24,18 +24,32 @@ std::string shape_str(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-// The token choice's options, as pick_token needs them.
-void check_choice(double temperature, double top_p) {
-  if (!(temperature >= 0.0) || !std::isfinite(temperature))
+// The one conversion of kernelgpt.sample.SamplingParams (already validated in Python) into its
+// C++ twin; checked again here since the object could be anything.
+kgpt::cpu::SamplingParams sampling_params(py::handle params) {
+  kgpt::cpu::SamplingParams sp;
+  sp.temperature = params.attr("temperature").cast<double>();
+  py::object k = params.attr("top_k"), p = params.attr("top_p");
+  sp.top_k = k.is_none() ? 0 : k.cast<int64_t>();
+  sp.top_p = p.is_none() ? 1.0 : p.cast<double>();
+  if (!(sp.temperature >= 0.0) || !std::isfinite(sp.temperature))
     throw std::invalid_argument("temperature must be a finite number >= 0");
-  if (!(top_p > 0.0)) throw std::invalid_argument("top_p must be > 0");
+  if (!(sp.top_p > 0.0)) throw std::invalid_argument("top_p must be > 0");
+  return sp;
 }
 
 class Decoder {
  public:
-  Decoder(py::object wte, py::object wpe, py::object lnf_w, py::object lnf_b, py::list layers,
-          py::list caches, int64_t n_head, int64_t batch) {
-    const py::array te = take("wte", wte, 2, {-1, -1}, false);
+  // weights: the (name, array) pairs of the token table, position table, final norm weight and
+  // bias; layers: per layer, the block's 12 (name, array) pairs in the kernel's slot order (ln_1
+  // w/b, qkv w/b, attention projection w/b, ln_2 w/b, MLP up w/b, MLP down w/b). The names come
+  // from the model's parameter table and serve only the error messages.
+  Decoder(py::list weights, py::list layers, py::list caches, int64_t n_head, int64_t batch,
+          double eps) {
+    if (py::len(weights) != 4)
+      throw std::invalid_argument("weights must hold 4 (name, array) pairs, got " +
+                                  std::to_string(py::len(weights)));
+    const py::array te = take(weights[0], 2, {-1, -1}, false);
     m_.V = te.shape(0);
     m_.C = te.shape(1);
     const int64_t C = m_.C;
@@ -45,21 +59,21 @@ class Decoder {
     if (batch < 1 || batch > 4)
       throw std::invalid_argument("batch must be in [1, 4] for the fused decoder, got " +
                                   std::to_string(batch));
+    if (!(std::isfinite(eps) && eps > 0.0))
+      throw std::invalid_argument("eps must be a finite number > 0");
     m_.NH = n_head;
     m_.B = batch;
-    const py::array pe = take("wpe", wpe, 2, {-1, C}, false);
+    m_.eps = static_cast<float>(eps);
+    const py::array pe = take(weights[1], 2, {-1, C}, false);
     m_.maxT = pe.shape(0);
     m_.wte = static_cast<const float*>(te.data());
     m_.wpe = static_cast<const float*>(pe.data());
-    m_.lnf_w = ptr(take("lnf_w", lnf_w, 1, {C}, false));
-    m_.lnf_b = ptr(take("lnf_b", lnf_b, 1, {C}, false));
+    m_.lnf_w = ptr(take(weights[2], 1, {C}, false));
+    m_.lnf_b = ptr(take(weights[3], 1, {C}, false));
     if (py::len(layers) != py::len(caches) || py::len(layers) == 0)
       throw std::invalid_argument("layers and caches must be non-empty lists of equal length, got " +
                                   std::to_string(py::len(layers)) + " and " +
                                   std::to_string(py::len(caches)));
-    static const char* names[12] = {"ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b",
-                                    "attn.c_proj.w", "attn.c_proj.b", "ln_2.w", "ln_2.b",
-                                    "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w", "mlp.c_proj.b"};
     const std::vector<std::vector<int64_t>> shapes = {{C}, {C}, {3 * C, C}, {3 * C}, {C, C}, {C},
                                                       {C}, {C}, {4 * C, C}, {4 * C}, {C, 4 * C}, {C}};
     const int64_t HS = C / n_head;
@@ -69,18 +83,16 @@ class Decoder {
         throw std::invalid_argument("layer " + std::to_string(l) + " must hold 12 arrays, got " +
                                     std::to_string(py::len(ws)));
       const float* p[12];
-      for (int i = 0; i < 12; ++i) {
-        const std::string nm = "h." + std::to_string(l) + "." + names[i];
-        p[i] = ptr(take(nm.c_str(), ws[i], static_cast<int>(shapes[i].size()), shapes[i], false));
-      }
+      for (int i = 0; i < 12; ++i)
+        p[i] = ptr(take(ws[i], static_cast<int>(shapes[i].size()), shapes[i], false));
       py::sequence kv = caches[l].cast<py::sequence>();
       if (py::len(kv) != 2)
         throw std::invalid_argument("caches[" + std::to_string(l) + "] must be a (k, v) pair");
       const std::vector<int64_t> cs = {batch, n_head, m_.maxT, HS};
       const std::string kn = "k_cache[" + std::to_string(l) + "]";
       const std::string vn = "v_cache[" + std::to_string(l) + "]";
-      float* kc = static_cast<float*>(take(kn.c_str(), kv[0], 4, cs, true).mutable_data());
-      float* vc = static_cast<float*>(take(vn.c_str(), kv[1], 4, cs, true).mutable_data());
+      float* kc = static_cast<float*>(take(kn, kv[0], 4, cs, true).mutable_data());
+      float* vc = static_cast<float*>(take(vn, kv[1], 4, cs, true).mutable_data());
       m_.layers.push_back({p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
                            p[11], kc, vc});
     }
@@ -113,8 +125,8 @@ class Decoder {
   // place to the last tokens; done (B,) uint8 likewise; u (n, B) float64 draws in [0, 1).
   py::tuple sample(py::array_t<int32_t, py::array::c_style> out,
                    py::array_t<int32_t, py::array::c_style> tok, int64_t pos,
-                   py::array_t<double, py::array::c_style> u, double temperature, int64_t top_k,
-                   double top_p, py::array_t<int32_t, py::array::c_style> stop,
+                   py::array_t<double, py::array::c_style> u, py::handle params,
+                   py::array_t<int32_t, py::array::c_style> stop,
                    py::array_t<uint8_t, py::array::c_style> done,
                    py::array_t<float, py::array::c_style> logits, bool lm_filter) {
     const int64_t B = m_.B;
@@ -139,7 +151,7 @@ class Decoder {
       throw std::invalid_argument("positions pos..pos+n-1 must lie in [0, " +
                                   std::to_string(m_.maxT) + "), got pos=" + std::to_string(pos) +
                                   ", n=" + std::to_string(n));
-    check_choice(temperature, top_p);
+    kgpt::cpu::SamplingParams sp = sampling_params(params);
     const int32_t* t = tok.data();
     for (int64_t b = 0; b < B; ++b)
       if (t[b] < 0 || t[b] >= m_.V)
@@ -152,19 +164,18 @@ class Decoder {
     int32_t* pt = tok.mutable_data();
     uint8_t* pd = done.mutable_data();
     float* pl = logits.mutable_data();
-    const int32_t* ps = stop.data();
-    const int64_t nstop = stop.shape(0);
+    sp.stop = stop.data();
+    sp.nstop = stop.shape(0);
     bool nonfinite = false;
     int64_t steps;
     {
       py::gil_scoped_release nogil;
       // The filter's table is rebuilt from the weights on every call (they may have changed in
       // place since the last), and only where it is used.
-      const bool filter = lm_filter && kgpt::cpu::lm_filter_applies(temperature, top_k, m_.V);
+      const bool filter = lm_filter && kgpt::cpu::lm_filter_applies(sp, m_.V);
       if (filter) kgpt::cpu::lm_filter_build(filter_, m_.wte, m_.V, m_.C);
-      steps = kgpt::cpu::decode_sample(m_, scratch_.data(), pl, pt, pos, n, pu, temperature,
-                                       top_k, top_p, ps, nstop, pd, po, &nonfinite, pick_,
-                                       filter ? &filter_ : nullptr);
+      steps = kgpt::cpu::decode_sample(m_, scratch_.data(), pl, pt, pos, n, pu, sp, pd, po,
+                                       &nonfinite, pick_, filter ? &filter_ : nullptr);
     }
     return py::make_tuple(steps, nonfinite);
   }
@@ -172,24 +183,29 @@ class Decoder {
  private:
   // Checks one array (float32, C-contiguous, ndim, shape with -1 = any, writeable when asked),
   // keeps a reference to it (for the Decoder's lifetime) and returns it.
-  py::array take(const char* name, py::handle obj, int nd, const std::vector<int64_t>& shape,
-                        bool writeable) {
+  py::array take(py::handle pair, int nd, const std::vector<int64_t>& shape, bool writeable) {
+    py::sequence nv = pair.cast<py::sequence>();
+    if (py::len(nv) != 2) throw std::invalid_argument("weights are (name, array) pairs");
+    return take(nv[0].cast<std::string>(), nv[1], nd, shape, writeable);
+  }
+  py::array take(const std::string& name, py::handle obj, int nd,
+                 const std::vector<int64_t>& shape, bool writeable) {
     if (!py::isinstance<py::array>(obj))
-      throw py::type_error(std::string(name) + " must be a numpy array");
+      throw py::type_error(name + " must be a numpy array");
     py::array a = py::reinterpret_borrow<py::array>(obj);
     if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style))
-      throw py::type_error(std::string(name) + " must be a C-contiguous float32 array");
+      throw py::type_error(name + " must be a C-contiguous float32 array");
     bool ok = a.ndim() == nd;
     for (int i = 0; ok && i < nd; ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
     if (!ok) {
       std::string want = "(";
       for (int i = 0; i < nd; ++i)
         want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
-      throw std::invalid_argument(std::string(name) + " must have shape " + want +
+      throw std::invalid_argument(name + " must have shape " + want +
                                   (nd == 1 ? ",)" : ")") + ", got " + shape_str(a));
     }
     if (writeable && !a.writeable())
-      throw std::invalid_argument(std::string(name) + " must be writeable");
+      throw std::invalid_argument(name + " must be writeable");
     keep_.push_back(a);
     return a;
   }
@@ -204,12 +220,11 @@ class Decoder {
 
 // One token from one row of logits by pick_tokens' rule (cpu::pick_token): what Decoder.sample
 // does per row, callable alone so its selection can be checked on any logits.
-int64_t pick_token(py::array_t<float, py::array::c_style> logits, double temperature,
-                   int64_t top_k, double top_p, double u) {
+int64_t pick_token(py::array_t<float, py::array::c_style> logits, py::handle params, double u) {
   if (logits.ndim() != 1 || logits.shape(0) < 1)
     throw std::invalid_argument("logits must be a non-empty 1-D array, got shape " +
                                 shape_str(logits));
-  check_choice(temperature, top_p);
+  const kgpt::cpu::SamplingParams sp = sampling_params(params);
   if (!(u >= 0.0 && u < 1.0)) throw std::invalid_argument("u must lie in [0, 1)");
   const float* pl = logits.data();
   const int64_t V = logits.shape(0);
@@ -219,7 +234,7 @@ int64_t pick_token(py::array_t<float, py::array::c_style> logits, double tempera
                                   " at index " + std::to_string(j));
   kgpt::cpu::PickScratch ps;
   py::gil_scoped_release nogil;
-  return kgpt::cpu::pick_token(pl, V, temperature, top_k, top_p, u, ps);
+  return kgpt::cpu::pick_token(pl, V, sp, u, ps);
 }
 
 // Test hook: the lm_head filter built from wte (V, C) applied to one row x (C,): (approximate
@@ -255,15 +270,13 @@ void init_decode(py::module_& m) {
                       "(batch <= 4): step(tok, pos, logits) runs every layer and the lm_head for "
                       "one new position, writing the caches at pos. Bitwise equal to the "
                       "op-by-op native path.")
-      .def(py::init<py::object, py::object, py::object, py::object, py::list, py::list, int64_t,
-                    int64_t>(),
-           py::arg("wte"), py::arg("wpe"), py::arg("lnf_w"), py::arg("lnf_b"), py::arg("layers"),
-           py::arg("caches"), py::arg("n_head"), py::arg("batch"))
+      .def(py::init<py::list, py::list, py::list, int64_t, int64_t, double>(), py::arg("weights"),
+           py::arg("layers"), py::arg("caches"), py::arg("n_head"), py::arg("batch"),
+           py::arg("eps") = 1e-5)
       .def("step", &Decoder::step, py::arg("tok").noconvert(), py::arg("pos"),
            py::arg("logits").noconvert())
       .def("sample", &Decoder::sample, py::arg("out").noconvert(), py::arg("tok").noconvert(),
-           py::arg("pos"), py::arg("u").noconvert(), py::arg("temperature"), py::arg("top_k"),
-           py::arg("top_p"), py::arg("stop").noconvert(), py::arg("done").noconvert(),
+           py::arg("pos"), py::arg("u").noconvert(), py::arg("params"), py::arg("stop").noconvert(), py::arg("done").noconvert(),
            py::arg("logits").noconvert(), py::arg("lm_filter") = false,
            "Up to out.shape[0] steps with the token choice of kernelgpt.sample.pick_tokens "
            "in the loop; returns (steps taken, stopped on a non-finite logit). lm_filter: "
@@ -274,11 +287,11 @@ void init_decode(py::module_& m) {
   m.def("_lm_filter_probe", &lm_filter_probe, py::arg("wte").noconvert(), py::arg("x").noconvert(),
         "Test hook: (approximate logits, bound E) of Decoder.sample's lm_head filter for one "
         "row x; E < 0 where the exact path would be taken.");
-  m.def("pick_token", &pick_token, py::arg("logits").noconvert(), py::arg("temperature"),
-        py::arg("top_k"), py::arg("top_p"), py::arg("u"),
+  m.def("pick_token", &pick_token, py::arg("logits").noconvert(), py::arg("params"), py::arg("u"),
         "One token id from 1-D finite float32 logits by the rule of "
-        "kernelgpt.sample.pick_tokens, with the draw u in [0, 1) given (top_k <= 0: no top-k "
-        "filter; top_p >= 1: no top-p filter); what Decoder.sample does per row.");
+        "kernelgpt.sample.pick_tokens, with the draw u in [0, 1) given; params: a "
+        "kernelgpt.sample.SamplingParams (temperature, top_k, top_p; None: no filter); what "
+        "Decoder.sample does per row.");
 }
 
 }  // namespace kgpt_bind

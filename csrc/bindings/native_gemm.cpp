@@ -117,7 +117,7 @@ void matmul_backward(OptF dx, FArr dw, OptF dbias, FArr dout, FArr x, FArr w) {
   }
 }
 
-void classifier_forward(FArr losses, OptF dx, OptF dwte, FArr x, FArr wte, IArr targets,
+void classifier_forward_backward(FArr losses, OptF dx, OptF dwte, FArr x, FArr wte, IArr targets,
                         float scale) {
   check_ndim("x", x, 2, "(N, C)");
   check_ndim("wte", wte, 2, "(V, C)");
@@ -147,7 +147,7 @@ void classifier_forward(FArr losses, OptF dx, OptF dwte, FArr x, FArr wte, IArr 
   const float *px = x.data(), *pw = wte.data();
   {
     py::gil_scoped_release nogil;
-    kgpt::cpu::classifier_forward(pl, pdx, pdw, px, pw, pt, N, C, V, scale);
+    kgpt::cpu::classifier_forward_backward(pl, pdx, pdw, px, pw, pt, N, C, V, scale);
   }
 }
 
@@ -184,7 +184,7 @@ void init_gemm(py::module_& m) {
         py::arg("dout").noconvert(), py::arg("x").noconvert(), py::arg("w").noconvert(),
         "dx (N,C) = dout @ w (skipped if None); dw (OC,C) += dout.T @ x; "
         "dbias (OC,) += dout.sum(0) (skipped if None).");
-  m.def("classifier_forward", &classifier_forward, py::arg("losses").noconvert(),
+  m.def("classifier_forward_backward", &classifier_forward_backward, py::arg("losses").noconvert(),
         py::arg("dx").noconvert().none(true), py::arg("dwte").noconvert().none(true),
         py::arg("x").noconvert(), py::arg("wte").noconvert(), py::arg("targets").noconvert(),
         py::arg("scale"),

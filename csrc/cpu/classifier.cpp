@@ -153,7 +153,7 @@ thread_local RowBuf tls_logits;
 
 }  // namespace
 
-void classifier_forward(float* losses, float* dx, float* dwte, const float* x, const float* wte,
+void classifier_forward_backward(float* losses, float* dx, float* dwte, const float* x, const float* wte,
                         const int32_t* targets, int64_t N, int64_t C, int64_t V, float scale) {
   if (N <= 0) return;
   const bool grad = dx || dwte;

@@ -12,7 +12,7 @@ namespace cpu {
 // losses (N,) = -log softmax(x @ wte.T)[n, targets[n]].
 // If dx / dwte are non-null, the backward of scale * sum(losses):
 //   dlogits = scale * (softmax - onehot);  dx (N,C) = dlogits @ wte;  dwte (V,C) += dlogits.T @ x.
-void classifier_forward(float* losses, float* dx, float* dwte, const float* x, const float* wte,
+void classifier_forward_backward(float* losses, float* dx, float* dwte, const float* x, const float* wte,
                         const int32_t* targets, int64_t N, int64_t C, int64_t V, float scale);
 
 // Rows per block: up to kClassifierMaxRows, and the (rows, V) buffer at most this many floats

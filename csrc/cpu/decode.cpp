@@ -22,7 +22,6 @@ namespace kgpt {
 namespace cpu {
 namespace {
 
-constexpr float kLnEps = 1e-5f;  // the model's layernorm epsilon
 
 // Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias: the kernels sgemm uses for
 // these shapes, so each column is bitwise what a matmul_forward call gives.
@@ -107,7 +106,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     for (int64_t b = 0; b < B; ++b)
       for (int64_t c = 0; c < C; ++c) x[b * C + c] = m.wte[tok[b] * C + c] + m.wpe[pos * C + c];
     for (const DecodeLayer& L : m.layers) {
-      layernorm_forward(ln, mean, rstd, x, L.ln1_w, L.ln1_b, B, C, kLnEps);
+      layernorm_forward(ln, mean, rstd, x, L.ln1_w, L.ln1_b, B, C, m.eps);
       for (int64_t part = 0; part < 3; ++part)  // q, k and v columns of heads [h0, h1)
         cols(qkv, ln, L.attn_w, L.attn_b, 3 * C, C, part * C + h0 * HS, part * C + h1 * HS);
       for (int64_t b = 0; b < B; ++b)
@@ -126,8 +125,8 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         cols(proj, atty, L.proj_w, L.proj_b, C, C, n0, n1);
       }
 #pragma omp barrier
-      residual_forward(x, x, proj, B * C);
-      layernorm_forward(ln, mean, rstd, x, L.ln2_w, L.ln2_b, B, C, kLnEps);
+      add(x, x, proj, B * C);
+      layernorm_forward(ln, mean, rstd, x, L.ln2_w, L.ln2_b, B, C, m.eps);
       if (gelu_by_cols) {
         const int64_t n0 = 4 * C / 16 * t / T * 16, n1 = 4 * C / 16 * (t + 1) / T * 16;
         cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
@@ -146,9 +145,9 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         cols(proj, fchg, L.fcproj_w, L.fcproj_b, C, 4 * C, n0, n1);
       }
 #pragma omp barrier
-      residual_forward(x, x, proj, B * C);
+      add(x, x, proj, B * C);
     }
-    layernorm_forward(ln, mean, rstd, x, m.lnf_w, m.lnf_b, B, C, kLnEps);
+    layernorm_forward(ln, mean, rstd, x, m.lnf_w, m.lnf_b, B, C, m.eps);
     const auto [n0, n1] = even(V);
     if (filter != nullptr) {  // approximate logits; the chooser computes the exact ones it needs
       lm_filter_logits(logits, ln, *filter, B, n0, n1);
@@ -330,8 +329,10 @@ int64_t pick_token_filtered(float* row, int64_t V, double E, double temperature,
 
 }  // namespace
 
-int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
-                   double top_p, double u, PickScratch& ps) {
+int64_t pick_token(const float* logits, int64_t V, const SamplingParams& sp, double u,
+                   PickScratch& ps) {
+  const double temperature = sp.temperature, top_p = sp.top_p;
+  const int64_t top_k = sp.top_k;
   if (temperature == 0.0) return std::max_element(logits, logits + V) - logits;
   if (top_k > 0 && top_k < V) {
     gather_at_least(logits, V, kth_largest(logits, V, top_k, ps), ps);
@@ -343,13 +344,16 @@ int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t t
 }
 
 int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32_t* tok,
-                      int64_t pos, int64_t n, const double* u, double temperature, int64_t top_k,
-                      double top_p, const int32_t* stop, int64_t nstop, uint8_t* done,
-                      int32_t* out, bool* nonfinite, PickScratch& ps, const LmFilter* filter) {
+                      int64_t pos, int64_t n, const double* u, const SamplingParams& sp,
+                      uint8_t* done, int32_t* out, bool* nonfinite, PickScratch& ps,
+                      const LmFilter* filter) {
   const int64_t B = m.B, V = m.V, C = m.C;
+  const double temperature = sp.temperature, top_p = sp.top_p;
+  const int64_t top_k = sp.top_k, nstop = sp.nstop;
+  const int32_t* stop = sp.stop;
   *nonfinite = false;
   if (filter != nullptr && !(filter->ok && filter->V == V && filter->C == C &&
-                             lm_filter_applies(temperature, top_k, V)))
+                             lm_filter_applies(sp, V)))
     filter = nullptr;
   const float* lnf = scratch_lnf(m, scratch);
   // Exact logits of columns [j0, j1) for every row: the lm_head's own kernel on the same input,
@@ -393,7 +397,7 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
                                                      top_p, u[i * B + b], ps, exact));
       } else {
         t = static_cast<int32_t>(
-            pick_token(logits + b * V, V, temperature, top_k, top_p, u[i * B + b], ps));
+            pick_token(logits + b * V, V, sp, u[i * B + b], ps));
       }
       if (nstop > 0 && done[b]) t = tok[b];
       out[i * B + b] = t;

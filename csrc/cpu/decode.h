@@ -21,6 +21,7 @@ struct DecodeLayer {
 
 struct DecodeModel {
   int64_t B = 0, C = 0, NH = 0, V = 0, maxT = 0;
+  float eps = 1e-5f;  // the layernorms' epsilon
   const float *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr;
   std::vector<DecodeLayer> layers;
 };
@@ -43,23 +44,34 @@ struct PickScratch {
   std::vector<double> p, cdf;
 };
 
+// The token-choice options: the C++ twin of kernelgpt.sample.SamplingParams (validated there,
+// once; the binding copies them here). A new option is a field here, a field there, the rule in
+// pick_tokens and pick_token, and their tests.
+struct SamplingParams {
+  double temperature = 1.0;  // 0: greedy
+  int64_t top_k = 0;         // <= 0 or >= V: no top-k filter
+  double top_p = 1.0;        // >= 1: no top-p filter
+  const int32_t* stop = nullptr;  // stop ids (nstop of them; none: a row never ends)
+  int64_t nstop = 0;
+};
+
 // One token from one row of finite logits (V,), by the rule of kernelgpt.sample.pick_tokens, in
 // float64: temperature 0 gives the first argmax; otherwise softmax(logits / temperature) over the
 // top_k largest logits (ties at the k-th value all kept; top_k <= 0 or >= V keeps all), then the
 // smallest set of most likely candidates whose mass reaches top_p (top_p >= 1 keeps all; the most
 // likely one always stays), and the first candidate in id order whose cumulative probability
 // exceeds u times the total.
-int64_t pick_token(const float* logits, int64_t V, double temperature, int64_t top_k,
-                   double top_p, double u, PickScratch& ps);
+int64_t pick_token(const float* logits, int64_t V, const SamplingParams& sp, double u,
+                   PickScratch& ps);
 
 // Whether decode_sample uses a filter for this choice: greedy, or top_k in (0, V).
-inline bool lm_filter_applies(double temperature, int64_t top_k, int64_t V) {
-  return temperature == 0.0 || (top_k > 0 && top_k < V);
+inline bool lm_filter_applies(const SamplingParams& sp, int64_t V) {
+  return sp.temperature == 0.0 || (sp.top_k > 0 && sp.top_k < V);
 }
 
 // Up to n decoding steps with the token choice in the loop (what sampling does per token,
 // without returning to Python). Step i feeds tok (B,) at position pos + i, picks row b's token
-// with u[i*B + b], and writes it to out[i*B + b] and tok[b]. With stop ids (nstop > 0), a row
+// with u[i*B + b], and writes it to out[i*B + b] and tok[b]. With stop ids (sp.nstop > 0), a row
 // that is done repeats its last token, and a row becomes done when it emits a stop id; the loop
 // ends after the step where every row is done. Returns the steps taken. A row of logits that is
 // not finite ends the loop before its token is picked: *nonfinite is set, the return value is
@@ -69,9 +81,8 @@ inline bool lm_filter_applies(double temperature, int64_t top_k, int64_t V) {
 // tokens. `logits` then holds exact values only where the choice read them, except on a
 // non-finite return, where it holds every exact logit of that step.
 int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32_t* tok,
-                      int64_t pos, int64_t n, const double* u, double temperature, int64_t top_k,
-                      double top_p, const int32_t* stop, int64_t nstop, uint8_t* done,
-                      int32_t* out, bool* nonfinite, PickScratch& ps,
+                      int64_t pos, int64_t n, const double* u, const SamplingParams& sp,
+                      uint8_t* done, int32_t* out, bool* nonfinite, PickScratch& ps,
                       const LmFilter* filter = nullptr);
 
 }  // namespace cpu

@@ -30,9 +30,8 @@ void gelu_forward(float* out, const float* x, int64_t n);
 void gelu_forward_serial(float* out, const float* x, int64_t n);
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n);
 
-// residual.cpp. out = a + b (may alias); da += dout; db += dout.
-void residual_forward(float* out, const float* a, const float* b, int64_t n);
-void residual_backward(float* da, float* db, const float* dout, int64_t n);
+// residual.cpp. out = a + b (may alias).
+void add(float* out, const float* a, const float* b, int64_t n);
 
 // attention.cpp. qkv (B,T,3C), out (B,T,C), lse (B,NH,T); dqkv (B,T,3C) =.
 void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T,

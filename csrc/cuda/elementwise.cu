@@ -1,6 +1,6 @@
-// Elementwise ops: GELU (tanh form) forward/backward, residual add, bias add, bias gradient,
-// in-place scale. Rule: gelu_forward/backward, residual_forward, add_bias write (=);
-// residual_backward (da, db) and bias_backward (dbias) accumulate (+=). Precise tanhf is used on
+// Elementwise ops: GELU (tanh form) forward/backward, add, bias add, bias gradient, in-place
+// scale. Rule: gelu_forward/backward, add, add_bias write (=); bias_backward (dbias)
+// accumulates (+=). Precise tanhf is used on
 // purpose (no fast math: the tests compare against NumPy). bias_backward sums columns with
 // per-block partials over fixed row ranges then one ordered pass: deterministic, no atomics.
 #include "cuda/common.cuh"
@@ -38,16 +38,8 @@ __global__ void gelu_backward_kernel(float* dx, const float* dout, const float* 
   }
 }
 
-__global__ void residual_forward_kernel(float* out, const float* a, const float* b, long long n) {
+__global__ void add_kernel(float* out, const float* a, const float* b, long long n) {
   GRID_STRIDE(e, n) { out[e] = a[e] + b[e]; }
-}
-
-__global__ void residual_backward_kernel(float* da, float* db, const float* dout, long long n) {
-  GRID_STRIDE(e, n) {
-    const float d = dout[e];
-    da[e] += d;
-    db[e] += d;
-  }
 }
 
 __global__ void add_bias_kernel(float* out, const float* bias, long long n, int OC) {
@@ -85,13 +77,9 @@ void gelu_backward(float* dx, const float* dout, const float* x, long long n, vo
   gelu_backward_kernel<<<ew_grid(n), 256, 0, as_stream(stream)>>>(dx, dout, x, n);
   check_launch("gelu_backward");
 }
-void residual_forward(float* out, const float* a, const float* b, long long n, void* stream) {
-  residual_forward_kernel<<<ew_grid(n), 256, 0, as_stream(stream)>>>(out, a, b, n);
-  check_launch("residual_forward");
-}
-void residual_backward(float* da, float* db, const float* dout, long long n, void* stream) {
-  residual_backward_kernel<<<ew_grid(n), 256, 0, as_stream(stream)>>>(da, db, dout, n);
-  check_launch("residual_backward");
+void add(float* out, const float* a, const float* b, long long n, void* stream) {
+  add_kernel<<<ew_grid(n), 256, 0, as_stream(stream)>>>(out, a, b, n);
+  check_launch("add");
 }
 void add_bias(float* out, const float* bias, int N, int OC, void* stream) {
   const long long n = (long long)N * OC;

@@ -28,8 +28,7 @@ void layernorm_backward(float* dx, float* dw, float* db, float* partials, const 
 // elementwise.cu
 void gelu_forward(float* out, const float* x, long long n, void* stream);
 void gelu_backward(float* dx, const float* dout, const float* x, long long n, void* stream);
-void residual_forward(float* out, const float* a, const float* b, long long n, void* stream);
-void residual_backward(float* da, float* db, const float* dout, long long n, void* stream);
+void add(float* out, const float* a, const float* b, long long n, void* stream);
 void add_bias(float* out, const float* bias, int N, int OC, void* stream);
 // dbias (OC,) += dout (N,OC).sum(0); partials: colsum_partial_blocks(N) * OC floats
 int colsum_partial_blocks(int N);

@@ -273,7 +273,7 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
             raise UserError(f"{out} already holds a trained run: continue it with --resume or "
                             f"choose another --out")
         preset = GPTConfig.preset(args.model or DEFAULT_MODEL)
-        from .model import PRESET_BATCH_SIZE
+        from .train import PRESET_BATCH_SIZE
         token_file = _token_file_arg(args)
         if token_file is not None:  # pre-tokenized data: checked now, used as it is
             header = read_token_header(token_file)  # ValueError naming a foreign/damaged file

@@ -1,39 +1,47 @@
-"""The GPT-2 model, written once over the op interface of :mod:`kernelgpt.backends.base`.
+"""The GPT model, written once over the op interface of :mod:`kernelgpt.backends.base`.
 
 Forward and backward are explicit (as in llm.c): no autograd, every op is a backend call, and the
 activations and activation gradients live in buffers allocated once per (B, T). Parameters and
-gradients are each ONE flat array (matrices first, then vectors) with named views into it.
-``model.backward()`` accumulates (+=) into ``model.grads``; ``zero_grad()`` clears it.
-Sampling lives in :mod:`kernelgpt.sample`; the optimizer in :mod:`kernelgpt.optim`.
+gradients are each ONE flat array (decayed matrices first, then the rest) with named views into
+it. ``model.backward()`` accumulates (+=) into ``model.grads``; ``zero_grad()`` clears it.
+
+The architecture is stated once:
+- the parameter table (:func:`param_table`): every parameter's name, shape as a function of the
+  config, whether it gets weight decay and its init. ``param_shapes``, the initialisation, the
+  flat layout and the native fused decoder's weight list all come from it;
+- one block: :meth:`GPT.block_forward`, :meth:`GPT.block_backward` and :meth:`GPT.block_decode`
+  (one position over the KV cache), used by the forward, the backward and
+  :meth:`GPT.decode_step`.
+Sampling (:mod:`kernelgpt.sample`) asks the model for logits (:meth:`GPT.next_logits`,
+:meth:`GPT.prefill`, :meth:`GPT.decode_step`); the optimizer lives in :mod:`kernelgpt.optim`.
+See docs/ARCHITECTURE.md for the op contract and how to add a variant.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-# Benchmark batch sizes of the named presets (DESIGN.md "Reference configs").
-PRESET_BATCH_SIZE = {"xs": 8, "s": 8, "m": 4, "gpt2": 8}
-_PRESETS = {  # name: (vocab, block, layers, heads, dims)
-    "xs": (512, 64, 2, 4, 128),
-    "s": (8192, 256, 6, 6, 384),
-    "m": (8192, 512, 12, 12, 768),
-    "gpt2": (50304, 1024, 12, 12, 768),  # GPT-2 small, vocab padded to a multiple of 64
-}
 
-
+# ---------------------------------------------------------------------------------- config
 @dataclass
 class GPTConfig:
+    """The model's shape. The five size fields are required; every field added after 0.1.0 has a
+    default that reproduces 0.1.0's model, so configs saved by older releases keep loading
+    (:meth:`from_dict` fills the defaults) while an unknown field is still an error."""
     vocab_size: int
     block_size: int
     n_layer: int
     n_head: int
     n_embd: int
+    norm_eps: float = 1e-5   # the layernorm epsilon (0.1.0 fixed it at 1e-5)
 
     def __post_init__(self) -> None:
+        from .backends.base import check_norm_eps
         for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -42,56 +50,154 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
                              f"n_head ({self.n_head})")
+        self.norm_eps = check_norm_eps(self.norm_eps, "GPTConfig.norm_eps")
 
-    def to_dict(self) -> Dict[str, int]:
-        return asdict(self)
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GPTConfig":
-        names = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        """The config of a dict written by :meth:`to_dict` (this release or an older one): fields
+        it lacks take their defaults; required fields it lacks or fields this release does not
+        know are a ValueError."""
         if not isinstance(d, dict):
             raise ValueError(f"GPTConfig.from_dict needs a dict, got {type(d).__name__}")
-        missing = [n for n in names if n not in d]
-        extra = [k for k in d if k not in names]
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        known = {f.name for f in fields}
+        missing = [n for n in required if n not in d]
+        extra = [k for k in d if k not in known]
         if missing or extra:
             raise ValueError(f"bad GPT config: missing {missing}, unknown {extra}")
-        return cls(**{n: d[n] for n in names})
+        return cls(**d)
 
     @classmethod
     def preset(cls, name: str, vocab_size: Optional[int] = None) -> "GPTConfig":
-        """Named reference config: "xs", "s", "m" or "gpt2"; ``vocab_size`` overrides the vocab."""
+        """A named reference config (see :data:`PRESETS`); ``vocab_size`` overrides its vocab."""
         key = name.lower() if isinstance(name, str) else name
-        if key not in _PRESETS:
-            raise ValueError(f"unknown model preset {name!r}: choose one of {', '.join(_PRESETS)}")
-        v, block, nl, nh, c = _PRESETS[key]
-        return cls(vocab_size=v if vocab_size is None else vocab_size, block_size=block,
-                   n_layer=nl, n_head=nh, n_embd=c)
+        if key not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}: choose one of {', '.join(PRESETS)}")
+        cfg = PRESETS[key]
+        return dataclasses.replace(cfg) if vocab_size is None else \
+            dataclasses.replace(cfg, vocab_size=vocab_size)
+
+
+# The named reference configs (GPTConfig.preset returns a copy).
+PRESETS: Dict[str, GPTConfig] = {
+    # xs: the default of `kernelgpt train`; trains in seconds on two cores, a byte-level vocab
+    # with a few hundred merges.
+    "xs": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=128),
+    # s: the benchmarks' main shape (about 10M parameters): small enough for CPU training runs,
+    # big enough that every kernel is compute- or bandwidth-bound rather than overhead-bound.
+    "s": GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384),
+    # m: GPT-2 small's width and depth with a small vocab and context (about 92M parameters).
+    "m": GPTConfig(vocab_size=8192, block_size=512, n_layer=12, n_head=12, n_embd=768),
+    # gpt2: GPT-2 small (124M), its vocab 50257 padded up to a multiple of 64.
+    "gpt2": GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+}
+
+
+# ---------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of the table: ``name`` (a block's parameters are named within the block,
+    e.g. "ln_1.w", and appear as "h.<layer>.<name>"), ``shape(config)``, whether AdamW decays it,
+    and its init: "normal" N(0, 0.02), "residual" N(0, 0.02/sqrt(2 n_layer)) (the projections
+    that write into the residual stream), "zeros" or "ones"."""
+    name: str
+    shape: Callable[[GPTConfig], Tuple[int, ...]]
+    decay: bool
+    init: str
+
+
+@dataclass(frozen=True)
+class ParamTable:
+    """The model's parameters in three groups: before the blocks, in each block, after them."""
+    embedding: Tuple[ParamSpec, ...]
+    block: Tuple[ParamSpec, ...]
+    final: Tuple[ParamSpec, ...]
+
+
+def _gpt2_table() -> ParamTable:
+    C = lambda c: (c.n_embd,)  # noqa: E731
+    return ParamTable(
+        embedding=(ParamSpec("wte", lambda c: (c.vocab_size, c.n_embd), True, "normal"),
+                   ParamSpec("wpe", lambda c: (c.block_size, c.n_embd), True, "normal")),
+        # The block's order is also the fused native decoder's weight order.
+        block=(ParamSpec("ln_1.w", C, False, "ones"),
+               ParamSpec("ln_1.b", C, False, "zeros"),
+               ParamSpec("attn.c_attn.w", lambda c: (3 * c.n_embd, c.n_embd), True, "normal"),
+               ParamSpec("attn.c_attn.b", lambda c: (3 * c.n_embd,), False, "zeros"),
+               ParamSpec("attn.c_proj.w", lambda c: (c.n_embd, c.n_embd), True, "residual"),
+               ParamSpec("attn.c_proj.b", C, False, "zeros"),
+               ParamSpec("ln_2.w", C, False, "ones"),
+               ParamSpec("ln_2.b", C, False, "zeros"),
+               ParamSpec("mlp.c_fc.w", lambda c: (4 * c.n_embd, c.n_embd), True, "normal"),
+               ParamSpec("mlp.c_fc.b", lambda c: (4 * c.n_embd,), False, "zeros"),
+               ParamSpec("mlp.c_proj.w", lambda c: (c.n_embd, 4 * c.n_embd), True, "residual"),
+               ParamSpec("mlp.c_proj.b", C, False, "zeros")),
+        final=(ParamSpec("ln_f.w", C, False, "ones"),
+               ParamSpec("ln_f.b", C, False, "zeros")))
+
+
+_GPT2_TABLE = _gpt2_table()
+
+
+def param_table(config: GPTConfig) -> ParamTable:
+    """The parameter table of ``config``'s architecture."""
+    return _GPT2_TABLE
+
+
+def _layout(config: GPTConfig) -> List[Tuple[str, Tuple[int, ...], ParamSpec]]:
+    """(full name, shape, spec) of every parameter in flat-buffer order: the decayed ones first
+    (in table order, layer by layer), then the rest (the same order)."""
+    t = param_table(config)
+    named = [(s.name, s) for s in t.embedding]
+    for l in range(config.n_layer):
+        named += [(f"h.{l}.{s.name}", s) for s in t.block]
+    named += [(s.name, s) for s in t.final]
+    ordered = [x for x in named if x[1].decay] + [x for x in named if not x[1].decay]
+    return [(n, tuple(int(d) for d in s.shape(config)), s) for n, s in ordered]
 
 
 def param_shapes(config: GPTConfig) -> List[Tuple[str, Tuple[int, ...]]]:
-    """(name, shape) of every parameter in flat-buffer order: all 2-D matrices first (these get
-    weight decay), then all 1-D vectors (layernorm weights/biases, linear biases)."""
-    V, maxT, L, C = config.vocab_size, config.block_size, config.n_layer, config.n_embd
-    mats: List[Tuple[str, Tuple[int, ...]]] = [("wte", (V, C)), ("wpe", (maxT, C))]
-    vecs: List[Tuple[str, Tuple[int, ...]]] = []
-    for i in range(L):
-        h = f"h.{i}."
-        mats += [(h + "attn.c_attn.w", (3 * C, C)), (h + "attn.c_proj.w", (C, C)),
-                 (h + "mlp.c_fc.w", (4 * C, C)), (h + "mlp.c_proj.w", (C, 4 * C))]
-        vecs += [(h + "ln_1.w", (C,)), (h + "ln_1.b", (C,)), (h + "attn.c_attn.b", (3 * C,)),
-                 (h + "attn.c_proj.b", (C,)), (h + "ln_2.w", (C,)), (h + "ln_2.b", (C,)),
-                 (h + "mlp.c_fc.b", (4 * C,)), (h + "mlp.c_proj.b", (C,))]
-    vecs += [("ln_f.w", (C,)), ("ln_f.b", (C,))]
-    return mats + vecs
+    """(name, shape) of every parameter in flat-buffer order: the weight-decayed matrices first,
+    then the vectors (norm weights and biases)."""
+    return [(n, shape) for n, shape, _ in _layout(config)]
 
 
 def train_flops_per_step(config: GPTConfig, B: int, T: int) -> float:
-    """Training FLOPs of one forward+backward over B*T tokens, DESIGN.md's formula:
+    """Training FLOPs of one forward+backward over B*T tokens (docs/ARCHITECTURE.md):
     6 * (non-embedding params + lm_head params) * tokens + 12 * n_layer * T * n_embd * tokens."""
-    n_nonemb = sum(int(np.prod(s)) for n, s in param_shapes(config) if n not in ("wte", "wpe"))
+    emb = {s.name for s in param_table(config).embedding}
+    n_nonemb = sum(int(np.prod(s)) for n, s in param_shapes(config) if n not in emb)
     lm_head = config.vocab_size * config.n_embd
     tokens = B * T
     return 6.0 * (n_nonemb + lm_head) * tokens + 12.0 * config.n_layer * T * config.n_embd * tokens
+
+
+def _init_params(config: GPTConfig, seed: Any) -> np.ndarray:
+    """The init of every parameter in NumPy float32 from np.random.default_rng(seed), drawn in
+    flat-buffer order (only the "normal"/"residual" ones draw). The same seed gives the same
+    weights on every backend."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    layout = _layout(config)
+    flat = np.zeros(sum(int(np.prod(s)) for _, s, _ in layout), np.float32)
+    resid_std = 0.02 / math.sqrt(2 * config.n_layer)
+    off = 0
+    for _, shape, spec in layout:
+        n = int(np.prod(shape))
+        if spec.init in ("normal", "residual"):
+            std = resid_std if spec.init == "residual" else 0.02
+            flat[off:off + n] = rng.standard_normal(n, dtype=np.float32) * np.float32(std)
+        elif spec.init == "ones":
+            flat[off:off + n] = 1.0
+        off += n
+    return flat
 
 
 def _resolve_backend(backend: Union[str, ModuleType]) -> ModuleType:
@@ -101,6 +207,22 @@ def _resolve_backend(backend: Union[str, ModuleType]) -> ModuleType:
     if isinstance(backend, ModuleType) and hasattr(backend, "matmul_forward"):
         return backend
     raise ValueError(f"backend must be a backend name or module, got {backend!r}")
+
+
+# ---------------------------------------------------------------------------------- buffers
+class _LayerActs:
+    """What one block's forward saves for its backward, for one (B, T)."""
+
+    def __init__(self, e: Callable[..., Any], B: int, T: int, C: int, NH: int):
+        N = B * T
+        self.ln1, self.ln1_mean, self.ln1_rstd = e(N, C), e(N), e(N)
+        self.qkv = e(B, T, 3 * C)
+        self.atty = e(B, T, C)
+        self.att_lse = e(B, NH, T)
+        self.res2 = e(B, T, C)
+        self.ln2, self.ln2_mean, self.ln2_rstd = e(N, C), e(N), e(N)
+        self.fch, self.fch_gelu = e(N, 4 * C), e(N, 4 * C)
+        self.res3 = e(B, T, C)                         # the block's output
 
 
 class _Acts:
@@ -113,19 +235,7 @@ class _Acts:
         self.idx = be.empty((B, T), "int32")
         self.targets = be.empty((B, T), "int32")
         self.encoded = e(B, T, C)
-        self.ln1 = [e(N, C) for _ in range(cfg.n_layer)]
-        self.ln1_mean = [e(N) for _ in range(cfg.n_layer)]
-        self.ln1_rstd = [e(N) for _ in range(cfg.n_layer)]
-        self.qkv = [e(B, T, 3 * C) for _ in range(cfg.n_layer)]
-        self.atty = [e(B, T, C) for _ in range(cfg.n_layer)]
-        self.att_lse = [e(B, NH, T) for _ in range(cfg.n_layer)]
-        self.res2 = [e(B, T, C) for _ in range(cfg.n_layer)]
-        self.ln2 = [e(N, C) for _ in range(cfg.n_layer)]
-        self.ln2_mean = [e(N) for _ in range(cfg.n_layer)]
-        self.ln2_rstd = [e(N) for _ in range(cfg.n_layer)]
-        self.fch = [e(N, 4 * C) for _ in range(cfg.n_layer)]
-        self.fch_gelu = [e(N, 4 * C) for _ in range(cfg.n_layer)]
-        self.res3 = [e(B, T, C) for _ in range(cfg.n_layer)]
+        self.layers = [_LayerActs(e, B, T, C, NH) for _ in range(cfg.n_layer)]
         self.proj = e(N, C)              # output of each c_proj, consumed at once by the residual
         self.lnf = e(N, C)
         self.lnf_mean = e(N)
@@ -150,6 +260,28 @@ class _Acts:
         self.d4a, self.d4b = e(N, 4 * C), e(N, 4 * C)
 
 
+class KVCache:
+    """Per-call decoding state for one model and batch size B: each layer's key/value cache
+    (B, NH, maxT, HS) and the (B, *) buffers of one decoding step. ``fused`` is the backend's
+    one-call decoder over these caches where the backend has one for this config (native,
+    float32, B <= 4), else None: :meth:`GPT.decode_step` then runs the blocks op by op."""
+
+    def __init__(self, model: "GPT", B: int):
+        be, cfg = model.backend, model.config
+        C, NH, dt = cfg.n_embd, cfg.n_head, model.dtype
+        self.B = B
+        shape = (B, NH, cfg.block_size, C // NH)
+        self.caches = [(be.zeros(shape, dt), be.zeros(shape, dt)) for _ in range(cfg.n_layer)]
+        e = lambda *s: be.empty(s, dt)  # noqa: E731
+        self.x, self.ln, self.q, self.atty, self.proj = e(B, C), e(B, C), e(B, C), e(B, C), e(B, C)
+        self.mean, self.rstd = e(B), e(B)
+        self.qkv, self.fch, self.fch_gelu = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C)
+        self.logits = e(B, cfg.vocab_size)
+        make = getattr(be, "make_decoder", None)
+        self.fused = make(model, self.caches, B) if make is not None else None
+
+
+# ---------------------------------------------------------------------------------- the model
 class GPT:
     """GPT-2: learned token + position embeddings, pre-LayerNorm blocks of causal multi-head
     attention and a 4x tanh-GELU MLP, a final LayerNorm, lm_head tied to ``wte``."""
@@ -166,44 +298,33 @@ class GPT:
         if dt == "float64" and self.backend.name != "numpy":
             raise ValueError("dtype='float64' needs the numpy backend (it is for gradient checks)")
         self.dtype = dt
-        shapes = param_shapes(config)
-        self._shapes = dict(shapes)
-        self.n_decay = sum(int(np.prod(s)) for _, s in shapes if len(s) == 2)
-        host = self._init_params(shapes, seed)
+        from .backends.base import check_head_size
+        check_head_size(config.head_size, self.backend.name)
+        layout = _layout(config)
+        self._shapes = {n: s for n, s, _ in layout}
+        self.n_decay = sum(int(np.prod(s)) for _, s, spec in layout if spec.decay)
+        host = _init_params(config, seed)
         self.params = self.backend.empty(host.shape, dt)  # the backend's (aligned) allocation
         self.params[...] = self.backend.asarray(host.astype(dt))
         self.grads = self.backend.zeros(host.shape, dt)
         self.param_views: Dict[str, Any] = {}
         self.grad_views: Dict[str, Any] = {}
         off = 0
-        for name, shape in shapes:
+        for name, shape, _ in layout:
             n = int(np.prod(shape))
             self.param_views[name] = self.params[off:off + n].reshape(shape)
             self.grad_views[name] = self.grads[off:off + n].reshape(shape)
             off += n
+        block = param_table(config).block
+        # per layer: the block's parameters (and gradients) by their name within the block
+        self.layer_params = [{s.name: self.param_views[f"h.{l}.{s.name}"] for s in block}
+                             for l in range(config.n_layer)]
+        self.layer_grads = [{s.name: self.grad_views[f"h.{l}.{s.name}"] for s in block}
+                            for l in range(config.n_layer)]
         self._acts: Optional[_Acts] = None
+        self._generate_decoder: Optional[KVCache] = None
 
     # ------------------------------------------------------------------ parameters
-    @staticmethod
-    def _init_params(shapes, seed) -> np.ndarray:
-        """GPT-2 init in NumPy float32 from np.random.default_rng(seed), drawn in layout order:
-        matrices ~ N(0, 0.02) (residual projections c_proj: 0.02/sqrt(2*n_layer)), biases 0,
-        layernorm weights 1. The same seed gives the same weights on every backend."""
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        n_layer = sum(1 for n, _ in shapes if n.endswith("ln_1.w"))
-        total = sum(int(np.prod(s)) for _, s in shapes)
-        flat = np.zeros(total, np.float32)
-        off = 0
-        for name, shape in shapes:
-            n = int(np.prod(shape))
-            if len(shape) == 2:
-                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.w") else 0.02
-                flat[off:off + n] = rng.standard_normal(n, dtype=np.float32) * np.float32(std)
-            elif name.endswith((".ln_1.w", ".ln_2.w")) or name == "ln_f.w":
-                flat[off:off + n] = 1.0
-            off += n
-        return flat
-
     def num_params(self) -> int:
         return int(self.params.size)
 
@@ -268,10 +389,76 @@ class GPT:
             self._acts = _Acts(self.backend, self.config, B, T, self.dtype)
         return self._acts
 
+    # ------------------------------------------------------------------ the block
+    def block_forward(self, l: int, x: Any, la: _LayerActs, proj: Any) -> Any:
+        """Block l over the residual stream x (B,T,C): saves what its backward needs in la and
+        returns its output (la.res3). ``proj`` (N,C) is scratch for the two projections."""
+        be, eps, w = self.backend, self.config.norm_eps, self.layer_params[l]
+        B, T, C = x.shape
+        N = B * T
+        be.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, x.reshape(N, C), w["ln_1.w"],
+                             w["ln_1.b"], eps)
+        be.matmul_forward(la.qkv.reshape(N, 3 * C), la.ln1, w["attn.c_attn.w"], w["attn.c_attn.b"])
+        be.attention_forward(la.atty, la.att_lse, la.qkv, self.config.n_head)
+        be.matmul_forward(proj, la.atty.reshape(N, C), w["attn.c_proj.w"], w["attn.c_proj.b"])
+        be.add(la.res2, x, proj.reshape(B, T, C))
+        be.layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2.reshape(N, C), w["ln_2.w"],
+                             w["ln_2.b"], eps)
+        be.matmul_forward(la.fch, la.ln2, w["mlp.c_fc.w"], w["mlp.c_fc.b"])
+        be.gelu_forward(la.fch_gelu, la.fch)
+        be.matmul_forward(proj, la.fch_gelu, w["mlp.c_proj.w"], w["mlp.c_proj.b"])
+        be.add(la.res3, la.res2, proj.reshape(B, T, C))
+        return la.res3
+
+    def block_backward(self, l: int, x_in: Any, la: _LayerActs, a: _Acts) -> None:
+        """Backward of block l: a.dres holds d(loss)/d(block output) and becomes
+        d(loss)/d(block input x_in (N,C)); the block's parameter gradients are accumulated."""
+        be, w, g = self.backend, self.layer_params[l], self.layer_grads[l]
+        B, T = a.B, a.T
+        C, N = self.config.n_embd, a.B * a.T
+        # MLP branch: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); d(branch out) = dres
+        be.matmul_backward(a.d4a, g["mlp.c_proj.w"], g["mlp.c_proj.b"], a.dres, la.fch_gelu,
+                           w["mlp.c_proj.w"])
+        be.gelu_backward(a.d4b, a.d4a, la.fch)
+        be.matmul_backward(a.dCa, g["mlp.c_fc.w"], g["mlp.c_fc.b"], a.d4b, la.ln2, w["mlp.c_fc.w"])
+        be.layernorm_backward(a.dCb, g["ln_2.w"], g["ln_2.b"], a.dCa, la.res2.reshape(N, C),
+                              w["ln_2.w"], la.ln2_mean, la.ln2_rstd)
+        be.add(a.dres, a.dres, a.dCb)                          # dres is now d res2
+        # attention branch: res2 = x_in + c_proj(attn(c_attn(ln_1(x_in))))
+        be.matmul_backward(a.dCa, g["attn.c_proj.w"], g["attn.c_proj.b"], a.dres,
+                           la.atty.reshape(N, C), w["attn.c_proj.w"])
+        be.attention_backward(a.dqkv, a.dCa.reshape(B, T, C), la.qkv, la.atty, la.att_lse,
+                              self.config.n_head)
+        be.matmul_backward(a.dCa, g["attn.c_attn.w"], g["attn.c_attn.b"],
+                           a.dqkv.reshape(N, 3 * C), la.ln1, w["attn.c_attn.w"])
+        be.layernorm_backward(a.dCb, g["ln_1.w"], g["ln_1.b"], a.dCa, x_in, w["ln_1.w"],
+                              la.ln1_mean, la.ln1_rstd)
+        be.add(a.dres, a.dres, a.dCb)                          # dres is now d x_in
+
+    def block_decode(self, l: int, st: KVCache, pos: int) -> None:
+        """Block l for one new position per row over the KV cache: st.x (B,C) is the residual
+        stream at position ``pos`` (updated in place); the layer's k, v are written at pos."""
+        be, eps, w = self.backend, self.config.norm_eps, self.layer_params[l]
+        C, NH = self.config.n_embd, self.config.n_head
+        x, kc, vc = st.x, st.caches[l][0], st.caches[l][1]
+        be.layernorm_forward(st.ln, st.mean, st.rstd, x, w["ln_1.w"], w["ln_1.b"], eps)
+        be.matmul_forward(st.qkv, st.ln, w["attn.c_attn.w"], w["attn.c_attn.b"])
+        st.q[...] = st.qkv[:, :C]
+        kc[:, :, pos] = st.qkv[:, C:2 * C].reshape(st.B, NH, C // NH)
+        vc[:, :, pos] = st.qkv[:, 2 * C:].reshape(st.B, NH, C // NH)
+        be.attention_decode(st.atty, st.q, kc, vc, pos + 1)
+        be.matmul_forward(st.proj, st.atty, w["attn.c_proj.w"], w["attn.c_proj.b"])
+        be.add(x, x, st.proj)
+        be.layernorm_forward(st.ln, st.mean, st.rstd, x, w["ln_2.w"], w["ln_2.b"], eps)
+        be.matmul_forward(st.fch, st.ln, w["mlp.c_fc.w"], w["mlp.c_fc.b"])
+        be.gelu_forward(st.fch_gelu, st.fch)
+        be.matmul_forward(st.proj, st.fch_gelu, w["mlp.c_proj.w"], w["mlp.c_proj.b"])
+        be.add(x, x, st.proj)
+
     # ------------------------------------------------------------------ forward
-    def _forward_trunk(self, idx: Any, kv_caches: Optional[List[Tuple[Any, Any]]] = None) -> _Acts:
+    def _trunk(self, idx: Any, kv: Optional[KVCache] = None) -> _Acts:
         """Embeddings, blocks and the final layernorm over validated int32 idx (B,T) -> acts.lnf.
-        When kv_caches is given, layer l's k and v are copied into kv_caches[l][0/1][:, :, :T]."""
+        With a KVCache, layer l's keys and values are also copied into its caches[:, :, :T]."""
         be, cfg, p = self.backend, self.config, self.param_views
         B, T = idx.shape
         C, NH, N = cfg.n_embd, cfg.n_head, B * T
@@ -280,31 +467,15 @@ class GPT:
         a.idx[...] = idx
         be.embedding_forward(a.encoded, a.idx, p["wte"], p["wpe"])
         x = a.encoded                                            # (B,T,C) residual stream
-        for l in range(cfg.n_layer):
-            h = f"h.{l}."
-            be.layernorm_forward(a.ln1[l], a.ln1_mean[l], a.ln1_rstd[l], x.reshape(N, C),
-                                 p[h + "ln_1.w"], p[h + "ln_1.b"])
-            be.matmul_forward(a.qkv[l].reshape(N, 3 * C), a.ln1[l], p[h + "attn.c_attn.w"],
-                              p[h + "attn.c_attn.b"])
-            be.attention_forward(a.atty[l], a.att_lse[l], a.qkv[l], NH)
-            if kv_caches is not None:
-                hs = C // NH
-                kc, vc = kv_caches[l]
-                kv = a.qkv[l].reshape(B, T, 3, NH, hs)
-                kc[:, :, :T] = kv[:, :, 1].transpose(0, 2, 1, 3)   # (B,NH,T,HS)
-                vc[:, :, :T] = kv[:, :, 2].transpose(0, 2, 1, 3)
-            be.matmul_forward(a.proj, a.atty[l].reshape(N, C), p[h + "attn.c_proj.w"],
-                              p[h + "attn.c_proj.b"])
-            be.residual_forward(a.res2[l], x, a.proj.reshape(B, T, C))
-            be.layernorm_forward(a.ln2[l], a.ln2_mean[l], a.ln2_rstd[l], a.res2[l].reshape(N, C),
-                                 p[h + "ln_2.w"], p[h + "ln_2.b"])
-            be.matmul_forward(a.fch[l], a.ln2[l], p[h + "mlp.c_fc.w"], p[h + "mlp.c_fc.b"])
-            be.gelu_forward(a.fch_gelu[l], a.fch[l])
-            be.matmul_forward(a.proj, a.fch_gelu[l], p[h + "mlp.c_proj.w"], p[h + "mlp.c_proj.b"])
-            be.residual_forward(a.res3[l], a.res2[l], a.proj.reshape(B, T, C))
-            x = a.res3[l]
+        for l, la in enumerate(a.layers):
+            x = self.block_forward(l, x, la, a.proj)
+            if kv is not None:
+                kc, vc = kv.caches[l]
+                k_v = la.qkv.reshape(B, T, 3, NH, C // NH)
+                kc[:, :, :T] = k_v[:, :, 1].transpose(0, 2, 1, 3)   # (B,NH,T,HS)
+                vc[:, :, :T] = k_v[:, :, 2].transpose(0, 2, 1, 3)
         be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x.reshape(N, C), p["ln_f.w"],
-                             p["ln_f.b"])
+                             p["ln_f.b"], cfg.norm_eps)
         return a
 
     def forward(self, idx: Any, targets: Any = None, return_logits: bool = True
@@ -323,7 +494,7 @@ class GPT:
             if tuple(targets.shape) != (B, T):
                 raise ValueError(f"targets must have the shape of idx {(B, T)}, got "
                                  f"{tuple(targets.shape)}")
-        a = self._forward_trunk(idx)
+        a = self._trunk(idx)
         wte = self.param_views["wte"]
         logits_out, loss = None, None
         if targets is not None:
@@ -332,8 +503,8 @@ class GPT:
             if a.dwte_cls is None:
                 a.dwte_cls = be.empty((V, C), self.dtype)
             be.zero_(a.dwte_cls)
-            be.classifier_forward(a.losses, a.dlnf, a.dwte_cls, a.lnf, wte, a.targets.reshape(N),
-                                  1.0 / N)
+            be.classifier_forward_backward(a.losses, a.dlnf, a.dwte_cls, a.lnf, wte,
+                                           a.targets.reshape(N), 1.0 / N)
             a.fused = True
         else:
             if a.logits is None:
@@ -363,7 +534,7 @@ class GPT:
         a.grads_ready = False
         be, cfg, p, g = self.backend, self.config, self.param_views, self.grad_views
         B, T = a.B, a.T
-        C, NH, N = cfg.n_embd, cfg.n_head, B * T
+        C, N = cfg.n_embd, B * T
         a.ensure_grad_buffers(be, cfg)
         ls = float(loss_scale)
         # --- classifier: d loss / d lnf into a.dlnf, lm_head's share of dwte into grads["wte"]
@@ -371,48 +542,58 @@ class GPT:
             if ls != 1.0:
                 be.scale_(a.dlnf.reshape(-1), ls)
                 be.scale_(a.dwte_cls.reshape(-1), ls)
-            be.residual_forward(g["wte"], g["wte"], a.dwte_cls)  # the backend's threaded add
+            be.add(g["wte"], g["wte"], a.dwte_cls)
         else:
             if a.dlogits is None:
                 a.dlogits = be.empty((N, cfg.vocab_size), self.dtype)
             be.crossentropy_backward(a.dlogits, a.probs, a.targets.reshape(N), ls / N)
             be.matmul_backward(a.dlnf, g["wte"], None, a.dlogits, a.lnf, p["wte"])
-        x_last = a.res3[-1] if cfg.n_layer else a.encoded
+        x_last = a.layers[-1].res3 if a.layers else a.encoded
         be.layernorm_backward(a.dres, g["ln_f.w"], g["ln_f.b"], a.dlnf, x_last.reshape(N, C),
                               p["ln_f.w"], a.lnf_mean, a.lnf_rstd)
         for l in reversed(range(cfg.n_layer)):
-            h = f"h.{l}."
-            x_in = (a.res3[l - 1] if l > 0 else a.encoded).reshape(N, C)
-            # MLP branch: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); d(branch out) = dres
-            be.matmul_backward(a.d4a, g[h + "mlp.c_proj.w"], g[h + "mlp.c_proj.b"], a.dres,
-                               a.fch_gelu[l], p[h + "mlp.c_proj.w"])
-            be.gelu_backward(a.d4b, a.d4a, a.fch[l])
-            be.matmul_backward(a.dCa, g[h + "mlp.c_fc.w"], g[h + "mlp.c_fc.b"], a.d4b, a.ln2[l],
-                               p[h + "mlp.c_fc.w"])
-            be.layernorm_backward(a.dCb, g[h + "ln_2.w"], g[h + "ln_2.b"], a.dCa,
-                                  a.res2[l].reshape(N, C), p[h + "ln_2.w"], a.ln2_mean[l],
-                                  a.ln2_rstd[l])
-            be.residual_forward(a.dres, a.dres, a.dCb)           # dres is now d res2
-            # attention branch: res2 = x_in + c_proj(attn(c_attn(ln_1(x_in))))
-            be.matmul_backward(a.dCa, g[h + "attn.c_proj.w"], g[h + "attn.c_proj.b"], a.dres,
-                               a.atty[l].reshape(N, C), p[h + "attn.c_proj.w"])
-            be.attention_backward(a.dqkv, a.dCa.reshape(B, T, C), a.qkv[l], a.atty[l],
-                                  a.att_lse[l], NH)
-            be.matmul_backward(a.dCa, g[h + "attn.c_attn.w"], g[h + "attn.c_attn.b"],
-                               a.dqkv.reshape(N, 3 * C), a.ln1[l], p[h + "attn.c_attn.w"])
-            be.layernorm_backward(a.dCb, g[h + "ln_1.w"], g[h + "ln_1.b"], a.dCa, x_in,
-                                  p[h + "ln_1.w"], a.ln1_mean[l], a.ln1_rstd[l])
-            be.residual_forward(a.dres, a.dres, a.dCb)           # dres is now d x_in
+            x_in = (a.layers[l - 1].res3 if l > 0 else a.encoded).reshape(N, C)
+            self.block_backward(l, x_in, a.layers[l], a)
         be.embedding_backward(g["wte"], g["wpe"], a.dres.reshape(B, T, C), a.idx)
 
-    # ------------------------------------------------------------------ inference helpers
-    def _last_logits(self, a: _Acts) -> Any:
+    # ------------------------------------------------------------------ inference
+    def _lm_head_last(self, a: _Acts) -> Any:
         """lm_head over the last position only: (B,V) backend array (fresh)."""
         B, T, C = a.B, a.T, self.config.n_embd
         last = a.lnf.reshape(B, T, C)[:, T - 1].copy()
         out = self.backend.empty((B, self.config.vocab_size), self.dtype)
         self.backend.matmul_forward(out, last, self.param_views["wte"], None)
         return out
+
+    def next_logits(self, idx: Any) -> Any:
+        """Logits (B,V) of the token after each row of idx (B,T), without a cache (fresh array)."""
+        return self._lm_head_last(self._trunk(self._check_ids(idx, "idx")))
+
+    def kv_cache(self, batch: int) -> KVCache:
+        """A fresh decoding state (KV caches and buffers) for ``batch`` rows."""
+        return KVCache(self, batch)
+
+    def prefill(self, kv: KVCache, idx: Any) -> Any:
+        """Run the forward over idx (B,T), filling kv's caches at positions [0, T); returns the
+        logits (B,V) of the next token (fresh array)."""
+        return self._lm_head_last(self._trunk(self._check_ids(idx, "idx"), kv))
+
+    def decode_step(self, kv: KVCache, tok: np.ndarray, pos: int) -> Any:
+        """Append token ids tok (B,) at position pos (< block_size) and return the logits (B,V)
+        of the next token (kv.logits, overwritten by the next step). The backend's fused decoder
+        runs it where it has one; otherwise the blocks run op by op (the same values)."""
+        if kv.fused is not None:
+            kv.fused.step(np.ascontiguousarray(tok, dtype=np.int32), pos, kv.logits)
+            return kv.logits
+        be, cfg, p = self.backend, self.config, self.param_views
+        kv.x[...] = p["wte"][be.asarray(np.asarray(tok, dtype=np.int32))]
+        kv.x += p["wpe"][pos]
+        for l in range(cfg.n_layer):
+            self.block_decode(l, kv, pos)
+        be.layernorm_forward(kv.ln, kv.mean, kv.rstd, kv.x, p["ln_f.w"], p["ln_f.b"],
+                             cfg.norm_eps)
+        be.matmul_forward(kv.logits, kv.ln, p["wte"], None)
+        return kv.logits
 
     def generate(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,

@@ -12,6 +12,7 @@ the same set); nothing here keeps state between calls.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -42,58 +43,100 @@ def _check_prompt(model, prompt_ids: Any) -> Tuple[np.ndarray, bool]:
     return np.ascontiguousarray(a, dtype=np.int32), one_d
 
 
-def _check_options(model, max_new_tokens, temperature, top_k, top_p, stop):
-    V = model.config.vocab_size
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-            or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    try:
-        temperature = float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}") from None
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise ValueError(f"top_k must be an int >= 1 (or None), got {top_k!r}")
-        top_k = min(int(top_k), V)
-    if top_p is not None:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are chosen: validated once (:meth:`checked`), then read by the Python rule
+    (:func:`pick_tokens`) and by its C++ twin (``kgpt::cpu::SamplingParams``, filled from this
+    object by the native binding). ``generate``/``generate_stream`` build one from their keyword
+    arguments.
+
+    - temperature: >= 0; 0 is greedy (the first largest logit).
+    - top_k: keep the k largest logits (ties at the k-th value all kept); None keeps all.
+    - top_p: then keep the smallest set of most likely tokens whose mass reaches top_p (the most
+      likely one always kept); None (or 1) keeps all.
+    - stop: a token id or ids; a row ends when it emits one (the stop token is kept).
+    - seed: None (fresh entropy), an int >= 0 or a numpy Generator (used as is).
+    - max_new_tokens: how many tokens to add at most.
+    Adding an option: a field here, its check in :meth:`checked`, the rule in
+    :func:`pick_tokens`, the same in the C++ struct and pick_token (csrc/cpu/decode.*), the
+    binding's one conversion (sampling_params in csrc/bindings/native_decode.cpp), and tests.
+    """
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    stop: Any = None
+    seed: Any = None
+    max_new_tokens: int = 0
+
+    def checked(self, vocab_size: int) -> "SamplingParams":
+        """A validated copy for a vocabulary of ``vocab_size``: numbers as Python floats/ints,
+        top_k clipped to the vocabulary, stop as a tuple of ids. ValueError names the field."""
+        V = int(vocab_size)
+        n = self.max_new_tokens
+        if not _is_int(n) or n < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {n!r}")
         try:
-            top_p = float(top_p)
+            temperature = float(self.temperature)
         except (TypeError, ValueError):
-            raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}") from None
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-    stop_ids: Optional[np.ndarray] = None
-    if stop is not None:
-        ids = [stop] if isinstance(stop, (int, np.integer)) else list(stop)
-        if not ids or any(isinstance(s, bool) or not isinstance(s, (int, np.integer))
-                          or not 0 <= s < V for s in ids):
-            raise ValueError(f"stop must be a token id or a non-empty sequence of token ids in "
-                             f"[0, {V}), got {stop!r}")
-        stop_ids = np.asarray(ids, dtype=np.int64)
-    return int(max_new_tokens), temperature, top_k, top_p, stop_ids
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}") \
+                from None
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        top_k = self.top_k
+        if top_k is not None:
+            if not _is_int(top_k) or top_k < 1:
+                raise ValueError(f"top_k must be an int >= 1 (or None), got {top_k!r}")
+            top_k = min(int(top_k), V)
+        top_p = self.top_p
+        if top_p is not None:
+            try:
+                top_p = float(top_p)
+            except (TypeError, ValueError):
+                raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}") from None
+            if not 0.0 < top_p <= 1.0:
+                raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
+        stop: Optional[Tuple[int, ...]] = None
+        if self.stop is not None:
+            try:
+                ids = [self.stop] if _is_int(self.stop) else list(self.stop)
+            except TypeError:
+                ids = [None]
+            if not ids or any(not _is_int(s) or not 0 <= s < V for s in ids):
+                raise ValueError(f"stop must be a token id or a non-empty sequence of token ids "
+                                 f"in [0, {V}), got {self.stop!r}")
+            stop = tuple(int(s) for s in ids)
+        seed = self.seed
+        if not (seed is None or isinstance(seed, np.random.Generator)
+                or (_is_int(seed) and seed >= 0)):
+            raise ValueError(f"seed must be None, an int >= 0 or a numpy Generator, got {seed!r}")
+        return SamplingParams(temperature, top_k, top_p, stop, seed, int(n))
 
+    @property
+    def stop_ids(self) -> Optional[np.ndarray]:
+        return None if self.stop is None else np.asarray(self.stop, dtype=np.int64)
 
-def _rng(seed: Any) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
-                        and seed >= 0):
-        return np.random.default_rng(seed)  # None: fresh entropy from the OS
-    raise ValueError(f"seed must be None, an int >= 0 or a numpy Generator, got {seed!r}")
+    def rng(self) -> np.random.Generator:
+        """The generator the draws come from (the seed's own when it is a Generator)."""
+        return self.seed if isinstance(self.seed, np.random.Generator) \
+            else np.random.default_rng(self.seed)
 
 
 # ---------------------------------------------------------------------------------- token choice
-def pick_tokens(logits: np.ndarray, temperature: float, top_k: Optional[int],
-                top_p: Optional[float], rng: np.random.Generator) -> np.ndarray:
-    """Choose one token per row of logits (B,V) -> int64 (B,). temperature 0 = argmax; else
+def pick_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator
+                ) -> np.ndarray:
+    """Choose one token per row of logits (B,V) -> int64 (B,) by the rule of ``params`` (a
+    checked :class:`SamplingParams`). temperature 0 = argmax; else
     softmax(logits / temperature) restricted to the top_k largest (ties at the k-th value all
     kept) and then to the smallest set of most likely tokens whose probability reaches top_p (the
     most likely one always kept). One ``rng.random(B)`` draw u per call; a row takes the first
     candidate, in token-id order, whose cumulative probability exceeds u (so a zero-probability
     token is never chosen). Only the candidates are exponentiated and summed. Non-finite logits
     raise ValueError."""
+    temperature, top_k, top_p = params.temperature, params.top_k, params.top_p
     raw = np.asarray(logits)
     B, V = raw.shape
     if not np.isfinite(raw).all():
@@ -139,68 +182,6 @@ def pick_tokens(logits: np.ndarray, temperature: float, top_k: Optional[int],
 
 
 # ---------------------------------------------------------------------------------- decoding
-class _KVDecoder:
-    """Per-call KV caches and (B,*) decode buffers for one model and batch size."""
-
-    def __init__(self, model, B: int):
-        be, cfg = model.backend, model.config
-        C, NH, dt = cfg.n_embd, cfg.n_head, model.dtype
-        self.model, self.B = model, B
-        shape = (B, NH, cfg.block_size, C // NH)
-        self.caches = [(be.zeros(shape, dt), be.zeros(shape, dt)) for _ in range(cfg.n_layer)]
-        e = lambda *s: be.empty(s, dt)  # noqa: E731
-        self.x, self.ln, self.q, self.atty, self.proj = e(B, C), e(B, C), e(B, C), e(B, C), e(B, C)
-        self.mean, self.rstd = e(B), e(B)
-        self.qkv, self.fch, self.fch_gelu = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C)
-        self.logits = e(B, cfg.vocab_size)
-        # The backend's fused one-call step where it has one (native, float32); None otherwise.
-        make = getattr(be, "make_decoder", None)
-        self.fused = (make(model.param_views, self.caches, NH, B)
-                      if make is not None and np.dtype(model.dtype) == np.float32 else None)
-
-    def prefill(self, tokens: np.ndarray) -> Any:
-        """Run the normal forward over tokens (B,T), filling caches[:, :, :T]; last-row logits."""
-        m = self.model
-        a = m._forward_trunk(m.backend.asarray(tokens), kv_caches=self.caches)
-        return m._last_logits(a)
-
-    def step(self, tok: np.ndarray, pos: int) -> Any:
-        """Append token ids tok (B,) at position pos (< block_size); logits (B,V) of the next."""
-        if self.fused is not None:
-            self.fused.step(np.ascontiguousarray(tok, dtype=np.int32), pos, self.logits)
-            return self.logits
-        return self.step_ops(tok, pos)
-
-    def step_ops(self, tok: np.ndarray, pos: int) -> Any:
-        """The same step op by op through the backend interface (every backend)."""
-        m = self.model
-        be, cfg, p = m.backend, m.config, m.param_views
-        C, NH = cfg.n_embd, cfg.n_head
-        hs = C // NH
-        x = self.x
-        x[...] = p["wte"][be.asarray(tok.astype(np.int32))]     # embedding of one position
-        x += p["wpe"][pos]
-        for l in range(cfg.n_layer):
-            h = f"h.{l}."
-            kc, vc = self.caches[l]
-            be.layernorm_forward(self.ln, self.mean, self.rstd, x, p[h + "ln_1.w"], p[h + "ln_1.b"])
-            be.matmul_forward(self.qkv, self.ln, p[h + "attn.c_attn.w"], p[h + "attn.c_attn.b"])
-            self.q[...] = self.qkv[:, :C]
-            kc[:, :, pos] = self.qkv[:, C:2 * C].reshape(self.B, NH, hs)
-            vc[:, :, pos] = self.qkv[:, 2 * C:].reshape(self.B, NH, hs)
-            be.attention_decode(self.atty, self.q, kc, vc, pos + 1)
-            be.matmul_forward(self.proj, self.atty, p[h + "attn.c_proj.w"], p[h + "attn.c_proj.b"])
-            be.residual_forward(x, x, self.proj)
-            be.layernorm_forward(self.ln, self.mean, self.rstd, x, p[h + "ln_2.w"], p[h + "ln_2.b"])
-            be.matmul_forward(self.fch, self.ln, p[h + "mlp.c_fc.w"], p[h + "mlp.c_fc.b"])
-            be.gelu_forward(self.fch_gelu, self.fch)
-            be.matmul_forward(self.proj, self.fch_gelu, p[h + "mlp.c_proj.w"], p[h + "mlp.c_proj.b"])
-            be.residual_forward(x, x, self.proj)
-        be.layernorm_forward(self.ln, self.mean, self.rstd, x, p["ln_f.w"], p["ln_f.b"])
-        be.matmul_forward(self.logits, self.ln, p["wte"], None)
-        return self.logits
-
-
 def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.ndarray], Any],
                  use_cache: bool = True) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Core loop over a validated prompt (B,T) int32: yields (logits (B,V), a fresh host numpy
@@ -213,18 +194,17 @@ def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.n
     seq = np.empty((B, T0 + n_steps), np.int32)      # the prompt, then the chosen tokens
     seq[:, :T0] = tokens
     end = T0
-    dec = _KVDecoder(model, B) if use_cache else None
+    kv = model.kv_cache(B) if use_cache else None
     n_cached = 0
     for i in range(n_steps):
         if not use_cache:
-            window = seq[:, max(0, end - maxT):end]
-            logits = model._last_logits(model._forward_trunk(be.asarray(window)))
+            logits = model.next_logits(seq[:, max(0, end - maxT):end])
         elif i == 0 or n_cached == maxT:  # first step or the window slides: (re)build the cache
             window = np.ascontiguousarray(seq[:, max(0, end - maxT):end])
-            logits = dec.prefill(window)
+            logits = model.prefill(kv, window)
             n_cached = window.shape[1]
         else:
-            logits = dec.step(seq[:, end - 1], n_cached)
+            logits = model.decode_step(kv, seq[:, end - 1], n_cached)
             n_cached += 1
         host = np.array(be.to_numpy(logits))
         nxt = np.asarray(choose(host), dtype=np.int32)
@@ -233,46 +213,54 @@ def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.n
         yield host, nxt
 
 
+def _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop) -> SamplingParams:
+    return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed,
+                          max_new_tokens=max_new_tokens).checked(model.config.vocab_size)
+
+
 def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
                     stop: Any = None, use_cache: bool = True) -> Iterator[Any]:
     """Yield new tokens one step at a time: an int for a 1-D prompt, an int32 array (B,) for a
     2-D one (B prompts of equal length). ``stop``: a token id or a sequence of token ids; a row
     ends when it emits any of them (the stop token is yielded). Rows that ended are padded with
-    their stop token until every row has ended. Arguments are validated before the first yield."""
+    their stop token until every row has ended. Arguments are validated before the first yield
+    (see :class:`SamplingParams`)."""
     tokens, one_d = _check_prompt(model, prompt_ids)
-    n, temperature, top_k, top_p, stop_ids = _check_options(model, max_new_tokens, temperature,
-                                                            top_k, top_p, stop)
-    rng = _rng(seed)
-
-    def run() -> Iterator[Any]:
-        done = np.zeros(tokens.shape[0], dtype=bool)
-        last = np.zeros(tokens.shape[0], dtype=np.int32)
-
-        def choose(logits):
-            t = pick_tokens(logits, temperature, top_k, top_p, rng).astype(np.int32)
-            return t if stop_ids is None else np.where(done, last, t)
-
-        for _, nxt in _logit_steps(model, tokens, n, choose, use_cache):
-            if stop_ids is not None:
-                done |= np.isin(nxt, stop_ids)
-                last[...] = nxt
-            yield int(nxt[0]) if one_d else nxt.copy()
-            if done.all():
-                return
-    return run()
+    sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop)
+    return _stream(model, tokens, one_d, sp, sp.rng(), use_cache)
 
 
-def _cached_decoder(model, B: int) -> Optional["_KVDecoder"]:
-    """generate()'s _KVDecoder for batch size B, kept on the model between calls: building one
+def _stream(model, tokens: np.ndarray, one_d: bool, sp: SamplingParams,
+            rng: np.random.Generator, use_cache: bool) -> Iterator[Any]:
+    stop_ids = sp.stop_ids
+    done = np.zeros(tokens.shape[0], dtype=bool)
+    last = np.zeros(tokens.shape[0], dtype=np.int32)
+
+    def choose(logits):
+        t = pick_tokens(logits, sp, rng).astype(np.int32)
+        return t if stop_ids is None else np.where(done, last, t)
+
+    for _, nxt in _logit_steps(model, tokens, sp.max_new_tokens, choose, use_cache):
+        if stop_ids is not None:
+            done |= np.isin(nxt, stop_ids)
+            last[...] = nxt
+        yield int(nxt[0]) if one_d else nxt.copy()
+        if done.all():
+            return
+
+
+def _cached_decoder(model, B: int) -> Optional[Any]:
+    """generate()'s KVCache for batch size B, kept on the model between calls: building one
     allocates and zero-fills every layer's KV cache (about 1 ms on S, 1% of a 96-token call).
-    None (and nothing kept) where its fused decoder cannot sample (batch > 4, a build without
-    it). Only generate(), which runs to completion, reuses it; generate_stream() iterators build
-    their own, so several can be interleaved. The prefill rewrites every cache position read."""
-    dec = getattr(model, "_generate_decoder", None)
+    None (and nothing kept) where its fused decoder cannot sample (the backend has none for this
+    model or batch). Only generate(), which runs to completion, reuses it; generate_stream()
+    iterators build their own, so several can be interleaved. The prefill rewrites every cache
+    position read."""
+    dec = model._generate_decoder
     if dec is None or dec.B != B:
         model._generate_decoder = None  # free the old caches before allocating new ones
-        dec = _KVDecoder(model, B)
+        dec = model.kv_cache(B)
         if dec.fused is None or not hasattr(dec.fused, "sample"):
             return None
         model._generate_decoder = dec
@@ -282,9 +270,8 @@ def _cached_decoder(model, B: int) -> Optional["_KVDecoder"]:
 _LM_FILTER_MIN_STEPS = 8
 
 
-def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k: Optional[int],
-                    top_p: Optional[float], rng: np.random.Generator,
-                    stop_ids: Optional[List[int]]) -> Optional[np.ndarray]:
+def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
+                    rng: np.random.Generator) -> Optional[np.ndarray]:
     """generate() through the fused decoder's own sampling loop (``Decoder.sample``: the decode
     step and pick_tokens' rule per token in C++), or None where there is none. The same tokens
     as the generate_stream path: the same logits, the same rule, the same draws (one
@@ -293,8 +280,9 @@ def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k
     float64 arithmetic whose exp can differ from NumPy's in the last bit, which could change a
     token only when a draw falls within ~1e-16 of a cumulative-probability boundary."""
     B, T0 = tokens.shape
+    n, temperature = sp.max_new_tokens, sp.temperature
     maxT = model.config.block_size
-    if getattr(model.backend, "make_decoder", None) is None or np.dtype(model.dtype) != np.float32:
+    if getattr(model.backend, "make_decoder", None) is None:
         return None  # no fused decoder on this backend: do not build caches for nothing
     if temperature != 0.0 and not 1e-30 <= temperature <= 1e30:
         return None  # where logits / temperature can overflow, keep pick_tokens' float64 route
@@ -305,13 +293,12 @@ def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k
     seq[:, :T0] = tokens
     end, n_cached = T0, 0
     done = np.zeros(B, np.uint8)
-    stop = np.asarray(stop_ids if stop_ids is not None else [], np.int32)
-    k_arg = int(top_k) if top_k is not None else 0
-    p_arg = float(top_p) if top_p is not None else 1.0
+    stop_ids = sp.stop_ids
+    stop = np.asarray(sp.stop if sp.stop is not None else [], np.int32)
 
     def push(logits) -> bool:  # one token chosen in Python; True when every row has stopped
         nonlocal end
-        t = pick_tokens(logits, temperature, top_k, top_p, rng).astype(np.int32)
+        t = pick_tokens(logits, sp, rng).astype(np.int32)
         if stop_ids is not None:
             t = np.where(done.astype(bool), seq[:, end - 1], t)
             done[np.isin(t, stop)] = 1
@@ -323,7 +310,7 @@ def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k
         if end == T0 or n_cached == maxT:  # first step or the window slides: (re)build the cache
             window = np.ascontiguousarray(seq[:, max(0, end - maxT):end])
             n_cached = window.shape[1]
-            if push(np.array(dec.prefill(window))):
+            if push(np.array(model.prefill(dec, window))):
                 break
             continue
         k = min(n - (end - T0), maxT - n_cached)
@@ -334,8 +321,8 @@ def _generate_fused(model, tokens: np.ndarray, n: int, temperature: float, top_k
         # lm_filter: greedy and top-k read a bfloat16 copy of the lm_head to bound the logits and
         # compute exact ones only for the tokens that can be chosen (the same tokens, 11% fewer
         # bytes per step on S); its table is rebuilt on each call, which pays from ~8 steps on.
-        got, bad = dec.fused.sample(out, tok, n_cached, u, float(temperature), k_arg, p_arg, stop,
-                                    done, dec.logits, lm_filter=k >= _LM_FILTER_MIN_STEPS)
+        got, bad = dec.fused.sample(out, tok, n_cached, u, sp, stop, done, dec.logits,
+                                    lm_filter=k >= _LM_FILTER_MIN_STEPS)
         seq[:, end:end + got] = out[:got].T
         end += got
         n_cached += got
@@ -357,18 +344,16 @@ def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1
     """Prompt plus up to ``max_new_tokens`` sampled tokens, as an int32 numpy array of shape
     (B, T + n), B = 1 for a 1-D prompt (n < max_new_tokens when every row hit ``stop``).
     temperature 0 is greedy; ``seed`` (int, Generator, or None for fresh entropy) makes sampling
-    reproducible. See :func:`generate_stream` for ``stop``. With the KV cache on a backend whose
-    fused decoder samples in its own loop (native), the whole loop runs there."""
+    reproducible. See :func:`generate_stream` for ``stop`` and :class:`SamplingParams` for every
+    option. With the KV cache on a backend whose fused decoder samples in its own loop (native),
+    the whole loop runs there."""
     tokens, _ = _check_prompt(model, prompt_ids)
-    if use_cache:
-        n, temp, k, p, stop_ids = _check_options(model, max_new_tokens, temperature, top_k, top_p,
-                                                 stop)
-        rng = _rng(seed)
-        fast = _generate_fused(model, tokens, n, temp, k, p, rng, stop_ids) if n > 0 else None
+    sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop)
+    rng = sp.rng()
+    if use_cache and sp.max_new_tokens > 0:
+        fast = _generate_fused(model, tokens, sp, rng)
         if fast is not None:
             return fast
-        seed = rng  # the same generator for the general path
-    steps: List[Any] = list(generate_stream(model, tokens, max_new_tokens, temperature, top_k,
-                                            top_p, seed, stop, use_cache))
+    steps: List[Any] = list(_stream(model, tokens, False, sp, rng, use_cache))
     new = np.stack(steps, axis=1) if steps else np.zeros((tokens.shape[0], 0), np.int32)
     return np.concatenate([tokens, new.astype(np.int32)], axis=1)

@@ -36,6 +36,11 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 
 
+# Batch size per preset when none is given: what fits comfortably in memory and keeps every
+# kernel busy on a laptop CPU (m has twice the context, so half the rows).
+PRESET_BATCH_SIZE = {"xs": 8, "s": 8, "m": 4, "gpt2": 8}
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss, the gradient or the parameters stopped being finite."""
 
@@ -217,7 +222,12 @@ class Trainer:
 
     def load_state(self, ck: Any) -> None:
         """Restore parameters, optimizer, step and data position from a loaded Checkpoint."""
-        if ck.model_config != self.model.config.to_dict():
+        from .model import GPTConfig
+        try:  # compared as configs: an older release's dict lacks the fields added since
+            same = GPTConfig.from_dict(ck.model_config) == self.model.config
+        except ValueError:
+            same = False
+        if not same:
             raise CheckpointError(f"{ck.path}: model config {ck.model_config} does not match "
                                   f"the model's {self.model.config.to_dict()}")
         st = ck.trainer_state

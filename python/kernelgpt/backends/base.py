@@ -27,9 +27,94 @@ Conventions (the contract the tests check):
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Protocol
 
 Array = Any  # numpy.ndarray or cupy.ndarray
+
+# ---------------------------------------------------------------------------------- limits
+# Each limit is stated here once; every backend enforces it through the functions below (the
+# native bindings read these values when the extension is imported), so the same bad call gets
+# the same exception and message on every backend.
+MAX_HEAD_SIZE = 256
+"""Largest head size (C / n_head) of attention: the native kernels keep a query row and its
+output accumulator in registers sized for it. The CUDA kernels hold one head in a warp and stop
+at CUDA_MAX_HEAD_SIZE (a narrower, CUDA-only limit, checked by the same function)."""
+CUDA_MAX_HEAD_SIZE = 128
+MAX_THREADS = 1024
+"""Largest thread count set_num_threads accepts (a larger team only oversubscribes)."""
+
+
+def check_heads(C: int, n_head: Any, backend: str = "") -> int:
+    """n_head must be an int dividing C, and the head size at most the backend's limit."""
+    if isinstance(n_head, bool) or not isinstance(n_head, (int, _np_integer())) or n_head < 1 \
+            or C % n_head:
+        raise ValueError(f"n_head must be a positive divisor of C={C}, got {n_head!r}")
+    check_head_size(C // int(n_head), backend)
+    return int(n_head)
+
+
+def check_head_size(hs: int, backend: str = "") -> None:
+    limit = CUDA_MAX_HEAD_SIZE if backend == "cuda" else MAX_HEAD_SIZE
+    if hs > limit:
+        raise ValueError(f"head size C/n_head must be <= {limit}"
+                         f"{' on cuda' if backend == 'cuda' else ''}, got {hs}")
+
+
+def check_norm_eps(eps: Any, argname: str = "eps") -> float:
+    """A norm's epsilon: a finite number > 0 (zero would divide by zero on a constant row)."""
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{argname} must be a finite number > 0, got {eps!r}") from None
+    if isinstance(eps, bool) or not (math.isfinite(e) and e > 0.0):
+        raise ValueError(f"{argname} must be a finite number > 0, got {eps!r}")
+    return e
+
+
+def check_num_threads(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, _np_integer())) \
+            or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"num_threads must be an int in [1, {MAX_THREADS}], got {n!r}")
+    return int(n)
+
+
+def check_n_valid(n_valid: Any, maxT: int) -> int:
+    if isinstance(n_valid, bool) or not isinstance(n_valid, (int, _np_integer())) \
+            or not 1 <= n_valid <= maxT:
+        raise ValueError(f"n_valid must be an int in [1, {maxT}], got {n_valid!r}")
+    return int(n_valid)
+
+
+def check_shape(a: Any, argname: str, shape: tuple) -> None:
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{argname} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+
+
+def check_ndim(a: Any, argname: str, ndim: int) -> None:
+    if a.ndim != ndim:
+        raise ValueError(f"{argname} must be {ndim}-D, got shape {tuple(a.shape)}")
+
+
+def check_id_range(argname: str, lo: int, hi: int, upper: int) -> None:
+    if lo < 0 or hi >= upper:
+        raise ValueError(f"{argname} values must lie in [0, {upper}), got range [{lo}, {hi}]")
+
+
+def qkv_dims(qkv: Any, n_head: Any, backend: str = "") -> tuple:
+    """(B, T, C, NH, HS) of a (B, T, 3C) qkv array, checked."""
+    check_ndim(qkv, "qkv", 3)
+    B, T, C3 = qkv.shape
+    if C3 % 3:
+        raise ValueError(f"qkv last dimension must be 3*C, got {tuple(qkv.shape)}")
+    C = C3 // 3
+    nh = check_heads(C, n_head, backend)
+    return B, T, C, nh, C // nh
+
+
+def _np_integer() -> type:
+    import numpy
+    return numpy.integer
 
 
 class Backend(Protocol):
@@ -91,10 +176,9 @@ class Backend(Protocol):
         """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), any shape."""
     def gelu_backward(self, dx: Array, dout: Array, x: Array) -> None:
         """dx = dout * gelu'(x)  (=)."""
-    def residual_forward(self, out: Array, a: Array, b: Array) -> None:
-        """out = a + b (out may alias a or b)."""
-    def residual_backward(self, da: Array, db: Array, dout: Array) -> None:
-        """da += dout; db += dout (the residual stream's gradient flows to both branches)."""
+    def add(self, out: Array, a: Array, b: Array) -> None:
+        """out = a + b, any shape (out may alias a or b): the residual connections, and the
+        gradient sums of the backward."""
 
     # ------------------------------------------------------------------ loss
     def crossentropy_forward(self, losses: Array, probs: Array, logits: Array,
@@ -105,8 +189,9 @@ class Backend(Protocol):
                               scale: float) -> None:
         """dlogits (N,V) = scale * (probs - onehot(targets))  (=); scale is d(loss)/d(loss_n),
         1/N for the mean loss."""
-    def classifier_forward(self, losses: Array, dx: Optional[Array], dwte: Optional[Array],
-                           x: Array, wte: Array, targets: Array, scale: float) -> None:
+    def classifier_forward_backward(self, losses: Array, dx: Optional[Array],
+                                    dwte: Optional[Array], x: Array, wte: Array, targets: Array,
+                                    scale: float) -> None:
         """Fused lm_head + softmax + cross-entropy for training, never holding (N,V) logits
         whole (the native and CUDA backends work over blocks of rows). x (N,C) final-layernorm
         output, wte (V,C) the tied embedding, targets (N,). losses (N,) = ; when dx/dwte are

@@ -15,6 +15,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from kernelgpt.backends.base import (check_heads, check_id_range, check_n_valid, check_norm_eps,
+                                     qkv_dims)
+
 try:  # optional dependency: pip install kernelgpt[cuda]
     import cupy
 except Exception:  # ImportError, or a broken CUDA install that fails at import
@@ -153,17 +156,10 @@ def _dev(a: Any, argname: str, dtype: np.dtype = _F32, shape: Optional[tuple] = 
 def _ids(a: Any, argname: str, ndim: int, upper: int):
     _dev(a, argname, _I32, ndim=ndim)
     if a.size and int(cupy.count_nonzero((a < 0) | (a >= upper))):
-        raise ValueError(f"{argname} values must lie in [0, {upper}), got range "
-                         f"[{int(a.min())}, {int(a.max())}]")
+        check_id_range(argname, int(a.min()), int(a.max()), upper)
     return a
 
 
-def _heads(C: int, n_head: Any) -> int:
-    if not isinstance(n_head, (int, np.integer)) or n_head < 1 or C % n_head:
-        raise ValueError(f"n_head must be a positive divisor of C={C}, got {n_head!r}")
-    if C // n_head > 128:
-        raise ValueError(f"head size C/n_head must be <= 128 on cuda, got {C // int(n_head)}")
-    return int(n_head)
 
 
 def _p(a) -> int:
@@ -215,7 +211,8 @@ def layernorm_forward(out, mean, rstd, x, w, b, eps: float = 1e-5) -> None:
     _dev(rstd, "rstd", shape=(N,))
     _dev(w, "w", shape=(C,))
     _dev(b, "b", shape=(C,))
-    _cuda.layernorm_forward(_p(out), _p(mean), _p(rstd), _p(x), _p(w), _p(b), N, C, float(eps),
+    eps = check_norm_eps(eps)
+    _cuda.layernorm_forward(_p(out), _p(mean), _p(rstd), _p(x), _p(w), _p(b), N, C, eps,
                             _stream())
 
 
@@ -274,12 +271,7 @@ def matmul_backward(dx, dw, dbias, dout, x, w) -> None:
 # ---------------------------------------------------------------------------------- attention
 def _qkv_dims(qkv, n_head):
     _dev(qkv, "qkv", ndim=3)
-    B, T, C3 = qkv.shape
-    if C3 % 3:
-        raise ValueError(f"qkv last dimension must be 3*C, got {qkv.shape}")
-    C = C3 // 3
-    nh = _heads(C, n_head)
-    return B, T, C, nh, C // nh
+    return qkv_dims(qkv, n_head, name)
 
 
 def attention_forward(out, lse, qkv, n_head: int) -> None:
@@ -309,8 +301,8 @@ def attention_decode(out, q, k_cache, v_cache, n_valid: int) -> None:
     _dev(v_cache, "v_cache", shape=(B, nh, maxT, hs))
     _dev(q, "q", shape=(B, nh * hs))
     _dev(out, "out", shape=(B, nh * hs))
-    if not isinstance(n_valid, (int, np.integer)) or not 1 <= n_valid <= maxT:
-        raise ValueError(f"n_valid must be an int in [1, {maxT}], got {n_valid!r}")
+    check_heads(nh * hs, nh, name)
+    n_valid = check_n_valid(n_valid, maxT)
     _cuda.attention_decode(_p(out), _p(q), _p(k_cache), _p(v_cache), B, nh, maxT, hs,
                            int(n_valid), _stream())
 
@@ -335,22 +327,13 @@ def gelu_backward(dx, dout, x) -> None:
         _cuda.gelu_backward(_p(dx), _p(dout), _p(x), x.size, _stream())
 
 
-def residual_forward(out, a, b) -> None:
+def add(out, a, b) -> None:
     """out = a + b (out may alias a or b)."""
     _dev(a, "a")
     _same(b, "b", a.shape)
     _same(out, "out", a.shape)
     if a.size:
-        _cuda.residual_forward(_p(out), _p(a), _p(b), a.size, _stream())
-
-
-def residual_backward(da, db, dout) -> None:
-    """da += dout; db += dout."""
-    _dev(dout, "dout")
-    _same(da, "da", dout.shape)
-    _same(db, "db", dout.shape)
-    if dout.size:
-        _cuda.residual_backward(_p(da), _p(db), _p(dout), dout.size, _stream())
+        _cuda.add(_p(out), _p(a), _p(b), a.size, _stream())
 
 
 # ---------------------------------------------------------------------------------- loss
@@ -375,7 +358,7 @@ def crossentropy_backward(dlogits, probs, targets, scale: float) -> None:
                                 _stream())
 
 
-def classifier_forward(losses, dx, dwte, x, wte, targets, scale: float) -> None:
+def classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale: float) -> None:
     """Fused lm_head + softmax + cross-entropy over blocks of rows (up to 1 GiB of logits at a
     time): per block one cuBLAS GEMM, ONE kernel pass that writes the losses and turns the logits
     into their gradient in place, then the two backward GEMMs. losses (N,) = ; dx (N,C) = ;

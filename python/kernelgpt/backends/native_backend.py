@@ -61,13 +61,15 @@ if _native is not None:
     attention_decode = _native.attention_decode
     gelu_forward = _native.gelu_forward
     gelu_backward = _native.gelu_backward
-    residual_forward = _native.residual_forward
-    residual_backward = _native.residual_backward
+    add = _native.add
     crossentropy_forward = _native.crossentropy_forward
     crossentropy_backward = _native.crossentropy_backward
+    classifier_forward_backward = _native.classifier_forward_backward
     global_norm_sq = _native.global_norm_sq
     scale_ = _native.scale_
     zero_ = _native.zero_
+    matmul_forward = _native.matmul_forward
+    matmul_backward = _native.matmul_backward
 
     def adamw_update(params, grads, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
                      weight_decay: float, step: int) -> None:
@@ -77,32 +79,39 @@ if _native is not None:
         _native.adamw_update(params, grads, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                              weight_decay=weight_decay, step=int(step))
 
-    # The GEMM kernels come from native_gemm.cpp; fall back to the reference where a build lacks
-    # them (they are float32-only here too).
-    if hasattr(_native, "matmul_forward"):
-        matmul_forward = _native.matmul_forward
-        matmul_backward = _native.matmul_backward
-    else:  # pragma: no cover - only for partial builds
-        from kernelgpt.backends.numpy_backend import matmul_backward, matmul_forward  # noqa: F401
-    def make_decoder(param_views, caches, n_head: int, batch: int):
-        """A fused KV-cache decoder (``_native.Decoder``) over the model's weights and these
-        caches, or None where it does not apply (batch > 4, or a build without it). Its
-        ``step(tok, pos, logits)`` equals the op-by-op step bitwise (tests/test_sample.py)."""
-        if not hasattr(_native, "Decoder") or not 1 <= batch <= 4:
-            return None
-        p = param_views
-        n_layer = len(caches)
-        names = ("ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w",
-                 "attn.c_proj.b", "ln_2.w", "ln_2.b", "mlp.c_fc.w", "mlp.c_fc.b", "mlp.c_proj.w",
-                 "mlp.c_proj.b")
-        layers = [tuple(p[f"h.{l}.{n}"] for n in names) for l in range(n_layer)]
-        return _native.Decoder(p["wte"], p["wpe"], p["ln_f.w"], p["ln_f.b"], layers,
-                               [tuple(kv) for kv in caches], n_head, batch)
 
-    if hasattr(_native, "classifier_forward"):
-        def classifier_forward(losses, dx: Optional[np.ndarray], dwte: Optional[np.ndarray], x,
-                               wte, targets, scale: float) -> None:
-            """Fused lm_head + softmax + cross-entropy (see base.py)."""
-            _native.classifier_forward(losses, dx, dwte, x, wte, targets, float(scale))
-    else:  # pragma: no cover
-        from kernelgpt.backends.numpy_backend import classifier_forward  # noqa: F401
+# The fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp) runs one architecture: the
+# GPT-2 block, float32, batches of 1 to 4. It declares that here; make_decoder returns None for
+# anything else and the model decodes op by op.
+_DECODER_MAX_BATCH = 4
+
+
+def decoder_supports(model: Any, batch: int) -> bool:
+    """Whether the fused decoder can run ``model`` at this batch size."""
+    from kernelgpt.model import param_table
+    return (_native is not None and np.dtype(model.dtype) == np.float32
+            and 1 <= batch <= _DECODER_MAX_BATCH
+            and param_table(model.config) is _FUSED_TABLE)
+
+
+def make_decoder(model: Any, caches: Any, batch: int) -> Any:
+    """A fused KV-cache decoder (``_native.Decoder``) over the model's weights and these caches,
+    or None where it does not apply (:func:`decoder_supports`). Its ``step(tok, pos, logits)``
+    equals the op-by-op step bitwise (tests/test_native_decode.py)."""
+    if not decoder_supports(model, batch):
+        return None
+    from kernelgpt.model import param_table
+    t, p = param_table(model.config), model.param_views
+    top = [(s.name, p[s.name]) for s in t.embedding + t.final]
+    layers = [[(f"h.{l}.{s.name}", w[s.name]) for s in t.block]
+              for l, w in enumerate(model.layer_params)]
+    return _native.Decoder(top, layers, [tuple(kv) for kv in caches], model.config.n_head, batch,
+                           model.config.norm_eps)
+
+
+def _fused_table() -> Any:
+    from kernelgpt.model import _GPT2_TABLE
+    return _GPT2_TABLE
+
+
+_FUSED_TABLE = _fused_table()

@@ -16,11 +16,14 @@ from typing import Any, Optional
 import numpy
 import numpy as np
 
+from kernelgpt.backends.base import (check_heads, check_id_range, check_n_valid, check_norm_eps,
+                                     check_shape, qkv_dims)
+
 name = "numpy"
 xp = numpy
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_CLASSIFIER_ROWS = 256  # rows per block in classifier_forward: never holds (N,V) logits whole
+_CLASSIFIER_ROWS = 256  # rows per block in classifier_forward_backward: never holds (N,V) logits whole
 
 
 # ---------------------------------------------------------------------------------- array helpers
@@ -86,25 +89,16 @@ def _floats(*pairs: tuple) -> np.dtype:
     return dtype
 
 
-def _shape(a: np.ndarray, argname: str, shape: tuple) -> None:
-    if a.shape != tuple(shape):
-        raise ValueError(f"{argname} must have shape {tuple(shape)}, got {a.shape}")
+_shape = check_shape
 
 
 def _ids(a: Any, argname: str, ndim: int, upper: int) -> np.ndarray:
     _arr(a, argname, ndim)
     if a.dtype != np.int32:
         raise TypeError(f"{argname} must be int32, got {a.dtype}")
-    if a.size and (a.min() < 0 or a.max() >= upper):
-        raise ValueError(f"{argname} values must lie in [0, {upper}), got range "
-                         f"[{a.min()}, {a.max()}]")
+    if a.size:
+        check_id_range(argname, int(a.min()), int(a.max()), upper)
     return a
-
-
-def _heads(C: int, n_head: Any) -> int:
-    if not isinstance(n_head, (int, np.integer)) or n_head < 1 or C % n_head:
-        raise ValueError(f"n_head must be a positive divisor of C={C}, got {n_head!r}")
-    return int(n_head)
 
 
 # ---------------------------------------------------------------------------------- embedding
@@ -155,6 +149,7 @@ def layernorm_forward(out, mean, rstd, x, w, b, eps: float = 1e-5) -> None:
     _shape(rstd, "rstd", (N,))
     _shape(w, "w", (C,))
     _shape(b, "b", (C,))
+    eps = check_norm_eps(eps)
     mu = x.mean(axis=1)
     xc = x - mu[:, None]
     var = (xc * xc).mean(axis=1)
@@ -250,12 +245,7 @@ def attention_forward(out, lse, qkv, n_head: int) -> None:
     out (B,T,C) = softmax(q k^T / sqrt(HS), causal) v with heads concatenated.
     Saves lse (B,NH,T): natural-log log-sum-exp of each row of scaled (masked) scores."""
     _floats((out, "out"), (lse, "lse"), (qkv, "qkv"))
-    _arr(qkv, "qkv", 3)
-    B, T, C3 = qkv.shape
-    if C3 % 3:
-        raise ValueError(f"qkv last dimension must be 3*C, got {qkv.shape}")
-    C = C3 // 3
-    nh = _heads(C, n_head)
+    B, T, C, nh, _ = qkv_dims(qkv, n_head)
     _shape(out, "out", (B, T, C))
     _shape(lse, "lse", (B, nh, T))
     q, k, v = _split_heads(qkv, nh)
@@ -273,14 +263,9 @@ def attention_backward(dqkv, dout, qkv, out, lse, n_head: int) -> None:
     lse (B,NH,T). Probabilities are recomputed as P = exp(S - lse); with D = rowsum(dout * out):
     dS = P * (dout v^T - D), dq = dS k / sqrt(HS), dk = dS^T q / sqrt(HS), dv = P^T dout."""
     _floats((dqkv, "dqkv"), (dout, "dout"), (qkv, "qkv"), (out, "out"), (lse, "lse"))
-    _arr(qkv, "qkv", 3)
-    B, T, C3 = qkv.shape
-    if C3 % 3:
-        raise ValueError(f"qkv last dimension must be 3*C, got {qkv.shape}")
-    C = C3 // 3
-    nh = _heads(C, n_head)
+    B, T, C, nh, _ = qkv_dims(qkv, n_head)
     hs = C // nh
-    _shape(dqkv, "dqkv", (B, T, C3))
+    _shape(dqkv, "dqkv", (B, T, 3 * C))
     _shape(dout, "dout", (B, T, C))
     _shape(out, "out", (B, T, C))
     _shape(lse, "lse", (B, nh, T))
@@ -309,8 +294,8 @@ def attention_decode(out, q, k_cache, v_cache, n_valid: int) -> None:
     _shape(v_cache, "v_cache", (B, nh, maxT, hs))
     _shape(q, "q", (B, nh * hs))
     _shape(out, "out", (B, nh * hs))
-    if not isinstance(n_valid, (int, np.integer)) or not 1 <= n_valid <= maxT:
-        raise ValueError(f"n_valid must be an int in [1, {maxT}], got {n_valid!r}")
+    check_heads(nh * hs, nh)
+    n_valid = check_n_valid(n_valid, maxT)
     qh = q.reshape(B, nh, 1, hs)
     k = k_cache[:, :, :n_valid]
     v = v_cache[:, :, :n_valid]
@@ -342,21 +327,12 @@ def gelu_backward(dx, dout, x) -> None:
     dx[...] = dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * dudx)
 
 
-def residual_forward(out, a, b) -> None:
+def add(out, a, b) -> None:
     """out = a + b, any shape (out may alias a or b)."""
     _floats((out, "out"), (a, "a"), (b, "b"))
     _shape(b, "b", a.shape)
     _shape(out, "out", a.shape)
     np.add(a, b, out=out)
-
-
-def residual_backward(da, db, dout) -> None:
-    """da += dout; db += dout, any shape."""
-    _floats((da, "da"), (db, "db"), (dout, "dout"))
-    _shape(da, "da", dout.shape)
-    _shape(db, "db", dout.shape)
-    da += dout
-    db += dout
 
 
 # ---------------------------------------------------------------------------------- loss
@@ -397,7 +373,7 @@ def crossentropy_backward(dlogits, probs, targets, scale: float) -> None:
     dlogits[np.arange(N), targets] -= scale
 
 
-def classifier_forward(losses, dx, dwte, x, wte, targets, scale: float) -> None:
+def classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale: float) -> None:
     """Fused lm_head + softmax + cross-entropy, over blocks of rows (never (N,V) logits whole).
     x (N,C) final-layernorm output, wte (V,C) tied embedding, targets (N,) int32 -> losses (N,) = .
     When given, the backward of sum(losses) * scale: dx (N,C) = ; dwte (V,C) += . Saves nothing."""
