@@ -1,6 +1,6 @@
 """Shared helpers for the benchmark scripts: median wall time over rounds after a warm-up, and a
 one-line description of the machine (printed by every benchmark next to its numbers).
-The training-FLOP formula lives in :func:`kernelgpt.model.train_flops_per_step` (DESIGN.md)."""
+The training-FLOP formula lives in :func:`kernelgpt.model.train_flops_per_step` (docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
 import os

@@ -3,9 +3,9 @@ same GPT in PyTorch eager fp32 (aim 1.5x), and our flash-style attention forward
 within 1.5x of torch's scaled_dot_product_attention at the same shapes and precision (fp32).
 
 Run on a GPU machine: ``python3 benchmarks/bench_cuda.py [--json out.json] [--steps N]``.
-Configs S, M and GPT-2 small (DESIGN.md); TF32 off on both sides unless --tf32. Timing: CUDA
+Configs S, M and GPT-2 small (docs/ARCHITECTURE.md); TF32 off on both sides unless --tf32. Timing: CUDA
 events around whole steps (each ends with the loss read back, as a training loop logging the loss
-would), warm-up first, median of N. FLOPs per step by DESIGN.md's formula
+would), warm-up first, median of N. FLOPs per step by the formula of docs/ARCHITECTURE.md
 (kernelgpt.model.train_flops_per_step). Every benchmark is guarded: one failing prints its error
 and the rest still run. The last lines are a table and whether each claim held.
 """

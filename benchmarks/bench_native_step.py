@@ -2,11 +2,11 @@
 NumPy path on config S and 4x on XS, competitive with PyTorch eager on 2 threads, and its KV-cache
 sampling on S (batch 1) beats NumPy's and PyTorch's tokens/s.
 
-For configs XS, S and M (DESIGN.md; batch 8, 8, 4, T = block size) one training step is timed on
+For configs XS, S and M (docs/ARCHITECTURE.md; batch 8, 8, 4, T = block size) one training step is timed on
 the native backend, the NumPy backend and, when torch is importable, an equivalent GPT-2 written in
 PyTorch below (eager, CPU, torch.set_num_threads(threads)), each engine in its own subprocess (so
 no two libraries' spinning thread pools fight over the cores), one after the other in the same
-run; medians after a warm-up are reported with GFLOP/s from DESIGN.md's formula
+run; medians after a warm-up are reported with GFLOP/s from the formula of docs/ARCHITECTURE.md
 (kernelgpt.model.train_flops_per_step) and as a share of the machine's measured FMA peak (the
 widest ISA it has, same thread count). Sampling: 96 new tokens after a 4-token prompt, batch 1,
 KV cache, on S. The machine is shared by other jobs: read the ratios (same run), not the

@@ -5,7 +5,7 @@ baselines the native and CUDA backends are measured against.
 Usage:  PYTHONPATH=python python3 benchmarks/bench_numpy_model.py [--configs xs,s,m] [--rounds N]
         (or `pytest benchmarks/bench_numpy_model.py` for the pytest-benchmark XS step.)
 A training step is forward (fused classifier) + backward + AdamW (two backend.adamw_update calls:
-matrices with weight decay, vectors without). FLOPs use DESIGN.md's formula
+matrices with weight decay, vectors without). FLOPs use the formula of docs/ARCHITECTURE.md
 (kernelgpt.model.train_flops_per_step). Medians over a few rounds after one warm-up.
 """
 from __future__ import annotations

@@ -372,7 +372,7 @@ def _sample(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "tokenize":  # DESIGN.md's name for the tokenizer command
+    if argv and argv[0] == "tokenize":  # an alias of the tokenizer command
         argv[0] = "tokenizer"
     try:
         args = build_parser().parse_args(argv)

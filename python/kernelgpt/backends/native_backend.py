@@ -8,7 +8,7 @@ call (this module never sets a thread count by itself).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy
 import numpy as np
