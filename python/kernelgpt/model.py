@@ -19,7 +19,9 @@ See docs/ARCHITECTURE.md for the op contract and how to add a variant.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -282,6 +284,16 @@ class KVCache:
 
 
 # ---------------------------------------------------------------------------------- the model
+def _serialised(method: Callable) -> Callable:
+    """Run the method under the model's lock: one GPT used from several threads runs their calls
+    one at a time (they share the activation buffers and generate()'s KV cache)."""
+    @functools.wraps(method)
+    def locked(self: "GPT", *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class GPT:
     """GPT-2: learned token + position embeddings, pre-LayerNorm blocks of causal multi-head
     attention and a 4x tanh-GELU MLP, a final LayerNorm, lm_head tied to ``wte``."""
@@ -322,7 +334,11 @@ class GPT:
         self.layer_grads = [{s.name: self.grad_views[f"h.{l}.{s.name}"] for s in block}
                             for l in range(config.n_layer)]
         self._acts: Optional[_Acts] = None
+        self._acts_thread: Optional[int] = None   # the thread whose forward the buffers hold
         self._generate_decoder: Optional[KVCache] = None
+        # Held by every call that uses the shared buffers (forward, backward, the decoding
+        # steps, a whole generate()): calls from several threads run one at a time.
+        self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ parameters
     def num_params(self) -> int:
@@ -478,6 +494,7 @@ class GPT:
                              p["ln_f.b"], cfg.norm_eps)
         return a
 
+    @_serialised
     def forward(self, idx: Any, targets: Any = None, return_logits: bool = True
                 ) -> Tuple[Optional[Any], Optional[float]]:
         """idx (B,T) integer token ids (numpy or backend array), T <= block_size.
@@ -520,17 +537,24 @@ class GPT:
         if targets is not None:
             loss = float(be.to_numpy(a.losses).astype(np.float64).mean())
             a.grads_ready = True
+            self._acts_thread = threading.get_ident()
         return logits_out, loss
 
     __call__ = forward
 
     # ------------------------------------------------------------------ backward
+    @_serialised
     def backward(self, loss_scale: float = 1.0) -> None:
         """Accumulate (+=) d(loss * loss_scale)/d(params) into self.grads. Must follow a forward
-        with targets (once per forward)."""
+        with targets (once per forward), in the same thread: the activations are those of the
+        model's last forward, so a forward from another thread in between is an error."""
         a = self._acts
         if a is None or not a.grads_ready:
             raise RuntimeError("backward() must follow a forward() with targets (once per forward)")
+        if self._acts_thread != threading.get_ident():
+            raise RuntimeError("backward() must run in the thread of its forward(): this model's "
+                               "last forward() with targets ran in another thread (one model "
+                               "trained from several threads needs one model per thread)")
         a.grads_ready = False
         be, cfg, p, g = self.backend, self.config, self.param_views, self.grad_views
         B, T = a.B, a.T
@@ -565,6 +589,7 @@ class GPT:
         self.backend.matmul_forward(out, last, self.param_views["wte"], None)
         return out
 
+    @_serialised
     def next_logits(self, idx: Any) -> Any:
         """Logits (B,V) of the token after each row of idx (B,T), without a cache (fresh array)."""
         return self._lm_head_last(self._trunk(self._check_ids(idx, "idx")))
@@ -573,11 +598,13 @@ class GPT:
         """A fresh decoding state (KV caches and buffers) for ``batch`` rows."""
         return KVCache(self, batch)
 
+    @_serialised
     def prefill(self, kv: KVCache, idx: Any) -> Any:
         """Run the forward over idx (B,T), filling kv's caches at positions [0, T); returns the
         logits (B,V) of the next token (fresh array)."""
         return self._lm_head_last(self._trunk(self._check_ids(idx, "idx"), kv))
 
+    @_serialised
     def decode_step(self, kv: KVCache, tok: np.ndarray, pos: int) -> Any:
         """Append token ids tok (B,) at position pos (< block_size) and return the logits (B,V)
         of the next token (kv.logits, overwritten by the next step). The backend's fused decoder

@@ -349,6 +349,11 @@ def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1
     the whole loop runs there."""
     tokens, _ = _check_prompt(model, prompt_ids)
     sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop)
+    with model.lock:  # the KV cache kept on the model serves one call at a time
+        return _generate(model, tokens, sp, use_cache)
+
+
+def _generate(model, tokens: np.ndarray, sp: SamplingParams, use_cache: bool) -> np.ndarray:
     rng = sp.rng()
     if use_cache and sp.max_new_tokens > 0:
         fast = _generate_fused(model, tokens, sp, rng)
