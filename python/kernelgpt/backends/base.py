@@ -101,6 +101,16 @@ def check_id_range(argname: str, lo: int, hi: int, upper: int) -> None:
         raise ValueError(f"{argname} values must lie in [0, {upper}), got range [{lo}, {hi}]")
 
 
+def linear_dims(x: Any, w: Any, wname: str = "w", rows: str = "OC") -> tuple:
+    """(N, C, rows) of x (N, C) and a weight w (rows, C), checked."""
+    check_ndim(x, "x", 2)
+    check_ndim(w, wname, 2)
+    N, C = x.shape
+    if w.shape[1] != C:
+        raise ValueError(f"{wname} must have shape ({rows}, C={C}), got {tuple(w.shape)}")
+    return N, C, w.shape[0]
+
+
 def qkv_dims(qkv: Any, n_head: Any, backend: str = "") -> tuple:
     """(B, T, C, NH, HS) of a (B, T, 3C) qkv array, checked."""
     check_ndim(qkv, "qkv", 3)

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from kernelgpt.backends.base import (check_heads, check_id_range, check_n_valid, check_norm_eps,
-                                     qkv_dims)
+                                     linear_dims, qkv_dims)
 
 try:  # optional dependency: pip install kernelgpt[cuda]
     import cupy
@@ -234,10 +234,7 @@ def matmul_forward(out, x, w, bias) -> None:
     """out (N,OC) = x (N,C) @ w (OC,C).T + bias (OC,) (bias may be None)."""
     _dev(x, "x", ndim=2)
     _dev(w, "w", ndim=2)
-    N, C = x.shape
-    OC = w.shape[0]
-    if w.shape[1] != C:
-        raise ValueError(f"w must have shape (OC, C={C}), got {w.shape}")
+    N, C, OC = linear_dims(x, w)
     _dev(out, "out", shape=(N, OC))
     if bias is not None:
         _dev(bias, "bias", shape=(OC,))
@@ -250,10 +247,7 @@ def matmul_backward(dx, dw, dbias, dout, x, w) -> None:
     """dx (N,C) = dout @ w (skipped when None); dw (OC,C) += dout.T @ x; dbias += dout.sum(0)."""
     _dev(x, "x", ndim=2)
     _dev(w, "w", ndim=2)
-    N, C = x.shape
-    OC = w.shape[0]
-    if w.shape[1] != C:
-        raise ValueError(f"w must have shape (OC, C={C}), got {w.shape}")
+    N, C, OC = linear_dims(x, w)
     _dev(dout, "dout", shape=(N, OC))
     _dev(dw, "dw", shape=(OC, C))
     if dx is not None:
@@ -365,10 +359,7 @@ def classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale: float)
     dwte (V,C) += (each optional)."""
     _dev(x, "x", ndim=2)
     _dev(wte, "wte", ndim=2)
-    N, C = x.shape
-    V = wte.shape[0]
-    if wte.shape[1] != C:
-        raise ValueError(f"wte must have shape (V, C={C}), got {wte.shape}")
+    N, C, V = linear_dims(x, wte, "wte", "V")
     _dev(losses, "losses", shape=(N,))
     _dev(targets, "targets", _I32, shape=(N,))
     if dx is not None:

@@ -17,7 +17,7 @@ import numpy
 import numpy as np
 
 from kernelgpt.backends.base import (check_heads, check_id_range, check_n_valid, check_norm_eps,
-                                     check_shape, qkv_dims)
+                                     check_shape, linear_dims, qkv_dims)
 
 name = "numpy"
 xp = numpy
@@ -183,12 +183,7 @@ def matmul_forward(out, x, w, bias) -> None:
     """out (N,OC) = x (N,C) @ w (OC,C).T + bias (OC,); bias may be None. Saves nothing."""
     pairs = [(out, "out"), (x, "x"), (w, "w")] + ([(bias, "bias")] if bias is not None else [])
     _floats(*pairs)
-    _arr(x, "x", 2)
-    _arr(w, "w", 2)
-    N, C = x.shape
-    OC = w.shape[0]
-    if w.shape[1] != C:
-        raise ValueError(f"w must have shape (OC, C={C}), got {w.shape}")
+    N, C, OC = linear_dims(x, w)
     _shape(out, "out", (N, OC))
     if bias is not None:
         _shape(bias, "bias", (OC,))
@@ -204,12 +199,7 @@ def matmul_backward(dx, dw, dbias, dout, x, w) -> None:
     pairs += [(dx, "dx")] if dx is not None else []
     pairs += [(dbias, "dbias")] if dbias is not None else []
     _floats(*pairs)
-    _arr(x, "x", 2)
-    _arr(w, "w", 2)
-    N, C = x.shape
-    OC = w.shape[0]
-    if w.shape[1] != C:
-        raise ValueError(f"w must have shape (OC, C={C}), got {w.shape}")
+    N, C, OC = linear_dims(x, w)
     _shape(dout, "dout", (N, OC))
     _shape(dw, "dw", (OC, C))
     if dx is not None:
@@ -381,12 +371,7 @@ def classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale: float)
     pairs += [(dx, "dx")] if dx is not None else []
     pairs += [(dwte, "dwte")] if dwte is not None else []
     _floats(*pairs)
-    _arr(x, "x", 2)
-    _arr(wte, "wte", 2)
-    N, C = x.shape
-    V = wte.shape[0]
-    if wte.shape[1] != C:
-        raise ValueError(f"wte must have shape (V, C={C}), got {wte.shape}")
+    N, C, V = linear_dims(x, wte, "wte", "V")
     _shape(losses, "losses", (N,))
     _ids(targets, "targets", 1, V)
     _shape(targets, "targets", (N,))
