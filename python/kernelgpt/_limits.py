@@ -172,3 +172,29 @@ def check_model_fits(config: Any, batch: Optional[Tuple[int, int]] = None, dtype
         msg = f"the model ({shape}) needs {format_bytes(est['total'])} ({what})"
     raise ModelTooLargeError(f"{msg}, more than the {format_bytes(available)} available "
                              f"(set {ENV_LIMIT} to change the limit)")
+
+
+def check_bytes_fit(nbytes: int, what: str, available: Optional[int] = None) -> None:
+    """ModelTooLargeError "WHAT needs X, more than the Y available" when ``nbytes`` does not fit
+    in ``available`` (default: :func:`available_bytes`)."""
+    if available is None:
+        available = available_bytes()
+    if available is not None and nbytes > available:
+        raise ModelTooLargeError(f"{what} needs {format_bytes(nbytes)}, more than the "
+                                 f"{format_bytes(available)} available (set {ENV_LIMIT} to "
+                                 f"change the limit)")
+
+
+def check_batch_fits(config: Any, batch: Tuple[int, int], dtype_bytes: int = 4,
+                     training: bool = True, extra_bytes: int = 0,
+                     available: Optional[int] = None) -> int:
+    """Like :func:`check_model_fits` for a model that already exists: only the activations of
+    ``batch = (B, T)`` (plus ``extra_bytes``, e.g. optimizer state still to allocate) must fit.
+    Returns the bytes needed."""
+    need = activation_bytes(config, batch, dtype_bytes, training) + int(extra_bytes)
+    B, T = batch
+    check_bytes_fit(need, f"a batch of {B} x {T} tokens for the model "
+                          f"(n_layer={_int_field(config, 'n_layer')}, "
+                          f"n_embd={_int_field(config, 'n_embd')}, "
+                          f"vocab_size={_int_field(config, 'vocab_size')})", available)
+    return need
