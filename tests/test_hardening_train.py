@@ -492,3 +492,38 @@ def test_one_atomic_write_helper_with_directory_fsync(tmp_path, monkeypatch):
     ckmod.atomic_write_bytes(tmp_path / "x", b"1")
     assert synced == [tmp_path, tmp_path] and (tmp_path / "x").read_bytes() == b"1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "x"]  # no temporaries left
+
+
+# ------------------------------------------------------------------------------ nearby
+def test_trainer_tokenizer_path_must_be_a_regular_file(token_file):
+    r = run_py("import sys\n"
+               "from kernelgpt.data import TokenDataset\n"
+               "from kernelgpt.model import GPT, GPTConfig\n"
+               "from kernelgpt.train import Trainer\n"
+               "m = GPT(GPTConfig(256, 16, 1, 2, 16), backend='numpy')\n"
+               "try:\n"
+               "    Trainer(m, TokenDataset.from_file(sys.argv[1]), tokenizer='/dev/zero')\n"
+               "except ValueError as e:\n"
+               "    print(e)\n", token_file, timeout=30)
+    assert "/dev/zero: not a regular file (a character device)" in r.stdout, r
+
+
+def test_oversized_run_json_is_refused_without_reading_it_whole(token_file, tmp_path,
+                                                               monkeypatch):
+    import kernelgpt.checkpoint as ckmod
+    run = tmp_path / "run"
+    tiny_run(token_file, run)
+    ck = load_checkpoint(run).path
+    edit_checkpoint(ck, "trainer_state.json", lambda d: d.update(pad="x" * 5000))
+    monkeypatch.setattr(ckmod, "MAX_JSON_BYTES", 4096)
+    with pytest.raises(CheckpointError, match="trainer_state.json: too large for a run file"):
+        load_checkpoint(run)
+
+
+def test_checkpoint_tensors_larger_than_memory_are_refused(token_file, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    tiny_run(token_file, run)
+    monkeypatch.setenv("KERNELGPT_MEMORY_LIMIT", "50000")  # the tensors are ~93 kB
+    with pytest.raises(MemoryError, match="loading the checkpoint .* needs 93.* kB, more than "
+                                          "the 50 kB available"):
+        load_checkpoint(run)

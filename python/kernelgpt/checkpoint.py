@@ -200,10 +200,17 @@ def _load_safetensors(path: Path) -> Dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
 
 
+MAX_JSON_BYTES = 256 << 20  # a run's JSON files are kilobytes (a big tokenizer: a few MB)
+
+
 def _load_json(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: too large for a run file (over "
+                                  f"{MAX_JSON_BYTES >> 20} MiB)")
+        return json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
     except RecursionError:
@@ -401,6 +408,9 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
                               f"{type(config['train']).__name__}")
     state = _load_json(ck / STATE_FILE)
     _check_trainer_state(state, ck / STATE_FILE)
+    from ._limits import check_bytes_fit
+    check_bytes_fit(sum((ck / n).stat().st_size for n in (MODEL_FILE, OPTIM_FILE)),
+                    f"loading the checkpoint {ck}")
     model_state = _load_safetensors(ck / MODEL_FILE)
     opt = _load_safetensors(ck / OPTIM_FILE)
     if set(opt) != {"m", "v"}:

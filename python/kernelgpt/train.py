@@ -168,6 +168,11 @@ class Trainer:
         self.model, self.data, self.config = model, data, cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if isinstance(tokenizer, (str, os.PathLike)):
+            if not Path(tokenizer).is_file():  # never read a device or pipe until it ends
+                from .data import not_a_regular_file
+                what = not_a_regular_file(tokenizer) if os.path.exists(tokenizer) else \
+                    "no such file"
+                raise ValueError(f"tokenizer {os.fspath(tokenizer)}: {what}")
             tokenizer = Path(tokenizer).read_bytes()
         self.tokenizer = tokenizer
         self.progress, self.callbacks = progress, list(callbacks)
