@@ -527,3 +527,26 @@ def test_checkpoint_tensors_larger_than_memory_are_refused(token_file, tmp_path,
     with pytest.raises(MemoryError, match="loading the checkpoint .* needs 93.* kB, more than "
                                           "the 50 kB available"):
         load_checkpoint(run)
+
+
+def test_check_model_fits_copies_for_the_model_constructor():
+    from kernelgpt._limits import check_model_fits, param_count
+    cfg = GPTConfig.preset("xs")
+    n = param_count(cfg)
+    assert check_model_fits(cfg, copies=3)["model"] == 3 * 4 * n
+    assert check_model_fits(cfg, training=False)["model"] == 4 * n
+    with pytest.raises(MemoryError, match="3 parameter-sized arrays"):
+        check_model_fits(cfg, copies=3, available=3 * 4 * n - 1)
+    check_model_fits(cfg, copies=3, available=3 * 4 * n)
+
+
+def test_estimate_reads_any_config_object_with_defaults():
+    from types import SimpleNamespace
+    from kernelgpt._limits import param_count
+    base = dict(vocab_size=100, block_size=8, n_layer=2, n_head=2, n_embd=4)
+    n = param_count(SimpleNamespace(**base))
+    assert n == param_count(GPTConfig(**base))
+    assert param_count(SimpleNamespace(**base, bias=False)) == n - 2 * 9 * 4
+    assert param_count(SimpleNamespace(**base, tie_weights=False)) == n + 100 * 4
+    with pytest.raises(ValueError, match="n_layer"):
+        param_count(SimpleNamespace(**dict(base, n_layer=0)))

@@ -72,10 +72,14 @@ def param_count(config: Any) -> int:
     return n
 
 
-def model_bytes(config: Any, dtype_bytes: int = 4, training: bool = True) -> int:
-    """Bytes of the parameters and, when training, of the gradients and AdamW's two moments."""
+def model_bytes(config: Any, dtype_bytes: int = 4, training: bool = True,
+                copies: Optional[int] = None) -> int:
+    """Bytes of the parameters and, when training, of the gradients and AdamW's two moments
+    (``copies`` parameter-sized arrays when given instead: e.g. 3 for GPT.__init__'s host init
+    buffer, parameters and gradients)."""
     n = param_count(config)
-    return n * int(dtype_bytes) * (4 if training else 1)
+    k = int(copies) if copies is not None else (4 if training else 1)
+    return n * int(dtype_bytes) * k
 
 
 def activation_bytes(config: Any, batch: Tuple[int, int], dtype_bytes: int = 4,
@@ -141,28 +145,35 @@ def format_bytes(n: float) -> str:
 
 
 def estimate_bytes(config: Any, batch: Optional[Tuple[int, int]] = None, dtype_bytes: int = 4,
-                   training: bool = True) -> Dict[str, int]:
+                   training: bool = True, copies: Optional[int] = None) -> Dict[str, int]:
     """{"model": ..., "activations": ..., "total": ...} in bytes (activations 0 without batch)."""
-    m = model_bytes(config, dtype_bytes, training)
+    m = model_bytes(config, dtype_bytes, training, copies)
     a = activation_bytes(config, batch, dtype_bytes, training) if batch is not None else 0
     return {"model": m, "activations": a, "total": m + a}
 
 
 def check_model_fits(config: Any, batch: Optional[Tuple[int, int]] = None, dtype_bytes: int = 4,
-                     training: bool = True, available: Optional[int] = None) -> Dict[str, int]:
+                     training: bool = True, available: Optional[int] = None,
+                     copies: Optional[int] = None) -> Dict[str, int]:
     """Raise ModelTooLargeError (a MemoryError) with one line naming the sizes when the model of
     ``config`` (a GPTConfig, or any object / dict with its fields), with gradients and AdamW
     state when ``training``, plus the activations of a ``batch = (B, T)`` when given, needs more
-    than ``available`` bytes (default: :func:`available_bytes`). Returns the estimate.
-    Raises ValueError when a size field is not a positive int."""
-    est = estimate_bytes(config, batch, dtype_bytes, training)
+    than ``available`` bytes (default: :func:`available_bytes`). ``copies`` replaces the count of
+    parameter-sized arrays (4 when training, else 1). Returns the estimate. Raises ValueError
+    when a size field is not a positive int.
+
+    GPT.__init__ can call ``check_model_fits(config, dtype_bytes=itemsize, copies=3)`` first
+    (its host init buffer, the parameters, the gradients); the trainer and the command line
+    check the full training footprint before building the model."""
+    est = estimate_bytes(config, batch, dtype_bytes, training, copies)
     if available is None:
         available = available_bytes()
     if available is None or est["total"] <= available:
         return est
     V, maxT, L, NH, C = _shape(config)
     shape = f"vocab_size={V}, block_size={maxT}, n_layer={L}, n_head={NH}, n_embd={C}"
-    what = "params, grads, AdamW state" if training else "params"
+    what = ("params, grads, AdamW state" if training else "params") if copies is None else \
+        f"{copies} parameter-sized arrays"
     if batch is not None and est["activations"] > 0:
         B, T = batch
         msg = (f"the model ({shape}) with a batch of {B} x {T} tokens needs "
