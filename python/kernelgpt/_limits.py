@@ -140,7 +140,7 @@ def format_bytes(n: float) -> str:
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             v = n / scale
-            return f"{v:.3g} {unit}" if v < 1000 else f"{v:.4g} {unit}"
+            return f"{v:.3g} {unit}" if v < 1000 else f"{v:,.0f} {unit}"
     return f"{int(n)} bytes"
 
 
