@@ -5,7 +5,9 @@
 ``train --data TOKEN_FILE [--tokenizer TOK_JSON]`` trains on ids from ``tokenizer encode`` instead.
 ``sample`` streams text from a run folder. ``tokenizer`` (alias ``tokenize``) is the tokenizer's
 own command line (cli_tokenizer.py). Errors a user can make print one line on stderr and exit with
-status 1 (2 for a bad option); KERNELGPT_DEBUG=1 shows the traceback instead.
+status 1 (2 for a bad option); so does any other exception (one line naming it as an internal
+error, MemoryError as "out of memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
+holds the run folder's lock (checkpoint.run_lock) from before its first write there to the end.
 """
 from __future__ import annotations
 
