@@ -15,24 +15,32 @@ A save writes a fresh hidden folder (each file fsynced), renames it to ckpt-<ste
 LATEST atomically, then deletes the older checkpoint folders: a crash at any point leaves LATEST
 naming a whole checkpoint. Loading checks the manifest (missing, truncated, edited or foreign
 files raise CheckpointError naming the file); nothing is unpickled.
+
+Every file of a run folder is written by :func:`atomic_write` (temporary file in the same folder,
+created with the usual 0666 & ~umask permissions, fsynced, renamed, then the folder fsynced); the
+token file writer (data.py) and the tokenizer's ``save`` use it too. One trainer at a time: a
+trainer holds :func:`run_lock` (an exclusive ``fcntl.flock`` on ``RUN/.lock``) for the whole
+run; a second one gets RunFolderInUse ("run folder in use by pid N") before touching anything.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
-
-from .data import atomic_write_bytes, fsync_dir
 
 FORMAT = "kernelgpt-checkpoint"
 VERSION = 1
 LATEST = "LATEST"
+LOCK_FILE = ".lock"
 MODEL_FILE, OPTIM_FILE = "model.safetensors", "optimizer.safetensors"
 CONFIG_FILE, STATE_FILE = "config.json", "trainer_state.json"
 TOKENIZER_FILE, MANIFEST_FILE = "tokenizer.json", "manifest.json"
@@ -43,6 +51,111 @@ PathLike = Union[str, os.PathLike]
 
 class CheckpointError(ValueError):
     """A checkpoint or run folder is missing, incomplete, corrupt or not ours."""
+
+
+class RunFolderInUse(RuntimeError):
+    """Another process is training in this run folder."""
+
+
+# ---------------------------------------------------------------------------------- atomic files
+def fsync_dir(path: PathLike) -> None:
+    """Flush a directory entry (after a rename) where the platform allows it."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, write_fn) -> None:
+    """Write ``path`` atomically: ``write_fn(f)`` fills a new temporary file in the same folder
+    (opened "wb", mode 0666 & ~umask like any new file), which is flushed, fsynced and renamed
+    over ``path``; then the folder is fsynced. On any error the temporary file is removed and
+    ``path`` keeps its previous content. The one helper for every file the package writes."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666)
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+# ---------------------------------------------------------------------------------- run lock
+_held_locks: Dict[Tuple[int, int], list] = {}  # (st_dev, st_ino) of the folder -> [fd, depth]
+_held_guard = threading.Lock()
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "another process"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the run folder ``run_dir`` (created if missing) for the block:
+    ``fcntl.flock`` on ``run_dir/.lock``, which records the holder's pid. Raises RunFolderInUse
+    ("run folder in use by pid N") at once when another process holds it; the same process may
+    nest it (the command line holds it around Trainer.fit, which takes it too). Released when the
+    block ends or the process dies. Where fcntl is missing (Windows) nothing is locked."""
+    run_dir = Path(run_dir)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield run_dir
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    st = run_dir.stat()
+    key = (st.st_dev, st.st_ino)
+    with _held_guard:
+        held = _held_locks.get(key)
+        if held is not None:
+            held[1] += 1
+        else:
+            fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                who = _lock_holder(fd)
+                os.close(fd)
+                raise RunFolderInUse(f"run folder in use by {who}: {run_dir}") from None
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
+            held = _held_locks[key] = [fd, 1]
+    try:
+        yield run_dir
+    finally:
+        with _held_guard:
+            held[1] -= 1
+            if held[1] == 0:
+                del _held_locks[key]
+                os.close(held[0])  # closing the descriptor releases the flock
 
 
 @dataclass
@@ -87,12 +200,21 @@ def _load_safetensors(path: Path) -> Dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
 
 
+MAX_JSON_BYTES = 256 << 20  # a run's JSON files are kilobytes (a big tokenizer: a few MB)
+
+
 def _load_json(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: too large for a run file (over "
+                                  f"{MAX_JSON_BYTES >> 20} MiB)")
+        return json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: unreadable JSON (nested too deeply)") from None
 
 
 def latest_checkpoint(run_dir: PathLike) -> Optional[Path]:
@@ -101,7 +223,8 @@ def latest_checkpoint(run_dir: PathLike) -> Optional[Path]:
     p = run_dir / LATEST
     if not p.is_file():
         return None
-    name = p.read_text(encoding="utf-8", errors="replace").strip()
+    with open(p, "rb") as f:  # one short line; never read a huge file whole
+        name = f.read(256).decode("utf-8", errors="replace").strip()
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise CheckpointError(f"{p}: does not name a checkpoint folder")
     return run_dir / name
@@ -226,6 +349,52 @@ def verify_checkpoint(ckpt_dir: PathLike) -> Dict[str, Any]:
     return manifest
 
 
+def _check_trainer_state(state: Any, path: Path) -> None:
+    """The types of trainer_state.json's fields (as save_checkpoint writes them); CheckpointError
+    naming the file and the field otherwise."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: bad trainer state: {what}")
+
+    def kind(v: Any) -> str:
+        return type(v).__name__
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(state, dict):
+        raise bad(f"expected an object, got {kind(state)}")
+    if not is_int(state.get("step")) or state["step"] < 0:
+        raise bad(f"\"step\" must be an int >= 0, got {state.get('step')!r}")
+    for k in ("tokens_seen", "block_size"):
+        if k in state and not (is_int(state[k]) and state[k] >= 0):
+            raise bad(f"\"{k}\" must be an int >= 0, got {state[k]!r}")
+    for k in ("elapsed_s", "best_val_loss", "last_val_loss"):
+        if state.get(k) is not None and not is_num(state[k]):
+            raise bad(f"\"{k}\" must be a number, got {kind(state[k])}")
+    if state.get("optimizer") is not None and not isinstance(state["optimizer"], dict):
+        raise bad(f"\"optimizer\" must be an object, got {kind(state['optimizer'])}")
+    data = state.get("data")
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise bad(f"\"data\" must be an object, got {kind(data)}")
+    checks = {"rng": dict, "fingerprint": dict, "source": str}
+    for k, t in checks.items():
+        if data.get(k) is not None and not isinstance(data[k], t):
+            raise bad(f"\"data.{k}\" must be {'an object' if t is dict else 'a string'}, got "
+                      f"{kind(data[k])}")
+    for k in ("batches_drawn", "seed", "rank", "world"):
+        if k in data and not (is_int(data[k]) and data[k] >= 0):
+            raise bad(f"\"data.{k}\" must be an int >= 0, got {data[k]!r}")
+    if "val_fraction" in data and not (is_num(data["val_fraction"])
+                                       and 0 <= data["val_fraction"] < 1):
+        raise bad(f"\"data.val_fraction\" must be a number in [0, 1), got "
+                  f"{data['val_fraction']!r}")
+
+
 def load_checkpoint(path: PathLike) -> Checkpoint:
     """Load and validate the checkpoint at ``path`` (a run folder or a ckpt-<step> folder)."""
     ck = resolve_checkpoint(path)
@@ -234,9 +403,14 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
     if not isinstance(config, dict) or config.get("format") != FORMAT \
             or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{ck / CONFIG_FILE}: not a kernelgpt run config")
+    if not isinstance(config.get("train", {}), (dict, type(None))):
+        raise CheckpointError(f"{ck / CONFIG_FILE}: \"train\" must be an object, got "
+                              f"{type(config['train']).__name__}")
     state = _load_json(ck / STATE_FILE)
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise CheckpointError(f"{ck / STATE_FILE}: bad trainer state")
+    _check_trainer_state(state, ck / STATE_FILE)
+    from ._limits import check_bytes_fit
+    check_bytes_fit(sum((ck / n).stat().st_size for n in (MODEL_FILE, OPTIM_FILE)),
+                    f"loading the checkpoint {ck}")
     model_state = _load_safetensors(ck / MODEL_FILE)
     opt = _load_safetensors(ck / OPTIM_FILE)
     if set(opt) != {"m", "v"}:
@@ -259,6 +433,8 @@ def load_model(path: PathLike, backend: Any = "auto") -> Tuple[Any, Any, Checkpo
         cfg = GPTConfig.from_dict(ck.model_config)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{ck.path / CONFIG_FILE}: bad model config ({e})") from None
+    from ._limits import check_model_fits
+    check_model_fits(cfg, batch=(1, cfg.block_size), training=False)  # before any allocation
     model = GPT(cfg, backend=backend)
     try:
         model.load_state_dict(ck.model_state)
@@ -271,4 +447,7 @@ def load_model(path: PathLike, backend: Any = "auto") -> Tuple[Any, Any, Checkpo
             tok = Tokenizer.load(os.fspath(ck.tokenizer_path))
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise CheckpointError(f"{ck.tokenizer_path}: unreadable tokenizer ({e})") from None
+        except RecursionError:
+            raise CheckpointError(f"{ck.tokenizer_path}: unreadable tokenizer (JSON nested too "
+                                  f"deeply)") from None
     return model, tok, ck

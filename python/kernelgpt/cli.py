@@ -5,12 +5,15 @@
 ``train --data TOKEN_FILE [--tokenizer TOK_JSON]`` trains on ids from ``tokenizer encode`` instead.
 ``sample`` streams text from a run folder. ``tokenizer`` (alias ``tokenize``) is the tokenizer's
 own command line (cli_tokenizer.py). Errors a user can make print one line on stderr and exit with
-status 1 (2 for a bad option); KERNELGPT_DEBUG=1 shows the traceback instead.
+status 1 (2 for a bad option); so does any other exception (one line naming it as an internal
+error, MemoryError as "out of memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
+holds the run folder's lock (checkpoint.run_lock) from before its first write there to the end.
 """
 from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import os
 import sys
 import time
@@ -153,6 +156,22 @@ def _load_tokenizer_class():
     return Tokenizer
 
 
+def _load_tokenizer(path: Any, what: str = "--tokenizer") -> Any:
+    """Tokenizer.load with one-line errors for a path that is not a regular file or holds JSON
+    nested too deeply."""
+    Tokenizer = _load_tokenizer_class()
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what}: no such file: {p}")
+    if not p.is_file():
+        from .data import not_a_regular_file
+        raise UserError(f"{what}: {p}: {not_a_regular_file(p)}")
+    try:
+        return Tokenizer.load(os.fspath(p))
+    except RecursionError:
+        raise UserError(f"{p}: not a kernelgpt tokenizer file (JSON nested too deeply)") from None
+
+
 def _stream_text(tokenizer: Any, ids) -> Any:
     """Yield printable text for a stream of token ids, holding back incomplete UTF-8."""
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -214,7 +233,7 @@ def _tokenizer_for_token_file(args: argparse.Namespace, token_file: Path, data_v
                         f"the model's --vocab-size {model_vocab}")
     if args.tokenizer is None:
         return None
-    tokenizer = _load_tokenizer_class().load(args.tokenizer)
+    tokenizer = _load_tokenizer(args.tokenizer)
     if tokenizer.vocab_size != data_vocab:
         raise UserError(f"{args.tokenizer} has vocab_size {tokenizer.vocab_size} but "
                         f"{token_file} records {data_vocab}: it was not encoded with this "
@@ -241,13 +260,38 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
     main_rank = comm is None or comm.rank == 0  # [distributed] rank 0 alone talks and writes
     say = _say if main_rank else (lambda msg: None)
     from .backends import get_backend
+    backend = get_backend(args.backend)
+    with contextlib.ExitStack() as stack:
+        # [distributed] rank 0 alone locks the run folder (checkpoint.run_lock): before its
+        # first write there (or at once when the folder exists), held until training ends, so a
+        # second `train` on the same --out stops with "run folder in use by pid N", touching
+        # nothing
+        lock = _RunLock(stack, main_rank)
+        return _train_locked(args, comm, backend, lock, say, main_rank)
+
+
+class _RunLock:
+    """Takes checkpoint.run_lock on the run folder once (main rank only), kept by ``stack``."""
+
+    def __init__(self, stack: contextlib.ExitStack, main_rank: bool):
+        self.stack, self.main_rank, self.held = stack, main_rank, False
+
+    def __call__(self, out: Path) -> None:
+        if self.main_rank and not self.held:
+            from .checkpoint import run_lock
+            self.stack.enter_context(run_lock(out))
+            self.held = True
+
+
+def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunLock,
+                  say: Any, main_rank: bool) -> int:
     from .checkpoint import latest_checkpoint
     from .data import (TokenDataset, encode_texts, list_text_files, read_texts,
                        read_token_header, write_token_file)
     from .model import GPT, GPTConfig
     from .train import TrainConfig, Trainer
+    from ._limits import check_model_fits
 
-    backend = get_backend(args.backend)
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
@@ -255,13 +299,15 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
         if fixed:
             raise UserError(f"{', '.join(fixed)} cannot change when resuming (the run keeps its "
                             f"own); only --max-steps, --eval-every, --save-every, --backend can")
+        if Path(args.out).is_dir():
+            lock(Path(args.out))
         overrides = {k: getattr(args, k) for k in ("max_steps", "eval_every", "save_every")
                      if getattr(args, k) is not None}
         trainer = Trainer.resume(args.out, backend=backend, progress=True, comm=comm,
                                  **overrides)
         model, out = trainer.model, Path(args.out)
         tok_path = trainer.last_checkpoint / "tokenizer.json"
-        tokenizer = _load_tokenizer_class().load(os.fspath(tok_path)) if tok_path.is_file() \
+        tokenizer = _load_tokenizer(tok_path, "the run's tokenizer") if tok_path.is_file() \
             else None
         say(f"resuming {out} at step {trainer.step} of {trainer.config.max_steps} "
             f"({backend.name} backend)")
@@ -269,6 +315,8 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         if comm is not None:  # [distributed] rank 0's folder (its clock names the default)
             out = Path(comm.bcast_object(os.fspath(out)))
+        if out.is_dir():
+            lock(out)
         if out.exists() and latest_checkpoint(out) is not None:
             raise UserError(f"{out} already holds a trained run: continue it with --resume or "
                             f"choose another --out")
@@ -285,10 +333,13 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
                      n_layer=args.n_layer or preset.n_layer, n_head=args.n_head or preset.n_head,
                      n_embd=args.n_embd or preset.n_embd)
         GPTConfig(**shape)  # a bad shape fails now, before the tokenizer is trained
+        batch_size = args.batch_size or PRESET_BATCH_SIZE[args.model or DEFAULT_MODEL]
+        # and so does a size this machine cannot hold (one line naming it, nothing allocated)
+        check_model_fits(shape, batch=(batch_size, shape["block_size"]))
         if token_file is not None:
             tokenizer = _tokenizer_for_token_file(args, token_file, header["vocab_size"], vocab)
             if main_rank and tokenizer is not None:
-                out.mkdir(parents=True, exist_ok=True)
+                lock(out)  # creates the folder
                 tokenizer.save(os.fspath(out / "tokenizer.json"))
             say(f"training on the token file {token_file}: {header['n_tokens']} tokens of a "
                 f"{header['vocab_size']}-token vocabulary"
@@ -305,7 +356,7 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
             n_bytes = sum(len(t.encode("utf-8")) for t in texts)
             if not texts:
                 raise UserError("the training data is empty")
-            out.mkdir(parents=True, exist_ok=True)
+            lock(out)  # creates the folder
             Tokenizer = _load_tokenizer_class()
             t0 = time.perf_counter()
             _say(f"training a BPE tokenizer (vocab {vocab}) on {what}, "
@@ -320,7 +371,7 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
             with comm.unbounded():                      # then read both files
                 comm.barrier()
             if not main_rank:
-                tokenizer = _load_tokenizer_class().load(os.fspath(out / "tokenizer.json"))
+                tokenizer = _load_tokenizer(out / "tokenizer.json", "the run's tokenizer")
         if token_file is not None:
             cfg = GPTConfig(**shape)
             data = TokenDataset.from_file(token_file, val_fraction=0.1, seed=seed)
@@ -328,13 +379,14 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
             cfg = GPTConfig(**dict(shape, vocab_size=tokenizer.vocab_size))
             data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
         tcfg = TrainConfig(
-            batch_size=args.batch_size or PRESET_BATCH_SIZE[args.model or DEFAULT_MODEL],
+            batch_size=batch_size,
             max_steps=args.max_steps or DEFAULT_MAX_STEPS, lr=args.lr or DEFAULT_LR,
             warmup_steps=min(100, max(1, (args.max_steps or DEFAULT_MAX_STEPS) // 20)),
             grad_accum=args.grad_accum or 1,
             eval_every=DEFAULT_EVAL_EVERY if args.eval_every is None else args.eval_every,
             save_every=DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every,
             seed=seed)
+        lock(out)  # at the latest here (the token file case with no tokenizer)
         model = GPT(cfg, backend=backend, seed=seed)
         trainer = Trainer(model, data, tcfg, out_dir=out, tokenizer=tokenizer, progress=True,
                           comm=comm)
@@ -393,13 +445,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `kernelgpt sample ... | head`
         return 0
-    except (UserError, ValueError, TypeError, OSError, RuntimeError) as e:
-        # CheckpointError, TrainingDivergedError, FileNotFoundError, unavailable backends, ...
+    except Exception as e:
         if os.environ.get("KERNELGPT_DEBUG"):
             raise
-        msg = " ".join(str(e).split()) or type(e).__name__
-        _say(f"kernelgpt {args.command}: error: {msg}")
+        _say(f"kernelgpt {args.command}: error: {_one_line(e)}")
         return 1
+
+
+def _one_line(e: BaseException) -> str:
+    """The one line an exception reaching the command line prints."""
+    from ._limits import ModelTooLargeError
+    msg = " ".join(str(e).split())
+    if isinstance(e, (UserError, ValueError, TypeError, OSError, ModelTooLargeError)) or (
+            isinstance(e, RuntimeError) and not isinstance(e, (RecursionError,
+                                                                NotImplementedError))):
+        # CheckpointError, RunFolderInUse, TrainingDivergedError, FileNotFoundError, sizes
+        # too large for this machine, unavailable backends, ...
+        return msg or type(e).__name__
+    if isinstance(e, MemoryError):
+        return f"out of memory{': ' + msg if msg else ''} (try smaller sizes)"
+    if isinstance(e, RecursionError):
+        return (f"input nested too deeply (RecursionError: {msg}); set KERNELGPT_DEBUG=1 for "
+                f"the traceback")
+    # not an error a user can make: say what it was, in one line, and how to see more
+    return (f"internal error: {type(e).__name__}: {msg or '(no message)'}; set "
+            f"KERNELGPT_DEBUG=1 for the traceback")
 
 
 if __name__ == "__main__":

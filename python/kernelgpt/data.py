@@ -19,7 +19,9 @@ as the uninterrupted one. Not here: tokenizer training (tokenizer.py), the defau
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -41,43 +43,9 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".c", ".h", ".cpp", ".hpp", ".js"
 
 
 # ---------------------------------------------------------------------------------- atomic files
-def fsync_dir(path: PathLike) -> None:
-    """Flush a directory entry (after a rename) where the platform allows it."""
-    try:
-        fd = os.open(os.fspath(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: PathLike, write_fn) -> None:
-    """Write ``path`` atomically: ``write_fn(f)`` fills a temporary file in the same folder (opened
-    "wb"), which is flushed, fsynced and renamed over ``path``. On any error the temporary file is
-    removed and ``path`` keeps its previous content."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+# One helper for every file the package writes (checkpoint.py: umask permissions, fsync of the
+# file and of its folder); re-exported here, where 0.1.0 defined them.
+from .checkpoint import atomic_write, atomic_write_bytes, fsync_dir  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------- token files
@@ -182,6 +150,8 @@ def list_text_files(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
             out += sorted(found)
         elif p.is_file():
             out.append(p)
+        elif os.path.lexists(p):
+            raise ValueError(f"{p}: {not_a_regular_file(p)}")
         else:
             raise FileNotFoundError(f"data path not found: {p}")
     seen, uniq = set(), []
@@ -191,6 +161,21 @@ def list_text_files(paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
             seen.add(k)
             uniq.append(p)
     return uniq
+
+
+def not_a_regular_file(path: PathLike) -> str:
+    """What is wrong with an existing path that is neither a regular file nor a folder, e.g.
+    "not a regular file (a character device)"."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return f"not a regular file ({what})"
+    return "not a regular file"
 
 
 def read_texts(files: Iterable[PathLike]) -> List[str]:
@@ -226,6 +211,33 @@ def tokenize_files(tokenizer: Any, paths: Union[PathLike, Sequence[PathLike]],
 
 
 # ---------------------------------------------------------------------------------- batches
+_HASH_CHUNK = 1 << 24  # tokens per hashed chunk (32-64 MiB)
+
+
+def hash_tokens(tokens: Any, vocab_size: int) -> str:
+    """BLAKE2b-256 (hex) of every token, as the little-endian ids of the width a token file of
+    this vocab_size uses (2 bytes up to 65,536, else 4): the same digest for a token file's
+    memmap and for an in-memory array of any integer dtype holding the same ids."""
+    dt = id_dtype(vocab_size) if vocab_size <= 2**32 else np.dtype("<u8")
+    h = hashlib.blake2b(digest_size=32)
+    n = int(tokens.size)
+    for i in range(0, n, _HASH_CHUNK):
+        chunk = tokens[i:i + _HASH_CHUNK]
+        if chunk.dtype != dt or not chunk.flags.c_contiguous:
+            chunk = np.ascontiguousarray(chunk, dtype=dt)
+        h.update(memoryview(chunk).cast("B"))
+    return h.hexdigest()
+
+
+def _check_batch_memory(B: int, T: int, world: int) -> None:
+    """MemoryError naming the batch when its arrays cannot fit (checked for big batches only)."""
+    need = B * world * 8 + B * (T + 1) * 8 + 2 * B * T * 4 + B * 112  # offsets, rows, x, y
+    if need < (64 << 20):
+        return
+    from ._limits import check_bytes_fit
+    check_bytes_fit(need, f"a batch of {B} x {T} tokens")
+
+
 class TokenDataset:
     """Train/validation split of one token stream with seeded random batches.
 
@@ -259,6 +271,7 @@ class TokenDataset:
         self.rank, self.world = 0, 1
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
         self.batches_drawn = 0
+        self._fingerprint: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_file(cls, path: PathLike, val_fraction: float = 0.1, seed: int = 0
@@ -276,15 +289,40 @@ class TokenDataset:
             raise ValueError(f"need 0 <= rank < world, got rank={rank!r} world={world!r}")
         ds = TokenDataset(self.tokens, self.vocab_size, self.val_fraction, self.seed, self.source)
         ds.rank, ds.world = rank, world
+        ds._fingerprint = self._fingerprint  # the same tokens: no second pass over them
         return ds
 
     def fingerprint(self) -> Dict[str, Any]:
-        """What a checkpoint records to recognise the same data on resume."""
+        """What a checkpoint records to recognise the same data on resume: the token count,
+        vocab_size, val_fraction and a BLAKE2b hash of every token (:func:`hash_tokens`).
+        Computed once per dataset (the tokens are not expected to change under it)."""
+        if self._fingerprint is None:
+            self._fingerprint = {"n_tokens": int(self.tokens.size),
+                                 "vocab_size": self.vocab_size,
+                                 "val_fraction": self.val_fraction,
+                                 "blake2b": hash_tokens(self.tokens, self.vocab_size)}
+        return dict(self._fingerprint)
+
+    def legacy_fingerprint(self) -> Dict[str, Any]:
+        """The fingerprint kernelgpt 0.1.0 recorded: the count and a checksum of the first and
+        last 4,096 tokens only (still accepted from its checkpoints)."""
         head = np.asarray(self.tokens[:4096], dtype=np.int64)
         tail = np.asarray(self.tokens[-4096:], dtype=np.int64)
         return {"n_tokens": int(self.tokens.size), "vocab_size": self.vocab_size,
                 "val_fraction": self.val_fraction,
                 "checksum": int((head * 31 + 7).sum() ^ (tail * 17 + 3).sum()) & 0xFFFFFFFF}
+
+    def matches_fingerprint(self, fp: Any) -> bool:
+        """Whether ``fp`` (from a checkpoint) describes this data: a whole-file hash is compared
+        with :meth:`fingerprint`; 0.1.0's form (a "checksum" of the ends) with
+        :meth:`legacy_fingerprint`."""
+        if not isinstance(fp, dict):
+            return False
+        if "blake2b" in fp:
+            return fp == self.fingerprint()
+        if "checksum" in fp:
+            return fp == self.legacy_fingerprint()
+        return False
 
     def _check(self, split: np.ndarray, name: str, T: int) -> None:
         if split.size < T + 1:
@@ -303,6 +341,7 @@ class TokenDataset:
         if B < 1 or T < 1:
             raise ValueError(f"batch_size and block_size must be >= 1, got {B}, {T}")
         self._check(self.train, "train", T)
+        _check_batch_memory(B, T, self.world)
         offsets = self.rng.integers(0, self.train.size - T, size=B * self.world)
         self.batches_drawn += 1
         return self._rows(self.train, offsets[self.rank * B:(self.rank + 1) * B], T)
@@ -311,6 +350,7 @@ class TokenDataset:
         """Yield ``n_batches`` validation batches, the same ones at every call."""
         B, T = int(batch_size), int(block_size)
         self._check(self.val, "validation", T)
+        _check_batch_memory(B, T, self.world)
         rng = np.random.Generator(np.random.PCG64([self.seed, 0x7A1]))
         for _ in range(int(n_batches)):
             offsets = rng.integers(0, self.val.size - T, size=B * self.world)

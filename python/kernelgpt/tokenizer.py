@@ -444,18 +444,6 @@ def _train_native(data, num_merges: int, pattern: str, num_threads: Optional[int
 
 
 def _atomic_write(path: PathLike, data: bytes) -> None:
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # the package's one atomic write (umask permissions, fsync of the file and of its folder)
+    from .checkpoint import atomic_write_bytes
+    atomic_write_bytes(path, data)

@@ -25,8 +25,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from .data import TokenDataset, atomic_write_bytes
+from ._limits import check_batch_fits, check_model_fits
+from .checkpoint import (CheckpointError, atomic_write_bytes, latest_checkpoint, load_checkpoint,
+                         run_lock, save_checkpoint)
+from .data import TokenDataset
 from .distributed import SingleProcess, mean_across_ranks, run_ranks  # [distributed]
 from .optim import AdamW, clip_grad_norm, lr_schedule
 
@@ -164,9 +166,18 @@ class Trainer:
         if data.train.size < self.block_size + 1:
             raise ValueError(f"the training split has {data.train.size} tokens, too few for "
                              f"block_size {self.block_size}; give more data")
+        # the activations of one micro-batch and AdamW's two moments, before either exists
+        itemsize = int(np.dtype(str(model.params.dtype)).itemsize)
+        check_batch_fits(model.config, (cfg.batch_size, self.block_size), itemsize,
+                         extra_bytes=2 * int(model.params.size) * itemsize)
         self.model, self.data, self.config = model, data, cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if isinstance(tokenizer, (str, os.PathLike)):
+            if not Path(tokenizer).is_file():  # never read a device or pipe until it ends
+                from .data import not_a_regular_file
+                what = not_a_regular_file(tokenizer) if os.path.exists(tokenizer) else \
+                    "no such file"
+                raise ValueError(f"tokenizer {os.fspath(tokenizer)}: {what}")
             tokenizer = Path(tokenizer).read_bytes()
         self.tokenizer = tokenizer
         self.progress, self.callbacks = progress, list(callbacks)
@@ -233,9 +244,12 @@ class Trainer:
         st = ck.trainer_state
         dstate = st.get("data") or {}
         fp = dstate.get("fingerprint")
-        if fp is not None and fp != self.data.fingerprint():
-            raise CheckpointError(f"{ck.path}: the checkpoint was trained on other data "
-                                  f"({fp['n_tokens'] if isinstance(fp, dict) else fp} tokens)")
+        if fp is not None and not self.data.matches_fingerprint(fp):
+            n = fp.get("n_tokens") if isinstance(fp, dict) else None
+            same_n = n == len(self.data)
+            raise CheckpointError(
+                f"{ck.path}: the checkpoint was trained on other data ({n} tokens; this data "
+                f"has {len(self.data)}{', with different content' if same_n else ''})")
         try:
             self.model.load_state_dict(ck.model_state)
             self.optimizer.load_state_dict(ck.optimizer_state)
@@ -252,7 +266,8 @@ class Trainer:
             self.tokenizer = ck.tokenizer_path.read_bytes()
         self._resumed = True
         if self.out_dir is not None and self.is_main:
-            self._trim_metrics(self.step)
+            with run_lock(self.out_dir):  # RunFolderInUse while another trainer runs there
+                self._trim_metrics(self.step)
 
     @classmethod
     def resume(cls, out_dir: Union[str, os.PathLike], data: Optional[TokenDataset] = None,
@@ -268,6 +283,8 @@ class Trainer:
             mcfg = GPTConfig.from_dict(ck.model_config)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{ck.path}: bad config ({e})") from None
+        # an edited config.json (n_layer=10**7, ...) fails here, before anything is allocated
+        check_model_fits(mcfg, batch=(cfg.batch_size, cfg.block_size or mcfg.block_size))
         if data is None:
             d = ck.trainer_state.get("data") or {}
             src = d.get("source")
@@ -296,8 +313,8 @@ class Trainer:
             try:
                 if int(json.loads(line)["step"]) <= step:
                     keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue  # a damaged line (not ours) is dropped
         atomic_write_bytes(p, "".join(l + "\n" for l in keep).encode())
 
     def save(self) -> Optional[Path]:
@@ -336,12 +353,23 @@ class Trainer:
         p = self.out_dir / METRICS_FILE
         if not p.is_file():
             return None
-        recs = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+        recs = []
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                r = json.loads(line)
+                if isinstance(r, dict) and isinstance(r.get("step"), (int, float)) \
+                        and isinstance(r.get("loss"), (int, float)):
+                    recs.append(r)
+            except (ValueError, RecursionError):
+                continue  # a damaged line does not stop the plot
+        if not recs:
+            return None
         fig = Figure(figsize=(7, 4))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label="train", lw=1)
-        val = [(r["step"], r["val_loss"]) for r in recs if r.get("val_loss") is not None]
+        val = [(r["step"], r["val_loss"]) for r in recs
+               if isinstance(r.get("val_loss"), (int, float))]
         if val:
             ax.plot(*zip(*val), "o-", label="validation")
         ax.set_xlabel("step")
@@ -389,10 +417,18 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> Dict[str, Any]:
         """See :meth:`_fit`. [distributed] With several ranks, an exception on one rank ends
-        the whole job (``comm.fail_fast``) instead of leaving the others in an all-reduce."""
+        the whole job (``comm.fail_fast``) instead of leaving the others in an all-reduce.
+        The main rank holds the run folder's lock (checkpoint.run_lock) throughout: a second
+        trainer on the same out_dir gets RunFolderInUse."""
         if self.comm.world_size > 1:
-            return run_ranks(self._fit, self.comm, resume)
-        return self._fit(resume)
+            return run_ranks(self._fit_locked, self.comm, resume)
+        return self._fit_locked(resume)
+
+    def _fit_locked(self, resume: bool = False) -> Dict[str, Any]:
+        if self.out_dir is None or not self.is_main:
+            return self._fit(resume)
+        with run_lock(self.out_dir):
+            return self._fit(resume)
 
     def _fit(self, resume: bool = False) -> Dict[str, Any]:
         """Train until ``config.max_steps``. ``resume=True`` first restores the latest
