@@ -85,3 +85,24 @@ def test_backward_after_another_threads_forward_raises():
         m.backward()
     m.forward(x, x)       # a forward in this thread makes backward valid again
     m.backward()
+
+
+def test_absurd_config_fails_fast_with_one_line():
+    """GPT(GPTConfig(n_layer=10**9)) used to hang listing parameter shapes: now a MemoryError
+    naming the size, before anything is listed or allocated."""
+    import subprocess
+    import sys
+    code = ("from kernelgpt.model import GPT, GPTConfig\n"
+            "try:\n"
+            "    GPT(GPTConfig(vocab_size=512, block_size=64, n_layer=10**9, n_head=4, n_embd=128),"
+            " backend='numpy')\n"
+            "except MemoryError as e:\n"
+            "    print('refused:', e)\n")
+    import kernelgpt
+    from pathlib import Path
+    env = dict(__import__("os").environ, PYTHONPATH=str(Path(kernelgpt.__file__).parents[1]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("refused:") and "n_layer=1000000000" in r.stdout
+    assert "TB" in r.stdout

@@ -56,20 +56,23 @@ def _shape(config: Any) -> Tuple[int, int, int, int, int]:
 
 
 def param_count(config: Any) -> int:
-    """Number of parameters of a GPT-2 with this config (wte tied to the lm_head), computed
-    without listing them: wte V*C, wpe maxT*C, per layer 12*C*C matrices + 13*C vectors, ln_f 2*C.
-    Optional fields a newer GPTConfig may have are read with getattr defaults:
-    ``bias`` (default True: linear biases exist), ``tie_weights`` (default True; False adds a
-    separate V*C lm_head)."""
-    V, maxT, L, _, C = _shape(config)
-    bias = bool(_field(config, "bias", True))
-    # per layer: c_attn 3C*C, c_proj C*C, c_fc 4C*C, mlp c_proj 4C*C (12*C*C); ln_1, ln_2
-    # weights and biases (4C); with biases, c_attn.b 3C, c_proj.b C, c_fc.b 4C, c_proj.b C (9C)
-    per_layer = 12 * C * C + 4 * C + (9 * C if bias else 0)
-    n = V * C + maxT * C + L * per_layer + 2 * C
-    if not bool(_field(config, "tie_weights", True)):
-        n += V * C
-    return n
+    """Number of parameters of the model of ``config`` (a GPTConfig, or any object or dict with
+    its fields), from the model's parameter table (kernelgpt.model.param_table) without listing
+    the layers: the embedding and final groups plus n_layer times one block, so a config with
+    n_layer=10**9 is counted at once."""
+    import dataclasses
+    import math
+    from .model import GPTConfig, param_table
+    _shape(config)  # the size fields, checked with this module's messages
+    if not isinstance(config, GPTConfig):
+        names = [f.name for f in dataclasses.fields(GPTConfig)]
+        d = {n: _field(config, n) for n in names if _field(config, n) is not None}
+        config = GPTConfig.from_dict(d)
+    t = param_table(config)
+
+    def size(specs: Any) -> int:
+        return sum(math.prod(s.shape(config)) for s in specs)
+    return size(t.embedding) + config.n_layer * size(t.block) + size(t.final)
 
 
 def model_bytes(config: Any, dtype_bytes: int = 4, training: bool = True,

@@ -22,11 +22,13 @@ from typing import Any, List, Optional
 
 # Defaults of `kernelgpt train`, sized so the no-argument run takes a few minutes on 2 CPU cores.
 DEFAULT_MODEL = "xs"          # vocab 512, 2 layers, 4 heads, 128 dims, block 64
-DEFAULT_MAX_STEPS = 1000      # ~0.5M tokens, about half a pass over the default corpus
-DEFAULT_LR = 2e-3             # high, for a tiny model and a short run
-DEFAULT_EVAL_EVERY = 200
-DEFAULT_SAVE_EVERY = 500
 DEFAULT_SEED = 0
+# The training defaults are TrainConfig's (kernelgpt.train), stated there once.
+from .train import TrainConfig as _TrainConfig  # noqa: E402
+
+_TC = _TrainConfig()
+DEFAULT_MAX_STEPS, DEFAULT_LR = _TC.max_steps, _TC.lr
+DEFAULT_EVAL_EVERY, DEFAULT_SAVE_EVERY = _TC.eval_every, _TC.save_every
 SAMPLE_PROMPT = "def "        # the default corpus is Python source
 RESUME_FIXED = ("data", "tokenizer", "model", "n_layer", "n_head", "n_embd", "vocab_size",
                 "block_size", "batch_size", "lr", "seed", "grad_accum")
@@ -381,7 +383,6 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
         tcfg = TrainConfig(
             batch_size=batch_size,
             max_steps=args.max_steps or DEFAULT_MAX_STEPS, lr=args.lr or DEFAULT_LR,
-            warmup_steps=min(100, max(1, (args.max_steps or DEFAULT_MAX_STEPS) // 20)),
             grad_accum=args.grad_accum or 1,
             eval_every=DEFAULT_EVAL_EVERY if args.eval_every is None else args.eval_every,
             save_every=DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every,

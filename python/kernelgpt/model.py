@@ -310,8 +310,11 @@ class GPT:
         if dt == "float64" and self.backend.name != "numpy":
             raise ValueError("dtype='float64' needs the numpy backend (it is for gradient checks)")
         self.dtype = dt
+        from ._limits import check_model_fits
         from .backends.base import check_head_size
         check_head_size(config.head_size, self.backend.name)
+        # before anything is listed or allocated: the host init buffer, parameters, gradients
+        check_model_fits(config, dtype_bytes=np.dtype(dt).itemsize, copies=3)
         layout = _layout(config)
         self._shapes = {n: s for n, s, _ in layout}
         self.n_decay = sum(int(np.prod(s)) for _, s, spec in layout if spec.decay)

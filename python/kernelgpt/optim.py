@@ -41,8 +41,16 @@ def clip_grad_norm(model: Any, max_norm: float) -> float:
 class AdamW:
     """AdamW on ``model.params`` with moments in two flat backend arrays (m, v)."""
 
-    def __init__(self, model: Any, lr: float = 3e-4, betas: Tuple[float, float] = (0.9, 0.95),
-                 eps: float = 1e-8, weight_decay: float = 0.1):
+    def __init__(self, model: Any, lr: Optional[float] = None,
+                 betas: Optional[Tuple[float, float]] = None, eps: Optional[float] = None,
+                 weight_decay: Optional[float] = None):
+        """Hyperparameters left None take TrainConfig's defaults (kernelgpt.train), the one
+        place the training defaults are stated."""
+        from .train import TrainConfig
+        lr = TrainConfig.lr if lr is None else lr
+        betas = (TrainConfig.beta1, TrainConfig.beta2) if betas is None else betas
+        eps = TrainConfig.eps if eps is None else eps
+        weight_decay = TrainConfig.weight_decay if weight_decay is None else weight_decay
         if not lr >= 0 or not eps > 0 or not weight_decay >= 0:
             raise ValueError(f"bad AdamW hyperparameters lr={lr} eps={eps} "
                              f"weight_decay={weight_decay}")

@@ -47,26 +47,38 @@ class TrainingDivergedError(RuntimeError):
     """The loss, the gradient or the parameters stopped being finite."""
 
 
+# The training defaults, stated once: TrainConfig's fields below, which the command line and
+# AdamW take theirs from.
+DEFAULT_LR = 2e-3  # peak learning rate: high, since the default models are tiny and runs short
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 8            # sequences per micro-batch
     block_size: Optional[int] = None  # tokens per sequence; None: the model's block_size
-    max_steps: int = 200           # optimizer steps in total (a resumed run counts on)
-    lr: float = 1e-3               # peak learning rate (small models tolerate a high one)
+    max_steps: int = 1000          # optimizer steps in total (a resumed run counts on); the
+                                   # default run: about half a pass over the default corpus on xs
+    lr: float = DEFAULT_LR
     min_lr: Optional[float] = None  # floor of the cosine decay; None: lr / 10
-    warmup_steps: int = 20         # linear warmup steps
+    warmup_steps: Optional[int] = None  # linear warmup steps; None: max_steps / 20, in [1, 100]
+                                        # (long enough to settle AdamW's moments, short of 10%)
     weight_decay: float = 0.1      # decoupled, matrices only
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0         # max global gradient norm; 0 disables clipping
     grad_accum: int = 1            # micro-batches per optimizer step
-    eval_every: int = 100          # validation every N steps (and at the end); 0 disables it
+    eval_every: int = 200          # validation every N steps (and at the end); 0 disables it:
+                                   # five points on the default run's loss curve
     eval_batches: int = 8          # validation batches per evaluation
-    save_every: int = 0            # checkpoint every N steps; 0: only at the end (and on Ctrl-C)
+    save_every: int = 500          # checkpoint every N steps (with an out_dir); 0: only at the
+                                   # end (and on Ctrl-C); a long run loses at most 500 steps
     seed: int = 0                  # recorded; the command line seeds model init and data with it
 
     def __post_init__(self) -> None:
+        if self.warmup_steps is None and isinstance(self.max_steps, int):
+            self.warmup_steps = min(100, max(1, self.max_steps // 20))
+
         def pos_int(name: str, minimum: int = 1) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
