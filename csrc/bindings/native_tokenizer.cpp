@@ -103,12 +103,15 @@ void init_tokenizer(py::module_& m) {
         t.t.add_documents(views, nt);
       }, py::arg("docs"), py::arg("num_threads") = 0,
          "Split each str/bytes document on its own and add its chunk counts.")
-      .def("add_file", [](PyTrainer& t, const std::string& path, int num_threads) {
+      .def("add_file", [](PyTrainer& t, const std::string& path, int num_threads, int64_t block_bytes) {
         const int nt = threads_arg(num_threads);
+        if (block_bytes < 0) throw std::invalid_argument("block_bytes must be >= 0, got " + std::to_string(block_bytes));
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(t.mu);
-        t.t.add_file(path, nt);
-      }, py::arg("path"), py::arg("num_threads") = 0, "Stream a UTF-8 file as one document.")
+        t.t.add_file(path, nt, size_t(block_bytes));
+      }, py::arg("path"), py::arg("num_threads") = 0, py::arg("block_bytes") = 0,
+         "Stream a UTF-8 file as one document, read in blocks of block_bytes (0: 16 MiB; small "
+         "values are for tests: the counts do not depend on it).")
       .def("train", [](PyTrainer& t, int64_t num_merges) {
         if (num_merges < 0) throw std::invalid_argument("num_merges must be >= 0, got " + std::to_string(num_merges));
         std::vector<kgpt::tok::Merge> merges;

@@ -36,6 +36,7 @@ FORMAT = "kernelgpt-bpe"
 FORMAT_VERSION = 1
 PATTERNS = tuple(_ref.PATTERNS)
 _BATCH_BYTES = 8 << 20  # texts are handed to the native trainer in batches of about this size
+_FILE_BLOCK_BYTES = 0  # bytes the native trainer reads from a file per round (0: its 16 MiB); tests set it small
 
 PathLike = Union[str, "os.PathLike[str]"]
 AllowedSpecial = Union[str, Set[str], frozenset]
@@ -432,7 +433,7 @@ def _train_native(data, num_merges: int, pattern: str, num_threads: Optional[int
             path = os.fspath(item)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no such file: {path}")
-            trainer.add_file(path, nt)
+            trainer.add_file(path, nt, _FILE_BLOCK_BYTES)
         else:
             batch.append(item)
             size += len(item)
