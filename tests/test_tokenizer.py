@@ -240,7 +240,7 @@ def _edit(tmp_path, tok, fn):
     (lambda o: o["merges"].__setitem__(5, [1]), "merge 5 is not"),
     (lambda o: o["merges"].__setitem__(7, o["merges"][3]), "repeat"),
     (lambda o: o.update(vocab_size=12), "vocab_size 12 does not match"),
-    (lambda o: o.update(pattern="cl100k"), "unknown pattern"),
+    (lambda o: o.update(pattern="cl50k"), "unknown pattern"),
     (lambda o: o["special_tokens"].update({"<|pad|>": 999}), "special token '<\\|pad\\|>' has id 999"),
     (lambda o: o["merges"].pop(), "special token"),
 ], ids=["format", "version", "missing", "bad-id", "short-pair", "repeat", "vocab", "pattern",
@@ -313,7 +313,7 @@ def test_bad_train_arguments():
     with pytest.raises(TypeError, match="vocab_size"):
         Tokenizer.train("abc", 300.0)
     with pytest.raises(ValueError, match="pattern"):
-        Tokenizer.train("abc", 300, pattern="cl100k")
+        Tokenizer.train("abc", 300, pattern="cl50k")
     with pytest.raises(ValueError, match="backend"):
         Tokenizer.train("abc", 300, backend="rust")
     with pytest.raises(FileNotFoundError):

@@ -27,7 +27,7 @@ namespace {
 Pattern pattern_arg(const std::string& name) {
   Pattern p;
   if (!kgpt::tok::parse_pattern(name, &p))
-    throw std::invalid_argument("pattern must be 'gpt4' or 'gpt2', got '" + name + "'");
+    throw std::invalid_argument("pattern must be 'gpt4', 'gpt2', 'cl100k', 'o200k', 'r50k' or 'p50k', got '" + name + "'");
   return p;
 }
 

@@ -94,7 +94,7 @@ size_t last_safe_cut(std::string_view text) {
     const char prev = text[i - 1];
     if (prev != '\n' && prev != '\r') continue;
     const unsigned char c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x21 && c <= 0x7e) return i;  // printable ASCII, never whitespace
+    if (c >= 0x21 && c <= 0x7e && c != '/') return i;  // printable ASCII, never whitespace; "o200k" keeps CR/LF + '/'
     if (c >= 0x80 && next_safe_boundary(text.substr(0, i + 4), i) == i) return i;
   }
   return 0;

@@ -48,8 +48,11 @@ def _native():
 
 
 def _check_pattern(pattern: str) -> str:
+    """The splitter's name: "gpt4", "gpt2", "cl100k", "o200k", or an alias ("r50k", "p50k": "gpt2")."""
+    if isinstance(pattern, str) and pattern in _ref.PATTERN_ALIASES:
+        return _ref.PATTERN_ALIASES[pattern]
     if not isinstance(pattern, str) or pattern not in _ref.PATTERNS:
-        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+        raise ValueError(f"pattern must be one of {PATTERNS + tuple(_ref.PATTERN_ALIASES)}, got {pattern!r}")
     return pattern
 
 
