@@ -477,6 +477,101 @@ class Tokenizer:
         except ValueError as e:
             raise bad(str(e)) from None
 
+    # ---- Hugging Face tokenizer.json
+    def save_hf(self, directory: PathLike) -> None:
+        """Write ``directory``/tokenizer.json (+ tokenizer_config.json) for Hugging Face:
+        ``tokenizers.Tokenizer.from_file`` and ``transformers.PreTrainedTokenizerFast`` load it
+        and encode to the same ids as ``encode(text, allowed_special="all")`` (byte-level BPE, the
+        split pattern as a Split pre-tokenizer, special tokens as added tokens, ignore_merges
+        for the whole-token lookup). ValueError if two ids spell the same bytes (a tokenizer.json
+        vocabulary maps each string to one id)."""
+        to_u = _byte_to_unicode()
+        ordinary = self._ordinary_ids()
+        vocab: Dict[str, int] = {}
+        for i in ordinary:
+            t = "".join(to_u[b] for b in self.token_bytes(i))
+            if t in vocab:
+                raise ValueError(f"tokens {vocab[t]} and {i} have the same bytes {self.token_bytes(i)!r}; "
+                                 "a tokenizer.json vocabulary needs unique token bytes")
+            vocab[t] = i
+        n = 256 + len(self.merges)
+        ext = list(range(n)) if self._ids is None else self._ids[:n].tolist()
+        tstr = {}  # internal id -> byte-level string
+        for i in range(n):
+            tstr[i] = "".join(to_u[b] for b in self.token_bytes(ext[i]))
+        merges = [[tstr[a], tstr[b]] for a, b in self.merges]
+        for sp, sid in self._specials.items():
+            # in the vocabulary too (as GPT-2's <|endoftext|>): tokenizers takes an added token's
+            # id from there, and gives one that is not there the next free id
+            t = "".join(to_u[b] for b in sp.encode("utf-8"))
+            if t in vocab:
+                raise ValueError(f"special token {sp!r} spells the same bytes as token {vocab[t]}; "
+                                 "a tokenizer.json vocabulary cannot hold both")
+            vocab[t] = sid
+        added = [{"id": sid, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True} for s, sid in self._specials.items()]
+        obj = {
+            "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": _ref.PATTERNS[self.pattern]},
+                 "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                 "use_regex": False}]},
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                        "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                      "fuse_unk": False, "byte_fallback": False, "ignore_merges": self._whole,
+                      "vocab": vocab, "merges": merges},
+        }
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                  "model_max_length": 1 << 30,
+                  "added_tokens_decoder": {str(sid): {k: v for k, v in a.items() if k != "id"}
+                                           for a, sid in zip(added, self._specials.values())}}
+        if "<|endoftext|>" in self._specials:
+            config["eos_token"] = "<|endoftext|>"
+        d = os.fspath(directory)
+        os.makedirs(d, exist_ok=True)
+        _atomic_write(os.path.join(d, "tokenizer.json"),
+                      json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8"))
+        _atomic_write(os.path.join(d, "tokenizer_config.json"),
+                      json.dumps(config, ensure_ascii=False, indent=1).encode("utf-8"))
+
+    @classmethod
+    def from_hf(cls, path: PathLike, pattern: Optional[str] = None) -> "Tokenizer":
+        """Read a Hugging Face byte-level BPE tokenizer: a tokenizer.json (or a directory holding
+        one), or GPT-2's vocab.json + merges.txt (the vocab.json path, or a directory holding both;
+        ``pattern`` defaults to "gpt2" there). Ids are kept. Added tokens become special tokens
+        (encode them with ``allowed_special``). Refused with ValueError, one line: a model other
+        than BPE, a normalizer, a pre-tokenizer other than byte-level with a known split pattern
+        (gpt2, gpt4, cl100k, o200k, Llama 3's), add_prefix_space, byte_fallback, subword prefixes or
+        suffixes, dropout, a token that is not made of bytes. A post-processor's added tokens
+        (BOS/EOS templates) are not added by ``encode`` (logged)."""
+        p = os.fspath(path)
+        if os.path.isdir(p):
+            if os.path.isfile(os.path.join(p, "tokenizer.json")):
+                p = os.path.join(p, "tokenizer.json")
+            elif os.path.isfile(os.path.join(p, "vocab.json")):
+                p = os.path.join(p, "vocab.json")
+            else:
+                raise ValueError(f"{p}: no tokenizer.json or vocab.json + merges.txt in this directory")
+        try:
+            with open(p, "rb") as f:
+                obj = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p}: not a Hugging Face tokenizer file (invalid JSON: {e})") from None
+        if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+            return _from_hf_json(cls, obj, p, pattern)
+        merges_path = os.path.join(os.path.dirname(p) or ".", "merges.txt")
+        if not isinstance(obj, dict) or not os.path.isfile(merges_path):
+            raise ValueError(f"{p}: neither a tokenizer.json nor a vocab.json with merges.txt beside it")
+        with open(merges_path, "r", encoding="utf-8") as f:
+            lines = [ln.rstrip("\r\n") for ln in f]
+        merges = [ln.split(" ") for ln in lines if ln and not ln.startswith("#version")]
+        return _build_hf(cls, obj, merges, {}, _check_pattern(pattern or "gpt2"), False, p)
+
     # ---- tiktoken ranks format
     def export_tiktoken(self, path: PathLike) -> None:
         """Write the ordinary tokens as tiktoken ranks: one "<base64 bytes> <rank>" line per id
@@ -573,6 +668,138 @@ class Tokenizer:
             names = _check_specials(special_tokens)
             sids = [top + k for k in range(len(names))]
         return cls(merges, pattern, names, ids=ids + sids)
+
+
+def _byte_to_unicode() -> List[str]:
+    """GPT-2's byte-level alphabet: byte b -> one printable character (the printable Latin-1
+    bytes stand for themselves, the others are moved to U+0100 onwards, in order)."""
+    keep = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+# Split patterns seen in tokenizer.json files that split exactly like one of ours (tested).
+_LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+_R50K = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_HF_SPLITS = {**{v: k for k, v in _ref.PATTERNS.items()}, _LLAMA3: "gpt4", _R50K: "gpt2"}
+
+
+def _from_hf_json(cls, obj: dict, src: str, pattern: Optional[str]) -> "Tokenizer":
+    def refuse(msg: str) -> ValueError:
+        return ValueError(f"{src}: cannot be represented: {msg}")
+    model = obj["model"]
+    if model.get("type") != "BPE":
+        raise refuse(f"the model is {model.get('type')!r}, not a byte-level BPE")
+    norm = obj.get("normalizer")
+    if norm is not None and not (norm.get("type") == "Sequence" and not norm.get("normalizers")):
+        raise refuse(f"it has a normalizer ({norm.get('type')})")
+    if model.get("byte_fallback"):
+        raise refuse("byte_fallback BPE (not byte-level)")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise refuse("it uses continuing_subword_prefix / end_of_word_suffix")
+    if model.get("dropout") not in (None, 0, 0.0):
+        raise refuse("BPE dropout")
+    found = _hf_pattern(obj.get("pre_tokenizer"), refuse)
+    if pattern is not None and _check_pattern(pattern) != found:
+        raise refuse(f"its split pattern is {found!r}, not {pattern!r}")
+    post = obj.get("post_processor")
+    if post is not None and post.get("type") not in ("ByteLevel",):
+        log.warning("%s: the post-processor %s is not applied: encode adds no BOS/EOS tokens",
+                    src, post.get("type"))
+    merges = model.get("merges")
+    if not isinstance(merges, list):
+        raise refuse("model.merges is not a list")
+    merges = [m.split(" ") if isinstance(m, str) else m for m in merges]
+    added = {}
+    for a in obj.get("added_tokens") or []:
+        if not isinstance(a, dict) or not isinstance(a.get("content"), str) or not isinstance(a.get("id"), int):
+            raise refuse(f"bad added token {a!r}")
+        added[a["content"]] = a["id"]
+    return _build_hf(cls, model.get("vocab"), merges, added, found,
+                     bool(model.get("ignore_merges", False)), src)
+
+
+def _hf_pattern(pre, refuse) -> str:
+    """Our pattern name for a tokenizer.json pre_tokenizer (byte-level only)."""
+    def byte_level(p, use_regex):
+        if p.get("type") != "ByteLevel":
+            return False
+        if p.get("add_prefix_space"):
+            raise refuse("the ByteLevel pre-tokenizer adds a prefix space")
+        return bool(p.get("use_regex", True)) == use_regex
+    if isinstance(pre, dict) and byte_level(pre, True):
+        return "gpt2"  # ByteLevel's own regex is GPT-2's pattern
+    if isinstance(pre, dict) and pre.get("type") == "Sequence":
+        steps = pre.get("pretokenizers") or []
+        if (len(steps) == 2 and steps[0].get("type") == "Split" and byte_level(steps[1], False)
+                and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert")):
+            pat = (steps[0].get("pattern") or {}).get("Regex")
+            if pat in _HF_SPLITS:
+                return _HF_SPLITS[pat]
+            raise refuse(f"unknown split pattern {pat!r}")
+    raise refuse("the pre-tokenizer is not byte-level (ByteLevel, or Split by a known pattern + ByteLevel)")
+
+
+def _build_hf(cls, vocab, merges, added: Dict[str, int], pattern: str, whole: bool, src: str) -> "Tokenizer":
+    def refuse(msg: str) -> ValueError:
+        return ValueError(f"{src}: cannot be represented: {msg}")
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                              for v in vocab.values()):
+        raise refuse("the vocabulary is not {token: id}")
+    from_u = {c: b for b, c in enumerate(_byte_to_unicode())}
+
+    def to_bytes(t: str) -> bytes:
+        try:
+            return bytes(from_u[c] for c in t)
+        except KeyError:
+            raise refuse(f"token {t!r} is not byte-level") from None
+    ids = []
+    internal: Dict[str, int] = {}
+    for b, c in enumerate(_byte_to_unicode()):
+        if c not in vocab:
+            raise refuse(f"the vocabulary has no token for byte {b:#04x}")
+        internal[c] = b
+        ids.append(vocab[c])
+    pairs = []
+    for k, m in enumerate(merges):
+        if not (isinstance(m, (list, tuple)) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+            raise refuse(f"merge {k} is not a pair of tokens: {m!r}")
+        a, b = m
+        if a not in internal or b not in internal:
+            raise refuse(f"merge {k} {a!r} + {b!r} uses a token no earlier merge makes")
+        t = a + b
+        if t not in vocab:
+            raise refuse(f"merge {k} makes {t!r}, which is not in the vocabulary")
+        internal.setdefault(t, 256 + len(pairs))
+        pairs.append((internal[a], internal[b]))
+        ids.append(vocab[t])
+    specials, sids = [], []
+    added_ids = set(added.values())
+    for t, i in vocab.items():
+        if t not in internal:
+            if i in added_ids:
+                continue  # an added token's entry (save_hf writes one, as GPT-2's files have)
+            if not added and merges and src.endswith(".json") and t.startswith("<|") and t.endswith("|>"):
+                specials.append(t)  # vocab.json + merges.txt: GPT-2's <|endoftext|>
+                sids.append(i)
+                continue
+            to_bytes(t)
+            raise refuse(f"token {t!r} (id {i}) is neither a byte nor made by a merge")
+    for t, i in added.items():
+        if t in internal and vocab.get(t) == i:
+            raise refuse(f"added token {t!r} is also an ordinary token")
+        specials.append(t)
+        sids.append(i)
+    try:
+        return cls(pairs, pattern, specials, ids=ids + sids, whole_token_lookup=whole)
+    except ValueError as e:
+        raise refuse(str(e)) from None
 
 
 def _bpe_parts(tb: bytes, ranks: Dict[bytes, int], max_rank: int) -> List[bytes]:
