@@ -25,6 +25,9 @@ R50K = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s
 CASES = {"o200k": ref.PATTERNS["o200k"], "cl100k": ref.PATTERNS["cl100k"], "r50k": R50K,
          "p50k": R50K}
 COMPILED = {k: regex.compile(v) for k, v in CASES.items()}
+# Split patterns from_hf maps onto ours (tokenizer.py's _HF_SPLITS): Llama 3's string is "gpt4".
+from kernelgpt import tokenizer as _tkm  # noqa: E402
+HF_SPLITS = [(pat, name) for pat, name in _tkm._HF_SPLITS.items() if pat not in ref.PATTERNS.values()]
 
 
 def _edge_cases():
@@ -51,6 +54,16 @@ O200K_CASES = [
 def test_edge_cases_match_regex(name):
     for text in _edge_cases() + O200K_CASES:
         assert _native.pretokenize(text, name) == COMPILED[name].findall(text), (name, text)
+
+
+@pytest.mark.parametrize("pat,name", HF_SPLITS, ids=[n for _, n in HF_SPLITS])
+def test_hf_split_patterns_split_like_ours(pat, name):
+    compiled = regex.compile(pat)
+    rnd = random.Random(99)
+    texts = _edge_cases() + O200K_CASES + ["".join(rnd.choice(POOL) for _ in range(rnd.randint(1, 30)))
+                                           for _ in range(1500)]
+    for text in texts:
+        assert _native.pretokenize(text, name) == compiled.findall(text), (name, text)
 
 
 def _assigned(limit=0x30000):

@@ -58,13 +58,21 @@ py::array_t<int32_t> to_numpy(std::vector<int32_t>&& v) {
                               owned->data(), owner);
 }
 
-// A Python list of ints built directly (no NumPy round trip).
-py::list to_list(const std::vector<int32_t>& v) {
+// A Python list of the ids, built directly from the encoder's cached ints (no NumPy round trip).
+py::list to_list(const std::vector<int32_t>& v, std::vector<PyObject*>& ints, size_t vocab) {
+  if (ints.size() != vocab) {
+    ints.reserve(vocab);
+    while (ints.size() < vocab) {
+      PyObject* x = PyLong_FromSsize_t(Py_ssize_t(ints.size()));
+      if (!x) throw py::error_already_set();
+      ints.push_back(x);
+    }
+  }
   PyObject* l = PyList_New(Py_ssize_t(v.size()));
   if (!l) throw py::error_already_set();
   for (size_t i = 0; i < v.size(); ++i) {
-    PyObject* x = PyLong_FromLong(long(v[i]));
-    if (!x) { Py_DECREF(l); throw py::error_already_set(); }
+    PyObject* x = ints[size_t(v[i])];  // encode only returns ids below vocab_size
+    Py_INCREF(x);
     PyList_SET_ITEM(l, Py_ssize_t(i), x);
   }
   return py::reinterpret_steal<py::list>(l);
@@ -95,6 +103,10 @@ struct PyTrainer {
 struct PyEncoder {
   std::unique_ptr<BpeEncoder> enc;
   size_t nspecial = 0;
+  // One Python int per id, made on the first call that returns lists (with the GIL held, as every
+  // use): a list then costs a reference count per id instead of an allocation.
+  std::vector<PyObject*> ints;
+  ~PyEncoder() { for (PyObject* o : ints) Py_XDECREF(o); }
 };
 
 }  // namespace
@@ -162,7 +174,7 @@ void init_tokenizer(py::module_& m) {
         return holder.release();
       }), py::arg("merges").noconvert(), py::arg("specials"), py::arg("pattern"),
          py::arg("ids") = std::vector<int32_t>{}, py::arg("whole_lookup") = true)
-      .def("encode", [](const PyEncoder& e, py::handle text, const std::vector<int>& allowed, bool as_list) -> py::object {
+      .def("encode", [](PyEncoder& e, py::handle text, const std::vector<int>& allowed, bool as_list) -> py::object {
         std::vector<py::object> keep;
         std::string_view v = utf8_view(text, keep, "text");
         std::vector<int> al = allowed_arg(*e.enc, allowed, e.nspecial);
@@ -172,11 +184,11 @@ void init_tokenizer(py::module_& m) {
           ids.reserve(v.size() / 5 + 16);  // ~4+ bytes per token on text
           e.enc->encode(v, al, ids);
         }
-        if (as_list) return to_list(ids);
+        if (as_list) return to_list(ids, e.ints, e.enc->vocab_size());
         return to_numpy(std::move(ids));
       }, py::arg("text"), py::arg("allowed") = std::vector<int>{}, py::arg("as_list") = false,
          "Encode str/bytes; `allowed` lists the indices of special tokens to recognise.")
-      .def("encode_batch", [](const PyEncoder& e, py::list texts, const std::vector<int>& allowed, int num_threads,
+      .def("encode_batch", [](PyEncoder& e, py::list texts, const std::vector<int>& allowed, int num_threads,
                               bool as_lists) {
         const int nt = threads_arg(num_threads);
         std::vector<py::object> keep;
@@ -192,7 +204,7 @@ void init_tokenizer(py::module_& m) {
         }
         py::list out(res.size());
         for (size_t i = 0; i < res.size(); ++i) {
-          if (as_lists) { out[i] = to_list(res[i]); std::vector<int32_t>().swap(res[i]); }
+          if (as_lists) { out[i] = to_list(res[i], e.ints, e.enc->vocab_size()); std::vector<int32_t>().swap(res[i]); }
           else out[i] = to_numpy(std::move(res[i]));
         }
         return out;

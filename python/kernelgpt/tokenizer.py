@@ -239,7 +239,7 @@ class Tokenizer:
             texts = []
             for kind, item in _iter_data(data):
                 if kind == "file":
-                    with open(item, "r", encoding="utf-8") as f:
+                    with open(item, "r", encoding="utf-8", newline="") as f:  # CRLF kept, as native
                         texts.append(f.read())
                 else:
                     texts.append(item)
