@@ -113,7 +113,10 @@ def _edit(tmp_path, tok, fn):
     (lambda o: o.update(pre_tokenizer={"type": "Whitespace"}), "not byte-level"),
     (lambda o: o["model"]["vocab"].update({"☃": 9999}), "not byte-level"),
     (lambda o: o["model"]["merges"].reverse(), "no earlier merge makes"),
-], ids=["normalizer", "wordpiece", "byte_fallback", "pattern", "prefix", "pretok", "char", "order"])
+    (lambda o: o["added_tokens"][0].update(lstrip=True), "lstrip"),
+    (lambda o: o["model"]["vocab"].update({"<|orphan|>": 5000}), "neither a byte nor made by a merge"),
+], ids=["normalizer", "wordpiece", "byte_fallback", "pattern", "prefix", "pretok", "char", "order",
+        "lstrip", "orphan"])
 def test_from_hf_refuses_what_it_cannot_represent(tmp_path, fn, match):
     tok = Tokenizer.train(_corpus(), 256 + 50, special_tokens=["<|endoftext|>"])
     p = _edit(tmp_path, tok, fn)

@@ -570,7 +570,7 @@ class Tokenizer:
         with open(merges_path, "r", encoding="utf-8") as f:
             lines = [ln.rstrip("\r\n") for ln in f]
         merges = [ln.split(" ") for ln in lines if ln and not ln.startswith("#version")]
-        return _build_hf(cls, obj, merges, {}, _check_pattern(pattern or "gpt2"), False, p)
+        return _build_hf(cls, obj, merges, {}, _check_pattern(pattern or "gpt2"), False, p, gpt2_files=True)
 
     # ---- tiktoken ranks format
     def export_tiktoken(self, path: PathLike) -> None:
@@ -720,6 +720,8 @@ def _from_hf_json(cls, obj: dict, src: str, pattern: Optional[str]) -> "Tokenize
     for a in obj.get("added_tokens") or []:
         if not isinstance(a, dict) or not isinstance(a.get("content"), str) or not isinstance(a.get("id"), int):
             raise refuse(f"bad added token {a!r}")
+        if a.get("single_word") or a.get("lstrip") or a.get("rstrip"):
+            raise refuse(f"added token {a['content']!r} uses single_word / lstrip / rstrip matching")
         added[a["content"]] = a["id"]
     return _build_hf(cls, model.get("vocab"), merges, added, found,
                      bool(model.get("ignore_merges", False)), src)
@@ -746,7 +748,8 @@ def _hf_pattern(pre, refuse) -> str:
     raise refuse("the pre-tokenizer is not byte-level (ByteLevel, or Split by a known pattern + ByteLevel)")
 
 
-def _build_hf(cls, vocab, merges, added: Dict[str, int], pattern: str, whole: bool, src: str) -> "Tokenizer":
+def _build_hf(cls, vocab, merges, added: Dict[str, int], pattern: str, whole: bool, src: str,
+              gpt2_files: bool = False) -> "Tokenizer":
     def refuse(msg: str) -> ValueError:
         return ValueError(f"{src}: cannot be represented: {msg}")
     if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -785,8 +788,8 @@ def _build_hf(cls, vocab, merges, added: Dict[str, int], pattern: str, whole: bo
         if t not in internal:
             if i in added_ids:
                 continue  # an added token's entry (save_hf writes one, as GPT-2's files have)
-            if not added and merges and src.endswith(".json") and t.startswith("<|") and t.endswith("|>"):
-                specials.append(t)  # vocab.json + merges.txt: GPT-2's <|endoftext|>
+            if gpt2_files and t.startswith("<|") and t.endswith("|>"):
+                specials.append(to_bytes(t).decode("utf-8", errors="replace"))  # GPT-2's <|endoftext|>
                 sids.append(i)
                 continue
             to_bytes(t)
