@@ -147,3 +147,20 @@ def test_save_hf_of_an_openai_layout(tmp_path):
     for s in TEXTS + ["x<|endoftext|>y"]:
         assert hf.encode(s).ids == t1.encode(s, allowed_special="all"), s
     assert Tokenizer.from_hf(tmp_path / "hf") == t1
+
+
+def test_whole_token_lookup_switch_matches_ignore_merges(tmp_path):
+    # "abc" is a token (a + bc), but merging "abc" makes "ab" first and stops at ab + c: the
+    # whole-chunk lookup (tiktoken; tokenizers with ignore_merges) gives 258, pure merging 256, 99.
+    merges = [(97, 98), (98, 99), (97, 257)]
+    for whole, want in ((True, [258]), (False, [256, 99])):
+        tok = Tokenizer(merges, "gpt2", whole_token_lookup=whole)
+        assert tok.encode("abc") == want
+        d = tmp_path / str(whole)
+        tok.save_hf(d)
+        assert tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")).encode("abc").ids == want
+        t2 = Tokenizer.from_hf(d)
+        assert t2 == tok and t2.encode("abc") == want
+        f = tmp_path / f"{whole}.json"
+        tok.save(f)
+        assert Tokenizer.load(f).encode("abc") == want

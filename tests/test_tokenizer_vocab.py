@@ -79,6 +79,10 @@ def test_permuted_byte_ranks_equal_tiktoken(tmp_path, permuted_ranks, pattern):
     assert tok.special_tokens == specials
     with pytest.raises(ValueError, match="not a token of this vocabulary"):
         tok.decode([top + 2])
+    with pytest.raises(ValueError, match="not a token of this vocabulary"):
+        tok.token_bytes(top + 2)
+    with pytest.raises(ValueError, match="out of range"):
+        tok.decode([top + 8])
 
 
 def test_permuted_vocab_saves_loads_pickles(tmp_path, permuted_ranks):

@@ -251,8 +251,10 @@ void init_tokenizer(py::module_& m) {
       }, py::arg("ids"), "Bytes of the ids (list/tuple of ints or int32/int64 1-D array); ValueError on an id out of range.")
       .def("token_bytes", [](const PyEncoder& e, int64_t id) {
         if (!e.enc->valid_id(id))
-          throw std::invalid_argument("token id " + std::to_string(id) + " is out of range [0, " +
-                                      std::to_string(e.enc->vocab_size()) + ")");
+          throw std::invalid_argument("token id " + std::to_string(id) +
+                                      (id >= 0 && size_t(id) < e.enc->vocab_size()
+                                           ? std::string(" is not a token of this vocabulary")
+                                           : " is out of range [0, " + std::to_string(e.enc->vocab_size()) + ")"));
         std::string_view t = e.enc->token(size_t(id));
         return py::bytes(t.data(), t.size());
       }, py::arg("id"))

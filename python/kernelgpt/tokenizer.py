@@ -200,7 +200,7 @@ class Tokenizer:
 
     def __reduce__(self):
         # pickle / copy.deepcopy: rebuilt from the saved form (the C++ encoder is not picklable)
-        return (Tokenizer.from_dict, (self.to_dict(),))
+        return (type(self).from_dict, (self.to_dict(),))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
