@@ -141,3 +141,20 @@ def test_file_streaming_keeps_the_split(name, tmp_path):
         t = _native.BpeTrainer(name)
         t.add_file(str(f), 1, block_bytes=block)
         assert (t.num_chunks, t.num_unique_chunks, t.train(100).tolist()) == want, block
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_lone_surrogates_and_invalid_bytes(name):
+    rnd = random.Random(11)
+    pool = ["a", "A", "\udc80", "\ud800", " ", "\n", "!", "1", "\u0301", "ʰ", "'s", "/"]
+    for _ in range(1500):
+        t = "".join(rnd.choice(pool) for _ in range(rnd.randint(1, 12)))
+        assert _native.pretokenize(t, name) == COMPILED[name].findall(t), t
+    for _ in range(1500):  # invalid UTF-8: every byte lands in exactly one chunk
+        b = bytes(rnd.choice([0x41, 0x61, 0x80, 0xC3, 0xFF, 0x20, 0x0A, 0x2F, 0x21, 0xCC, 0x81, 0x27])
+                  for _ in range(rnd.randint(1, 12)))
+        pos = 0
+        for s, e in _native.pretokenize_spans(b, name).tolist():
+            assert s == pos and e > s
+            pos = e
+        assert pos == len(b)
