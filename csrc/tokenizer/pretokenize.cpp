@@ -289,7 +289,12 @@ constexpr uint8_t kUp = 1, kLow = 2, kBoth = 3;
 // End of the run of B (LOWER or BOTH) from q.
 inline size_t o200k_b_run(const uint8_t* s, size_t n, size_t q, bool wtf8) {
   while (q < n) {
-    const Cp c = decode(s, q, n, wtf8);
+    const uint8_t b = s[q];
+    if (b < 0x80) {  // ASCII: only a-z is in B
+      if (b >= 'a' && b <= 'z') { ++q; continue; }
+      break;
+    }
+    const Cp c = decode_multi(s, q, n, wtf8);
     const uint8_t sub = sub_at(c);
     if (sub != kLow && sub != kBoth) break;
     q += c.len;
@@ -303,7 +308,13 @@ inline size_t o200k_letters(const uint8_t* s, size_t n, size_t q, bool first, bo
   size_t last_both_end = 0;
   uint8_t next = 0;  // sub-class of the code point after the A run
   while (q < n) {
-    const Cp c = decode(s, q, n, wtf8);
+    const uint8_t b = s[q];
+    if (b < 0x80) {  // ASCII: A-Z is in A only, a-z in B only, nothing else in either
+      if (b >= 'A' && b <= 'Z') { ++q; continue; }
+      next = (b >= 'a' && b <= 'z') ? kLow : 0;
+      break;
+    }
+    const Cp c = decode_multi(s, q, n, wtf8);
     next = sub_at(c);
     if (next == kUp) { q += c.len; continue; }
     if (next == kBoth) { q += c.len; last_both_end = q; continue; }
