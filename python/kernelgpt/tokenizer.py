@@ -118,8 +118,9 @@ def _clean(text: str) -> str:
 
 
 class Tokenizer:
-    """A trained byte-level BPE tokenizer. Build one with ``Tokenizer.train``, ``Tokenizer.load``
-    or ``Tokenizer.from_tiktoken``.
+    """A trained byte-level BPE tokenizer. Build one with ``Tokenizer.train`` / ``train_files``,
+    ``Tokenizer.load``, ``Tokenizer.from_tiktoken`` or ``Tokenizer.from_hf``. Picklable; tiktoken's
+    names (encode_ordinary, decode_batch, n_vocab, eot_token, decode_single_token_bytes) work.
 
     >>> tok = Tokenizer.train("aaabdaaabac", vocab_size=259)
     >>> tok.encode("aaabdaaabac")
