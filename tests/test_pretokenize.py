@@ -174,7 +174,7 @@ def test_unicode_tables_header_is_up_to_date(gen):
     want = np.array([gen.unicodedata_class(cp) for cp in range(0x110000)], np.uint8)
     np.testing.assert_array_equal(classes, want)
     assert (ROOT / "csrc" / "tokenizer" / "unicode_tables.h").read_text() == gen.render(
-        gen.build_classes())
+        gen.build_classes(), gen.build_subs())
 
 
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
@@ -249,8 +249,8 @@ def test_default_pattern_is_gpt4():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="pattern must be 'gpt4' or 'gpt2', got 'cl100k'"):
-        _native.pretokenize("abc", "cl100k")
+    with pytest.raises(ValueError, match="pattern must be 'gpt4', 'gpt2', .*, got 'cl50k'"):
+        _native.pretokenize("abc", "cl50k")
     with pytest.raises(ValueError, match="pattern"):
         _native.pretokenize_spans(b"abc", "")
     with pytest.raises(TypeError, match="text must be str or bytes, got list"):

@@ -234,13 +234,13 @@ def _edit(tmp_path, tok, fn):
 
 @pytest.mark.parametrize("edit,match", [
     (lambda o: o.update(format="minbpe"), "not a kernelgpt tokenizer"),
-    (lambda o: o.update(version=2), "unsupported version 2"),
+    (lambda o: o.update(version=3), "unsupported version 3"),
     (lambda o: o.pop("merges"), "missing field 'merges'"),
     (lambda o: o["merges"].__setitem__(5, [9999, 1]), "merge 5 .* does not exist"),
     (lambda o: o["merges"].__setitem__(5, [1]), "merge 5 is not"),
     (lambda o: o["merges"].__setitem__(7, o["merges"][3]), "repeat"),
     (lambda o: o.update(vocab_size=12), "vocab_size 12 does not match"),
-    (lambda o: o.update(pattern="cl100k"), "unknown pattern"),
+    (lambda o: o.update(pattern="cl50k"), "unknown pattern"),
     (lambda o: o["special_tokens"].update({"<|pad|>": 999}), "special token '<\\|pad\\|>' has id 999"),
     (lambda o: o["merges"].pop(), "special token"),
 ], ids=["format", "version", "missing", "bad-id", "short-pair", "repeat", "vocab", "pattern",
@@ -278,8 +278,18 @@ def test_tiktoken_import_rejects_bad_files(tmp_path):
     p.write_text("not base64!! x\n")
     with pytest.raises(ValueError, match="expected '<base64> <rank>'"):
         Tokenizer.from_tiktoken(p)
+    # ranks with a gap load (tiktoken allows them: the ids are the ranks) ...
     p.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b if b != 7 else 300}\n" for b in range(256)))
-    with pytest.raises(ValueError, match="rank 7 is missing"):
+    t = Tokenizer.from_tiktoken(p)
+    assert t.encode("\x07a") == [300, 97] and t.vocab_size == 301
+    with pytest.raises(ValueError, match="not a token of this vocabulary"):
+        t.decode([7])
+    # ... a byte missing, or a rank used twice, do not
+    p.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(255)))
+    with pytest.raises(ValueError, match="byte 0xff is missing"):
+        Tokenizer.from_tiktoken(p)
+    p.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b if b != 7 else 8}\n" for b in range(256)))
+    with pytest.raises(ValueError, match="same rank"):
         Tokenizer.from_tiktoken(p)
 
 
@@ -313,7 +323,7 @@ def test_bad_train_arguments():
     with pytest.raises(TypeError, match="vocab_size"):
         Tokenizer.train("abc", 300.0)
     with pytest.raises(ValueError, match="pattern"):
-        Tokenizer.train("abc", 300, pattern="cl100k")
+        Tokenizer.train("abc", 300, pattern="cl50k")
     with pytest.raises(ValueError, match="backend"):
         Tokenizer.train("abc", 300, backend="rust")
     with pytest.raises(FileNotFoundError):

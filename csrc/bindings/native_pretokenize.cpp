@@ -22,7 +22,7 @@ using Spans = std::vector<std::pair<uint32_t, uint32_t>>;
 kgpt::tok::Pattern pattern_from_name(const std::string& name) {
   kgpt::tok::Pattern p;
   if (!kgpt::tok::parse_pattern(name, &p))
-    throw std::invalid_argument("pattern must be 'gpt4' or 'gpt2', got '" + name + "'");
+    throw std::invalid_argument("pattern must be 'gpt4', 'gpt2', 'cl100k', 'o200k', 'r50k' or 'p50k', got '" + name + "'");
   return p;
 }
 

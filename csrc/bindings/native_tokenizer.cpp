@@ -27,7 +27,7 @@ namespace {
 Pattern pattern_arg(const std::string& name) {
   Pattern p;
   if (!kgpt::tok::parse_pattern(name, &p))
-    throw std::invalid_argument("pattern must be 'gpt4' or 'gpt2', got '" + name + "'");
+    throw std::invalid_argument("pattern must be 'gpt4', 'gpt2', 'cl100k', 'o200k', 'r50k' or 'p50k', got '" + name + "'");
   return p;
 }
 
@@ -58,6 +58,26 @@ py::array_t<int32_t> to_numpy(std::vector<int32_t>&& v) {
                               owned->data(), owner);
 }
 
+// A Python list of the ids, built directly from the encoder's cached ints (no NumPy round trip).
+py::list to_list(const std::vector<int32_t>& v, std::vector<PyObject*>& ints, size_t vocab) {
+  if (ints.size() != vocab) {
+    ints.reserve(vocab);
+    while (ints.size() < vocab) {
+      PyObject* x = PyLong_FromSsize_t(Py_ssize_t(ints.size()));
+      if (!x) throw py::error_already_set();
+      ints.push_back(x);
+    }
+  }
+  PyObject* l = PyList_New(Py_ssize_t(v.size()));
+  if (!l) throw py::error_already_set();
+  for (size_t i = 0; i < v.size(); ++i) {
+    PyObject* x = ints[size_t(v[i])];  // encode only returns ids below vocab_size
+    Py_INCREF(x);
+    PyList_SET_ITEM(l, Py_ssize_t(i), x);
+  }
+  return py::reinterpret_steal<py::list>(l);
+}
+
 int threads_arg(int n) {
   if (n < 0) throw std::invalid_argument("num_threads must be >= 1 (or 0 for the default), got " + std::to_string(n));
   return n == 0 ? kgpt::tok::default_threads() : n;
@@ -83,6 +103,10 @@ struct PyTrainer {
 struct PyEncoder {
   std::unique_ptr<BpeEncoder> enc;
   size_t nspecial = 0;
+  // One Python int per id, made on the first call that returns lists (with the GIL held, as every
+  // use): a list then costs a reference count per id instead of an allocation.
+  std::vector<PyObject*> ints;
+  ~PyEncoder() { for (PyObject* o : ints) Py_XDECREF(o); }
 };
 
 }  // namespace
@@ -103,12 +127,15 @@ void init_tokenizer(py::module_& m) {
         t.t.add_documents(views, nt);
       }, py::arg("docs"), py::arg("num_threads") = 0,
          "Split each str/bytes document on its own and add its chunk counts.")
-      .def("add_file", [](PyTrainer& t, const std::string& path, int num_threads) {
+      .def("add_file", [](PyTrainer& t, const std::string& path, int num_threads, int64_t block_bytes) {
         const int nt = threads_arg(num_threads);
+        if (block_bytes < 0) throw std::invalid_argument("block_bytes must be >= 0, got " + std::to_string(block_bytes));
         py::gil_scoped_release nogil;
         std::lock_guard<std::mutex> lock(t.mu);
-        t.t.add_file(path, nt);
-      }, py::arg("path"), py::arg("num_threads") = 0, "Stream a UTF-8 file as one document.")
+        t.t.add_file(path, nt, size_t(block_bytes));
+      }, py::arg("path"), py::arg("num_threads") = 0, py::arg("block_bytes") = 0,
+         "Stream a UTF-8 file as one document, read in blocks of block_bytes (0: 16 MiB; small "
+         "values are for tests: the counts do not depend on it).")
       .def("train", [](PyTrainer& t, int64_t num_merges) {
         if (num_merges < 0) throw std::invalid_argument("num_merges must be >= 0, got " + std::to_string(num_merges));
         std::vector<kgpt::tok::Merge> merges;
@@ -133,18 +160,21 @@ void init_tokenizer(py::module_& m) {
 
   py::class_<PyEncoder>(m, "BpeEncoder", "Encodes and decodes with fixed merges and special tokens.")
       .def(py::init([](py::array_t<int32_t, py::array::c_style> merges,
-                       const std::vector<std::string>& specials, const std::string& pattern) {
+                       const std::vector<std::string>& specials, const std::string& pattern,
+                       const std::vector<int32_t>& ids, bool whole_lookup) {
         if (merges.ndim() != 2 || merges.shape(1) != 2)
           throw std::invalid_argument("merges must have shape (n, 2)");
         const int32_t* p = merges.data();
         std::vector<std::pair<int32_t, int32_t>> mv(size_t(merges.shape(0)));
         for (size_t i = 0; i < mv.size(); ++i) mv[i] = {p[2 * i], p[2 * i + 1]};
         auto* e = new PyEncoder();
-        e->enc.reset(new BpeEncoder(mv, specials, pattern_arg(pattern)));
+        std::unique_ptr<PyEncoder> holder(e);
+        e->enc.reset(new BpeEncoder(mv, specials, pattern_arg(pattern), ids, whole_lookup));
         e->nspecial = specials.size();
-        return e;
-      }), py::arg("merges").noconvert(), py::arg("specials"), py::arg("pattern"))
-      .def("encode", [](const PyEncoder& e, py::handle text, const std::vector<int>& allowed) {
+        return holder.release();
+      }), py::arg("merges").noconvert(), py::arg("specials"), py::arg("pattern"),
+         py::arg("ids") = std::vector<int32_t>{}, py::arg("whole_lookup") = true)
+      .def("encode", [](PyEncoder& e, py::handle text, const std::vector<int>& allowed, bool as_list) -> py::object {
         std::vector<py::object> keep;
         std::string_view v = utf8_view(text, keep, "text");
         std::vector<int> al = allowed_arg(*e.enc, allowed, e.nspecial);
@@ -154,10 +184,12 @@ void init_tokenizer(py::module_& m) {
           ids.reserve(v.size() / 5 + 16);  // ~4+ bytes per token on text
           e.enc->encode(v, al, ids);
         }
+        if (as_list) return to_list(ids, e.ints, e.enc->vocab_size());
         return to_numpy(std::move(ids));
-      }, py::arg("text"), py::arg("allowed") = std::vector<int>{},
+      }, py::arg("text"), py::arg("allowed") = std::vector<int>{}, py::arg("as_list") = false,
          "Encode str/bytes; `allowed` lists the indices of special tokens to recognise.")
-      .def("encode_batch", [](const PyEncoder& e, py::list texts, const std::vector<int>& allowed, int num_threads) {
+      .def("encode_batch", [](PyEncoder& e, py::list texts, const std::vector<int>& allowed, int num_threads,
+                              bool as_lists) {
         const int nt = threads_arg(num_threads);
         std::vector<py::object> keep;
         std::vector<std::string_view> views;
@@ -171,9 +203,13 @@ void init_tokenizer(py::module_& m) {
           kgpt::tok::parallel_for(views.size(), nt, [&](size_t i, int) { enc.encode(views[i], al, res[i]); });
         }
         py::list out(res.size());
-        for (size_t i = 0; i < res.size(); ++i) out[i] = to_numpy(std::move(res[i]));
+        for (size_t i = 0; i < res.size(); ++i) {
+          if (as_lists) { out[i] = to_list(res[i], e.ints, e.enc->vocab_size()); std::vector<int32_t>().swap(res[i]); }
+          else out[i] = to_numpy(std::move(res[i]));
+        }
         return out;
-      }, py::arg("texts"), py::arg("allowed") = std::vector<int>{}, py::arg("num_threads") = 0)
+      }, py::arg("texts"), py::arg("allowed") = std::vector<int>{}, py::arg("num_threads") = 0,
+         py::arg("as_lists") = false)
       .def("decode", [](const PyEncoder& e, py::handle ids) {
         std::string out;
         PyObject* o = ids.ptr();
@@ -214,9 +250,11 @@ void init_tokenizer(py::module_& m) {
         return py::bytes(out);
       }, py::arg("ids"), "Bytes of the ids (list/tuple of ints or int32/int64 1-D array); ValueError on an id out of range.")
       .def("token_bytes", [](const PyEncoder& e, int64_t id) {
-        if (id < 0 || size_t(id) >= e.enc->vocab_size())
-          throw std::invalid_argument("token id " + std::to_string(id) + " is out of range [0, " +
-                                      std::to_string(e.enc->vocab_size()) + ")");
+        if (!e.enc->valid_id(id))
+          throw std::invalid_argument("token id " + std::to_string(id) +
+                                      (id >= 0 && size_t(id) < e.enc->vocab_size()
+                                           ? std::string(" is not a token of this vocabulary")
+                                           : " is out of range [0, " + std::to_string(e.enc->vocab_size()) + ")"));
         std::string_view t = e.enc->token(size_t(id));
         return py::bytes(t.data(), t.size());
       }, py::arg("id"))

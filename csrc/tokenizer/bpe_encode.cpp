@@ -25,9 +25,10 @@ struct BpeEncoder::Cache {
 };
 
 BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
-                       const std::vector<std::string>& specials, Pattern pattern)
+                       const std::vector<std::string>& specials, Pattern pattern,
+                       const std::vector<int32_t>& ids, bool whole_lookup)
     : pattern_(pattern), n_merges_(merges.size()), ranks_(merges.size() * 2 + 16),
-      whole_(merges.size() + 256), specials_(specials) {
+      whole_(merges.size() + 256), specials_(specials), whole_lookup_(whole_lookup) {
   offs_.reserve(256 + merges.size() + specials.size() + 1);
   offs_.push_back(0);
   for (int b = 0; b < 256; ++b) {
@@ -44,15 +45,39 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
       throw std::invalid_argument("merge " + std::to_string(i) + " repeats the pair (" +
                                   std::to_string(a) + ", " + std::to_string(b) + ")");
     // token(a) + token(b), appended (copy first: appending may reallocate bytes_)
-    std::string t(token(a));
-    t += token(b);
+    std::string t(itoken(a));
+    t += itoken(b);
     bytes_ += t;
     offs_.push_back(bytes_.size());
   }
-  for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(token(id), int32_t(id));
+  for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), int32_t(id));
   for (const std::string& s : specials) {
     bytes_ += s;
     offs_.push_back(bytes_.size());
+  }
+  const size_t total = offs_.size() - 1;
+  if (ids.empty()) return;
+  if (ids.size() != total)
+    throw std::invalid_argument("ids must hold one id per token (" + std::to_string(total) + "), got " +
+                                std::to_string(ids.size()));
+  bool identity = true;
+  int32_t top = -1;
+  for (size_t i = 0; i < total; ++i) {
+    if (ids[i] < 0 || ids[i] == std::numeric_limits<int32_t>::max())
+      throw std::invalid_argument("ids: id " + std::to_string(ids[i]) + " is out of range");
+    identity = identity && ids[i] == int32_t(i);
+    top = std::max(top, ids[i]);
+  }
+  if (identity) return;
+  ext_ = ids;
+  int_.assign(size_t(top) + 1, -1);
+  const size_t ordinary = 256 + merges.size();
+  for (size_t i = 0; i < total; ++i) {
+    int32_t& slot = int_[size_t(ids[i])];
+    if (slot >= 0 && (i >= ordinary || itoken(size_t(slot)) != itoken(i)))
+      throw std::invalid_argument("ids: tokens " + std::to_string(slot) + " and " + std::to_string(i) +
+                                  " share the id " + std::to_string(ids[i]) + " but not their bytes");
+    if (slot < 0) slot = int32_t(i);
   }
 }
 
@@ -115,8 +140,10 @@ void BpeEncoder::merge_long(const unsigned char* p, size_t n, std::vector<int32_
 
 void BpeEncoder::encode_chunk(std::string_view chunk, std::vector<int32_t>& out, Cache* cache) const {
   const uint64_t h = hash_bytes(chunk.data(), chunk.size());
-  const int64_t w = whole_.find_h(chunk, h);
-  if (w >= 0) { out.push_back(whole_.value(size_t(w))); return; }
+  if (whole_lookup_) {
+    const int64_t w = whole_.find_h(chunk, h);
+    if (w >= 0) { out.push_back(whole_.value(size_t(w))); return; }
+  }
   const auto* p = reinterpret_cast<const unsigned char*>(chunk.data());
   if (chunk.size() > kCacheMaxLen) { merge_long(p, chunk.size(), out); return; }
   const int64_t c = cache->map.find_h(chunk, h);
@@ -134,6 +161,19 @@ void BpeEncoder::encode_chunk(std::string_view chunk, std::vector<int32_t>& out,
 }
 
 void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& out) const {
+  const size_t start = out.size();
+  ordinary_internal(text, out);
+  to_ext(out, start);
+}
+
+void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
+                        std::vector<int32_t>& out) const {
+  const size_t start = out.size();
+  encode_internal(text, allowed, out);
+  to_ext(out, start);
+}
+
+void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out) const {
   Cache cache;
   for (size_t pos = 0, end; pos < text.size(); pos = end) {
     end = chunk_end(text, pos, pattern_);
@@ -141,9 +181,9 @@ void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& ou
   }
 }
 
-void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
-                        std::vector<int32_t>& out) const {
-  if (allowed.empty()) { encode_ordinary(text, out); return; }
+void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& allowed,
+                                 std::vector<int32_t>& out) const {
+  if (allowed.empty()) { ordinary_internal(text, out); return; }
   const size_t npos = std::string_view::npos;
   std::vector<size_t> next(allowed.size());
   for (size_t k = 0; k < allowed.size(); ++k) next[k] = text.find(specials_[allowed[k]]);
@@ -158,37 +198,41 @@ void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
       }
     }
     if (best == npos) break;
-    encode_ordinary(text.substr(pos, best - pos), out);
+    ordinary_internal(text.substr(pos, best - pos), out);
     out.push_back(int32_t(256 + n_merges_ + size_t(bid)));
     pos = best + blen;
     for (size_t k = 0; k < allowed.size(); ++k)
       if (next[k] != npos && next[k] < pos) next[k] = text.find(specials_[allowed[k]], pos);
   }
-  encode_ordinary(text.substr(pos), out);
+  ordinary_internal(text.substr(pos), out);
 }
 
 template <class T>
-static void decode_impl(const std::string& bytes, const std::vector<size_t>& offs, const T* ids,
-                        size_t n, std::string& out) {
-  const size_t v = offs.size() - 1;
+void BpeEncoder::decode_impl(const T* ids, size_t n, std::string& out) const {
+  const size_t v = vocab_size();
+  const bool mapped = !ext_.empty();
   size_t total = 0;
   for (size_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || uint64_t(ids[i]) >= v)
+    if (ids[i] < 0 || uint64_t(ids[i]) >= v || (mapped && int_[size_t(ids[i])] < 0))
       throw std::invalid_argument("token id " + std::to_string(ids[i]) + " at position " +
-                                  std::to_string(i) + " is out of range [0, " + std::to_string(v) + ")");
-    total += offs[size_t(ids[i]) + 1] - offs[size_t(ids[i])];
+                                  std::to_string(i) + (mapped && ids[i] >= 0 && uint64_t(ids[i]) < v
+                                      ? std::string(" is not a token of this vocabulary")
+                                      : " is out of range [0, " + std::to_string(v) + ")"));
+    const size_t t = mapped ? size_t(int_[size_t(ids[i])]) : size_t(ids[i]);
+    total += offs_[t + 1] - offs_[t];
   }
   const size_t base = out.size();
   out.resize(base + total);
   char* o = &out[base];
   for (size_t i = 0; i < n; ++i) {
-    const size_t a = offs[size_t(ids[i])], b = offs[size_t(ids[i]) + 1];
-    std::copy(bytes.data() + a, bytes.data() + b, o);
+    const size_t t = mapped ? size_t(int_[size_t(ids[i])]) : size_t(ids[i]);
+    const size_t a = offs_[t], b = offs_[t + 1];
+    std::copy(bytes_.data() + a, bytes_.data() + b, o);
     o += b - a;
   }
 }
 
-void BpeEncoder::decode(const int64_t* ids, size_t n, std::string& out) const { decode_impl(bytes_, offs_, ids, n, out); }
-void BpeEncoder::decode(const int32_t* ids, size_t n, std::string& out) const { decode_impl(bytes_, offs_, ids, n, out); }
+void BpeEncoder::decode(const int64_t* ids, size_t n, std::string& out) const { decode_impl(ids, n, out); }
+void BpeEncoder::decode(const int32_t* ids, size_t n, std::string& out) const { decode_impl(ids, n, out); }
 
 }}  // namespace kgpt::tok

@@ -17,10 +17,17 @@ namespace kgpt { namespace tok {
 
 class BpeEncoder {
  public:
-  // merges[i] = (left, right) creates id 256 + i; specials get ids 256 + merges.size() + k.
-  // Throws std::invalid_argument if a merge refers to an id not yet created.
+  // merges[i] = (left, right) creates internal id 256 + i; specials get internal ids
+  // 256 + merges.size() + k. `ids` (empty: the identity) gives the id the caller sees for each
+  // internal id (a vocabulary laid out otherwise: tiktoken ranks, Hugging Face ids): encode returns
+  // ids[internal], decode and token take those ids. Two internal ids may share an id only if they
+  // spell the same bytes (not specials); ids the map leaves out are holes (decode rejects them).
+  // whole_lookup == false skips the whole-chunk vocabulary lookup (pure merging, as Hugging Face's
+  // BPE without ignore_merges). Throws std::invalid_argument if a merge refers to an id not yet
+  // created or `ids` is inconsistent.
   BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
-             const std::vector<std::string>& specials, Pattern pattern);
+             const std::vector<std::string>& specials, Pattern pattern,
+             const std::vector<int32_t>& ids = {}, bool whole_lookup = true);
 
   // Encodes `text`; the special tokens whose index is in `allowed` are recognised (leftmost
   // first, the longest at one position), everything else is ordinary text.
@@ -32,11 +39,23 @@ class BpeEncoder {
   void decode(const int64_t* ids, size_t n, std::string& out) const;
   void decode(const int32_t* ids, size_t n, std::string& out) const;
 
-  size_t vocab_size() const { return offs_.size() - 1; }
-  std::string_view token(size_t id) const { return std::string_view(bytes_.data() + offs_[id], offs_[id + 1] - offs_[id]); }
+  // One more than the largest id (with `ids`, ids below it may be holes: see valid_id).
+  size_t vocab_size() const { return ext_.empty() ? offs_.size() - 1 : int_.size(); }
+  bool valid_id(int64_t id) const {
+    return id >= 0 && size_t(id) < vocab_size() && (ext_.empty() || int_[size_t(id)] >= 0);
+  }
+  // The bytes of a valid id.
+  std::string_view token(size_t id) const { return itoken(ext_.empty() ? id : size_t(int_[id])); }
 
  private:
   struct Cache;
+  std::string_view itoken(size_t i) const { return std::string_view(bytes_.data() + offs_[i], offs_[i + 1] - offs_[i]); }
+  void encode_internal(std::string_view text, const std::vector<int>& allowed, std::vector<int32_t>& out) const;
+  void ordinary_internal(std::string_view text, std::vector<int32_t>& out) const;
+  void to_ext(std::vector<int32_t>& out, size_t start) const {
+    if (!ext_.empty()) for (size_t i = start; i < out.size(); ++i) out[i] = ext_[size_t(out[i])];
+  }
+  template <class T> void decode_impl(const T* ids, size_t n, std::string& out) const;
   void encode_chunk(std::string_view chunk, std::vector<int32_t>& out, Cache* cache) const;
   void merge_short(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   void merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
@@ -52,6 +71,9 @@ class BpeEncoder {
   std::string bytes_;            // decode table: id -> bytes_[offs_[id] .. offs_[id+1])
   std::vector<size_t> offs_;
   std::vector<std::string> specials_;
+  std::vector<int32_t> ext_;  // internal id -> id (empty: identity)
+  std::vector<int32_t> int_;  // id -> internal id, -1 for a hole (empty: identity)
+  bool whole_lookup_ = true;
 };
 
 }}  // namespace kgpt::tok

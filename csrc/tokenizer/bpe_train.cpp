@@ -18,7 +18,7 @@ namespace kgpt { namespace tok {
 
 namespace {
 constexpr size_t kPieceBytes = size_t(1) << 20;  // a thread's unit of splitting work
-constexpr size_t kFileBlock = size_t(16) << 20;  // bytes read from a file per round
+constexpr size_t kFileBlock = size_t(16) << 20;  // bytes read from a file per round (default)
 
 int resolve_threads(int n) { return n > 0 ? n : default_threads(); }
 
@@ -34,13 +34,25 @@ size_t BpeTrainer::num_unique_chunks() const {
 }
 
 void BpeTrainer::add_documents(const std::vector<std::string_view>& docs, int num_threads) {
+  std::vector<size_t> ends(docs.size());
+  for (size_t d = 0; d < docs.size(); ++d) ends[d] = docs[d].size();
+  add_ranges(docs, ends, num_threads);
+}
+
+// Counts the chunks of docs[d] that start in [0, ends[d]), each split with the WHOLE of docs[d] as
+// its context: a chunk's end may depend on the code point after it ("gpt2" splits "\n\n\nx" as
+// "\n\n", "\n", "x" but a text that ends in "\n\n\n" as one chunk), so a streamed block must be
+// split with the text that follows it in view. ends[d] must be a chunk boundary of docs[d].
+void BpeTrainer::add_ranges(const std::vector<std::string_view>& docs, const std::vector<size_t>& ends,
+                            int num_threads) {
   if (trained_) throw std::logic_error("BpeTrainer: train() already consumed the counts");
   struct Piece { size_t doc, begin, end; };
   std::vector<Piece> pieces;
   for (size_t d = 0; d < docs.size(); ++d) {
     std::string_view t = docs[d];
-    for (size_t pos = 0; pos < t.size();) {
-      size_t end = pos + kPieceBytes >= t.size() ? t.size() : next_safe_boundary(t, pos + kPieceBytes);
+    const size_t stop = ends[d];
+    for (size_t pos = 0; pos < stop;) {
+      size_t end = pos + kPieceBytes >= stop ? stop : std::min(stop, next_safe_boundary(t, pos + kPieceBytes));
       pieces.push_back({d, pos, end});
       pos = end;
     }
@@ -82,17 +94,17 @@ size_t last_safe_cut(std::string_view text) {
     const char prev = text[i - 1];
     if (prev != '\n' && prev != '\r') continue;
     const unsigned char c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x21 && c <= 0x7e) return i;  // printable ASCII, never whitespace
+    if (c >= 0x21 && c <= 0x7e && c != '/') return i;  // printable ASCII, never whitespace; "o200k" keeps CR/LF + '/'
     if (c >= 0x80 && next_safe_boundary(text.substr(0, i + 4), i) == i) return i;
   }
   return 0;
 }
 
-void BpeTrainer::add_file(const std::string& path, int num_threads) {
+void BpeTrainer::add_file(const std::string& path, int num_threads, size_t block_bytes) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!f) throw std::runtime_error("cannot open file '" + path + "'");
   std::string buf;
-  std::vector<char> block(kFileBlock);
+  std::vector<char> block(block_bytes > 0 ? block_bytes : kFileBlock);
   while (true) {
     const size_t got = std::fread(block.data(), 1, block.size(), f.get());
     if (got == 0) {
@@ -102,7 +114,8 @@ void BpeTrainer::add_file(const std::string& path, int num_threads) {
     buf.append(block.data(), got);
     const size_t cut = last_safe_cut(buf);
     if (cut > 0) {
-      add_documents({std::string_view(buf).substr(0, cut)}, num_threads);
+      // The chunks before the cut are split with the code point after it in view (see add_ranges).
+      add_ranges({std::string_view(buf)}, {cut}, num_threads);
       buf.erase(0, cut);
     }
   }

@@ -27,8 +27,9 @@ class BpeTrainer {
   // num_threads <= 0: OpenMP's default.
   void add_documents(const std::vector<std::string_view>& docs, int num_threads);
 
-  // Streams a UTF-8 file in blocks, as one document. Throws std::runtime_error if unreadable.
-  void add_file(const std::string& path, int num_threads);
+  // Streams a UTF-8 file in blocks of block_bytes (0: 16 MiB), as one document: the counts equal
+  // add_documents({whole file}) for any block size. Throws std::runtime_error if unreadable.
+  void add_file(const std::string& path, int num_threads, size_t block_bytes = 0);
 
   // Learns up to num_merges merges (fewer when no pair is left). Consumes the chunk counts.
   std::vector<Merge> train(size_t num_merges);
@@ -37,6 +38,7 @@ class BpeTrainer {
   int64_t num_chunks() const { return total_chunks_; }
 
  private:
+  void add_ranges(const std::vector<std::string_view>& docs, const std::vector<size_t>& ends, int num_threads);
   static constexpr int kShards = 16;
   Pattern pattern_;
   std::vector<StringMap<int64_t>> shards_;  // chunk -> count, sharded by hash

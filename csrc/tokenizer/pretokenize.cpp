@@ -1,4 +1,4 @@
-// Hand-written matcher for the "gpt4" and "gpt2" split patterns (see pretokenize.h). Each pattern
+// Hand-written matcher for the "gpt4", "cl100k", "gpt2" and "o200k" split patterns (see pretokenize.h). Each pattern
 // is tried alternative by alternative at the chunk start, as a backtracking regex engine would, but
 // every alternative is reduced to a few class runs over the code points. ASCII bytes are classified
 // by a 128-entry table; other code points are decoded (strict UTF-8) and looked up in
@@ -145,7 +145,9 @@ inline size_t run(const uint8_t* s, size_t n, size_t p, bool wtf8) {
 // The whitespace alternatives, at a whitespace code point p: for "gpt4" first \s*[\r\n] (up to and
 // including the last CR/LF of the whitespace run), then for both \s+(?!\S) (the whole run if it
 // ends the text, else all but its last code point) and finally \s+ (a run of one).
-inline size_t whitespace_end(const uint8_t* s, size_t n, size_t p, bool crlf_rule, bool wtf8) {
+// With `trail_rule` ("cl100k": \s++$ before \s*[\r\n]) a run that ends the text is one chunk.
+inline size_t whitespace_end(const uint8_t* s, size_t n, size_t p, bool crlf_rule, bool wtf8,
+                             bool trail_rule = false) {
   size_t last_start = p, after_crlf = 0, q = p;
   int count = 0;
   while (q < n) {
@@ -171,6 +173,7 @@ inline size_t whitespace_end(const uint8_t* s, size_t n, size_t p, bool crlf_rul
     }
     if (count < 2) ++count;
   }
+  if (trail_rule && q == n) return n;
   if (crlf_rule && after_crlf) return after_crlf;
   if (q == n) return n;
   return count >= 2 ? last_start : q;
@@ -208,7 +211,8 @@ inline size_t contraction_gpt2(const uint8_t* s, size_t n, size_t p) {
 }
 
 // '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+
-size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
+// (`cl100k`: with tiktoken's \s++$ alternative before \s*[\r\n])
+size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8, bool cl100k = false) {
   const Cp c0 = decode(s, p, n, wtf8);
   const size_t q = p + c0.len;
   if (c0.cp == '\'') {
@@ -246,7 +250,7 @@ size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
     }
   }
   // c0 is whitespace here.
-  return whitespace_end(s, n, p, true, wtf8);
+  return whitespace_end(s, n, p, true, wtf8, cl100k);
 }
 
 // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -264,8 +268,123 @@ size_t gpt2_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
   return whitespace_end(s, n, p, false, wtf8);
 }
 
+// ---- "o200k" (tiktoken's o200k_base):
+//   [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?
+//  |[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?
+//  |\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+// Call the first letter class A, the second B. Sub-classes: UPPER (Lu Lt) is in A only, LOWER (Ll)
+// in B only, BOTH (Lm Lo and the marks M, which are not \p{L} and so also in the prefix class and
+// in [^\s\p{L}\p{N}]) in both. None of the quantifiers after A*/A+ can fail, so backtracking only
+// matters inside A*B+: A* takes the run of A, and B+ then needs a LOWER right after it; else A*
+// gives back up to its last BOTH, which B+ takes alone (the code point after it is UPPER or not in
+// A, so not in B). The prefix ? is greedy: the alternative is tried with it, then without (which
+// only differs when the first code point is a mark), before the next alternative.
+inline uint8_t sub_at(const Cp& c) {
+  if (c.cp < 0x80) return (c.cp >= 'A' && c.cp <= 'Z') ? 1 : (c.cp >= 'a' && c.cp <= 'z') ? 2 : 0;
+  if (c.cp >= 0x110000 || (c.cp >= 0xD800 && c.cp <= 0xDFFF)) return 0;  // invalid byte, surrogate
+  return uni::o200k_sub(c.cp);
+}
+constexpr uint8_t kUp = 1, kLow = 2, kBoth = 3;
+
+// End of the run of B (LOWER or BOTH) from q.
+inline size_t o200k_b_run(const uint8_t* s, size_t n, size_t q, bool wtf8) {
+  while (q < n) {
+    const uint8_t b = s[q];
+    if (b < 0x80) {  // ASCII: only a-z is in B
+      if (b >= 'a' && b <= 'z') { ++q; continue; }
+      break;
+    }
+    const Cp c = decode_multi(s, q, n, wtf8);
+    const uint8_t sub = sub_at(c);
+    if (sub != kLow && sub != kBoth) break;
+    q += c.len;
+  }
+  return q;
+}
+
+// A*B+ from q (first == true) or A+B* (first == false); 0 if it does not match.
+inline size_t o200k_letters(const uint8_t* s, size_t n, size_t q, bool first, bool wtf8) {
+  const size_t start = q;
+  size_t last_both_end = 0;
+  uint8_t next = 0;  // sub-class of the code point after the A run
+  while (q < n) {
+    const uint8_t b = s[q];
+    if (b < 0x80) {  // ASCII: A-Z is in A only, a-z in B only, nothing else in either
+      if (b >= 'A' && b <= 'Z') { ++q; continue; }
+      next = (b >= 'a' && b <= 'z') ? kLow : 0;
+      break;
+    }
+    const Cp c = decode_multi(s, q, n, wtf8);
+    next = sub_at(c);
+    if (next == kUp) { q += c.len; continue; }
+    if (next == kBoth) { q += c.len; last_both_end = q; continue; }
+    break;
+  }
+  if (q == n) next = 0;
+  if (!first && q == start) return 0;                    // A+ needs one
+  if (next == kLow) return o200k_b_run(s, n, q, wtf8);  // B run right after the A run
+  if (first) return last_both_end;
+  return q > start ? q : 0;
+}
+
+inline size_t o200k_suffix(const uint8_t* s, size_t n, size_t e) {
+  if (e < n && s[e] == '\'') {
+    if (size_t c = contraction_gpt4(s, n, e)) return c;
+  }
+  return e;
+}
+
+size_t o200k_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
+  const Cp c0 = decode(s, p, n, wtf8);
+  const size_t q = p + c0.len;
+  const uint8_t sub0 = sub_at(c0);
+  const bool prefix = c0.cls != L && c0.cls != N && c0.cp != '\r' && c0.cp != '\n';
+  for (int alt = 0; alt < 2; ++alt) {
+    const bool first = alt == 0;
+    if (prefix && q < n) {
+      if (size_t e = o200k_letters(s, n, q, first, wtf8)) return o200k_suffix(s, n, e);
+    }
+    if (sub0) {
+      if (size_t e = o200k_letters(s, n, p, first, wtf8)) return o200k_suffix(s, n, e);
+    }
+  }
+  // \p{N}{1,3}
+  if (c0.cls == N) {
+    size_t e = q;
+    for (int k = 1; k < 3 && e < n; ++k) {
+      const Cp c = decode(s, e, n, wtf8);
+      if (c.cls != N) break;
+      e += c.len;
+    }
+    return e;
+  }
+  //  ?[^\s\p{L}\p{N}]+[\r\n/]*
+  {
+    size_t r = p;
+    uint8_t cls = c0.cls;
+    uint32_t len = c0.len;
+    if (c0.cp == ' ' && q < n) {
+      const Cp c1 = decode(s, q, n, wtf8);
+      r = q; cls = c1.cls; len = c1.len;
+    }
+    if (cls == O) {
+      r = run<O>(s, n, r + len, wtf8);
+      while (r < n && (s[r] == '\r' || s[r] == '\n' || s[r] == '/')) ++r;
+      return r;
+    }
+  }
+  // c0 is whitespace here: \s*[\r\n]+ ends at the last CR/LF of the run, as \s*[\r\n] does.
+  return whitespace_end(s, n, p, true, wtf8);
+}
+
 inline size_t end_at(const uint8_t* s, size_t n, size_t p, Pattern pattern, bool wtf8) {
-  return pattern == Pattern::GPT4 ? gpt4_end(s, n, p, wtf8) : gpt2_end(s, n, p, wtf8);
+  switch (pattern) {
+    case Pattern::GPT4: return gpt4_end(s, n, p, wtf8);
+    case Pattern::GPT2: return gpt2_end(s, n, p, wtf8);
+    case Pattern::O200K: return o200k_end(s, n, p, wtf8);
+    case Pattern::CL100K: return gpt4_end(s, n, p, wtf8, true);
+  }
+  return gpt4_end(s, n, p, wtf8);
 }
 
 template <bool kWtf8>
@@ -286,9 +405,15 @@ void split_range(std::string_view text, size_t begin, size_t end, Pattern patter
       spans.emplace_back(uint32_t(p), uint32_t(e));
       p = e;
     }
-  } else {
+  } else if (pattern == Pattern::GPT2) {
     for (size_t p = begin; p < end;) {
       const size_t e = gpt2_end(s, n, p, kWtf8);
+      spans.emplace_back(uint32_t(p), uint32_t(e));
+      p = e;
+    }
+  } else {
+    for (size_t p = begin; p < end;) {
+      const size_t e = end_at(s, n, p, pattern, kWtf8);
       spans.emplace_back(uint32_t(p), uint32_t(e));
       p = e;
     }
@@ -299,7 +424,9 @@ void split_range(std::string_view text, size_t begin, size_t end, Pattern patter
 
 bool parse_pattern(std::string_view name, Pattern* out) {
   if (name == "gpt4") { *out = Pattern::GPT4; return true; }
-  if (name == "gpt2") { *out = Pattern::GPT2; return true; }
+  if (name == "gpt2" || name == "r50k" || name == "p50k") { *out = Pattern::GPT2; return true; }
+  if (name == "o200k") { *out = Pattern::O200K; return true; }
+  if (name == "cl100k") { *out = Pattern::CL100K; return true; }
   return false;
 }
 
@@ -314,7 +441,7 @@ size_t next_safe_boundary(std::string_view text, size_t pos) {
   if (pos == 0 || pos >= n) return pos >= n ? n : 0;
   for (size_t i = pos; i < n; ++i) {
     const uint8_t prev = s[i - 1];
-    if ((prev == '\n' || prev == '\r') && decode(s, i, n, false).cls != S) return i;
+    if ((prev == '\n' || prev == '\r') && s[i] != '/' && decode(s, i, n, false).cls != S) return i;
   }
   return n;
 }

@@ -13,9 +13,14 @@
 
 namespace kgpt { namespace tok {
 
-enum class Pattern { GPT4 = 0, GPT2 = 1 };
+// GPT4: minbpe's cl100k pattern. CL100K: tiktoken's current cl100k_base pattern, which is GPT4 plus
+// \s++$ before \s*[\r\n] (a whitespace run that ends the text is one chunk: "a\n  " splits as
+// "a", "\n  " where GPT4 gives "a", "\n", "  "). GPT2: GPT-2's pattern (tiktoken's r50k/p50k string
+// is written differently but splits the same). O200K: tiktoken's o200k_base pattern.
+enum class Pattern { GPT4 = 0, GPT2 = 1, O200K = 2, CL100K = 3 };
 
-// "gpt4" -> GPT4, "gpt2" -> GPT2; returns false (and leaves *out alone) for any other name.
+// "gpt4" -> GPT4, "gpt2" / "r50k" / "p50k" -> GPT2, "o200k" -> O200K, "cl100k" -> CL100K; returns
+// false (and leaves *out alone) for any other name.
 bool parse_pattern(std::string_view name, Pattern* out);
 
 // Appends [begin, end) byte offsets of each chunk of `text`, in order; the chunks tile the text.
@@ -37,7 +42,8 @@ size_t chunk_end(std::string_view text, size_t pos, Pattern pattern);
 // follows the cut: "gpt2" splits "\n\n" as one chunk at the end of a text but as two before "x").
 // next_safe_boundary returns the smallest i in [pos, text.size()] that is a chunk boundary whatever
 // the text before pos is: i == 0, i == text.size(), or text[i-1] is '\n' or '\r' and the code point
-// at i is not whitespace (no chunk of either pattern holds a CR/LF followed by non-whitespace).
+// at i is neither whitespace nor '/' (no chunk of any pattern holds a CR/LF followed by such a
+// code point; "o200k" chunks may end in [\r\n/]*).
 size_t next_safe_boundary(std::string_view text, size_t pos);
 
 // Appends the chunks of `text` that start in [begin, end), in order. `begin` must be a chunk

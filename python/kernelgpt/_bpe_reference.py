@@ -12,11 +12,27 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-# To the character, the patterns of minbpe / rustbpe ("gpt4" = cl100k) and GPT-2.
+# To the character: the patterns of minbpe / rustbpe ("gpt4", the first cl100k pattern) and
+# GPT-2; "cl100k" and "o200k" are tiktoken's current cl100k_base and o200k_base strings ("cl100k"
+# adds \s++$, so a whitespace run ending the text is one chunk: it is not "gpt4"). tiktoken's
+# r50k_base / p50k_base string is written differently from "gpt2" but splits the same (tested), so
+# tokenizer.py accepts "r50k" and "p50k" as names of "gpt2".
 PATTERNS: Dict[str, str] = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+    "o200k": "|".join([
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]),
 }
+# Other names of the splitters above (same chunks on every text; see tests/test_tokenizer_patterns.py).
+PATTERN_ALIASES: Dict[str, str] = {"r50k": "gpt2", "p50k": "gpt2"}
 
 Pair = Tuple[int, int]
 
@@ -24,7 +40,7 @@ Pair = Tuple[int, int]
 def split_text(text: str, pattern: str = "gpt4") -> List[str]:
     """Pre-split `text` into chunks with the named pattern (regex.findall)."""
     import regex  # the `regex` package (\p{L}, possessive quantifiers); imported on first use
-    return regex.findall(PATTERNS[pattern], text)
+    return regex.findall(PATTERNS[PATTERN_ALIASES.get(pattern, pattern)], text)
 
 
 def clean_text(text: str) -> str:

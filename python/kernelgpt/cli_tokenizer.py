@@ -41,7 +41,8 @@ def add_tokenizer_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, required=True, metavar="N",
                    help="256 byte tokens + merges + special tokens")
     t.add_argument("--out", required=True, metavar="TOK_JSON", help="where to write the tokenizer")
-    t.add_argument("--pattern", choices=["gpt4", "gpt2"], default="gpt4", help="pre-split pattern")
+    t.add_argument("--pattern", choices=["gpt4", "gpt2", "cl100k", "o200k", "r50k", "p50k"], default="gpt4",
+                   help="pre-split pattern (r50k and p50k are names of gpt2)")
     t.add_argument("--special", nargs="*", default=[], metavar="TOKEN", help="special tokens (ids after the merges)")
     t.add_argument("--threads", type=int, default=None, help="threads (default: OpenMP's default)")
     e = sub.add_parser("encode", help="encode a text file to a token file (what `train --data` "

@@ -1,8 +1,13 @@
-"""Byte-level BPE tokenizer: train, encode, decode, save/load, tiktoken ranks import/export.
+"""Byte-level BPE tokenizer: train, encode, decode, save/load, tiktoken ranks and Hugging Face
+tokenizer.json import/export.
 
-Text is pre-split by the "gpt4" (cl100k, default) or "gpt2" pattern, each chunk's UTF-8 bytes are
-merged by the learned merges. Byte tokens have ids 0-255 (the byte value), merge i creates id
-256 + i, special tokens take the ids after the merges, in the order given. The work is done by the
+Text is pre-split by a pattern (_bpe_reference.PATTERNS: "gpt4" (minbpe's cl100k, default),
+"gpt2", tiktoken's "cl100k" and "o200k"; "r50k" and "p50k" name "gpt2", which splits like
+tiktoken's r50k string), each chunk's UTF-8 bytes are merged by the learned merges. Internally byte
+tokens have ids 0-255 (the byte value), merge i creates id 256 + i, special tokens take the ids after
+the merges, in the order given; a trained tokenizer shows exactly these ids. A vocabulary read from
+elsewhere (from_tiktoken, from_hf) keeps its own ids: an id map (C++) turns internal ids into them
+after encoding and back before decoding, so encoding costs the same. The work is done by the
 C++ module (kernelgpt._native); ``backend="python"`` trains with the pure-Python reference
 (_bpe_reference.py), which is the specification.
 
@@ -14,15 +19,27 @@ Saved format (JSON, UTF-8), version 1::
 
 ``merges[i]`` creates id 256 + i and may refer only to ids below that; special token ids must be
 256 + len(merges) + k in the listed order; vocab_size = 256 + len(merges) + len(special_tokens).
+
+Version 2 (written only for a vocabulary with its own ids, or without the whole-chunk lookup)::
+
+    {"format": "kernelgpt-bpe", "version": 2, "pattern": "o200k", "vocab_size": 200019,
+     "merges": [[..], ..],            # internal ids, as in version 1
+     "ids": [188, 189, ...],          # the id of internal id i, for the 256 + len(merges) tokens
+     "special_tokens": {"<|endoftext|>": 199999, ...},   # their ids (any not taken)
+     "whole_token_lookup": true}      # false: pure merging (Hugging Face BPE without ignore_merges)
+
+vocab_size = 1 + the largest id.
 """
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import logging
 import os
+import pathlib
 import tempfile
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -33,9 +50,10 @@ __all__ = ["Tokenizer", "FORMAT", "FORMAT_VERSION"]
 log = logging.getLogger(__name__)
 
 FORMAT = "kernelgpt-bpe"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this reads; version 1 is written whenever it can hold the tokenizer
 PATTERNS = tuple(_ref.PATTERNS)
 _BATCH_BYTES = 8 << 20  # texts are handed to the native trainer in batches of about this size
+_FILE_BLOCK_BYTES = 0  # bytes the native trainer reads from a file per round (0: its 16 MiB); tests set it small
 
 PathLike = Union[str, "os.PathLike[str]"]
 AllowedSpecial = Union[str, Set[str], frozenset]
@@ -47,8 +65,11 @@ def _native():
 
 
 def _check_pattern(pattern: str) -> str:
+    """The splitter's name: "gpt4", "gpt2", "cl100k", "o200k", or an alias ("r50k", "p50k": "gpt2")."""
+    if isinstance(pattern, str) and pattern in _ref.PATTERN_ALIASES:
+        return _ref.PATTERN_ALIASES[pattern]
     if not isinstance(pattern, str) or pattern not in _ref.PATTERNS:
-        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+        raise ValueError(f"pattern must be one of {PATTERNS + tuple(_ref.PATTERN_ALIASES)}, got {pattern!r}")
     return pattern
 
 
@@ -97,8 +118,9 @@ def _clean(text: str) -> str:
 
 
 class Tokenizer:
-    """A trained byte-level BPE tokenizer. Build one with ``Tokenizer.train``, ``Tokenizer.load``
-    or ``Tokenizer.from_tiktoken``.
+    """A trained byte-level BPE tokenizer. Build one with ``Tokenizer.train`` / ``train_files``,
+    ``Tokenizer.load``, ``Tokenizer.from_tiktoken`` or ``Tokenizer.from_hf``. Picklable; tiktoken's
+    names (encode_ordinary, decode_batch, n_vocab, eot_token, decode_single_token_bytes) work.
 
     >>> tok = Tokenizer.train("aaabdaaabac", vocab_size=259)
     >>> tok.encode("aaabdaaabac")
@@ -106,21 +128,85 @@ class Tokenizer:
     """
 
     def __init__(self, merges: Sequence[Tuple[int, int]], pattern: str = "gpt4",
-                 special_tokens: Sequence[str] = ()):
+                 special_tokens: Sequence[str] = (), *, ids: Optional[Sequence[int]] = None,
+                 whole_token_lookup: bool = True):
+        """``merges`` and ``special_tokens`` in internal ids (see the module docstring). ``ids``:
+        the id shown for each internal id (256 + len(merges) + len(special_tokens) of them; None:
+        the internal ids themselves). ``whole_token_lookup``: a chunk that spells a whole token
+        is that token (tiktoken's rule; False: pure merging)."""
         self.pattern = _check_pattern(pattern)
         specials = _check_specials(special_tokens)
         merges_arr = np.asarray(merges, dtype=np.int64).reshape(-1, 2)
         _validate_merges(merges_arr)
         self.merges: List[Tuple[int, int]] = [(int(a), int(b)) for a, b in merges_arr]
         base = 256 + len(self.merges)
-        self._specials: Dict[str, int] = {s: base + k for k, s in enumerate(specials)}
+        id_arr = None
+        if ids is not None:
+            id_arr = np.asarray(ids)
+            if id_arr.ndim != 1 or id_arr.size != base + len(specials) or (id_arr.size and id_arr.dtype.kind not in "iu"):
+                raise ValueError(f"ids must be {base + len(specials)} ints (one per token), got {id_arr.shape} {id_arr.dtype}")
+            id_arr = id_arr.astype(np.int64)
+            if id_arr.size and (id_arr.min() < 0 or id_arr.max() >= 2**31 - 1):
+                raise ValueError("ids must be in [0, 2**31 - 1)")
+            if np.array_equal(id_arr, np.arange(id_arr.size)):
+                id_arr = None
+        self._ids: Optional[np.ndarray] = id_arr
+        self._whole = bool(whole_token_lookup)
+        self._specials: Dict[str, int] = {
+            s: (base + k if id_arr is None else int(id_arr[base + k])) for k, s in enumerate(specials)}
         self._special_list = specials
-        self._enc = _native().BpeEncoder(merges_arr.astype(np.int32), specials, pattern)
+        try:
+            self._enc = _native().BpeEncoder(merges_arr.astype(np.int32), specials, self.pattern,
+                                             [] if id_arr is None else id_arr.tolist(), self._whole)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
 
     # ---- properties
     @property
     def vocab_size(self) -> int:
-        return 256 + len(self.merges) + len(self._specials)
+        """1 + the largest id (tiktoken's n_vocab)."""
+        return int(self._enc.vocab_size)
+
+    @property
+    def n_vocab(self) -> int:
+        """tiktoken's name of vocab_size."""
+        return self.vocab_size
+
+    @property
+    def max_token_value(self) -> int:
+        return self.vocab_size - 1
+
+    @property
+    def eot_token(self) -> int:
+        """The id of the special token "<|endoftext|>" (AttributeError if it is not one)."""
+        if "<|endoftext|>" not in self._specials:
+            raise AttributeError("this tokenizer has no '<|endoftext|>' special token")
+        return self._specials["<|endoftext|>"]
+
+    @property
+    def special_tokens_set(self) -> Set[str]:
+        return set(self._specials)
+
+    @property
+    def id_map(self) -> Optional[np.ndarray]:
+        """The id of each internal id (bytes 0-255, merges, specials), or None when they are equal."""
+        return None if self._ids is None else self._ids.copy()
+
+    def _ordinary_ids(self) -> List[int]:
+        """The ids of the ordinary (non-special) tokens, ascending, each once."""
+        n = 256 + len(self.merges)
+        if self._ids is None:
+            return list(range(n))
+        return sorted(set(self._ids[:n].tolist()))
+
+    def __reduce__(self):
+        # pickle / copy.deepcopy: rebuilt from the saved form (the C++ encoder is not picklable)
+        return (type(self).from_dict, (self.to_dict(),))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def special_tokens(self) -> Dict[str, int]:
@@ -149,11 +235,12 @@ class Tokenizer:
         if backend not in ("auto", "native", "python"):
             raise ValueError(f"backend must be 'auto', 'native' or 'python', got {backend!r}")
         num_merges = int(vocab_size) - 256 - len(specials)
+        _warn_if_paths(data)
         if backend == "python":
             texts = []
             for kind, item in _iter_data(data):
                 if kind == "file":
-                    with open(item, "r", encoding="utf-8") as f:
+                    with open(item, "r", encoding="utf-8", newline="") as f:  # CRLF kept, as native
                         texts.append(f.read())
                 else:
                     texts.append(item)
@@ -163,6 +250,21 @@ class Tokenizer:
         if len(merges) < num_merges:
             log.info("BPE training stopped after %d of %d merges: no pair left", len(merges), num_merges)
         return cls(merges, pattern, specials)
+
+    @classmethod
+    def train_files(cls, paths, vocab_size: int, **kwargs) -> "Tokenizer":
+        """``train`` on files: ``paths`` is one path or an iterable of paths (str or os.PathLike),
+        each a UTF-8 file streamed as one document. Other keyword arguments as ``train``."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        files = []
+        for p in paths:
+            if not isinstance(p, (str, os.PathLike)):
+                raise TypeError(f"paths must be str or os.PathLike, got {type(p).__name__}")
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"no such file: {os.fspath(p)}")
+            files.append(pathlib.Path(os.fspath(p)))
+        return cls.train(files, vocab_size, **kwargs)
 
     # ---- encoding
     def _allowed(self, texts: Sequence[str], allowed_special: AllowedSpecial) -> List[int]:
@@ -195,22 +297,29 @@ class Tokenizer:
                                      "ordinary text")
         return [k for k, s in enumerate(self._special_list) if s in allowed]
 
-    def encode_to_numpy(self, text: str, allowed_special: AllowedSpecial = "none_raise") -> np.ndarray:
-        """Like ``encode`` but returns an int32 array that owns the C++ result (no copy)."""
+    def _encode(self, text: str, allowed_special: AllowedSpecial, as_list: bool):
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         allowed = self._allowed((text,), allowed_special)
         try:
-            return self._enc.encode(text, allowed)
+            return self._enc.encode(text, allowed, as_list)
         except UnicodeEncodeError:
-            return self._enc.encode(_clean(text), allowed)
+            return self._enc.encode(_clean(text), allowed, as_list)
+
+    def encode_to_numpy(self, text: str, allowed_special: AllowedSpecial = "none_raise") -> np.ndarray:
+        """Like ``encode`` but returns an int32 array that owns the C++ result (no copy)."""
+        return self._encode(text, allowed_special, False)
 
     def encode(self, text: str, allowed_special: AllowedSpecial = "none_raise") -> List[int]:
         """Token ids of ``text``. Special token strings in ``text`` raise ValueError unless
         allowed (tiktoken's rule): ``allowed_special`` is "none_raise" (default: none allowed,
         any occurrence raises), "all", a set of special strings (the others still raise), or
         "none" (special strings are encoded as ordinary text). Lone surrogates become U+FFFD."""
-        return self.encode_to_numpy(text, allowed_special).tolist()
+        return self._encode(text, allowed_special, True)
+
+    def encode_ordinary(self, text: str) -> List[int]:
+        """tiktoken's name: ``encode(text, allowed_special="none")`` (special strings are text)."""
+        return self._encode(text, "none", True)
 
     def encode_batch(self, texts: Sequence[str], allowed_special: AllowedSpecial = "none_raise",
                      num_threads: Optional[int] = None, as_numpy: bool = False):
@@ -224,11 +333,11 @@ class Tokenizer:
                 raise TypeError(f"texts must hold str, got {type(t).__name__}")
         nt = _threads(num_threads)
         allowed = self._allowed(texts, allowed_special)
+        as_lists = not as_numpy  # lists are built in C++: as fast as the arrays
         try:
-            out = self._enc.encode_batch(texts, allowed, nt)
+            return self._enc.encode_batch(texts, allowed, nt, as_lists)
         except UnicodeEncodeError:
-            out = self._enc.encode_batch([_clean(t) for t in texts], allowed, nt)
-        return out if as_numpy else [a.tolist() for a in out]
+            return self._enc.encode_batch([_clean(t) for t in texts], allowed, nt, as_lists)
 
     # ---- decoding
     def decode_bytes(self, ids) -> bytes:
@@ -257,11 +366,30 @@ class Tokenizer:
         """The bytes of one token (a special token's UTF-8 string for special ids)."""
         return self._enc.token_bytes(int(token_id))
 
+    def decode_single_token_bytes(self, token_id: int) -> bytes:
+        """tiktoken's name of ``token_bytes``."""
+        return self.token_bytes(token_id)
+
+    def decode_tokens_bytes(self, ids) -> List[bytes]:
+        """The bytes of each id (tiktoken's name)."""
+        return [self.token_bytes(i) for i in ids]
+
+    def decode_batch(self, batch, errors: str = "replace") -> List[str]:
+        """``decode`` of each sequence of ids (tiktoken's name)."""
+        return [self.decode(ids, errors=errors) for ids in batch]
+
     # ---- save / load
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "pattern": self.pattern,
+        if self._ids is None and self._whole:
+            return {"format": FORMAT, "version": 1, "pattern": self.pattern,
+                    "vocab_size": self.vocab_size, "merges": [list(m) for m in self.merges],
+                    "special_tokens": dict(self._specials)}
+        n = 256 + len(self.merges)
+        ids = list(range(n)) if self._ids is None else self._ids[:n].tolist()
+        return {"format": FORMAT, "version": 2, "pattern": self.pattern,
                 "vocab_size": self.vocab_size, "merges": [list(m) for m in self.merges],
-                "special_tokens": dict(self._specials)}
+                "ids": ids, "special_tokens": dict(self._specials),
+                "whole_token_lookup": self._whole}
 
     def save(self, path: PathLike) -> None:
         """Write the JSON format above atomically (temporary file, fsync, rename)."""
@@ -276,6 +404,9 @@ class Tokenizer:
             obj = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{os.fspath(path)}: not a kernelgpt tokenizer file (invalid JSON: {e})") from None
+        if isinstance(obj, dict) and "format" not in obj and isinstance(obj.get("model"), dict):
+            raise ValueError(f"{os.fspath(path)}: a Hugging Face tokenizer.json, not a kernelgpt "
+                             "tokenizer file: read it with Tokenizer.from_hf")
         return cls.from_dict(obj, source=os.fspath(path))
 
     @classmethod
@@ -284,9 +415,10 @@ class Tokenizer:
             return ValueError(f"{source}: {msg}")
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise bad(f"not a kernelgpt tokenizer file (expected \"format\": \"{FORMAT}\")")
-        if obj.get("version") != FORMAT_VERSION:
-            raise bad(f"unsupported version {obj.get('version')!r} (this kernelgpt reads version {FORMAT_VERSION})")
-        for key in ("pattern", "vocab_size", "merges", "special_tokens"):
+        version = obj.get("version")
+        if version not in (1, 2) or isinstance(version, bool):
+            raise bad(f"unsupported version {version!r} (this kernelgpt reads versions 1 and {FORMAT_VERSION})")
+        for key in ("pattern", "vocab_size", "merges", "special_tokens") + (("ids",) if version == 2 else ()):
             if key not in obj:
                 raise bad(f"missing field {key!r}")
         pattern = obj["pattern"]
@@ -306,6 +438,8 @@ class Tokenizer:
         specials = obj["special_tokens"]
         if not isinstance(specials, dict):
             raise bad("special_tokens must be an object {token: id}")
+        if version == 2:
+            return cls._from_dict_v2(obj, merges, specials, bad)
         order = sorted(specials.items(), key=lambda kv: kv[1] if isinstance(kv[1], int) else -1)
         for k, (s, sid) in enumerate(order):
             if not s:
@@ -319,6 +453,126 @@ class Tokenizer:
                       f"{len(specials)} special tokens = {vocab}")
         return cls([tuple(m) for m in merges], pattern, [s for s, _ in order])
 
+    @classmethod
+    def _from_dict_v2(cls, obj, merges, specials, bad) -> "Tokenizer":
+        ids = obj["ids"]
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+        if not isinstance(ids, list) or len(ids) != 256 + len(merges) or not all(is_int(x) for x in ids):
+            raise bad(f"ids must be a list of {256 + len(merges)} ints (one per byte and merge)")
+        for s, sid in specials.items():
+            if not s:
+                raise bad("special tokens must not be empty strings")
+            if not is_int(sid):
+                raise bad(f"special token {s!r} has id {sid!r}, not an int")
+        whole = obj.get("whole_token_lookup", True)
+        if not isinstance(whole, bool):
+            raise bad("whole_token_lookup must be true or false")
+        all_ids = ids + list(specials.values())
+        vocab = max(all_ids) + 1
+        if obj["vocab_size"] != vocab:
+            raise bad(f"vocab_size {obj['vocab_size']!r} does not match 1 + the largest id = {vocab}")
+        try:
+            return cls([tuple(m) for m in merges], obj["pattern"], list(specials), ids=all_ids,
+                       whole_token_lookup=whole)
+        except ValueError as e:
+            raise bad(str(e)) from None
+
+    # ---- Hugging Face tokenizer.json
+    def save_hf(self, directory: PathLike) -> None:
+        """Write ``directory``/tokenizer.json (+ tokenizer_config.json) for Hugging Face:
+        ``tokenizers.Tokenizer.from_file`` and ``transformers.PreTrainedTokenizerFast`` load it
+        and encode to the same ids as ``encode(text, allowed_special="all")`` (byte-level BPE, the
+        split pattern as a Split pre-tokenizer, special tokens as added tokens, ignore_merges
+        for the whole-token lookup). ValueError if two ids spell the same bytes (a tokenizer.json
+        vocabulary maps each string to one id)."""
+        to_u = _byte_to_unicode()
+        ordinary = self._ordinary_ids()
+        vocab: Dict[str, int] = {}
+        for i in ordinary:
+            t = "".join(to_u[b] for b in self.token_bytes(i))
+            if t in vocab:
+                raise ValueError(f"tokens {vocab[t]} and {i} have the same bytes {self.token_bytes(i)!r}; "
+                                 "a tokenizer.json vocabulary needs unique token bytes")
+            vocab[t] = i
+        n = 256 + len(self.merges)
+        ext = list(range(n)) if self._ids is None else self._ids[:n].tolist()
+        tstr = {}  # internal id -> byte-level string
+        for i in range(n):
+            tstr[i] = "".join(to_u[b] for b in self.token_bytes(ext[i]))
+        merges = [[tstr[a], tstr[b]] for a, b in self.merges]
+        for sp, sid in self._specials.items():
+            # in the vocabulary too (as GPT-2's <|endoftext|>): tokenizers takes an added token's
+            # id from there, and gives one that is not there the next free id
+            t = "".join(to_u[b] for b in sp.encode("utf-8"))
+            if t in vocab:
+                raise ValueError(f"special token {sp!r} spells the same bytes as token {vocab[t]}; "
+                                 "a tokenizer.json vocabulary cannot hold both")
+            vocab[t] = sid
+        added = [{"id": sid, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": True} for s, sid in self._specials.items()]
+        obj = {
+            "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": _ref.PATTERNS[self.pattern]},
+                 "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                 "use_regex": False}]},
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                        "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                      "fuse_unk": False, "byte_fallback": False, "ignore_merges": self._whole,
+                      "vocab": vocab, "merges": merges},
+        }
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                  "model_max_length": 1 << 30,
+                  "added_tokens_decoder": {str(sid): {k: v for k, v in a.items() if k != "id"}
+                                           for a, sid in zip(added, self._specials.values())}}
+        if "<|endoftext|>" in self._specials:
+            config["eos_token"] = "<|endoftext|>"
+        d = os.fspath(directory)
+        os.makedirs(d, exist_ok=True)
+        _atomic_write(os.path.join(d, "tokenizer.json"),
+                      json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8"))
+        _atomic_write(os.path.join(d, "tokenizer_config.json"),
+                      json.dumps(config, ensure_ascii=False, indent=1).encode("utf-8"))
+
+    @classmethod
+    def from_hf(cls, path: PathLike, pattern: Optional[str] = None) -> "Tokenizer":
+        """Read a Hugging Face byte-level BPE tokenizer: a tokenizer.json (or a directory holding
+        one), or GPT-2's vocab.json + merges.txt (the vocab.json path, or a directory holding both;
+        ``pattern`` defaults to "gpt2" there). Ids are kept. Added tokens become special tokens
+        (encode them with ``allowed_special``). Refused with ValueError, one line: a model other
+        than BPE, a normalizer, a pre-tokenizer other than byte-level with a known split pattern
+        (gpt2, gpt4, cl100k, o200k, Llama 3's), add_prefix_space, byte_fallback, subword prefixes or
+        suffixes, dropout, a token that is not made of bytes. A post-processor's added tokens
+        (BOS/EOS templates) are not added by ``encode`` (logged)."""
+        p = os.fspath(path)
+        if os.path.isdir(p):
+            if os.path.isfile(os.path.join(p, "tokenizer.json")):
+                p = os.path.join(p, "tokenizer.json")
+            elif os.path.isfile(os.path.join(p, "vocab.json")):
+                p = os.path.join(p, "vocab.json")
+            else:
+                raise ValueError(f"{p}: no tokenizer.json or vocab.json + merges.txt in this directory")
+        try:
+            with open(p, "rb") as f:
+                obj = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p}: not a Hugging Face tokenizer file (invalid JSON: {e})") from None
+        if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+            return _from_hf_json(cls, obj, p, pattern)
+        merges_path = os.path.join(os.path.dirname(p) or ".", "merges.txt")
+        if not isinstance(obj, dict) or not os.path.isfile(merges_path):
+            raise ValueError(f"{p}: neither a tokenizer.json nor a vocab.json with merges.txt beside it")
+        with open(merges_path, "r", encoding="utf-8") as f:
+            lines = [ln.rstrip("\r\n") for ln in f]
+        merges = [ln.split(" ") for ln in lines if ln and not ln.startswith("#version")]
+        return _build_hf(cls, obj, merges, {}, _check_pattern(pattern or "gpt2"), False, p, gpt2_files=True)
+
     # ---- tiktoken ranks format
     def export_tiktoken(self, path: PathLike) -> None:
         """Write the ordinary tokens as tiktoken ranks: one "<base64 bytes> <rank>" line per id
@@ -327,7 +581,7 @@ class Tokenizer:
         which the format cannot hold."""
         lines = []
         seen: Dict[bytes, int] = {}
-        for i in range(256 + len(self.merges)):
+        for i in self._ordinary_ids():
             tb = self.token_bytes(i)
             if tb in seen:
                 raise ValueError(f"tokens {seen[tb]} and {i} have the same bytes {tb!r}; "
@@ -338,18 +592,24 @@ class Tokenizer:
 
     def mergeable_ranks(self) -> Dict[bytes, int]:
         """{token bytes: rank} for tiktoken.Encoding(mergeable_ranks=...)."""
-        return {self.token_bytes(i): i for i in range(256 + len(self.merges))}
+        return {self.token_bytes(i): i for i in self._ordinary_ids()}
 
     @classmethod
     def from_tiktoken(cls, path: PathLike, pattern: str = "gpt4",
-                      special_tokens: Sequence[str] = ()) -> "Tokenizer":
-        """Read a tiktoken ranks file whose ranks are 0..n-1 with rank b the single byte b (the
-        layout ``export_tiktoken`` writes). Each merge is recovered as the two parts that BPE with
-        the lower ranks leaves of the token's bytes (tiktoken's own recovery rule)."""
+                      special_tokens: Union[Sequence[str], Mapping[str, int]] = ()) -> "Tokenizer":
+        """Read a tiktoken ranks file ("<base64 bytes> <rank>" lines; gzip if it ends in .gz),
+        e.g. OpenAI's r50k/p50k/cl100k/o200k_base.tiktoken, keeping the ranks as the ids: encoding
+        then gives tiktoken's ids with the same ranks and pattern (pattern="r50k", "cl100k",
+        "o200k"). ``special_tokens``: {token: id} (OpenAI's ids, e.g. {"<|endoftext|>": 100257}
+        for cl100k), or a sequence of tokens given the ids after the largest rank. Each token
+        longer than a byte is recovered as a merge: the two parts that BPE with the lower ranks
+        leaves of its bytes (tiktoken's own rule); a file with a token that is not two
+        lower-ranked tokens joined is refused."""
         pattern = _check_pattern(pattern)
         ranks: Dict[bytes, int] = {}
         src = os.fspath(path)
-        with open(path, "rb") as f:
+        opener = gzip.open if src.endswith(".gz") else open
+        with opener(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -361,25 +621,189 @@ class Tokenizer:
                     r = int(parts[1])
                 except (ValueError, base64.binascii.Error):
                     raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>'") from None
+                if not tb or r < 0 or r >= 2**31 - 1:
+                    raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>' with a non-empty token and a rank in [0, 2**31 - 1)")
                 if tb in ranks:
                     raise ValueError(f"{src}:{lineno}: token {tb!r} appears twice")
                 ranks[tb] = r
-        by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
-        for i, (tb, r) in enumerate(by_rank):
-            if r != i:
-                raise ValueError(f"{src}: ranks must be 0..{len(by_rank) - 1} without gaps; rank {i} is missing")
-            if i < 256 and tb != bytes([i]):
-                raise ValueError(f"{src}: rank {i} must be the single byte {bytes([i])!r}, got {tb!r} "
-                                 "(only byte-ordered rank files are supported)")
-        if len(by_rank) < 256:
-            raise ValueError(f"{src}: a ranks file needs the 256 byte tokens, found {len(by_rank)} tokens")
+        if len(set(ranks.values())) != len(ranks):
+            raise ValueError(f"{src}: two tokens have the same rank")
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing:
+            raise ValueError(f"{src}: a ranks file needs the 256 byte tokens; byte {missing[0]:#04x} "
+                             f"is missing ({len(missing)} missing)")
+        internal: Dict[bytes, int] = {bytes([b]): b for b in range(256)}
+        ids = [ranks[bytes([b])] for b in range(256)]
         merges = []
-        for tb, r in by_rank[256:]:
-            parts = _bpe_parts(tb, ranks, r)
-            if len(parts) != 2:
-                raise ValueError(f"{src}: token of rank {r} ({tb!r}) is not the merge of two lower-ranked tokens")
-            merges.append((ranks[parts[0]], ranks[parts[1]]))
-        return cls(merges, pattern, special_tokens)
+        for r, tb in sorted((r, tb) for tb, r in ranks.items() if len(tb) > 1):
+            # Splits into two lower-ranked tokens (`internal` holds exactly those). With one, it is
+            # the merge. With several, BPE of the bytes with the lower ranks decides (in any text,
+            # the bytes of a token made by merging went through exactly that). If BPE leaves more
+            # than two parts, no text makes the token by merging (tiktoken reaches it only as a
+            # whole chunk, as the encoder here does): any split serves, as a merge that never fires.
+            cands = [i for i in range(1, len(tb)) if tb[:i] in internal and tb[i:] in internal]
+            if not cands:
+                raise ValueError(f"{src}: token of rank {r} ({tb!r}) is not two lower-ranked tokens joined")
+            cut = cands[0]
+            if len(cands) > 1:
+                parts = _bpe_parts(tb, ranks, r)
+                if len(parts) == 2:
+                    cut = len(parts[0])
+            internal[tb] = 256 + len(merges)
+            merges.append((internal[tb[:cut]], internal[tb[cut:]]))
+            ids.append(r)
+        top = max(ids) + 1
+        if isinstance(special_tokens, Mapping):
+            names = _check_specials(list(special_tokens))
+            sids = [special_tokens[n] for n in names]
+            if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in sids):
+                raise ValueError("special_tokens ids must be non-negative ints")
+            taken = set(ranks.values())
+            clash = [n for n, x in zip(names, sids) if x in taken]
+            if clash:
+                raise ValueError(f"special token {clash[0]!r} has id {special_tokens[clash[0]]}, "
+                                 "which is an ordinary token's rank")
+            if len(set(sids)) != len(sids):
+                raise ValueError("two special tokens have the same id")
+        else:
+            names = _check_specials(special_tokens)
+            sids = [top + k for k in range(len(names))]
+        return cls(merges, pattern, names, ids=ids + sids)
+
+
+def _byte_to_unicode() -> List[str]:
+    """GPT-2's byte-level alphabet: byte b -> one printable character (the printable Latin-1
+    bytes stand for themselves, the others are moved to U+0100 onwards, in order)."""
+    keep = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+# Split patterns seen in tokenizer.json files that split exactly like one of ours (tested).
+_LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+_R50K = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_HF_SPLITS = {**{v: k for k, v in _ref.PATTERNS.items()}, _LLAMA3: "gpt4", _R50K: "gpt2"}
+
+
+def _from_hf_json(cls, obj: dict, src: str, pattern: Optional[str]) -> "Tokenizer":
+    def refuse(msg: str) -> ValueError:
+        return ValueError(f"{src}: cannot be represented: {msg}")
+    model = obj["model"]
+    if model.get("type") != "BPE":
+        raise refuse(f"the model is {model.get('type')!r}, not a byte-level BPE")
+    norm = obj.get("normalizer")
+    if norm is not None and not (norm.get("type") == "Sequence" and not norm.get("normalizers")):
+        raise refuse(f"it has a normalizer ({norm.get('type')})")
+    if model.get("byte_fallback"):
+        raise refuse("byte_fallback BPE (not byte-level)")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise refuse("it uses continuing_subword_prefix / end_of_word_suffix")
+    if model.get("dropout") not in (None, 0, 0.0):
+        raise refuse("BPE dropout")
+    found = _hf_pattern(obj.get("pre_tokenizer"), refuse)
+    if pattern is not None and _check_pattern(pattern) != found:
+        raise refuse(f"its split pattern is {found!r}, not {pattern!r}")
+    post = obj.get("post_processor")
+    if post is not None and post.get("type") not in ("ByteLevel",):
+        log.warning("%s: the post-processor %s is not applied: encode adds no BOS/EOS tokens",
+                    src, post.get("type"))
+    merges = model.get("merges")
+    if not isinstance(merges, list):
+        raise refuse("model.merges is not a list")
+    merges = [m.split(" ") if isinstance(m, str) else m for m in merges]
+    added = {}
+    for a in obj.get("added_tokens") or []:
+        if not isinstance(a, dict) or not isinstance(a.get("content"), str) or not isinstance(a.get("id"), int):
+            raise refuse(f"bad added token {a!r}")
+        if a.get("single_word") or a.get("lstrip") or a.get("rstrip"):
+            raise refuse(f"added token {a['content']!r} uses single_word / lstrip / rstrip matching")
+        added[a["content"]] = a["id"]
+    return _build_hf(cls, model.get("vocab"), merges, added, found,
+                     bool(model.get("ignore_merges", False)), src)
+
+
+def _hf_pattern(pre, refuse) -> str:
+    """Our pattern name for a tokenizer.json pre_tokenizer (byte-level only)."""
+    def byte_level(p, use_regex):
+        if p.get("type") != "ByteLevel":
+            return False
+        if p.get("add_prefix_space"):
+            raise refuse("the ByteLevel pre-tokenizer adds a prefix space")
+        return bool(p.get("use_regex", True)) == use_regex
+    if isinstance(pre, dict) and byte_level(pre, True):
+        return "gpt2"  # ByteLevel's own regex is GPT-2's pattern
+    if isinstance(pre, dict) and pre.get("type") == "Sequence":
+        steps = pre.get("pretokenizers") or []
+        if (len(steps) == 2 and steps[0].get("type") == "Split" and byte_level(steps[1], False)
+                and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert")):
+            pat = (steps[0].get("pattern") or {}).get("Regex")
+            if pat in _HF_SPLITS:
+                return _HF_SPLITS[pat]
+            raise refuse(f"unknown split pattern {pat!r}")
+    raise refuse("the pre-tokenizer is not byte-level (ByteLevel, or Split by a known pattern + ByteLevel)")
+
+
+def _build_hf(cls, vocab, merges, added: Dict[str, int], pattern: str, whole: bool, src: str,
+              gpt2_files: bool = False) -> "Tokenizer":
+    def refuse(msg: str) -> ValueError:
+        return ValueError(f"{src}: cannot be represented: {msg}")
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                              for v in vocab.values()):
+        raise refuse("the vocabulary is not {token: id}")
+    from_u = {c: b for b, c in enumerate(_byte_to_unicode())}
+
+    def to_bytes(t: str) -> bytes:
+        try:
+            return bytes(from_u[c] for c in t)
+        except KeyError:
+            raise refuse(f"token {t!r} is not byte-level") from None
+    ids = []
+    internal: Dict[str, int] = {}
+    for b, c in enumerate(_byte_to_unicode()):
+        if c not in vocab:
+            raise refuse(f"the vocabulary has no token for byte {b:#04x}")
+        internal[c] = b
+        ids.append(vocab[c])
+    pairs = []
+    for k, m in enumerate(merges):
+        if not (isinstance(m, (list, tuple)) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+            raise refuse(f"merge {k} is not a pair of tokens: {m!r}")
+        a, b = m
+        if a not in internal or b not in internal:
+            raise refuse(f"merge {k} {a!r} + {b!r} uses a token no earlier merge makes")
+        t = a + b
+        if t not in vocab:
+            raise refuse(f"merge {k} makes {t!r}, which is not in the vocabulary")
+        internal.setdefault(t, 256 + len(pairs))
+        pairs.append((internal[a], internal[b]))
+        ids.append(vocab[t])
+    specials, sids = [], []
+    added_ids = set(added.values())
+    for t, i in vocab.items():
+        if t not in internal:
+            if i in added_ids:
+                continue  # an added token's entry (save_hf writes one, as GPT-2's files have)
+            if gpt2_files and t.startswith("<|") and t.endswith("|>"):
+                specials.append(to_bytes(t).decode("utf-8", errors="replace"))  # GPT-2's <|endoftext|>
+                sids.append(i)
+                continue
+            to_bytes(t)
+            raise refuse(f"token {t!r} (id {i}) is neither a byte nor made by a merge")
+    for t, i in added.items():
+        if t in internal and vocab.get(t) == i:
+            raise refuse(f"added token {t!r} is also an ordinary token")
+        specials.append(t)
+        sids.append(i)
+    try:
+        return cls(pairs, pattern, specials, ids=ids + sids, whole_token_lookup=whole)
+    except ValueError as e:
+        raise refuse(str(e)) from None
 
 
 def _bpe_parts(tb: bytes, ranks: Dict[bytes, int], max_rank: int) -> List[bytes]:
@@ -400,6 +824,22 @@ def _validate_merges(merges: np.ndarray) -> None:
     for i, (a, b) in enumerate(merges.tolist()):
         if not (0 <= a < 256 + i and 0 <= b < 256 + i):
             raise ValueError(f"merge {i} ({a}, {b}) refers to an id that does not exist before id {256 + i}")
+
+
+def _warn_if_paths(data) -> None:
+    """Log a warning when ``data`` is a list of str that are all names of existing files: str is
+    text, so those names would be trained on, not the files."""
+    if not isinstance(data, (list, tuple)) or not data:
+        return
+    if not isinstance(data[0], str):
+        return
+    for item in data:
+        if (not isinstance(item, str) or len(item) > 4096
+                or "\n" in item or not os.path.isfile(item)):
+            return
+    log.warning("Tokenizer.train: every one of the %d str items names an existing file (e.g. %r), "
+                "but str items are trained on as text; pass pathlib.Path objects or use "
+                "Tokenizer.train_files to train on the files' contents", len(data), data[0])
 
 
 def _threads(num_threads: Optional[int]) -> int:
@@ -432,7 +872,7 @@ def _train_native(data, num_merges: int, pattern: str, num_threads: Optional[int
             path = os.fspath(item)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no such file: {path}")
-            trainer.add_file(path, nt)
+            trainer.add_file(path, nt, _FILE_BLOCK_BYTES)
         else:
             batch.append(item)
             size += len(item)
