@@ -111,15 +111,38 @@ def linear_dims(x: Any, w: Any, wname: str = "w", rows: str = "OC") -> tuple:
     return N, C, w.shape[0]
 
 
-def qkv_dims(qkv: Any, n_head: Any, backend: str = "") -> tuple:
-    """(B, T, C, NH, HS) of a (B, T, 3C) qkv array, checked."""
+def check_kv_heads(n_head: int, n_kv_head: Any) -> int:
+    """n_kv_head (None: n_head) must be an int dividing n_head (grouped-query attention)."""
+    if n_kv_head is None:
+        return n_head
+    if isinstance(n_kv_head, bool) or not isinstance(n_kv_head, (int, _np_integer())) \
+            or n_kv_head < 1 or n_head % n_kv_head:
+        raise ValueError(f"n_kv_head must be a positive divisor of n_head={n_head}, got "
+                         f"{n_kv_head!r}")
+    return int(n_kv_head)
+
+
+def qkv_dims(qkv: Any, n_head: Any, backend: str = "", n_kv_head: Any = None) -> tuple:
+    """(B, T, C, NH, HS) of a qkv array (B, T, (NH + 2 NKV) * HS) holding q (NH heads), k and v
+    (NKV heads each; NKV = n_kv_head, None: NH, so (B, T, 3C)), checked."""
     check_ndim(qkv, "qkv", 3)
-    B, T, C3 = qkv.shape
-    if C3 % 3:
-        raise ValueError(f"qkv last dimension must be 3*C, got {tuple(qkv.shape)}")
-    C = C3 // 3
-    nh = check_heads(C, n_head, backend)
-    return B, T, C, nh, C // nh
+    B, T, D = qkv.shape
+    if n_kv_head is None:
+        if D % 3:
+            raise ValueError(f"qkv last dimension must be 3*C, got {tuple(qkv.shape)}")
+        C = D // 3
+        nh = check_heads(C, n_head, backend)
+        return B, T, C, nh, C // nh
+    if isinstance(n_head, bool) or not isinstance(n_head, (int, _np_integer())) or n_head < 1:
+        raise ValueError(f"n_head must be a positive int, got {n_head!r}")
+    nkv = check_kv_heads(int(n_head), n_kv_head)
+    units = int(n_head) + 2 * nkv
+    if D % units:
+        raise ValueError(f"qkv last dimension must be (n_head + 2 n_kv_head) * head size = "
+                         f"{units} * HS, got {tuple(qkv.shape)}")
+    hs = D // units
+    check_head_size(hs, backend)
+    return B, T, int(n_head) * hs, int(n_head), hs
 
 
 def _np_integer() -> type:

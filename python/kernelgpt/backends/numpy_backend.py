@@ -212,13 +212,13 @@ def matmul_backward(dx, dw, dbias, dout, x, w) -> None:
 
 
 # ---------------------------------------------------------------------------------- attention
-def _split_heads(qkv: np.ndarray, n_head: int):
-    """qkv (B,T,3C) -> q, k, v each (B,NH,T,HS) (views)."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // n_head
-    parts = qkv.reshape(B, T, 3, n_head, hs)
-    return (parts[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+def _split_heads(qkv: np.ndarray, n_head: int, n_kv: int, hs: int):
+    """qkv (B,T,(NH+2NKV)*HS) -> q (B,NH,T,HS), k, v (B,NKV,T,HS) (views)."""
+    B, T, _ = qkv.shape
+    q = qkv[:, :, :n_head * hs].reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)
+    k = qkv[:, :, n_head * hs:(n_head + n_kv) * hs].reshape(B, T, n_kv, hs).transpose(0, 2, 1, 3)
+    v = qkv[:, :, (n_head + n_kv) * hs:].reshape(B, T, n_kv, hs).transpose(0, 2, 1, 3)
+    return q, k, v
 
 
 def _causal_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -229,16 +229,25 @@ def _causal_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     return s
 
 
-def attention_forward(out, lse, qkv, n_head: int) -> None:
-    """Causal multi-head self-attention.
-    qkv (B,T,3C): q, k, v side by side on the last axis; head h uses columns h*HS:(h+1)*HS of each.
+def _att_dims(qkv, n_head, n_kv_head):
+    B, T, C, nh, hs = qkv_dims(qkv, n_head, n_kv_head=n_kv_head)
+    return B, T, C, nh, hs, (nh if n_kv_head is None else int(n_kv_head))
+
+
+def attention_forward(out, lse, qkv, n_head: int, n_kv_head: Optional[int] = None) -> None:
+    """Causal multi-head self-attention, grouped-query when n_kv_head < n_head.
+    qkv (B,T,(NH+2NKV)*HS): q (NH heads), k and v (NKV heads each) side by side on the last axis
+    (NKV = n_kv_head, None: NH, so (B,T,3C)); query head h reads key/value head h // (NH/NKV).
     out (B,T,C) = softmax(q k^T / sqrt(HS), causal) v with heads concatenated.
     Saves lse (B,NH,T): natural-log log-sum-exp of each row of scaled (masked) scores."""
     _floats((out, "out"), (lse, "lse"), (qkv, "qkv"))
-    B, T, C, nh, _ = qkv_dims(qkv, n_head)
+    B, T, C, nh, hs, nkv = _att_dims(qkv, n_head, n_kv_head)
     _shape(out, "out", (B, T, C))
     _shape(lse, "lse", (B, nh, T))
-    q, k, v = _split_heads(qkv, nh)
+    q, k, v = _split_heads(qkv, nh, nkv, hs)
+    g = nh // nkv
+    if g > 1:
+        k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)   # the reference may copy
     s = _causal_scores(q, k)                            # (B,NH,T,T)
     m = s.max(axis=-1, keepdims=True)                   # finite: the diagonal is never masked
     e = np.exp(s - m)
@@ -248,18 +257,22 @@ def attention_forward(out, lse, qkv, n_head: int) -> None:
     out[...] = y.transpose(0, 2, 1, 3).reshape(B, T, C)
 
 
-def attention_backward(dqkv, dout, qkv, out, lse, n_head: int) -> None:
-    """dqkv (B,T,3C) = d(out)/d(qkv) applied to dout (B,T,C), given the forward's out (B,T,C) and
-    lse (B,NH,T). Probabilities are recomputed as P = exp(S - lse); with D = rowsum(dout * out):
-    dS = P * (dout v^T - D), dq = dS k / sqrt(HS), dk = dS^T q / sqrt(HS), dv = P^T dout."""
+def attention_backward(dqkv, dout, qkv, out, lse, n_head: int,
+                       n_kv_head: Optional[int] = None) -> None:
+    """dqkv (B,T,(NH+2NKV)*HS) = d(out)/d(qkv) applied to dout (B,T,C), given the forward's out
+    (B,T,C) and lse (B,NH,T). Probabilities are recomputed as P = exp(S - lse); with
+    D = rowsum(dout * out): dS = P * (dout v^T - D), dq = dS k / sqrt(HS), dk = dS^T q / sqrt(HS),
+    dv = P^T dout; a key/value head's gradient sums over the query heads of its group."""
     _floats((dqkv, "dqkv"), (dout, "dout"), (qkv, "qkv"), (out, "out"), (lse, "lse"))
-    B, T, C, nh, _ = qkv_dims(qkv, n_head)
-    hs = C // nh
-    _shape(dqkv, "dqkv", (B, T, 3 * C))
+    B, T, C, nh, hs, nkv = _att_dims(qkv, n_head, n_kv_head)
+    _shape(dqkv, "dqkv", qkv.shape)
     _shape(dout, "dout", (B, T, C))
     _shape(out, "out", (B, T, C))
     _shape(lse, "lse", (B, nh, T))
-    q, k, v = _split_heads(qkv, nh)
+    q, k, v = _split_heads(qkv, nh, nkv, hs)
+    g = nh // nkv
+    if g > 1:
+        k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
     p = np.exp(_causal_scores(q, k) - lse[..., None])  # (B,NH,T,T), 0 above the diagonal
     dy = dout.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)
     y = out.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)
@@ -269,29 +282,38 @@ def attention_backward(dqkv, dout, qkv, out, lse, n_head: int) -> None:
     ds = p * (dp - D) * (1.0 / math.sqrt(hs))
     dq = ds @ k
     dk = ds.transpose(0, 1, 3, 2) @ q
-    grads = dqkv.reshape(B, T, 3, nh, hs)
-    for i, g in enumerate((dq, dk, dv)):
-        grads[:, :, i] = g.transpose(0, 2, 1, 3)
+    dk = dk.reshape(B, nkv, g, T, hs).sum(axis=2)       # sum over each group's query heads
+    dv = dv.reshape(B, nkv, g, T, hs).sum(axis=2)
+    dq_, dk_, dv_ = _split_heads(dqkv, nh, nkv, hs)
+    dq_[...] = dq
+    dk_[...] = dk
+    dv_[...] = dv
 
 
 def attention_decode(out, q, k_cache, v_cache, n_valid: int) -> None:
-    """One decoding step with a KV cache. q (B,C) for the newest position; k_cache, v_cache
-    (B,NH,maxT,HS), positions [0, n_valid) filled (the newest included), 1 <= n_valid <= maxT.
+    """One decoding step with a KV cache. q (B,C) for the newest position, C = NH*HS; k_cache,
+    v_cache (B,NKV,maxT,HS) with NKV dividing NH (grouped-query: query head h reads cache head
+    h // (NH/NKV)), positions [0, n_valid) filled (the newest included), 1 <= n_valid <= maxT.
     out (B,C) = softmax(q k^T / sqrt(HS)) v over those positions (heads concatenated)."""
     _floats((out, "out"), (q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache"))
     _arr(k_cache, "k_cache", 4)
-    B, nh, maxT, hs = k_cache.shape
-    _shape(v_cache, "v_cache", (B, nh, maxT, hs))
-    _shape(q, "q", (B, nh * hs))
+    B, nkv, maxT, hs = k_cache.shape
+    _shape(v_cache, "v_cache", (B, nkv, maxT, hs))
+    _arr(q, "q", 2)
+    if q.shape[0] != B or hs < 1 or q.shape[1] % hs or (q.shape[1] // hs) % nkv:
+        raise ValueError(f"q must have shape (B={B}, NH*HS) with NH a multiple of the cache's "
+                         f"{nkv} heads of size {hs}, got {q.shape}")
+    nh = q.shape[1] // hs
     _shape(out, "out", (B, nh * hs))
     check_heads(nh * hs, nh)
     n_valid = check_n_valid(n_valid, maxT)
-    qh = q.reshape(B, nh, 1, hs)
-    k = k_cache[:, :, :n_valid]
+    g = nh // nkv
+    qh = q.reshape(B, nkv, g, hs)
+    k = k_cache[:, :, :n_valid]                                  # (B,NKV,n,HS)
     v = v_cache[:, :, :n_valid]
-    s = (qh @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))   # (B,NH,1,n_valid)
+    s = (qh @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))   # (B,NKV,G,n)
     e = np.exp(s - s.max(axis=-1, keepdims=True))
-    y = (e / e.sum(axis=-1, keepdims=True)) @ v                 # (B,NH,1,HS)
+    y = (e / e.sum(axis=-1, keepdims=True)) @ v                 # (B,NKV,G,HS)
     out[...] = y.reshape(B, nh * hs)
 
 
@@ -323,6 +345,129 @@ def add(out, a, b) -> None:
     _shape(b, "b", a.shape)
     _shape(out, "out", a.shape)
     np.add(a, b, out=out)
+
+
+# ---------------------------------------------------------------------------------- llama-style ops
+def rmsnorm_forward(out, rstd, x, w, eps: float = 1e-5) -> None:
+    """x (N,C); w (C,) -> out (N,C) = x * rstd * w with rstd (N,) = 1/sqrt(mean_C(x^2) + eps),
+    saved for the backward."""
+    _floats((out, "out"), (rstd, "rstd"), (x, "x"), (w, "w"))
+    _arr(x, "x", 2)
+    N, C = x.shape
+    _shape(out, "out", (N, C))
+    _shape(rstd, "rstd", (N,))
+    _shape(w, "w", (C,))
+    eps = check_norm_eps(eps)
+    r = 1.0 / np.sqrt((x * x).mean(axis=1) + eps)
+    rstd[...] = r
+    out[...] = x * r[:, None] * w
+
+
+def rmsnorm_backward(dx, dw, dout, x, w, rstd) -> None:
+    """dx (N,C) = ; dw (C,) += sum_n dout * x * rstd. With xhat = x * rstd and g = dout * w:
+    dx = rstd * (g - xhat * mean_C(g * xhat))."""
+    _floats((dx, "dx"), (dw, "dw"), (dout, "dout"), (x, "x"), (w, "w"), (rstd, "rstd"))
+    _arr(x, "x", 2)
+    N, C = x.shape
+    _shape(dx, "dx", (N, C))
+    _shape(dw, "dw", (C,))
+    _shape(dout, "dout", (N, C))
+    _shape(w, "w", (C,))
+    _shape(rstd, "rstd", (N,))
+    xhat = x * rstd[:, None]
+    g = dout * w
+    dw += (dout * xhat).sum(axis=0)
+    dx[...] = rstd[:, None] * (g - xhat * (g * xhat).mean(axis=1, keepdims=True))
+
+
+def _rope_tables(T: int, hs: int, theta: float, pos0: int, dtype) -> tuple:
+    inv = theta ** (-np.arange(0, hs // 2, dtype=np.float64) * 2.0 / hs)        # (HS/2,)
+    ang = (pos0 + np.arange(T, dtype=np.float64))[:, None] * inv[None, :]        # (T, HS/2)
+    return np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)
+
+
+def _check_rope(out, x, n_head, n_kv_head, theta, pos0):
+    _floats((out, "out"), (x, "x"))
+    B, T, C, nh, hs = qkv_dims(x, n_head, n_kv_head=n_kv_head)
+    _shape(out, "out", x.shape)
+    if hs % 2:
+        raise ValueError(f"rotary positions need an even head size, got {hs}")
+    if not (isinstance(theta, (int, float, np.floating)) and math.isfinite(theta) and theta > 0):
+        raise ValueError(f"rope_theta must be a finite number > 0, got {theta!r}")
+    if isinstance(pos0, bool) or not isinstance(pos0, (int, np.integer)) or pos0 < 0:
+        raise ValueError(f"pos0 must be an int >= 0, got {pos0!r}")
+    nkv = nh if n_kv_head is None else int(n_kv_head)
+    return B, T, nh, nkv, hs
+
+
+def _rotate(out, x, nh, nkv, hs, cos, sin, sign):
+    """q and k heads of x rotated by the angles (sign -1: the inverse rotation); v copied."""
+    B, T, _ = x.shape
+    d = hs // 2
+    n_rot = (nh + nkv) * hs
+    xr = x[:, :, :n_rot].reshape(B, T, nh + nkv, hs)
+    x1, x2 = xr[..., :d], xr[..., d:]
+    c, s = cos[None, :, None, :], sign * sin[None, :, None, :]
+    o = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    out[:, :, :n_rot] = o.reshape(B, T, n_rot)
+    out[:, :, n_rot:] = x[:, :, n_rot:]
+
+
+def rope_forward(out, x, n_head: int, n_kv_head: Optional[int] = None, theta: float = 10000.0,
+                 pos0: int = 0) -> None:
+    """Rotary position embedding of a qkv array x (B,T,(NH+2NKV)*HS) (the layout of
+    attention_forward): each q and k head's pairs (i, i + HS/2) rotated by the angle
+    (pos0 + t) * theta^(-2i/HS) of its position t (the "rotate half" convention of GPT-NeoX and
+    Hugging Face's Llama); v is copied. out may alias x."""
+    B, T, nh, nkv, hs = _check_rope(out, x, n_head, n_kv_head, theta, pos0)
+    cos, sin = _rope_tables(T, hs, float(theta), int(pos0), x.dtype)
+    _rotate(out, x.copy(), nh, nkv, hs, cos, sin, 1.0)
+
+
+def rope_backward(dx, dout, n_head: int, n_kv_head: Optional[int] = None,
+                  theta: float = 10000.0, pos0: int = 0) -> None:
+    """dx (=) = the gradient through rope_forward: dout's q and k heads rotated back (the
+    transpose of a rotation is its inverse); v's gradient copied. dx may alias dout."""
+    B, T, nh, nkv, hs = _check_rope(dx, dout, n_head, n_kv_head, theta, pos0)
+    cos, sin = _rope_tables(T, hs, float(theta), int(pos0), dout.dtype)
+    _rotate(dx, dout.copy(), nh, nkv, hs, cos, sin, -1.0)
+
+
+def _silu_parts(x):
+    H = x.shape[-1] // 2
+    a, b = x[..., :H], x[..., H:]
+    sig = 1.0 / (1.0 + np.exp(-a))
+    return a, b, sig
+
+
+def swiglu_forward(out, x) -> None:
+    """x (N, 2H) holds a (gate) and b (up) side by side; out (N, H) = silu(a) * b,
+    silu(a) = a * sigmoid(a)."""
+    _floats((out, "out"), (x, "x"))
+    _arr(x, "x", 2)
+    N, H2 = x.shape
+    if H2 % 2:
+        raise ValueError(f"x must have an even last dimension (gate and up halves), got {x.shape}")
+    _shape(out, "out", (N, H2 // 2))
+    a, b, sig = _silu_parts(x)
+    out[...] = a * sig * b
+
+
+def swiglu_backward(dx, dout, x) -> None:
+    """dx (N, 2H) (=): da = dout * b * sigmoid(a) (1 + a (1 - sigmoid(a))), db = dout * silu(a)."""
+    _floats((dx, "dx"), (dout, "dout"), (x, "x"))
+    _arr(x, "x", 2)
+    N, H2 = x.shape
+    if H2 % 2:
+        raise ValueError(f"x must have an even last dimension (gate and up halves), got {x.shape}")
+    _shape(dx, "dx", (N, H2))
+    _shape(dout, "dout", (N, H2 // 2))
+    a, b, sig = _silu_parts(x)
+    H = H2 // 2
+    da = dout * b * sig * (1.0 + a * (1.0 - sig))
+    db = dout * a * sig
+    dx[:, :H] = da
+    dx[:, H:] = db
 
 
 # ---------------------------------------------------------------------------------- loss
