@@ -50,6 +50,9 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
     offs_.push_back(bytes_.size());
   }
   for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(token(id), int32_t(id));
+  for (size_t k = 0; k < specials.size(); ++k)
+    if (specials[k].empty())  // encode would find it at every position and never advance
+      throw std::invalid_argument("special token " + std::to_string(k) + " is empty; special tokens must not be empty strings");
   for (const std::string& s : specials) {
     bytes_ += s;
     offs_.push_back(bytes_.size());
@@ -167,24 +170,22 @@ void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
   encode_ordinary(text.substr(pos), out);
 }
 
+// One pass, each id read once (a volatile load: never re-read), checked, then its bytes copied:
+// the ids may be a NumPy array that another Python thread writes to while the GIL is released, so
+// an id checked in one pass and read again in a second could index outside the table.
 template <class T>
 static void decode_impl(const std::string& bytes, const std::vector<size_t>& offs, const T* ids,
                         size_t n, std::string& out) {
   const size_t v = offs.size() - 1;
-  size_t total = 0;
+  const volatile T* src = ids;
+  out.reserve(out.size() + std::min(n, size_t(1) << 24) * 4);
   for (size_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || uint64_t(ids[i]) >= v)
-      throw std::invalid_argument("token id " + std::to_string(ids[i]) + " at position " +
+    const T id = src[i];
+    if (id < 0 || uint64_t(id) >= v)
+      throw std::invalid_argument("token id " + std::to_string(id) + " at position " +
                                   std::to_string(i) + " is out of range [0, " + std::to_string(v) + ")");
-    total += offs[size_t(ids[i]) + 1] - offs[size_t(ids[i])];
-  }
-  const size_t base = out.size();
-  out.resize(base + total);
-  char* o = &out[base];
-  for (size_t i = 0; i < n; ++i) {
-    const size_t a = offs[size_t(ids[i])], b = offs[size_t(ids[i]) + 1];
-    std::copy(bytes.data() + a, bytes.data() + b, o);
-    o += b - a;
+    const size_t a = offs[size_t(id)], b = offs[size_t(id) + 1];
+    out.append(bytes.data() + a, b - a);
   }
 }
 

@@ -18,7 +18,7 @@ namespace kgpt { namespace tok {
 class BpeEncoder {
  public:
   // merges[i] = (left, right) creates id 256 + i; specials get ids 256 + merges.size() + k.
-  // Throws std::invalid_argument if a merge refers to an id not yet created.
+  // Throws std::invalid_argument if a merge refers to an id not yet created or a special is empty.
   BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
              const std::vector<std::string>& specials, Pattern pattern);
 
@@ -29,6 +29,7 @@ class BpeEncoder {
   void encode_ordinary(std::string_view text, std::vector<int32_t>& out) const;
 
   // Appends the bytes of ids[0..n). Throws std::invalid_argument naming the first id out of range.
+  // Reads each id once, so ids may change meanwhile (another thread's array) without harm.
   void decode(const int64_t* ids, size_t n, std::string& out) const;
   void decode(const int32_t* ids, size_t n, std::string& out) const;
 

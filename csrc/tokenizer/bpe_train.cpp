@@ -23,6 +23,39 @@ constexpr size_t kFileBlock = size_t(16) << 20;  // bytes read from a file per r
 int resolve_threads(int n) { return n > 0 ? n : default_threads(); }
 
 inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+
+// Length of the longest prefix of p[0..n) made of complete, well-formed UTF-8 sequences (what
+// Python's strict "utf-8" codec accepts: no overlong forms, no surrogates, nothing above
+// U+10FFFF). *bad is set when the byte there starts an ill-formed sequence; left false when the
+// rest is only an incomplete (so far valid) sequence cut by the end of the data.
+size_t utf8_valid_prefix(const unsigned char* p, size_t n, bool* bad) {
+  *bad = false;
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = p[i];
+    if (c < 0x80) { ++i; continue; }
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { len = 4; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+    else { *bad = true; return i; }
+    for (size_t k = 1; k < len; ++k) {
+      if (i + k >= n) return i;  // cut by the end: maybe completed by the next block
+      const unsigned char d = p[i + k];
+      if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xBF)) { *bad = true; return i; }
+    }
+    i += len;
+  }
+  return i;
+}
+
+std::invalid_argument bad_utf8(const std::string& path, uint64_t offset, unsigned char byte) {
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02x", byte);
+  return std::invalid_argument(path + ": not valid UTF-8 (byte " + hex + " at offset " +
+                            std::to_string(offset) + ")");
+}
 }  // namespace
 
 BpeTrainer::BpeTrainer(Pattern pattern) : pattern_(pattern), shards_(kShards) {}
@@ -92,6 +125,8 @@ void BpeTrainer::add_file(const std::string& path, int num_threads) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!f) throw std::runtime_error("cannot open file '" + path + "'");
   std::string buf;
+  uint64_t base = 0;     // file offset of buf[0]
+  size_t checked = 0;    // buf[0, checked) is well-formed UTF-8 (complete sequences)
   std::vector<char> block(kFileBlock);
   while (true) {
     const size_t got = std::fread(block.data(), 1, block.size(), f.get());
@@ -100,12 +135,20 @@ void BpeTrainer::add_file(const std::string& path, int num_threads) {
       break;
     }
     buf.append(block.data(), got);
-    const size_t cut = last_safe_cut(buf);
+    bool bad = false;
+    checked += utf8_valid_prefix(reinterpret_cast<const unsigned char*>(buf.data()) + checked,
+                                 buf.size() - checked, &bad);
+    if (bad) throw bad_utf8(path, base + checked, static_cast<unsigned char>(buf[checked]));
+    const size_t cut = last_safe_cut(std::string_view(buf).substr(0, checked));
     if (cut > 0) {
       add_documents({std::string_view(buf).substr(0, cut)}, num_threads);
       buf.erase(0, cut);
+      base += cut;
+      checked -= cut;
     }
   }
+  if (checked != buf.size())  // a sequence cut by the end of the file
+    throw bad_utf8(path, base + checked, static_cast<unsigned char>(buf[checked]));
   if (!buf.empty()) add_documents({std::string_view(buf)}, num_threads);
 }
 

@@ -27,7 +27,9 @@ class BpeTrainer {
   // num_threads <= 0: OpenMP's default.
   void add_documents(const std::vector<std::string_view>& docs, int num_threads);
 
-  // Streams a UTF-8 file in blocks, as one document. Throws std::runtime_error if unreadable.
+  // Streams a UTF-8 file in blocks, as one document. Throws std::runtime_error if unreadable, and
+  // std::invalid_argument naming the byte offset if it is not well-formed UTF-8 (Python's strict
+  // codec: what the Python backend and `tokenizer encode` read), before or after adding a part.
   void add_file(const std::string& path, int num_threads);
 
   // Learns up to num_merges merges (fewer when no pair is left). Consumes the chunk counts.
