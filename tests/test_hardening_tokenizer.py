@@ -437,3 +437,27 @@ def test_saved_files_follow_the_umask(tmp_path, tok):
     assert (tmp_path / "ranks.tiktoken").stat().st_mode & 0o777 == 0o644
     assert Tokenizer.load(tmp_path / "tokenizer.json").merges == tok.merges
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary left over
+
+
+def test_native_encoder_arguments_one_clear_error():
+    enc = small_encoder(["<x>"])
+    for allowed in ([2**40], [2**64], [-1], [1]):
+        with pytest.raises(ValueError, match="allowed special index") as e:
+            enc.encode("a<x>", allowed)
+        no_pybind_mismatch(e)
+        with pytest.raises(ValueError, match="allowed special index") as e:
+            enc.encode_batch(["a<x>"], allowed, 1)
+        no_pybind_mismatch(e)
+    assert enc.encode("ab<x>", (np.int64(0),)).tolist() == [256, 257]
+    assert [a.tolist() for a in enc.encode_batch(("ab", b"<x>"), [0], 1)] == [[256], [257]]
+    for merges in (np.array([[97, 98]], np.int64), [[97, 98]],
+                   np.zeros((2, 2), np.int32)[:, ::-1].T):
+        with pytest.raises(TypeError, match="merges must be") as e:
+            _native.BpeEncoder(merges, [], "gpt4")
+        no_pybind_mismatch(e)
+    with pytest.raises(TypeError, match="texts must be") as e:
+        enc.encode_batch("abc", [], 1)
+    no_pybind_mismatch(e)
+    with pytest.raises(TypeError, match="docs must be") as e:
+        _native.BpeTrainer("gpt4").add_documents(b"abc", 1)
+    no_pybind_mismatch(e)

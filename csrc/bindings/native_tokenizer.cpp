@@ -129,13 +129,30 @@ void report_shortfall(const char* where) {
   py::module_::import("logging").attr("getLogger")("kernelgpt.tokenizer").attr("warning")(msg);
 }
 
-std::vector<int> allowed_arg(const BpeEncoder& enc, const std::vector<int>& allowed, size_t nspecial) {
-  for (int k : allowed)
-    if (k < 0 || size_t(k) >= nspecial)
-      throw std::invalid_argument("allowed special index " + std::to_string(k) + " out of range [0, " +
+// The indices of the special tokens to recognise: a list/tuple of int-likes in [0, nspecial).
+std::vector<int> allowed_arg(py::handle h, size_t nspecial) {
+  if (!PyList_Check(h.ptr()) && !PyTuple_Check(h.ptr()))
+    throw py::type_error(std::string("allowed must be a list of ints, got ") + Py_TYPE(h.ptr())->tp_name);
+  std::vector<int> out;
+  // A tuple snapshot: int_arg may run __index__, which could change a list being walked.
+  py::object items = py::reinterpret_steal<py::object>(PySequence_Tuple(h.ptr()));
+  if (!items) throw py::error_already_set();
+  for (py::handle k : items) {
+    bool fits = false;
+    const int64_t v = int_arg(k, "allowed special index", &fits);
+    if (!fits || v < 0 || uint64_t(v) >= nspecial)
+      throw std::invalid_argument("allowed special index " + int_text(k) + " out of range [0, " +
                                   std::to_string(nspecial) + ")");
-  (void)enc;
-  return allowed;
+    out.push_back(int(v));
+  }
+  return out;
+}
+
+// A list of str/bytes items (a tuple is taken too).
+py::list list_arg(py::handle h, const char* what) {
+  if (PyList_Check(h.ptr())) return py::reinterpret_borrow<py::list>(h);
+  if (PyTuple_Check(h.ptr())) return py::reinterpret_steal<py::list>(PySequence_List(h.ptr()));
+  throw py::type_error(std::string(what) + " must be a list of str or bytes, got " + Py_TYPE(h.ptr())->tp_name);
 }
 
 // The trainer mutates its tables with the GIL released: one lock per trainer keeps two Python
@@ -158,7 +175,8 @@ void init_tokenizer(py::module_& m) {
                          "Counts pre-split chunks of streamed text, then learns BPE merges.")
       .def(py::init([](const std::string& pattern) { return new PyTrainer(pattern_arg(pattern)); }),
            py::arg("pattern") = "gpt4")
-      .def("add_documents", [](PyTrainer& t, py::list docs, py::handle num_threads) {
+      .def("add_documents", [](PyTrainer& t, py::handle docs_arg, py::handle num_threads) {
+        py::list docs = list_arg(docs_arg, "docs");
         const int nt = threads_arg(num_threads);
         std::vector<py::object> keep;
         std::vector<std::string_view> views;
@@ -212,8 +230,16 @@ void init_tokenizer(py::module_& m) {
       });
 
   py::class_<PyEncoder>(m, "BpeEncoder", "Encodes and decodes with fixed merges and special tokens.")
-      .def(py::init([](py::array_t<int32_t, py::array::c_style> merges,
-                       py::handle specials_obj, const std::string& pattern) {
+      .def(py::init([](py::handle merges_obj, py::handle specials_obj, const std::string& pattern) {
+        using Merges = py::array_t<int32_t, py::array::c_style>;
+        if (!Merges::check_(merges_obj))
+          throw py::type_error("merges must be a C-contiguous int32 array of shape (n, 2), got " +
+                               (py::isinstance<py::array>(merges_obj)
+                                    ? "a " + std::string(py::str(merges_obj.attr("dtype"))) + " array" +
+                                          (py::reinterpret_borrow<py::array>(merges_obj).flags() & py::array::c_style
+                                               ? std::string() : std::string(" (not C-contiguous)"))
+                                    : std::string(Py_TYPE(merges_obj.ptr())->tp_name)));
+        const Merges merges = py::reinterpret_borrow<Merges>(merges_obj);
         const std::vector<std::string> specials = specials_arg(specials_obj);
         if (merges.ndim() != 2 || merges.shape(1) != 2)
           throw std::invalid_argument("merges must have shape (n, 2)");
@@ -224,11 +250,11 @@ void init_tokenizer(py::module_& m) {
         e->enc.reset(new BpeEncoder(mv, specials, pattern_arg(pattern)));
         e->nspecial = specials.size();
         return e;
-      }), py::arg("merges").noconvert(), py::arg("specials"), py::arg("pattern"))
-      .def("encode", [](const PyEncoder& e, py::handle text, const std::vector<int>& allowed) {
+      }), py::arg("merges"), py::arg("specials"), py::arg("pattern"))
+      .def("encode", [](const PyEncoder& e, py::handle text, py::handle allowed) {
         std::vector<py::object> keep;
         std::string_view v = utf8_view(text, keep, "text");
-        std::vector<int> al = allowed_arg(*e.enc, allowed, e.nspecial);
+        std::vector<int> al = allowed_arg(allowed, e.nspecial);
         std::vector<int32_t> ids;
         {
           py::gil_scoped_release nogil;
@@ -236,15 +262,16 @@ void init_tokenizer(py::module_& m) {
           e.enc->encode(v, al, ids);
         }
         return to_numpy(std::move(ids));
-      }, py::arg("text"), py::arg("allowed") = std::vector<int>{},
+      }, py::arg("text"), py::arg("allowed") = py::list(),
          "Encode str/bytes; `allowed` lists the indices of special tokens to recognise.")
-      .def("encode_batch", [](const PyEncoder& e, py::list texts, const std::vector<int>& allowed, py::handle num_threads) {
+      .def("encode_batch", [](const PyEncoder& e, py::handle texts_arg, py::handle allowed, py::handle num_threads) {
+        py::list texts = list_arg(texts_arg, "texts");
         const int nt = threads_arg(num_threads);
         std::vector<py::object> keep;
         std::vector<std::string_view> views;
         views.reserve(texts.size());
         for (py::handle t : texts) views.push_back(utf8_view(t, keep, "each text"));
-        std::vector<int> al = allowed_arg(*e.enc, allowed, e.nspecial);
+        std::vector<int> al = allowed_arg(allowed, e.nspecial);
         std::vector<std::vector<int32_t>> res(views.size());
         {
           py::gil_scoped_release nogil;
@@ -256,7 +283,7 @@ void init_tokenizer(py::module_& m) {
         py::list out(res.size());
         for (size_t i = 0; i < res.size(); ++i) out[i] = to_numpy(std::move(res[i]));
         return out;
-      }, py::arg("texts"), py::arg("allowed") = std::vector<int>{}, py::arg("num_threads") = 0)
+      }, py::arg("texts"), py::arg("allowed") = py::list(), py::arg("num_threads") = 0)
       .def("decode", [](const PyEncoder& e, py::handle ids) {
         std::string out;
         PyObject* o = ids.ptr();
