@@ -205,7 +205,7 @@ std::vector<Merge> BpeTrainer::train(size_t num_merges) {
     if (pcount[p] > 0) heap.push({pcount[p], ppair[p].first, ppair[p].second, p});
 
   std::vector<Merge> merges;
-  merges.reserve(num_merges);
+  merges.reserve(std::min(num_merges, pcount.size()));  // num_merges may be huge: "as many as exist"
   std::vector<uint32_t> stamp(nwords, 0);
   std::vector<uint32_t> touched;  // new pairs created by the current merge
   while (merges.size() < num_merges && !heap.empty()) {
