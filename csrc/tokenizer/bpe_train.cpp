@@ -7,6 +7,8 @@
 #include "tokenizer/bpe_train.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <memory>
 #include <queue>
@@ -123,7 +125,7 @@ size_t last_safe_cut(std::string_view text) {
 
 void BpeTrainer::add_file(const std::string& path, int num_threads) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) throw std::runtime_error("cannot open file '" + path + "'");
+  if (!f) throw std::runtime_error("cannot open file '" + path + "': " + std::strerror(errno));
   std::string buf;
   uint64_t base = 0;     // file offset of buf[0]
   size_t checked = 0;    // buf[0, checked) is well-formed UTF-8 (complete sequences)
@@ -131,7 +133,8 @@ void BpeTrainer::add_file(const std::string& path, int num_threads) {
   while (true) {
     const size_t got = std::fread(block.data(), 1, block.size(), f.get());
     if (got == 0) {
-      if (std::ferror(f.get())) throw std::runtime_error("error reading file '" + path + "'");
+      if (std::ferror(f.get()))
+        throw std::runtime_error("error reading file '" + path + "': " + std::strerror(errno));
       break;
     }
     buf.append(block.data(), got);
