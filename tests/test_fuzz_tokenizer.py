@@ -250,7 +250,7 @@ def check_native(call):
     try:
         CALLS[name](args)
     except RuntimeError as e:  # an unreadable file (a folder, ...): the reason, named
-        assert name == "add_file" and args[0] in str(e), f"{name}: {e}"
+        assert name == "add_file" and "file" in str(e), f"{name}: {e}"
     except Exception as e:  # noqa: BLE001
         _clear_error(e)
         if name in INT_ARGS and isinstance(args[INT_ARGS[name]], (int, np.integer)) \

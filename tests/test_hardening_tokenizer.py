@@ -474,3 +474,18 @@ def test_huge_vocab_size_trains_within_memory():
         print("SURVIVED")
     """)
     assert_ok(r)
+
+
+def test_native_add_file_path_checks(tmp_path):
+    (tmp_path / "a").write_text("abc abc")
+    tr = _native.BpeTrainer("gpt4")
+    with pytest.raises(ValueError, match="NUL"):  # fopen would have opened "<dir>/a"
+        tr.add_file(str(tmp_path / "a\x00b"), 1)
+    assert tr.num_chunks == 0
+    tr.add_file(tmp_path / "a", 1)  # os.PathLike
+    assert tr.num_chunks == 2
+    with pytest.raises(RuntimeError, match="cannot open") as e:  # a name that is not UTF-8
+        tr.add_file(os.fsdecode(bytes(tmp_path / "x") + b"\xff"), 1)
+    no_pybind_mismatch(e)
+    with pytest.raises(TypeError, match="path must be"):
+        tr.add_file(3, 1)

@@ -191,15 +191,37 @@ void init_tokenizer(py::module_& m) {
         report_shortfall("BpeTrainer.add_documents");
       }, py::arg("docs"), py::arg("num_threads") = 0,
          "Split each str/bytes document on its own and add its chunk counts.")
-      .def("add_file", [](PyTrainer& t, const std::string& path, py::handle num_threads) {
+      .def("add_file", [](PyTrainer& t, py::handle path_arg, py::handle num_threads) {
+        // str, bytes or os.PathLike, as the OS spells it (os.fsencode); a NUL would cut the name.
+        if (!PyUnicode_Check(path_arg.ptr()) && !PyBytes_Check(path_arg.ptr()) &&
+            !py::hasattr(path_arg, "__fspath__"))
+          throw py::type_error(std::string("path must be str, bytes or os.PathLike, got ") +
+                               Py_TYPE(path_arg.ptr())->tp_name);
+        const std::string path = py::module_::import("os").attr("fsencode")(path_arg).cast<std::string>();
+        if (path.find('\0') != std::string::npos) throw std::invalid_argument("path must not contain NUL bytes");
         const int nt = threads_arg(num_threads);
+        // The messages hold the path's bytes, which need not be UTF-8: shown with backslashes.
+        std::string err;
+        bool value_err = false;
         {
           py::gil_scoped_release nogil;
           std::lock_guard<std::mutex> lock(t.mu);
           kgpt::tok::thread_shortfall() = kgpt::tok::ThreadShortfall();
-          t.t.add_file(path, nt);
+          try {
+            t.t.add_file(path, nt);
+          } catch (const std::invalid_argument& e) {
+            err = e.what();
+            value_err = true;
+          } catch (const std::runtime_error& e) {
+            err = e.what();
+          }
         }
         report_shortfall("BpeTrainer.add_file");
+        if (!err.empty()) {
+          const std::string msg = py::bytes(err).attr("decode")("utf-8", "backslashreplace").cast<std::string>();
+          if (value_err) throw py::value_error(msg);
+          throw std::runtime_error(msg);
+        }
       }, py::arg("path"), py::arg("num_threads") = 0,
          "Stream a UTF-8 file as one document; ValueError naming the offset if it is not UTF-8.")
       .def("train", [](PyTrainer& t, py::handle num_merges_arg) {
