@@ -218,7 +218,7 @@ def _trained(n):
 
 # Arguments that only carry an int: any int-like value must give a result or a clear ValueError
 # (never pybind's "incompatible function arguments"). Argument 0 unless noted.
-INT_ARGS = {"token_bytes": 0, "train": 0, "_pretokenize_safe_boundary": 1}
+INT_ARGS = {"token_bytes": 0, "train": 0, "_pretokenize_safe_boundary": 1, "_pretokenize_range": 1}
 
 
 @st.composite
@@ -240,8 +240,10 @@ def native_call(draw):
     if name in INT_ARGS and draw(st.booleans()):
         args[INT_ARGS[name]] = draw(st.one_of(st.integers(), st.builds(np.int64, st.integers(-50, 500)),
                                               st.builds(np.uint64, st.integers(0, 2**64 - 1))))
-        if name == "_pretokenize_safe_boundary":
+        if name in ("_pretokenize_safe_boundary", "_pretokenize_range"):
             args[0] = draw(st.text(max_size=20))
+        if name == "_pretokenize_range":
+            args[2:4] = [draw(st.one_of(st.integers(), st.integers(0, 20))), "gpt4"]
     return name, args
 
 
