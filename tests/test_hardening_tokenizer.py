@@ -83,7 +83,7 @@ def test_decode_bytes_of_an_array_another_thread_writes(dtype):
             while time.time() - t0 < 1.0:
                 try:
                     out = tok.decode_bytes(ids)
-                    assert set(out) <= {{97, 0}}, "bytes of an id that was never in the array"
+                    assert set(out) <= {{97}}, "bytes of an id that was never in the array"
                 except ValueError as e:
                     assert "out of range" in str(e), e
         finally:
