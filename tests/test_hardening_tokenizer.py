@@ -489,3 +489,15 @@ def test_native_add_file_path_checks(tmp_path):
     no_pybind_mismatch(e)
     with pytest.raises(TypeError, match="path must be"):
         tr.add_file(3, 1)
+
+
+def test_decode_iterables_checked_like_lists(tok):
+    assert tok.decode(iter([104, np.int64(105)])) == "hi"
+    assert tok.decode(range(104, 106)) == "hi"
+    with pytest.raises(TypeError, match="ids must be ints"):  # was truncated to id 104
+        tok.decode(x for x in [104.5])
+    with pytest.raises(ValueError, match=str(2**70)):
+        tok.decode(iter([2**70]))
+    for bad in ("abc", b"abc", 5):
+        with pytest.raises(TypeError, match="ids must be"):
+            tok.decode(bad)

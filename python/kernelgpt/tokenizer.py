@@ -281,11 +281,14 @@ class Tokenizer:
                 arr = arr.astype(np.int64)
             elif arr.dtype not in (np.int32, np.int64):
                 arr = arr.astype(np.int64)
-        else:
+        else:  # any other iterable: its items checked as a list's are (no float truncated)
+            if isinstance(ids, (str, bytes, bytearray)):
+                raise TypeError(f"ids must be a sequence of ints, got {type(ids).__name__}")
             try:
-                arr = np.fromiter(ids, dtype=np.int64)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise TypeError(f"ids must be a sequence of ints: {e}") from None
+                items = list(ids)
+            except TypeError:
+                raise TypeError(f"ids must be a sequence of ints, got {type(ids).__name__}") from None
+            return self._enc.decode(items)
         return self._enc.decode(np.ascontiguousarray(arr))
 
     def decode(self, ids, errors: str = "replace") -> str:
