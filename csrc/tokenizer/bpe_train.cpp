@@ -84,8 +84,10 @@ void BpeTrainer::add_documents(const std::vector<std::string_view>& docs, int nu
   const int nt = std::max(1, std::min<int>(resolve_threads(num_threads), int(pieces.size())));
   std::vector<std::unique_ptr<StringMap<int64_t>>> local(nt);
   std::vector<int64_t> nchunks(nt, 0);
-  for (auto& m : local) m.reset(new StringMap<int64_t>(4096));
+  // Each thread makes its own table on first use: threads that never start (parallel_for runs on
+  // fewer when the system refuses some) cost nothing.
   parallel_for(pieces.size(), nt, [&](size_t p, int t) {
+    if (!local[t]) local[t].reset(new StringMap<int64_t>(4096));
     StringMap<int64_t>& m = *local[t];
     std::string_view text = docs[pieces[p].doc];
     int64_t cnt = 0;
@@ -100,6 +102,7 @@ void BpeTrainer::add_documents(const std::vector<std::string_view>& docs, int nu
   // Fold into the shards: shard s takes the entries whose hash says s, from every local table.
   parallel_for(kShards, std::min(nt, kShards), [&](size_t s, int) {
     for (int t = 0; t < nt; ++t) {
+      if (!local[t]) continue;
       const StringMap<int64_t>& m = *local[t];
       for (size_t e = 0; e < m.size(); ++e) {
         const uint64_t h = m.hash_of(e);
