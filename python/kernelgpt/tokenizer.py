@@ -164,8 +164,8 @@ class Tokenizer:
         (``pathlib.Path``; UTF-8, streamed in blocks), or an iterable mixing them. Stops early, with
         a smaller vocabulary, when no adjacent pair is left. Files must be well-formed UTF-8, as
         ``tokenizer encode`` requires: both backends raise ValueError naming the file and the byte
-        offset of the first bad byte (a str with lone surrogates is trained as U+FFFD instead). ``backend``: "native" (C++),
-        "python" (the reference: slow) or "auto" (= native)."""
+        offset of the first bad byte (a str's lone surrogates are trained as U+FFFD instead).
+        ``backend``: "native" (C++), "python" (the reference: slow) or "auto" (= native)."""
         pattern = _check_pattern(pattern)
         specials = _check_specials(special_tokens)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
