@@ -196,7 +196,7 @@ def _encoder():
 CALLS = {
     "BpeEncoder": lambda a: _native.BpeEncoder(*a[:3]),
     "encode": lambda a: _encoder().encode(*a[:2]),
-    "encode_batch": lambda a: _encoder().encode_batch(a[0], a[1], a[2] if isinstance(a[2], (int, np.integer)) and a[2] < 64 else 1),
+    "encode_batch": lambda a: _encoder().encode_batch(a[0], a[1], _few_threads(a[2])),
     "decode": lambda a: _encoder().decode(a[0]),
     "token_bytes": lambda a: _encoder().token_bytes(a[0]),
     "BpeTrainer": lambda a: _native.BpeTrainer(a[0]),
@@ -208,6 +208,11 @@ CALLS = {
     "_pretokenize_safe_boundary": lambda a: _native._pretokenize_safe_boundary(*a[:2]),
     "_pretokenize_range": lambda a: _native._pretokenize_range(*a[:4]),
 }
+
+
+def _few_threads(n):
+    """n when it is a small int-like (any value is checked, but 2**20 threads would be slow)."""
+    return n if isinstance(n, (int, np.integer)) and n < 64 else 1
 
 
 def _trained(n):
