@@ -14,7 +14,7 @@ import pytest
 regex = pytest.importorskip("regex")
 _native = pytest.importorskip("kernelgpt._native")
 
-# The patterns, to the character, from ../shared/DESIGN.md.
+# The patterns, to the character, written out here independently of kernelgpt._bpe_reference.
 PATTERNS = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",

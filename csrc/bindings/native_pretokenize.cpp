@@ -124,23 +124,46 @@ py::array_t<int64_t> pretokenize_spans_py(py::handle data, const std::string& pa
   return to_array(split(in, pattern));
 }
 
+// A byte offset argument: an int-like (int, NumPy integer; not bool); a value outside int64 comes
+// back as -1 (outside every valid range) so the caller's range check names it, never pybind's
+// "incompatible function arguments".
+int64_t offset_arg(py::handle h, const char* what) {
+  PyObject* o = h.ptr();
+  if (PyBool_Check(o) || !PyIndex_Check(o))
+    throw py::type_error(std::string(what) + " must be an int, got " + Py_TYPE(o)->tp_name);
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(o));
+  if (!i) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return overflow ? -1 : int64_t(v);
+}
+
+std::string int_text(py::handle h) {
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+  if (!i) { PyErr_Clear(); return "?"; }
+  return std::string(py::str(i));
+}
+
 // Test hook for kgpt::tok::next_safe_boundary (byte offsets into the UTF-8 of data).
-size_t safe_boundary_py(py::handle data, int64_t pos) {
+size_t safe_boundary_py(py::handle data, py::handle pos_arg) {
   const Input in = read_input(data, "data");
+  const int64_t pos = offset_arg(pos_arg, "pos");
   if (pos < 0 || size_t(pos) > in.bytes.size())
     throw std::invalid_argument("pos must be in [0, " + std::to_string(in.bytes.size()) + "], got " +
-                                std::to_string(pos));
+                                int_text(pos_arg));
   return kgpt::tok::next_safe_boundary(in.bytes, size_t(pos));
 }
 
 // Test hook for kgpt::tok::pretokenize_range: spans of the chunks of data starting in [begin, end).
-py::array_t<int64_t> range_spans_py(py::handle data, int64_t begin, int64_t end,
+py::array_t<int64_t> range_spans_py(py::handle data, py::handle begin_arg, py::handle end_arg,
                                     const std::string& pattern_name) {
   const kgpt::tok::Pattern pattern = pattern_from_name(pattern_name);
   const Input in = read_input(data, "data");
+  const int64_t begin = offset_arg(begin_arg, "begin"), end = offset_arg(end_arg, "end");
   if (begin < 0 || end < begin || size_t(end) > in.bytes.size())
     throw std::invalid_argument("need 0 <= begin <= end <= " + std::to_string(in.bytes.size()) +
-                                ", got begin " + std::to_string(begin) + ", end " + std::to_string(end));
+                                ", got begin " + int_text(begin_arg) + ", end " + int_text(end_arg));
   Spans spans;
   {
     py::gil_scoped_release nogil;

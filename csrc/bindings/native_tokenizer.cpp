@@ -1,10 +1,15 @@
 // BPE bindings: _native.BpeTrainer (add_documents / add_file / train) and _native.BpeEncoder
 // (encode, encode_batch, decode, token_bytes). Arguments are checked and str/bytes turned into
 // UTF-8 views with the GIL held; the work runs with the GIL released; ids come back as int32
-// NumPy arrays that own their std::vector through a capsule (no copy).
+// NumPy arrays that own their std::vector through a capsule (no copy). With the GIL released other
+// Python threads run: every object a view points into is referenced until the work ends, and
+// caller memory that may change meanwhile (NumPy ids) is read once (BpeEncoder::decode).
+// Integer arguments take any int-like (int, NumPy integer) and report a value out of range as one
+// ValueError line, never as pybind's "incompatible function arguments".
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <climits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -33,9 +38,12 @@ Pattern pattern_arg(const std::string& name) {
 
 // UTF-8 view of a str or bytes. ASCII str: its own buffer; other str: a temporary bytes object
 // kept in `keep` (not the str's cached UTF-8, which would live as long as the str). A str with
-// lone surrogates raises UnicodeEncodeError (tokenizer.py replaces them and retries).
+// lone surrogates raises UnicodeEncodeError (tokenizer.py replaces them and retries). `keep` also
+// holds a reference to obj itself: a list item may be dropped by another thread while the GIL is
+// released, and the view must outlive that.
 std::string_view utf8_view(py::handle obj, std::vector<py::object>& keep, const char* what) {
   PyObject* o = obj.ptr();
+  if (PyUnicode_Check(o) || PyBytes_Check(o)) keep.push_back(py::reinterpret_borrow<py::object>(obj));
   if (PyUnicode_Check(o)) {
     if (PyUnicode_IS_ASCII(o))
       return std::string_view(static_cast<const char*>(PyUnicode_DATA(o)), size_t(PyUnicode_GET_LENGTH(o)));
@@ -78,18 +86,93 @@ py::list to_list(const std::vector<int32_t>& v, std::vector<PyObject*>& ints, si
   return py::reinterpret_steal<py::list>(l);
 }
 
-int threads_arg(int n) {
-  if (n < 0) throw std::invalid_argument("num_threads must be >= 1 (or 0 for the default), got " + std::to_string(n));
-  return n == 0 ? kgpt::tok::default_threads() : n;
+// An int-like argument (int or anything with __index__, e.g. a NumPy integer; not bool, not float):
+// TypeError otherwise. *fits is false when the value is outside int64 (the result is then unusable).
+int64_t int_arg(py::handle h, const char* what, bool* fits) {
+  PyObject* o = h.ptr();
+  if (PyBool_Check(o) || !PyIndex_Check(o))
+    throw py::type_error(std::string(what) + " must be an int, got " + Py_TYPE(o)->tp_name);
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(o));
+  if (!i) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  *fits = overflow == 0;
+  return int64_t(v);
 }
 
-std::vector<int> allowed_arg(const BpeEncoder& enc, const std::vector<int>& allowed, size_t nspecial) {
-  for (int k : allowed)
-    if (k < 0 || size_t(k) >= nspecial)
-      throw std::invalid_argument("allowed special index " + std::to_string(k) + " out of range [0, " +
+std::string int_text(py::handle h) {
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+  if (!i) { PyErr_Clear(); return "?"; }
+  return std::string(py::str(i));
+}
+
+int threads_arg(py::handle h) {
+  bool fits = false;
+  const int64_t n = int_arg(h, "num_threads", &fits);
+  if (!fits || n < 0 || n > INT_MAX)
+    throw std::invalid_argument("num_threads must be in [1, " + std::to_string(INT_MAX) +
+                                "] (or 0 for the default), got " + int_text(h));
+  return n == 0 ? kgpt::tok::default_threads() : int(n);
+}
+
+// The special tokens: a list/tuple of non-empty str with a UTF-8 form (no lone surrogates).
+std::vector<std::string> specials_arg(py::handle h) {
+  if (!PyList_Check(h.ptr()) && !PyTuple_Check(h.ptr()))
+    throw py::type_error(std::string("specials must be a list of str, got ") + Py_TYPE(h.ptr())->tp_name);
+  std::vector<std::string> out;
+  size_t k = 0;
+  for (py::handle s : py::reinterpret_borrow<py::sequence>(h)) {
+    if (!PyUnicode_Check(s.ptr()))
+      throw py::type_error("special token " + std::to_string(k) + " must be str, got " + Py_TYPE(s.ptr())->tp_name);
+    Py_ssize_t len = 0;
+    const char* d = PyUnicode_AsUTF8AndSize(s.ptr(), &len);
+    if (!d) {
+      PyErr_Clear();
+      throw std::invalid_argument("special token " + std::to_string(k) +
+                                  " is not valid Unicode text (it holds a lone surrogate)");
+    }
+    out.emplace_back(d, size_t(len));
+    ++k;
+  }
+  return out;
+}
+
+// Logs (Python logging, "kernelgpt.tokenizer") and clears what parallel_for could not start on
+// this thread since the last clear. GIL held.
+void report_shortfall(const char* where) {
+  kgpt::tok::ThreadShortfall& s = kgpt::tok::thread_shortfall();
+  if (s.wanted == 0) return;
+  const std::string msg = std::string(where) + ": could not start " + std::to_string(s.wanted) +
+                          " threads (" + s.what + "); ran on " + std::to_string(s.started);
+  s = kgpt::tok::ThreadShortfall();
+  py::module_::import("logging").attr("getLogger")("kernelgpt.tokenizer").attr("warning")(msg);
+}
+
+// The indices of the special tokens to recognise: a list/tuple of int-likes in [0, nspecial).
+std::vector<int> allowed_arg(py::handle h, size_t nspecial) {
+  if (!PyList_Check(h.ptr()) && !PyTuple_Check(h.ptr()))
+    throw py::type_error(std::string("allowed must be a list of ints, got ") + Py_TYPE(h.ptr())->tp_name);
+  std::vector<int> out;
+  // A tuple snapshot: int_arg may run __index__, which could change a list being walked.
+  py::object items = py::reinterpret_steal<py::object>(PySequence_Tuple(h.ptr()));
+  if (!items) throw py::error_already_set();
+  for (py::handle k : items) {
+    bool fits = false;
+    const int64_t v = int_arg(k, "allowed special index", &fits);
+    if (!fits || v < 0 || uint64_t(v) >= nspecial)
+      throw std::invalid_argument("allowed special index " + int_text(k) + " out of range [0, " +
                                   std::to_string(nspecial) + ")");
-  (void)enc;
-  return allowed;
+    out.push_back(int(v));
+  }
+  return out;
+}
+
+// A list of str/bytes items (a tuple is taken too).
+py::list list_arg(py::handle h, const char* what) {
+  if (PyList_Check(h.ptr())) return py::reinterpret_borrow<py::list>(h);
+  if (PyTuple_Check(h.ptr())) return py::reinterpret_steal<py::list>(PySequence_List(h.ptr()));
+  throw py::type_error(std::string(what) + " must be a list of str or bytes, got " + Py_TYPE(h.ptr())->tp_name);
 }
 
 // The trainer mutates its tables with the GIL released: one lock per trainer keeps two Python
@@ -116,28 +199,68 @@ void init_tokenizer(py::module_& m) {
                          "Counts pre-split chunks of streamed text, then learns BPE merges.")
       .def(py::init([](const std::string& pattern) { return new PyTrainer(pattern_arg(pattern)); }),
            py::arg("pattern") = "gpt4")
-      .def("add_documents", [](PyTrainer& t, py::list docs, int num_threads) {
+      .def("add_documents", [](PyTrainer& t, py::handle docs_arg, py::handle num_threads) {
+        py::list docs = list_arg(docs_arg, "docs");
         const int nt = threads_arg(num_threads);
         std::vector<py::object> keep;
         std::vector<std::string_view> views;
         views.reserve(docs.size());
         for (py::handle d : docs) views.push_back(utf8_view(d, keep, "each document"));
-        py::gil_scoped_release nogil;
-        std::lock_guard<std::mutex> lock(t.mu);
-        t.t.add_documents(views, nt);
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(t.mu);
+          kgpt::tok::thread_shortfall() = kgpt::tok::ThreadShortfall();
+          t.t.add_documents(views, nt);
+        }
+        report_shortfall("BpeTrainer.add_documents");
       }, py::arg("docs"), py::arg("num_threads") = 0,
          "Split each str/bytes document on its own and add its chunk counts.")
-      .def("add_file", [](PyTrainer& t, const std::string& path, int num_threads, int64_t block_bytes) {
+      .def("add_file", [](PyTrainer& t, py::handle path_arg, py::handle num_threads, py::handle block_arg) {
+        // str, bytes or os.PathLike, as the OS spells it (os.fsencode); a NUL would cut the name.
+        if (!PyUnicode_Check(path_arg.ptr()) && !PyBytes_Check(path_arg.ptr()) &&
+            !py::hasattr(path_arg, "__fspath__"))
+          throw py::type_error(std::string("path must be str, bytes or os.PathLike, got ") +
+                               Py_TYPE(path_arg.ptr())->tp_name);
+        const std::string path = py::module_::import("os").attr("fsencode")(path_arg).cast<std::string>();
+        if (path.find('\0') != std::string::npos) throw std::invalid_argument("path must not contain NUL bytes");
         const int nt = threads_arg(num_threads);
-        if (block_bytes < 0) throw std::invalid_argument("block_bytes must be >= 0, got " + std::to_string(block_bytes));
-        py::gil_scoped_release nogil;
-        std::lock_guard<std::mutex> lock(t.mu);
-        t.t.add_file(path, nt, size_t(block_bytes));
+        bool bfits = false;
+        const int64_t block_bytes = int_arg(block_arg, "block_bytes", &bfits);
+        if (!bfits || block_bytes < 0)
+          throw std::invalid_argument("block_bytes must be >= 0, got " + int_text(block_arg));
+        // The messages hold the path's bytes, which need not be UTF-8: shown with backslashes.
+        std::string err;
+        bool value_err = false;
+        {
+          py::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(t.mu);
+          kgpt::tok::thread_shortfall() = kgpt::tok::ThreadShortfall();
+          try {
+            t.t.add_file(path, nt, size_t(block_bytes));
+          } catch (const std::invalid_argument& e) {
+            err = e.what();
+            value_err = true;
+          } catch (const std::runtime_error& e) {
+            err = e.what();
+          }
+        }
+        report_shortfall("BpeTrainer.add_file");
+        if (!err.empty()) {
+          const std::string msg = py::bytes(err).attr("decode")("utf-8", "backslashreplace").cast<std::string>();
+          if (value_err) throw py::value_error(msg);
+          throw std::runtime_error(msg);
+        }
       }, py::arg("path"), py::arg("num_threads") = 0, py::arg("block_bytes") = 0,
          "Stream a UTF-8 file as one document, read in blocks of block_bytes (0: 16 MiB; small "
-         "values are for tests: the counts do not depend on it).")
-      .def("train", [](PyTrainer& t, int64_t num_merges) {
-        if (num_merges < 0) throw std::invalid_argument("num_merges must be >= 0, got " + std::to_string(num_merges));
+         "values are for tests: the counts do not depend on it); ValueError naming the offset if "
+         "it is not UTF-8.")
+      .def("train", [](PyTrainer& t, py::handle num_merges_arg) {
+        bool fits = false;
+        const int64_t num_merges = int_arg(num_merges_arg, "num_merges", &fits);
+        const int64_t max_merges = int64_t(INT32_MAX) - 255;  // ids 256 + i stay int32
+        if (!fits || num_merges < 0 || num_merges > max_merges)
+          throw std::invalid_argument("num_merges must be in [0, " + std::to_string(max_merges) +
+                                      "], got " + int_text(num_merges_arg));
         std::vector<kgpt::tok::Merge> merges;
         {
           py::gil_scoped_release nogil;
@@ -159,9 +282,18 @@ void init_tokenizer(py::module_& m) {
       });
 
   py::class_<PyEncoder>(m, "BpeEncoder", "Encodes and decodes with fixed merges and special tokens.")
-      .def(py::init([](py::array_t<int32_t, py::array::c_style> merges,
-                       const std::vector<std::string>& specials, const std::string& pattern,
+      .def(py::init([](py::handle merges_obj, py::handle specials_obj, const std::string& pattern,
                        const std::vector<int32_t>& ids, bool whole_lookup) {
+        using Merges = py::array_t<int32_t, py::array::c_style>;
+        if (!Merges::check_(merges_obj))
+          throw py::type_error("merges must be a C-contiguous int32 array of shape (n, 2), got " +
+                               (py::isinstance<py::array>(merges_obj)
+                                    ? "a " + std::string(py::str(merges_obj.attr("dtype"))) + " array" +
+                                          (py::reinterpret_borrow<py::array>(merges_obj).flags() & py::array::c_style
+                                               ? std::string() : std::string(" (not C-contiguous)"))
+                                    : std::string(Py_TYPE(merges_obj.ptr())->tp_name)));
+        const Merges merges = py::reinterpret_borrow<Merges>(merges_obj);
+        const std::vector<std::string> specials = specials_arg(specials_obj);
         if (merges.ndim() != 2 || merges.shape(1) != 2)
           throw std::invalid_argument("merges must have shape (n, 2)");
         const int32_t* p = merges.data();
@@ -172,12 +304,12 @@ void init_tokenizer(py::module_& m) {
         e->enc.reset(new BpeEncoder(mv, specials, pattern_arg(pattern), ids, whole_lookup));
         e->nspecial = specials.size();
         return holder.release();
-      }), py::arg("merges").noconvert(), py::arg("specials"), py::arg("pattern"),
+      }), py::arg("merges"), py::arg("specials"), py::arg("pattern"),
          py::arg("ids") = std::vector<int32_t>{}, py::arg("whole_lookup") = true)
-      .def("encode", [](PyEncoder& e, py::handle text, const std::vector<int>& allowed, bool as_list) -> py::object {
+      .def("encode", [](PyEncoder& e, py::handle text, py::handle allowed, bool as_list) -> py::object {
         std::vector<py::object> keep;
         std::string_view v = utf8_view(text, keep, "text");
-        std::vector<int> al = allowed_arg(*e.enc, allowed, e.nspecial);
+        std::vector<int> al = allowed_arg(allowed, e.nspecial);
         std::vector<int32_t> ids;
         {
           py::gil_scoped_release nogil;
@@ -186,47 +318,69 @@ void init_tokenizer(py::module_& m) {
         }
         if (as_list) return to_list(ids, e.ints, e.enc->vocab_size());
         return to_numpy(std::move(ids));
-      }, py::arg("text"), py::arg("allowed") = std::vector<int>{}, py::arg("as_list") = false,
+      }, py::arg("text"), py::arg("allowed") = py::list(), py::arg("as_list") = false,
          "Encode str/bytes; `allowed` lists the indices of special tokens to recognise.")
-      .def("encode_batch", [](PyEncoder& e, py::list texts, const std::vector<int>& allowed, int num_threads,
+      .def("encode_batch", [](PyEncoder& e, py::handle texts_arg, py::handle allowed, py::handle num_threads,
                               bool as_lists) {
+        py::list texts = list_arg(texts_arg, "texts");
         const int nt = threads_arg(num_threads);
         std::vector<py::object> keep;
         std::vector<std::string_view> views;
         views.reserve(texts.size());
         for (py::handle t : texts) views.push_back(utf8_view(t, keep, "each text"));
-        std::vector<int> al = allowed_arg(*e.enc, allowed, e.nspecial);
+        std::vector<int> al = allowed_arg(allowed, e.nspecial);
         std::vector<std::vector<int32_t>> res(views.size());
         {
           py::gil_scoped_release nogil;
           const BpeEncoder& enc = *e.enc;
+          kgpt::tok::thread_shortfall() = kgpt::tok::ThreadShortfall();
           kgpt::tok::parallel_for(views.size(), nt, [&](size_t i, int) { enc.encode(views[i], al, res[i]); });
         }
+        report_shortfall("BpeEncoder.encode_batch");
         py::list out(res.size());
         for (size_t i = 0; i < res.size(); ++i) {
           if (as_lists) { out[i] = to_list(res[i], e.ints, e.enc->vocab_size()); std::vector<int32_t>().swap(res[i]); }
           else out[i] = to_numpy(std::move(res[i]));
         }
         return out;
-      }, py::arg("texts"), py::arg("allowed") = std::vector<int>{}, py::arg("num_threads") = 0,
+      }, py::arg("texts"), py::arg("allowed") = py::list(), py::arg("num_threads") = 0,
          py::arg("as_lists") = false)
       .def("decode", [](const PyEncoder& e, py::handle ids) {
         std::string out;
         PyObject* o = ids.ptr();
         if (PyList_Check(o) || PyTuple_Check(o)) {  // read the ints directly: no NumPy round trip
-          const Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
-          PyObject** items = PySequence_Fast_ITEMS(o);
+          // Items that are not int (NumPy integers) go through __index__, Python code that could
+          // change the list under the item pointer: then walk a tuple snapshot of it instead.
+          py::object seq = py::reinterpret_borrow<py::object>(o);
+          if (PyList_Check(o)) {
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); ++i)
+              if (!PyLong_Check(PyList_GET_ITEM(o, i))) {
+                seq = py::reinterpret_steal<py::object>(PyList_AsTuple(o));
+                if (!seq) throw py::error_already_set();
+                break;
+              }
+          }
+          const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+          PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
           std::vector<int64_t> v(static_cast<size_t>(n));
           for (Py_ssize_t i = 0; i < n; ++i) {
-            if (!PyLong_Check(items[i]))
-              throw py::type_error("ids must be ints, got " + std::string(Py_TYPE(items[i])->tp_name) +
-                                   " at position " + std::to_string(i));
+            py::handle item = items[i];
+            py::object conv;
+            if (!PyLong_Check(item.ptr())) {
+              if (!PyIndex_Check(item.ptr()))
+                throw py::type_error("ids must be ints, got " + std::string(Py_TYPE(item.ptr())->tp_name) +
+                                     " at position " + std::to_string(i));
+              conv = py::reinterpret_steal<py::object>(PyNumber_Index(item.ptr()));
+              if (!conv) throw py::error_already_set();
+              item = conv;
+            }
             int overflow = 0;
-            const long long x = PyLong_AsLongLongAndOverflow(items[i], &overflow);
-            v[size_t(i)] = overflow ? -1 : int64_t(x);
+            const long long x = PyLong_AsLongLongAndOverflow(item.ptr(), &overflow);
             if (overflow)
-              throw std::invalid_argument("token id at position " + std::to_string(i) + " is out of range [0, " +
+              throw std::invalid_argument("token id " + std::string(py::str(item)) + " at position " +
+                                          std::to_string(i) + " is out of range [0, " +
                                           std::to_string(e.enc->vocab_size()) + ")");
+            v[size_t(i)] = int64_t(x);
           }
           py::gil_scoped_release nogil;
           e.enc->decode(v.data(), v.size(), out);
@@ -249,10 +403,12 @@ void init_tokenizer(py::module_& m) {
         }
         return py::bytes(out);
       }, py::arg("ids"), "Bytes of the ids (list/tuple of ints or int32/int64 1-D array); ValueError on an id out of range.")
-      .def("token_bytes", [](const PyEncoder& e, int64_t id) {
-        if (!e.enc->valid_id(id))
-          throw std::invalid_argument("token id " + std::to_string(id) +
-                                      (id >= 0 && size_t(id) < e.enc->vocab_size()
+      .def("token_bytes", [](const PyEncoder& e, py::handle id_arg) {
+        bool fits = false;
+        const int64_t id = int_arg(id_arg, "token id", &fits);
+        if (!fits || !e.enc->valid_id(id))
+          throw std::invalid_argument("token id " + int_text(id_arg) +
+                                      (fits && id >= 0 && size_t(id) < e.enc->vocab_size()
                                            ? std::string(" is not a token of this vocabulary")
                                            : " is out of range [0, " + std::to_string(e.enc->vocab_size()) + ")"));
         std::string_view t = e.enc->token(size_t(id));

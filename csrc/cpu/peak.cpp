@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -99,6 +100,33 @@ float read_sum_portable(const float* p, int64_t n) {
   return s;
 }
 
+// Starts body(t) on `threads` std::threads that wait at a common start line (a counter), then
+// joins them. A thread the system refuses to create (std::system_error: a PID/thread limit, no
+// memory for its stack): the started ones are released with abort = true, joined, and a
+// std::runtime_error names the shortfall (a probe on fewer threads would measure something else).
+template <class Body>
+void run_together(int threads, Body&& body) {
+  std::atomic<int> ready{0};
+  std::atomic<bool> abort{false};
+  std::vector<std::thread> pool;
+  std::string failure;
+  try {
+    pool.reserve(size_t(threads));
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        ready.fetch_add(1);
+        while (ready.load() < threads && !abort.load()) std::this_thread::yield();  // start together
+        if (!abort.load()) body(t);
+      });
+  } catch (const std::exception& e) {
+    failure = "could not start thread " + std::to_string(pool.size() + 1) + " of " +
+              std::to_string(threads) + " (" + e.what() + ")";
+    abort.store(true);
+  }
+  for (auto& th : pool) th.join();
+  if (!failure.empty()) throw std::runtime_error(failure);
+}
+
 }  // namespace
 
 double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
@@ -113,15 +141,10 @@ double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
   const bool avx2 = cpu_has_avx2_fma();
   (void)avx2;
   std::vector<float> sink(threads, 0.f);
-  std::atomic<int> ready{0};
   std::vector<double> bytes(threads, 0.0), secs(threads, 0.0);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
+  run_together(threads, [&](int t) {
       const float* p = buf.data() + n / threads * t;
       const int64_t len = n / threads;
-      ready.fetch_add(1);
-      while (ready.load() < threads) std::this_thread::yield();
       const auto t0 = Clock::now();
       double dt = 0;
       int64_t reps = 0;
@@ -137,7 +160,6 @@ double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
       bytes[t] = double(reps) * len * sizeof(float);
       secs[t] = dt;
     });
-  for (auto& th : pool) th.join();
   double total = 0;
   for (int t = 0; t < threads; ++t) total += bytes[t] / secs[t];
   volatile float keep = sink[0];
@@ -165,15 +187,7 @@ double fma_peak_gflops(const std::string& isa, int threads, double seconds) {
     throw std::invalid_argument("isa must be 'avx512' or 'avx2_fma' (x86-64 only), got '" + isa + "'");
   std::vector<double> rate(threads, 0.0);
   std::vector<float> sink(threads, 0.f);
-  std::vector<std::thread> pool;
-  std::atomic<int> ready{0};
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      ready.fetch_add(1);
-      while (ready.load() < threads) std::this_thread::yield();  // start together
-      rate[t] = spin(seconds, &sink[t]);
-    });
-  for (auto& th : pool) th.join();
+  run_together(threads, [&](int t) { rate[t] = spin(seconds, &sink[t]); });
   double total = 0;
   for (double r : rate) total += r;
   volatile float keep = sink[0];  // the chains' results are used

@@ -51,6 +51,9 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
     offs_.push_back(bytes_.size());
   }
   for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), int32_t(id));
+  for (size_t k = 0; k < specials.size(); ++k)
+    if (specials[k].empty())  // encode would find it at every position and never advance
+      throw std::invalid_argument("special token " + std::to_string(k) + " is empty; special tokens must not be empty strings");
   for (const std::string& s : specials) {
     bytes_ += s;
     offs_.push_back(bytes_.size());
@@ -207,28 +210,25 @@ void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& 
   ordinary_internal(text.substr(pos), out);
 }
 
+// One pass, each id read once (a volatile load: never re-read), checked, then its bytes copied:
+// the ids may be a NumPy array that another Python thread writes to while the GIL is released, so
+// an id checked in one pass and read again in a second could index outside the table.
 template <class T>
 void BpeEncoder::decode_impl(const T* ids, size_t n, std::string& out) const {
   const size_t v = vocab_size();
   const bool mapped = !ext_.empty();
-  size_t total = 0;
+  const volatile T* src = ids;
+  out.reserve(out.size() + std::min(n, size_t(1) << 24) * 4);
   for (size_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || uint64_t(ids[i]) >= v || (mapped && int_[size_t(ids[i])] < 0))
-      throw std::invalid_argument("token id " + std::to_string(ids[i]) + " at position " +
-                                  std::to_string(i) + (mapped && ids[i] >= 0 && uint64_t(ids[i]) < v
+    const T id = src[i];
+    if (id < 0 || uint64_t(id) >= v || (mapped && int_[size_t(id)] < 0))
+      throw std::invalid_argument("token id " + std::to_string(id) + " at position " +
+                                  std::to_string(i) + (mapped && id >= 0 && uint64_t(id) < v
                                       ? std::string(" is not a token of this vocabulary")
                                       : " is out of range [0, " + std::to_string(v) + ")"));
-    const size_t t = mapped ? size_t(int_[size_t(ids[i])]) : size_t(ids[i]);
-    total += offs_[t + 1] - offs_[t];
-  }
-  const size_t base = out.size();
-  out.resize(base + total);
-  char* o = &out[base];
-  for (size_t i = 0; i < n; ++i) {
-    const size_t t = mapped ? size_t(int_[size_t(ids[i])]) : size_t(ids[i]);
+    const size_t t = mapped ? size_t(int_[size_t(id)]) : size_t(id);
     const size_t a = offs_[t], b = offs_[t + 1];
-    std::copy(bytes_.data() + a, bytes_.data() + b, o);
-    o += b - a;
+    out.append(bytes_.data() + a, b - a);
   }
 }
 

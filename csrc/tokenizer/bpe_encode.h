@@ -24,7 +24,8 @@ class BpeEncoder {
   // spell the same bytes (not specials); ids the map leaves out are holes (decode rejects them).
   // whole_lookup == false skips the whole-chunk vocabulary lookup (pure merging, as Hugging Face's
   // BPE without ignore_merges). Throws std::invalid_argument if a merge refers to an id not yet
-  // created or `ids` is inconsistent.
+  // created, a special is empty or
+  // `ids` is inconsistent.
   BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
              const std::vector<std::string>& specials, Pattern pattern,
              const std::vector<int32_t>& ids = {}, bool whole_lookup = true);
@@ -36,6 +37,7 @@ class BpeEncoder {
   void encode_ordinary(std::string_view text, std::vector<int32_t>& out) const;
 
   // Appends the bytes of ids[0..n). Throws std::invalid_argument naming the first id out of range.
+  // Reads each id once, so ids may change meanwhile (another thread's array) without harm.
   void decode(const int64_t* ids, size_t n, std::string& out) const;
   void decode(const int32_t* ids, size_t n, std::string& out) const;
 

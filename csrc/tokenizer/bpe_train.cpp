@@ -7,6 +7,8 @@
 #include "tokenizer/bpe_train.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <memory>
 #include <queue>
@@ -23,6 +25,39 @@ constexpr size_t kFileBlock = size_t(16) << 20;  // bytes read from a file per r
 int resolve_threads(int n) { return n > 0 ? n : default_threads(); }
 
 inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+
+// Length of the longest prefix of p[0..n) made of complete, well-formed UTF-8 sequences (what
+// Python's strict "utf-8" codec accepts: no overlong forms, no surrogates, nothing above
+// U+10FFFF). *bad is set when the byte there starts an ill-formed sequence; left false when the
+// rest is only an incomplete (so far valid) sequence cut by the end of the data.
+size_t utf8_valid_prefix(const unsigned char* p, size_t n, bool* bad) {
+  *bad = false;
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = p[i];
+    if (c < 0x80) { ++i; continue; }
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { len = 4; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+    else { *bad = true; return i; }
+    for (size_t k = 1; k < len; ++k) {
+      if (i + k >= n) return i;  // cut by the end: maybe completed by the next block
+      const unsigned char d = p[i + k];
+      if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xBF)) { *bad = true; return i; }
+    }
+    i += len;
+  }
+  return i;
+}
+
+std::invalid_argument bad_utf8(const std::string& path, uint64_t offset, unsigned char byte) {
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02x", byte);
+  return std::invalid_argument(path + ": not valid UTF-8 (byte " + hex + " at offset " +
+                            std::to_string(offset) + ")");
+}
 }  // namespace
 
 BpeTrainer::BpeTrainer(Pattern pattern) : pattern_(pattern), shards_(kShards) {}
@@ -61,8 +96,10 @@ void BpeTrainer::add_ranges(const std::vector<std::string_view>& docs, const std
   const int nt = std::max(1, std::min<int>(resolve_threads(num_threads), int(pieces.size())));
   std::vector<std::unique_ptr<StringMap<int64_t>>> local(nt);
   std::vector<int64_t> nchunks(nt, 0);
-  for (auto& m : local) m.reset(new StringMap<int64_t>(4096));
+  // Each thread makes its own table on first use: threads that never start (parallel_for runs on
+  // fewer when the system refuses some) cost nothing.
   parallel_for(pieces.size(), nt, [&](size_t p, int t) {
+    if (!local[t]) local[t].reset(new StringMap<int64_t>(4096));
     StringMap<int64_t>& m = *local[t];
     std::string_view text = docs[pieces[p].doc];
     int64_t cnt = 0;
@@ -77,6 +114,7 @@ void BpeTrainer::add_ranges(const std::vector<std::string_view>& docs, const std
   // Fold into the shards: shard s takes the entries whose hash says s, from every local table.
   parallel_for(kShards, std::min(nt, kShards), [&](size_t s, int) {
     for (int t = 0; t < nt; ++t) {
+      if (!local[t]) continue;
       const StringMap<int64_t>& m = *local[t];
       for (size_t e = 0; e < m.size(); ++e) {
         const uint64_t h = m.hash_of(e);
@@ -102,23 +140,34 @@ size_t last_safe_cut(std::string_view text) {
 
 void BpeTrainer::add_file(const std::string& path, int num_threads, size_t block_bytes) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) throw std::runtime_error("cannot open file '" + path + "'");
+  if (!f) throw std::runtime_error("cannot open file '" + path + "': " + std::strerror(errno));
   std::string buf;
+  uint64_t base = 0;     // file offset of buf[0]
+  size_t checked = 0;    // buf[0, checked) is well-formed UTF-8 (complete sequences)
   std::vector<char> block(block_bytes > 0 ? block_bytes : kFileBlock);
   while (true) {
     const size_t got = std::fread(block.data(), 1, block.size(), f.get());
     if (got == 0) {
-      if (std::ferror(f.get())) throw std::runtime_error("error reading file '" + path + "'");
+      if (std::ferror(f.get()))
+        throw std::runtime_error("error reading file '" + path + "': " + std::strerror(errno));
       break;
     }
     buf.append(block.data(), got);
-    const size_t cut = last_safe_cut(buf);
+    bool bad = false;
+    checked += utf8_valid_prefix(reinterpret_cast<const unsigned char*>(buf.data()) + checked,
+                                 buf.size() - checked, &bad);
+    if (bad) throw bad_utf8(path, base + checked, static_cast<unsigned char>(buf[checked]));
+    const size_t cut = last_safe_cut(std::string_view(buf).substr(0, checked));
     if (cut > 0) {
       // The chunks before the cut are split with the code point after it in view (see add_ranges).
       add_ranges({std::string_view(buf)}, {cut}, num_threads);
       buf.erase(0, cut);
+      base += cut;
+      checked -= cut;
     }
   }
+  if (checked != buf.size())  // a sequence cut by the end of the file
+    throw bad_utf8(path, base + checked, static_cast<unsigned char>(buf[checked]));
   if (!buf.empty()) add_documents({std::string_view(buf)}, num_threads);
 }
 
@@ -175,7 +224,7 @@ std::vector<Merge> BpeTrainer::train(size_t num_merges) {
     if (pcount[p] > 0) heap.push({pcount[p], ppair[p].first, ppair[p].second, p});
 
   std::vector<Merge> merges;
-  merges.reserve(num_merges);
+  merges.reserve(std::min(num_merges, pcount.size()));  // num_merges may be huge: "as many as exist"
   std::vector<uint32_t> stamp(nwords, 0);
   std::vector<uint32_t> touched;  // new pairs created by the current merge
   while (merges.size() < num_merges && !heap.empty()) {

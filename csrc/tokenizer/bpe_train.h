@@ -28,7 +28,9 @@ class BpeTrainer {
   void add_documents(const std::vector<std::string_view>& docs, int num_threads);
 
   // Streams a UTF-8 file in blocks of block_bytes (0: 16 MiB), as one document: the counts equal
-  // add_documents({whole file}) for any block size. Throws std::runtime_error if unreadable.
+  // add_documents({whole file}) for any block size. Throws std::runtime_error if unreadable, and
+  // std::invalid_argument naming the byte offset if it is not well-formed UTF-8 (Python's strict
+  // codec: what the Python backend and `tokenizer encode` read), before or after adding a part.
   void add_file(const std::string& path, int num_threads, size_t block_bytes = 0);
 
   // Learns up to num_merges merges (fewer when no pair is left). Consumes the chunk counts.

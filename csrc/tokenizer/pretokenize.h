@@ -1,5 +1,5 @@
 // Pre-tokenizer: splits text into chunks exactly as the "gpt4" (cl100k) or "gpt2" regex patterns
-// do under Python's `regex` package (see ../shared/DESIGN.md for the patterns, to the character),
+// do under Python's `regex` package (the patterns, to the character, are kernelgpt._bpe_reference.PATTERNS),
 // with a hand-written matcher and Unicode category tables generated from Python's unicodedata
 // (scripts/gen_unicode_tables.py). Input is UTF-8. Invalid UTF-8 bytes are each treated as one code
 // point of category "other" (neither letter, number nor whitespace), so every byte lands in exactly

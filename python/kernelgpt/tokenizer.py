@@ -36,9 +36,9 @@ import base64
 import gzip
 import json
 import logging
+import operator
 import os
 import pathlib
-import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
@@ -54,6 +54,8 @@ FORMAT_VERSION = 2  # the newest version this reads; version 1 is written whenev
 PATTERNS = tuple(_ref.PATTERNS)
 _BATCH_BYTES = 8 << 20  # texts are handed to the native trainer in batches of about this size
 _FILE_BLOCK_BYTES = 0  # bytes the native trainer reads from a file per round (0: its 16 MiB); tests set it small
+_MAX_VOCAB = 2**31  # ids are int32
+_MAX_THREADS = 2**31 - 1
 
 PathLike = Union[str, "os.PathLike[str]"]
 AllowedSpecial = Union[str, Set[str], frozenset]
@@ -83,6 +85,11 @@ def _check_specials(special_tokens: Iterable[str]) -> List[str]:
             raise TypeError(f"special tokens must be str, got {type(s).__name__}")
         if not s:
             raise ValueError("special tokens must not be empty strings")
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"special token {s!r} is not valid Unicode text (it holds a lone "
+                             "surrogate)") from None
         if s in seen:
             raise ValueError(f"duplicate special token {s!r}")
         seen.add(s)
@@ -115,6 +122,24 @@ def _iter_data(data) -> Iterable[Tuple[str, Union[str, os.PathLike]]]:
 
 def _clean(text: str) -> str:
     return _ref.clean_text(text)
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr of a value from a file, cut to one short line."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
+def _read_utf8_file(path) -> str:
+    """A file's text; ValueError naming the first byte that is not UTF-8 and its offset (the
+    native trainer's add_file says the same)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{os.fspath(path)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset "
+                         f"{e.start})") from None
 
 
 class Tokenizer:
@@ -223,8 +248,10 @@ class Tokenizer:
         """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``data``: a str, an
         iterable of str (each split on its own), or file paths given as ``os.PathLike``
         (``pathlib.Path``; UTF-8, streamed in blocks), or an iterable mixing them. Stops early, with
-        a smaller vocabulary, when no adjacent pair is left. ``backend``: "native" (C++),
-        "python" (the reference: slow) or "auto" (= native)."""
+        a smaller vocabulary, when no adjacent pair is left. Files must be well-formed UTF-8, as
+        ``tokenizer encode`` requires: both backends raise ValueError naming the file and the byte
+        offset of the first bad byte (a str's lone surrogates are trained as U+FFFD instead).
+        ``backend``: "native" (C++), "python" (the reference: slow) or "auto" (= native)."""
         pattern = _check_pattern(pattern)
         specials = _check_specials(special_tokens)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
@@ -232,6 +259,9 @@ class Tokenizer:
         if vocab_size < 256 + len(specials):
             raise ValueError(f"vocab_size must be >= 256 + {len(specials)} special tokens = "
                              f"{256 + len(specials)}, got {vocab_size}")
+        if vocab_size > _MAX_VOCAB:
+            raise ValueError(f"vocab_size must be <= 2**31 (ids are int32), got {vocab_size}")
+        nt = _threads(num_threads)
         if backend not in ("auto", "native", "python"):
             raise ValueError(f"backend must be 'auto', 'native' or 'python', got {backend!r}")
         num_merges = int(vocab_size) - 256 - len(specials)
@@ -240,13 +270,12 @@ class Tokenizer:
             texts = []
             for kind, item in _iter_data(data):
                 if kind == "file":
-                    with open(item, "r", encoding="utf-8", newline="") as f:  # CRLF kept, as native
-                        texts.append(f.read())
+                    texts.append(_read_utf8_file(item))
                 else:
                     texts.append(item)
             merges = _ref.train(texts, num_merges, pattern)
         else:
-            merges = _train_native(data, num_merges, pattern, num_threads)
+            merges = _train_native(data, num_merges, pattern, nt)
         if len(merges) < num_merges:
             log.info("BPE training stopped after %d of %d merges: no pair left", len(merges), num_merges)
         return cls(merges, pattern, specials)
@@ -349,13 +378,26 @@ class Tokenizer:
             if ids.dtype.kind not in "iu":
                 raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
             arr = ids.ravel()
-            if arr.dtype not in (np.int32, np.int64):
+            if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:
+                # Values >= 2**63 would wrap to negative ids: check them on a private copy (the
+                # caller's array may change meanwhile), named as they are.
+                arr = arr.astype(np.uint64, copy=True)
+                over = np.flatnonzero(arr >= self.vocab_size)
+                if over.size:
+                    i = int(over[0])
+                    raise ValueError(f"token id {int(arr[i])} at position {i} is out of range "
+                                     f"[0, {self.vocab_size})")
                 arr = arr.astype(np.int64)
-        else:
+            elif arr.dtype not in (np.int32, np.int64):
+                arr = arr.astype(np.int64)
+        else:  # any other iterable: its items checked as a list's are (no float truncated)
+            if isinstance(ids, (str, bytes, bytearray)):
+                raise TypeError(f"ids must be a sequence of ints, got {type(ids).__name__}")
             try:
-                arr = np.fromiter(ids, dtype=np.int64)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise TypeError(f"ids must be a sequence of ints: {e}") from None
+                items = list(ids)
+            except TypeError:
+                raise TypeError(f"ids must be a sequence of ints, got {type(ids).__name__}") from None
+            return self._enc.decode(items)
         return self._enc.decode(np.ascontiguousarray(arr))
 
     def decode(self, ids, errors: str = "replace") -> str:
@@ -364,7 +406,7 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one token (a special token's UTF-8 string for special ids)."""
-        return self._enc.token_bytes(int(token_id))
+        return self._enc.token_bytes(token_id)
 
     def decode_single_token_bytes(self, token_id: int) -> bytes:
         """tiktoken's name of ``token_bytes``."""
@@ -404,6 +446,9 @@ class Tokenizer:
             obj = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{os.fspath(path)}: not a kernelgpt tokenizer file (invalid JSON: {e})") from None
+        except RecursionError:
+            raise ValueError(f"{os.fspath(path)}: not a kernelgpt tokenizer file (JSON nested too "
+                             "deeply)") from None
         if isinstance(obj, dict) and "format" not in obj and isinstance(obj.get("model"), dict):
             raise ValueError(f"{os.fspath(path)}: a Hugging Face tokenizer.json, not a kernelgpt "
                              "tokenizer file: read it with Tokenizer.from_hf")
@@ -422,8 +467,8 @@ class Tokenizer:
             if key not in obj:
                 raise bad(f"missing field {key!r}")
         pattern = obj["pattern"]
-        if pattern not in _ref.PATTERNS:
-            raise bad(f"unknown pattern {pattern!r} (expected one of {PATTERNS})")
+        if not isinstance(pattern, str) or pattern not in _ref.PATTERNS:
+            raise bad(f"unknown pattern {_short(pattern)} (expected one of {PATTERNS})")
         merges = obj["merges"]
         if not isinstance(merges, list):
             raise bad("merges must be a list of [left, right] pairs")
@@ -451,7 +496,10 @@ class Tokenizer:
         if obj["vocab_size"] != vocab:
             raise bad(f"vocab_size {obj['vocab_size']!r} does not match 256 + {len(merges)} merges + "
                       f"{len(specials)} special tokens = {vocab}")
-        return cls([tuple(m) for m in merges], pattern, [s for s, _ in order])
+        try:
+            return cls([tuple(m) for m in merges], pattern, [s for s, _ in order])
+        except ValueError as e:  # e.g. a special token with a lone surrogate (a JSON \ud800 escape)
+            raise bad(str(e)) from None
 
     @classmethod
     def _from_dict_v2(cls, obj, merges, specials, bad) -> "Tokenizer":
@@ -607,6 +655,7 @@ class Tokenizer:
         lower-ranked tokens joined is refused."""
         pattern = _check_pattern(pattern)
         ranks: Dict[bytes, int] = {}
+        rank_line: Dict[int, int] = {}
         src = os.fspath(path)
         opener = gzip.open if src.endswith(".gz") else open
         with opener(path, "rb") as f:
@@ -625,6 +674,12 @@ class Tokenizer:
                     raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>' with a non-empty token and a rank in [0, 2**31 - 1)")
                 if tb in ranks:
                     raise ValueError(f"{src}:{lineno}: token {tb!r} appears twice")
+                if r < 0:
+                    raise ValueError(f"{src}:{lineno}: rank {r} is negative")
+                if r in rank_line:
+                    raise ValueError(f"{src}:{lineno}: rank {r} appears twice (also on line "
+                                     f"{rank_line[r]})")
+                rank_line[r] = lineno
                 ranks[tb] = r
         if len(set(ranks.values())) != len(ranks):
             raise ValueError(f"{src}: two tokens have the same rank")
@@ -845,13 +900,20 @@ def _warn_if_paths(data) -> None:
 def _threads(num_threads: Optional[int]) -> int:
     if num_threads is None:
         return 0  # OpenMP's default
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-    return num_threads
+    n = None
+    if not isinstance(num_threads, (bool, np.bool_)):
+        try:
+            n = operator.index(num_threads)  # int or a NumPy integer
+        except TypeError:
+            pass
+    if n is None or not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"num_threads must be a positive int (at most {_MAX_THREADS}) or None, "
+                         f"got {_short(num_threads)}")
+    return n
 
 
-def _train_native(data, num_merges: int, pattern: str, num_threads: Optional[int]) -> List[Tuple[int, int]]:
-    nt = _threads(num_threads)
+def _train_native(data, num_merges: int, pattern: str, nt: int) -> List[Tuple[int, int]]:
+    """nt: a checked thread count (_threads), 0 for the default."""
     trainer = _native().BpeTrainer(pattern)
     batch: List[str] = []
     size = 0
