@@ -54,8 +54,10 @@ def test_train_writes_a_run_folder(trained):
               "trainer_state.json", "manifest.json"):
         assert (ck / f).is_file(), f
     cfg = json.loads((ck / "config.json").read_text())
-    assert cfg["model"] == {"vocab_size": 280, "block_size": 16, "n_layer": 1, "n_head": 2,
-                            "n_embd": 16, "norm_eps": 1e-5}
+    from kernelgpt.model import GPTConfig
+    assert cfg["model"] == GPTConfig(vocab_size=280, block_size=16, n_layer=1, n_head=2,
+                                     n_embd=16).to_dict()
+    assert cfg["model"]["norm"] == "layernorm" and cfg["model"]["n_kv_head"] is None
     assert cfg["train"]["max_steps"] == 4 and cfg["train"]["batch_size"] == 2
     recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in recs] == [1, 2, 3, 4]

@@ -32,15 +32,34 @@ import numpy as np
 # ---------------------------------------------------------------------------------- config
 @dataclass
 class GPTConfig:
-    """The model's shape. The five size fields are required; every field added after 0.1.0 has a
-    default that reproduces 0.1.0's model, so configs saved by older releases keep loading
-    (:meth:`from_dict` fills the defaults) while an unknown field is still an error."""
+    """The model's shape and architecture. The five size fields are required; every field added
+    after 0.1.0 has a default that reproduces 0.1.0's GPT-2, so configs saved by older releases
+    keep loading (:meth:`from_dict` fills the defaults) while an unknown field is still an error.
+
+    - n_kv_head: key/value heads (grouped-query attention); None = n_head. Must divide n_head.
+    - norm: "layernorm" (GPT-2) or "rmsnorm" (Llama: no mean, no bias); norm_eps its epsilon.
+    - pos_emb: "learned" (a wpe table, GPT-2) or "rope" (rotary positions on q and k, with
+      rope_theta; needs an even head size).
+    - mlp: "gelu" (tanh GELU, GPT-2) or "swiglu" (silu(x W_gate) * (x W_up), Llama).
+      mlp_hidden: its hidden width; None = 4 * n_embd for gelu, and for swiglu the Llama rule:
+      2/3 of 4 * n_embd rounded up to a multiple of 64.
+    - bias: biases in the linear layers (and the layernorms' shift).
+    - tie_embeddings: the lm_head is wte (GPT-2); False adds an lm_head matrix.
+    """
     vocab_size: int
     block_size: int
     n_layer: int
     n_head: int
     n_embd: int
-    norm_eps: float = 1e-5   # the layernorm epsilon (0.1.0 fixed it at 1e-5)
+    norm_eps: float = 1e-5   # the norm epsilon (0.1.0 fixed it at 1e-5)
+    n_kv_head: Optional[int] = None
+    norm: str = "layernorm"
+    pos_emb: str = "learned"
+    rope_theta: float = 10000.0
+    mlp: str = "gelu"
+    mlp_hidden: Optional[int] = None
+    bias: bool = True
+    tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
         from .backends.base import check_norm_eps
@@ -53,10 +72,70 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by "
                              f"n_head ({self.n_head})")
         self.norm_eps = check_norm_eps(self.norm_eps, "GPTConfig.norm_eps")
+        kv = self.n_kv_head
+        if kv is not None:
+            if isinstance(kv, bool) or not isinstance(kv, (int, np.integer)) or kv < 1 \
+                    or self.n_head % kv:
+                raise ValueError(f"GPTConfig.n_kv_head must be a positive divisor of n_head "
+                                 f"({self.n_head}) or None, got {kv!r}")
+            self.n_kv_head = int(kv)
+        for field, choices in (("norm", ("layernorm", "rmsnorm")), ("pos_emb", ("learned", "rope")),
+                               ("mlp", ("gelu", "swiglu"))):
+            if getattr(self, field) not in choices:
+                raise ValueError(f"GPTConfig.{field} must be one of {', '.join(choices)}, got "
+                                 f"{getattr(self, field)!r}")
+        try:
+            theta = float(self.rope_theta)
+        except (TypeError, ValueError):
+            theta = float("nan")
+        if isinstance(self.rope_theta, bool) or not (math.isfinite(theta) and theta > 0):
+            raise ValueError(f"GPTConfig.rope_theta must be a finite number > 0, got "
+                             f"{self.rope_theta!r}")
+        self.rope_theta = theta
+        if self.pos_emb == "rope" and self.head_size % 2:
+            raise ValueError(f"GPTConfig.pos_emb='rope' needs an even head size (n_embd / n_head), "
+                             f"got {self.head_size}")
+        h = self.mlp_hidden
+        if h is not None:
+            if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1:
+                raise ValueError(f"GPTConfig.mlp_hidden must be a positive int or None, got {h!r}")
+            self.mlp_hidden = int(h)
+        for field in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, field), (bool, np.bool_)):
+                raise ValueError(f"GPTConfig.{field} must be True or False, got "
+                                 f"{getattr(self, field)!r}")
+            setattr(self, field, bool(getattr(self, field)))
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when it is None."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width (mlp_hidden, or its default for the mlp kind)."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        h = -(-8 * self.n_embd // 3)          # ceil(2/3 * 4 C)
+        return -(-h // 64) * 64               # up to a multiple of 64
+
+    @property
+    def qkv_width(self) -> int:
+        """Columns of the fused q, k, v projection: (n_head + 2 kv_heads) * head_size."""
+        return (self.n_head + 2 * self.kv_heads) * self.head_size
+
+    @property
+    def is_gpt2(self) -> bool:
+        """Whether this is 0.1.0's architecture (every architecture field at its default)."""
+        return (self.kv_heads == self.n_head and self.norm == "layernorm"
+                and self.pos_emb == "learned" and self.mlp == "gelu" and self.hidden == 4 * self.n_embd
+                and self.bias and self.tie_embeddings)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,6 +167,9 @@ class GPTConfig:
             dataclasses.replace(cfg, vocab_size=vocab_size)
 
 
+_LLAMA = dict(n_kv_head=2, norm="rmsnorm", pos_emb="rope", mlp="swiglu", bias=False,
+              tie_embeddings=False)
+
 # The named reference configs (GPTConfig.preset returns a copy).
 PRESETS: Dict[str, GPTConfig] = {
     # xs: the default of `kernelgpt train`; trains in seconds on two cores, a byte-level vocab
@@ -100,6 +182,16 @@ PRESETS: Dict[str, GPTConfig] = {
     "m": GPTConfig(vocab_size=8192, block_size=512, n_layer=12, n_head=12, n_embd=768),
     # gpt2: GPT-2 small (124M), its vocab 50257 padded up to a multiple of 64.
     "gpt2": GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+    # llama-xs, llama-s, llama-m: the widths, depths and contexts of xs, s and m with the
+    # architecture of today's small open models (Llama, Mistral, Qwen, SmolLM): RMSNorm, rotary
+    # positions, a SwiGLU MLP, grouped-query attention with half as many key/value heads, no
+    # biases, an lm_head of its own.
+    "llama-xs": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=128,
+                          **_LLAMA),
+    "llama-s": GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384,
+                         n_kv_head=3, **{k: v for k, v in _LLAMA.items() if k != "n_kv_head"}),
+    "llama-m": GPTConfig(vocab_size=8192, block_size=512, n_layer=12, n_head=12, n_embd=768,
+                         n_kv_head=6, **{k: v for k, v in _LLAMA.items() if k != "n_kv_head"}),
 }
 
 
@@ -124,34 +216,53 @@ class ParamTable:
     final: Tuple[ParamSpec, ...]
 
 
-def _gpt2_table() -> ParamTable:
+def _table(cfg: GPTConfig) -> ParamTable:
+    """The parameter table of an architecture (it depends on the config's architecture fields,
+    never on its sizes: shapes are functions of the config)."""
     C = lambda c: (c.n_embd,)  # noqa: E731
-    return ParamTable(
-        embedding=(ParamSpec("wte", lambda c: (c.vocab_size, c.n_embd), True, "normal"),
-                   ParamSpec("wpe", lambda c: (c.block_size, c.n_embd), True, "normal")),
-        # The block's order is also the fused native decoder's weight order.
-        block=(ParamSpec("ln_1.w", C, False, "ones"),
-               ParamSpec("ln_1.b", C, False, "zeros"),
-               ParamSpec("attn.c_attn.w", lambda c: (3 * c.n_embd, c.n_embd), True, "normal"),
-               ParamSpec("attn.c_attn.b", lambda c: (3 * c.n_embd,), False, "zeros"),
-               ParamSpec("attn.c_proj.w", lambda c: (c.n_embd, c.n_embd), True, "residual"),
-               ParamSpec("attn.c_proj.b", C, False, "zeros"),
-               ParamSpec("ln_2.w", C, False, "ones"),
-               ParamSpec("ln_2.b", C, False, "zeros"),
-               ParamSpec("mlp.c_fc.w", lambda c: (4 * c.n_embd, c.n_embd), True, "normal"),
-               ParamSpec("mlp.c_fc.b", lambda c: (4 * c.n_embd,), False, "zeros"),
-               ParamSpec("mlp.c_proj.w", lambda c: (c.n_embd, 4 * c.n_embd), True, "residual"),
-               ParamSpec("mlp.c_proj.b", C, False, "zeros")),
-        final=(ParamSpec("ln_f.w", C, False, "ones"),
-               ParamSpec("ln_f.b", C, False, "zeros")))
+    ln = cfg.norm == "layernorm"          # a norm with a shift (bias); rmsnorm has none
+    swiglu = cfg.mlp == "swiglu"
+
+    def norm(name: str) -> Tuple[ParamSpec, ...]:
+        w = ParamSpec(f"{name}.w", C, False, "ones")
+        return (w, ParamSpec(f"{name}.b", C, False, "zeros")) if ln else (w,)
+
+    def linear(name: str, shape: Callable, init: str, bias_len: Callable) -> Tuple[ParamSpec, ...]:
+        w = ParamSpec(f"{name}.w", shape, True, init)
+        if not cfg.bias:
+            return (w,)
+        return (w, ParamSpec(f"{name}.b", lambda c: (bias_len(c),), False, "zeros"))
+
+    up = (lambda c: 2 * c.hidden) if swiglu else (lambda c: c.hidden)   # swiglu: gate | up
+    embedding = (ParamSpec("wte", lambda c: (c.vocab_size, c.n_embd), True, "normal"),)
+    if cfg.pos_emb == "learned":
+        embedding += (ParamSpec("wpe", lambda c: (c.block_size, c.n_embd), True, "normal"),)
+    # The block's order (ln_1, attention in and out, ln_2, MLP in and out) is also the fused
+    # native decoder's weight order for GPT-2.
+    block = (norm("ln_1")
+             + linear("attn.c_attn", lambda c: (c.qkv_width, c.n_embd), "normal",
+                      lambda c: c.qkv_width)
+             + linear("attn.c_proj", lambda c: (c.n_embd, c.n_embd), "residual", lambda c: c.n_embd)
+             + norm("ln_2")
+             + linear("mlp.c_fc", lambda c: (up(c), c.n_embd), "normal", up)
+             + linear("mlp.c_proj", lambda c: (c.n_embd, c.hidden), "residual", lambda c: c.n_embd))
+    final = norm("ln_f")
+    if not cfg.tie_embeddings:
+        final += (ParamSpec("lm_head.w", lambda c: (c.vocab_size, c.n_embd), True, "normal"),)
+    return ParamTable(embedding, block, final)
 
 
-_GPT2_TABLE = _gpt2_table()
+_ARCH_FIELDS = ("norm", "pos_emb", "mlp", "bias", "tie_embeddings")
+_TABLES: Dict[tuple, ParamTable] = {}
 
 
 def param_table(config: GPTConfig) -> ParamTable:
-    """The parameter table of ``config``'s architecture."""
-    return _GPT2_TABLE
+    """The parameter table of ``config``'s architecture (one object per architecture)."""
+    key = tuple(getattr(config, f) for f in _ARCH_FIELDS)
+    t = _TABLES.get(key)
+    if t is None:
+        t = _TABLES[key] = _table(config)
+    return t
 
 
 def _layout(config: GPTConfig) -> List[Tuple[str, Tuple[int, ...], ParamSpec]]:
@@ -177,7 +288,8 @@ def train_flops_per_step(config: GPTConfig, B: int, T: int) -> float:
     6 * (non-embedding params + lm_head params) * tokens + 12 * n_layer * T * n_embd * tokens."""
     emb = {s.name for s in param_table(config).embedding}
     n_nonemb = sum(int(np.prod(s)) for n, s in param_shapes(config) if n not in emb)
-    lm_head = config.vocab_size * config.n_embd
+    # the tied lm_head is wte, an embedding; an untied one is already in n_nonemb
+    lm_head = config.vocab_size * config.n_embd if config.tie_embeddings else 0
     tokens = B * T
     return 6.0 * (n_nonemb + lm_head) * tokens + 12.0 * config.n_layer * T * config.n_embd * tokens
 
@@ -215,15 +327,19 @@ def _resolve_backend(backend: Union[str, ModuleType]) -> ModuleType:
 class _LayerActs:
     """What one block's forward saves for its backward, for one (B, T)."""
 
-    def __init__(self, e: Callable[..., Any], B: int, T: int, C: int, NH: int):
-        N = B * T
-        self.ln1, self.ln1_mean, self.ln1_rstd = e(N, C), e(N), e(N)
-        self.qkv = e(B, T, 3 * C)
+    def __init__(self, e: Callable[..., Any], B: int, T: int, cfg: GPTConfig):
+        N, C, H = B * T, cfg.n_embd, cfg.hidden
+        up = 2 * H if cfg.mlp == "swiglu" else H
+        ln = cfg.norm == "layernorm"
+        self.ln1, self.ln1_rstd = e(N, C), e(N)
+        self.ln1_mean = e(N) if ln else None
+        self.qkv = e(B, T, cfg.qkv_width)              # with rope: q and k rotated in place
         self.atty = e(B, T, C)
-        self.att_lse = e(B, NH, T)
+        self.att_lse = e(B, cfg.n_head, T)
         self.res2 = e(B, T, C)
-        self.ln2, self.ln2_mean, self.ln2_rstd = e(N, C), e(N), e(N)
-        self.fch, self.fch_gelu = e(N, 4 * C), e(N, 4 * C)
+        self.ln2, self.ln2_rstd = e(N, C), e(N)
+        self.ln2_mean = e(N) if ln else None
+        self.fch, self.fch_gelu = e(N, up), e(N, H)    # MLP input projection, its activation
         self.res3 = e(B, T, C)                         # the block's output
 
 
@@ -231,16 +347,16 @@ class _Acts:
     """Activation buffers for one (B, T); gradient buffers are added on the first backward."""
 
     def __init__(self, be: ModuleType, cfg: GPTConfig, B: int, T: int, dtype: str):
-        C, NH, N = cfg.n_embd, cfg.n_head, B * T
+        C, N = cfg.n_embd, B * T
         e = lambda *s: be.empty(s, dtype)  # noqa: E731
         self.B, self.T, self.dtype = B, T, dtype
         self.idx = be.empty((B, T), "int32")
         self.targets = be.empty((B, T), "int32")
         self.encoded = e(B, T, C)
-        self.layers = [_LayerActs(e, B, T, C, NH) for _ in range(cfg.n_layer)]
+        self.layers = [_LayerActs(e, B, T, cfg) for _ in range(cfg.n_layer)]
         self.proj = e(N, C)              # output of each c_proj, consumed at once by the residual
         self.lnf = e(N, C)
-        self.lnf_mean = e(N)
+        self.lnf_mean = e(N) if cfg.norm == "layernorm" else None
         self.lnf_rstd = e(N)
         self.losses = e(N)
         self.logits = None               # (N,V), unfused path only
@@ -256,28 +372,33 @@ class _Acts:
             return
         N, C = self.B * self.T, cfg.n_embd
         e = lambda *s: be.empty(s, self.dtype)  # noqa: E731
+        H = cfg.hidden
         self.dres = e(N, C)              # gradient of the residual stream
         self.dCa, self.dCb = e(N, C), e(N, C)
-        self.dqkv = e(self.B, self.T, 3 * C)
-        self.d4a, self.d4b = e(N, 4 * C), e(N, 4 * C)
+        self.dqkv = e(self.B, self.T, cfg.qkv_width)
+        self.d4a = e(N, H)
+        self.d4b = e(N, 2 * H if cfg.mlp == "swiglu" else H)
 
 
 class KVCache:
     """Per-call decoding state for one model and batch size B: each layer's key/value cache
-    (B, NH, maxT, HS) and the (B, *) buffers of one decoding step. ``fused`` is the backend's
-    one-call decoder over these caches where the backend has one for this config (native,
-    float32, B <= 4), else None: :meth:`GPT.decode_step` then runs the blocks op by op."""
+    (B, NKV, maxT, HS) (NKV = the config's key/value heads) and the (B, *) buffers of one
+    decoding step. ``fused`` is the backend's one-call decoder over these caches where the
+    backend has one for this config (native, GPT-2, float32, B <= 4), else None:
+    :meth:`GPT.decode_step` then runs the blocks op by op."""
 
     def __init__(self, model: "GPT", B: int):
         be, cfg = model.backend, model.config
-        C, NH, dt = cfg.n_embd, cfg.n_head, model.dtype
+        C, dt, H = cfg.n_embd, model.dtype, cfg.hidden
         self.B = B
-        shape = (B, NH, cfg.block_size, C // NH)
+        shape = (B, cfg.kv_heads, cfg.block_size, cfg.head_size)
         self.caches = [(be.zeros(shape, dt), be.zeros(shape, dt)) for _ in range(cfg.n_layer)]
         e = lambda *s: be.empty(s, dt)  # noqa: E731
         self.x, self.ln, self.q, self.atty, self.proj = e(B, C), e(B, C), e(B, C), e(B, C), e(B, C)
         self.mean, self.rstd = e(B), e(B)
-        self.qkv, self.fch, self.fch_gelu = e(B, 3 * C), e(B, 4 * C), e(B, 4 * C)
+        self.qkv = e(B, cfg.qkv_width)
+        self.fch = e(B, 2 * H if cfg.mlp == "swiglu" else H)
+        self.fch_gelu = e(B, H)
         self.logits = e(B, cfg.vocab_size)
         make = getattr(be, "make_decoder", None)
         self.fused = make(model, self.caches, B) if make is not None else None
@@ -313,6 +434,9 @@ class GPT:
         from ._limits import check_model_fits
         from .backends.base import check_head_size
         check_head_size(config.head_size, self.backend.name)
+        why = getattr(self.backend, "unsupported", lambda c: None)(config)
+        if why is not None:
+            raise ValueError(f"backend {self.backend.name!r} cannot run this model: {why}")
         # before anything is listed or allocated: the host init buffer, parameters, gradients
         check_model_fits(config, dtype_bytes=np.dtype(dt).itemsize, copies=3)
         layout = _layout(config)
@@ -336,6 +460,11 @@ class GPT:
                              for l in range(config.n_layer)]
         self.layer_grads = [{s.name: self.grad_views[f"h.{l}.{s.name}"] for s in block}
                             for l in range(config.n_layer)]
+        # the lm_head: wte when tied (GPT-2), else its own matrix
+        head = "wte" if config.tie_embeddings else "lm_head.w"
+        self.lm_head, self.lm_head_grad = self.param_views[head], self.grad_views[head]
+        # grouped-query attention passes n_kv_head to the attention ops (GPT-2 keeps its call)
+        self._gqa = {} if config.kv_heads == config.n_head else {"n_kv_head": config.kv_heads}
         self._acts: Optional[_Acts] = None
         self._acts_thread: Optional[int] = None   # the thread whose forward the buffers hold
         self._generate_decoder: Optional[KVCache] = None
@@ -409,69 +538,105 @@ class GPT:
         return self._acts
 
     # ------------------------------------------------------------------ the block
+    def _norm(self, out: Any, mean: Any, rstd: Any, x: Any, w: Dict[str, Any], name: str) -> None:
+        """The config's norm (layernorm or rmsnorm) with parameters ``name``.w (and .b)."""
+        if self.config.norm == "layernorm":
+            self.backend.layernorm_forward(out, mean, rstd, x, w[name + ".w"], w[name + ".b"],
+                                           self.config.norm_eps)
+        else:
+            self.backend.rmsnorm_forward(out, rstd, x, w[name + ".w"], self.config.norm_eps)
+
+    def _norm_backward(self, dx: Any, g: Dict[str, Any], dout: Any, x: Any, w: Dict[str, Any],
+                       name: str, mean: Any, rstd: Any) -> None:
+        if self.config.norm == "layernorm":
+            self.backend.layernorm_backward(dx, g[name + ".w"], g[name + ".b"], dout, x,
+                                            w[name + ".w"], mean, rstd)
+        else:
+            self.backend.rmsnorm_backward(dx, g[name + ".w"], dout, x, w[name + ".w"], rstd)
+
+    def _rope(self, qkv: Any, pos0: int, backward: bool = False) -> None:
+        """Rotary positions on q and k of qkv (B,T,W) in place (positions pos0...)."""
+        cfg = self.config
+        f = self.backend.rope_backward if backward else self.backend.rope_forward
+        f(qkv, qkv, cfg.n_head, cfg.kv_heads, cfg.rope_theta, pos0)
+
     def block_forward(self, l: int, x: Any, la: _LayerActs, proj: Any) -> Any:
         """Block l over the residual stream x (B,T,C): saves what its backward needs in la and
         returns its output (la.res3). ``proj`` (N,C) is scratch for the two projections."""
-        be, eps, w = self.backend, self.config.norm_eps, self.layer_params[l]
+        be, cfg, w = self.backend, self.config, self.layer_params[l]
         B, T, C = x.shape
         N = B * T
-        be.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, x.reshape(N, C), w["ln_1.w"],
-                             w["ln_1.b"], eps)
-        be.matmul_forward(la.qkv.reshape(N, 3 * C), la.ln1, w["attn.c_attn.w"], w["attn.c_attn.b"])
-        be.attention_forward(la.atty, la.att_lse, la.qkv, self.config.n_head)
-        be.matmul_forward(proj, la.atty.reshape(N, C), w["attn.c_proj.w"], w["attn.c_proj.b"])
+        self._norm(la.ln1, la.ln1_mean, la.ln1_rstd, x.reshape(N, C), w, "ln_1")
+        be.matmul_forward(la.qkv.reshape(N, cfg.qkv_width), la.ln1, w["attn.c_attn.w"],
+                          w.get("attn.c_attn.b"))
+        if cfg.pos_emb == "rope":
+            self._rope(la.qkv, 0)
+        be.attention_forward(la.atty, la.att_lse, la.qkv, cfg.n_head, **self._gqa)
+        be.matmul_forward(proj, la.atty.reshape(N, C), w["attn.c_proj.w"], w.get("attn.c_proj.b"))
         be.add(la.res2, x, proj.reshape(B, T, C))
-        be.layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2.reshape(N, C), w["ln_2.w"],
-                             w["ln_2.b"], eps)
-        be.matmul_forward(la.fch, la.ln2, w["mlp.c_fc.w"], w["mlp.c_fc.b"])
-        be.gelu_forward(la.fch_gelu, la.fch)
-        be.matmul_forward(proj, la.fch_gelu, w["mlp.c_proj.w"], w["mlp.c_proj.b"])
+        self._norm(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2.reshape(N, C), w, "ln_2")
+        be.matmul_forward(la.fch, la.ln2, w["mlp.c_fc.w"], w.get("mlp.c_fc.b"))
+        if cfg.mlp == "swiglu":
+            be.swiglu_forward(la.fch_gelu, la.fch)
+        else:
+            be.gelu_forward(la.fch_gelu, la.fch)
+        be.matmul_forward(proj, la.fch_gelu, w["mlp.c_proj.w"], w.get("mlp.c_proj.b"))
         be.add(la.res3, la.res2, proj.reshape(B, T, C))
         return la.res3
 
     def block_backward(self, l: int, x_in: Any, la: _LayerActs, a: _Acts) -> None:
         """Backward of block l: a.dres holds d(loss)/d(block output) and becomes
         d(loss)/d(block input x_in (N,C)); the block's parameter gradients are accumulated."""
-        be, w, g = self.backend, self.layer_params[l], self.layer_grads[l]
+        be, cfg, w, g = self.backend, self.config, self.layer_params[l], self.layer_grads[l]
         B, T = a.B, a.T
-        C, N = self.config.n_embd, a.B * a.T
-        # MLP branch: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); d(branch out) = dres
-        be.matmul_backward(a.d4a, g["mlp.c_proj.w"], g["mlp.c_proj.b"], a.dres, la.fch_gelu,
+        C, N = cfg.n_embd, a.B * a.T
+        # MLP branch: res3 = res2 + c_proj(act(c_fc(norm_2(res2)))); d(branch out) = dres
+        be.matmul_backward(a.d4a, g["mlp.c_proj.w"], g.get("mlp.c_proj.b"), a.dres, la.fch_gelu,
                            w["mlp.c_proj.w"])
-        be.gelu_backward(a.d4b, a.d4a, la.fch)
-        be.matmul_backward(a.dCa, g["mlp.c_fc.w"], g["mlp.c_fc.b"], a.d4b, la.ln2, w["mlp.c_fc.w"])
-        be.layernorm_backward(a.dCb, g["ln_2.w"], g["ln_2.b"], a.dCa, la.res2.reshape(N, C),
-                              w["ln_2.w"], la.ln2_mean, la.ln2_rstd)
+        if cfg.mlp == "swiglu":
+            be.swiglu_backward(a.d4b, a.d4a, la.fch)
+        else:
+            be.gelu_backward(a.d4b, a.d4a, la.fch)
+        be.matmul_backward(a.dCa, g["mlp.c_fc.w"], g.get("mlp.c_fc.b"), a.d4b, la.ln2,
+                           w["mlp.c_fc.w"])
+        self._norm_backward(a.dCb, g, a.dCa, la.res2.reshape(N, C), w, "ln_2", la.ln2_mean,
+                            la.ln2_rstd)
         be.add(a.dres, a.dres, a.dCb)                          # dres is now d res2
-        # attention branch: res2 = x_in + c_proj(attn(c_attn(ln_1(x_in))))
-        be.matmul_backward(a.dCa, g["attn.c_proj.w"], g["attn.c_proj.b"], a.dres,
+        # attention branch: res2 = x_in + c_proj(attn(rope(c_attn(norm_1(x_in)))))
+        be.matmul_backward(a.dCa, g["attn.c_proj.w"], g.get("attn.c_proj.b"), a.dres,
                            la.atty.reshape(N, C), w["attn.c_proj.w"])
         be.attention_backward(a.dqkv, a.dCa.reshape(B, T, C), la.qkv, la.atty, la.att_lse,
-                              self.config.n_head)
-        be.matmul_backward(a.dCa, g["attn.c_attn.w"], g["attn.c_attn.b"],
-                           a.dqkv.reshape(N, 3 * C), la.ln1, w["attn.c_attn.w"])
-        be.layernorm_backward(a.dCb, g["ln_1.w"], g["ln_1.b"], a.dCa, x_in, w["ln_1.w"],
-                              la.ln1_mean, la.ln1_rstd)
+                              cfg.n_head, **self._gqa)
+        if cfg.pos_emb == "rope":
+            self._rope(a.dqkv, 0, backward=True)
+        be.matmul_backward(a.dCa, g["attn.c_attn.w"], g.get("attn.c_attn.b"),
+                           a.dqkv.reshape(N, cfg.qkv_width), la.ln1, w["attn.c_attn.w"])
+        self._norm_backward(a.dCb, g, a.dCa, x_in, w, "ln_1", la.ln1_mean, la.ln1_rstd)
         be.add(a.dres, a.dres, a.dCb)                          # dres is now d x_in
 
     def block_decode(self, l: int, st: KVCache, pos: int) -> None:
         """Block l for one new position per row over the KV cache: st.x (B,C) is the residual
         stream at position ``pos`` (updated in place); the layer's k, v are written at pos."""
-        be, eps, w = self.backend, self.config.norm_eps, self.layer_params[l]
-        C, NH = self.config.n_embd, self.config.n_head
+        be, cfg, w = self.backend, self.config, self.layer_params[l]
+        C, NKV, HS = cfg.n_embd, cfg.kv_heads, cfg.head_size
         x, kc, vc = st.x, st.caches[l][0], st.caches[l][1]
-        be.layernorm_forward(st.ln, st.mean, st.rstd, x, w["ln_1.w"], w["ln_1.b"], eps)
-        be.matmul_forward(st.qkv, st.ln, w["attn.c_attn.w"], w["attn.c_attn.b"])
+        self._norm(st.ln, st.mean, st.rstd, x, w, "ln_1")
+        be.matmul_forward(st.qkv, st.ln, w["attn.c_attn.w"], w.get("attn.c_attn.b"))
+        if cfg.pos_emb == "rope":
+            self._rope(st.qkv.reshape(st.B, 1, cfg.qkv_width), pos)
         st.q[...] = st.qkv[:, :C]
-        kc[:, :, pos] = st.qkv[:, C:2 * C].reshape(st.B, NH, C // NH)
-        vc[:, :, pos] = st.qkv[:, 2 * C:].reshape(st.B, NH, C // NH)
+        kc[:, :, pos] = st.qkv[:, C:C + NKV * HS].reshape(st.B, NKV, HS)
+        vc[:, :, pos] = st.qkv[:, C + NKV * HS:].reshape(st.B, NKV, HS)
         be.attention_decode(st.atty, st.q, kc, vc, pos + 1)
-        be.matmul_forward(st.proj, st.atty, w["attn.c_proj.w"], w["attn.c_proj.b"])
+        be.matmul_forward(st.proj, st.atty, w["attn.c_proj.w"], w.get("attn.c_proj.b"))
         be.add(x, x, st.proj)
-        be.layernorm_forward(st.ln, st.mean, st.rstd, x, w["ln_2.w"], w["ln_2.b"], eps)
-        be.matmul_forward(st.fch, st.ln, w["mlp.c_fc.w"], w["mlp.c_fc.b"])
-        be.gelu_forward(st.fch_gelu, st.fch)
-        be.matmul_forward(st.proj, st.fch_gelu, w["mlp.c_proj.w"], w["mlp.c_proj.b"])
+        self._norm(st.ln, st.mean, st.rstd, x, w, "ln_2")
+        be.matmul_forward(st.fch, st.ln, w["mlp.c_fc.w"], w.get("mlp.c_fc.b"))
+        if cfg.mlp == "swiglu":
+            be.swiglu_forward(st.fch_gelu, st.fch)
+        else:
+            be.gelu_forward(st.fch_gelu, st.fch)
+        be.matmul_forward(st.proj, st.fch_gelu, w["mlp.c_proj.w"], w.get("mlp.c_proj.b"))
         be.add(x, x, st.proj)
 
     # ------------------------------------------------------------------ forward
@@ -480,21 +645,20 @@ class GPT:
         With a KVCache, layer l's keys and values are also copied into its caches[:, :, :T]."""
         be, cfg, p = self.backend, self.config, self.param_views
         B, T = idx.shape
-        C, NH, N = cfg.n_embd, cfg.n_head, B * T
+        C, N = cfg.n_embd, B * T
         a = self._buffers(B, T)
         a.grads_ready = False
         a.idx[...] = idx
-        be.embedding_forward(a.encoded, a.idx, p["wte"], p["wpe"])
+        be.embedding_forward(a.encoded, a.idx, p["wte"], p.get("wpe"))
         x = a.encoded                                            # (B,T,C) residual stream
+        NKV, HS = cfg.kv_heads, cfg.head_size
         for l, la in enumerate(a.layers):
             x = self.block_forward(l, x, la, a.proj)
-            if kv is not None:
+            if kv is not None:  # keys (rotated, with rope) and values: (B,NKV,T,HS)
                 kc, vc = kv.caches[l]
-                k_v = la.qkv.reshape(B, T, 3, NH, C // NH)
-                kc[:, :, :T] = k_v[:, :, 1].transpose(0, 2, 1, 3)   # (B,NH,T,HS)
-                vc[:, :, :T] = k_v[:, :, 2].transpose(0, 2, 1, 3)
-        be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, x.reshape(N, C), p["ln_f.w"],
-                             p["ln_f.b"], cfg.norm_eps)
+                kc[:, :, :T] = la.qkv[:, :, C:C + NKV * HS].reshape(B, T, NKV, HS).transpose(0, 2, 1, 3)
+                vc[:, :, :T] = la.qkv[:, :, C + NKV * HS:].reshape(B, T, NKV, HS).transpose(0, 2, 1, 3)
+        self._norm(a.lnf, a.lnf_mean, a.lnf_rstd, x.reshape(N, C), p, "ln_f")
         return a
 
     @_serialised
@@ -515,7 +679,7 @@ class GPT:
                 raise ValueError(f"targets must have the shape of idx {(B, T)}, got "
                                  f"{tuple(targets.shape)}")
         a = self._trunk(idx)
-        wte = self.param_views["wte"]
+        wte = self.lm_head
         logits_out, loss = None, None
         if targets is not None:
             a.targets[...] = targets
@@ -569,19 +733,19 @@ class GPT:
             if ls != 1.0:
                 be.scale_(a.dlnf.reshape(-1), ls)
                 be.scale_(a.dwte_cls.reshape(-1), ls)
-            be.add(g["wte"], g["wte"], a.dwte_cls)
+            be.add(self.lm_head_grad, self.lm_head_grad, a.dwte_cls)
         else:
             if a.dlogits is None:
                 a.dlogits = be.empty((N, cfg.vocab_size), self.dtype)
             be.crossentropy_backward(a.dlogits, a.probs, a.targets.reshape(N), ls / N)
-            be.matmul_backward(a.dlnf, g["wte"], None, a.dlogits, a.lnf, p["wte"])
+            be.matmul_backward(a.dlnf, self.lm_head_grad, None, a.dlogits, a.lnf, self.lm_head)
         x_last = a.layers[-1].res3 if a.layers else a.encoded
-        be.layernorm_backward(a.dres, g["ln_f.w"], g["ln_f.b"], a.dlnf, x_last.reshape(N, C),
-                              p["ln_f.w"], a.lnf_mean, a.lnf_rstd)
+        self._norm_backward(a.dres, g, a.dlnf, x_last.reshape(N, C), p, "ln_f", a.lnf_mean,
+                            a.lnf_rstd)
         for l in reversed(range(cfg.n_layer)):
             x_in = (a.layers[l - 1].res3 if l > 0 else a.encoded).reshape(N, C)
             self.block_backward(l, x_in, a.layers[l], a)
-        be.embedding_backward(g["wte"], g["wpe"], a.dres.reshape(B, T, C), a.idx)
+        be.embedding_backward(g["wte"], g.get("wpe"), a.dres.reshape(B, T, C), a.idx)
 
     # ------------------------------------------------------------------ inference
     def _lm_head_last(self, a: _Acts) -> Any:
@@ -589,7 +753,7 @@ class GPT:
         B, T, C = a.B, a.T, self.config.n_embd
         last = a.lnf.reshape(B, T, C)[:, T - 1].copy()
         out = self.backend.empty((B, self.config.vocab_size), self.dtype)
-        self.backend.matmul_forward(out, last, self.param_views["wte"], None)
+        self.backend.matmul_forward(out, last, self.lm_head, None)
         return out
 
     @_serialised
@@ -617,12 +781,12 @@ class GPT:
             return kv.logits
         be, cfg, p = self.backend, self.config, self.param_views
         kv.x[...] = p["wte"][be.asarray(np.asarray(tok, dtype=np.int32))]
-        kv.x += p["wpe"][pos]
+        if cfg.pos_emb == "learned":
+            kv.x += p["wpe"][pos]
         for l in range(cfg.n_layer):
             self.block_decode(l, kv, pos)
-        be.layernorm_forward(kv.ln, kv.mean, kv.rstd, kv.x, p["ln_f.w"], p["ln_f.b"],
-                             cfg.norm_eps)
-        be.matmul_forward(kv.logits, kv.ln, p["wte"], None)
+        self._norm(kv.ln, kv.mean, kv.rstd, kv.x, p, "ln_f")
+        be.matmul_forward(kv.logits, kv.ln, self.lm_head, None)
         return kv.logits
 
     def generate(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,

@@ -61,6 +61,16 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
+def unsupported(config: Any) -> Optional[str]:
+    """Why this backend cannot run a model of ``config``, or None: the CUDA kernels cover GPT-2's
+    architecture only (RMSNorm, rotary positions, SwiGLU and grouped-query attention have no CUDA
+    kernels yet)."""
+    if getattr(config, "is_gpt2", True):
+        return None
+    return ("the llama-style architecture fields (norm, pos_emb, mlp, n_kv_head, mlp_hidden, "
+            "bias, tie_embeddings) are not available on cuda yet: use backend='native' or 'numpy'")
+
+
 def is_available() -> bool:
     return unavailable_reason() is None
 

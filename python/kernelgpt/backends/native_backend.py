@@ -8,7 +8,7 @@ call (this module never sets a thread count by itself).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy
 import numpy as np
@@ -22,6 +22,16 @@ except ImportError:  # not built: is_available() is False and get_backend skips 
 
 name = "native"
 xp = numpy
+
+
+def unsupported(config: Any) -> Optional[str]:
+    """Why this backend cannot run a model of ``config``, or None. The C++ kernels for the
+    llama-style fields (RMSNorm, rotary positions, SwiGLU, grouped-query attention) are not
+    written yet."""
+    if getattr(config, "is_gpt2", True):
+        return None
+    return ("the llama-style architecture fields (norm, pos_emb, mlp, n_kv_head, mlp_hidden, "
+            "bias, tie_embeddings) are not available on native yet: use backend='numpy'")
 
 
 def is_available() -> bool:
@@ -87,11 +97,10 @@ _DECODER_MAX_BATCH = 4
 
 
 def decoder_supports(model: Any, batch: int) -> bool:
-    """Whether the fused decoder can run ``model`` at this batch size."""
-    from kernelgpt.model import param_table
+    """Whether the fused decoder can run ``model`` at this batch size: GPT-2's block (every
+    architecture field of the config at its default), float32, batch 1 to 4."""
     return (_native is not None and np.dtype(model.dtype) == np.float32
-            and 1 <= batch <= _DECODER_MAX_BATCH
-            and param_table(model.config) is _FUSED_TABLE)
+            and 1 <= batch <= _DECODER_MAX_BATCH and model.config.is_gpt2)
 
 
 def make_decoder(model: Any, caches: Any, batch: int) -> Any:
@@ -107,11 +116,3 @@ def make_decoder(model: Any, caches: Any, batch: int) -> Any:
               for l, w in enumerate(model.layer_params)]
     return _native.Decoder(top, layers, [tuple(kv) for kv in caches], model.config.n_head, batch,
                            model.config.norm_eps)
-
-
-def _fused_table() -> Any:
-    from kernelgpt.model import _GPT2_TABLE
-    return _GPT2_TABLE
-
-
-_FUSED_TABLE = _fused_table()

@@ -103,38 +103,43 @@ def _ids(a: Any, argname: str, ndim: int, upper: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- embedding
 def embedding_forward(out, idx, wte, wpe) -> None:
-    """out (B,T,C) = wte[idx] + wpe[:T].  idx (B,T) int32 in [0,V); wte (V,C); wpe (maxT,C), T <= maxT.
-    Saves nothing (the backward needs idx only)."""
-    _floats((out, "out"), (wte, "wte"), (wpe, "wpe"))
+    """out (B,T,C) = wte[idx] + wpe[:T].  idx (B,T) int32 in [0,V); wte (V,C); wpe (maxT,C), T <= maxT,
+    or None (no position table: rotary positions act inside attention). Saves nothing (the
+    backward needs idx only)."""
+    _floats((out, "out"), (wte, "wte"), *([(wpe, "wpe")] if wpe is not None else []))
     _arr(idx, "idx", 2)
     B, T = idx.shape
     _arr(wte, "wte", 2)
     V, C = wte.shape
-    _arr(wpe, "wpe", 2)
-    if wpe.shape[1] != C or wpe.shape[0] < T:
-        raise ValueError(f"wpe must have shape (maxT>={T}, C={C}), got {wpe.shape}")
+    if wpe is not None:
+        _arr(wpe, "wpe", 2)
+        if wpe.shape[1] != C or wpe.shape[0] < T:
+            raise ValueError(f"wpe must have shape (maxT>={T}, C={C}), got {wpe.shape}")
     _ids(idx, "idx", 2, V)
     _shape(out, "out", (B, T, C))
     np.take(wte, idx, axis=0, out=out)
-    out += wpe[:T]
+    if wpe is not None:
+        out += wpe[:T]
 
 
 def embedding_backward(dwte, dwpe, dout, idx) -> None:
-    """dwte (V,C) += scatter-add of dout (B,T,C) rows by idx (B,T); dwpe (maxT,C)[:T] += dout.sum(0).
-    Deterministic: rows are added in index order."""
-    _floats((dwte, "dwte"), (dwpe, "dwpe"), (dout, "dout"))
+    """dwte (V,C) += scatter-add of dout (B,T,C) rows by idx (B,T); dwpe (maxT,C)[:T] += dout.sum(0)
+    (dwpe None: no position table). Deterministic: rows are added in index order."""
+    _floats((dwte, "dwte"), (dout, "dout"), *([(dwpe, "dwpe")] if dwpe is not None else []))
     _arr(dout, "dout", 3)
     B, T, C = dout.shape
     _arr(dwte, "dwte", 2)
     if dwte.shape[1] != C:
         raise ValueError(f"dwte must have shape (V, C={C}), got {dwte.shape}")
-    _arr(dwpe, "dwpe", 2)
-    if dwpe.shape[1] != C or dwpe.shape[0] < T:
-        raise ValueError(f"dwpe must have shape (maxT>={T}, C={C}), got {dwpe.shape}")
+    if dwpe is not None:
+        _arr(dwpe, "dwpe", 2)
+        if dwpe.shape[1] != C or dwpe.shape[0] < T:
+            raise ValueError(f"dwpe must have shape (maxT>={T}, C={C}), got {dwpe.shape}")
     _ids(idx, "idx", 2, dwte.shape[0])
     _shape(idx, "idx", (B, T))
     np.add.at(dwte, idx.reshape(-1), dout.reshape(B * T, C))
-    dwpe[:T] += dout.sum(axis=0)
+    if dwpe is not None:
+        dwpe[:T] += dout.sum(axis=0)
 
 
 # ---------------------------------------------------------------------------------- layernorm
