@@ -256,6 +256,9 @@ int64_t pick_token(py::array_t<float, py::array::c_style> logits, py::handle par
       throw std::invalid_argument("logits must be finite, got " + std::to_string(pl[j]) +
                                   " at index " + std::to_string(j));
   std::vector<uint8_t> mask;
+  if (seen.is_none() && sp.repetition_penalty != 1.0)
+    throw std::invalid_argument("seen (the token ids so far) is required with a "
+                                "repetition_penalty");
   if (!seen.is_none()) {  // the ids seen so far, for the repetition penalty
     py::array_t<int64_t, py::array::c_style | py::array::forcecast> ids =
         py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(seen);
@@ -270,6 +273,7 @@ int64_t pick_token(py::array_t<float, py::array::c_style> logits, py::handle par
       mask[static_cast<size_t>(id)] = 1;
     }
   }
+  if (!seen.is_none() && mask.empty()) mask.assign(static_cast<size_t>(V), 0);  // no ids
   kgpt::cpu::PickScratch ps;
   py::gil_scoped_release nogil;
   return kgpt::cpu::pick_token(pl, V, sp, u, ps, mask.empty() ? nullptr : mask.data());
