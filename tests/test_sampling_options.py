@@ -277,3 +277,47 @@ def test_bad_ragged_prompts_name_the_row(model):
         model.generate([[1, 2], [1.5]], 3)
     with pytest.raises(ValueError, match="num_return_sequences"):
         model.generate([[1, 2], [3]], 3, num_return_sequences=2)
+
+
+# ----------------------------------------------------------------------------- the CLI
+def test_cli_sample_flags_parse_and_refuse_bad_values(capsys):
+    from kernelgpt.cli import build_parser
+    p = build_parser()
+    a = p.parse_args(["sample", "--run", "r", "--min-p", "0.1", "--repetition-penalty", "1.3",
+                      "--num-return-sequences", "3"])
+    assert (a.min_p, a.repetition_penalty, a.num_return_sequences) == (0.1, 1.3, 3)
+    a = p.parse_args(["sample", "--run", "r"])
+    assert (a.min_p, a.repetition_penalty, a.num_return_sequences) == (None, None, 1)
+    for bad in (["--min-p", "1.5"], ["--repetition-penalty", "0"],
+                ["--num-return-sequences", "0"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(["sample", "--run", "r"] + bad)
+        assert bad[0] in capsys.readouterr().err
+
+
+def test_cli_sample_stops_at_the_tokenizers_end_of_text(capsys):
+    """`sample` ends at the tokenizer's <|endoftext|> (not printed), and prints
+    --num-return-sequences continuations."""
+    from kernelgpt import cli
+    from kernelgpt.tokenizer import Tokenizer
+    tok = Tokenizer([], special_tokens=["<|endoftext|>"])
+    cfg = GPTConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    m = GPT(cfg, backend="numpy", seed=1)
+    m.params[:] += np.random.default_rng(0).standard_normal(m.params.size).astype(
+        np.float32) * 0.5
+    ids = tok.encode("ab")
+    free = [int(t) for t in m.generate(ids, 8, temperature=0)[0, 2:]]
+
+    class Tok:  # the tokenizer, with the 4th greedy token as its end of text
+        special_tokens = {"<|endoftext|>": free[3]}
+        encode, decode_bytes = tok.encode, tok.decode_bytes
+
+    assert cli._eos_ids(m, Tok) == [free[3]] and cli._eos_ids(m, tok) == [256]
+    cli._print_sample(m, Tok, "ab", 8, 0.0, None, None, None, eos_token_id=cli._eos_ids(m, Tok))
+    cut = free.index(free[3])
+    assert capsys.readouterr().out == "ab" + tok.decode_bytes(free[:cut]).decode(
+        "utf-8", "replace") + "\n"
+    cli._print_sample(m, tok, "ab", 5, 1.0, None, None, 3, min_p=0.05, repetition_penalty=1.2,
+                      num_return_sequences=3)
+    out = capsys.readouterr().out
+    assert out.startswith("ab") and "--- sample 3 ---\nab" in out and "sample 4" not in out
