@@ -5,9 +5,11 @@ layer's keys and values into per-layer caches (B,NH,maxT,HS) held as backend arr
 token then runs one position through the blocks (``backend.attention_decode`` and matmuls over B
 rows). When the sequence reaches block_size the context window slides: the cache is rebuilt from
 the last block_size tokens, so cached and uncached generation see exactly the same context.
-Token choice (temperature, top-k, top-p) happens on the host in float64 from an explicit
+Token choice (repetition penalty, temperature, top-k, top-p, min-p; see SamplingParams) happens
+on the host in float64 from an explicit
 ``numpy.random.Generator`` (the top-k candidates are found on the float32 logits, which selects
-the same set); nothing here keeps state between calls.
+the same set); nothing here keeps state between calls. A ragged batch (prompts of different
+lengths) decodes each row at its own positions with its own cache (_ragged_logit_steps).
 """
 from __future__ import annotations
 
