@@ -443,3 +443,140 @@ def test_lm_filter_nonfinite_and_overflow_fall_back():
             np.testing.assert_array_equal(exact, filtered)
         else:
             assert steps == 0 and bad
+
+
+# ----------------------------------------------------------------------------- issue 18's options
+@pytest.mark.parametrize("V", [7, 37, 130, 1000, 8195])
+def test_pick_token_equals_pick_tokens_new_options(V):
+    """min_p and repetition_penalty in every combination with temperature (greedy too), top_k
+    (each route) and top_p: _native.pick_token picks what sample.pick_tokens picks, on logits
+    with and without ties; seen ids are given as a list with repeats (each counted once)."""
+    rng = np.random.default_rng(V + 1)
+    ks = sorted({1, 3, V // 8 + 1, V - 1} - {0}) + [None]
+    for trial in range(2):
+        lg = rng.standard_normal(V).astype(np.float32) * 3
+        if trial == 1:
+            lg = np.round(lg * 2) / 2  # ties everywhere, also after the penalty
+        ids = rng.integers(0, V, max(1, V // 3))
+        mask = np.zeros((1, V), bool)
+        mask[0, ids] = True
+        for k in ks:
+            for temperature, top_p in [(1.0, None), (0.7, 0.9), (0.0, None)]:
+                for min_p in (None, 0.05, 0.5, 1.0):
+                    for rp in (None, 1.3, 0.6):
+                        p = SP(temperature, k, top_p, min_p=min_p, repetition_penalty=rp)
+                        seed = int(rng.integers(1 << 30))
+                        want = sample.pick_tokens(lg[None], p, np.random.default_rng(seed),
+                                                  mask)[0]
+                        u = np.random.default_rng(seed).random(1)[0]
+                        got = nat.pick_token(lg, p, u, seen=ids)
+                        assert got == want, (V, trial, k, temperature, top_p, min_p, rp)
+
+
+def test_pick_token_new_options_bad_values():
+    lg = np.zeros(5, np.float32)
+    for params, word in [(SP(1.0, min_p=1.5), "min_p"), (SP(1.0, min_p=-0.1), "min_p"),
+                         (SP(1.0, repetition_penalty=0.0), "repetition_penalty"),
+                         (SP(1.0, repetition_penalty=float("inf")), "repetition_penalty")]:
+        with pytest.raises(ValueError, match=word):
+            nat.pick_token(lg, params, 0.5)
+    with pytest.raises(ValueError, match="seen holds id"):
+        nat.pick_token(lg, SP(1.0, repetition_penalty=1.2), 0.5, seen=[1, 5])
+    with pytest.raises(ValueError, match="seen"):   # as sample.pick_tokens
+        nat.pick_token(lg, SP(1.0, repetition_penalty=1.2), 0.5)
+
+
+@pytest.mark.parametrize("opts", [
+    dict(temperature=0.0, repetition_penalty=1.5), dict(temperature=1.0, min_p=0.1),
+    dict(temperature=0.7, top_k=5, min_p=0.3), dict(temperature=1.3, top_p=0.8, min_p=0.05),
+    dict(temperature=1.0, repetition_penalty=1.4),
+    dict(temperature=0.9, top_k=9, top_p=0.9, min_p=0.02, repetition_penalty=0.7),
+    dict(temperature=1.0, top_k=1, repetition_penalty=2.0)], ids=str)
+@pytest.mark.parametrize("B", [1, 3])
+def test_sampling_loop_in_cpp_equals_python_loop_new_options(model, rng, opts, B):
+    """Decoder.sample (generate's fused loop) with min_p / repetition_penalty gives the tokens of
+    the token-by-token Python path, past block_size, with eos ids, and leaves the generator in
+    the same state."""
+    prompt = rng.integers(0, CFG.vocab_size, (B, 3)).astype(np.int32)
+    n = 3 * CFG.block_size
+    for eos in (None, [int(s) for s in rng.choice(CFG.vocab_size, 3, replace=False)]):
+        g1, g2 = np.random.default_rng(7), np.random.default_rng(7)
+        fast = model.generate(prompt, n, seed=g1, eos_token_id=eos, **opts)
+        slow = _stream(model, prompt, n, seed=g2, eos_token_id=eos, **opts)
+        np.testing.assert_array_equal(fast, slow)
+        assert g1.random() == g2.random()
+
+
+def test_num_return_sequences_fused_equals_python_loop(model):
+    g1, g2 = np.random.default_rng(2), np.random.default_rng(2)
+    fast = model.generate([1, 2, 3], 20, seed=g1, num_return_sequences=4, temperature=1.2,
+                          repetition_penalty=1.3)
+    slow = _stream(model, np.array([[1, 2, 3]] * 4, np.int32), 20, seed=g2, temperature=1.2,
+                   repetition_penalty=1.3)
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_decoder_sample_seen_argument(model):
+    dec = nat.Decoder(**_parts(model, B=2))
+    V = CFG.vocab_size
+    ok = dict(out=np.zeros((3, 2), np.int32), tok=np.array([1, 2], np.int32), pos=0,
+              u=np.full((3, 2), 0.5), params=SP(1.0, repetition_penalty=1.5),
+              stop=np.zeros(0, np.int32), done=np.zeros(2, np.uint8),
+              logits=np.zeros((2, V), np.float32))
+    seen = np.zeros((2, V), np.uint8)
+    seen[:, [1, 2]] = 1
+    steps, _ = dec.sample(**ok, seen=seen)
+    assert steps == 3 and all(seen[b, ok["out"][:, b]].all() for b in range(2))  # marked
+    with pytest.raises(ValueError, match="seen"):
+        dec.sample(**ok)
+    with pytest.raises(ValueError, match="seen"):
+        dec.sample(**ok, seen=np.zeros((1, V), np.uint8))
+    with pytest.raises(TypeError, match="seen"):
+        dec.sample(**ok, seen=np.zeros((2, V), np.int32))
+
+
+def _sample_both_seen(m, B, sp, T0=3):
+    """Decoder.sample with and without lm_filter from the same caches, draws and seen ids:
+    (tokens, exact-run logits, filter-run logits); the tokens must agree."""
+    cfg = m.config
+    prompt = np.random.default_rng(B).integers(0, cfg.vocab_size, (B, T0)).astype(np.int32)
+    n = cfg.block_size - T0
+    u = np.random.default_rng(7).random((n, B))
+    got = []
+    for filt in (False, True):
+        dec = m.kv_cache(B)
+        m.prefill(dec, prompt)
+        seen = np.zeros((B, cfg.vocab_size), np.uint8)
+        for b in range(B):
+            seen[b, prompt[b]] = 1
+        out, tok, done = np.full((n, B), -1, np.int32), prompt[:, -1].copy(), np.zeros(B, np.uint8)
+        steps, bad = dec.fused.sample(out, tok, T0, u, sp, np.zeros(0, np.int32), done,
+                                      dec.logits, lm_filter=filt, seen=seen)
+        assert steps == n and not bad
+        got.append((out, dec.logits.copy()))
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    return got[0][0], got[0][1], got[1][1]
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_lm_filter_with_min_p_is_used_and_exact(fmodel, B):
+    """min_p reads only the top-k candidates' exact probabilities: the filter stays on (the
+    logits left behind are approximations away from the candidates) and the tokens equal the
+    exact path's."""
+    for sp in (SP(1.0, 20, min_p=0.1), SP(0.8, 50, 0.9, min_p=0.3), SP(0.0, min_p=0.5)):
+        _, exact, filtered = _sample_both_seen(fmodel, B, sp)
+        assert not np.array_equal(exact, filtered)
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_lm_filter_steps_aside_with_repetition_penalty(fmodel, B):
+    """The penalty changes logits after the lm_head, outside the filter's bound: with it, greedy
+    and top-k run on exact logits (every logit exact, as without the filter), same tokens; the
+    same sampler without the penalty does use the filter."""
+    for sp in (SP(0.0, repetition_penalty=1.5), SP(1.0, 20, repetition_penalty=1.3),
+               SP(0.9, 5, min_p=0.1, repetition_penalty=0.8)):
+        _, exact, filtered = _sample_both_seen(fmodel, B, sp)
+        np.testing.assert_array_equal(exact, filtered)
+        plain = SP(sp.temperature, sp.top_k, min_p=sp.min_p)
+        _, exact, filtered = _sample_both_seen(fmodel, B, plain)
+        assert not np.array_equal(exact, filtered)

@@ -35,6 +35,13 @@ kgpt::cpu::SamplingParams sampling_params(py::handle params) {
   if (!(sp.temperature >= 0.0) || !std::isfinite(sp.temperature))
     throw std::invalid_argument("temperature must be a finite number >= 0");
   if (!(sp.top_p > 0.0)) throw std::invalid_argument("top_p must be > 0");
+  py::object mp = params.attr("min_p"), rp = params.attr("repetition_penalty");
+  sp.min_p = mp.is_none() ? 0.0 : mp.cast<double>();
+  sp.repetition_penalty = rp.is_none() ? 1.0 : rp.cast<double>();
+  if (!(sp.min_p >= 0.0 && sp.min_p <= 1.0))
+    throw std::invalid_argument("min_p must lie in [0, 1]");
+  if (!(sp.repetition_penalty > 0.0) || !std::isfinite(sp.repetition_penalty))
+    throw std::invalid_argument("repetition_penalty must be a finite number > 0");
   return sp;
 }
 
@@ -128,7 +135,8 @@ class Decoder {
                    py::array_t<double, py::array::c_style> u, py::handle params,
                    py::array_t<int32_t, py::array::c_style> stop,
                    py::array_t<uint8_t, py::array::c_style> done,
-                   py::array_t<float, py::array::c_style> logits, bool lm_filter) {
+                   py::array_t<float, py::array::c_style> logits, bool lm_filter,
+                   py::object seen) {
     const int64_t B = m_.B;
     if (out.ndim() != 2 || out.shape(1) != B)
       throw std::invalid_argument("out must have shape (n, B) with B=" + std::to_string(B) +
@@ -152,6 +160,20 @@ class Decoder {
                                   std::to_string(m_.maxT) + "), got pos=" + std::to_string(pos) +
                                   ", n=" + std::to_string(n));
     kgpt::cpu::SamplingParams sp = sampling_params(params);
+    uint8_t* pseen = nullptr;
+    if (sp.repetition_penalty != 1.0) {
+      if (seen.is_none())
+        throw std::invalid_argument("seen (B, V) uint8 is required with a repetition_penalty");
+      if (!py::isinstance<py::array_t<uint8_t>>(seen))
+        throw py::type_error("seen must be a uint8 array");
+      auto sa = seen.cast<py::array_t<uint8_t>>();
+      if (!(sa.flags() & py::array::c_style) || !sa.writeable() || sa.ndim() != 2 ||
+          sa.shape(0) != B || sa.shape(1) != m_.V)
+        throw std::invalid_argument("seen must be a writeable C-contiguous (B, V)=(" +
+                                    std::to_string(B) + ", " + std::to_string(m_.V) +
+                                    ") uint8 array, got shape " + shape_str(sa));
+      pseen = sa.mutable_data();
+    }
     const int32_t* t = tok.data();
     for (int64_t b = 0; b < B; ++b)
       if (t[b] < 0 || t[b] >= m_.V)
@@ -175,7 +197,7 @@ class Decoder {
       const bool filter = lm_filter && kgpt::cpu::lm_filter_applies(sp, m_.V);
       if (filter) kgpt::cpu::lm_filter_build(filter_, m_.wte, m_.V, m_.C);
       steps = kgpt::cpu::decode_sample(m_, scratch_.data(), pl, pt, pos, n, pu, sp, pd, po,
-                                       &nonfinite, pick_, filter ? &filter_ : nullptr);
+                                       &nonfinite, pick_, filter ? &filter_ : nullptr, pseen);
     }
     return py::make_tuple(steps, nonfinite);
   }
@@ -220,7 +242,8 @@ class Decoder {
 
 // One token from one row of logits by pick_tokens' rule (cpu::pick_token): what Decoder.sample
 // does per row, callable alone so its selection can be checked on any logits.
-int64_t pick_token(py::array_t<float, py::array::c_style> logits, py::handle params, double u) {
+int64_t pick_token(py::array_t<float, py::array::c_style> logits, py::handle params, double u,
+                   py::object seen) {
   if (logits.ndim() != 1 || logits.shape(0) < 1)
     throw std::invalid_argument("logits must be a non-empty 1-D array, got shape " +
                                 shape_str(logits));
@@ -232,9 +255,28 @@ int64_t pick_token(py::array_t<float, py::array::c_style> logits, py::handle par
     if (!std::isfinite(pl[j]))
       throw std::invalid_argument("logits must be finite, got " + std::to_string(pl[j]) +
                                   " at index " + std::to_string(j));
+  std::vector<uint8_t> mask;
+  if (seen.is_none() && sp.repetition_penalty != 1.0)
+    throw std::invalid_argument("seen (the token ids so far) is required with a "
+                                "repetition_penalty");
+  if (!seen.is_none()) {  // the ids seen so far, for the repetition penalty
+    py::array_t<int64_t, py::array::c_style | py::array::forcecast> ids =
+        py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(seen);
+    if (!ids || ids.ndim() != 1)
+      throw std::invalid_argument("seen must be a 1-D sequence of token ids");
+    mask.assign(static_cast<size_t>(V), 0);
+    for (py::ssize_t i = 0; i < ids.shape(0); ++i) {
+      const int64_t id = ids.data()[i];
+      if (id < 0 || id >= V)
+        throw std::invalid_argument("seen holds id " + std::to_string(id) + " outside [0, " +
+                                    std::to_string(V) + ")");
+      mask[static_cast<size_t>(id)] = 1;
+    }
+  }
+  if (!seen.is_none() && mask.empty()) mask.assign(static_cast<size_t>(V), 0);  // no ids
   kgpt::cpu::PickScratch ps;
   py::gil_scoped_release nogil;
-  return kgpt::cpu::pick_token(pl, V, sp, u, ps);
+  return kgpt::cpu::pick_token(pl, V, sp, u, ps, mask.empty() ? nullptr : mask.data());
 }
 
 // Test hook: the lm_head filter built from wte (V, C) applied to one row x (C,): (approximate
@@ -278,19 +320,24 @@ void init_decode(py::module_& m) {
       .def("sample", &Decoder::sample, py::arg("out").noconvert(), py::arg("tok").noconvert(),
            py::arg("pos"), py::arg("u").noconvert(), py::arg("params"), py::arg("stop").noconvert(), py::arg("done").noconvert(),
            py::arg("logits").noconvert(), py::arg("lm_filter") = false,
+           py::arg("seen") = py::none(),
            "Up to out.shape[0] steps with the token choice of kernelgpt.sample.pick_tokens "
            "in the loop; returns (steps taken, stopped on a non-finite logit). lm_filter: "
            "for greedy and top_k in (0, V), read a bfloat16 copy of the lm_head (rebuilt from "
            "the weights on each call) to bound every logit, and compute exact logits only for "
            "the tokens the bound cannot rule out: the same tokens, fewer bytes per step; "
-           "logits then holds exact values only where the choice read them.");
+           "logits then holds exact values only where the choice read them (it is not used "
+           "with a repetition_penalty). seen: (B, V) uint8, each row's ids so far, required "
+           "with a repetition_penalty and updated with each chosen token.");
   m.def("_lm_filter_probe", &lm_filter_probe, py::arg("wte").noconvert(), py::arg("x").noconvert(),
         "Test hook: (approximate logits, bound E) of Decoder.sample's lm_head filter for one "
         "row x; E < 0 where the exact path would be taken.");
   m.def("pick_token", &pick_token, py::arg("logits").noconvert(), py::arg("params"), py::arg("u"),
+        py::arg("seen") = py::none(),
         "One token id from 1-D finite float32 logits by the rule of "
         "kernelgpt.sample.pick_tokens, with the draw u in [0, 1) given; params: a "
-        "kernelgpt.sample.SamplingParams (temperature, top_k, top_p; None: no filter); what "
+        "kernelgpt.sample.SamplingParams (temperature, top_k, top_p, min_p, repetition_penalty; "
+        "None: no filter); seen: the token ids the repetition penalty applies to; what "
         "Decoder.sample does per row.");
 }
 

@@ -249,16 +249,16 @@ void gather_at_least(const float* v, int64_t V, float thr, PickScratch& ps) {
   }
 }
 
-// The draw among ps.cand (ascending ids of finite logits, non-empty), temperature > 0: softmax
-// of their logits / temperature, the top_p cut, and the first candidate whose cumulative
-// probability exceeds u times the total.
-int64_t choose_candidate(const float* logits, double temperature, double top_p, double u,
-                         PickScratch& ps) {
+// The draw among ps.cand (ascending ids, non-empty), temperature > 0, where z(id) is the
+// candidate's finite logit / temperature: their softmax, the top_p cut, the min_p cut, and the
+// first candidate whose cumulative probability exceeds u times the total.
+template <class Z>
+int64_t choose_candidate(Z&& z, double top_p, double min_p, double u, PickScratch& ps) {
   const int64_t n = static_cast<int64_t>(ps.cand.size());
   ps.p.resize(static_cast<size_t>(n));
   double zmax = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
-    ps.p[j] = static_cast<double>(logits[ps.cand[j]]) / temperature;
+    ps.p[j] = z(ps.cand[j]);
     zmax = std::max(zmax, ps.p[j]);
   }
   for (int64_t j = 0; j < n; ++j) ps.p[j] = std::exp(ps.p[j] - zmax);
@@ -278,6 +278,13 @@ int64_t choose_candidate(const float* logits, double temperature, double top_p, 
       before = cum;
     }
   }
+  if (min_p > 0.0) {  // keep the tokens at least min_p times as likely as the most likely one
+    double pmax = 0.0;
+    for (int64_t j = 0; j < n; ++j) pmax = std::max(pmax, ps.p[j]);
+    const double floor_p = min_p * pmax;
+    for (int64_t j = 0; j < n; ++j)
+      if (!(ps.p[j] >= floor_p)) ps.p[j] = 0.0;
+  }
   ps.cdf.resize(static_cast<size_t>(n));
   double c = 0.0;
   for (int64_t j = 0; j < n; ++j) ps.cdf[j] = c += ps.p[j];
@@ -285,6 +292,40 @@ int64_t choose_candidate(const float* logits, double temperature, double top_p, 
   int64_t i = 0;
   for (int64_t j = 0; j < n; ++j) i += ps.cdf[j] <= thr;
   return ps.cand[std::min(i, n - 1)];
+}
+
+int64_t choose_candidate(const float* logits, double temperature, double top_p, double min_p,
+                         double u, PickScratch& ps) {
+  return choose_candidate(
+      [&](int64_t id) { return static_cast<double>(logits[id]) / temperature; }, top_p, min_p, u,
+      ps);
+}
+
+// pick_token with a repetition penalty: the rule on the penalised float64 logits of the row.
+int64_t pick_token_penalised(const float* logits, int64_t V, const SamplingParams& sp, double u,
+                             PickScratch& ps, const uint8_t* seen) {
+  const double rp = sp.repetition_penalty, temperature = sp.temperature;
+  ps.z.resize(static_cast<size_t>(V));
+  double* z = ps.z.data();
+  for (int64_t j = 0; j < V; ++j) {
+    const double l = logits[j];
+    z[j] = !seen[j] ? l : (l > 0.0 ? l / rp : l * rp);
+  }
+  if (temperature == 0.0) return std::max_element(z, z + V) - z;
+  for (int64_t j = 0; j < V; ++j) z[j] /= temperature;
+  ps.cand.clear();
+  if (sp.top_k > 0 && sp.top_k < V) {
+    ps.zsel.assign(z, z + V);
+    std::nth_element(ps.zsel.begin(), ps.zsel.begin() + (sp.top_k - 1), ps.zsel.end(),
+                     std::greater<double>());
+    const double kth = ps.zsel[sp.top_k - 1];
+    for (int64_t j = 0; j < V; ++j)
+      if (z[j] >= kth) ps.cand.push_back(j);
+  } else {
+    ps.cand.resize(static_cast<size_t>(V));
+    std::iota(ps.cand.begin(), ps.cand.end(), int64_t(0));
+  }
+  return choose_candidate([&](int64_t id) { return z[id]; }, sp.top_p, sp.min_p, u, ps);
 }
 
 // The largest float <= d.
@@ -304,7 +345,8 @@ float float_at_most(double d) {
 //   exactly, ties included.
 template <class Exact>
 int64_t pick_token_filtered(float* row, int64_t V, double E, double temperature, int64_t top_k,
-                            double top_p, double u, PickScratch& ps, Exact&& exact) {
+                            double top_p, double min_p, double u, PickScratch& ps,
+                            Exact&& exact) {
   const int64_t k = temperature == 0.0 ? 1 : top_k;
   const float a = kth_largest(row, V, k, ps);
   const double ad = a;
@@ -324,13 +366,15 @@ int64_t pick_token_filtered(float* row, int64_t V, double E, double temperature,
   for (size_t i = 0; i < ps.cand.size(); ++i)
     if (row[ps.cand[i]] >= kth) ps.cand[w++] = ps.cand[i];
   ps.cand.resize(w);
-  return choose_candidate(row, temperature, top_p, u, ps);
+  return choose_candidate(row, temperature, top_p, min_p, u, ps);
 }
 
 }  // namespace
 
 int64_t pick_token(const float* logits, int64_t V, const SamplingParams& sp, double u,
-                   PickScratch& ps) {
+                   PickScratch& ps, const uint8_t* seen) {
+  if (sp.repetition_penalty != 1.0 && seen != nullptr)
+    return pick_token_penalised(logits, V, sp, u, ps, seen);
   const double temperature = sp.temperature, top_p = sp.top_p;
   const int64_t top_k = sp.top_k;
   if (temperature == 0.0) return std::max_element(logits, logits + V) - logits;
@@ -340,14 +384,15 @@ int64_t pick_token(const float* logits, int64_t V, const SamplingParams& sp, dou
     ps.cand.resize(static_cast<size_t>(V));
     std::iota(ps.cand.begin(), ps.cand.end(), int64_t(0));
   }
-  return choose_candidate(logits, temperature, top_p, u, ps);
+  return choose_candidate(logits, temperature, top_p, sp.min_p, u, ps);
 }
 
 int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32_t* tok,
                       int64_t pos, int64_t n, const double* u, const SamplingParams& sp,
                       uint8_t* done, int32_t* out, bool* nonfinite, PickScratch& ps,
-                      const LmFilter* filter) {
+                      const LmFilter* filter, uint8_t* seen) {
   const int64_t B = m.B, V = m.V, C = m.C;
+  if (sp.repetition_penalty == 1.0) seen = nullptr;  // nothing to mark
   const double temperature = sp.temperature, top_p = sp.top_p;
   const int64_t top_k = sp.top_k, nstop = sp.nstop;
   const int32_t* stop = sp.stop;
@@ -394,10 +439,10 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
           for (int64_t j : ids) exact_cols(j, j + 1);
         };
         t = static_cast<int32_t>(pick_token_filtered(logits + b * V, V, E[b], temperature, top_k,
-                                                     top_p, u[i * B + b], ps, exact));
+                                                     top_p, sp.min_p, u[i * B + b], ps, exact));
       } else {
-        t = static_cast<int32_t>(
-            pick_token(logits + b * V, V, sp, u[i * B + b], ps));
+        t = static_cast<int32_t>(pick_token(logits + b * V, V, sp, u[i * B + b], ps,
+                                            seen != nullptr ? seen + b * V : nullptr));
       }
       if (nstop > 0 && done[b]) t = tok[b];
       out[i * B + b] = t;
@@ -405,6 +450,7 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
     bool all_done = nstop > 0;
     for (int64_t b = 0; b < B; ++b) {
       tok[b] = out[i * B + b];
+      if (seen != nullptr) seen[b * V + tok[b]] = 1;
       if (nstop > 0) {
         for (int64_t s = 0; s < nstop; ++s)
           if (stop[s] == tok[b]) done[b] = 1;

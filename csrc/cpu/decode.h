@@ -42,6 +42,7 @@ struct PickScratch {
   std::vector<int64_t> cand, order;
   int64_t bs = 0, nb = 0;  // the block size and count of bmax (nb = 0: none)
   std::vector<double> p, cdf;
+  std::vector<double> z, zsel;  // repetition_penalty: the row's penalised, scaled logits
 };
 
 // The token-choice options: the C++ twin of kernelgpt.sample.SamplingParams (validated there,
@@ -51,22 +52,29 @@ struct SamplingParams {
   double temperature = 1.0;  // 0: greedy
   int64_t top_k = 0;         // <= 0 or >= V: no top-k filter
   double top_p = 1.0;        // >= 1: no top-p filter
+  double min_p = 0.0;        // <= 0: no min-p filter
+  double repetition_penalty = 1.0;  // 1: none; else applied to the ids a row has seen
   const int32_t* stop = nullptr;  // stop ids (nstop of them; none: a row never ends)
   int64_t nstop = 0;
 };
 
 // One token from one row of finite logits (V,), by the rule of kernelgpt.sample.pick_tokens, in
-// float64: temperature 0 gives the first argmax; otherwise softmax(logits / temperature) over the
-// top_k largest logits (ties at the k-th value all kept; top_k <= 0 or >= V keeps all), then the
-// smallest set of most likely candidates whose mass reaches top_p (top_p >= 1 keeps all; the most
-// likely one always stays), and the first candidate in id order whose cumulative probability
-// exceeds u times the total.
+// float64: with repetition_penalty != 1 and seen (V,) given, each seen id's logit (in float64)
+// is divided by the penalty where > 0 and multiplied by it otherwise; temperature 0 then gives
+// the first argmax; otherwise softmax(logits / temperature) over the top_k largest (ties at the
+// k-th value all kept; top_k <= 0 or >= V keeps all), then the smallest set of most likely
+// candidates whose mass reaches top_p (top_p >= 1 keeps all; the most likely one always stays),
+// then those whose probability is >= min_p times the largest, and the first candidate in id
+// order whose cumulative probability exceeds u times the total.
 int64_t pick_token(const float* logits, int64_t V, const SamplingParams& sp, double u,
-                   PickScratch& ps);
+                   PickScratch& ps, const uint8_t* seen = nullptr);
 
-// Whether decode_sample uses a filter for this choice: greedy, or top_k in (0, V).
+// Whether decode_sample uses a filter for this choice: greedy, or top_k in (0, V), and no
+// repetition penalty (the filter bounds the plain lm_head's logits; the penalty changes them
+// after it). min_p keeps the filter: it reads only the candidates' exact probabilities.
 inline bool lm_filter_applies(const SamplingParams& sp, int64_t V) {
-  return sp.temperature == 0.0 || (sp.top_k > 0 && sp.top_k < V);
+  return sp.repetition_penalty == 1.0 &&
+         (sp.temperature == 0.0 || (sp.top_k > 0 && sp.top_k < V));
 }
 
 // Up to n decoding steps with the token choice in the loop (what sampling does per token,
@@ -80,10 +88,12 @@ inline bool lm_filter_applies(const SamplingParams& sp, int64_t V) {
 // lm_head reads the filter's bfloat16 table and only the candidates get exact logits: the same
 // tokens. `logits` then holds exact values only where the choice read them, except on a
 // non-finite return, where it holds every exact logit of that step.
+// seen (B, V), needed where sp.repetition_penalty != 1: row b's ids seen so far (prompt and
+// tokens); each chosen token is marked in it.
 int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32_t* tok,
                       int64_t pos, int64_t n, const double* u, const SamplingParams& sp,
                       uint8_t* done, int32_t* out, bool* nonfinite, PickScratch& ps,
-                      const LmFilter* filter = nullptr);
+                      const LmFilter* filter = nullptr, uint8_t* seen = nullptr);
 
 }  // namespace cpu
 }  // namespace kgpt

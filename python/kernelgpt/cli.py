@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 = greedy (default 0.8)")
     s.add_argument("--top-k", type=_int_at_least(1), default=None)
     s.add_argument("--top-p", type=_float_in(0.0, 1.0, lo_open=True), default=None)
+    s.add_argument("--min-p", type=_float_in(0.0, 1.0), default=None,
+                   help="keep tokens at least this times as likely as the most likely one")
+    s.add_argument("--repetition-penalty", type=_float_in(0.0, 1e30, lo_open=True),
+                   default=None, help="> 1 discourages ids already in the text (1 = none)")
+    s.add_argument("--num-return-sequences", type=_int_at_least(1), default=1,
+                   help="how many continuations of the prompt to sample (default 1)")
     s.add_argument("--seed", type=_int_at_least(0), default=None, help="sampling seed")
     s.add_argument("--backend", choices=("numpy", "native", "cuda", "auto"), default="auto")
 
@@ -187,9 +193,22 @@ def _stream_text(tokenizer: Any, ids) -> Any:
     yield dec.decode(b"", final=True)
 
 
+def _eos_ids(model: Any, tokenizer: Any) -> Optional[List[int]]:
+    """The tokenizer's end-of-text special token id (``<|endoftext|>``), where the model's
+    vocabulary holds it: sampling ends there (the token itself is not printed)."""
+    specials = getattr(tokenizer, "special_tokens", None) or {}
+    i = specials.get(EOS_TOKEN)
+    return [int(i)] if i is not None and 0 <= int(i) < model.config.vocab_size else None
+
+
+EOS_TOKEN = "<|endoftext|>"
+
+
 def _print_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
                   temperature: float, top_k: Optional[int], top_p: Optional[float],
-                  seed: Optional[int]) -> None:
+                  seed: Optional[int], *, min_p: Optional[float] = None,
+                  repetition_penalty: Optional[float] = None, num_return_sequences: int = 1,
+                  eos_token_id: Optional[List[int]] = None) -> None:
     ids = list(tokenizer.encode(prompt))
     if not ids:
         raise UserError("the prompt is empty: give at least one character with --prompt")
@@ -201,9 +220,22 @@ def _print_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
     out = sys.stdout
     out.write(prompt)
     out.flush()
-    stream = model.generate_stream(np.asarray(ids, np.int32), max_new_tokens,
-                                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    for piece in _stream_text(tokenizer, stream):
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
+              repetition_penalty=repetition_penalty, eos_token_id=eos_token_id)
+    eos = set(eos_token_id or ())
+    if num_return_sequences > 1:  # sampled together (one batch), printed one after the other
+        rows = model.generate(np.asarray(ids, np.int32), max_new_tokens,
+                              num_return_sequences=num_return_sequences, **kw)
+        for r, row in enumerate(rows):
+            if r:
+                out.write(f"--- sample {r + 1} ---\n{prompt}")
+            new = [int(t) for t in row[len(ids):]]
+            cut = next((k for k, t in enumerate(new) if t in eos), len(new))
+            out.write("".join(_stream_text(tokenizer, new[:cut])) + "\n")
+        out.flush()
+        return
+    stream = model.generate_stream(np.asarray(ids, np.int32), max_new_tokens, **kw)
+    for piece in _stream_text(tokenizer, (t for t in stream if t not in eos)):
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -418,7 +450,10 @@ def _sample(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise UserError(f"{args.run} has no tokenizer.json: cannot turn text into tokens")
     _print_sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
-                  args.top_k, args.top_p, args.seed)
+                  args.top_k, args.top_p, args.seed, min_p=args.min_p,
+                  repetition_penalty=args.repetition_penalty,
+                  num_return_sequences=args.num_return_sequences,
+                  eos_token_id=_eos_ids(model, tokenizer))
     return 0
 
 

@@ -791,17 +791,25 @@ class GPT:
 
     def generate(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
-                 stop: Any = None, use_cache: bool = True) -> np.ndarray:
+                 stop: Any = None, use_cache: bool = True, *, min_p: Optional[float] = None,
+                 repetition_penalty: Optional[float] = None, eos_token_id: Any = None,
+                 num_return_sequences: int = 1) -> Any:
         """Sample continuations; see :func:`kernelgpt.sample.generate`."""
         from .sample import generate
         return generate(self, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, seed=seed, stop=stop, use_cache=use_cache)
+                        top_p=top_p, seed=seed, stop=stop, use_cache=use_cache, min_p=min_p,
+                        repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
+                        num_return_sequences=num_return_sequences)
 
     def generate_stream(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                         top_k: Optional[int] = None, top_p: Optional[float] = None,
-                        seed: Any = None, stop: Any = None, use_cache: bool = True) -> Iterator:
+                        seed: Any = None, stop: Any = None, use_cache: bool = True, *,
+                        min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
+                        eos_token_id: Any = None, num_return_sequences: int = 1) -> Iterator:
         """Yield new token ids one step at a time; see :func:`kernelgpt.sample.generate_stream`."""
         from .sample import generate_stream
         return generate_stream(self, prompt_ids, max_new_tokens, temperature=temperature,
                                top_k=top_k, top_p=top_p, seed=seed, stop=stop,
-                               use_cache=use_cache)
+                               use_cache=use_cache, min_p=min_p,
+                               repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
+                               num_return_sequences=num_return_sequences)

@@ -5,9 +5,11 @@ layer's keys and values into per-layer caches (B,NH,maxT,HS) held as backend arr
 token then runs one position through the blocks (``backend.attention_decode`` and matmuls over B
 rows). When the sequence reaches block_size the context window slides: the cache is rebuilt from
 the last block_size tokens, so cached and uncached generation see exactly the same context.
-Token choice (temperature, top-k, top-p) happens on the host in float64 from an explicit
+Token choice (repetition penalty, temperature, top-k, top-p, min-p; see SamplingParams) happens
+on the host in float64 from an explicit
 ``numpy.random.Generator`` (the top-k candidates are found on the float32 logits, which selects
-the same set); nothing here keeps state between calls.
+the same set); nothing here keeps state between calls. A ragged batch (prompts of different
+lengths) decodes each row at its own positions with its own cache (_ragged_logit_steps).
 """
 from __future__ import annotations
 
@@ -19,8 +21,31 @@ import numpy as np
 
 
 # ---------------------------------------------------------------------------------- arguments
-def _check_prompt(model, prompt_ids: Any) -> Tuple[np.ndarray, bool]:
-    """-> (int32 array (B,T), whether the prompt was 1-D)."""
+def _ragged(prompt_ids: Any) -> bool:
+    """Whether prompt_ids is a list/tuple of 1-D prompts of different lengths."""
+    a = prompt_ids
+    if not isinstance(a, (list, tuple)) or len(a) < 2:
+        return False
+    if not all(isinstance(r, (list, tuple)) or (isinstance(r, np.ndarray) and r.ndim == 1)
+               for r in a):
+        return False
+    return len({len(r) for r in a}) > 1
+
+
+def _check_prompt(model, prompt_ids: Any) -> Tuple[Any, bool]:
+    """-> (int32 array (B,T), or for a ragged batch a list of B int32 arrays (T_b,); whether the
+    prompt was 1-D)."""
+    if _ragged(prompt_ids):
+        rows = []
+        for i, r in enumerate(prompt_ids):
+            if len(r) == 0:
+                raise ValueError(f"prompt_ids[{i}] is empty: every prompt of a ragged batch "
+                                 f"needs at least one token id")
+            try:
+                rows.append(_check_prompt(model, np.asarray(r))[0][0])
+            except ValueError as e:
+                raise ValueError(f"prompt_ids[{i}]: {e}") from None
+        return rows, False
     cfg = model.config
     a = prompt_ids
     if not isinstance(a, np.ndarray):
@@ -47,6 +72,27 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def _number(name: str, v: Any, what: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number {what}, got {v!r}") from None
+
+
+def _token_ids(name: str, v: Any, V: int) -> Optional[Tuple[int, ...]]:
+    """None, or a token id / non-empty sequence of ids in [0, V) as a tuple."""
+    if v is None:
+        return None
+    try:
+        ids = [v] if _is_int(v) else list(v)
+    except TypeError:
+        ids = [None]
+    if not ids or any(not _is_int(s) or not 0 <= s < V for s in ids):
+        raise ValueError(f"{name} must be a token id or a non-empty sequence of token ids "
+                         f"in [0, {V}), got {v!r}")
+    return tuple(int(s) for s in ids)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How tokens are chosen: validated once (:meth:`checked`), then read by the Python rule
@@ -61,6 +107,15 @@ class SamplingParams:
     - stop: a token id or ids; a row ends when it emits one (the stop token is kept).
     - seed: None (fresh entropy), an int >= 0 or a numpy Generator (used as is).
     - max_new_tokens: how many tokens to add at most.
+    - min_p: then keep the tokens whose probability is >= min_p times the most likely one's
+      (in [0, 1]; None or 0 keeps all).
+    - repetition_penalty: > 0 (None or 1: none); before anything else, the logit of every id
+      already in the row (prompt and generated, each id once) is divided by it where > 0 and
+      multiplied by it otherwise (the CTRL rule), in float64; it applies to greedy too.
+    - eos_token_id: a token id or ids, an alias of ``stop`` (the checked copy's ``stop`` holds
+      both, stop's ids first).
+    - num_return_sequences: >= 1; n > 1 samples n continuations of one prompt (1-D or one row)
+      in one batch of n rows, each row with its own draws.
     Adding an option: a field here, its check in :meth:`checked`, the rule in
     :func:`pick_tokens`, the same in the C++ struct and pick_token (csrc/cpu/decode.*), the
     binding's one conversion (sampling_params in csrc/bindings/native_decode.cpp), and tests.
@@ -71,10 +126,15 @@ class SamplingParams:
     stop: Any = None
     seed: Any = None
     max_new_tokens: int = 0
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    eos_token_id: Any = None
+    num_return_sequences: int = 1
 
     def checked(self, vocab_size: int) -> "SamplingParams":
         """A validated copy for a vocabulary of ``vocab_size``: numbers as Python floats/ints,
-        top_k clipped to the vocabulary, stop as a tuple of ids. ValueError names the field."""
+        top_k clipped to the vocabulary, stop (with eos_token_id's ids) as a tuple of ids, min_p
+        0.0 and repetition_penalty 1.0 where not set. ValueError names the field."""
         V = int(vocab_size)
         n = self.max_new_tokens
         if not _is_int(n) or n < 0:
@@ -99,21 +159,27 @@ class SamplingParams:
                 raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}") from None
             if not 0.0 < top_p <= 1.0:
                 raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
-        stop: Optional[Tuple[int, ...]] = None
-        if self.stop is not None:
-            try:
-                ids = [self.stop] if _is_int(self.stop) else list(self.stop)
-            except TypeError:
-                ids = [None]
-            if not ids or any(not _is_int(s) or not 0 <= s < V for s in ids):
-                raise ValueError(f"stop must be a token id or a non-empty sequence of token ids "
-                                 f"in [0, {V}), got {self.stop!r}")
-            stop = tuple(int(s) for s in ids)
+        stop = _token_ids("stop", self.stop, V)
+        eos = _token_ids("eos_token_id", self.eos_token_id, V)
+        if eos is not None:
+            stop = tuple(dict.fromkeys((stop or ()) + eos))
+        min_p = 0.0 if self.min_p is None else _number("min_p", self.min_p, "in [0, 1]")
+        if not 0.0 <= min_p <= 1.0:
+            raise ValueError(f"min_p must lie in [0, 1], got {self.min_p!r}")
+        rp = 1.0 if self.repetition_penalty is None else \
+            _number("repetition_penalty", self.repetition_penalty, "> 0")
+        if not (math.isfinite(rp) and rp > 0.0):
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got "
+                             f"{self.repetition_penalty!r}")
+        nrs = self.num_return_sequences
+        if not _is_int(nrs) or nrs < 1:
+            raise ValueError(f"num_return_sequences must be an int >= 1, got {nrs!r}")
         seed = self.seed
         if not (seed is None or isinstance(seed, np.random.Generator)
                 or (_is_int(seed) and seed >= 0)):
             raise ValueError(f"seed must be None, an int >= 0 or a numpy Generator, got {seed!r}")
-        return SamplingParams(temperature, top_k, top_p, stop, seed, int(n))
+        return SamplingParams(temperature, top_k, top_p, stop, seed, int(n), min_p, rp, eos,
+                              int(nrs))
 
     @property
     def stop_ids(self) -> Optional[np.ndarray]:
@@ -126,32 +192,51 @@ class SamplingParams:
 
 
 # ---------------------------------------------------------------------------------- token choice
-def pick_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator
-                ) -> np.ndarray:
+def pick_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+                seen: Any = None) -> np.ndarray:
     """Choose one token per row of logits (B,V) -> int64 (B,) by the rule of ``params`` (a
-    checked :class:`SamplingParams`). temperature 0 = argmax; else
-    softmax(logits / temperature) restricted to the top_k largest (ties at the k-th value all
-    kept) and then to the smallest set of most likely tokens whose probability reaches top_p (the
-    most likely one always kept). One ``rng.random(B)`` draw u per call; a row takes the first
-    candidate, in token-id order, whose cumulative probability exceeds u (so a zero-probability
-    token is never chosen). Only the candidates are exponentiated and summed. Non-finite logits
-    raise ValueError."""
+    checked :class:`SamplingParams`). With a repetition_penalty p != 1, ``seen`` (B,V), true at
+    the ids row b already holds (prompt and generated), is required: those logits, in float64,
+    are divided by p where > 0 and multiplied by p otherwise, before anything else. Then:
+    temperature 0 = argmax; else softmax(logits / temperature) restricted to the top_k largest
+    (ties at the k-th value all kept), then to the smallest set of most likely tokens whose
+    probability reaches top_p (the most likely one always kept), then to the tokens whose
+    probability is >= min_p times the largest. One ``rng.random(B)`` draw u per call; a row takes
+    the first candidate, in token-id order, whose cumulative probability exceeds u (so a
+    zero-probability token is never chosen). Only the candidates are exponentiated and summed.
+    Non-finite logits raise ValueError."""
     temperature, top_k, top_p = params.temperature, params.top_k, params.top_p
+    min_p = params.min_p or 0.0
+    rp = 1.0 if params.repetition_penalty is None else params.repetition_penalty
     raw = np.asarray(logits)
     B, V = raw.shape
     if not np.isfinite(raw).all():
         raise ValueError("logits must be finite: the model produced NaN or inf (diverged weights?)")
+    pen = None
+    if rp != 1.0:
+        if seen is None:
+            raise ValueError("pick_tokens needs seen (B, V) with a repetition_penalty")
+        mask = np.asarray(seen, dtype=bool)
+        if mask.shape != (B, V):
+            raise ValueError(f"seen must have the shape of logits {(B, V)}, got {mask.shape}")
+        r64 = np.asarray(raw, dtype=np.float64)
+        pen = np.where(mask, np.where(r64 > 0.0, r64 / rp, r64 * rp), r64)
     if temperature == 0.0:
-        return raw.argmax(axis=1).astype(np.int64)
+        return (raw if pen is None else pen).argmax(axis=1).astype(np.int64)
     u = rng.random(B)
     out = np.empty(B, dtype=np.int64)
     # With top_k, the candidates can be chosen on float32 logits directly: float32 -> float64 is
     # exact and dividing by a temperature in [1e-30, 1e30] keeps every float32 value's order and
     # ties without overflow or underflow, so the candidate set and their z are the same as from
     # the float64 division of all V logits (which this skips).
-    direct = (top_k is not None and top_k < V and raw.dtype == np.float32
+    direct = (pen is None and top_k is not None and top_k < V and raw.dtype == np.float32
               and 1e-30 <= temperature <= 1e30)
-    z = None if direct else np.asarray(raw, dtype=np.float64) / temperature
+    if direct:
+        z = None
+    elif pen is None:
+        z = np.asarray(raw, dtype=np.float64) / temperature
+    else:
+        z = pen / temperature
     for b in range(B):
         if direct:
             rb = raw[b]
@@ -175,6 +260,8 @@ def pick_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
             keep = np.zeros_like(keep_sorted)
             keep[order] = keep_sorted
             probs = np.where(keep, probs, 0.0)
+        if min_p > 0.0:
+            probs = np.where(probs >= min_p * probs.max(), probs, 0.0)
         cdf = np.cumsum(probs)
         i = min(int(np.count_nonzero(cdf <= u[b] * cdf[-1])), cdf.size - 1)
         out[b] = i if cand is None else cand[i]
@@ -182,66 +269,150 @@ def pick_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
 
 
 # ---------------------------------------------------------------------------------- decoding
+class _Window:
+    """Decoding state of B rows of equal length: the sequence so far (prompt, then the chosen
+    tokens) and, with the cache, the KV cache over its last window."""
+
+    def __init__(self, model, tokens: np.ndarray, n_steps: int, use_cache: bool):
+        B, T0 = tokens.shape
+        self.model = model
+        self.seq = np.empty((B, T0 + n_steps), np.int32)
+        self.seq[:, :T0] = tokens
+        self.end = T0
+        self.kv = model.kv_cache(B) if use_cache else None
+        self.n_cached = 0
+
+    def logits(self) -> np.ndarray:
+        """The next token's logits (B,V), a fresh host numpy copy in the model's dtype."""
+        model, seq, end = self.model, self.seq, self.end
+        maxT = model.config.block_size
+        if self.kv is None:
+            logits = model.next_logits(seq[:, max(0, end - maxT):end])
+        elif self.n_cached in (0, maxT):  # first step or the window slides: (re)build the cache
+            window = np.ascontiguousarray(seq[:, max(0, end - maxT):end])
+            logits = model.prefill(self.kv, window)
+            self.n_cached = window.shape[1]
+        else:
+            logits = model.decode_step(self.kv, seq[:, end - 1], self.n_cached)
+            self.n_cached += 1
+        return np.array(model.backend.to_numpy(logits))
+
+    def push(self, nxt: np.ndarray) -> None:
+        self.seq[:, self.end] = nxt
+        self.end += 1
+
+
 def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.ndarray], Any],
                  use_cache: bool = True) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Core loop over a validated prompt (B,T) int32: yields (logits (B,V), a fresh host numpy
     copy in the model's dtype; chosen tokens (B,) int32) per step, where ``choose(logits)`` picks
-    the tokens. Kept lean: after each step has streamed every weight through the caches, each
-    Python operation here runs cold."""
-    maxT = model.config.block_size
-    be = model.backend
-    B, T0 = tokens.shape
-    seq = np.empty((B, T0 + n_steps), np.int32)      # the prompt, then the chosen tokens
-    seq[:, :T0] = tokens
-    end = T0
-    kv = model.kv_cache(B) if use_cache else None
-    n_cached = 0
-    for i in range(n_steps):
-        if not use_cache:
-            logits = model.next_logits(seq[:, max(0, end - maxT):end])
-        elif i == 0 or n_cached == maxT:  # first step or the window slides: (re)build the cache
-            window = np.ascontiguousarray(seq[:, max(0, end - maxT):end])
-            logits = model.prefill(kv, window)
-            n_cached = window.shape[1]
-        else:
-            logits = model.decode_step(kv, seq[:, end - 1], n_cached)
-            n_cached += 1
-        host = np.array(be.to_numpy(logits))
+    the tokens. When the sequence reaches block_size the window slides and the cache is rebuilt
+    from the last block_size tokens."""
+    st = _Window(model, tokens, n_steps, use_cache)
+    for _ in range(n_steps):
+        host = st.logits()
         nxt = np.asarray(choose(host), dtype=np.int32)
-        seq[:, end] = nxt
-        end += 1
+        st.push(nxt)
         yield host, nxt
 
 
-def _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop) -> SamplingParams:
+def _ragged_logit_steps(model, rows: List[np.ndarray], n_steps: int,
+                        choose: Callable[[np.ndarray], Any], use_cache: bool,
+                        done: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """_logit_steps for a ragged batch: B prompts of different lengths. Each row keeps its own
+    positions and its own KV cache (batch 1, the backend's fused decoder where it has one), so
+    every row's logits are computed exactly as for that row alone: no padded position is ever
+    attended to (the per-row offset of left padding, with nothing to mask). The rows' logits are
+    stacked (B,V) for one ``choose`` per step. Rows marked in ``done`` are not computed again
+    (their last logits are passed on; the caller repeats their last token)."""
+    states = [_Window(model, r[None], n_steps, use_cache) for r in rows]
+    host = None
+    for _ in range(n_steps):
+        for b, st in enumerate(states):
+            if host is None or not done[b]:
+                lg = st.logits()
+                if host is None:
+                    host = np.empty((len(rows), lg.shape[1]), lg.dtype)
+                host[b] = lg[0]
+        nxt = np.asarray(choose(host.copy()), dtype=np.int32)
+        for b, st in enumerate(states):
+            if not done[b]:
+                st.push(nxt[b:b + 1])
+        yield host.copy(), nxt
+
+
+def _penalised(sp: SamplingParams) -> bool:
+    return sp.repetition_penalty is not None and sp.repetition_penalty != 1.0
+
+
+def _seen(tokens: Any, V: int, dtype: Any = bool) -> np.ndarray:
+    """(B, V): true at the ids each prompt row holds (the repetition penalty's start)."""
+    seen = np.zeros((len(tokens), V), dtype)
+    for b, row in enumerate(tokens):
+        seen[b, row] = 1
+    return seen
+
+
+def _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop, **more
+            ) -> SamplingParams:
     return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed,
-                          max_new_tokens=max_new_tokens).checked(model.config.vocab_size)
+                          max_new_tokens=max_new_tokens, **more).checked(model.config.vocab_size)
+
+
+def _expand(tokens: Any, one_d: bool, sp: SamplingParams) -> Tuple[Any, bool]:
+    """num_return_sequences n > 1: the one prompt row repeated n times (each row draws its own)."""
+    n = sp.num_return_sequences
+    if n == 1:
+        return tokens, one_d
+    if isinstance(tokens, list) or tokens.shape[0] != 1:
+        raise ValueError(f"num_return_sequences={n} needs one prompt (1-D, or 2-D with one row), "
+                         f"got {len(tokens)} prompts")
+    return np.repeat(tokens, n, axis=0), False
 
 
 def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
-                    stop: Any = None, use_cache: bool = True) -> Iterator[Any]:
+                    stop: Any = None, use_cache: bool = True, *, min_p: Optional[float] = None,
+                    repetition_penalty: Optional[float] = None, eos_token_id: Any = None,
+                    num_return_sequences: int = 1) -> Iterator[Any]:
     """Yield new tokens one step at a time: an int for a 1-D prompt, an int32 array (B,) for a
-    2-D one (B prompts of equal length). ``stop``: a token id or a sequence of token ids; a row
-    ends when it emits any of them (the stop token is yielded). Rows that ended are padded with
-    their stop token until every row has ended. Arguments are validated before the first yield
-    (see :class:`SamplingParams`)."""
+    2-D one (B prompts of equal length), for a ragged batch (a list of B prompts of different
+    lengths) and for num_return_sequences > 1 (B = n). ``stop`` (or its alias
+    ``eos_token_id``): a token id or a sequence of token ids; a row ends when it emits any of
+    them (the stop token is yielded). Rows that ended are padded with their stop token until
+    every row has ended. Arguments are validated before the first yield (see
+    :class:`SamplingParams`)."""
     tokens, one_d = _check_prompt(model, prompt_ids)
-    sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop)
+    sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop, min_p=min_p,
+                 repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
+                 num_return_sequences=num_return_sequences)
+    tokens, one_d = _expand(tokens, one_d, sp)
     return _stream(model, tokens, one_d, sp, sp.rng(), use_cache)
 
 
-def _stream(model, tokens: np.ndarray, one_d: bool, sp: SamplingParams,
+def _stream(model, tokens: Any, one_d: bool, sp: SamplingParams,
             rng: np.random.Generator, use_cache: bool) -> Iterator[Any]:
+    """tokens: (B,T) int32, or a list of B int32 rows (a ragged batch). ``rng`` only needs
+    ``random(B)``: one call per step, row b takes the b-th draw."""
+    ragged = isinstance(tokens, list)
+    B = len(tokens)
     stop_ids = sp.stop_ids
-    done = np.zeros(tokens.shape[0], dtype=bool)
-    last = np.zeros(tokens.shape[0], dtype=np.int32)
+    done = np.zeros(B, dtype=bool)
+    last = np.zeros(B, dtype=np.int32)
+    seen = _seen(tokens, model.config.vocab_size) if _penalised(sp) else None
+    rows = np.arange(B)
 
     def choose(logits):
-        t = pick_tokens(logits, sp, rng).astype(np.int32)
-        return t if stop_ids is None else np.where(done, last, t)
+        t = pick_tokens(logits, sp, rng, seen).astype(np.int32)
+        if stop_ids is not None:
+            t = np.where(done, last, t)
+        if seen is not None:
+            seen[rows, t] = True
+        return t
 
-    for _, nxt in _logit_steps(model, tokens, sp.max_new_tokens, choose, use_cache):
+    steps = (_ragged_logit_steps(model, tokens, sp.max_new_tokens, choose, use_cache, done)
+             if ragged else _logit_steps(model, tokens, sp.max_new_tokens, choose, use_cache))
+    for _, nxt in steps:
         if stop_ids is not None:
             done |= np.isin(nxt, stop_ids)
             last[...] = nxt
@@ -295,13 +466,18 @@ def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
     done = np.zeros(B, np.uint8)
     stop_ids = sp.stop_ids
     stop = np.asarray(sp.stop if sp.stop is not None else [], np.int32)
+    # the repetition penalty's ids per row, updated by sample() and by push()
+    seen = _seen(tokens, model.config.vocab_size, np.uint8) if _penalised(sp) else None
+    rows = np.arange(B)
 
     def push(logits) -> bool:  # one token chosen in Python; True when every row has stopped
         nonlocal end
-        t = pick_tokens(logits, sp, rng).astype(np.int32)
+        t = pick_tokens(logits, sp, rng, seen).astype(np.int32)
         if stop_ids is not None:
             t = np.where(done.astype(bool), seq[:, end - 1], t)
             done[np.isin(t, stop)] = 1
+        if seen is not None:
+            seen[rows, t] = 1
         seq[:, end] = t
         end += 1
         return stop_ids is not None and bool(done.all())
@@ -321,8 +497,10 @@ def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
         # lm_filter: greedy and top-k read a bfloat16 copy of the lm_head to bound the logits and
         # compute exact ones only for the tokens that can be chosen (the same tokens, 11% fewer
         # bytes per step on S); its table is rebuilt on each call, which pays from ~8 steps on.
+        # Decoder.sample does not use it with a repetition penalty (which changes the logits
+        # after the lm_head, outside the filter's bound).
         got, bad = dec.fused.sample(out, tok, n_cached, u, sp, stop, done, dec.logits,
-                                    lm_filter=k >= _LM_FILTER_MIN_STEPS)
+                                    lm_filter=k >= _LM_FILTER_MIN_STEPS, seen=seen)
         seq[:, end:end + got] = out[:got].T
         end += got
         n_cached += got
@@ -340,21 +518,37 @@ def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
 
 def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
-             stop: Any = None, use_cache: bool = True) -> np.ndarray:
+             stop: Any = None, use_cache: bool = True, *, min_p: Optional[float] = None,
+             repetition_penalty: Optional[float] = None, eos_token_id: Any = None,
+             num_return_sequences: int = 1) -> Any:
     """Prompt plus up to ``max_new_tokens`` sampled tokens, as an int32 numpy array of shape
-    (B, T + n), B = 1 for a 1-D prompt (n < max_new_tokens when every row hit ``stop``).
+    (B, T + n), B = 1 for a 1-D prompt and B = num_return_sequences for n > 1 copies of one
+    prompt (n < max_new_tokens when every row hit ``stop``/``eos_token_id``).
     temperature 0 is greedy; ``seed`` (int, Generator, or None for fresh entropy) makes sampling
-    reproducible. See :func:`generate_stream` for ``stop`` and :class:`SamplingParams` for every
-    option. With the KV cache on a backend whose fused decoder samples in its own loop (native),
-    the whole loop runs there."""
-    tokens, _ = _check_prompt(model, prompt_ids)
-    sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop)
+    reproducible: each step draws ``rng.random(B)`` once and row b takes the b-th draw. See
+    :func:`generate_stream` for ``stop`` and :class:`SamplingParams` for every option. With the
+    KV cache on a backend whose fused decoder samples in its own loop (native), the whole loop
+    runs there.
+
+    Ragged batch: ``prompt_ids`` a list of B prompts of different lengths. Each row is decoded
+    at its own positions with its own KV cache (nothing padded is attended to) and the tokens
+    are chosen together, one ``rng.random(B)`` per step, row b taking the b-th draw: row b gives
+    exactly the tokens it gives alone when its own draws are those numbers (for greedy: exactly
+    its tokens alone). Returns a list of B int32 arrays, row b = its prompt and its new tokens,
+    ending at its own stop token."""
+    tokens, one_d = _check_prompt(model, prompt_ids)
+    sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop, min_p=min_p,
+                 repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
+                 num_return_sequences=num_return_sequences)
+    tokens, _ = _expand(tokens, one_d, sp)
     with model.lock:  # the KV cache kept on the model serves one call at a time
         return _generate(model, tokens, sp, use_cache)
 
 
-def _generate(model, tokens: np.ndarray, sp: SamplingParams, use_cache: bool) -> np.ndarray:
+def _generate(model, tokens: Any, sp: SamplingParams, use_cache: bool) -> Any:
     rng = sp.rng()
+    if isinstance(tokens, list):
+        return _generate_ragged(model, tokens, sp, rng, use_cache)
     if use_cache and sp.max_new_tokens > 0:
         fast = _generate_fused(model, tokens, sp, rng)
         if fast is not None:
@@ -362,3 +556,17 @@ def _generate(model, tokens: np.ndarray, sp: SamplingParams, use_cache: bool) ->
     steps: List[Any] = list(_stream(model, tokens, False, sp, rng, use_cache))
     new = np.stack(steps, axis=1) if steps else np.zeros((tokens.shape[0], 0), np.int32)
     return np.concatenate([tokens, new.astype(np.int32)], axis=1)
+
+
+def _generate_ragged(model, rows: List[np.ndarray], sp: SamplingParams, rng: Any,
+                     use_cache: bool) -> List[np.ndarray]:
+    steps: List[Any] = list(_stream(model, rows, False, sp, rng, use_cache))
+    new = np.stack(steps, axis=1) if steps else np.zeros((len(rows), 0), np.int32)
+    out = []
+    for row, nb in zip(rows, new.astype(np.int32)):
+        if sp.stop is not None:
+            hit = np.flatnonzero(np.isin(nb, sp.stop_ids))
+            if hit.size:
+                nb = nb[:hit[0] + 1]
+        out.append(np.concatenate([row, nb]))
+    return out
