@@ -197,3 +197,47 @@ def test_bad_weights_refused_whole(tmp_path):
     finally:
         GPT.__init__ = orig
     assert calls == []          # no model was built for any of them
+
+
+class _Opt:
+    def __init__(self, model):
+        self.model = model
+
+    def state_dict(self):
+        z = np.zeros(self.model.num_params(), np.float32)
+        return {"m": z, "v": z, "step": 1}
+
+
+def test_cli_export_and_sample_model(tok, tmp_path, capsys):
+    from kernelgpt.checkpoint import save_checkpoint
+    from kernelgpt.cli import main
+    m = GPT(ODD, backend="numpy", seed=9)
+    run = tmp_path / "run"
+    save_checkpoint(run, model=m, optimizer=_Opt(m), train_config={},
+                    trainer_state={"step": 1}, tokenizer=tok)
+    hf_dir, wfile = tmp_path / "hf", tmp_path / "w.safetensors"
+    assert main(["export", "--run", str(run), "--format", "hf", "--out", str(hf_dir)]) == 0
+    assert main(["export", "--run", str(run), "--format", "weights", "--out", str(wfile)]) == 0
+    m2, tok2 = kernelgpt.load_pretrained(hf_dir, backend="numpy")
+    np.testing.assert_array_equal(m2.params, m.params)
+    np.testing.assert_array_equal(GPT.load(wfile, backend="numpy").params, m.params)
+    capsys.readouterr()
+    common = ["--prompt", "hello", "--max-new-tokens", "12", "--temperature", "0",
+              "--backend", "numpy"]
+    outs = []
+    for src in (["--run", str(run)], ["--model", str(hf_dir)],
+                ["--model", str(wfile), "--tokenizer", str(run / "ckpt-00000001" /
+                                                           "tokenizer.json")]):
+        assert main(["sample", *src, *common]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] == outs[2] and len(outs[0]) > len("hello")
+    # a bad --model is one error line, exit 1
+    assert main(["sample", "--model", str(tmp_path / "nope"), *common]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kernelgpt sample: error:") and "\n" not in err
+    import importlib.util
+    if importlib.util.find_spec("gguf") is not None:       # the optional extra
+        out = tmp_path / "m.gguf"
+        assert main(["export", "--run", str(run), "--format", "gguf", "--out", str(out),
+                     "--dtype", "q8_0"]) == 0
+        assert out.stat().st_size > 0
