@@ -328,15 +328,18 @@ def from_pretrained(directory: PathLike, backend: Any = "auto") -> Any:
 def load_pretrained(directory: PathLike, backend: Any = "auto") -> Tuple[Any, Any]:
     """(GPT, Tokenizer or None) from a transformers directory; the tokenizer is read with
     ``Tokenizer.from_hf`` when the directory has tokenizer.json (or vocab.json + merges.txt)."""
+    from .model import GPT
     d = os.fspath(directory)
-    model = from_pretrained(d, backend=backend)
+    cfg, state = read_pretrained(d)
     tok = None
     if any(os.path.isfile(os.path.join(d, f)) for f in ("tokenizer.json", "vocab.json")):
         from .tokenizer import Tokenizer
         tok = Tokenizer.from_hf(d)
-        if tok.vocab_size > model.config.vocab_size:
+        if tok.vocab_size > cfg.vocab_size:
             raise ValueError(f"{d}: the tokenizer's vocab ({tok.vocab_size}) is larger than the "
-                             f"model's ({model.config.vocab_size})")
+                             f"model's ({cfg.vocab_size})")
+    model = GPT(cfg, backend=backend)       # built only once everything has been read
+    model.load_state_dict(state)
     return model, tok
 
 
