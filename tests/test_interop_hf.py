@@ -241,3 +241,27 @@ def test_cli_export_and_sample_model(tok, tmp_path, capsys):
         assert main(["export", "--run", str(run), "--format", "gguf", "--out", str(out),
                      "--dtype", "q8_0"]) == 0
         assert out.stat().st_size > 0
+
+
+def test_only_gpt2_configs_are_exported(tmp_path):
+    """A config with an architecture field away from GPT-2's default (where this release has
+    one) is refused in one line before any file is written."""
+    import dataclasses
+    from kernelgpt.interop_hf import check_gpt2
+    check_gpt2(ODD, "x")                           # GPT-2 itself passes
+    extra = [f for f in dataclasses.fields(GPTConfig)
+             if f.name not in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd",
+                               "norm_eps")]
+    if not extra:
+        pytest.skip("this GPTConfig has no architecture fields besides GPT-2's")
+
+    # a config-like dataclass with GPTConfig's fields and defaults, one field changed
+    fake = dataclasses.make_dataclass("C", [(g.name, object, dataclasses.field(
+        default=g.default)) for g in dataclasses.fields(GPTConfig)
+        if g.default is not dataclasses.MISSING])
+    for f in extra:
+        changed = fake(**{f.name: "__other__"})
+        for n in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            setattr(changed, n, getattr(ODD, n))
+        with pytest.raises(ValueError, match=f.name):
+            check_gpt2(changed, "x")

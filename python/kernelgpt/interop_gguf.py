@@ -126,6 +126,8 @@ def export_gguf(model: Any, path: PathLike, tokenizer: Any, dtype: str = "f32",
         raise ValueError(f"no llama.cpp pre-tokenizer splits like the pattern "
                          f"{tokenizer.pattern!r}; pass pre_tokenizer= to choose one")
     cfg = model.config
+    from .interop_hf import check_gpt2
+    check_gpt2(cfg, "GGUF export")
     tokens, types, merges = gguf_vocab(tokenizer, cfg.vocab_size, gguf)
     names = _gpt2_tensors(gguf, cfg.n_layer)
     state = model.state_dict()

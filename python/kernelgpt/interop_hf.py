@@ -104,8 +104,8 @@ def _gpt2_from_hf(c: Dict[str, Any], src: str) -> Any:
 
 
 def _gpt2_arch() -> HFArch:
-    from .model import _GPT2_TABLE
-    t = _GPT2_TABLE
+    from .model import param_table
+    t = param_table(_probe_config())       # GPT-2: every architecture field at its default
 
     def hf(n: str) -> str:   # "ln_1.w" -> "ln_1.weight", "attn.c_attn.b" -> "attn.c_attn.bias"
         stem, _, kind = n.rpartition(".")
@@ -137,8 +137,28 @@ def arch(model_type: str) -> HFArch:
     return _ARCHS[model_type]
 
 
+_SIZE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "norm_eps")
+_SAME_AS = {"n_kv_head": lambda c: c.n_head, "mlp_hidden": lambda c: 4 * c.n_embd}
+
+
+def check_gpt2(cfg: Any, what: str) -> None:
+    """ValueError (one line naming the field) unless ``cfg`` is the GPT-2 architecture: every
+    GPTConfig field other than the sizes and norm_eps at its default (or its equivalent: n_kv_head
+    = n_head, mlp_hidden = 4 * n_embd). A Llama-style config needs its own mapping table."""
+    import dataclasses
+    for f in dataclasses.fields(cfg):
+        if f.name in _SIZE_FIELDS or f.default is dataclasses.MISSING:
+            continue
+        v = getattr(cfg, f.name)
+        if v == f.default or (f.name in _SAME_AS and v == _SAME_AS[f.name](cfg)):
+            continue
+        raise ValueError(f"{what} supports the GPT-2 architecture only: GPTConfig.{f.name}="
+                         f"{v!r} (GPT-2: {f.default!r})")
+
+
 def arch_of_config(cfg: Any) -> HFArch:
-    """The table of a GPTConfig (today every config is GPT-2)."""
+    """The table of a GPTConfig (GPT-2 only for now; ValueError for another architecture)."""
+    check_gpt2(cfg, "Hugging Face export")
     return arch("gpt2")
 
 
@@ -174,13 +194,13 @@ def save_pretrained(model: Any, directory: PathLike, tokenizer: Any = None,
     from .weights import write_safetensors
     d = os.fspath(directory)
     cfg = model.config
+    a = arch_of_config(cfg)
     eot = None
     if tokenizer is not None:
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ValueError(f"the tokenizer's vocab ({tokenizer.vocab_size}) is larger than the "
                              f"model's ({cfg.vocab_size})")
         eot = tokenizer.special_tokens.get("<|endoftext|>")
-    a = arch_of_config(cfg)
     os.makedirs(d, exist_ok=True)
     write_safetensors(os.path.join(d, WEIGHTS_FILE),
                       hf_state_dict(a, model.state_dict(), cfg.n_layer), {"format": "pt"})
