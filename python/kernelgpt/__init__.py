@@ -7,7 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Tokenizer", "GPT", "GPTConfig", "Trainer", "get_backend", "available_backends"]
+__all__ = ["Tokenizer", "GPT", "GPTConfig", "Trainer", "get_backend", "available_backends",
+           "load_pretrained"]
 
 
 def __getattr__(name: str):
@@ -23,4 +24,7 @@ def __getattr__(name: str):
     if name in ("get_backend", "available_backends"):
         from . import backends
         return getattr(backends, name)
+    if name == "load_pretrained":
+        from .interop_hf import load_pretrained
+        return load_pretrained
     raise AttributeError(f"module 'kernelgpt' has no attribute {name!r}")

@@ -315,8 +315,9 @@ def save_checkpoint(run_dir: PathLike, *, model: Any, optimizer: Any,
 
 
 # ---------------------------------------------------------------------------------- load
-def verify_checkpoint(ckpt_dir: PathLike) -> Dict[str, Any]:
-    """Check the manifest against the files on disk; return the manifest."""
+def verify_checkpoint(ckpt_dir: PathLike, optional: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Check the manifest against the files on disk; return the manifest. Files named in
+    ``optional`` may be absent (checked when present)."""
     ckpt_dir = Path(ckpt_dir)
     mpath = ckpt_dir / MANIFEST_FILE
     if not mpath.is_file():
@@ -335,6 +336,8 @@ def verify_checkpoint(ckpt_dir: PathLike) -> Dict[str, Any]:
             raise CheckpointError(f"{mpath}: does not list {req}")
     for name, info in files.items():
         p = ckpt_dir / name
+        if name in optional and not p.exists():
+            continue
         if not p.is_file():
             raise CheckpointError(f"{p}: missing")
         try:
@@ -395,10 +398,12 @@ def _check_trainer_state(state: Any, path: Path) -> None:
                   f"{data['val_fraction']!r}")
 
 
-def load_checkpoint(path: PathLike) -> Checkpoint:
-    """Load and validate the checkpoint at ``path`` (a run folder or a ckpt-<step> folder)."""
+def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
+    """Load and validate the checkpoint at ``path`` (a run folder or a ckpt-<step> folder).
+    ``optimizer=False`` (inference): the optimizer file is neither needed nor read
+    (``optimizer_state`` is then empty)."""
     ck = resolve_checkpoint(path)
-    verify_checkpoint(ck)
+    verify_checkpoint(ck, optional=() if optimizer else (OPTIM_FILE,))
     config = _load_json(ck / CONFIG_FILE)
     if not isinstance(config, dict) or config.get("format") != FORMAT \
             or not isinstance(config.get("model"), dict):
@@ -409,15 +414,19 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
     state = _load_json(ck / STATE_FILE)
     _check_trainer_state(state, ck / STATE_FILE)
     from ._limits import check_bytes_fit
-    check_bytes_fit(sum((ck / n).stat().st_size for n in (MODEL_FILE, OPTIM_FILE)),
+    check_bytes_fit(sum((ck / n).stat().st_size
+                        for n in ((MODEL_FILE, OPTIM_FILE) if optimizer else (MODEL_FILE,))),
                     f"loading the checkpoint {ck}")
     model_state = _load_safetensors(ck / MODEL_FILE)
-    opt = _load_safetensors(ck / OPTIM_FILE)
-    if set(opt) != {"m", "v"}:
-        raise CheckpointError(f"{ck / OPTIM_FILE}: expected tensors m and v, got {sorted(opt)}")
-    opt_state: Dict[str, Any] = dict(state.get("optimizer") or {})
-    opt_state.update(m=opt["m"], v=opt["v"])
-    opt_state.setdefault("step", state["step"])
+    opt_state: Dict[str, Any] = {}
+    if optimizer:
+        opt = _load_safetensors(ck / OPTIM_FILE)
+        if set(opt) != {"m", "v"}:
+            raise CheckpointError(f"{ck / OPTIM_FILE}: expected tensors m and v, got "
+                                  f"{sorted(opt)}")
+        opt_state = dict(state.get("optimizer") or {})
+        opt_state.update(m=opt["m"], v=opt["v"])
+        opt_state.setdefault("step", state["step"])
     tok = ck / TOKENIZER_FILE
     return Checkpoint(path=ck, model_config=config["model"],
                       train_config=dict(config.get("train") or {}), model_state=model_state,
@@ -426,9 +435,11 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
 
 
 def load_model(path: PathLike, backend: Any = "auto") -> Tuple[Any, Any, Checkpoint]:
-    """(GPT with the checkpoint's weights, Tokenizer or None, Checkpoint) from a run folder."""
+    """(GPT with the checkpoint's weights, Tokenizer or None, Checkpoint) from a run folder, for
+    inference: the optimizer file is not read and may be absent (``ck.optimizer_state`` is
+    empty)."""
     from .model import GPT, GPTConfig
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, optimizer=False)
     try:
         cfg = GPTConfig.from_dict(ck.model_config)
     except (ValueError, TypeError) as e:

@@ -123,7 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "than this (a rank stuck or dead); default: wait forever")
 
     s = sub.add_parser("sample", help="stream text from a trained run")
-    s.add_argument("--run", required=True, metavar="RUN", help="run folder (or checkpoint folder)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="RUN", help="run folder (or checkpoint folder)")
+    src.add_argument("--model", metavar="DIR", help="a Hugging Face model directory (GPT-2, "
+                     "safetensors), a run folder, or a weights file written by GPT.save "
+                     "(with --tokenizer)")
+    s.add_argument("--tokenizer", metavar="PATH", help="tokenizer file, for a --model that has "
+                   "none")
     s.add_argument("--prompt", default=SAMPLE_PROMPT, help=f"text to continue (default "
                    f"{SAMPLE_PROMPT!r})")
     s.add_argument("--max-new-tokens", type=_int_at_least(1), default=200)
@@ -139,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many continuations of the prompt to sample (default 1)")
     s.add_argument("--seed", type=_int_at_least(0), default=None, help="sampling seed")
     s.add_argument("--backend", choices=("numpy", "native", "cuda", "auto"), default="auto")
+
+    x = sub.add_parser("export", help="write a run's model as a Hugging Face directory, a GGUF "
+                       "file for llama.cpp, or one weights file")
+    x.add_argument("--run", required=True, metavar="RUN", help="run folder (or checkpoint folder)")
+    x.add_argument("--format", required=True, choices=("hf", "gguf", "weights"))
+    x.add_argument("--out", required=True, metavar="PATH", help="output directory (hf) or file")
+    x.add_argument("--dtype", choices=("f32", "f16", "q8_0"), default="f32",
+                   help="gguf only: tensor type of the matrices (default f32)")
 
     try:
         from .cli_tokenizer import add_tokenizer_parser
@@ -445,15 +459,48 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
 
 # ---------------------------------------------------------------------------------- sample
 def _sample(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    model, tokenizer, _ = load_model(args.run, backend=args.backend)
+    src = args.run if args.run is not None else args.model
+    if args.run is None and Path(args.model).is_file():          # a GPT.save weights file
+        from .model import GPT
+        model, tokenizer = GPT.load(args.model, backend=args.backend), None
+    elif args.run is None and _is_hf_dir(args.model):
+        from .interop_hf import load_pretrained
+        model, tokenizer = load_pretrained(args.model, backend=args.backend)
+    else:
+        from .checkpoint import load_model
+        model, tokenizer, _ = load_model(src, backend=args.backend)
+    if args.tokenizer is not None:
+        tokenizer = _load_tokenizer(args.tokenizer)
     if tokenizer is None:
-        raise UserError(f"{args.run} has no tokenizer.json: cannot turn text into tokens")
+        raise UserError(f"{src} has no tokenizer: cannot turn text into tokens (pass --tokenizer)")
     _print_sample(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
                   args.top_k, args.top_p, args.seed, min_p=args.min_p,
                   repetition_penalty=args.repetition_penalty,
                   num_return_sequences=args.num_return_sequences,
                   eos_token_id=_eos_ids(model, tokenizer))
+    return 0
+
+
+def _is_hf_dir(path: str) -> bool:
+    from .interop_hf import is_hf_directory
+    return is_hf_directory(path)
+
+
+# ---------------------------------------------------------------------------------- export
+def _export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    model, tokenizer, _ = load_model(args.run, backend="numpy")
+    if args.format != "gguf" and args.dtype != "f32":
+        raise UserError("--dtype applies to --format gguf only")
+    if args.format == "hf":
+        model.save_pretrained(args.out, tokenizer=tokenizer)
+    elif args.format == "gguf":
+        if tokenizer is None:
+            raise UserError(f"{args.run} has no tokenizer.json: a GGUF file needs one")
+        model.export_gguf(args.out, tokenizer, dtype=args.dtype)
+    else:
+        model.save(args.out)
+    _say(f"wrote {args.out} ({args.format})")
     return 0
 
 
@@ -472,6 +519,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _train(args)
         if args.command == "sample":
             return _sample(args)
+        if args.command == "export":
+            return _export(args)
         if getattr(args, "_tokenizer_missing", False):
             raise UserError("the tokenizer command is not available in this build")
         from .cli_tokenizer import run_tokenizer

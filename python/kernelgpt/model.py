@@ -813,3 +813,31 @@ class GPT:
                                use_cache=use_cache, min_p=min_p,
                                repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                                num_return_sequences=num_return_sequences)
+
+    # ------------------------------------------------------------------ files (interop)
+    def save_pretrained(self, directory: Any, format: str = "hf", tokenizer: Any = None) -> None:
+        """A transformers directory (GPT2LMHeadModel); see :mod:`kernelgpt.interop_hf`."""
+        from .interop_hf import save_pretrained
+        save_pretrained(self, directory, tokenizer=tokenizer, format=format)
+
+    @classmethod
+    def from_pretrained(cls, directory: Any, backend: Union[str, ModuleType] = "auto") -> "GPT":
+        """A new model from a transformers directory; see :mod:`kernelgpt.interop_hf`."""
+        from .interop_hf import from_pretrained
+        return from_pretrained(directory, backend=backend)
+
+    def export_gguf(self, path: Any, tokenizer: Any, dtype: str = "f32") -> None:
+        """A GGUF file for llama.cpp (arch gpt2); see :mod:`kernelgpt.interop_gguf`."""
+        from .interop_gguf import export_gguf
+        export_gguf(self, path, tokenizer, dtype=dtype)
+
+    def save(self, path: Any) -> None:
+        """The weights and config as one safetensors file; see :mod:`kernelgpt.weights`."""
+        from .weights import save_weights
+        save_weights(self, path)
+
+    @classmethod
+    def load(cls, path: Any, backend: Union[str, ModuleType] = "auto") -> "GPT":
+        """A new model from a file written by :meth:`save`; see :mod:`kernelgpt.weights`."""
+        from .weights import load_weights
+        return load_weights(path, backend=backend)
