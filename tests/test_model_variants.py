@@ -284,3 +284,46 @@ def test_backends_without_the_kernels_refuse_llama_configs_in_one_line():
     if native_backend.is_available():
         with pytest.raises(ValueError, match="not available on native yet"):
             GPT(cfg, backend="native")
+
+
+def test_cli_trains_a_llama_preset_with_flags(tmp_path):
+    """`kernelgpt train --model llama-xs` plus the individual flags: the checkpoint records the
+    fields, "auto" picks a backend that runs them, and the run resumes and samples."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import kernelgpt
+    env = dict(os.environ, PYTHONPATH=str(Path(kernelgpt.__file__).resolve().parents[1]))
+    data = tmp_path / "data.txt"
+    data.write_text("def f(x):\n    return x * 2 + 1\n" * 300)
+    base = [sys.executable, "-m", "kernelgpt", "train", "--data", str(data), "--max-steps", "3",
+            "--batch-size", "2", "--block-size", "16", "--n-layer", "1", "--vocab-size", "270",
+            "--eval-every", "0"]
+    r = subprocess.run(base + ["--model", "llama-xs", "--out", str(tmp_path / "a")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "a" / "ckpt-00000003" / "config.json").read_text())["model"]
+    assert (cfg["norm"], cfg["pos_emb"], cfg["mlp"], cfg["n_kv_head"], cfg["bias"],
+            cfg["tie_embeddings"]) == ("rmsnorm", "rope", "swiglu", 2, False, False)
+    r = subprocess.run(base + ["--model", "xs", "--norm", "rmsnorm", "--pos-emb", "rope",
+                               "--mlp", "swiglu", "--n-kv-head", "1", "--no-bias", "--untie",
+                               "--out", str(tmp_path / "b")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "b" / "ckpt-00000003" / "config.json").read_text())["model"]
+    assert (cfg["norm"], cfg["pos_emb"], cfg["mlp"], cfg["n_kv_head"], cfg["bias"],
+            cfg["tie_embeddings"]) == ("rmsnorm", "rope", "swiglu", 1, False, False)
+    r = subprocess.run([sys.executable, "-m", "kernelgpt", "train", "--out", str(tmp_path / "b"),
+                        "--resume", "--max-steps", "4"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "kernelgpt", "sample", "--run", str(tmp_path / "b"),
+                        "--prompt", "def ", "--max-new-tokens", "8", "--seed", "1"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("def "), r.stderr
+    r = subprocess.run(base + ["--model", "xs", "--n-kv-head", "3", "--out", str(tmp_path / "c")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode != 0 and "n_kv_head" in r.stderr and "Traceback" not in r.stderr

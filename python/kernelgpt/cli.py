@@ -91,8 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "the preset's, 8 for xs)")
     t.add_argument("--block-size", type=_int_at_least(1), help="context length (default: the "
                    "preset's, 64 for xs)")
-    t.add_argument("--model", choices=("xs", "s", "m"),
-                   help=f"size preset (default {DEFAULT_MODEL})")
+    t.add_argument("--model", choices=("xs", "s", "m", "llama-xs", "llama-s", "llama-m"),
+                   help=f"preset (default {DEFAULT_MODEL}); llama-*: the same sizes with RMSNorm, "
+                        f"rotary positions, SwiGLU, grouped-query attention, no biases, untied "
+                        f"lm_head")
+    t.add_argument("--norm", choices=("layernorm", "rmsnorm"), help="override the preset's norm")
+    t.add_argument("--pos-emb", choices=("learned", "rope"),
+                   help="override the preset's positions (a learned table or rotary)")
+    t.add_argument("--mlp", choices=("gelu", "swiglu"), help="override the preset's MLP")
+    t.add_argument("--n-kv-head", type=_int_at_least(1),
+                   help="key/value heads (grouped-query attention; must divide the heads)")
+    t.add_argument("--no-bias", dest="bias", action="store_const", const=False, default=None,
+                   help="no biases in the linear layers")
+    t.add_argument("--untie", dest="tie_embeddings", action="store_const", const=False,
+                   default=None, help="an lm_head of its own instead of the token embedding")
     t.add_argument("--n-layer", type=_int_at_least(1), help="override the preset's layers")
     t.add_argument("--n-head", type=_int_at_least(1), help="override the preset's heads")
     t.add_argument("--n-embd", type=_int_at_least(1), help="override the preset's width")
@@ -308,7 +320,9 @@ def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
     main_rank = comm is None or comm.rank == 0  # [distributed] rank 0 alone talks and writes
     say = _say if main_rank else (lambda msg: None)
     from .backends import get_backend
-    backend = get_backend(args.backend)
+    get_backend(args.backend)  # a backend that cannot run here fails now, in one line
+    # "auto" stays a name: the model takes the best backend that can run its config
+    backend = args.backend
     with contextlib.ExitStack() as stack:
         # [distributed] rank 0 alone locks the run folder (checkpoint.run_lock): before its
         # first write there (or at once when the folder exists), held until training ends, so a
@@ -358,7 +372,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
         tokenizer = _load_tokenizer(tok_path, "the run's tokenizer") if tok_path.is_file() \
             else None
         say(f"resuming {out} at step {trainer.step} of {trainer.config.max_steps} "
-            f"({backend.name} backend)")
+            f"({trainer.model.backend.name} backend)")
     else:
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         if comm is not None:  # [distributed] rank 0's folder (its clock names the default)
@@ -377,9 +391,16 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
         else:
             vocab = args.vocab_size or preset.vocab_size
         seed = DEFAULT_SEED if args.seed is None else args.seed
-        shape = dict(vocab_size=vocab, block_size=args.block_size or preset.block_size,
+        shape = dict(preset.to_dict(), vocab_size=vocab,
+                     block_size=args.block_size or preset.block_size,
                      n_layer=args.n_layer or preset.n_layer, n_head=args.n_head or preset.n_head,
                      n_embd=args.n_embd or preset.n_embd)
+        for field in ("norm", "pos_emb", "mlp", "n_kv_head", "bias", "tie_embeddings"):
+            if getattr(args, field) is not None:
+                shape[field] = getattr(args, field)
+        if args.n_head is not None and args.n_kv_head is None and preset.n_kv_head is not None \
+                and args.n_head % preset.n_kv_head:
+            shape["n_kv_head"] = None  # the preset's key/value heads do not divide the new count
         GPTConfig(**shape)  # a bad shape fails now, before the tokenizer is trained
         batch_size = args.batch_size or PRESET_BATCH_SIZE[args.model or DEFAULT_MODEL]
         # and so does a size this machine cannot hold (one line naming it, nothing allocated)
@@ -439,7 +460,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
                           comm=comm)
         say(f"training {cfg.n_layer} layers x {cfg.n_embd} dims ({model.num_params() / 1e6:.2f}M "
             f"params, block {cfg.block_size}, batch {tcfg.batch_size}) for {tcfg.max_steps} "
-            f"steps on the {backend.name} backend -> {out}")
+            f"steps on the {model.backend.name} backend -> {out}")
     summary = trainer.fit()
     if not main_rank:  # [distributed] rank 0 reports and samples
         return 0

@@ -314,7 +314,15 @@ def _init_params(config: GPTConfig, seed: Any) -> np.ndarray:
     return flat
 
 
-def _resolve_backend(backend: Union[str, ModuleType]) -> ModuleType:
+def _resolve_backend(backend: Union[str, ModuleType], config: Optional[GPTConfig] = None
+                     ) -> ModuleType:
+    """A backend module; "auto" takes the best available backend that can run ``config``."""
+    if backend == "auto" and config is not None:
+        from .backends import available_backends, get_backend
+        for name in available_backends():
+            be = get_backend(name)
+            if getattr(be, "unsupported", lambda c: None)(config) is None:
+                return be
     if isinstance(backend, str):
         from .backends import get_backend
         return get_backend(backend)
@@ -424,7 +432,7 @@ class GPT:
         if not isinstance(config, GPTConfig):
             raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
-        self.backend = _resolve_backend(backend)
+        self.backend = _resolve_backend(backend, config)
         dt = np.dtype(dtype).name if isinstance(dtype, (str, type, np.dtype)) else None
         if dt not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")

@@ -40,7 +40,8 @@ LOSS_PLOT = "loss.png"
 
 # Batch size per preset when none is given: what fits comfortably in memory and keeps every
 # kernel busy on a laptop CPU (m has twice the context, so half the rows).
-PRESET_BATCH_SIZE = {"xs": 8, "s": 8, "m": 4, "gpt2": 8}
+PRESET_BATCH_SIZE = {"xs": 8, "s": 8, "m": 4, "gpt2": 8, "llama-xs": 8, "llama-s": 8,
+                     "llama-m": 4}
 
 
 class TrainingDivergedError(RuntimeError):
