@@ -5,6 +5,7 @@
 #include "cpu/peak.h"
 
 #include "common/cpu_features.h"
+#include "common/threads.h"
 
 #include <atomic>
 #include <chrono>
@@ -99,10 +100,28 @@ float read_sum_portable(const float* p, int64_t n) {
   return s;
 }
 
+// Starts threads 0..n-1 with launch(t), then joins them all. When a thread cannot be started
+// (std::system_error), the running ones are told to stop and joined before the error propagates:
+// a joinable std::thread destroyed by the unwinding would call std::terminate.
+template <class F>
+void start_all(std::vector<std::thread>& pool, std::atomic<bool>& stop, int n, F&& launch) {
+  try {
+    pool.reserve(static_cast<size_t>(n));
+    for (int t = 0; t < n; ++t) launch(t);
+  } catch (...) {
+    stop.store(true);
+    for (auto& th : pool) th.join();
+    throw;
+  }
+  for (auto& th : pool) th.join();
+}
+
 }  // namespace
 
 double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
-  if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  if (threads < 1 || threads > kMaxThreads)
+    throw std::invalid_argument("threads must be in [1, " + std::to_string(kMaxThreads) +
+                                "], got " + std::to_string(threads));
   if (!(megabytes > 0) || megabytes > 4096)
     throw std::invalid_argument("megabytes must be in (0, 4096], got " + std::to_string(megabytes));
   if (!(seconds > 0) || seconds > 60)
@@ -116,12 +135,14 @@ double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
   std::atomic<int> ready{0};
   std::vector<double> bytes(threads, 0.0), secs(threads, 0.0);
   std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
+  std::atomic<bool> stop{false};
+  auto launch = [&](int t) {
     pool.emplace_back([&, t] {
       const float* p = buf.data() + n / threads * t;
       const int64_t len = n / threads;
       ready.fetch_add(1);
-      while (ready.load() < threads) std::this_thread::yield();
+      while (ready.load() < threads && !stop.load()) std::this_thread::yield();
+      if (stop.load()) return;
       const auto t0 = Clock::now();
       double dt = 0;
       int64_t reps = 0;
@@ -137,7 +158,8 @@ double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
       bytes[t] = double(reps) * len * sizeof(float);
       secs[t] = dt;
     });
-  for (auto& th : pool) th.join();
+  };
+  start_all(pool, stop, threads, launch);
   double total = 0;
   for (int t = 0; t < threads; ++t) total += bytes[t] / secs[t];
   volatile float keep = sink[0];
@@ -146,7 +168,9 @@ double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
 }
 
 double fma_peak_gflops(const std::string& isa, int threads, double seconds) {
-  if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  if (threads < 1 || threads > kMaxThreads)
+    throw std::invalid_argument("threads must be in [1, " + std::to_string(kMaxThreads) +
+                                "], got " + std::to_string(threads));
   if (!(seconds > 0) || seconds > 60)
     throw std::invalid_argument("seconds must be in (0, 60], got " + std::to_string(seconds));
   double (*spin)(double, float*) = nullptr;
@@ -167,13 +191,16 @@ double fma_peak_gflops(const std::string& isa, int threads, double seconds) {
   std::vector<float> sink(threads, 0.f);
   std::vector<std::thread> pool;
   std::atomic<int> ready{0};
-  for (int t = 0; t < threads; ++t)
+  std::atomic<bool> stop{false};
+  auto launch = [&](int t) {
     pool.emplace_back([&, t] {
       ready.fetch_add(1);
-      while (ready.load() < threads) std::this_thread::yield();  // start together
+      while (ready.load() < threads && !stop.load()) std::this_thread::yield();  // start together
+      if (stop.load()) return;
       rate[t] = spin(seconds, &sink[t]);
     });
-  for (auto& th : pool) th.join();
+  };
+  start_all(pool, stop, threads, launch);
   double total = 0;
   for (double r : rate) total += r;
   volatile float keep = sink[0];  // the chains' results are used
