@@ -174,7 +174,7 @@ def run_fuzz(examples: int, last_call_path: str) -> None:
             if data.draw(st.integers(0, 2)) > 0 and V > 0:
                 arr = np.clip(arr, 0, V - 1).astype(np.int32)
         if how == 3:  # another dtype
-            with np.errstate(invalid="ignore"):
+            with np.errstate(all="ignore"):
                 arr = arr.astype(data.draw(st.sampled_from(
                     [np.float64, np.float16, np.int64, np.int32, np.uint8, np.float32, bool])))
         elif how == 4 and arr.ndim >= 1:  # not C-contiguous (a strided view of a bigger array)

@@ -480,7 +480,8 @@ void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int6
   if (B <= 0 || T <= 0 || C <= 0) return;  // nothing to compute (and no scratch to size)
   const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
   ErrorCarrier err;  // a failed scratch allocation: carried out of the region, rethrown below
-#pragma omp parallel num_threads(::kgpt::num_threads()) if (B * NH > 1 && B * T * C > kParallelMin / 4)
+#pragma omp parallel num_threads(::kgpt::num_threads()) \
+    if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
     std::vector<float> buf;
     err.run([&] { buf.resize(static_cast<size_t>(HS * ldt + 16)); });
@@ -502,7 +503,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   if (B <= 0 || T <= 0 || C <= 0) return;  // dqkv is empty
   const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
   ErrorCarrier err;  // as in attention_forward
-#pragma omp parallel num_threads(::kgpt::num_threads()) if (B * NH > 1 && B * T * C > kParallelMin / 4)
+#pragma omp parallel num_threads(::kgpt::num_threads()) \
+    if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
     std::vector<float> scratch;
     err.run([&] { scratch.resize(static_cast<size_t>(2 * HS * ldt + 16)); });
@@ -534,7 +536,8 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
   // An empty output (B, NH or HS zero: caches that hold no floats, whatever maxT says) is done.
   if (B <= 0 || NH <= 0 || HS <= 0 || n_valid <= 0) return;
   ErrorCarrier err;  // as in attention_forward
-#pragma omp parallel num_threads(::kgpt::num_threads()) if (B * NH > 1 && B * NH * n_valid * HS > kParallelMin)
+#pragma omp parallel num_threads(::kgpt::num_threads()) \
+    if (B * NH > 1 && B * NH * n_valid * HS > kParallelMin)
   {
     std::vector<float> s;
     err.run([&] { s.resize(static_cast<size_t>(n_valid)); });

@@ -123,7 +123,8 @@ void gelu_bwd_chunk(float* dx, const float* dout, const float* x, int64_t n) {
 
 void gelu_forward(float* out, const float* x, int64_t n) {
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (n > kParallelMin / 4)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
+    if (n > kParallelMin / 4)
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
     gelu_fwd_chunk(out + i0, x + i0, len);
@@ -134,7 +135,8 @@ void gelu_forward_serial(float* out, const float* x, int64_t n) { gelu_fwd_chunk
 
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n) {
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (n > kParallelMin / 4)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
+    if (n > kParallelMin / 4)
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
     gelu_bwd_chunk(dx + i0, dout + i0, x + i0, len);

@@ -118,7 +118,8 @@ KGPT_MULTIVERSION(void, ln_back_rows, (float* __restrict dx, float* __restrict p
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
                        const float* b, int64_t N, int64_t C, float eps) {
   const int64_t nchunk = (N + kRowsPerChunk - 1) / kRowsPerChunk;
-#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (N * C > kParallelMin)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
+    if (N * C > kParallelMin)
   for (int64_t k = 0; k < nchunk; ++k) {
     const int64_t r0 = k * kRowsPerChunk, r1 = std::min(N, r0 + kRowsPerChunk);
     ln_rows(out, mean, rstd, x, w, b, r0, r1, C, eps);
