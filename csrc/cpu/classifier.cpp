@@ -177,7 +177,8 @@ void classifier_forward(float* losses, float* dx, float* dwte, const float* x, c
   if (V > std::numeric_limits<int64_t>::max() / 4 / R) throw std::bad_alloc();
   float* L = tls_logits.get(static_cast<size_t>(R * V));
 #ifdef _OPENMP
-  const int nt = std::max(1, std::min<int>(::kgpt::num_threads(), static_cast<int>(R * V / 16384)));
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(::kgpt::num_threads(), R * V / 16384)));
 #else
   const int nt = 1;
 #endif

@@ -53,9 +53,10 @@ int max_threads() {
 constexpr double kMinFlopsPerThread = 4e6;
 
 int threads_for(double flops) {
-  int nt = max_threads();
-  int by_work = static_cast<int>(flops / kMinFlopsPerThread);
-  return std::max(1, std::min(nt, by_work));
+  const int nt = max_threads();
+  // compared in double: a huge product must not overflow the conversion to int
+  if (!(flops / kMinFlopsPerThread < nt)) return nt;
+  return std::max(1, static_cast<int>(flops / kMinFlopsPerThread));
 }
 
 // ---------------------------------------------------------------- per-thread pack buffers
@@ -441,7 +442,8 @@ void gemm_pair_threaded(const Problem& p, const Problem& q, const ColumnSum* sum
 
 void gemv_nt(const Problem& p) {
   // Memory-bound: a thread pays off once it streams ~256 KB of B.
-  const int nt = std::max(1, std::min<int>(max_threads(), static_cast<int>(p.N * p.K / 65536)));
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(max_threads(), p.N * p.K / 65536)));
   if (nt <= 1) return gemm_detail::gemv_nt_range(p, 0, p.N);
 #pragma omp parallel num_threads(nt)
   {
