@@ -11,6 +11,7 @@
 
 #include "bindings/native_init.h"
 #include "cpu/dispatch.h"  // ops_set_force_portable (test hook)
+#include "common/parallel_errors.h"  // checked_mul
 #include "cpu/ops.h"
 
 namespace py = pybind11;
@@ -62,8 +63,9 @@ void check_ids(const char* name, const IArr& ids, int64_t upper) {
                                   " at flat index " + std::to_string(i));
 }
 
-int64_t check_heads(int64_t C, int64_t n_head) {
-  if (n_head < 1 || C % n_head != 0)
+int64_t check_heads(int64_t C, const py::object& n_head_arg) {
+  const int64_t n_head = int_arg(n_head_arg, "n_head", 1, INT64_MAX);
+  if (C % n_head != 0)
     throw std::invalid_argument("n_head must be a positive divisor of C=" + std::to_string(C) +
                                 ", got " + std::to_string(n_head));
   if (C / n_head > 256)
@@ -148,7 +150,7 @@ void layernorm_backward(FArr dx, FArr dw, FArr db, FArr dout, FArr x, FArr w, FA
   }
 }
 
-void attention_forward(FArr out, FArr lse, FArr qkv, int64_t n_head) {
+void attention_forward(FArr out, FArr lse, FArr qkv, const py::object& n_head) {
   check_ndim("qkv", qkv, 3, "(B, T, 3C)");
   const int64_t B = qkv.shape(0), T = qkv.shape(1), C3 = qkv.shape(2);
   if (C3 % 3 != 0 || C3 == 0)
@@ -156,6 +158,7 @@ void attention_forward(FArr out, FArr lse, FArr qkv, int64_t n_head) {
   const int64_t C = C3 / 3, NH = check_heads(C, n_head);
   check_shape("out", out, "(B, T, C)", {B, T, C});
   check_shape("lse", lse, "(B, NH, T)", {B, NH, T});
+  if (out.size() == 0) return;  // zero-size batch or sequence: any other dimension is allowed
   float *po = out.mutable_data(), *pl = lse.mutable_data();
   const float* pq = qkv.data();
   {
@@ -164,7 +167,8 @@ void attention_forward(FArr out, FArr lse, FArr qkv, int64_t n_head) {
   }
 }
 
-void attention_backward(FArr dqkv, FArr dout, FArr qkv, FArr out, FArr lse, int64_t n_head) {
+void attention_backward(FArr dqkv, FArr dout, FArr qkv, FArr out, FArr lse,
+                        const py::object& n_head) {
   check_ndim("qkv", qkv, 3, "(B, T, 3C)");
   const int64_t B = qkv.shape(0), T = qkv.shape(1), C3 = qkv.shape(2);
   if (C3 % 3 != 0 || C3 == 0)
@@ -174,6 +178,7 @@ void attention_backward(FArr dqkv, FArr dout, FArr qkv, FArr out, FArr lse, int6
   check_shape("dout", dout, "(B, T, C)", {B, T, C});
   check_shape("out", out, "(B, T, C)", {B, T, C});
   check_shape("lse", lse, "(B, NH, T)", {B, NH, T});
+  if (dqkv.size() == 0) return;
   float* pd = dqkv.mutable_data();
   const float *pdo = dout.data(), *pq = qkv.data(), *po = out.data(), *pl = lse.data();
   {
@@ -182,16 +187,20 @@ void attention_backward(FArr dqkv, FArr dout, FArr qkv, FArr out, FArr lse, int6
   }
 }
 
-void attention_decode(FArr out, FArr q, FArr k_cache, FArr v_cache, int64_t n_valid) {
+void attention_decode(FArr out, FArr q, FArr k_cache, FArr v_cache, const py::object& n_valid_arg) {
   check_ndim("k_cache", k_cache, 4, "(B, NH, maxT, HS)");
   const int64_t B = k_cache.shape(0), NH = k_cache.shape(1), maxT = k_cache.shape(2),
                 HS = k_cache.shape(3);
   check_shape("v_cache", v_cache, "(B, NH, maxT, HS)", {B, NH, maxT, HS});
-  check_shape("q", q, "(B, C)", {B, NH * HS});
-  check_shape("out", out, "(B, C)", {B, NH * HS});
-  if (n_valid < 1 || n_valid > maxT)
-    throw std::invalid_argument("n_valid must be in [1, maxT=" + std::to_string(maxT) + "], got " +
-                                std::to_string(n_valid));
+  // Zero-size caches may carry any dimensions: C = NH * HS is checked, not assumed, to fit.
+  const int64_t C = kgpt::checked_mul(NH, HS, "C = NH * HS of k_cache");
+  check_shape("q", q, "(B, C)", {B, C});
+  check_shape("out", out, "(B, C)", {B, C});
+  if (maxT < 1)
+    throw std::invalid_argument("k_cache must have maxT >= 1 positions, got shape " +
+                                tstr(shape_of(k_cache)));
+  const int64_t n_valid = int_arg(n_valid_arg, "n_valid", 1, maxT);
+  if (out.size() == 0) return;  // B, NH or HS is zero: nothing to compute, whatever maxT is
   float* po = out.mutable_data();
   const float *pq = q.data(), *pk = k_cache.data(), *pv = v_cache.data();
   {
@@ -299,13 +308,13 @@ void scale_(FArr g, float s) {
 }
 
 void adamw_update(FArr params, FArr grads, FArr m, FArr v, float lr, float beta1, float beta2,
-                  float eps, float weight_decay, int64_t step) {
+                  float eps, float weight_decay, const py::object& step_arg) {
   check_ndim("params", params, 1, "(n,)");
   const int64_t n = params.shape(0);
   check_shape("grads", grads, "(n,)", {n});
   check_shape("m", m, "(n,)", {n});
   check_shape("v", v, "(n,)", {n});
-  if (step < 1) throw std::invalid_argument("step must be an int >= 1, got " + std::to_string(step));
+  const int64_t step = int_arg(step_arg, "step", 1, INT64_MAX);
   float *pp = params.mutable_data(), *pm = m.mutable_data(), *pv = v.mutable_data();
   const float* pg = grads.data();
   {

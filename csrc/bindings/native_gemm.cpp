@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>  // std::optional arrays (None)
 
 #include "bindings/native_init.h"
+#include "common/threads.h"  // kMaxThreads
 #include "cpu/classifier.h"
 #include "cpu/gemm.h"
 #include "cpu/peak.h"
@@ -198,13 +199,17 @@ void init_gemm(py::module_& m) {
         "c (M,N) = alpha * op(a) @ op(b) + beta * c + bias (N,). op(a) is a (M,K), or a.T when "
         "trans_a (a is then (K,M)); op(b) is b (K,N), or b.T when trans_b (b is (N,K)). "
         "beta == 0 never reads c.");
-  m.def("fma_peak_gflops", [](const std::string& isa, int threads, double seconds) {
+  m.def("fma_peak_gflops", [](const std::string& isa, const py::object& threads_arg,
+                              double seconds) {
+    const int threads = static_cast<int>(int_arg(threads_arg, "threads", 1, kgpt::kMaxThreads));
     py::gil_scoped_release nogil;
     return kgpt::cpu::fma_peak_gflops(isa, threads, seconds);
   }, py::arg("isa"), py::arg("threads") = 1, py::arg("seconds") = 0.5,
         "Measured single-precision FMA peak in GFLOP/s: `threads` threads each run independent "
         "register-only FMA chains ('avx512' or 'avx2_fma') for `seconds`; rates are summed.");
-  m.def("read_bandwidth_gbs", [](double megabytes, int threads, double seconds) {
+  m.def("read_bandwidth_gbs", [](double megabytes, const py::object& threads_arg,
+                                 double seconds) {
+    const int threads = static_cast<int>(int_arg(threads_arg, "threads", 1, kgpt::kMaxThreads));
     py::gil_scoped_release nogil;
     return kgpt::cpu::read_bandwidth_gbs(megabytes, threads, seconds);
   }, py::arg("megabytes"), py::arg("threads") = 1, py::arg("seconds") = 0.5,

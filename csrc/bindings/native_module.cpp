@@ -1,27 +1,25 @@
 // kernelgpt._native: the CPU tokenizer and the CPU kernels, registered by their binding files.
 #include "bindings/native_init.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "common/threads.h"
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "kernelgpt native CPU module: BPE tokenizer and CPU kernels";
+  kgpt::threads_init();  // the initial thread count; the fork handler (common/threads.h)
 #ifdef _OPENMP
   m.attr("has_openmp") = true;
-  m.def("max_threads", []() { return omp_get_max_threads(); },
-        "Number of OpenMP threads kernels use (OMP_NUM_THREADS or set_num_threads).");
-  m.def("set_num_threads", [](int n) {
-    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
-    omp_set_num_threads(n);
-  }, pybind11::arg("n"));
 #else
   m.attr("has_openmp") = false;
-  m.def("max_threads", []() { return 1; });
-  m.def("set_num_threads", [](int n) {
-    if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
-  }, pybind11::arg("n"));
 #endif
+  m.def("max_threads", []() { return kgpt::num_threads(); },
+        "Number of threads the kernels use: OMP_NUM_THREADS (or OpenMP's default) until "
+        "set_num_threads is called; 1 in a process forked after the module was loaded (GNU "
+        "OpenMP's pool does not survive fork).");
+  m.def("set_num_threads", [](pybind11::object n) {
+    kgpt::set_num_threads(static_cast<int>(
+        kgpt_bind::int_arg(n, "num_threads", 1, kgpt::kMaxThreads)));
+  }, pybind11::arg("n"),
+        "Set the kernels' thread count (process-wide, any thread; an int in [1, 4096]). In a "
+        "forked child the kernels keep running on one thread.");
   kgpt_bind::init_pretokenize(m);
   kgpt_bind::init_tokenizer(m);
   kgpt_bind::init_cpu_ops(m);

@@ -11,6 +11,8 @@
 #include <limits>
 #include <vector>
 
+#include "common/parallel_errors.h"
+#include "common/threads.h"
 #include "cpu/dispatch.h"
 #include "cpu/ops.h"
 #include "cpu/vecmath.h"
@@ -475,31 +477,42 @@ KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc,
 
 void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
                        int64_t NH) {
+  if (B <= 0 || T <= 0 || C <= 0) return;  // nothing to compute (and no scratch to size)
   const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
-#pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
+  ErrorCarrier err;  // a failed scratch allocation: carried out of the region, rethrown below
+#pragma omp parallel num_threads(::kgpt::num_threads()) \
+    if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
-    std::vector<float> buf(static_cast<size_t>(HS * ldt + 16));
-    float* Kt = line_aligned(buf.data());
+    std::vector<float> buf;
+    err.run([&] { buf.resize(static_cast<size_t>(HS * ldt + 16)); });
+    float* Kt = buf.empty() ? nullptr : line_aligned(buf.data());
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
+      if (Kt == nullptr) continue;  // this thread has no scratch: the call fails after the region
       const int64_t b = bh / NH, h = bh % NH;
       const float* base = qkv + b * T * ld + h * HS;
       attn_fwd_head(out + b * T * C + h * HS, lse + bh * T, base, base + C, base + 2 * C,
                     Kt, ldt, T, HS, ld, C);
     }
   }
+  err.rethrow();
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
+  if (B <= 0 || T <= 0 || C <= 0) return;  // dqkv is empty
   const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
-#pragma omp parallel if (B * NH > 1 && B * T * C > kParallelMin / 4)
+  ErrorCarrier err;  // as in attention_forward
+#pragma omp parallel num_threads(::kgpt::num_threads()) \
+    if (B * NH > 1 && B * T * C > kParallelMin / 4)
   {
-    std::vector<float> scratch(static_cast<size_t>(2 * HS * ldt + 16));
-    float* Kt = line_aligned(scratch.data());
-    float* Vt = Kt + HS * ldt;
+    std::vector<float> scratch;
+    err.run([&] { scratch.resize(static_cast<size_t>(2 * HS * ldt + 16)); });
+    float* Kt = scratch.empty() ? nullptr : line_aligned(scratch.data());
+    float* Vt = Kt == nullptr ? nullptr : Kt + HS * ldt;
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
+      if (Kt == nullptr) continue;
       const int64_t b = bh / NH, h = bh % NH;
       const float* base = qkv + b * T * ld + h * HS;
       float* dbase = dqkv + b * T * ld + h * HS;
@@ -508,6 +521,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                     HS, ld, C);
     }
   }
+  err.rethrow();
 }
 
 void attention_decode_head(float* out, const float* q, const float* k_cache, const float* v_cache,
@@ -519,16 +533,23 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
                       int64_t B, int64_t NH, int64_t maxT, int64_t HS, int64_t n_valid) {
   // Parallel only when there is enough cache to stream (batch-1 decoding of short contexts stays
   // on the calling thread: spawning work would cost more than the step).
-#pragma omp parallel if (B * NH > 1 && B * NH * n_valid * HS > kParallelMin)
+  // An empty output (B, NH or HS zero: caches that hold no floats, whatever maxT says) is done.
+  if (B <= 0 || NH <= 0 || HS <= 0 || n_valid <= 0) return;
+  ErrorCarrier err;  // as in attention_forward
+#pragma omp parallel num_threads(::kgpt::num_threads()) \
+    if (B * NH > 1 && B * NH * n_valid * HS > kParallelMin)
   {
-    std::vector<float> s(static_cast<size_t>(n_valid));
+    std::vector<float> s;
+    err.run([&] { s.resize(static_cast<size_t>(n_valid)); });
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
+      if (s.empty()) continue;
       const int64_t b = bh / NH, h = bh % NH;
       decode_head(out + b * NH * HS + h * HS, q + b * NH * HS + h * HS,
                   k_cache + bh * maxT * HS, v_cache + bh * maxT * HS, s.data(), HS, n_valid);
     }
   }
+  err.rethrow();
 }
 
 }  // namespace cpu

@@ -3,6 +3,7 @@
 // dwte += dlogits.T @ x_b. Row work is spread over threads by rows; the GEMMs thread themselves.
 // exp is vecmath.h's exp8_avx2/exp16_avx512 (a Cephes-style polynomial, about 1 ulp) on the
 // AVX2/AVX-512 paths, which give the same bits, std::exp otherwise.
+#include "common/threads.h"
 #include "cpu/classifier.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <new>
 
 #include "cpu/dispatch.h"  // KGPT_INLINE
@@ -142,6 +144,8 @@ struct RowBuf {
   float* get(size_t need) {
     if (need > n) {
       std::free(p);
+      p = nullptr;  // (a failed allocation below must not leave a stale size)
+      n = 0;
       p = static_cast<float*>(std::aligned_alloc(64, ((need * 4 + 63) / 64) * 64));
       if (!p) throw std::bad_alloc();
       n = need;
@@ -168,9 +172,13 @@ void classifier_forward_backward(float* losses, float* dx, float* dwte, const fl
   R = std::min(R, std::min(kClassifierMaxRows, N));
   const int64_t nblocks = (N + R - 1) / R;
   R = std::min(R, ((N + nblocks - 1) / nblocks + 11) / 12 * 12);
+  // The logits block (R, V): with C = 0, wte holds no floats whatever V says, so its size is
+  // checked here (std::bad_alloc, MemoryError in Python, rather than an overflowed size).
+  if (V > std::numeric_limits<int64_t>::max() / 4 / R) throw std::bad_alloc();
   float* L = tls_logits.get(static_cast<size_t>(R * V));
 #ifdef _OPENMP
-  const int nt = std::max(1, std::min<int>(omp_get_max_threads(), static_cast<int>(R * V / 16384)));
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(::kgpt::num_threads(), R * V / 16384)));
 #else
   const int nt = 1;
 #endif

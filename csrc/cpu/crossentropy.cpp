@@ -4,6 +4,7 @@
 // (may alias probs). Rows are independent: identical for any thread count.
 #include <cmath>
 
+#include "common/threads.h"
 #include "cpu/dispatch.h"
 #include "cpu/ops.h"
 #include "cpu/vecmath.h"
@@ -35,14 +36,16 @@ KGPT_MULTIVERSION(void, ce_back_row, (float* d, const float* p, int32_t target, 
 
 void crossentropy_forward(float* losses, float* probs, const float* logits,
                           const int32_t* targets, int64_t N, int64_t V) {
-#pragma omp parallel for schedule(static) if (N * V > kParallelMin)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
+    if (N * V > kParallelMin)
   for (int64_t n = 0; n < N; ++n)
     ce_row(losses + n, probs + n * V, logits + n * V, targets[n], V);
 }
 
 void crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets,
                            int64_t N, int64_t V, float scale) {
-#pragma omp parallel for schedule(static) if (N * V > kParallelMin)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
+    if (N * V > kParallelMin)
   for (int64_t n = 0; n < N; ++n) ce_back_row(dlogits + n * V, probs + n * V, targets[n], V, scale);
 }
 

@@ -1,4 +1,6 @@
 // Fused KV-cache decoding step (see decode.h).
+#include "common/parallel_errors.h"
+#include "common/threads.h"
 #include "cpu/decode.h"
 
 #include <algorithm>
@@ -78,7 +80,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
   const int64_t per_layer = 12 * C * C;
 #ifdef _OPENMP
   const int nt = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(omp_get_max_threads(), per_layer / 65536)));
+      1, std::min<int64_t>(::kgpt::num_threads(), per_layer / 65536)));
 #else
   const int nt = 1;
 #endif
@@ -86,6 +88,10 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
   // GELU by column range only when every range can start on a multiple of 16 and 4C is one
   // (then the op-by-op step's flat GELU also takes the 16-lane path for every element).
   const bool gelu_by_cols = (4 * C) % 16 == 0;
+  // A thread whose scratch cannot be sized keeps the exception in err; after the barrier every
+  // thread sees the failure and skips the step (the same barriers for all), and it is rethrown
+  // on the calling thread after the region.
+  ErrorCarrier err;
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -94,68 +100,72 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     const int t = 0, T = 1;
 #endif
     ThreadBuf& tb = tls_buf;
-    tb.size(maxT, B * C, B);
-    float *x = tb.x.data(), *ln = tb.ln.data(), *mean = tb.stats.data(), *rstd = mean + B;
-    float* scores = tb.scores.data();
-    auto cols = [&](float* out, const float* in, const float* w, const float* bias, int64_t N,
-                    int64_t K, int64_t n0, int64_t n1) {
-      gemv_cols(out, in, w, bias, B, N, K, n0, n1);
-    };
-    auto even = [&](int64_t N) { return std::make_pair(N * t / T, N * (t + 1) / T); };
-    const int64_t h0 = NH * t / T, h1 = NH * (t + 1) / T;  // this thread's heads
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t c = 0; c < C; ++c) x[b * C + c] = m.wte[tok[b] * C + c] + m.wpe[pos * C + c];
-    for (const DecodeLayer& L : m.layers) {
-      layernorm_forward(ln, mean, rstd, x, L.ln1_w, L.ln1_b, B, C, m.eps);
-      for (int64_t part = 0; part < 3; ++part)  // q, k and v columns of heads [h0, h1)
-        cols(qkv, ln, L.attn_w, L.attn_b, 3 * C, C, part * C + h0 * HS, part * C + h1 * HS);
+    err.run([&] { tb.size(pos + 1, B * C, B); });  // scores: the pos + 1 valid positions
+#pragma omp barrier
+    if (!err.failed()) {
+      float *x = tb.x.data(), *ln = tb.ln.data(), *mean = tb.stats.data(), *rstd = mean + B;
+      float* scores = tb.scores.data();
+      auto cols = [&](float* out, const float* in, const float* w, const float* bias, int64_t N,
+                      int64_t K, int64_t n0, int64_t n1) {
+        gemv_cols(out, in, w, bias, B, N, K, n0, n1);
+      };
+      auto even = [&](int64_t N) { return std::make_pair(N * t / T, N * (t + 1) / T); };
+      const int64_t h0 = NH * t / T, h1 = NH * (t + 1) / T;  // this thread's heads
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t h = h0; h < h1; ++h) {
-          const int64_t bh = b * NH + h;
-          float* kc = L.k_cache + bh * maxT * HS;
-          float* vc = L.v_cache + bh * maxT * HS;
-          std::memcpy(kc + pos * HS, qkv + b * 3 * C + C + h * HS, sizeof(float) * HS);
-          std::memcpy(vc + pos * HS, qkv + b * 3 * C + 2 * C + h * HS, sizeof(float) * HS);
-          attention_decode_head(atty + b * C + h * HS, qkv + b * 3 * C + h * HS, kc, vc, HS,
-                                pos + 1, scores);
+        for (int64_t c = 0; c < C; ++c) x[b * C + c] = m.wte[tok[b] * C + c] + m.wpe[pos * C + c];
+      for (const DecodeLayer& L : m.layers) {
+        layernorm_forward(ln, mean, rstd, x, L.ln1_w, L.ln1_b, B, C, m.eps);
+        for (int64_t part = 0; part < 3; ++part)  // q, k and v columns of heads [h0, h1)
+          cols(qkv, ln, L.attn_w, L.attn_b, 3 * C, C, part * C + h0 * HS, part * C + h1 * HS);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t h = h0; h < h1; ++h) {
+            const int64_t bh = b * NH + h;
+            float* kc = L.k_cache + bh * maxT * HS;
+            float* vc = L.v_cache + bh * maxT * HS;
+            std::memcpy(kc + pos * HS, qkv + b * 3 * C + C + h * HS, sizeof(float) * HS);
+            std::memcpy(vc + pos * HS, qkv + b * 3 * C + 2 * C + h * HS, sizeof(float) * HS);
+            attention_decode_head(atty + b * C + h * HS, qkv + b * 3 * C + h * HS, kc, vc, HS,
+                                  pos + 1, scores);
+          }
+#pragma omp barrier
+        {
+          const auto [n0, n1] = even(C);
+          cols(proj, atty, L.proj_w, L.proj_b, C, C, n0, n1);
         }
 #pragma omp barrier
-      {
-        const auto [n0, n1] = even(C);
-        cols(proj, atty, L.proj_w, L.proj_b, C, C, n0, n1);
-      }
+        add(x, x, proj, B * C);
+        layernorm_forward(ln, mean, rstd, x, L.ln2_w, L.ln2_b, B, C, m.eps);
+        if (gelu_by_cols) {
+          const int64_t n0 = 4 * C / 16 * t / T * 16, n1 = 4 * C / 16 * (t + 1) / T * 16;
+          cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
+          for (int64_t b = 0; b < B; ++b)
+            gelu_forward_serial(fchg + b * 4 * C + n0, fch + b * 4 * C + n0, n1 - n0);
 #pragma omp barrier
-      add(x, x, proj, B * C);
-      layernorm_forward(ln, mean, rstd, x, L.ln2_w, L.ln2_b, B, C, m.eps);
-      if (gelu_by_cols) {
-        const int64_t n0 = 4 * C / 16 * t / T * 16, n1 = 4 * C / 16 * (t + 1) / T * 16;
-        cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
-        for (int64_t b = 0; b < B; ++b)
-          gelu_forward_serial(fchg + b * 4 * C + n0, fch + b * 4 * C + n0, n1 - n0);
-#pragma omp barrier
-      } else {
-        const auto [n0, n1] = even(4 * C);
-        cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
+        } else {
+          const auto [n0, n1] = even(4 * C);
+          cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
 #pragma omp barrier
 #pragma omp single
-        gelu_forward(fchg, fch, B * 4 * C);  // (single ends with a barrier)
-      }
-      {
-        const auto [n0, n1] = even(C);
-        cols(proj, fchg, L.fcproj_w, L.fcproj_b, C, 4 * C, n0, n1);
-      }
+          gelu_forward(fchg, fch, B * 4 * C);  // (single ends with a barrier)
+        }
+        {
+          const auto [n0, n1] = even(C);
+          cols(proj, fchg, L.fcproj_w, L.fcproj_b, C, 4 * C, n0, n1);
+        }
 #pragma omp barrier
-      add(x, x, proj, B * C);
-    }
-    layernorm_forward(ln, mean, rstd, x, m.lnf_w, m.lnf_b, B, C, m.eps);
-    const auto [n0, n1] = even(V);
-    if (filter != nullptr) {  // approximate logits; the chooser computes the exact ones it needs
-      lm_filter_logits(logits, ln, *filter, B, n0, n1);
-      if (t == 0) std::memcpy(lnf, ln, sizeof(float) * B * C);
-    } else {
-      cols(logits, ln, m.wte, nullptr, V, C, n0, n1);
+        add(x, x, proj, B * C);
+      }
+      layernorm_forward(ln, mean, rstd, x, m.lnf_w, m.lnf_b, B, C, m.eps);
+      const auto [n0, n1] = even(V);
+      if (filter != nullptr) {  // approximate logits; the chooser computes the exact ones it needs
+        lm_filter_logits(logits, ln, *filter, B, n0, n1);
+        if (t == 0) std::memcpy(lnf, ln, sizeof(float) * B * C);
+      } else {
+        cols(logits, ln, m.wte, nullptr, V, C, n0, n1);
+      }
     }
   }
+  err.rethrow();
 }
 
 namespace {

@@ -2,6 +2,7 @@
 // gelu'(x) (overwrite). Uses 0.5 (1 + tanh(u)) = sigmoid(2u) and 1 - tanh(u)^2 = 4 s (1 - s), so
 // only one exp per element is needed; the exp is our accurate polynomial (precise math: llm.c saw
 // GELU break under fast-math), in AVX2 intrinsics when the CPU has them, scalar otherwise. Elementwise: thread-count independent.
+#include "common/threads.h"
 #include "cpu/dispatch.h"
 #include "cpu/ops.h"
 #include "cpu/vecmath.h"
@@ -122,7 +123,8 @@ void gelu_bwd_chunk(float* dx, const float* dout, const float* x, int64_t n) {
 
 void gelu_forward(float* out, const float* x, int64_t n) {
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n > kParallelMin / 4)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
+    if (n > kParallelMin / 4)
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
     gelu_fwd_chunk(out + i0, x + i0, len);
@@ -133,7 +135,8 @@ void gelu_forward_serial(float* out, const float* x, int64_t n) { gelu_fwd_chunk
 
 void gelu_backward(float* dx, const float* dout, const float* x, int64_t n) {
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n > kParallelMin / 4)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
+    if (n > kParallelMin / 4)
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
     gelu_bwd_chunk(dx + i0, dout + i0, x + i0, len);

@@ -6,6 +6,8 @@
 // from the CPU's features (AVX-512 > AVX2/FMA > portable) unless a test caps it.
 // Threads own disjoint rectangles of C whose edges are multiples of MR/NR, so tile positions and
 // the k order of every element do not depend on the thread count: results are bitwise identical.
+#include "common/parallel_errors.h"
+#include "common/threads.h"
 #include "cpu/gemm.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -41,7 +43,7 @@ std::atomic<int> g_cap{0};
 
 int max_threads() {
 #ifdef _OPENMP
-  return omp_get_max_threads();
+  return ::kgpt::num_threads();
 #else
   return 1;
 #endif
@@ -51,9 +53,10 @@ int max_threads() {
 constexpr double kMinFlopsPerThread = 4e6;
 
 int threads_for(double flops) {
-  int nt = max_threads();
-  int by_work = static_cast<int>(flops / kMinFlopsPerThread);
-  return std::max(1, std::min(nt, by_work));
+  const int nt = max_threads();
+  // compared in double: a huge product must not overflow the conversion to int
+  if (!(flops / kMinFlopsPerThread < nt)) return nt;
+  return std::max(1, static_cast<int>(flops / kMinFlopsPerThread));
 }
 
 // ---------------------------------------------------------------- per-thread pack buffers
@@ -64,6 +67,8 @@ struct PackBuf {
   float* get(size_t need) {
     if (need > n) {
       std::free(p);
+      p = nullptr;  // (a failed allocation below must not leave a stale size)
+      n = 0;
       size_t bytes = ((need * sizeof(float) + 63) / 64) * 64;
       p = static_cast<float*>(std::aligned_alloc(64, bytes));
       if (!p) throw std::bad_alloc();
@@ -365,6 +370,7 @@ void gemm_threaded(const Problem& p, Kern kr, Blocking bl) {
     return;
   }
   const bool by_rows = split_rows<MR, NR>(p, kr, bl, nt);
+  ErrorCarrier err;  // a failed pack-buffer allocation, carried out of the region
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -372,8 +378,9 @@ void gemm_threaded(const Problem& p, Kern kr, Blocking bl) {
 #else
     const int t = 0, T = 1;
 #endif
-    gemm_share<MR, NR>(p, kr, bl, by_rows, t, T);
+    err.run([&] { gemm_share<MR, NR>(p, kr, bl, by_rows, t, T); });
   }
+  err.rethrow();
 }
 
 // Columns [o0, o1) of sum->dst += column sums of sum->src (every column added row by row in
@@ -410,6 +417,7 @@ void gemm_pair_threaded(const Problem& p, const Problem& q, const ColumnSum* sum
   }
   const int tp = nt / 2, tq = nt - tp;
   const bool rows_p = split_rows<MR, NR>(p, kr, bp, tp), rows_q = split_rows<MR, NR>(q, kr, bq, tq);
+  ErrorCarrier err;  // as in gemm_threaded (run() returns normally, so the barrier is met)
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -418,22 +426,24 @@ void gemm_pair_threaded(const Problem& p, const Problem& q, const ColumnSum* sum
     const int t = 0, T = 1;
 #endif
     if (T < nt) {  // the runtime gave fewer threads: every thread does its share of both
-      gemm_share<MR, NR>(p, kr, bp, rows_p, t, T);
+      err.run([&] { gemm_share<MR, NR>(p, kr, bp, rows_p, t, T); });
 #pragma omp barrier
-      gemm_share<MR, NR>(q, kr, bq, rows_q, t, T);
+      err.run([&] { gemm_share<MR, NR>(q, kr, bq, rows_q, t, T); });
       if (sum) column_sum_range(*sum, sum->OC * t / T, sum->OC * (t + 1) / T);
     } else if (t < tp) {
-      gemm_share<MR, NR>(p, kr, bp, rows_p, t, tp);
+      err.run([&] { gemm_share<MR, NR>(p, kr, bp, rows_p, t, tp); });
       if (sum) column_sum_range(*sum, sum->OC * t / tp, sum->OC * (t + 1) / tp);
     } else {
-      gemm_share<MR, NR>(q, kr, bq, rows_q, t - tp, tq);
+      err.run([&] { gemm_share<MR, NR>(q, kr, bq, rows_q, t - tp, tq); });
     }
   }
+  err.rethrow();
 }
 
 void gemv_nt(const Problem& p) {
   // Memory-bound: a thread pays off once it streams ~256 KB of B.
-  const int nt = std::max(1, std::min<int>(max_threads(), static_cast<int>(p.N * p.K / 65536)));
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(max_threads(), p.N * p.K / 65536)));
   if (nt <= 1) return gemm_detail::gemv_nt_range(p, 0, p.N);
 #pragma omp parallel num_threads(nt)
   {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/threads.h"
 #include "cpu/dispatch.h"
 #include "cpu/ops.h"
 
@@ -117,7 +118,8 @@ KGPT_MULTIVERSION(void, ln_back_rows, (float* __restrict dx, float* __restrict p
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* w,
                        const float* b, int64_t N, int64_t C, float eps) {
   const int64_t nchunk = (N + kRowsPerChunk - 1) / kRowsPerChunk;
-#pragma omp parallel for schedule(static) if (N * C > kParallelMin)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
+    if (N * C > kParallelMin)
   for (int64_t k = 0; k < nchunk; ++k) {
     const int64_t r0 = k * kRowsPerChunk, r1 = std::min(N, r0 + kRowsPerChunk);
     ln_rows(out, mean, rstd, x, w, b, r0, r1, C, eps);
@@ -131,7 +133,7 @@ void layernorm_backward(float* dx, float* dw, float* db, const float* dout, cons
   std::vector<float> part(static_cast<size_t>(nchunk * 2 * C + 16));
   float* pp = line_aligned(part.data());
   const bool par = N * C > kParallelMin;
-#pragma omp parallel if (par)
+#pragma omp parallel num_threads(::kgpt::num_threads()) if (par)
   {
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < nchunk; ++k) {

@@ -1,4 +1,5 @@
 // Certified lm_head filter for sampling (see lm_filter.h for the bound).
+#include "common/threads.h"
 #include "cpu/lm_filter.h"
 
 #include <algorithm>
@@ -172,7 +173,7 @@ void lm_filter_build(LmFilter& f, const float* wte, int64_t V, int64_t C) {
   double rmax = 0.0, wmax = 0.0;
   int ok = 1;
   uint16_t* o = f.w16.data();
-#pragma omp parallel for schedule(static) reduction(max : rmax, wmax) reduction(min : ok) \
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) reduction(max : rmax, wmax) reduction(min : ok) \
     if (V * C >= kParallelMin)
   for (int64_t j = 0; j < V; ++j) {
     double ww, dd;

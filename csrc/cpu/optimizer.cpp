@@ -10,6 +10,7 @@
 #endif
 #include <vector>
 
+#include "common/threads.h"
 #include "cpu/dispatch.h"
 #include "cpu/ops.h"
 
@@ -109,7 +110,7 @@ void adamw_chunk(float* p, const float* g, float* m, float* v, int64_t n, float 
 double global_norm_sq(const float* g, int64_t n) {
   const int64_t nchunk = (n + kNormChunk - 1) / kNormChunk;
   std::vector<double> part(static_cast<size_t>(nchunk));
-#pragma omp parallel for schedule(static) if (n > 4 * kNormChunk)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (n > 4 * kNormChunk)
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kNormChunk, len = (n - i0 < kNormChunk) ? n - i0 : kNormChunk;
     part[c] = sumsq_chunk(g + i0, len);
@@ -121,7 +122,7 @@ double global_norm_sq(const float* g, int64_t n) {
 
 void scale_inplace(float* g, int64_t n, float s) {
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (n > kParallelMin)
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
     scale_chunk(g + i0, len, s);
@@ -130,7 +131,7 @@ void scale_inplace(float* g, int64_t n, float s) {
 
 void zero_inplace(float* a, int64_t n) {
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (n > kParallelMin)
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
     std::memset(a + i0, 0, sizeof(float) * static_cast<size_t>(len));
@@ -144,7 +145,7 @@ void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float
   const float r1 = static_cast<float>(1.0 / (1.0 - std::pow(double(beta1), double(step))));
   const float r2 = static_cast<float>(1.0 / (1.0 - std::pow(double(beta2), double(step))));
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n > kParallelMin)
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (n > kParallelMin)
   for (int64_t c = 0; c < nchunk; ++c) {
     const int64_t i0 = c * kChunk, len = (n - i0 < kChunk) ? n - i0 : kChunk;
     adamw_chunk(p + i0, g + i0, m + i0, v + i0, len, lr, beta1, beta2, eps, weight_decay, r1, r2);

@@ -5,6 +5,7 @@
 #include "cpu/peak.h"
 
 #include "common/cpu_features.h"
+#include "common/threads.h"
 
 #include <atomic>
 #include <chrono>
@@ -130,7 +131,9 @@ void run_together(int threads, Body&& body) {
 }  // namespace
 
 double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
-  if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  if (threads < 1 || threads > kMaxThreads)
+    throw std::invalid_argument("threads must be in [1, " + std::to_string(kMaxThreads) +
+                                "], got " + std::to_string(threads));
   if (!(megabytes > 0) || megabytes > 4096)
     throw std::invalid_argument("megabytes must be in (0, 4096], got " + std::to_string(megabytes));
   if (!(seconds > 0) || seconds > 60)
@@ -168,7 +171,9 @@ double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
 }
 
 double fma_peak_gflops(const std::string& isa, int threads, double seconds) {
-  if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+  if (threads < 1 || threads > kMaxThreads)
+    throw std::invalid_argument("threads must be in [1, " + std::to_string(kMaxThreads) +
+                                "], got " + std::to_string(threads));
   if (!(seconds > 0) || seconds > 60)
     throw std::invalid_argument("seconds must be in (0, 60], got " + std::to_string(seconds));
   double (*spin)(double, float*) = nullptr;

@@ -26,7 +26,9 @@ static inline __attribute__((always_inline)) float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(fn) + 127) << 23;
+  // fn lies in [-125, 127] for every clamped x; a NaN x (p is NaN then) gets fn 0 here, since
+  // converting NaN to an integer, or shifting the negative result, is undefined behaviour.
+  const int32_t e = ((fn >= -126.0f && fn <= 127.0f ? static_cast<int32_t>(fn) : 0) + 127) << 23;
   float s;
   std::memcpy(&s, &e, sizeof s);
   return p * s * under;

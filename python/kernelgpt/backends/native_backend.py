@@ -4,7 +4,7 @@ of ``kernelgpt._native`` (csrc/cpu/, bound in csrc/bindings/native_cpu.cpp and n
 Arrays are float32 (int32 for ids) C-contiguous numpy arrays; the bindings raise TypeError for any
 other dtype or layout and ValueError for shapes and id ranges, naming the argument. Same ``=``/``+=``
 rule as base.py. Threads: OpenMP, sized by OMP_NUM_THREADS or an explicit :func:`set_num_threads`
-call (this module never sets a thread count by itself).
+call (this module never sets a thread count by itself); one thread in a forked child.
 """
 from __future__ import annotations
 
@@ -52,11 +52,15 @@ def asarray(a: Any, dtype: Any = None) -> np.ndarray:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the OpenMP thread count the kernels use (process-wide; only when the caller asks)."""
-    _native.set_num_threads(int(n))
+    """Set the thread count the kernels use (process-wide, from any thread; only when the caller
+    asks). ``n``: an int (numpy integers too) in [1, 4096], else ValueError/TypeError. In a
+    process forked after the module was loaded (``multiprocessing`` with the fork start method)
+    the kernels run on one thread whatever this says: GNU OpenMP's pool does not survive fork."""
+    _native.set_num_threads(n)
 
 
 def get_num_threads() -> int:
+    """Threads the kernels use now: 1 in a forked child (see :func:`set_num_threads`)."""
     return int(_native.max_threads())
 
 
