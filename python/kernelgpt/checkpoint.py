@@ -33,9 +33,13 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .model import GPT
+    from .tokenizer import Tokenizer
 
 FORMAT = "kernelgpt-checkpoint"
 VERSION = 1
@@ -434,7 +438,8 @@ def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
                       tokenizer_path=tok if tok.is_file() else None)
 
 
-def load_model(path: PathLike, backend: Any = "auto") -> Tuple[Any, Any, Checkpoint]:
+def load_model(path: PathLike, backend: Any = "auto"
+               ) -> Tuple[GPT, Optional[Tokenizer], Checkpoint]:
     """(GPT with the checkpoint's weights, Tokenizer or None, Checkpoint) from a run folder, for
     inference: the optimizer file is not read and may be absent (``ck.optimizer_state`` is
     empty)."""
