@@ -5,26 +5,34 @@ This is the public API; heavy modules are imported on first use so ``import kern
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 __all__ = ["Tokenizer", "GPT", "GPTConfig", "Trainer", "get_backend", "available_backends",
            "load_pretrained"]
 
-
-def __getattr__(name: str):
-    if name == "Tokenizer":
-        from .tokenizer import Tokenizer
-        return Tokenizer
-    if name in ("GPT", "GPTConfig"):
-        from . import model
-        return getattr(model, name)
-    if name == "Trainer":
-        from .train import Trainer
-        return Trainer
-    if name in ("get_backend", "available_backends"):
-        from . import backends
-        return getattr(backends, name)
-    if name == "load_pretrained":
-        from .interop_hf import load_pretrained
-        return load_pretrained
-    raise AttributeError(f"module 'kernelgpt' has no attribute {name!r}")
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each is imported on first use
+    from .backends import available_backends, get_backend
+    from .interop_hf import load_pretrained
+    from .model import GPT, GPTConfig
+    from .tokenizer import Tokenizer
+    from .train import Trainer
+else:
+    def __getattr__(name: str) -> Any:
+        if name == "Tokenizer":
+            from .tokenizer import Tokenizer
+            return Tokenizer
+        if name in ("GPT", "GPTConfig"):
+            from . import model
+            return getattr(model, name)
+        if name == "Trainer":
+            from .train import Trainer
+            return Trainer
+        if name in ("get_backend", "available_backends"):
+            from . import backends
+            return getattr(backends, name)
+        if name == "load_pretrained":
+            from .interop_hf import load_pretrained
+            return load_pretrained
+        raise AttributeError(f"module 'kernelgpt' has no attribute {name!r}")

@@ -33,9 +33,13 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .model import GPT
+    from .tokenizer import Tokenizer
 
 FORMAT = "kernelgpt-checkpoint"
 VERSION = 1
@@ -46,7 +50,7 @@ CONFIG_FILE, STATE_FILE = "config.json", "trainer_state.json"
 TOKENIZER_FILE, MANIFEST_FILE = "tokenizer.json", "manifest.json"
 _REQUIRED = (MODEL_FILE, OPTIM_FILE, CONFIG_FILE, STATE_FILE)
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 class CheckpointError(ValueError):
@@ -72,7 +76,7 @@ def fsync_dir(path: PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: PathLike, write_fn) -> None:
+def atomic_write(path: PathLike, write_fn: Callable[[Any], Any]) -> None:
     """Write ``path`` atomically: ``write_fn(f)`` fills a new temporary file in the same folder
     (opened "wb", mode 0666 & ~umask like any new file), which is flushed, fsynced and renamed
     over ``path``; then the folder is fsynced. On any error the temporary file is removed and
@@ -101,7 +105,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------------- run lock
-_held_locks: Dict[Tuple[int, int], list] = {}  # (st_dev, st_ino) of the folder -> [fd, depth]
+_held_locks: Dict[Tuple[int, int], List[int]] = {}  # (st_dev, st_ino) of the folder -> [fd, depth]
 _held_guard = threading.Lock()
 
 
@@ -434,7 +438,8 @@ def load_checkpoint(path: PathLike, *, optimizer: bool = True) -> Checkpoint:
                       tokenizer_path=tok if tok.is_file() else None)
 
 
-def load_model(path: PathLike, backend: Any = "auto") -> Tuple[Any, Any, Checkpoint]:
+def load_model(path: PathLike, backend: Any = "auto"
+               ) -> Tuple[GPT, Optional[Tokenizer], Checkpoint]:
     """(GPT with the checkpoint's weights, Tokenizer or None, Checkpoint) from a run folder, for
     inference: the optimizer file is not read and may be absent (``ck.optimizer_state`` is
     empty)."""

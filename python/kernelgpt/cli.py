@@ -70,6 +70,8 @@ def _float_in(lo: float, hi: float = float("inf"), lo_open: bool = False):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kernelgpt", description="Train a BPE tokenizer and a small GPT; sample it.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"kernelgpt {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{train,sample,tokenizer}", parser_class=_Parser)
     sub.required = True
 

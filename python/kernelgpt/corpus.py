@@ -23,7 +23,7 @@ def stdlib_dir() -> Path:
 
 
 def default_corpus_files(max_bytes: Optional[int] = DEFAULT_MAX_BYTES,
-                         root: Optional[os.PathLike] = None) -> List[Path]:
+                         root: "Optional[os.PathLike[str]]" = None) -> List[Path]:
     """The standard library's .py files in a fixed order, cut once their total size reaches
     ``max_bytes`` (None: all of them). Raises FileNotFoundError when none are found."""
     root = Path(root) if root is not None else stdlib_dir()

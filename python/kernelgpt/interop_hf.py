@@ -20,9 +20,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .model import GPT
+    from .tokenizer import Tokenizer
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -345,7 +349,8 @@ def from_pretrained(directory: PathLike, backend: Any = "auto") -> Any:
     return model
 
 
-def load_pretrained(directory: PathLike, backend: Any = "auto") -> Tuple[Any, Any]:
+def load_pretrained(directory: PathLike, backend: Any = "auto"
+                    ) -> Tuple[GPT, Optional[Tokenizer]]:
     """(GPT, Tokenizer or None) from a transformers directory; the tokenizer is read with
     ``Tokenizer.from_hf`` when the directory has tokenizer.json (or vocab.json + merges.txt)."""
     from .model import GPT

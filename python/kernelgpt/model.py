@@ -24,7 +24,7 @@ import math
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -413,14 +413,17 @@ class KVCache:
 
 
 # ---------------------------------------------------------------------------------- the model
-def _serialised(method: Callable) -> Callable:
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _serialised(method: _Method) -> _Method:
     """Run the method under the model's lock: one GPT used from several threads runs their calls
     one at a time (they share the activation buffers and generate()'s KV cache)."""
     @functools.wraps(method)
     def locked(self: "GPT", *args: Any, **kwargs: Any) -> Any:
         with self.lock:
             return method(self, *args, **kwargs)
-    return locked
+    return locked  # type: ignore[return-value]  # the same signature as method
 
 
 class GPT:

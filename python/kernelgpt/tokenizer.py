@@ -39,9 +39,13 @@ import logging
 import operator
 import os
 import pathlib
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple,
+                    Union)
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 from . import _bpe_reference as _ref
 
@@ -335,7 +339,8 @@ class Tokenizer:
         except UnicodeEncodeError:
             return self._enc.encode(_clean(text), allowed, as_list)
 
-    def encode_to_numpy(self, text: str, allowed_special: AllowedSpecial = "none_raise") -> np.ndarray:
+    def encode_to_numpy(self, text: str, allowed_special: AllowedSpecial = "none_raise"
+                        ) -> NDArray[np.int32]:
         """Like ``encode`` but returns an int32 array that owns the C++ result (no copy)."""
         return self._encode(text, allowed_special, False)
 
