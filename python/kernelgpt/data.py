@@ -179,10 +179,7 @@ def read_token_array(path: PathLike, data_dtype: Optional[str] = None,
     given (every id must be below it), else the largest id + 1 (one pass over the ids)."""
     path = Path(path)
     fmt = token_format(path, data_dtype)
-    if fmt is None:
-        raise ValueError(f"{path} is not a token file (KGPTTOK1, .npy, or a raw .bin with "
-                         f"data_dtype uint16|uint32)")
-    if fmt == "kgpt":
+    if fmt is None or fmt == "kgpt":  # (a foreign file gets read_token_header's message)
         ids, vocab = read_token_file(path)
         return ids, vocab, fmt
     if fmt == "npy":
