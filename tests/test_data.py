@@ -271,8 +271,12 @@ def test_binary_file_is_not_text(tmp_path):
     check_utf8_text(good)
     assert read_texts([good], strict=True) == ["생성형 text\n"]
     bad = tmp_path / "train.bin"
-    np.arange(200, 1200, dtype=np.uint16).tofile(bad)
-    with pytest.raises(ValueError, match=r"not UTF-8 text \(invalid byte at offset \d+\).*"
+    bad.write_bytes(b"abc\xff\xfe def")   # invalid UTF-8, no NUL
+    small = tmp_path / "small.bin"   # uint16 ids < 256: ASCII and NUL bytes, valid UTF-8
+    np.array([100, 101, 102], np.uint16).tofile(small)
+    with pytest.raises(ValueError, match=r"a NUL byte at offset 1\b"):
+        read_texts([small], strict=True)
+    with pytest.raises(ValueError, match=r"not UTF-8 text \(an invalid byte at offset 3\).*"
                                          r"--data-dtype") as e:
         read_texts([good, bad], strict=True)
     assert "\n" not in str(e.value)

@@ -148,22 +148,28 @@ def token_format(path: PathLike, data_dtype: Optional[str] = None) -> Optional[s
 
 
 def check_utf8_text(path: PathLike, block: int = 1 << 24) -> None:
-    """ValueError (one line) unless ``path`` holds valid UTF-8 text. A file that is neither text
+    """ValueError (one line) unless ``path`` holds valid UTF-8 text without NUL bytes. A file that is neither text
     nor a known token format must not be trained on as text (a nanoGPT train.bin decoded with
     errors="replace" is mostly U+FFFD)."""
     import codecs
     dec = codecs.getincrementaldecoder("utf-8")(errors="strict")
     done = 0
+
+    def refuse(what: str, offset: int) -> ValueError:
+        return ValueError(
+            f"{path}: not UTF-8 text ({what} at offset {offset}) and not a known token file "
+            f"(KGPTTOK1, .npy); a raw nanoGPT-style .bin of token ids needs --data-dtype "
+            f"uint16|uint32")
     with open(path, "rb") as f:
         while True:
             chunk = f.read(block)
+            nul = chunk.find(b"\0")  # valid UTF-8, but no text holds one (small uint16 ids do)
+            if nul >= 0:
+                raise refuse("a NUL byte", done + nul)
             try:
                 dec.decode(chunk, final=not chunk)
             except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"{path}: not UTF-8 text (invalid byte at offset {done + max(e.start, 0)}) "
-                    f"and not a known token file (KGPTTOK1, .npy); a raw nanoGPT-style .bin of "
-                    f"token ids needs --data-dtype uint16|uint32") from None
+                raise refuse("an invalid byte", done + max(e.start, 0)) from None
             if not chunk:
                 return
             done += len(chunk)
@@ -280,6 +286,8 @@ def read_texts(files: Iterable[PathLike], strict: bool = False) -> List[str]:
         if strict:
             try:
                 t = raw.decode("utf-8")
+                if "\0" in t:
+                    raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL")
             except UnicodeDecodeError:
                 check_utf8_text(f)  # raises, naming the offset
                 raise  # pragma: no cover
