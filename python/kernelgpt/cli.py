@@ -3,7 +3,8 @@
 ``train`` with no arguments trains a BPE tokenizer and the XS model on the embedded default corpus
 (the standard library's source, see corpus.py) into runs/<timestamp>/ and prints a sample;
 ``train --data TOKEN_FILE [--tokenizer TOK_JSON]`` trains on ids from ``tokenizer encode`` instead.
-``sample`` streams text from a run folder. ``tokenizer`` (alias ``tokenize``) is the tokenizer's
+``sample`` streams text from a run folder; ``eval`` scores whole files with a run's model (loss,
+perplexity, bits per byte; kernelgpt.evaluation). ``tokenizer`` (alias ``tokenize``) is the tokenizer's
 own command line (cli_tokenizer.py). Errors a user can make print one line on stderr and exit with
 status 1 (2 for a bad option); so does any other exception (one line naming it as an internal
 error, MemoryError as "out of memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
