@@ -268,3 +268,95 @@ def test_real_ctrl_c_saves_and_resumes(trained, tmp_path):
     r = kgpt("train", "--out", run, "--resume", "--max-steps", step + 2, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert logged() == list(range(1, step + 3))
+
+
+# ---------------------------------------------------------------- eval, foreign data, separators
+def test_documents_are_separated_by_endoftext(trained):
+    d, _ = trained
+    from kernelgpt import Tokenizer
+    from kernelgpt.data import read_token_file
+    tok = Tokenizer.load(d / "run" / "tokenizer.json")
+    eot = tok.special_tokens["<|endoftext|>"]
+    ids, _ = read_token_file(d / "run" / "tokens.bin")
+    n_docs = len([p for p in (d / "data").iterdir() if p.stat().st_size])
+    assert n_docs > 1 and int((np.asarray(ids) == eot).sum()) == n_docs - 1
+
+
+def test_special_option_adds_specials(tmp_path):
+    (tmp_path / "a.txt").write_text("<|user|> hello world " * 40)
+    (tmp_path / "b.txt").write_text("<|user|> again hello " * 40)
+    r = kgpt("train", "--data", tmp_path / "a.txt", tmp_path / "b.txt", "--special", "<|user|>",
+             "--out", tmp_path / "run", *TINY, "--max-steps", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from kernelgpt import Tokenizer
+    from kernelgpt.data import read_token_file
+    tok = Tokenizer.load(tmp_path / "run" / "tokenizer.json")
+    assert set(tok.special_tokens) == {"<|endoftext|>", "<|user|>"}
+    ids = np.asarray(read_token_file(tmp_path / "run" / "tokens.bin")[0])
+    assert int((ids == tok.special_tokens["<|user|>"]).sum()) == 80
+    assert int((ids == tok.special_tokens["<|endoftext|>"]).sum()) == 1
+
+
+def test_eval_command(trained, tmp_path):
+    d, _ = trained
+    f = sorted((d / "data").iterdir())[0]
+    r = kgpt("eval", "--run", d / "run", "--data", f, "--json", "--backend", "numpy", cwd=d)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["n_bytes"] == f.stat().st_size          # every byte of the file, once
+    from kernelgpt.checkpoint import load_model
+    from kernelgpt.evaluation import evaluate
+    model, tok, _ = load_model(d / "run", backend="numpy")
+    ref = evaluate(model, tok, f.read_text(encoding="utf-8"))
+    assert res["n_tokens"] == ref["n_tokens"]
+    assert res["bits_per_byte"] == pytest.approx(ref["bits_per_byte"], rel=1e-9)
+    assert "eval" in r.stderr                           # the progress bar
+    # two files and a stride: one line each plus a total; text output
+    g = sorted((d / "data").iterdir())[1]
+    r = kgpt("eval", "--run", d / "run", "--data", f, g, "--stride", "4", "--backend", "numpy",
+             cwd=d)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("total:") and "bits/byte" in lines[-1]
+
+
+def test_train_and_eval_on_npy_and_nanogpt_bin(trained, tmp_path):
+    d, _ = trained
+    from kernelgpt.data import read_token_file
+    ids = np.asarray(read_token_file(d / "run" / "tokens.bin")[0])
+    np.save(tmp_path / "ids.npy", ids.astype(np.int32))
+    ids.astype(np.uint16).tofile(tmp_path / "train.bin")
+    tok = d / "run" / "tokenizer.json"
+    # a raw .bin without --data-dtype is neither text nor a known token file: refused
+    r = kgpt("train", "--data", tmp_path / "train.bin", "--out", tmp_path / "x", *TINY,
+             cwd=tmp_path)
+    assert r.returncode == 1 and "not UTF-8 text" in r.stderr and "--data-dtype" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x" / "LATEST").exists()
+    for name, extra in (("ids.npy", []), ("train.bin", ["--data-dtype", "uint16"])):
+        out = tmp_path / f"run-{name}"
+        r = kgpt("train", "--data", tmp_path / name, *extra, "--tokenizer", tok, "--out", out,
+                 *TINY, "--threads", "1", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "bits/byte" in r.stderr
+        st = json.loads((out / "ckpt-00000004" / "trainer_state.json").read_text())
+        assert st["data"]["fingerprint"]["n_tokens"] == ids.size
+        r = kgpt("train", "--out", out, "--resume", "--max-steps", "5", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        r = kgpt("eval", "--run", out, "--data", tmp_path / name, *extra, "--backend", "numpy",
+                 "--threads", "1", cwd=tmp_path)
+        assert r.returncode == 0 and f"{ids.size - 1} tokens" in r.stdout, r.stderr
+
+
+def test_threads_option_sets_the_native_thread_count(trained, monkeypatch, capsys):
+    d, _ = trained
+    import kernelgpt.cli as cli
+    calls = []
+    monkeypatch.setattr(kernelgpt, "set_num_threads", lambda n: calls.append(n))
+    f = sorted((d / "data").iterdir())[0]
+    assert cli.main(["sample", "--run", str(d / "run"), "--threads", "3", "--max-new-tokens",
+                     "2", "--backend", "numpy"]) == 0
+    assert cli.main(["eval", "--run", str(d / "run"), "--data", str(f), "--threads", "2",
+                     "--backend", "numpy"]) == 0
+    assert calls == [3, 2]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--threads", "0"])

@@ -226,3 +226,81 @@ def test_from_file(tmp_path):
     ds = TokenDataset.from_file(p, val_fraction=0.2, seed=1)
     assert isinstance(ds.tokens, np.memmap) and ds.val.size == 200 and ds.vocab_size == 256
     assert ds.source == str(p)
+
+
+# ---------------------------------------------------------------- foreign token files, text check
+from kernelgpt.data import (check_utf8_text, encode_texts, read_texts, read_token_array,  # noqa
+                            token_format, tokenize_files)
+
+
+def test_npy_and_raw_token_files(tmp_path):
+    ids = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3], np.int64)
+    np.save(tmp_path / "a.npy", ids.astype(np.int32))
+    ids.astype(np.uint16).tofile(tmp_path / "train.bin")     # nanoGPT's prepare.py writes this
+    ids.astype(np.uint32).tofile(tmp_path / "train32.bin")
+    assert token_format(tmp_path / "a.npy") == "npy"
+    assert token_format(tmp_path / "train.bin") is None           # no dtype: not recognised
+    assert token_format(tmp_path / "train.bin", "uint16") == "raw"
+    for path, dt in ((tmp_path / "a.npy", None), (tmp_path / "train.bin", "uint16"),
+                     (tmp_path / "train32.bin", "uint32")):
+        got, vocab, _ = read_token_array(path, dt)
+        assert got.tolist() == ids.tolist() and vocab == 10      # max id + 1
+        ds = TokenDataset.from_file(path, val_fraction=0.2, data_dtype=dt, vocab_size=12)
+        assert ds.vocab_size == 12 and ds.tokens.tolist() == ids.tolist()
+        assert ds.data_dtype == (dt if path.suffix == ".bin" else None)
+        with pytest.raises(ValueError, match="outside the vocabulary of 9"):
+            read_token_array(path, dt, vocab_size=9)
+    # the 32-bit ids read as 16-bit are a different stream, not an error; an odd size is
+    (tmp_path / "odd.bin").write_bytes(b"\x01\x00\x02")
+    with pytest.raises(ValueError, match="whole number of uint16"):
+        read_token_array(tmp_path / "odd.bin", "uint16")
+    np.save(tmp_path / "2d.npy", np.zeros((2, 3), np.int32))
+    np.save(tmp_path / "f.npy", np.zeros(3, np.float32))
+    np.save(tmp_path / "neg.npy", np.array([1, -2], np.int16))
+    for name, msg in (("2d.npy", "1-D integer"), ("f.npy", "1-D integer"),
+                      ("neg.npy", "negative")):
+        with pytest.raises(ValueError, match=msg):
+            read_token_array(tmp_path / name)
+    with pytest.raises(ValueError, match="data_dtype"):
+        token_format(tmp_path / "a.npy", "int8")
+
+
+def test_binary_file_is_not_text(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("생성형 text\n", encoding="utf-8")
+    check_utf8_text(good)
+    assert read_texts([good], strict=True) == ["생성형 text\n"]
+    bad = tmp_path / "train.bin"
+    bad.write_bytes(b"abc\xff\xfe def")   # invalid UTF-8, no NUL
+    small = tmp_path / "small.bin"   # uint16 ids < 256: ASCII and NUL bytes, valid UTF-8
+    np.array([100, 101, 102], np.uint16).tofile(small)
+    with pytest.raises(ValueError, match=r"a NUL byte at offset 1\b"):
+        read_texts([small], strict=True)
+    with pytest.raises(ValueError, match=r"not UTF-8 text \(an invalid byte at offset 3\).*"
+                                         r"--data-dtype") as e:
+        read_texts([good, bad], strict=True)
+    assert "\n" not in str(e.value)
+    assert read_texts([bad])  # the lenient reader (default corpus) is unchanged
+
+
+def test_documents_are_separated():
+    from kernelgpt import Tokenizer
+    tok = Tokenizer.train(["abc abc", "xyz"], 262, special_tokens=("<|endoftext|>",))
+    eot = tok.special_tokens["<|endoftext|>"]
+    ids = encode_texts(tok, ["abc", "xyz", "q"], separator=eot)
+    parts = [tok.encode("abc"), tok.encode("xyz"), tok.encode("q")]
+    assert ids.tolist() == parts[0] + [eot] + parts[1] + [eot] + parts[2]
+    assert encode_texts(tok, ["abc"], separator=eot).tolist() == parts[0]
+    assert encode_texts(tok, ["abc", "xyz"]).tolist() == parts[0] + parts[1]  # 0.1.0's join
+
+
+def test_tokenize_files_with_separator(tmp_path):
+    from kernelgpt import Tokenizer
+    (tmp_path / "a.txt").write_text("abc")
+    (tmp_path / "b.txt").write_text("xyz")
+    tok = Tokenizer.train(["abc xyz"], 260, special_tokens=("<|endoftext|>",))
+    out = tokenize_files(tok, [tmp_path], tmp_path / "t.bin", separator="<|endoftext|>")
+    ids, _ = read_token_file(out)
+    assert ids.tolist() == tok.encode("abc") + [tok.eot_token] + tok.encode("xyz")
+    with pytest.raises(ValueError, match="not a special token"):
+        tokenize_files(tok, [tmp_path], tmp_path / "u.bin", separator="<|x|>")

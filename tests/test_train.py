@@ -298,3 +298,83 @@ def test_loss_plot_when_matplotlib_is_present(token_file, tmp_path):
     pytest.importorskip("matplotlib")
     make(token_file, tmp_path / "plot", max_steps=3).fit()
     assert (tmp_path / "plot" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- bits per byte, progress, plot
+def test_eval_every_scales_with_max_steps():
+    assert TrainConfig(max_steps=1000).eval_every == 200     # the default run: unchanged
+    assert TrainConfig(max_steps=50).eval_every == 10
+    assert TrainConfig(max_steps=5000).eval_every == 1000
+    assert TrainConfig(max_steps=3).eval_every == 1
+    assert TrainConfig(max_steps=50, eval_every=7).eval_every == 7
+    assert TrainConfig(max_steps=50, eval_every=0).eval_every == 0
+
+
+def test_throughput_is_a_moving_average():
+    tp = trmod.Throughput(window=4)
+    for _ in range(4):
+        tp.add(1000, 0.01)                  # 100,000 tok/s
+    rate = tp.add(1000, 1.0)                # one slow step (a pause of the machine)
+    assert 2_000 < rate < 5_000             # (3000 tokens / 1.03 s), not the step's 1,000
+    for _ in range(4):
+        rate = tp.add(1000, 0.01)
+    assert rate == pytest.approx(100_000)   # the pause has left the window
+
+
+def test_metrics_report_bits_per_byte(tmp_path, text_ids):
+    from kernelgpt import Tokenizer
+    from kernelgpt.evaluation import token_byte_lengths
+    tok = Tokenizer.train(["abc"], 258, special_tokens=("<|endoftext|>",))
+    ids = text_ids.copy()
+    ids[::50] = 257                         # special tokens count 0 bytes
+    tf = write_token_file(tmp_path / "t.bin", ids, 258)
+    model = GPT(GPTConfig(vocab_size=258, block_size=16, n_layer=1, n_head=2, n_embd=16),
+                backend="numpy", seed=0)
+    data = TokenDataset.from_file(tf, val_fraction=0.1, seed=0)
+    cfg = TrainConfig(batch_size=4, max_steps=4, eval_every=2, eval_batches=2)
+    tr = Trainer(model, data, cfg, out_dir=tmp_path / "run", tokenizer=tok)
+    summary = tr.fit()
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("bpb" in r for r in recs) and [("val_bpb" in r) for r in recs] == \
+        [False, True, False, True]
+    nb = token_byte_lengths(tok)
+    assert nb[257] == 0 and nb[65] == 1
+    n_bytes = sum(int(nb[y].sum()) for _, y in data.val_batches(2, 4, 16))
+    want = recs[-1]["val_loss"] * 2 * 4 * 16 / (math.log(2) * n_bytes)
+    assert recs[-1]["val_bpb"] == pytest.approx(want, rel=1e-12)
+    assert summary["val_bpb"] == recs[-1]["val_bpb"] and summary["bpb"] == recs[-1]["bpb"]
+    # a resumed run's Trainer reads the tokenizer from the checkpoint (bytes)
+    tr2 = Trainer.resume(tmp_path / "run", backend="numpy", max_steps=6)
+    assert tr2.token_nbytes().tolist() == nb.tolist()
+    # without a tokenizer: no bits per byte, nothing else changes
+    tr3 = Trainer(GPT(model.config, backend="numpy", seed=0), data, cfg, out_dir=None)
+    s3 = tr3.fit()
+    assert s3["bpb"] is None and s3["val_bpb"] is None and s3["val_loss"] is not None
+
+
+def test_resume_on_a_raw_token_file(tmp_path, text_ids):
+    raw = tmp_path / "train.bin"
+    text_ids.astype(np.uint16).tofile(raw)
+    data = TokenDataset.from_file(raw, val_fraction=0.1, seed=0, data_dtype="uint16",
+                                  vocab_size=256)
+    cfg = TrainConfig(batch_size=4, max_steps=3, eval_every=0, eval_batches=1)
+    Trainer(GPT(MODEL, backend="numpy", seed=0), data, cfg, out_dir=tmp_path / "run").fit()
+    tr = Trainer.resume(tmp_path / "run", backend="numpy", max_steps=4)
+    assert tr.data.data_dtype == "uint16" and tr.step == 3 and tr.fit()["step"] == 4
+
+
+def test_loss_figure_has_smoothed_curve_val_points_title_and_units():
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    recs = [{"step": s, "loss": 5 - s / 40 + rng.normal(0, 0.3)} for s in range(1, 101)]
+    for s in (25, 50, 75, 100):
+        recs[s - 1]["val_loss"] = 5 - s / 40
+    fig = trmod.loss_figure(recs, "my run")
+    ax = fig.axes[0]
+    assert ax.get_title() == "my run"
+    assert "step" in ax.get_xlabel() and "nats" in ax.get_ylabel()
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert list(lines["validation"].get_xdata()) == [25, 50, 75, 100]
+    raw = np.asarray(lines["train (per step)"].get_ydata())
+    sm = np.asarray(lines["train (moving average)"].get_ydata())
+    assert sm.shape == raw.shape and np.std(np.diff(sm)) < 0.2 * np.std(np.diff(raw))

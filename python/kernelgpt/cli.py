@@ -3,7 +3,8 @@
 ``train`` with no arguments trains a BPE tokenizer and the XS model on the embedded default corpus
 (the standard library's source, see corpus.py) into runs/<timestamp>/ and prints a sample;
 ``train --data TOKEN_FILE [--tokenizer TOK_JSON]`` trains on ids from ``tokenizer encode`` instead.
-``sample`` streams text from a run folder. ``tokenizer`` (alias ``tokenize``) is the tokenizer's
+``sample`` streams text from a run folder; ``eval`` scores whole files with a run's model (loss,
+perplexity, bits per byte; kernelgpt.evaluation). ``tokenizer`` (alias ``tokenize``) is the tokenizer's
 own command line (cli_tokenizer.py). Errors a user can make print one line on stderr and exit with
 status 1 (2 for a bad option); so does any other exception (one line naming it as an internal
 error, MemoryError as "out of memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
@@ -81,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text files or folders (default: the Python standard library's source), "
                         "or one token file from `kernelgpt tokenizer encode` (no tokenizer is "
                         "trained then; the model's vocab defaults to the file's)")
+    t.add_argument("--data-dtype", choices=("uint16", "uint32"),
+                   help="the id type of a raw token file in --data (nanoGPT's train.bin: "
+                        "uint16); .npy and kernelgpt token files need none")
+    t.add_argument("--special", action="append", metavar="TOKEN", default=None,
+                   help="a special token of the trained tokenizer, recognised in the text "
+                        "(repeatable); text --data always gets <|endoftext|>, put between files")
+    t.add_argument("--threads", type=_int_at_least(1), metavar="N",
+                   help="threads of the native kernels (default: OMP_NUM_THREADS or all cores)")
     t.add_argument("--tokenizer", metavar="TOK_JSON",
                    help="with a token file in --data: the tokenizer that encoded it, kept in "
                         "the run so that `sample` can turn text into tokens")
@@ -122,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_int_at_least(0), help=f"seed of init and data order "
                    f"(default {DEFAULT_SEED})")
     t.add_argument("--eval-every", type=_int_at_least(0),
-                   help=f"validation every N steps, 0 = only at the end (default "
-                        f"{DEFAULT_EVAL_EVERY})")
+                   help="validation every N steps, 0 = only at the end (default: max-steps / 5, "
+                        "200 for 1000 steps)")
     t.add_argument("--save-every", type=_int_at_least(0),
                    help=f"checkpoint every N steps, 0 = only at the end (default "
                         f"{DEFAULT_SAVE_EVERY})")
@@ -159,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many continuations of the prompt to sample (default 1)")
     s.add_argument("--seed", type=_int_at_least(0), default=None, help="sampling seed")
     s.add_argument("--backend", choices=("numpy", "native", "cuda", "auto"), default="auto")
+    s.add_argument("--threads", type=_int_at_least(1), metavar="N",
+                   help="threads of the native kernels (default: OMP_NUM_THREADS or all cores)")
+
+    e = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run on whole files")
+    e.add_argument("--run", required=True, metavar="RUN", help="run folder (or checkpoint folder)")
+    e.add_argument("--data", required=True, nargs="+", metavar="FILE_OR_DIR",
+                   help="UTF-8 text files or folders, or token files (kernelgpt, .npy, raw "
+                        "with --data-dtype); each scored on its own, in order")
+    e.add_argument("--data-dtype", choices=("uint16", "uint32"),
+                   help="the id type of raw token files in --data")
+    e.add_argument("--stride", type=_int_at_least(1), default=None,
+                   help="sliding window step (default: the block size, i.e. consecutive "
+                        "windows; smaller gives each token more context and costs more)")
+    e.add_argument("--batch-size", type=_int_at_least(1), default=8,
+                   help="windows per forward pass (default 8)")
+    e.add_argument("--backend", choices=("numpy", "native", "cuda", "auto"), default="auto")
+    e.add_argument("--threads", type=_int_at_least(1), metavar="N",
+                   help="threads of the native kernels (default: OMP_NUM_THREADS or all cores)")
+    e.add_argument("--json", action="store_true", help="print one JSON object per file")
 
     x = sub.add_parser("export", help="write a run's model as a Hugging Face directory, a GGUF "
                        "file for llama.cpp, or one weights file")
@@ -273,10 +301,13 @@ def _print_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
 # ---------------------------------------------------------------------------------- train
 def _token_file_arg(args: argparse.Namespace) -> Optional[Path]:
     """The token file given as --data (it must be the only --data path), else None."""
-    from .data import looks_like_token_file
+    from .data import token_format
     paths = [Path(p) for p in (args.data or [])]
-    tokens = [p for p in paths if p.is_file() and looks_like_token_file(p)]
+    tokens = [p for p in paths if p.is_file() and token_format(p, args.data_dtype)]
     if not tokens:
+        if args.data_dtype is not None:
+            raise UserError("--data-dtype goes with a raw token file in --data (a file of "
+                            "uint16/uint32 ids, e.g. nanoGPT's train.bin)")
         if args.tokenizer is not None:
             raise UserError("--tokenizer goes with a token file in --data (from `kernelgpt "
                             "tokenizer encode`); text data trains its own tokenizer")
@@ -306,7 +337,14 @@ def _tokenizer_for_token_file(args: argparse.Namespace, token_file: Path, data_v
     return tokenizer
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None) is not None:
+        from . import set_num_threads
+        set_num_threads(args.threads)
+
+
 def _train(args: argparse.Namespace) -> int:
+    _set_threads(args)
     # [distributed] every rank runs _train_ranks; one rank's error ends the whole job
     if args.dist_timeout is not None and not args.distributed:
         raise UserError("--dist-timeout needs --distributed")
@@ -350,8 +388,8 @@ class _RunLock:
 def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunLock,
                   say: Any, main_rank: bool) -> int:
     from .checkpoint import latest_checkpoint
-    from .data import (TokenDataset, encode_texts, list_text_files, read_texts,
-                       read_token_header, write_token_file)
+    from .data import (EOT, TokenDataset, encode_texts, list_text_files, read_texts,
+                       read_token_array, read_token_header, token_format, write_token_file)
     from .model import GPT, GPTConfig
     from .train import TrainConfig, Trainer
     from ._limits import check_model_fits
@@ -388,7 +426,15 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
         from .train import PRESET_BATCH_SIZE
         token_file = _token_file_arg(args)
         if token_file is not None:  # pre-tokenized data: checked now, used as it is
-            header = read_token_header(token_file)  # ValueError naming a foreign/damaged file
+            if token_format(token_file, args.data_dtype) == "kgpt":
+                # ValueError naming a foreign/damaged file
+                header = read_token_header(token_file)
+            else:  # .npy or raw ids: no vocabulary recorded (the tokenizer's, or max id + 1)
+                tv = _load_tokenizer(args.tokenizer).vocab_size if args.tokenizer else None
+                ids, dv, _ = read_token_array(token_file, args.data_dtype,
+                                              tv or args.vocab_size)
+                header = {"vocab_size": dv, "n_tokens": int(ids.size)}
+                del ids
             vocab = args.vocab_size or header["vocab_size"]
         else:
             vocab = args.vocab_size or preset.vocab_size
@@ -416,14 +462,21 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
                 f"{header['vocab_size']}-token vocabulary"
                 + ("" if tokenizer is not None else " (no --tokenizer: the run cannot sample)"))
         elif main_rank:  # [distributed] rank 0 trains the tokenizer, writes the token file
+            specials = list(dict.fromkeys(args.special or []))
             if args.data:
                 files = list_text_files(args.data)
                 what = f"{len(files)} file(s) from --data"
+                # every file must be UTF-8 text (a token file of an unknown kind is not)
+                texts = read_texts(files, strict=True)
+                # documents separated by <|endoftext|>, a special token of the tokenizer
+                specials = [EOT] + [t for t in specials if t != EOT]
             else:
+                # the default corpus is tokenized as 0.1.0 did (no separator), so the default
+                # run's figures stay those of the README
                 from .corpus import default_corpus_files
                 files = default_corpus_files()
                 what = f"the default corpus ({len(files)} standard-library files)"
-            texts = read_texts(files)
+                texts = read_texts(files)
             n_bytes = sum(len(t.encode("utf-8")) for t in texts)
             if not texts:
                 raise UserError("the training data is empty")
@@ -432,9 +485,11 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
             t0 = time.perf_counter()
             _say(f"training a BPE tokenizer (vocab {vocab}) on {what}, "
                  f"{n_bytes / 1e6:.1f} MB ...")
-            tokenizer = Tokenizer.train(texts, vocab)
+            tokenizer = Tokenizer.train(texts, vocab, special_tokens=specials)
             tokenizer.save(os.fspath(out / "tokenizer.json"))
-            ids = encode_texts(tokenizer, texts)
+            sep = tokenizer.special_tokens.get(EOT) if args.data else None
+            ids = encode_texts(tokenizer, texts, separator=sep,
+                               allowed_special="all" if specials else None)
             write_token_file(out / "tokens.bin", ids, tokenizer.vocab_size)
             _say(f"  {ids.size} tokens ({n_bytes / max(ids.size, 1):.2f} bytes/token) in "
                  f"{time.perf_counter() - t0:.1f}s -> {out / 'tokens.bin'}")
@@ -445,7 +500,9 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
                 tokenizer = _load_tokenizer(out / "tokenizer.json", "the run's tokenizer")
         if token_file is not None:
             cfg = GPTConfig(**shape)
-            data = TokenDataset.from_file(token_file, val_fraction=0.1, seed=seed)
+            data = TokenDataset.from_file(token_file, val_fraction=0.1, seed=seed,
+                                          data_dtype=args.data_dtype,
+                                          vocab_size=header["vocab_size"])
         else:
             cfg = GPTConfig(**dict(shape, vocab_size=tokenizer.vocab_size))
             data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
@@ -453,7 +510,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
             batch_size=batch_size,
             max_steps=args.max_steps or DEFAULT_MAX_STEPS, lr=args.lr or DEFAULT_LR,
             grad_accum=args.grad_accum or 1,
-            eval_every=DEFAULT_EVAL_EVERY if args.eval_every is None else args.eval_every,
+            eval_every=args.eval_every,  # None: TrainConfig scales it with max_steps
             save_every=DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every,
             seed=seed)
         lock(out)  # at the latest here (the token file case with no tokenizer)
@@ -467,9 +524,12 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
     if not main_rank:  # [distributed] rank 0 reports and samples
         return 0
     val = summary["val_loss"]
+
+    def bpb(key: str) -> str:
+        return "" if summary.get(key) is None else f" ({summary[key]:.4f} bits/byte)"
     _say(f"step {summary['step']}: train loss {summary['loss'] if summary['loss'] is None else round(summary['loss'], 4)}"
-         f", val loss {val if val is None else round(val, 4)}, {summary['tokens_per_s']:.0f} "
-         f"tokens/s; checkpoint {summary['checkpoint']}")
+         f"{bpb('bpb')}, val loss {val if val is None else round(val, 4)}{bpb('val_bpb')}, "
+         f"{summary['tokens_per_s']:.0f} tokens/s; checkpoint {summary['checkpoint']}")
     if summary["interrupted"]:
         _say(f"interrupted: continue with  python -m kernelgpt train --out {out} --resume")
         return 130
@@ -482,6 +542,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
 
 # ---------------------------------------------------------------------------------- sample
 def _sample(args: argparse.Namespace) -> int:
+    _set_threads(args)
     src = args.run if args.run is not None else args.model
     if args.run is None and Path(args.model).is_file():          # a GPT.save weights file
         from .model import GPT
@@ -507,6 +568,73 @@ def _sample(args: argparse.Namespace) -> int:
 def _is_hf_dir(path: str) -> bool:
     from .interop_hf import is_hf_directory
     return is_hf_directory(path)
+
+
+# ---------------------------------------------------------------------------------- eval
+def _eval(args: argparse.Namespace) -> int:
+    """Score each --data file in order with a run's model (kernelgpt.evaluation)."""
+    import json
+    import math
+    from .checkpoint import load_model
+    from .data import list_text_files, read_texts, read_token_array, token_format
+    from .evaluation import evaluate_tokens, token_byte_lengths, LN2
+    import numpy as np
+    _set_threads(args)
+    model, tokenizer, _ = load_model(args.run, backend=args.backend)
+    V, T = model.config.vocab_size, model.config.block_size
+    if args.stride is not None and args.stride > T:
+        raise UserError(f"--stride {args.stride} exceeds the model's block size {T}")
+    nbytes = token_byte_lengths(tokenizer, V) if tokenizer is not None else None
+    files = []
+    for p in args.data:
+        p = Path(p)
+        files += [p] if p.is_file() else list_text_files(p)
+    if not files:
+        raise UserError("no files to evaluate in --data")
+    total = {"n_tokens": 0, "total_nats": 0.0, "n_bytes": 0}
+    for f in files:
+        fmt = token_format(f, args.data_dtype)
+        if fmt is not None:
+            ids, fv, _ = read_token_array(f, args.data_dtype, V if fmt != "kgpt" else None)
+            if fv > V:
+                raise UserError(f"{f} holds ids of a {fv}-token vocabulary, more than the "
+                                f"model's {V}")
+        else:
+            if tokenizer is None:
+                raise UserError(f"{args.run} has no tokenizer: it can only evaluate token files")
+            text = read_texts([f], strict=True)
+            if not text:
+                raise UserError(f"{f} is empty")
+            ids = np.asarray(tokenizer.encode(text[0], allowed_special="none"), np.int64)
+            eot = tokenizer.special_tokens.get(EOS_TOKEN)
+            if eot is not None and eot < V:  # a document start: every token is predicted
+                ids = np.concatenate([np.array([eot], np.int64), ids])
+        r = evaluate_tokens(model, ids, batch_size=args.batch_size, stride=args.stride,
+                            token_bytes=nbytes, progress=True)
+        total["n_tokens"] += r["n_tokens"]
+        total["total_nats"] += r["total_nats"]
+        total["n_bytes"] += r.get("n_bytes", 0)
+        _print_eval(os.fspath(f), r, args.json)
+    if len(files) > 1:
+        n = total["n_tokens"]
+        t = dict(total, loss=total["total_nats"] / n,
+                 perplexity=math.exp(min(total["total_nats"] / n, 700.0)))
+        if nbytes is not None and total["n_bytes"]:
+            t["bits_per_byte"] = total["total_nats"] / (LN2 * total["n_bytes"])
+        _print_eval("total", t, args.json)
+    return 0
+
+
+def _print_eval(name: str, r: dict, as_json: bool) -> None:
+    import json
+    if as_json:
+        print(json.dumps(dict(r, file=name)), flush=True)
+        return
+    line = (f"{name}: {r['n_tokens']} tokens, loss {r['loss']:.4f} nats/token, perplexity "
+            f"{r['perplexity']:.2f}")
+    if r.get("bits_per_byte") is not None:
+        line += f", {r['bits_per_byte']:.4f} bits/byte ({r['n_bytes']} bytes)"
+    print(line, flush=True)
 
 
 # ---------------------------------------------------------------------------------- export
@@ -544,6 +672,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _sample(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "eval":
+            return _eval(args)
         if getattr(args, "_tokenizer_missing", False):
             raise UserError("the tokenizer command is not available in this build")
         from .cli_tokenizer import run_tokenizer

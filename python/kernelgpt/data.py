@@ -121,6 +121,103 @@ def looks_like_token_file(path: PathLike) -> bool:
         return False
 
 
+# Foreign token formats taken by ``--data`` (besides the package's own KGPTTOK1 file):
+# NumPy .npy files (recognised by their magic, opened with np.load(mmap_mode="r")) and raw
+# nanoGPT-style .bin files of little-endian ids, which carry no header and so need their id type
+# named (``data_dtype``, the command line's --data-dtype).
+NPY_MAGIC = b"\x93NUMPY"
+RAW_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+
+
+def token_format(path: PathLike, data_dtype: Optional[str] = None) -> Optional[str]:
+    """What kind of token file ``path`` is: "kgpt" (KGPTTOK1, or the legacy KGPTIDS file, which
+    read_token_header refuses saying what to do), "npy" (NumPy magic), "raw" (any other file when
+    ``data_dtype`` names the id type), or None (not a token file: text, or nothing we know)."""
+    if data_dtype is not None and data_dtype not in RAW_DTYPES:
+        raise ValueError(f"data_dtype must be one of {sorted(RAW_DTYPES)}, got {data_dtype!r}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head in (MAGIC, LEGACY_IDS_MAGIC):
+        return "kgpt"
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    return "raw" if data_dtype is not None else None
+
+
+def check_utf8_text(path: PathLike, block: int = 1 << 24) -> None:
+    """ValueError (one line) unless ``path`` holds valid UTF-8 text without NUL bytes. A file that is neither text
+    nor a known token format must not be trained on as text (a nanoGPT train.bin decoded with
+    errors="replace" is mostly U+FFFD)."""
+    import codecs
+    dec = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    done = 0
+
+    def refuse(what: str, offset: int) -> ValueError:
+        return ValueError(
+            f"{path}: not UTF-8 text ({what} at offset {offset}) and not a known token file "
+            f"(KGPTTOK1, .npy); a raw nanoGPT-style .bin of token ids needs --data-dtype "
+            f"uint16|uint32")
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(block)
+            nul = chunk.find(b"\0")  # valid UTF-8, but no text holds one (small uint16 ids do)
+            if nul >= 0:
+                raise refuse("a NUL byte", done + nul)
+            try:
+                dec.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                raise refuse("an invalid byte", done + max(e.start, 0)) from None
+            if not chunk:
+                return
+            done += len(chunk)
+
+
+def read_token_array(path: PathLike, data_dtype: Optional[str] = None,
+                     vocab_size: Optional[int] = None) -> Tuple[np.ndarray, int, str]:
+    """Any token file ``--data`` takes -> (read-only ids, vocab_size, format).
+
+    KGPTTOK1: as read_token_file (its header's vocab_size; ``vocab_size`` is not used). .npy: a
+    1-D integer array, memory-mapped. Raw (``data_dtype`` "uint16"/"uint32"): the file's bytes as
+    little-endian ids, memory-mapped. The last two record no vocabulary: ``vocab_size`` when
+    given (every id must be below it), else the largest id + 1 (one pass over the ids)."""
+    path = Path(path)
+    fmt = token_format(path, data_dtype)
+    if fmt is None or fmt == "kgpt":  # (a foreign file gets read_token_header's message)
+        ids, vocab = read_token_file(path)
+        return ids, vocab, fmt
+    if fmt == "npy":
+        try:
+            ids = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a readable .npy file ({' '.join(str(e).split())})"
+                             ) from None
+        if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise ValueError(f"{path}: a .npy token file must hold a 1-D integer array, got "
+                             f"{getattr(ids, 'dtype', type(ids).__name__)} "
+                             f"{getattr(ids, 'shape', '')}")
+    else:
+        dt = RAW_DTYPES[data_dtype]
+        size = path.stat().st_size
+        if size % dt.itemsize:
+            raise ValueError(f"{path}: {size} bytes is not a whole number of {data_dtype} ids")
+        ids = (np.zeros(0, dt) if size == 0 else
+               np.memmap(path, dtype=dt, mode="r", shape=(size // dt.itemsize,)))
+    lo = int(ids.min()) if ids.size else 0
+    hi = int(ids.max()) if ids.size else -1
+    if lo < 0:
+        raise ValueError(f"{path}: negative token id {lo}")
+    if vocab_size is None:
+        vocab_size = max(hi + 1, 1)
+    elif hi >= int(vocab_size):
+        raise ValueError(f"{path}: token id {hi} is outside the vocabulary of {vocab_size}")
+    if int(vocab_size) > 2**32:
+        raise ValueError(f"{path}: vocab_size {vocab_size} exceeds 2**32")
+    return ids, int(vocab_size), fmt
+
+
 def read_token_file(path: PathLike) -> Tuple[np.ndarray, int]:
     """(ids as a read-only np.memmap (uint16/uint32), vocab_size). Validates the header."""
     h = read_token_header(path)
@@ -178,35 +275,66 @@ def not_a_regular_file(path: PathLike) -> str:
     return "not a regular file"
 
 
-def read_texts(files: Iterable[PathLike]) -> List[str]:
-    """File contents as str (UTF-8; undecodable bytes become U+FFFD), empty files dropped."""
+def read_texts(files: Iterable[PathLike], strict: bool = False) -> List[str]:
+    """File contents as str, empty files dropped. UTF-8; undecodable bytes become U+FFFD, or with
+    ``strict`` a file that is not valid UTF-8 raises ValueError in one line (see
+    check_utf8_text)."""
     texts = []
     for f in files:
         with open(f, "rb") as fh:
-            t = fh.read().decode("utf-8", errors="replace")
+            raw = fh.read()
+        if strict:
+            try:
+                t = raw.decode("utf-8")
+                if "\0" in t:
+                    raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL")
+            except UnicodeDecodeError:
+                check_utf8_text(f)  # raises, naming the offset
+                raise  # pragma: no cover
+        else:
+            t = raw.decode("utf-8", errors="replace")
         if t:
             texts.append(t)
     return texts
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+# The document separator: a special token of the tokenizer trained on ``--data`` files, put
+# between documents so that no document's text seems to continue into the next.
+EOT = "<|endoftext|>"
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], separator: Optional[int] = None,
+                 allowed_special: Any = None) -> np.ndarray:
     """Concatenate the token ids of every document (``encode_batch`` when the tokenizer has it,
-    which encodes documents in parallel) -> 1-D int64 array."""
+    which encodes documents in parallel) -> 1-D int64 array. ``separator``: a token id put
+    between consecutive documents (e.g. the tokenizer's ``<|endoftext|>``; None: none).
+    ``allowed_special``: passed on to the tokenizer (None: its default)."""
     if not texts:
         return np.zeros(0, np.int64)
+    kw = {} if allowed_special is None else {"allowed_special": allowed_special}
     if hasattr(tokenizer, "encode_batch"):
-        parts = tokenizer.encode_batch(list(texts))
+        parts = tokenizer.encode_batch(list(texts), **kw)
     else:
-        parts = [tokenizer.encode(t) for t in texts]
+        parts = [tokenizer.encode(t, **kw) for t in texts]
     parts = [np.asarray(p, dtype=np.int64).ravel() for p in parts]
+    if separator is not None and len(parts) > 1:
+        sep = np.array([int(separator)], np.int64)
+        parts = [x for k, p in enumerate(parts) for x in ((sep, p) if k else (p,))]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def tokenize_files(tokenizer: Any, paths: Union[PathLike, Sequence[PathLike]],
-                   out_path: PathLike) -> Path:
-    """Text files/dirs -> one token file at ``out_path`` (documents concatenated in sorted order)."""
+                   out_path: PathLike, separator: Optional[Union[int, str]] = None) -> Path:
+    """Text files/dirs -> one token file at ``out_path`` (documents concatenated in sorted order).
+    ``separator``: a token id, or the text of one of the tokenizer's special tokens (e.g.
+    ``"<|endoftext|>"``), put between documents; None: documents are joined directly (0.1.0)."""
     files = list_text_files(paths)
-    ids = encode_texts(tokenizer, read_texts(files))
+    if isinstance(separator, str):
+        specials = getattr(tokenizer, "special_tokens", None) or {}
+        if separator not in specials:
+            raise ValueError(f"separator {separator!r} is not a special token of the tokenizer")
+        separator = specials[separator]
+    ids = encode_texts(tokenizer, read_texts(files), separator=separator)
     return write_token_file(out_path, ids, int(tokenizer.vocab_size))
 
 
@@ -268,16 +396,22 @@ class TokenDataset:
         n_val = int(round(tokens.size * self.val_fraction))
         self.train = tokens[:tokens.size - n_val]
         self.val = tokens[tokens.size - n_val:]
+        self.data_dtype: Optional[str] = None  # a raw token file's id type (from_file)
         self.rank, self.world = 0, 1
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
         self.batches_drawn = 0
         self._fingerprint: Optional[Dict[str, Any]] = None
 
     @classmethod
-    def from_file(cls, path: PathLike, val_fraction: float = 0.1, seed: int = 0
+    def from_file(cls, path: PathLike, val_fraction: float = 0.1, seed: int = 0,
+                  data_dtype: Optional[str] = None, vocab_size: Optional[int] = None
                   ) -> "TokenDataset":
-        ids, vocab = read_token_file(path)
-        return cls(ids, vocab, val_fraction=val_fraction, seed=seed, source=os.fspath(path))
+        """A token file: KGPTTOK1, a .npy array, or raw ids with ``data_dtype`` (see
+        read_token_array; ``vocab_size`` is used for the last two only)."""
+        ids, vocab, fmt = read_token_array(path, data_dtype, vocab_size)
+        ds = cls(ids, vocab, val_fraction=val_fraction, seed=seed, source=os.fspath(path))
+        ds.data_dtype = data_dtype if fmt == "raw" else None
+        return ds
 
     def __len__(self) -> int:
         return int(self.tokens.size)
@@ -288,7 +422,7 @@ class TokenDataset:
                 and 0 <= rank < world):
             raise ValueError(f"need 0 <= rank < world, got rank={rank!r} world={world!r}")
         ds = TokenDataset(self.tokens, self.vocab_size, self.val_fraction, self.seed, self.source)
-        ds.rank, ds.world = rank, world
+        ds.rank, ds.world, ds.data_dtype = rank, world, self.data_dtype
         ds._fingerprint = self._fingerprint  # the same tokens: no second pass over them
         return ds
 

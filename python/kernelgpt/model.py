@@ -852,3 +852,11 @@ class GPT:
         """A new model from a file written by :meth:`save`; see :mod:`kernelgpt.weights`."""
         from .weights import load_weights
         return load_weights(path, backend=backend)
+
+    def evaluate(self, tokens: Any, *, batch_size: int = 8, stride: Optional[int] = None,
+                 token_bytes: Any = None, progress: bool = False) -> Dict[str, Any]:
+        """Loss, perplexity (and bits per byte with ``token_bytes``) over ``tokens`` in order,
+        every token after the first predicted once; see :mod:`kernelgpt.evaluation`."""
+        from .evaluation import evaluate_tokens
+        return evaluate_tokens(self, tokens, batch_size=batch_size, stride=stride,
+                               token_bytes=token_bytes, progress=progress)

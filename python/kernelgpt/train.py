@@ -53,6 +53,67 @@ class TrainingDivergedError(RuntimeError):
 DEFAULT_LR = 2e-3  # peak learning rate: high, since the default models are tiny and runs short
 
 
+EVALS_PER_RUN = 5  # evaluations in a run whose eval_every is not given (plus the final one)
+
+
+def default_eval_every(max_steps: int) -> int:
+    """The validation interval of a run of ``max_steps`` steps when none is given: about
+    EVALS_PER_RUN evaluations per run, whatever its length (200 for the default 1000 steps)."""
+    return max(1, int(max_steps) // EVALS_PER_RUN)
+
+
+class Throughput:
+    """Tokens per second over the last ``window`` steps (total tokens / total time), the figure
+    the progress bar shows: one step's own rate jumps with every pause of the machine."""
+
+    def __init__(self, window: int = 50):
+        from collections import deque
+        self._steps: Any = deque(maxlen=int(window))
+
+    def add(self, tokens: float, seconds: float) -> float:
+        self._steps.append((float(tokens), max(float(seconds), 0.0)))
+        return self.rate
+
+    @property
+    def rate(self) -> float:
+        t = sum(s for _, s in self._steps)
+        return sum(n for n, _ in self._steps) / t if t > 0 else 0.0
+
+
+def smooth(values: List[float], alpha: float = 0.1) -> List[float]:
+    """Exponential moving average (debiased at the start, as Adam's moments are)."""
+    out, m = [], 0.0
+    for k, v in enumerate(values, 1):
+        m = (1 - alpha) * m + alpha * float(v)
+        out.append(m / (1 - (1 - alpha) ** k))
+    return out
+
+
+def loss_figure(recs: List[Dict[str, Any]], title: str = "training loss") -> Any:
+    """The loss plot of metrics records: the train loss per step (faint), its moving average,
+    every validation point, a title and axes with units. Needs matplotlib."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = [r["step"] for r in recs]
+    loss = [r["loss"] for r in recs]
+    ax.plot(steps, loss, lw=0.6, alpha=0.3, color="C0", label="train (per step)")
+    ax.plot(steps, smooth(loss), lw=1.6, color="C0", label="train (moving average)")
+    val = [(r["step"], r["val_loss"]) for r in recs
+           if isinstance(r.get("val_loss"), (int, float))]
+    if val:
+        ax.plot(*zip(*val), "o-", color="C1", ms=4, label="validation")
+    ax.set_title(title)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats / token)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 8            # sequences per micro-batch
@@ -69,8 +130,9 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0         # max global gradient norm; 0 disables clipping
     grad_accum: int = 1            # micro-batches per optimizer step
-    eval_every: int = 200          # validation every N steps (and at the end); 0 disables it:
-                                   # five points on the default run's loss curve
+    eval_every: Optional[int] = None  # validation every N steps (and at the end); 0 disables
+                                   # it; None: max_steps // 5 (five evaluations a run: 200 on
+                                   # the default run's 1000 steps)
     eval_batches: int = 8          # validation batches per evaluation
     save_every: int = 500          # checkpoint every N steps (with an out_dir); 0: only at the
                                    # end (and on Ctrl-C); a long run loses at most 500 steps
@@ -79,6 +141,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.warmup_steps is None and isinstance(self.max_steps, int):
             self.warmup_steps = min(100, max(1, self.max_steps // 20))
+        if self.eval_every is None and isinstance(self.max_steps, int):
+            self.eval_every = default_eval_every(self.max_steps)
 
         def pos_int(name: str, minimum: int = 1) -> None:
             v = getattr(self, name)
@@ -193,6 +257,7 @@ class Trainer:
                 raise ValueError(f"tokenizer {os.fspath(tokenizer)}: {what}")
             tokenizer = Path(tokenizer).read_bytes()
         self.tokenizer = tokenizer
+        self._token_nbytes: Any = False  # lazily: byte length per token id, or None
         self.progress, self.callbacks = progress, list(callbacks)
         self.grad_reduce, self.is_main = grad_reduce, is_main
         self.optimizer = AdamW(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
@@ -202,6 +267,7 @@ class Trainer:
         self.elapsed = 0.0
         self.best_val_loss: Optional[float] = None
         self.last_val_loss: Optional[float] = None
+        self.last_val_bpb: Optional[float] = None
         self.last_checkpoint: Optional[Path] = None
         self._resumed = False
         self._committed: Optional[Dict[str, Any]] = None  # the last committed step's record
@@ -219,17 +285,55 @@ class Trainer:
     def can_evaluate(self) -> bool:
         return self.config.eval_batches > 0 and self.data.val.size >= self.block_size + 1
 
+    def token_nbytes(self) -> Optional[np.ndarray]:
+        """The UTF-8 byte length of each token id (special tokens 0), from the run's tokenizer;
+        None without one (then no bits per byte are reported)."""
+        if self._token_nbytes is False:
+            self._token_nbytes = None
+            tok = self.tokenizer
+            try:
+                if isinstance(tok, (bytes, bytearray)):
+                    from .tokenizer import Tokenizer
+                    tok = Tokenizer.from_dict(json.loads(bytes(tok).decode("utf-8")))
+                if tok is not None and hasattr(tok, "token_bytes"):
+                    from .evaluation import token_byte_lengths
+                    self._token_nbytes = token_byte_lengths(tok, self.model.config.vocab_size)
+            except (ValueError, ImportError, TypeError) as e:
+                log.warning("no bits per byte: cannot read the tokenizer (%s)", e)
+        return self._token_nbytes
+
+    def _bytes_of(self, y: np.ndarray) -> int:
+        nb = self.token_nbytes()
+        return 0 if nb is None else int(nb[y].sum())
+
+    def bits_per_byte(self, loss: float, n_tokens: int, n_bytes: float) -> Optional[float]:
+        """Mean loss (nats / token) over ``n_tokens`` targets decoding to ``n_bytes`` bytes ->
+        bits per byte (see kernelgpt.evaluation); None without a tokenizer or bytes."""
+        if self.token_nbytes() is None or not n_bytes:
+            return None
+        return float(loss) * n_tokens / (math.log(2.0) * float(n_bytes))
+
     def evaluate(self) -> Optional[float]:
-        """Mean validation loss over ``eval_batches`` fixed batches (None without a val split)."""
+        """Mean validation loss over ``eval_batches`` fixed batches (None without a val split).
+        Also sets ``last_val_bpb`` (bits per byte of the same batches; None without a
+        tokenizer)."""
         if not self.can_evaluate():
             return None
-        losses = [self.model.forward(x, y, return_logits=False)[1] for x, y in
-                  self.data.val_batches(self.config.eval_batches, self.config.batch_size,
-                                        self.block_size)]
-        return mean_across_ranks(self.comm, float(sum(losses) / len(losses)))  # [distributed]
+        losses, n_bytes, n_tok = [], 0, 0
+        for x, y in self.data.val_batches(self.config.eval_batches, self.config.batch_size,
+                                          self.block_size):
+            losses.append(self.model.forward(x, y, return_logits=False)[1])
+            n_bytes += self._bytes_of(y)
+            n_tok += y.size
+        val = mean_across_ranks(self.comm, float(sum(losses) / len(losses)))  # [distributed]
+        if self.token_nbytes() is not None:
+            n_bytes = mean_across_ranks(self.comm, float(n_bytes))  # [distributed]
+            self.last_val_bpb = self.bits_per_byte(val, n_tok, n_bytes)
+        return val
 
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> Dict[str, Any]:
+        extra = {} if self.data.data_dtype is None else {"data_dtype": self.data.data_dtype}
         src = self.data.source
         if src is not None and self.out_dir is not None:
             try:
@@ -239,10 +343,10 @@ class Trainer:
                 src = os.path.abspath(src)
         return {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed,
                 "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
-                "block_size": self.block_size, "backend": self.model.backend.name,
+                "last_val_bpb": self.last_val_bpb, "block_size": self.block_size, "backend": self.model.backend.name,
                 "data": dict(self.data.state_dict(), source=src,
                              fingerprint=self.data.fingerprint(),
-                             val_fraction=self.data.val_fraction)}
+                             val_fraction=self.data.val_fraction, **extra)}
 
     def load_state(self, ck: Any) -> None:
         """Restore parameters, optimizer, step and data position from a loaded Checkpoint."""
@@ -274,6 +378,7 @@ class Trainer:
         self.elapsed = float(st.get("elapsed_s", 0.0))
         self.best_val_loss = st.get("best_val_loss")
         self.last_val_loss = st.get("last_val_loss")
+        self.last_val_bpb = st.get("last_val_bpb")
         self.last_checkpoint = ck.path
         if self.tokenizer is None and ck.tokenizer_path is not None:
             self.tokenizer = ck.tokenizer_path.read_bytes()
@@ -305,8 +410,11 @@ class Trainer:
                 raise CheckpointError(f"{ck.path}: the run recorded no token file; pass data=")
             src_path = Path(src) if os.path.isabs(src) else Path(out_dir) / src
             try:
-                data = TokenDataset.from_file(src_path, val_fraction=d.get("val_fraction", 0.1),
-                                              seed=d.get("seed", cfg.seed))
+                fp = d.get("fingerprint")
+                data = TokenDataset.from_file(
+                    src_path, val_fraction=d.get("val_fraction", 0.1),
+                    seed=d.get("seed", cfg.seed), data_dtype=d.get("data_dtype"),
+                    vocab_size=fp.get("vocab_size") if isinstance(fp, dict) else None)
             except ValueError as e:
                 raise CheckpointError(f"cannot reopen the run's data: {e}") from None
         model = GPT(mcfg, backend=backend)
@@ -359,8 +467,7 @@ class Trainer:
         if self.out_dir is None or not self.is_main:
             return None
         try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
+            import matplotlib  # noqa: F401
         except ImportError:
             return None
         p = self.out_dir / METRICS_FILE
@@ -377,17 +484,10 @@ class Trainer:
                 continue  # a damaged line does not stop the plot
         if not recs:
             return None
-        fig = Figure(figsize=(7, 4))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
-        ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label="train", lw=1)
-        val = [(r["step"], r["val_loss"]) for r in recs
-               if isinstance(r.get("val_loss"), (int, float))]
-        if val:
-            ax.plot(*zip(*val), "o-", label="validation")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend()
+        cfg = self.model.config
+        fig = loss_figure(recs, f"{self.out_dir.name}: {cfg.n_layer} layers x {cfg.n_embd} "
+                                f"dims, vocab {cfg.vocab_size}, batch {self.config.batch_size}"
+                                f" x {self.block_size} tokens")
         out = self.out_dir / LOSS_PLOT
         fig.savefig(out, dpi=100)
         return out
@@ -398,9 +498,10 @@ class Trainer:
         c, model = self.config, self.model
         t0 = time.perf_counter()
         model.zero_grad()
-        loss = 0.0
+        loss, n_bytes = 0.0, 0
         for _ in range(c.grad_accum):
             x, y = self.data.get_batch(c.batch_size, self.block_size)
+            n_bytes += self._bytes_of(y)
             _, l = model.forward(x, y, return_logits=False)
             if not math.isfinite(l):
                 raise TrainingDivergedError(self._diverged_msg(f"the loss is {l}"))
@@ -409,6 +510,11 @@ class Trainer:
         if self.grad_reduce is not None:
             self.grad_reduce(model)
         loss = mean_across_ranks(self.comm, loss)  # [distributed] the global batch's mean loss
+        bpb = None
+        if self.token_nbytes() is not None:  # [distributed] bytes of the global batch / world
+            n_bytes = mean_across_ranks(self.comm, float(n_bytes))
+            bpb = self.bits_per_byte(loss, c.grad_accum * c.batch_size * self.block_size,
+                                     n_bytes)
         norm = clip_grad_norm(model, c.grad_clip)
         if not math.isfinite(norm):
             raise TrainingDivergedError(self._diverged_msg(f"the gradient norm is {norm}"))
@@ -426,6 +532,8 @@ class Trainer:
             self._committed = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
                                "tokens_per_s": n_tok / max(dt, 1e-9),
                                "elapsed_s": round(self.elapsed, 3)}
+            if bpb is not None:
+                self._committed["bpb"] = bpb
         return self._committed
 
     def fit(self, resume: bool = False) -> Dict[str, Any]:
@@ -467,6 +575,7 @@ class Trainer:
             bar = tqdm(total=c.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                        smoothing=0.1)
         losses: List[float] = []
+        speed = Throughput()
         last: Dict[str, Any] = {}
         interrupted = False
         # A Ctrl-C can land on any bytecode, so what was done is read from counters that move
@@ -495,6 +604,8 @@ class Trainer:
                         val = self.evaluate()
                     if val is not None:
                         rec["val_loss"] = val
+                        if self.last_val_bpb is not None:
+                            rec["val_bpb"] = self.last_val_bpb
                         self.last_val_loss = val
                         if self.best_val_loss is None or val < self.best_val_loss:
                             self.best_val_loss = val
@@ -507,7 +618,9 @@ class Trainer:
                         metrics.flush()
                         logged = self.step
                 if bar is not None:
-                    post = {"loss": f"{rec['loss']:.3f}", "tok/s": f"{rec['tokens_per_s']:.0f}"}
+                    n_tok = c.grad_accum * c.batch_size * self.block_size * self.data.world
+                    rate = speed.add(n_tok, n_tok / max(rec["tokens_per_s"], 1e-9))
+                    post = {"loss": f"{rec['loss']:.3f}", "tok/s": f"{rate:.0f}"}
                     if self.last_val_loss is not None:
                         post["val"] = f"{self.last_val_loss:.3f}"
                     bar.set_postfix(post, refresh=False)
@@ -540,6 +653,7 @@ class Trainer:
         self.plot_loss()
         wall = time.perf_counter() - t_start
         return {"step": self.step, "loss": last.get("loss"), "val_loss": self.last_val_loss,
+                "bpb": last.get("bpb"), "val_bpb": self.last_val_bpb,
                 "best_val_loss": self.best_val_loss, "tokens_seen": self.tokens_seen,
                 "elapsed_s": self.elapsed,
                 "tokens_per_s": ((self.step - start_step) * c.grad_accum * c.batch_size

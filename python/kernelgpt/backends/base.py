@@ -41,7 +41,7 @@ MAX_HEAD_SIZE = 256
 output accumulator in registers sized for it. The CUDA kernels hold one head in a warp and stop
 at CUDA_MAX_HEAD_SIZE (a narrower, CUDA-only limit, checked by the same function)."""
 CUDA_MAX_HEAD_SIZE = 128
-MAX_THREADS = 1024
+MAX_THREADS = 4096
 """Largest thread count set_num_threads accepts (a larger team only oversubscribes)."""
 
 
