@@ -2,6 +2,7 @@
 // validates shapes (std::invalid_argument -> ValueError naming the argument and both shapes) and
 // id ranges; dtype and layout are enforced by py::array_t<..., c_style> + noconvert (TypeError).
 // Pointers are taken with the GIL held, then the kernel runs with the GIL released.
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -68,8 +69,9 @@ int64_t check_heads(int64_t C, const py::object& n_head_arg) {
   if (C % n_head != 0)
     throw std::invalid_argument("n_head must be a positive divisor of C=" + std::to_string(C) +
                                 ", got " + std::to_string(n_head));
-  if (C / n_head > 256)
-    throw std::invalid_argument("head size C/n_head must be <= 256, got " +
+  if (C / n_head > limits().max_head_size)  // base.check_head_size's limit and message
+    throw std::invalid_argument("head size C/n_head must be <= " +
+                                std::to_string(limits().max_head_size) + ", got " +
                                 std::to_string(C / n_head));
   return n_head;
 }
@@ -121,7 +123,8 @@ void layernorm_forward(FArr out, FArr mean, FArr rstd, FArr x, FArr w, FArr b, f
   check_shape("rstd", rstd, "(N,)", {N});
   check_shape("w", w, "(C,)", {C});
   check_shape("b", b, "(C,)", {C});
-  if (!(eps > 0.0f)) throw std::invalid_argument("eps must be > 0, got " + std::to_string(eps));
+  if (!(eps > 0.0f) || !std::isfinite(eps))  // base.check_norm_eps's rule and message
+    throw std::invalid_argument("eps must be a finite number > 0, got " + std::to_string(eps));
   float *po = out.mutable_data(), *pm = mean.mutable_data(), *pr = rstd.mutable_data();
   const float *px = x.data(), *pw = w.data(), *pb = b.data();
   {

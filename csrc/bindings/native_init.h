@@ -16,6 +16,19 @@ void init_decode(pybind11::module_& m);     // native_decode.cpp
 }  // namespace kgpt_bind
 
 namespace kgpt_bind {
+// The limits every backend enforces, stated once in kernelgpt/backends/base.py and read from
+// there when the module is imported (native_module.cpp); the kernels' compiled capacity
+// (kMaxHeadSizeCapacity, kgpt::kMaxThreads) must be at least that.
+constexpr int64_t kMaxHeadSizeCapacity = 256;  // the attention kernels' register tiles
+struct Limits {
+  int64_t max_head_size = kMaxHeadSizeCapacity;
+  int64_t max_threads = 4096;
+};
+inline Limits& limits() {
+  static Limits l;
+  return l;
+}
+
 // An integer argument (size, count, index) from Python: int, numpy integer or anything with
 // __index__, bool excluded. TypeError for other types; ValueError naming the argument when it
 // lies outside [lo, hi] (any size, 2**64 included: never an overflow nor pybind11's
