@@ -119,7 +119,7 @@ void init_cuda_ops(py::module_& m) {
   m.def("scale_", [](u g, float s, long long n, u stream) {
     positive(n, "n");
     py::gil_scoped_release nogil;
-    kc::scale_inplace(ptr<float>(g, "g"), s, n, stream_of(stream));
+    kc::scale_(ptr<float>(g, "g"), s, n, stream_of(stream));
   }, py::arg("g"), py::arg("s"), py::arg("n"), py::arg("stream"));
 
   m.def("attention_forward", [](u out, u lse, u qkv, int B, int T, int NH, int HS, u stream) {

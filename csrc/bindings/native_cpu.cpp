@@ -306,7 +306,7 @@ void scale_(FArr g, float s) {
   const int64_t n = g.size();
   {
     py::gil_scoped_release nogil;
-    kgpt::cpu::scale_inplace(p, n, s);
+    kgpt::cpu::scale_(p, s, n);
   }
 }
 

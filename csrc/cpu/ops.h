@@ -55,7 +55,7 @@ void crossentropy_backward(float* dlogits, const float* probs, const int32_t* ta
 // optimizer.cpp. Sum of squares in float64 over fixed chunks (identical for any thread count);
 // g *= s; fused AdamW (elementwise, identical for any thread count).
 double global_norm_sq(const float* g, int64_t n);
-void scale_inplace(float* g, int64_t n, float s);
+void scale_(float* g, float s, int64_t n);
 // a[0..n) = 0 (a memset, threaded over chunks above kParallelMin).
 void zero_inplace(float* a, int64_t n);
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,

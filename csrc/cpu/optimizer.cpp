@@ -120,7 +120,7 @@ double global_norm_sq(const float* g, int64_t n) {
   return total;
 }
 
-void scale_inplace(float* g, int64_t n, float s) {
+void scale_(float* g, float s, int64_t n) {
   const int64_t nchunk = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (n > kParallelMin)
   for (int64_t c = 0; c < nchunk; ++c) {

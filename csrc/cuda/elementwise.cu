@@ -86,7 +86,7 @@ void add_bias(float* out, const float* bias, int N, int OC, void* stream) {
   add_bias_kernel<<<ew_grid(n), 256, 0, as_stream(stream)>>>(out, bias, n, OC);
   check_launch("add_bias");
 }
-void scale_inplace(float* g, float s, long long n, void* stream) {
+void scale_(float* g, float s, long long n, void* stream) {
   scale_kernel<<<ew_grid(n), 256, 0, as_stream(stream)>>>(g, s, n);
   check_launch("scale_");
 }

@@ -33,7 +33,7 @@ void add_bias(float* out, const float* bias, int N, int OC, void* stream);
 // dbias (OC,) += dout (N,OC).sum(0); partials: colsum_partial_blocks(N) * OC floats
 int colsum_partial_blocks(int N);
 void bias_backward(float* dbias, float* partials, const float* dout, int N, int OC, void* stream);
-void scale_inplace(float* g, float s, long long n, void* stream);
+void scale_(float* g, float s, long long n, void* stream);
 
 // attention.cu (HS <= 128); Dscratch: B*NH*T floats
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int NH, int HS,
