@@ -10,6 +10,7 @@
 
 #include <pybind11/numpy.h>
 
+#include "bindings/array_checks.h"
 #include "bindings/native_init.h"
 #include "cpu/dispatch.h"  // ops_set_force_portable (test hook)
 #include "common/parallel_errors.h"  // checked_mul
@@ -19,50 +20,6 @@ namespace py = pybind11;
 
 namespace kgpt_bind {
 namespace {
-
-using FArr = py::array_t<float, py::array::c_style>;
-using IArr = py::array_t<int32_t, py::array::c_style>;
-using Shape = std::vector<int64_t>;
-
-std::string tstr(const Shape& v) {
-  std::string s = "(";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + (v.size() == 1 ? ",)" : ")");
-}
-
-Shape shape_of(const py::array& a) {
-  Shape s(a.ndim());
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s[i] = a.shape(i);
-  return s;
-}
-
-// "rstd must have shape (N,)=(12,), got (11,)"
-void check_shape(const char* name, const py::array& a, const char* letters, const Shape& want) {
-  if (shape_of(a) != want)
-    throw std::invalid_argument(std::string(name) + " must have shape " + letters + "=" +
-                                tstr(want) + ", got " + tstr(shape_of(a)));
-}
-
-void check_same(const char* name, const py::array& a, const char* ref_name, const py::array& ref) {
-  if (shape_of(a) != shape_of(ref))
-    throw std::invalid_argument(std::string(name) + " must have the shape of " + ref_name + " " +
-                                tstr(shape_of(ref)) + ", got " + tstr(shape_of(a)));
-}
-
-void check_ndim(const char* name, const py::array& a, int nd, const char* letters) {
-  if (a.ndim() != nd)
-    throw std::invalid_argument(std::string(name) + " must be " + std::to_string(nd) + "-D " +
-                                letters + ", got shape " + tstr(shape_of(a)));
-}
-
-void check_ids(const char* name, const IArr& ids, int64_t upper) {
-  const int32_t* p = ids.data();
-  for (py::ssize_t i = 0; i < ids.size(); ++i)
-    if (p[i] < 0 || p[i] >= upper)
-      throw std::invalid_argument(std::string(name) + " values must lie in [0, " +
-                                  std::to_string(upper) + "), got " + std::to_string(p[i]) +
-                                  " at flat index " + std::to_string(i));
-}
 
 int64_t check_heads(int64_t C, const py::object& n_head_arg) {
   const int64_t n_head = int_arg(n_head_arg, "n_head", 1, INT64_MAX);

@@ -10,6 +10,7 @@
 
 #include <pybind11/numpy.h>
 
+#include "bindings/array_checks.h"
 #include "bindings/native_init.h"
 #include "cpu/decode.h"
 
@@ -18,11 +19,6 @@ namespace py = pybind11;
 namespace kgpt_bind {
 namespace {
 
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
 
 // The one conversion of kernelgpt.sample.SamplingParams (already validated in Python) into its
 // C++ twin; checked again here since the object could be anything.

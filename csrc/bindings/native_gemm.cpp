@@ -11,6 +11,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>  // std::optional arrays (None)
 
+#include "bindings/array_checks.h"
 #include "bindings/native_init.h"
 #include "common/threads.h"  // kMaxThreads
 #include "cpu/classifier.h"
@@ -22,41 +23,6 @@ namespace py = pybind11;
 namespace kgpt_bind {
 namespace {
 
-using FArr = py::array_t<float, py::array::c_style>;
-using IArr = py::array_t<int32_t, py::array::c_style>;
-using OptF = std::optional<FArr>;
-
-std::string tuple_str(const std::vector<int64_t>& v) {
-  std::string s = "(";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + (v.size() == 1 ? ",)" : ")");
-}
-
-std::vector<int64_t> shape_of(const py::array& a) {
-  std::vector<int64_t> s(a.ndim());
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s[i] = a.shape(i);
-  return s;
-}
-
-// "w must have shape (OC, C)=(64, 32), got (64, 31)"
-void check_shape(const char* name, const py::array& a, const char* letters,
-                 const std::vector<int64_t>& want) {
-  if (shape_of(a) != want)
-    throw std::invalid_argument(std::string(name) + " must have shape " + letters + "=" +
-                                tuple_str(want) + ", got " + tuple_str(shape_of(a)));
-}
-
-void check_ndim(const char* name, const py::array& a, int nd, const char* letters) {
-  if (a.ndim() != nd)
-    throw std::invalid_argument(std::string(name) + " must be " + std::to_string(nd) + "-D " +
-                                letters + ", got shape " + tuple_str(shape_of(a)));
-}
-
-bool overlaps(const py::array& a, const py::array& b) {
-  const char* a0 = static_cast<const char*>(a.data());
-  const char* b0 = static_cast<const char*>(b.data());
-  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
-}
 
 void check_no_overlap(const char* out_name, const py::array& out, const char* in_name,
                       const py::array& in) {

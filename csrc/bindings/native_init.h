@@ -33,8 +33,11 @@ inline Limits& limits() {
 // __index__, bool excluded. TypeError for other types; ValueError naming the argument when it
 // lies outside [lo, hi] (any size, 2**64 included: never an overflow nor pybind11's
 // "incompatible function arguments").
-inline int64_t int_arg(pybind11::handle h, const char* name, int64_t lo, int64_t hi) {
-  const std::string range = "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+// The one reading of an int-like argument (int, numpy integer, anything with __index__; not bool,
+// not float: TypeError naming it). *fits is false when the value lies outside int64 (the value
+// returned is then unusable); *text, when given, is its decimal form for messages.
+inline int64_t int_like(pybind11::handle h, const char* name, bool* fits,
+                        std::string* text = nullptr) {
   if (PyBool_Check(h.ptr()))
     throw pybind11::type_error(std::string(name) + " must be an int, got bool");
   PyObject* idx = PyNumber_Index(h.ptr());
@@ -43,16 +46,25 @@ inline int64_t int_arg(pybind11::handle h, const char* name, int64_t lo, int64_t
     throw pybind11::type_error(std::string(name) + " must be an int, got " +
                                Py_TYPE(h.ptr())->tp_name);
   }
+  pybind11::object i = pybind11::reinterpret_steal<pybind11::object>(idx);
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(idx, &overflow);
   const bool err = overflow != 0 || (v == -1 && PyErr_Occurred() != nullptr);
   PyErr_Clear();
-  if (err || v < lo || v > hi) {
-    const std::string got = pybind11::str(pybind11::handle(idx)).cast<std::string>();
-    Py_DECREF(idx);
-    throw std::invalid_argument(std::string(name) + " must be in " + range + ", got " + got);
-  }
-  Py_DECREF(idx);
+  *fits = !err;
+  if (text != nullptr) *text = pybind11::str(i).cast<std::string>();
+  return err ? 0 : int64_t(v);
+}
+
+// An int-like argument in [lo, hi]: ValueError naming it otherwise (any size, 2**64 included:
+// never an overflow nor pybind11's "incompatible function arguments").
+inline int64_t int_arg(pybind11::handle h, const char* name, int64_t lo, int64_t hi) {
+  bool fits = false;
+  std::string got;
+  const int64_t v = int_like(h, name, &fits, &got);
+  if (!fits || v < lo || v > hi)
+    throw std::invalid_argument(std::string(name) + " must be in [" + std::to_string(lo) + ", " +
+                                std::to_string(hi) + "], got " + got);
   return v;
 }
 }  // namespace kgpt_bind

@@ -128,15 +128,9 @@ py::array_t<int64_t> pretokenize_spans_py(py::handle data, const std::string& pa
 // back as -1 (outside every valid range) so the caller's range check names it, never pybind's
 // "incompatible function arguments".
 int64_t offset_arg(py::handle h, const char* what) {
-  PyObject* o = h.ptr();
-  if (PyBool_Check(o) || !PyIndex_Check(o))
-    throw py::type_error(std::string(what) + " must be an int, got " + Py_TYPE(o)->tp_name);
-  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(o));
-  if (!i) throw py::error_already_set();
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
-  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
-  return overflow ? -1 : int64_t(v);
+  bool fits = false;
+  const int64_t v = int_like(h, what, &fits);
+  return fits ? v : -1;
 }
 
 std::string int_text(py::handle h) {

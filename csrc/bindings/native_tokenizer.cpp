@@ -86,20 +86,8 @@ py::list to_list(const std::vector<int32_t>& v, std::vector<PyObject*>& ints, si
   return py::reinterpret_steal<py::list>(l);
 }
 
-// An int-like argument (int or anything with __index__, e.g. a NumPy integer; not bool, not float):
-// TypeError otherwise. *fits is false when the value is outside int64 (the result is then unusable).
-int64_t int_arg(py::handle h, const char* what, bool* fits) {
-  PyObject* o = h.ptr();
-  if (PyBool_Check(o) || !PyIndex_Check(o))
-    throw py::type_error(std::string(what) + " must be an int, got " + Py_TYPE(o)->tp_name);
-  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(o));
-  if (!i) throw py::error_already_set();
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
-  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
-  *fits = overflow == 0;
-  return int64_t(v);
-}
+// An int-like argument (native_init.h's int_like); *fits is false outside int64.
+int64_t int_arg(py::handle h, const char* what, bool* fits) { return int_like(h, what, fits); }
 
 std::string int_text(py::handle h) {
   py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
