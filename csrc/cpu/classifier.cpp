@@ -6,12 +6,7 @@
 #include "common/threads.h"
 #include "cpu/classifier.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define KGPT_X86 1
-#include <immintrin.h>
-#else
-#define KGPT_X86 0
-#endif
+#include "common/isa.h"
 
 #include <algorithm>
 #include <cmath>
@@ -32,8 +27,6 @@ namespace cpu {
 namespace {
 
 #if KGPT_X86
-#define KGPT_AVX2 __attribute__((target("avx2,fma")))
-#define KGPT_AVX512 __attribute__((target("avx512f,avx2,fma")))
 
 // One row of logits -> loss; with `grad`, the row becomes scale * (softmax - onehot). Three
 // passes over the row, which sits in L1/L2 after the first: the max, then exp(x - max) summed
@@ -69,7 +62,7 @@ KGPT_INLINE float row_finish(float* row, int64_t Vv, int64_t V, int32_t t, float
   return std::log(sum) + mx - xt;
 }
 
-KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scale) {
+KGPT_TARGET_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scale) {
   const int64_t Vv = V / 16 * 16;
   const float xt = row[t];
   __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
@@ -98,7 +91,7 @@ KGPT_AVX2 float row_avx2(float* row, int64_t V, int32_t t, bool grad, float scal
 }
 
 // The same on 16 lanes (exp16_avx512 equals exp8_avx2 lane for lane).
-KGPT_AVX512 float row_avx512(float* row, int64_t V, int32_t t, bool grad, float scale) {
+KGPT_TARGET_AVX512 float row_avx512(float* row, int64_t V, int32_t t, bool grad, float scale) {
   const int64_t Vv = V / 16 * 16;
   const float xt = row[t];
   __m512 m = _mm512_set1_ps(-INFINITY);

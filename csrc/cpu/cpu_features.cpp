@@ -1,8 +1,9 @@
+#include "common/isa.h"
 #include "common/cpu_features.h"
 
 namespace kgpt {
 bool cpu_has_avx2_fma() {
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 #else
@@ -11,7 +12,7 @@ bool cpu_has_avx2_fma() {
 }
 
 bool cpu_has_avx512f() {
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
   static const bool ok = __builtin_cpu_supports("avx512f") && cpu_has_avx2_fma();
   return ok;
 #else

@@ -7,11 +7,7 @@
 
 #include "common/cpu_features.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define KGPT_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define KGPT_TARGET_AVX2
-#endif
+#include "common/isa.h"
 #define KGPT_INLINE static inline __attribute__((always_inline))
 
 // Usage: KGPT_MULTIVERSION(void, name, (float* a, int64_t n), (a, n)) { ...serial body... }

@@ -35,14 +35,14 @@ KGPT_INLINE void gelu_bwd_scalar(float* dx, const float* dout, const float* x, i
 
 #ifdef KGPT_HAVE_EXP8
 // s = sigmoid(2u) = 1 / (1 + exp(-2u)) for 8 lanes.
-__attribute__((target("avx2,fma"))) static inline __m256 sig2u(__m256 x, __m256 x2) {
+KGPT_TARGET_AVX2 static inline __m256 sig2u(__m256 x, __m256 x2) {
   const __m256 u = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(kK), x),
                                  _mm256_fmadd_ps(_mm256_set1_ps(kA), x2, _mm256_set1_ps(1.0f)));
   const __m256 e = exp8_avx2(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
   return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
-__attribute__((target("avx2,fma"))) void gelu_fwd_avx2(float* out, const float* x, int64_t n) {
+KGPT_TARGET_AVX2 void gelu_fwd_avx2(float* out, const float* x, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 xv = _mm256_loadu_ps(x + i);
@@ -51,7 +51,7 @@ __attribute__((target("avx2,fma"))) void gelu_fwd_avx2(float* out, const float* 
   gelu_fwd_scalar(out + i, x + i, n - i);
 }
 
-__attribute__((target("avx2,fma"))) void gelu_bwd_avx2(float* dx, const float* dout,
+KGPT_TARGET_AVX2 void gelu_bwd_avx2(float* dx, const float* dout,
                                                        const float* x, int64_t n) {
   int64_t i = 0;
   const __m256 one = _mm256_set1_ps(1.0f);
@@ -70,15 +70,14 @@ __attribute__((target("avx2,fma"))) void gelu_bwd_avx2(float* dx, const float* d
 
 // AVX-512: the AVX2 code on 16 lanes (same operations per lane: bitwise the same results),
 // the remainder through the AVX2 code.
-#define KGPT_AVX512_GELU __attribute__((target("avx512f,avx2,fma")))
-KGPT_AVX512_GELU static inline __m512 sig2u16(__m512 x, __m512 x2) {
+KGPT_TARGET_AVX512 static inline __m512 sig2u16(__m512 x, __m512 x2) {
   const __m512 u = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(kK), x),
                                  _mm512_fmadd_ps(_mm512_set1_ps(kA), x2, _mm512_set1_ps(1.0f)));
   const __m512 e = exp16_avx512(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
   return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
-KGPT_AVX512_GELU void gelu_fwd_avx512(float* out, const float* x, int64_t n) {
+KGPT_TARGET_AVX512 void gelu_fwd_avx512(float* out, const float* x, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 xv = _mm512_loadu_ps(x + i);
@@ -87,7 +86,7 @@ KGPT_AVX512_GELU void gelu_fwd_avx512(float* out, const float* x, int64_t n) {
   gelu_fwd_avx2(out + i, x + i, n - i);
 }
 
-KGPT_AVX512_GELU void gelu_bwd_avx512(float* dx, const float* dout, const float* x, int64_t n) {
+KGPT_TARGET_AVX512 void gelu_bwd_avx512(float* dx, const float* dout, const float* x, int64_t n) {
   int64_t i = 0;
   const __m512 one = _mm512_set1_ps(1.0f);
   for (; i + 16 <= n; i += 16) {

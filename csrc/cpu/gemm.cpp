@@ -10,12 +10,7 @@
 #include "common/threads.h"
 #include "cpu/gemm.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define KGPT_X86 1
-#include <immintrin.h>  // SSE 4x4 transposes in the packing
-#else
-#define KGPT_X86 0
-#endif
+#include "common/isa.h"
 
 #include <algorithm>
 #include <atomic>
@@ -84,7 +79,7 @@ thread_local PackBuf tls_a, tls_b;
 // 16 aligned stores per 256 floats, against 4x4 SSE transposes' 64, 128 and 64); only used with
 // the AVX-512 kernel (NR = 64), so only on CPUs that have it. Columns past the last multiple of
 // 16 of kc one by one. A pure copy: the same packed panel either way.
-__attribute__((target("avx512f"))) void transpose_rows64_avx512(const float* src, int64_t ld,
+KGPT_TARGET_AVX512 void transpose_rows64_avx512(const float* src, int64_t ld,
                                                                 int64_t kc, float* d) {
   int64_t k = 0;
   for (; k + 16 <= kc; k += 16)
@@ -161,7 +156,7 @@ void pack_transposed(const float* src, int64_t ld, int n, int64_t kc, float* d) 
 // only used with the AVX-512 kernel (whose NR is 64), so only on CPUs that have it. The default
 // inline copy is 16-byte moves (the file is built without -m flags), and packing B this way was
 // 9% of a single-threaded dW product on XS's shapes.
-__attribute__((target("avx512f"))) void copy_rows64_avx512(const float* src, int64_t ld,
+KGPT_TARGET_AVX512 void copy_rows64_avx512(const float* src, int64_t ld,
                                                            int64_t kc, float* d) {
   for (int64_t k = 0; k < kc; ++k) {
     const float* r = src + k * ld;

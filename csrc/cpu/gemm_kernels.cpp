@@ -5,12 +5,7 @@
 
 #include <cstring>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define KGPT_X86 1
-#include <immintrin.h>
-#else
-#define KGPT_X86 0
-#endif
+#include "common/isa.h"
 
 namespace kgpt {
 namespace cpu {
@@ -53,9 +48,8 @@ void ukr_portable(int64_t kc, const float* a, const float* b, float* c, int64_t 
 
 #if KGPT_X86
 // ---------------------------------------------------------------- AVX2/FMA 6x16 micro-kernel
-#define KGPT_AVX2 __attribute__((target("avx2,fma")))
 
-static KGPT_AVX2 inline void store8(float* c, __m256 acc, __m256 va, float beta, const float* bias) {
+static KGPT_TARGET_AVX2 inline void store8(float* c, __m256 acc, __m256 va, float beta, const float* bias) {
   __m256 v = _mm256_mul_ps(acc, va);
   if (beta != 0.f) v = _mm256_add_ps(v, _mm256_mul_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(c)));
   if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
@@ -65,7 +59,7 @@ static KGPT_AVX2 inline void store8(float* c, __m256 acc, __m256 va, float beta,
 // DIRECT: A is read in place, element (i, k) at a[i*lda + k] (row-major op(A), no packing);
 // otherwise from the packed sliver, a[k*6 + i]. The same FMAs in the same k order either way.
 template <bool DIRECT>
-static KGPT_AVX2 inline void ukr_avx2_6x16_impl(int64_t kc, const float* a, int64_t lda,
+static KGPT_TARGET_AVX2 inline void ukr_avx2_6x16_impl(int64_t kc, const float* a, int64_t lda,
                                                 const float* b, float* c, int64_t ldc,
                                                 float alpha, float beta, const float* bias) {
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -97,20 +91,19 @@ static KGPT_AVX2 inline void ukr_avx2_6x16_impl(int64_t kc, const float* a, int6
 #undef KGPT_STORE
 }
 
-KGPT_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+KGPT_TARGET_AVX2 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                              float alpha, float beta, const float* bias) {
   ukr_avx2_6x16_impl<false>(kc, a, 0, b, c, ldc, alpha, beta, bias);
 }
 
-KGPT_AVX2 void ukrd_avx2_6x16(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
+KGPT_TARGET_AVX2 void ukrd_avx2_6x16(int64_t kc, const float* a, int64_t lda, const float* b, float* c,
                               int64_t ldc, float alpha, float beta, const float* bias) {
   ukr_avx2_6x16_impl<true>(kc, a, lda, b, c, ldc, alpha, beta, bias);
 }
 
 // ---------------------------------------------------------------- AVX-512 helpers
-#define KGPT_AVX512 __attribute__((target("avx512f,avx2,fma")))
 
-static KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float beta, const float* bias) {
+static KGPT_TARGET_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float beta, const float* bias) {
   __m512 v = _mm512_mul_ps(acc, va);
   if (beta != 0.f) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(c)));
   if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
@@ -122,7 +115,7 @@ static KGPT_AVX512 inline void store16(float* c, __m512 acc, __m512 va, float be
 // (A 12x32 tile, 14 loads per 24 FMAs, measured 5-9% slower on the model's shapes, in a training
 // step too.) DIRECT: A read in place, element (i, k) at a[i*lda + k]; else the packed sliver.
 template <int MODE>
-static KGPT_AVX512 inline void ukr_avx512_6x64_impl(int64_t kc, const float* a, int64_t lda,
+static KGPT_TARGET_AVX512 inline void ukr_avx512_6x64_impl(int64_t kc, const float* a, int64_t lda,
                                                     const float* b, float* c, int64_t ldc,
                                                     float alpha, float beta, const float* bias) {
   __m512 acc[6][4];
@@ -150,18 +143,18 @@ static KGPT_AVX512 inline void ukr_avx512_6x64_impl(int64_t kc, const float* a, 
       store16(c + i * ldc + 16 * v, acc[i][v], va, beta, bias ? bias + 16 * v : nullptr);
 }
 
-KGPT_AVX512 void ukr_avx512_6x64(int64_t kc, const float* a, const float* b, float* c,
+KGPT_TARGET_AVX512 void ukr_avx512_6x64(int64_t kc, const float* a, const float* b, float* c,
                                  int64_t ldc, float alpha, float beta, const float* bias) {
   ukr_avx512_6x64_impl<0>(kc, a, 0, b, c, ldc, alpha, beta, bias);
 }
 
-KGPT_AVX512 void ukrd_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b,
+KGPT_TARGET_AVX512 void ukrd_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b,
                                   float* c, int64_t ldc, float alpha, float beta,
                                   const float* bias) {
   ukr_avx512_6x64_impl<1>(kc, a, lda, b, c, ldc, alpha, beta, bias);
 }
 
-KGPT_AVX512 void ukrt_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b,
+KGPT_TARGET_AVX512 void ukrt_avx512_6x64(int64_t kc, const float* a, int64_t lda, const float* b,
                                   float* c, int64_t ldc, float alpha, float beta,
                                   const float* bias) {
   ukr_avx512_6x64_impl<2>(kc, a, lda, b, c, ldc, alpha, beta, bias);
@@ -180,7 +173,7 @@ constexpr int kGemvU = M <= 2 ? 4 : 2;
 
 // The part after the wide loop: the 8-wide tail into acc[m][0], the lane sums, the epilogue.
 template <int M>
-KGPT_AVX2 inline void gemv_finish(const Problem& p, int64_t n, int64_t k,
+KGPT_TARGET_AVX2 inline void gemv_finish(const Problem& p, int64_t n, int64_t k,
                                   __m256 (&acc)[M][kGemvU<M>]) {
   constexpr int U = kGemvU<M>;
   const int64_t K = p.K;
@@ -205,7 +198,7 @@ KGPT_AVX2 inline void gemv_finish(const Problem& p, int64_t n, int64_t k,
 }
 
 template <int M>
-KGPT_AVX2 void gemv_rows_avx2(const Problem& p, int64_t n0, int64_t n1) {
+KGPT_TARGET_AVX2 void gemv_rows_avx2(const Problem& p, int64_t n0, int64_t n1) {
   constexpr int U = kGemvU<M>;
   const int64_t K = p.K;
   for (int64_t n = n0; n < n1; ++n) {
@@ -227,7 +220,7 @@ KGPT_AVX2 void gemv_rows_avx2(const Problem& p, int64_t n0, int64_t n1) {
 
 // The same sums with half the instructions: zmm v of a row holds the AVX2 sums 2v and 2v+1.
 template <int M>
-KGPT_AVX512 void gemv_rows_avx512(const Problem& p, int64_t n0, int64_t n1) {
+KGPT_TARGET_AVX512 void gemv_rows_avx512(const Problem& p, int64_t n0, int64_t n1) {
   constexpr int U = kGemvU<M>, Z = U / 2;
   const int64_t K = p.K;
   for (int64_t n = n0; n < n1; ++n) {

@@ -3,6 +3,7 @@
 // panels) or a range of output columns of a matrix-vector product. Every output element is
 // summed in a fixed k order. Not a public interface: sgemm in gemm.h is.
 #pragma once
+#include "common/isa.h"
 #include <cstdint>
 
 #include "cpu/gemm.h"
@@ -40,7 +41,7 @@ void gemv_nt_portable(const Problem& p, int64_t n0, int64_t n1);
 // Columns [n0, n1) of an NT matrix-vector product (M <= 4) on the active ISA's kernel.
 void gemv_nt_range(const Problem& p, int64_t n0, int64_t n1);
 
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
 void ukr_avx2_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                    float beta, const float* bias);
 void ukrd_avx2_6x16(int64_t kc, const float* a, int64_t lda, const float* b, float* c,

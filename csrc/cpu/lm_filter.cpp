@@ -8,12 +8,7 @@
 
 #include "cpu/dispatch.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define KGPT_LMF_X86 1
-#else
-#define KGPT_LMF_X86 0
-#endif
+#include "common/isa.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -86,19 +81,19 @@ KGPT_MULTIVERSION(bool, convert_row, (const float* w, uint16_t* o, int64_t C, do
   return bad == 0;
 }
 
-#if KGPT_LMF_X86
+#if KGPT_X86
 // bfloat16 -> float: the 16 bits become the float's high half.
-__attribute__((target("avx512f,avx2,fma"))) inline __m512 widen16(const uint16_t* p) {
+KGPT_TARGET_AVX512 inline __m512 widen16(const uint16_t* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-__attribute__((target("avx2,fma"))) inline __m256 widen8(const uint16_t* p) {
+KGPT_TARGET_AVX2 inline __m256 widen8(const uint16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-__attribute__((target("avx512f,avx2,fma"))) void approx_avx512(float* out, const float* x,
+KGPT_TARGET_AVX512 void approx_avx512(float* out, const float* x,
                                                                const uint16_t* w, int64_t B,
                                                                int64_t V, int64_t C, int64_t n0,
                                                                int64_t n1) {
@@ -120,7 +115,7 @@ __attribute__((target("avx512f,avx2,fma"))) void approx_avx512(float* out, const
   }
 }
 
-__attribute__((target("avx2,fma"))) void approx_avx2(float* out, const float* x,
+KGPT_TARGET_AVX2 void approx_avx2(float* out, const float* x,
                                                      const uint16_t* w, int64_t B, int64_t V,
                                                      int64_t C, int64_t n0, int64_t n1) {
   for (int64_t j = n0; j < n1; ++j) {
@@ -190,7 +185,7 @@ void lm_filter_build(LmFilter& f, const float* wte, int64_t V, int64_t C) {
 void lm_filter_logits(float* approx, const float* x, const LmFilter& f, int64_t B, int64_t n0,
                       int64_t n1) {
   if (n1 <= n0) return;
-#if KGPT_LMF_X86
+#if KGPT_X86
   if (ops_use_avx512()) return approx_avx512(approx, x, f.w16.data(), B, f.V, f.C, n0, n1);
   if (ops_use_avx2()) return approx_avx2(approx, x, f.w16.data(), B, f.V, f.C, n0, n1);
 #endif

@@ -5,9 +5,7 @@
 // thread count.
 #include <cmath>
 #include <cstring>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
+#include "common/isa.h"
 #include <vector>
 
 #include "common/threads.h"
@@ -51,8 +49,8 @@ KGPT_INLINE void adamw_scalar(float* p, const float* g, float* m, float* v, int6
   }
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2,fma"))) void adamw_avx2(float* p, const float* g, float* m, float* v,
+#if KGPT_X86
+KGPT_TARGET_AVX2 void adamw_avx2(float* p, const float* g, float* m, float* v,
                                                     int64_t n, float lr, float b1, float b2,
                                                     float eps, float wd, float r1, float r2) {
   const __m256 B1 = _mm256_set1_ps(b1), B2 = _mm256_set1_ps(b2), A1 = _mm256_set1_ps(1.0f - b1);
@@ -73,7 +71,7 @@ __attribute__((target("avx2,fma"))) void adamw_avx2(float* p, const float* g, fl
   adamw_scalar(p + i, g + i, m + i, v + i, n - i, lr, b1, b2, eps, wd, r1, r2);
 }
 
-__attribute__((target("avx512f,avx2,fma"))) void adamw_avx512(float* p, const float* g, float* m,
+KGPT_TARGET_AVX512 void adamw_avx512(float* p, const float* g, float* m,
                                                               float* v, int64_t n, float lr,
                                                               float b1, float b2, float eps,
                                                               float wd, float r1, float r2) {
@@ -98,7 +96,7 @@ __attribute__((target("avx512f,avx2,fma"))) void adamw_avx512(float* p, const fl
 
 void adamw_chunk(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1,
                  float b2, float eps, float wd, float r1, float r2) {
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
   if (ops_use_avx512()) return adamw_avx512(p, g, m, v, n, lr, b1, b2, eps, wd, r1, r2);
   if (ops_use_avx2()) return adamw_avx2(p, g, m, v, n, lr, b1, b2, eps, wd, r1, r2);
 #endif

@@ -15,9 +15,7 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
+#include "common/isa.h"
 
 namespace kgpt {
 namespace cpu {
@@ -29,8 +27,8 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kInner = 1 << 16;
 constexpr int kChains = 12;
 
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx512f"))) double spin_avx512(double seconds, float* sink) {
+#if KGPT_X86
+KGPT_TARGET_AVX512 double spin_avx512(double seconds, float* sink) {
   __m512 acc[kChains];
   for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(1.0f + 1e-3f * i);
   const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
@@ -49,7 +47,7 @@ __attribute__((target("avx512f"))) double spin_avx512(double seconds, float* sin
   return double(reps) * kInner * kChains * 16 * 2 / dt;
 }
 
-__attribute__((target("avx2,fma"))) double spin_avx2(double seconds, float* sink) {
+KGPT_TARGET_AVX2 double spin_avx2(double seconds, float* sink) {
   __m256 acc[kChains];
   for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(1.0f + 1e-3f * i);
   const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
@@ -72,8 +70,8 @@ __attribute__((target("avx2,fma"))) double spin_avx2(double seconds, float* sink
 #endif
 
 // Sum of n floats with 4 independent vector accumulators: a pure streaming read.
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2"))) float read_sum_avx2(const float* p, int64_t n) {
+#if KGPT_X86
+KGPT_TARGET_AVX2 float read_sum_avx2(const float* p, int64_t n) {
   __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
@@ -152,7 +150,7 @@ double read_bandwidth_gbs(double megabytes, int threads, double seconds) {
       double dt = 0;
       int64_t reps = 0;
       do {
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
         sink[t] += avx2 ? read_sum_avx2(p, len) : read_sum_portable(p, len);
 #else
         sink[t] += read_sum_portable(p, len);
@@ -177,7 +175,7 @@ double fma_peak_gflops(const std::string& isa, int threads, double seconds) {
   if (!(seconds > 0) || seconds > 60)
     throw std::invalid_argument("seconds must be in (0, 60], got " + std::to_string(seconds));
   double (*spin)(double, float*) = nullptr;
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
   if (isa == "avx512") {
     if (!cpu_has_avx512f())
       throw std::invalid_argument("this CPU has no AVX-512F");

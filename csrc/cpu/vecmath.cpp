@@ -15,7 +15,7 @@ namespace {
 #ifdef KGPT_HAVE_EXP8
 // Elements [i, n) onto acc, the running 8-lane sum of [0, i) (lane l holding the elements
 // = l mod 8, added in order); then the lanes in a fixed tree, then the tail one by one.
-__attribute__((target("avx2,fma"))) float exp_shift_sum_avx2_from(float* s, int64_t n,
+KGPT_TARGET_AVX2 float exp_shift_sum_avx2_from(float* s, int64_t n,
                                                                  float shift, int64_t i,
                                                                  __m256 acc) {
   const __m256 sh = _mm256_set1_ps(shift);
@@ -35,14 +35,14 @@ __attribute__((target("avx2,fma"))) float exp_shift_sum_avx2_from(float* s, int6
   return tot;
 }
 
-__attribute__((target("avx2,fma"))) float exp_shift_sum_avx2(float* s, int64_t n, float shift) {
+KGPT_TARGET_AVX2 float exp_shift_sum_avx2(float* s, int64_t n, float shift) {
   return exp_shift_sum_avx2_from(s, n, shift, 0, _mm256_setzero_ps());
 }
 
 // The AVX2 loop on 16 lanes: exp16_avx512 equals exp8_avx2 lane for lane, and each 16-lane
 // result is added to the 8-lane sum as its low then its high half, the same additions in the
 // same order as the AVX2 loop (bitwise the same sum); the remainder goes through that loop.
-__attribute__((target("avx512f,avx2,fma"))) float exp_shift_sum_avx512(float* s, int64_t n,
+KGPT_TARGET_AVX512 float exp_shift_sum_avx512(float* s, int64_t n,
                                                                       float shift) {
   const __m512 sh = _mm512_set1_ps(shift);
   __m256 acc = _mm256_setzero_ps();

@@ -45,12 +45,12 @@ float exp_shift_sum(float* s, int64_t n, float shift);
 }  // namespace cpu
 }  // namespace kgpt
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
+#include "common/isa.h"
+#if KGPT_X86
 namespace kgpt {
 namespace cpu {
 // Eight lanes of exp_approx, same constants and rounding (fused multiply-adds where it pays).
-__attribute__((target("avx2,fma"))) static inline __m256 exp8_avx2(__m256 x) {
+KGPT_TARGET_AVX2 static inline __m256 exp8_avx2(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.3f);
   const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);  // 0 below -87 (and for NaN)
   x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
@@ -71,7 +71,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 exp8_avx2(__m256 x) {
 }
 
 // Sixteen lanes of exp8_avx2: the same operations lane by lane (bitwise the same results).
-__attribute__((target("avx512f,avx2,fma"))) static inline __m512 exp16_avx512(__m512 x) {
+KGPT_TARGET_AVX512 static inline __m512 exp16_avx512(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.3f);
   const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);  // 0 below -87 (and for NaN)
   x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
