@@ -177,11 +177,11 @@ def test_generate_reuses_its_decoder_and_follows_the_weights(rng):
     m.params[:] += rng.standard_normal(m.params.size).astype(np.float32) * 0.3
     prompt = rng.integers(0, 37, (1, 4)).astype(np.int32)
     a = m.generate(prompt, 20, temperature=0.9, top_k=10, seed=1)
-    assert getattr(m, "_generate_decoder", None) is not None and m._generate_decoder.B == 1
+    assert getattr(m, "generate_cache", None) is not None and m.generate_cache.B == 1
     assert np.array_equal(m.generate(prompt, 20, temperature=0.9, top_k=10, seed=1), a)
     greedy = m.generate(prompt, 20, temperature=0)
     two = m.generate(np.concatenate([prompt, prompt]), 20, temperature=0)  # rows independent
-    assert m._generate_decoder.B == 2 and np.array_equal(two, np.concatenate([greedy, greedy]))
+    assert m.generate_cache.B == 2 and np.array_equal(two, np.concatenate([greedy, greedy]))
     assert np.array_equal(m.generate(prompt, 20, temperature=0.9, top_k=10, seed=1), a)
     m.params[:] *= 1.5  # in place, as the optimizer updates them
     fresh = GPT(cfg, backend="native", seed=0)

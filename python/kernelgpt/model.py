@@ -478,7 +478,8 @@ class GPT:
         self._gqa = {} if config.kv_heads == config.n_head else {"n_kv_head": config.kv_heads}
         self._acts: Optional[_Acts] = None
         self._acts_thread: Optional[int] = None   # the thread whose forward the buffers hold
-        self._generate_decoder: Optional[KVCache] = None
+        # the KVCache generate() keeps between calls (batch size B; replaced when B changes)
+        self.generate_cache: Optional[KVCache] = None
         # Held by every call that uses the shared buffers (forward, backward, the decoding
         # steps, a whole generate()): calls from several threads run one at a time.
         self.lock = threading.RLock()

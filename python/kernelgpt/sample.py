@@ -428,13 +428,13 @@ def _cached_decoder(model, B: int) -> Optional[Any]:
     model or batch). Only generate(), which runs to completion, reuses it; generate_stream()
     iterators build their own, so several can be interleaved. The prefill rewrites every cache
     position read."""
-    dec = model._generate_decoder
+    dec = model.generate_cache
     if dec is None or dec.B != B:
-        model._generate_decoder = None  # free the old caches before allocating new ones
+        model.generate_cache = None  # free the old caches before allocating new ones
         dec = model.kv_cache(B)
         if dec.fused is None or not hasattr(dec.fused, "sample"):
             return None
-        model._generate_decoder = dec
+        model.generate_cache = dec
     return dec
 
 
