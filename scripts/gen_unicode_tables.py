@@ -1,161 +1,201 @@
 #!/usr/bin/env python3
-"""Generate csrc/tokenizer/unicode_tables.h: the code point classes the pre-tokenizer needs.
+"""Generate the pre-tokenizer's Unicode tables from one pinned Unicode version.
 
-Each code point gets one of four classes: letter (\\p{L}: Lu Ll Lt Lm Lo), number (\\p{N}: Nd Nl No),
-whitespace (\\s as the `regex` package defines it for str patterns) or other. Sources:
-  * letter / number: Python's `unicodedata` general categories (this script's Python: see the
-    generated header for the Unicode version). Combining marks (Mn Mc Me) are NOT letters.
-  * whitespace: the Unicode White_Space property, which `unicodedata` does not expose, written out
-    below (WHITE_SPACE). Probing `regex` over every code point gives exactly this set: it includes
-    U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000 and excludes
-    U+001C..U+001F (which str.isspace() accepts) and U+180E (White_Space only before Unicode 6.3).
-  * the contraction group (?i:[sdmt]|ll|ve|re) of the "gpt4" pattern: `regex` (V0, no FULLCASE)
-    matches each letter case-insensitively with simple case folding; probing shows the only non-ASCII
-    code point any of s d m t l v e r matches is U+017F LATIN SMALL LETTER LONG S (for s). Emitted
-    as a constant.
-  * the "o200k" pattern's letter sub-classes (a second table): UPPER (Lu Lt: only in its
-    [\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}] class), LOWER (Ll: only in [\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]), BOTH
-    (Lm Lo and the marks Mn Mc Me: in both), NONE. Above LIMIT only U+E0100..U+E01EF (variation
-    selectors, Mn) have one (asserted), emitted as constants. One assigned code point changed
-    category after Unicode 14: U+0295 is Ll in 14, Lo in `regex` (newer Unicode); SUB_OVERRIDES
-    follows the newer one, as tiktoken's regex engine does.
-When `regex` is importable the script probes it for every code point and checks all of the above.
-`regex` usually ships newer Unicode tables than `unicodedata` (regex 2026.5.9 calls CJK Extension J,
-U+323B0.., letters, so it is at Unicode 17; Python 3.11's unicodedata is Unicode 14): code points assigned as letters/numbers after Unicode 14
-are unassigned ("other") here but \\p{L}/\\p{N} in `regex`. With regex 2026.5.9 and Python 3.11
-that is 13916 letters + 133 numbers = 14049 code points, all of them unassigned in unicodedata
-(regex never calls an assigned-here code point by another class). The tests draw random characters
-only from code points where the compiled table and `regex` agree (`agreeing_code_points()`).
+Two generated files, both committed:
+  * python/kernelgpt/_unicode_data.py -- the input: the Unicode version, the White_Space code
+    points and the general-category runs the split patterns need, in a compact text form. The pure
+    Python reference splitter (kernelgpt._bpe_reference) builds its character classes from it, so
+    the reference and the native splitter see the same Unicode whatever `regex` is installed.
+    Written only by `--update-data`, from the `unicodedata2` package (a backport of unicodedata
+    that carries its Unicode version in unicodedata2.unidata_version; `pip install unicodedata2`;
+    nothing is downloaded by this script). Category groups kept, one letter each:
+        u = Lu Lt   l = Ll   o = Lm Lo   m = Mn Mc Me   n = Nd Nl No   (all others: not kept)
+  * csrc/tokenizer/unicode_tables.h -- the native tables, rendered from the data module alone
+    (deterministic: the same data module gives the same header byte for byte).
 
-Layout: two-level table over code points < LIMIT (everything above is "other": planes 4-13 are
-unassigned, 14 holds only format characters and marks, 15-16 are private use; asserted).
-stage1[cp >> SHIFT] names a block; stage2 holds deduplicated blocks, 2 bits per code point packed
-16 to a uint32. Usage: python3 scripts/gen_unicode_tables.py [--check]
+What the pre-tokenizer needs per code point:
+  * class: letter (\\p{L} = u l o), number (\\p{N} = n), whitespace (\\s as the `regex` package
+    defines it for str patterns: the White_Space property, which unicodedata does not expose;
+    written out below as WHITE_SPACE: it includes U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028,
+    U+2029, U+202F, U+205F, U+3000 and excludes U+001C..U+001F, which str.isspace() accepts, and
+    U+180E) or other. Combining marks are NOT letters.
+  * the "o200k" pattern's letter sub-class: UPPER (u: only in its [\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]
+    class), LOWER (l: only in [\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]), BOTH (o and m: in both), NONE.
+  * the contraction group (?i:[sdmt]|ll|ve|re): `regex` (V0, simple case folding) matches one
+    non-ASCII code point with it, U+017F LATIN SMALL LETTER LONG S (for s); emitted as a constant.
+Above LIMIT only U+E0100..U+E01EF (variation selectors, Mn) have a class other than "other" or a
+sub-class (asserted), emitted as constants.
+
+`--check` fails unless the header is what the data module renders to and the data module
+round-trips; when the installed `regex` is the version the data module records as agreeing
+(REGEX_AGREES), it also probes `regex` over every code point and requires equal classes.
+
+Layout: two-level table over code points < LIMIT. stage1[cp >> SHIFT] names a block; stage2 holds
+deduplicated blocks, 2 bits per code point packed 16 to a uint32.
+Usage: python3 scripts/gen_unicode_tables.py [--check | --update-data]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 import sys
-import unicodedata
 
 OTHER, LETTER, NUMBER, SPACE = 0, 1, 2, 3
+NONE, UPPER, LOWER, BOTH = 0, 1, 2, 3
 LIMIT = 0x40000
 WHITE_SPACE = [*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
                0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
 LONG_S = 0x17F
-NONE, UPPER, LOWER, BOTH = 0, 1, 2, 3
-SUB_OVERRIDES = {0x295: BOTH}  # Ll in Unicode 14, Lo since (regex and tiktoken use the newer)
-HI_MARKS = (0xE0100, 0xE01EF)  # the only code points >= LIMIT with a sub-class (Mn)
-HEADER = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "tokenizer" / "unicode_tables.h"
+HI_MARKS = (0xE0100, 0xE01EF)  # the only code points >= LIMIT with a class/sub-class (Mn)
+GROUPS = {"Lu": "u", "Lt": "u", "Ll": "l", "Lm": "o", "Lo": "o", "Mn": "m", "Mc": "m", "Me": "m",
+          "Nd": "n", "Nl": "n", "No": "n"}
+CLASS_OF = {"u": LETTER, "l": LETTER, "o": LETTER, "m": OTHER, "n": NUMBER}
+SUB_OF = {"u": UPPER, "l": LOWER, "o": BOTH, "m": BOTH, "n": NONE}
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+HEADER = ROOT / "csrc" / "tokenizer" / "unicode_tables.h"
+DATA = ROOT / "python" / "kernelgpt" / "_unicode_data.py"
 
 
-def unicodedata_class(cp: int) -> int:
-    if cp in _WS:
-        return SPACE
-    cat = unicodedata.category(chr(cp))
-    if cat[0] == "L":
-        return LETTER
-    if cat[0] == "N":
-        return NUMBER
-    return OTHER
+# ---- the data module
+def load_data(path: pathlib.Path = DATA):
+    spec = importlib.util.spec_from_file_location("_kgpt_unicode_data", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-_WS = frozenset(WHITE_SPACE)
+def group_table(runs) -> bytearray:
+    """One byte per code point 0..0x10FFFF: the group letter's code, or 0 where none."""
+    table = bytearray(0x110000)
+    for first, last, g in runs:
+        table[first:last + 1] = g.encode() * (last - first + 1)
+    return table
 
 
-def unicodedata_sub(cp: int) -> int:
-    if cp in SUB_OVERRIDES:
-        return SUB_OVERRIDES[cp]
-    cat = unicodedata.category(chr(cp))
-    if cat in ("Lu", "Lt"):
-        return UPPER
-    if cat == "Ll":
-        return LOWER
-    if cat in ("Lm", "Lo", "Mn", "Mc", "Me"):
-        return BOTH
-    return NONE
+def classes_and_subs(data):
+    groups = group_table(data.runs())
+    ws = set(data.white_space())
+    assert ws == set(WHITE_SPACE), "White_Space differs from this script's list"
+    classes = [OTHER] * 0x110000
+    subs = [NONE] * 0x110000
+    for cp, g in enumerate(groups):
+        if g:
+            classes[cp] = CLASS_OF[chr(g)]
+            subs[cp] = SUB_OF[chr(g)]
+    for cp in ws:
+        assert classes[cp] == OTHER and subs[cp] == NONE, hex(cp)
+        classes[cp] = SPACE
+    hi = [cp for cp in range(LIMIT, 0x110000) if classes[cp] or subs[cp]]
+    assert hi == list(range(HI_MARKS[0], HI_MARKS[1] + 1)), "a class above LIMIT moved"
+    assert all(groups[cp] == ord("m") for cp in hi)
+    return classes, subs
 
 
-def regex_subs():
-    """Probe `regex`: the o200k sub-class sets (UPPER, LOWER, BOTH) of code points, or None."""
-    try:
-        import regex
-    except ImportError:
-        return None
-    everything = "".join(map(chr, range(0x110000)))
-    probe = lambda pat: {m.start() for m in regex.finditer(pat, everything)}  # noqa: E731
-    return probe(r"[\p{Lu}\p{Lt}]"), probe(r"\p{Ll}"), probe(r"[\p{Lm}\p{Lo}\p{M}]")
-
-
-def build_subs() -> list[int]:
-    subs = [unicodedata_sub(cp) for cp in range(0x110000)]
-    hi = [cp for cp in range(LIMIT, 0x110000) if subs[cp]]
-    assert hi == list(range(HI_MARKS[0], HI_MARKS[1] + 1)), "a sub-class above LIMIT moved"
-    assert all(unicodedata.category(chr(cp)) == "Mn" for cp in hi)
-    probed = regex_subs()
-    if probed is not None:
-        U, W, X = probed
-        for cp in range(0x110000):
-            if 0xD800 <= cp < 0xE000 or unicodedata.category(chr(cp)) == "Cn":
-                continue
-            want = UPPER if cp in U else LOWER if cp in W else BOTH if cp in X else NONE
-            assert subs[cp] == want, f"regex sub-class of U+{cp:04X} differs"
-    return subs
-
-
-def regex_classes():
-    """Probe the `regex` package: the sets of code points matching \\p{L}, \\p{N}, \\s, or None."""
-    try:
-        import regex
-    except ImportError:
-        return None
-    everything = "".join(map(chr, range(0x110000)))
-    probe = lambda pat: {m.start() for m in regex.finditer(pat, everything)}  # noqa: E731
-    folds = {ch: probe(r"(?i:%s)" % ch) for ch in "sdmtlver"}
-    return probe(r"\p{L}"), probe(r"\p{N}"), probe(r"\s"), folds
-
-
-def agreeing_code_points(classes=None):
-    """Code points (no surrogates) whose class in `classes` (default: this Python's unicodedata;
-    the tests pass the compiled table's) equals the `regex` package's \\p{L} / \\p{N} / \\s class."""
-    probed = regex_classes()
-    if probed is None:
-        raise RuntimeError("regex is not installed")
-    L, N, S, _ = probed
-    out = []
+def runs_from_unicodedata(ud):
+    runs, cur = [], None
     for cp in range(0x110000):
-        if 0xD800 <= cp < 0xE000:
+        g = None if 0xD800 <= cp < 0xE000 else GROUPS.get(ud.category(chr(cp)))
+        if cur is not None and g == cur[2] and cp == cur[1] + 1:
+            cur[1] = cp
             continue
-        want = SPACE if cp in S else LETTER if cp in L else NUMBER if cp in N else OTHER
-        if want == (unicodedata_class(cp) if classes is None else classes[cp]):
-            out.append(cp)
-    return out
+        if cur is not None:
+            runs.append(tuple(cur))
+        cur = [cp, cp, g] if g else None
+    if cur is not None:
+        runs.append(tuple(cur))
+    return runs
 
 
-def build_classes() -> list[int]:
-    classes = [unicodedata_class(cp) for cp in range(0x110000)]
-    assert all(c == OTHER for c in classes[LIMIT:]), "a letter/number/space above LIMIT"
-    probed = regex_classes()
-    if probed is not None:
-        L, N, S, folds = probed
-        assert S == _WS, f"regex's \\s differs from White_Space: {sorted(S ^ _WS)}"
-        # Every code point unicodedata calls L/N, regex calls the same; the reverse misses only
-        # code points unassigned in this unicodedata.
-        uL = {cp for cp, c in enumerate(classes) if c == LETTER}
-        uN = {cp for cp, c in enumerate(classes) if c == NUMBER}
-        assert uL <= L and uN <= N, "regex disagrees on an assigned code point"
-        for cp in (L - uL) | (N - uN):
-            assert unicodedata.category(chr(cp)) == "Cn", hex(cp)
-        print(f"regex: {len(L - uL)} letters + {len(N - uN)} numbers unassigned in unicodedata "
-              f"{unicodedata.unidata_version}", file=sys.stderr)
-        for ch, got in folds.items():
-            want = {ord(ch), ord(ch.upper())} | ({LONG_S} if ch == "s" else set())
-            assert got == want, (ch, sorted(map(hex, got)))
-    return classes
+def render_data(version: str, source: str, regex_agrees, runs) -> str:
+    tokens = [f"{a:X}:{g}" if a == b else f"{a:X}-{b:X}:{g}" for a, b, g in runs]
+    lines, line = [], ""
+    for t in tokens:
+        if len(line) + len(t) + 1 > 99:
+            lines.append(line)
+            line = ""
+        line = f"{line} {t}" if line else t
+    lines.append(line)
+    ws = " ".join(f"{cp:X}" for cp in WHITE_SPACE)
+    return "\n".join([
+        '"""GENERATED by scripts/gen_unicode_tables.py --update-data -- do not edit.',
+        "",
+        "The Unicode character data the pre-tokenizer needs, one pinned version, shared by the native",
+        "tables (csrc/tokenizer/unicode_tables.h, rendered from this file) and the pure-Python reference",
+        "splitter (kernelgpt._bpe_reference builds its character classes from it).",
+        "",
+        "_RUNS: general-category runs 'FIRST-LAST:g' (or 'CP:g'), hex code points, g one of",
+        "u = Lu Lt, l = Ll, o = Lm Lo, m = Mn Mc Me, n = Nd Nl No; code points in no run are none of these.",
+        "_WHITE_SPACE: the White_Space property (what `regex` calls \\\\s in a str pattern).",
+        '"""',
+        "from typing import List, Tuple",
+        "",
+        f"UNICODE_VERSION = {version!r}",
+        f"SOURCE = {source!r}",
+        "# The `regex` package version whose \\p{L} \\p{Lu} \\p{Ll} \\p{Lt} \\p{Lm} \\p{Lo} \\p{M} \\p{N} \\s",
+        "# were checked equal to this data on every code point when it was generated (None: not checked).",
+        f"REGEX_AGREES = {regex_agrees!r}",
+        "",
+        f'_WHITE_SPACE = "{ws}"',
+        "",
+        '_RUNS = """',
+        *lines,
+        '"""',
+        "",
+        "",
+        "def runs() -> List[Tuple[int, int, str]]:",
+        '    """(first, last, group) for every run, ascending."""',
+        "    out = []",
+        "    for tok in _RUNS.split():",
+        '        span, g = tok.split(":")',
+        '        a, _, b = span.partition("-")',
+        "        out.append((int(a, 16), int(b or a, 16), g))",
+        "    return out",
+        "",
+        "",
+        "def white_space() -> List[int]:",
+        "    return [int(t, 16) for t in _WHITE_SPACE.split()]",
+        "",
+    ])
 
 
-def pack(classes: list[int], shift: int):
+# ---- probing `regex`
+def regex_sets():
+    """The code point sets of regex's \\p{L} \\p{Lu} ... \\s, and the (?i:x) sets of s d m t l v e r."""
+    import regex
+    everything = "".join(map(chr, range(0x110000)))
+    probe = lambda pat: {m.start() for m in regex.finditer(pat, everything)}  # noqa: E731
+    sets = {g: probe(r"\p{%s}" % g) for g in ("L", "Lu", "Lt", "Ll", "Lm", "Lo", "M", "N")}
+    sets["s"] = probe(r"\s")
+    folds = {ch: probe(r"(?i:%s)" % ch) for ch in "sdmtlver"}
+    return sets, folds
+
+
+def regex_disagreements(runs) -> list:
+    """Code points where `regex`'s categories differ from `runs` (empty: they agree everywhere)."""
+    sets, folds = regex_sets()
+    groups = group_table(runs)
+    want = {
+        "L": {cp for cp, g in enumerate(groups) if g in b"ulo"},
+        "Lu": None, "Lt": None,  # u = Lu | Lt, checked together below
+        "Ll": {cp for cp, g in enumerate(groups) if g == ord("l")},
+        "M": {cp for cp, g in enumerate(groups) if g == ord("m")},
+        "N": {cp for cp, g in enumerate(groups) if g == ord("n")},
+    }
+    bad = set()
+    bad |= (sets["Lu"] | sets["Lt"]) ^ {cp for cp, g in enumerate(groups) if g == ord("u")}
+    bad |= (sets["Lm"] | sets["Lo"]) ^ {cp for cp, g in enumerate(groups) if g == ord("o")}
+    for k in ("L", "Ll", "M", "N"):
+        bad |= sets[k] ^ want[k]
+    bad |= sets["s"] ^ set(WHITE_SPACE)
+    for ch, got in folds.items():
+        exp = {ord(ch), ord(ch.upper())} | ({LONG_S} if ch == "s" else set())
+        assert got == exp, f"regex's (?i:{ch}) matches {sorted(map(hex, got))}"
+    return sorted(bad)
+
+
+# ---- the header
+def pack(classes: list, shift: int):
     size = 1 << shift
     blocks, index, stage1 = [], {}, []
     for start in range(0, LIMIT, size):
@@ -171,7 +211,7 @@ def pack(classes: list[int], shift: int):
     return stage1, words
 
 
-def _best_pack(classes: list[int]):
+def _best_pack(classes: list):
     best = None
     for shift in range(5, 10):
         stage1, words = pack(classes, shift)
@@ -182,7 +222,7 @@ def _best_pack(classes: list[int]):
     return best[1:]
 
 
-def _table(prefix: str, classes: list[int]):
+def _table(prefix: str, classes: list):
     shift, stage1, words = _best_pack(classes)
     s1_type = "uint8_t" if max(stage1) < 256 else "uint16_t"
     lines = [f"inline constexpr {s1_type} k{prefix}Stage1[{len(stage1)}] = {{"]
@@ -195,7 +235,8 @@ def _table(prefix: str, classes: list[int]):
     return shift, lines
 
 
-def render(classes: list[int], subs: list[int]) -> str:
+def render(data) -> str:
+    classes, subs = classes_and_subs(data)
     shift, table = _table("", classes)
     sub_shift, sub_table = _table("Sub", subs)
     wpb = (1 << shift) // 16
@@ -203,14 +244,15 @@ def render(classes: list[int], subs: list[int]) -> str:
     lines = [
         "// GENERATED by scripts/gen_unicode_tables.py -- do not edit. Code point classes for the",
         "// pre-tokenizer: letter (\\p{L}), number (\\p{N}), whitespace (regex's \\s = White_Space),",
-        f"// other; from Python {sys.version.split()[0]} unicodedata (Unicode {unicodedata.unidata_version}).",
+        f"// other; and the o200k letter sub-classes. Unicode {data.UNICODE_VERSION}, from",
+        "// python/kernelgpt/_unicode_data.py (the same data the Python reference splitter uses).",
         "// Read-only tables, no state: unicode_class(cp) looks a code point up in two steps.",
         "#pragma once",
         "#include <cstdint>",
         "",
         "namespace kgpt { namespace tok { namespace uni {",
         "",
-        f'inline constexpr char kUnicodeVersion[] = "{unicodedata.unidata_version}";',
+        f'inline constexpr char kUnicodeVersion[] = "{data.UNICODE_VERSION}";',
         "enum : uint8_t { kOther = 0, kLetter = 1, kNumber = 2, kSpace = 3 };",
         f"constexpr uint32_t kLimit = 0x{LIMIT:X};  // code points >= kLimit are all kOther",
         f"constexpr uint32_t kShift = {shift};  // block size 2^kShift code points",
@@ -239,14 +281,65 @@ def render(classes: list[int], subs: list[int]) -> str:
     return "\n".join(lines)
 
 
+def update_data() -> None:
+    try:
+        import unicodedata2 as ud
+    except ImportError:
+        sys.exit("--update-data needs the unicodedata2 package (pip install unicodedata2)")
+    import importlib.metadata
+    import unicodedata
+    ud_version = importlib.metadata.version("unicodedata2")
+    runs = runs_from_unicodedata(ud)
+    agrees = None
+    try:
+        import regex
+    except ImportError:
+        regex = None
+    if regex is not None:
+        bad = regex_disagreements(runs)
+        if bad:
+            print(f"regex {regex.__version__} disagrees on {len(bad)} code points (first "
+                  f"{[hex(c) for c in bad[:5]]}): it is not at Unicode {ud.unidata_version}",
+                  file=sys.stderr)
+        else:
+            agrees = regex.__version__
+    old = group_table(runs_from_unicodedata(unicodedata))
+    new = group_table(runs)
+    changed = sum(a != b for a, b in zip(old, new))
+    print(f"Unicode {ud.unidata_version} (unicodedata2 {ud_version}); {changed} code points "
+          f"differ in group from this Python's unicodedata {unicodedata.unidata_version}; "
+          f"regex agrees: {agrees}", file=sys.stderr)
+    source = f"unicodedata2 {ud_version}"
+    DATA.write_text(render_data(ud.unidata_version, source, agrees, runs))
+    print(f"wrote {DATA}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="fail if the header is out of date")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="fail if the header or the data module is out of date")
+    mode.add_argument("--update-data", action="store_true",
+                      help="rewrite python/kernelgpt/_unicode_data.py from unicodedata2, then the header")
     args = ap.parse_args()
-    text = render(build_classes(), build_subs())
+    if args.update_data:
+        update_data()
+    data = load_data()
+    text = render(data)
     if args.check:
+        if DATA.read_text() != render_data(data.UNICODE_VERSION, data.SOURCE, data.REGEX_AGREES,
+                                           data.runs()):
+            sys.exit(f"{DATA} does not round-trip: rerun scripts/gen_unicode_tables.py --update-data")
         if HEADER.read_text() != text:
             sys.exit(f"{HEADER} is out of date: rerun scripts/gen_unicode_tables.py")
+        try:
+            import regex
+        except ImportError:
+            return
+        if regex.__version__ == data.REGEX_AGREES:
+            bad = regex_disagreements(data.runs())
+            if bad:
+                sys.exit(f"regex {regex.__version__} disagrees on {len(bad)} code points")
         return
     HEADER.write_text(text)
     print(f"wrote {HEADER} ({len(text)} bytes)", file=sys.stderr)

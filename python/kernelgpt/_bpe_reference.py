@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Sequence, Tuple
 
+from . import _unicode_data
+
 # To the character: the patterns of minbpe / rustbpe ("gpt4", the first cl100k pattern) and
 # GPT-2; "cl100k" and "o200k" are tiktoken's current cl100k_base and o200k_base strings ("cl100k"
 # adds \s++$, so a whitespace run ending the text is one chunk: it is not "gpt4"). tiktoken's
@@ -37,10 +39,79 @@ PATTERN_ALIASES: Dict[str, str] = {"r50k": "gpt2", "p50k": "gpt2"}
 Pair = Tuple[int, int]
 
 
+# The Unicode the splitter uses: the same pinned data the native tables are generated from
+# (kernelgpt._unicode_data, scripts/gen_unicode_tables.py), NOT the `regex` package's own Unicode
+# (which depends on its version) nor Python's unicodedata (Unicode 14 on Python 3.11).
+UNICODE_VERSION: str = _unicode_data.UNICODE_VERSION
+
+_CLASS_GROUPS = {  # the property classes the patterns use -> _unicode_data group letters
+    "L": "ulo", "N": "n", "Lu": "u", "Lt": "u", "Ll": "l", "Lm": "o", "Lo": "o", "M": "m",
+}
+_compiled: Dict[str, object] = {}
+
+
+def _class_body(groups: str) -> str:
+    """Character-class body (no brackets) of the code points whose group is in `groups`."""
+    spans: List[List[int]] = []
+    for a, b, g in _unicode_data.runs():
+        if g not in groups:
+            continue
+        if spans and spans[-1][1] + 1 == a:
+            spans[-1][1] = b
+        else:
+            spans.append([a, b])
+    return "".join("\\U%08X" % a if a == b else "\\U%08X-\\U%08X" % (a, b) for a, b in spans)
+
+
+def _pinned(pattern: str) -> str:
+    r"""`pattern` with \p{..}, \s and \S replaced by explicit classes from _unicode_data, so the
+    `regex` engine matches with the pinned Unicode. The patterns use \p{L} \p{N} \p{Lu} \p{Lt}
+    \p{Ll} \p{Lm} \p{Lo} \p{M} and \s inside or outside [...], \S outside (asserted)."""
+    ws = "".join("\\U%08X" % cp for cp in _unicode_data.white_space())
+    out: List[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            nxt = pattern[i + 1]
+            if nxt == "p":
+                end = pattern.index("}", i)
+                body = _class_body("".join(_CLASS_GROUPS[n] for n in pattern[i + 3:end].split(",")))
+                out.append(body if in_class else "[" + body + "]")
+                i = end + 1
+                continue
+            if nxt == "s":
+                out.append(ws if in_class else "[" + ws + "]")
+            elif nxt == "S":
+                assert not in_class, "\\S inside a class"
+                out.append("[^" + ws + "]")
+            else:
+                out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+        elif ch == "]" and in_class:
+            in_class = False
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def compiled_pattern(pattern: str = "gpt4"):
+    """The compiled `regex` pattern for a pattern name, with the pinned Unicode classes (cached)."""
+    name = PATTERN_ALIASES.get(pattern, pattern)
+    c = _compiled.get(name)
+    if c is None:
+        import regex  # the `regex` package (possessive quantifiers, (?i:..)); imported on first use
+        c = _compiled[name] = regex.compile(_pinned(PATTERNS[name]))
+    return c
+
+
 def split_text(text: str, pattern: str = "gpt4") -> List[str]:
-    """Pre-split `text` into chunks with the named pattern (regex.findall)."""
-    import regex  # the `regex` package (\p{L}, possessive quantifiers); imported on first use
-    return regex.findall(PATTERNS[PATTERN_ALIASES.get(pattern, pattern)], text)
+    """Pre-split `text` into chunks with the named pattern: regex.findall with the pattern string,
+    its Unicode property classes taken from the pinned data (UNICODE_VERSION)."""
+    return compiled_pattern(pattern).findall(text)
 
 
 def clean_text(text: str) -> str:
