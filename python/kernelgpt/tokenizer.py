@@ -29,6 +29,12 @@ Version 2 (written only for a vocabulary with its own ids, or without the whole-
      "whole_token_lookup": true}      # false: pure merging (Hugging Face BPE without ignore_merges)
 
 vocab_size = 1 + the largest id.
+
+Both versions may hold "unicode": "17.0.0", the Unicode version of the pre-tokenizer's character
+tables that wrote the file (written on save since 0.1.1; optional on load, so 0.1.0 files load).
+Loading a file whose version differs from this kernelgpt's (_bpe_reference.UNICODE_VERSION) logs a
+WARNING: characters whose category changed between the two versions split (and so encode)
+differently from when the tokenizer was trained.
 """
 from __future__ import annotations
 
@@ -430,13 +436,13 @@ class Tokenizer:
         if self._ids is None and self._whole:
             return {"format": FORMAT, "version": 1, "pattern": self.pattern,
                     "vocab_size": self.vocab_size, "merges": [list(m) for m in self.merges],
-                    "special_tokens": dict(self._specials)}
+                    "special_tokens": dict(self._specials), "unicode": _ref.UNICODE_VERSION}
         n = 256 + len(self.merges)
         ids = list(range(n)) if self._ids is None else self._ids[:n].tolist()
         return {"format": FORMAT, "version": 2, "pattern": self.pattern,
                 "vocab_size": self.vocab_size, "merges": [list(m) for m in self.merges],
                 "ids": ids, "special_tokens": dict(self._specials),
-                "whole_token_lookup": self._whole}
+                "whole_token_lookup": self._whole, "unicode": _ref.UNICODE_VERSION}
 
     def save(self, path: PathLike) -> None:
         """Write the JSON format above atomically (temporary file, fsync, rename)."""
@@ -468,6 +474,16 @@ class Tokenizer:
         version = obj.get("version")
         if version not in (1, 2) or isinstance(version, bool):
             raise bad(f"unsupported version {version!r} (this kernelgpt reads versions 1 and {FORMAT_VERSION})")
+        unicode_version = obj.get("unicode")
+        if unicode_version is not None:
+            if not isinstance(unicode_version, str):
+                raise bad(f"unicode must be a version string such as \"{_ref.UNICODE_VERSION}\", "
+                          f"got {_short(unicode_version)}")
+            if unicode_version != _ref.UNICODE_VERSION:
+                log.warning("%s: written with Unicode %s character tables, this kernelgpt splits "
+                            "text with Unicode %s: characters whose category changed between them "
+                            "split (and encode) differently than at training time",
+                            source, _short(unicode_version), _ref.UNICODE_VERSION)
         for key in ("pattern", "vocab_size", "merges", "special_tokens") + (("ids",) if version == 2 else ()):
             if key not in obj:
                 raise bad(f"missing field {key!r}")
