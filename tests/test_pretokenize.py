@@ -1,18 +1,20 @@
 """The native pre-tokenizer splits text exactly as regex.findall does with the "gpt4" and "gpt2"
 patterns: hand-picked edge cases, seeded random strings across scripts, every code point on which
-Python's unicodedata and the regex package agree, bytes input (valid and invalid UTF-8), spans."""
+the pinned Unicode data (kernelgpt._unicode_data) and the regex package agree, bytes input (valid
+and invalid UTF-8), spans."""
 from __future__ import annotations
 
 import importlib.util
 import pathlib
 import random
-import unicodedata
 
 import numpy as np
 import pytest
 
 regex = pytest.importorskip("regex")
 _native = pytest.importorskip("kernelgpt._native")
+
+from kernelgpt import _unicode_data as _udata  # noqa: E402  (the pinned Unicode of the tables)
 
 # The patterns, to the character, written out here independently of kernelgpt._bpe_reference.
 PATTERNS = {
@@ -38,19 +40,19 @@ def gen():
 
 @pytest.fixture(scope="module")
 def agreeing(gen):
-    """Code points (no surrogates) where the compiled table's class equals regex's \\p{L}, \\p{N}
-    or \\s; regex's Unicode is newer, so recently assigned letters and numbers are left out."""
-    import unicodedata
-    cps = gen.agreeing_code_points(_native._pretokenize_unicode_classes().tolist())
-    # Only code points our tables (built from Python 3.11's unicodedata) see as unassigned may
-    # disagree with regex's newer Unicode; every assigned character must agree.
-    agree = set(cps)
-    for cp in range(0x110000):
-        if 0xD800 <= cp <= 0xDFFF or cp in agree:
-            continue
-        assert unicodedata.category(chr(cp)) == "Cn" or unicodedata.unidata_version != "14.0.0", \
-            f"U+{cp:04X} is assigned in Unicode 14 yet classified unlike regex"
-    return cps
+    """Code points (no surrogates) where the installed regex's \\p{L} / \\p{N} / \\s / letter
+    sub-classes equal the pinned Unicode data the native tables are built from: all of them for the
+    regex version the data was checked against (asserted), recently assigned ones left out for an
+    older or newer regex."""
+    bad = set(gen.regex_disagreements(_udata.runs()))
+    if regex.__version__ == _udata.REGEX_AGREES:
+        assert not bad, f"regex {regex.__version__} was recorded as agreeing on every code point"
+    return [cp for cp in range(0x110000) if not 0xD800 <= cp < 0xE000 and cp not in bad]
+
+
+@pytest.fixture(scope="module")
+def agreeing_set(agreeing):
+    return frozenset(agreeing)
 
 
 def check(text: str, pattern: str) -> None:
@@ -136,12 +138,14 @@ def random_text(rnd: random.Random, sample_cp) -> str:
 
 
 @pytest.fixture(scope="module")
-def samplers(agreeing):
+def samplers(agreeing, gen):
     """Random code points from the agreeing set: any of them, or letters/numbers/marks only."""
-    import unicodedata
+    groups = gen.group_table(_udata.runs())
     by_cat: dict[str, list[int]] = {}
     for cp in agreeing:
-        by_cat.setdefault(unicodedata.category(chr(cp))[0], []).append(cp)
+        g = groups[cp]
+        if g:
+            by_cat.setdefault("L" if g in b"ulo" else "N" if g == ord("n") else "M", []).append(cp)
     pools = (by_cat["L"], by_cat["L"], by_cat["N"], by_cat["M"])
     return {
         "any": lambda rnd: agreeing[rnd.randrange(len(agreeing))],
@@ -166,15 +170,11 @@ def test_every_agreeing_code_point_is_classified_like_regex(agreeing):
 
 
 def test_unicode_tables_header_is_up_to_date(gen):
-    import unicodedata
-    if unicodedata.unidata_version != _native._pretokenize_unicode_version:
-        pytest.skip(f"tables are Unicode {_native._pretokenize_unicode_version}, this Python's "
-                    f"unicodedata is {unicodedata.unidata_version}")
-    classes = _native._pretokenize_unicode_classes()
-    want = np.array([gen.unicodedata_class(cp) for cp in range(0x110000)], np.uint8)
-    np.testing.assert_array_equal(classes, want)
-    assert (ROOT / "csrc" / "tokenizer" / "unicode_tables.h").read_text() == gen.render(
-        gen.build_classes(), gen.build_subs())
+    # The compiled tables are the pinned data's, and the header is what the generator renders.
+    assert _native._pretokenize_unicode_version == _udata.UNICODE_VERSION
+    classes, _ = gen.classes_and_subs(_udata)
+    np.testing.assert_array_equal(_native._pretokenize_unicode_classes(), np.array(classes, np.uint8))
+    assert (ROOT / "csrc" / "tokenizer" / "unicode_tables.h").read_text() == gen.render(_udata)
 
 
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
@@ -192,7 +192,7 @@ INVALID = [b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xc2", b"\xe2\x82", b"\
 
 
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
-def test_invalid_utf8_bytes_are_single_other_code_points(pattern, samplers):
+def test_invalid_utf8_bytes_are_single_other_code_points(pattern, samplers, agreeing_set):
     # Python's "surrogateescape" decoder maps each invalid byte to one lone surrogate U+DC80..U+DCFF
     # (category Cs: "other" to regex), which is exactly the contract for invalid bytes.
     rnd = random.Random(7 + (pattern == "gpt2"))
@@ -208,9 +208,9 @@ def test_invalid_utf8_bytes_are_single_other_code_points(pattern, samplers):
                 pieces.append(random_text(rnd, samplers["any"])[:6].encode())
         data = b"".join(pieces)
         text = data.decode("utf-8", "surrogateescape")
-        if any(unicodedata.category(ch) == "Cn" and not 0xDC80 <= ord(ch) <= 0xDCFF for ch in text):
-            continue  # random bytes formed a code point unassigned in our Unicode 14 tables but
-            #           possibly assigned in the regex package's newer Unicode: no common answer
+        if any(ord(ch) not in agreeing_set and not 0xDC80 <= ord(ch) <= 0xDCFF for ch in text):
+            continue  # a code point the installed regex classifies unlike the pinned tables
+            #           (none with the regex version they were checked against)
         want = [c.encode("utf-8", "surrogateescape")
                 for c in COMPILED[pattern].findall(data.decode("utf-8", "surrogateescape"))]
         got = _native.pretokenize(data, pattern)
