@@ -1,6 +1,6 @@
 // Pre-tokenizer: splits text into chunks exactly as the "gpt4" (cl100k) or "gpt2" regex patterns
 // do under Python's `regex` package (the patterns, to the character, are kernelgpt._bpe_reference.PATTERNS),
-// with a hand-written matcher and Unicode category tables generated from Python's unicodedata
+// with a hand-written matcher and Unicode category tables generated from the pinned Unicode data
 // (scripts/gen_unicode_tables.py). Input is UTF-8. Invalid UTF-8 bytes are each treated as one code
 // point of category "other" (neither letter, number nor whitespace), so every byte lands in exactly
 // one chunk. Outputs are appended (+=) to the caller's vector; nothing else is written, no state kept.
