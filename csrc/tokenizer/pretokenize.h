@@ -1,4 +1,4 @@
-// Pre-tokenizer: splits text into chunks exactly as the "gpt4" (cl100k) or "gpt2" regex patterns
+// Pre-tokenizer: splits text into chunks exactly as the "gpt4", "gpt2", "cl100k" and "o200k" regex patterns
 // do under Python's `regex` package (the patterns, to the character, are kernelgpt._bpe_reference.PATTERNS),
 // with a hand-written matcher and Unicode category tables generated from the pinned Unicode data
 // (scripts/gen_unicode_tables.py). Input is UTF-8. Invalid UTF-8 bytes are each treated as one code
