@@ -391,15 +391,17 @@ KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, co
 KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const float* dO,
                   const float* q, const float* k, const float* v, const float* O, const float* lse,
                   float* Kt, float* Vt, int64_t ldt, int64_t T, int64_t HS,
-                  int64_t ld, int64_t ldo),
-                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, ldt, T, HS, ld, ldo)) {
+                  int64_t ld, int64_t ldo, bool first),
+                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, ldt, T, HS, ld, ldo, first)) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  transpose(k, ld, T, HS, Kt, ldt);
-  transpose(v, ld, T, HS, Vt, ldt);
-  for (int64_t d = 0; d < HS; ++d)
-    for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
-  for (int64_t t = 0; t < T; ++t)  // dk, dv are accumulated in place (their rows of dqkv)
-    for (int64_t d = 0; d < HS; ++d) dk[t * ld + d] = dv[t * ld + d] = 0.0f;
+  if (first) {  // the first query head of a kv group: K^T, V^T and zeroed dk, dv for all of it
+    transpose(k, ld, T, HS, Kt, ldt);
+    transpose(v, ld, T, HS, Vt, ldt);
+    for (int64_t d = 0; d < HS; ++d)
+      for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
+    for (int64_t t = 0; t < T; ++t)  // dk, dv are accumulated in place (their rows of dqkv)
+      for (int64_t d = 0; d < HS; ++d) dk[t * ld + d] = dv[t * ld + d] = 0.0f;
+  }
   alignas(64) float p[kR][kBc], dp[kR][kBc];
   alignas(64) float qs[kR * 256], qr[kR * 256], dor[kR * 256], dqa[kR * 256];
   float D[kR], lr[kR];
@@ -475,10 +477,11 @@ KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc,
 
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
-                       int64_t NH) {
-  if (B <= 0 || T <= 0 || C <= 0) return;  // nothing to compute (and no scratch to size)
-  const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
+void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T,
+                       int64_t NH, int64_t NKV, int64_t HS) {
+  const int64_t C = NH * HS;
+  if (B <= 0 || T <= 0 || C <= 0 || NKV <= 0) return;  // nothing to compute (no scratch to size)
+  const int64_t G = NH / NKV, ld = (NH + 2 * NKV) * HS, ldt = (T + kBc - 1) / kBc * kBc;
   ErrorCarrier err;  // a failed scratch allocation: carried out of the region, rethrown below
 #pragma omp parallel num_threads(::kgpt::num_threads()) \
     if (B * NH > 1 && B * T * C > kParallelMin / 4)
@@ -489,36 +492,44 @@ void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int6
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
       if (Kt == nullptr) continue;  // this thread has no scratch: the call fails after the region
-      const int64_t b = bh / NH, h = bh % NH;
-      const float* base = qkv + b * T * ld + h * HS;
-      attn_fwd_head(out + b * T * C + h * HS, lse + bh * T, base, base + C, base + 2 * C,
-                    Kt, ldt, T, HS, ld, C);
+      const int64_t b = bh / NH, h = bh % NH, kv = h / G;
+      const float* row = qkv + b * T * ld;
+      attn_fwd_head(out + b * T * C + h * HS, lse + bh * T, row + h * HS, row + C + kv * HS,
+                    row + C + NKV * HS + kv * HS, Kt, ldt, T, HS, ld, C);
     }
   }
   err.rethrow();
 }
 
+// Work is split over (b, kv head): the query heads of a group run in order on one thread, each
+// adding into the group's dk, dv (so no two threads write the same rows).
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
-  if (B <= 0 || T <= 0 || C <= 0) return;  // dqkv is empty
-  const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
+                        const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
+                        int64_t HS) {
+  const int64_t C = NH * HS;
+  if (B <= 0 || T <= 0 || C <= 0 || NKV <= 0) return;  // dqkv is empty
+  const int64_t G = NH / NKV, ld = (NH + 2 * NKV) * HS, ldt = (T + kBc - 1) / kBc * kBc;
   ErrorCarrier err;  // as in attention_forward
 #pragma omp parallel num_threads(::kgpt::num_threads()) \
-    if (B * NH > 1 && B * T * C > kParallelMin / 4)
+    if (B * NKV > 1 && B * T * C > kParallelMin / 4)
   {
     std::vector<float> scratch;
     err.run([&] { scratch.resize(static_cast<size_t>(2 * HS * ldt + 16)); });
     float* Kt = scratch.empty() ? nullptr : line_aligned(scratch.data());
     float* Vt = Kt == nullptr ? nullptr : Kt + HS * ldt;
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < B * NH; ++bh) {
+    for (int64_t bk = 0; bk < B * NKV; ++bk) {
       if (Kt == nullptr) continue;
-      const int64_t b = bh / NH, h = bh % NH;
-      const float* base = qkv + b * T * ld + h * HS;
-      float* dbase = dqkv + b * T * ld + h * HS;
-      attn_bwd_head(dbase, dbase + C, dbase + 2 * C, dout + b * T * C + h * HS, base, base + C,
-                    base + 2 * C, out + b * T * C + h * HS, lse + bh * T, Kt, Vt, ldt, T,
-                    HS, ld, C);
+      const int64_t b = bk / NKV, kv = bk % NKV;
+      const float* row = qkv + b * T * ld;
+      float* drow = dqkv + b * T * ld;
+      for (int64_t gi = 0; gi < G; ++gi) {
+        const int64_t h = kv * G + gi;
+        attn_bwd_head(drow + h * HS, drow + C + kv * HS, drow + C + NKV * HS + kv * HS,
+                      dout + b * T * C + h * HS, row + h * HS, row + C + kv * HS,
+                      row + C + NKV * HS + kv * HS, out + b * T * C + h * HS,
+                      lse + (b * NH + h) * T, Kt, Vt, ldt, T, HS, ld, C, gi == 0);
+      }
     }
   }
   err.rethrow();
@@ -530,11 +541,13 @@ void attention_decode_head(float* out, const float* q, const float* k_cache, con
 }
 
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
-                      int64_t B, int64_t NH, int64_t maxT, int64_t HS, int64_t n_valid) {
+                      int64_t B, int64_t NH, int64_t NKV, int64_t maxT, int64_t HS,
+                      int64_t n_valid) {
   // Parallel only when there is enough cache to stream (batch-1 decoding of short contexts stays
   // on the calling thread: spawning work would cost more than the step).
   // An empty output (B, NH or HS zero: caches that hold no floats, whatever maxT says) is done.
-  if (B <= 0 || NH <= 0 || HS <= 0 || n_valid <= 0) return;
+  if (B <= 0 || NH <= 0 || NKV <= 0 || HS <= 0 || n_valid <= 0) return;
+  const int64_t G = NH / NKV;  // query head h reads cache head h / G
   ErrorCarrier err;  // as in attention_forward
 #pragma omp parallel num_threads(::kgpt::num_threads()) \
     if (B * NH > 1 && B * NH * n_valid * HS > kParallelMin)
@@ -546,7 +559,8 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
       if (s.empty()) continue;
       const int64_t b = bh / NH, h = bh % NH;
       decode_head(out + b * NH * HS + h * HS, q + b * NH * HS + h * HS,
-                  k_cache + bh * maxT * HS, v_cache + bh * maxT * HS, s.data(), HS, n_valid);
+                  k_cache + (b * NKV + h / G) * maxT * HS, v_cache + (b * NKV + h / G) * maxT * HS,
+                  s.data(), HS, n_valid);
     }
   }
   err.rethrow();

@@ -76,6 +76,12 @@ if _native is not None:
     gelu_forward = _native.gelu_forward
     gelu_backward = _native.gelu_backward
     add = _native.add
+    rmsnorm_forward = _native.rmsnorm_forward
+    rmsnorm_backward = _native.rmsnorm_backward
+    rope_forward = _native.rope_forward
+    rope_backward = _native.rope_backward
+    swiglu_forward = _native.swiglu_forward
+    swiglu_backward = _native.swiglu_backward
     crossentropy_forward = _native.crossentropy_forward
     crossentropy_backward = _native.crossentropy_backward
     classifier_forward_backward = _native.classifier_forward_backward
