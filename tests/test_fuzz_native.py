@@ -34,8 +34,8 @@ HUGE = 2**40
 F = "f"
 SPECS = {
     "embedding_forward": [("out", F, "BTC"), ("idx", "i", "BT"), ("wte", F, "VC"),
-                          ("wpe", F, "MC")],
-    "embedding_backward": [("dwte", F, "VC"), ("dwpe", F, "MC"), ("dout", F, "BTC"),
+                          ("wpe", "f?", "MC")],
+    "embedding_backward": [("dwte", F, "VC"), ("dwpe", "f?", "MC"), ("dout", F, "BTC"),
                            ("idx", "i", "BT")],
     "layernorm_forward": [("out", F, "NC"), ("mean", F, "N"), ("rstd", F, "N"), ("x", F, "NC"),
                           ("w", F, "C"), ("b", F, "C"), ("eps", "float", 1e-5)],

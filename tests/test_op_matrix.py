@@ -109,6 +109,15 @@ def _embedding(rng, B, T, C, V):
                                         A("dout", "in", g(rng, B, T, C)), A("idx", "arg", idx)], {})]
 
 
+def _embedding_nopos(rng, B, T, C, V):
+    """wpe / dwpe None: no position table (rotary positions)."""
+    idx = ids(rng, V, B, T)
+    return [Case("embedding_forward", [A("out", "out", np.zeros((B, T, C))), A("idx", "arg", idx),
+                                       A("wte", "in", g(rng, V, C)), A("wpe", "arg", None)], {}),
+            Case("embedding_backward", [A("dwte", "acc", g(rng, V, C)), A("dwpe", "arg", None),
+                                        A("dout", "in", g(rng, B, T, C)), A("idx", "arg", idx)], {})]
+
+
 def _layernorm(rng, N, C):
     x, w, b = g(rng, N, C, scale=3.0) + 1.5, g(rng, C), g(rng, C)
     fwd = [A("out", "out", np.zeros((N, C))), A("mean", "out", np.zeros(N)),
@@ -267,6 +276,7 @@ def _optimizer(rng, n, step, wd):
 _TABLE: List[Tuple[Callable, List[tuple]]] = [
     (_embedding, [(1, 1, 12, 5), (2, 7, 20, 300), (3, 33, 64, 16), (2, 7, 36, 11), (3, 65, 36, 50),
                   (2, 129, 64, 300)]),
+    (_embedding_nopos, [(1, 1, 12, 5), (2, 7, 20, 300), (3, 65, 36, 50), (2, 129, 64, 300)]),
     (_layernorm, [(1, 12), (7, 20), (7, 36), (65, 64), (67, 64), (130, 384), (257, 768)]),
     (_matmul, [(1, 12, 5), (1, 12, 36), (3, 20, 37), (4, 33, 100), (7, 36, 12), (17, 33, 37),
                (65, 64, 192), (67, 12, 100), (67, 20, 5), (130, 96, 7), (512, 128, 384)]),

@@ -8,7 +8,10 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>  // std::optional arrays (None)
 
 #include "bindings/native_init.h"
 #include "cpu/dispatch.h"  // ops_set_force_portable (test hook)
@@ -22,6 +25,7 @@ namespace {
 
 using FArr = py::array_t<float, py::array::c_style>;
 using IArr = py::array_t<int32_t, py::array::c_style>;
+using OptF = std::optional<FArr>;
 using Shape = std::vector<int64_t>;
 
 std::string tstr(const Shape& v) {
@@ -75,37 +79,38 @@ int64_t check_heads(int64_t C, const py::object& n_head_arg) {
   return n_head;
 }
 
-void embedding_forward(FArr out, IArr idx, FArr wte, FArr wpe) {
+// wpe / dwpe None: no position table (rotary positions act inside attention).
+void embedding_forward(FArr out, IArr idx, FArr wte, OptF wpe) {
   check_ndim("idx", idx, 2, "(B, T)");
   check_ndim("wte", wte, 2, "(V, C)");
-  check_ndim("wpe", wpe, 2, "(maxT, C)");
+  if (wpe) check_ndim("wpe", *wpe, 2, "(maxT, C)");
   const int64_t B = idx.shape(0), T = idx.shape(1), V = wte.shape(0), C = wte.shape(1);
-  if (wpe.shape(1) != C || wpe.shape(0) < T)
+  if (wpe && (wpe->shape(1) != C || wpe->shape(0) < T))
     throw std::invalid_argument("wpe must have shape (maxT>=" + std::to_string(T) + ", C=" +
-                                std::to_string(C) + "), got " + tstr(shape_of(wpe)));
+                                std::to_string(C) + "), got " + tstr(shape_of(*wpe)));
   check_shape("out", out, "(B, T, C)", {B, T, C});
   check_ids("idx", idx, V);
   float* po = out.mutable_data();
   const int32_t* pi = idx.data();
-  const float *pt = wte.data(), *pp = wpe.data();
+  const float *pt = wte.data(), *pp = wpe ? wpe->data() : nullptr;
   {
     py::gil_scoped_release nogil;
     kgpt::cpu::embedding_forward(po, pi, pt, pp, B, T, C);
   }
 }
 
-void embedding_backward(FArr dwte, FArr dwpe, FArr dout, IArr idx) {
+void embedding_backward(FArr dwte, OptF dwpe, FArr dout, IArr idx) {
   check_ndim("dout", dout, 3, "(B, T, C)");
   check_ndim("dwte", dwte, 2, "(V, C)");
-  check_ndim("dwpe", dwpe, 2, "(maxT, C)");
+  if (dwpe) check_ndim("dwpe", *dwpe, 2, "(maxT, C)");
   const int64_t B = dout.shape(0), T = dout.shape(1), C = dout.shape(2), V = dwte.shape(0);
   check_shape("dwte", dwte, "(V, C)", {V, C});
-  if (dwpe.shape(1) != C || dwpe.shape(0) < T)
+  if (dwpe && (dwpe->shape(1) != C || dwpe->shape(0) < T))
     throw std::invalid_argument("dwpe must have shape (maxT>=" + std::to_string(T) + ", C=" +
-                                std::to_string(C) + "), got " + tstr(shape_of(dwpe)));
+                                std::to_string(C) + "), got " + tstr(shape_of(*dwpe)));
   check_shape("idx", idx, "(B, T)", {B, T});
   check_ids("idx", idx, V);
-  float *pw = dwte.mutable_data(), *pp = dwpe.mutable_data();
+  float *pw = dwte.mutable_data(), *pp = dwpe ? dwpe->mutable_data() : nullptr;
   const float* pd = dout.data();
   const int32_t* pi = idx.data();
   {
@@ -504,9 +509,10 @@ void adamw_update(FArr params, FArr grads, FArr m, FArr v, float lr, float beta1
 
 void init_cpu_ops(py::module_& m) {
   auto a = [](const char* name) { return py::arg(name).noconvert(); };
-  m.def("embedding_forward", &embedding_forward, a("out"), a("idx"), a("wte"), a("wpe"),
-        "out (B,T,C) = wte[idx] + wpe[:T].");
-  m.def("embedding_backward", &embedding_backward, a("dwte"), a("dwpe"), a("dout"), a("idx"),
+  m.def("embedding_forward", &embedding_forward, a("out"), a("idx"), a("wte"),
+        py::arg("wpe").noconvert().none(true), "out (B,T,C) = wte[idx] + wpe[:T] (wpe may be None).");
+  m.def("embedding_backward", &embedding_backward, a("dwte"), py::arg("dwpe").noconvert().none(true),
+        a("dout"), a("idx"),
         "dwte (V,C) += scatter of dout by idx; dwpe[:T] += dout.sum(0). Thread-count independent.");
   m.def("layernorm_forward", &layernorm_forward, a("out"), a("mean"), a("rstd"), a("x"), a("w"),
         a("b"), py::arg("eps") = 1e-5f, "out (N,C) = (x-mean)*rstd*w + b; saves mean, rstd (N,).");

@@ -25,13 +25,11 @@ xp = numpy
 
 
 def unsupported(config: Any) -> Optional[str]:
-    """Why this backend cannot run a model of ``config``, or None. The C++ kernels for the
-    llama-style fields (RMSNorm, rotary positions, SwiGLU, grouped-query attention) are not
-    written yet."""
-    if getattr(config, "is_gpt2", True):
-        return None
-    return ("the llama-style architecture fields (norm, pos_emb, mlp, n_kv_head, mlp_hidden, "
-            "bias, tie_embeddings) are not available on native yet: use backend='numpy'")
+    """Why this backend cannot run a model of ``config``, or None: every architecture of
+    GPTConfig runs here (GPT-2, and the llama-style fields: RMSNorm, rotary positions, SwiGLU,
+    grouped-query attention, no biases, untied lm_head). The fused decoder runs GPT-2 only
+    (:func:`decoder_supports`); other configs decode op by op."""
+    return None
 
 
 def is_available() -> bool:
