@@ -173,8 +173,9 @@ def test_rope_bad_arguments_fail_like_numpy(bad, exc, word):
             R.rope_forward(np.zeros_like(x), x, NH, **kw)
 
 
-def test_gqa_attention_backward_is_thread_count_independent():
-    """The backward adds a kv group's query heads into shared dk, dv on one thread, in order:
+def test_llama_ops_are_thread_count_independent():
+    """Grouped-query attention's backward adds a kv group's query heads into shared dk, dv on
+    one thread, in order; rmsnorm's dw sums fixed chunks in order; rope and swiglu are row-wise:
     the same bits for 1 and 3 threads (run in a fresh process: the thread count is global)."""
     code = r"""
 import numpy as np
@@ -190,7 +191,16 @@ for n in (1, 3):
     nat.attention_forward(out, lse, qkv, NH, NKV)
     d = np.empty_like(qkv)
     nat.attention_backward(d, dout, qkv, out, lse, NH, NKV)
-    res.append((out, lse, d))
+    x = qkv.reshape(-1, 96)
+    o, r, dx, dw = np.empty_like(x), np.empty(len(x), np.float32), np.empty_like(x), np.zeros(96, np.float32)
+    nat.rmsnorm_forward(o, r, x, x[0])
+    nat.rmsnorm_backward(dx, dw, x * 0.5, x, x[0], r)
+    so, sd = np.empty((len(x), 48), np.float32), np.empty_like(x)
+    nat.swiglu_forward(so, x)
+    nat.swiglu_backward(sd, so, x)
+    ro = np.empty_like(qkv)
+    nat.rope_backward(ro, qkv, NH, NKV, 100.0, 3)
+    res.append((out, lse, d, o, r, dx, dw, so, sd, ro))
 for a, b in zip(*res):
     assert np.array_equal(a, b)
 print("ok")
@@ -202,3 +212,53 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+def test_gqa_decode_matches_last_row_of_forward(rng):
+    B, T, NH, NKV, HS = 2, 19, 6, 2, 24
+    C = NH * HS
+    qkv = rng.standard_normal((B, T, (NH + 2 * NKV) * HS)).astype(np.float32)
+    out, lse = np.full((B, T, C), np.nan, np.float32), np.full((B, NH, T), np.nan, np.float32)
+    nat.attention_forward(out, lse, qkv, NH, NKV)
+    kv = qkv[:, :, C:].reshape(B, T, 2, NKV, HS)
+    k = np.ascontiguousarray(kv[:, :, 0].transpose(0, 2, 1, 3))
+    v = np.ascontiguousarray(kv[:, :, 1].transpose(0, 2, 1, 3))
+    o = np.full((B, C), np.nan, np.float32)
+    nat.attention_decode(o, np.ascontiguousarray(qkv[:, -1, :C]), k, v, T)
+    assert_close(o, out[:, -1], name="decode")
+    with pytest.raises(ValueError, match="multiple of the cache's 2 heads"):
+        nat.attention_decode(np.zeros((B, 3 * HS), np.float32), np.zeros((B, 3 * HS), np.float32),
+                             k, v, T)
+
+
+def test_llama_ops_avx512_equal_avx2_bitwise(rng):
+    """rmsnorm, rope, swiglu and grouped-query attention: the AVX-512 path gives the AVX2 bits."""
+    from conftest import native_ops_paths, set_native_ops_path
+    if "avx512" not in native_ops_paths():
+        pytest.skip("needs the AVX-512 path")
+    N, C, H = 67, 100, 16 * 20 + 5
+    B, T, NH, NKV, HS = 2, 67, 4, 2, 40
+    x, w = rng.standard_normal((N, C)).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    d = rng.standard_normal((N, C)).astype(np.float32)
+    s = (rng.standard_normal((N, 2 * H)) * 4).astype(np.float32)
+    ds = rng.standard_normal((N, H)).astype(np.float32)
+    qkv = rng.standard_normal((B, T, (NH + 2 * NKV) * HS)).astype(np.float32)
+    dout = rng.standard_normal((B, T, NH * HS)).astype(np.float32)
+    res = []
+    for path in ("avx512", "avx2"):
+        set_native_ops_path(path)
+        o, r, dx, dw = np.empty_like(x), np.empty(N, np.float32), np.empty_like(x), np.zeros_like(w)
+        nat.rmsnorm_forward(o, r, x, w)
+        nat.rmsnorm_backward(dx, dw, d, x, w, r)
+        so, sd = np.empty_like(ds), np.empty_like(s)
+        nat.swiglu_forward(so, s)
+        nat.swiglu_backward(sd, ds, s)
+        ro = np.empty_like(qkv)
+        nat.rope_forward(ro, qkv, NH, NKV)
+        ao, al, ad = np.empty_like(dout), np.empty((B, NH, T), np.float32), np.empty_like(qkv)
+        nat.attention_forward(ao, al, ro, NH, NKV)
+        nat.attention_backward(ad, dout, ro, ao, al, NH, NKV)
+        res.append((o, r, dx, dw, so, sd, ro, ao, al, ad))
+    set_native_ops_path("avx512")
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)

@@ -5,6 +5,10 @@
 // dK += dS^T Q (dK, dV accumulated in place in dqkv, after zeroing). Everything is overwritten (=). Work is split over B x NH, one head per thread at a
 // time, each head computed serially: results are bitwise identical for any thread count.
 // attention_decode is the KV-cache step: one new query per sequence against the cached keys.
+// Grouped-query attention (NKV kv heads, NKV dividing NH): query head h reads kv head h/(NH/NKV)
+// in place (no copy per query head); the backward runs a group's query heads in order on one
+// thread, adding into the group's dk, dv (work split over B x NKV). NKV = NH is GPT-2's layout
+// and computes exactly what it did before.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
