@@ -2,10 +2,9 @@
 biases, untied lm_head) on the native backend against the NumPy reference: loss and every gradient
 tensor agree with float64 NumPy (conftest.assert_close's bound) for grouped-query, multi-query and
 multi-head configs, through the fused classifier and the logits path; 50 AdamW steps on real text
-track the NumPy float32 run; cached == uncached sampling and native == NumPy greedy tokens (op-by-op
-decoding: the fused decoder declines these configs); and the native ops' own properties: in-place
-rope, refusal of partially overlapping buffers, thread-count determinism of grouped-query
-attention's backward."""
+track the NumPy float32 run; cached == uncached sampling and native == NumPy greedy tokens
+(through the fused decoder, batch <= 4); and the native ops' own properties: in-place rope,
+refusal of partially overlapping buffers, thread-count determinism, AVX-512 == AVX2 bits."""
 from __future__ import annotations
 
 import os
@@ -46,13 +45,14 @@ def three_models(cfg, rng, seed=0):
     return nat_m, ref, r32
 
 
-def test_native_accepts_llama_configs_and_decodes_them_op_by_op():
+def test_native_accepts_llama_configs_and_its_fused_decoder_runs_them():
     cfg = cfg_of()
     assert native_backend.unsupported(cfg) is None
     m = GPT(cfg, backend="native")
     assert m.backend is native_backend
-    assert not native_backend.decoder_supports(m, 1)
-    assert native_backend.make_decoder(m, [], 1) is None
+    assert native_backend.decoder_supports(m, 1)  # tests/test_native_decode_llama.py
+    assert m.kv_cache(1).fused is not None
+    assert not native_backend.decoder_supports(m, 5)
 
 
 @pytest.mark.parametrize("cfg,B,T", [

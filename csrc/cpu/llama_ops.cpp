@@ -121,6 +121,17 @@ KGPT_MULTIVERSION(void, rope_rows, (float* out, const float* x, const float* cs,
   }
 }
 
+// The inverse frequency of pair i and the table entries of position p: the one definition
+// (rope_apply and the fused decoder's rope_table_serial give the same bits).
+KGPT_INLINE double rope_inv(int64_t i, int64_t HS, double theta) {
+  return std::pow(theta, -(double(i) * 2.0) / double(HS));
+}
+KGPT_INLINE void rope_entry(float* c, float* s, double p, double inv) {
+  const double ang = p * inv;
+  *c = static_cast<float>(std::cos(ang));
+  *s = static_cast<float>(std::sin(ang));
+}
+
 void rope_apply(float* out, const float* x, int64_t B, int64_t T, int64_t NH, int64_t NKV,
                 int64_t HS, double theta, int64_t pos0, float sign) {
   if (B <= 0 || T <= 0 || HS <= 0) return;
@@ -129,15 +140,12 @@ void rope_apply(float* out, const float* x, int64_t B, int64_t T, int64_t NH, in
   float* cs = tab.data();
   float* sn = cs + T * d2;
   std::vector<double> inv(static_cast<size_t>(d2 + 1));
-  for (int64_t i = 0; i < d2; ++i) inv[i] = std::pow(theta, -(double(i) * 2.0) / double(HS));
+  for (int64_t i = 0; i < d2; ++i) inv[i] = rope_inv(i, HS, theta);
 #pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) \
     if (T * d2 > kParallelMin / 8)
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < d2; ++i) {
-      const double ang = double(pos0 + t) * inv[i];
-      cs[t * d2 + i] = static_cast<float>(std::cos(ang));
-      sn[t * d2 + i] = static_cast<float>(std::sin(ang));
-    }
+    for (int64_t i = 0; i < d2; ++i)
+      rope_entry(cs + t * d2 + i, sn + t * d2 + i, double(pos0 + t), inv[i]);
   const int64_t N = B * T;
   const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(D, 1));
   const int64_t nchunk = (N + rows - 1) / rows;
@@ -291,6 +299,18 @@ void rope_forward(float* out, const float* x, int64_t B, int64_t T, int64_t NH, 
 void rope_backward(float* dx, const float* dout, int64_t B, int64_t T, int64_t NH, int64_t NKV,
                    int64_t HS, double theta, int64_t pos0) {
   rope_apply(dx, dout, B, T, NH, NKV, HS, theta, pos0, -1.0f);
+}
+
+void rope_table_serial(float* cs, float* sn, int64_t pos, int64_t HS, double theta) {
+  for (int64_t i = 0; i < HS / 2; ++i) rope_entry(cs + i, sn + i, double(pos), rope_inv(i, HS, theta));
+}
+
+void rope_heads_serial(float* p, const float* cs, const float* sn, int64_t nheads, int64_t HS) {
+  if (nheads > 0) rope_rows(p, p, cs, sn, 0, 1, 1, nheads, HS, nheads * HS, 1.0f);
+}
+
+void swiglu_forward_serial(float* out, const float* a, const float* b, int64_t n) {
+  swiglu_fwd_row(out, a, b, n);
 }
 
 void swiglu_forward(float* out, const float* x, int64_t N, int64_t H) {

@@ -62,6 +62,14 @@ void rope_forward(float* out, const float* x, int64_t B, int64_t T, int64_t NH, 
                   int64_t HS, double theta, int64_t pos0);
 void rope_backward(float* dx, const float* dout, int64_t B, int64_t T, int64_t NH, int64_t NKV,
                    int64_t HS, double theta, int64_t pos0);
+// For the fused decoder (one position, on the calling thread, the same bits as rope_forward
+// with T = 1): cs, sn (HS/2,) = the cos and sin of position pos; then nheads heads of HS floats
+// at p rotated in place.
+void rope_table_serial(float* cs, float* sn, int64_t pos, int64_t HS, double theta);
+void rope_heads_serial(float* p, const float* cs, const float* sn, int64_t nheads, int64_t HS);
+// One row's gate a, up b (n,) -> out (n,) on the calling thread: swiglu_forward's per-row work
+// (a range starting on a multiple of 16 of a row gives that row's bits).
+void swiglu_forward_serial(float* out, const float* a, const float* b, int64_t n);
 // SwiGLU: x (N,2H) = gate | up; out (N,H) = silu(gate) * up; dx (N,2H) =.
 void swiglu_forward(float* out, const float* x, int64_t N, int64_t H);
 void swiglu_backward(float* dx, const float* dout, const float* x, int64_t N, int64_t H);

@@ -60,9 +60,11 @@ class BpeTrainer:
     def num_unique_chunks(self) -> int: ...
 
 class Decoder:
-    def __init__(self, weights: List[Tuple[str, _F32]], layers: List[List[Tuple[str, _F32]]],
+    def __init__(self, weights: List[Tuple[str, Optional[_F32]]],
+                 layers: List[List[Tuple[str, Optional[_F32]]]],
                  caches: List[Tuple[_F32, _F32]], n_head: int, batch: int,
-                 eps: float = ...) -> None: ...
+                 eps: float = ..., *, n_kv_head: Optional[int] = ..., rmsnorm: bool = ...,
+                 rope: bool = ..., swiglu: bool = ..., rope_theta: float = ...) -> None: ...
     # returns (steps taken, stopped on a non-finite logit)
     def sample(self, out: _I32, tok: _I32, pos: int, u: NDArray[np.float64], params: Any,
                stop: _I32, done: NDArray[np.uint8], logits: _F32, lm_filter: bool = ...,

@@ -98,17 +98,30 @@ if _native is not None:
                              weight_decay=weight_decay, step=int(step))
 
 
-# The fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp) runs one architecture: the
-# GPT-2 block, float32, batches of 1 to 4. It declares that here; make_decoder returns None for
-# anything else and the model decodes op by op.
+# The fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp) runs GPT-2's block and the
+# llama-style variants (RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases, an
+# untied lm_head), float32, batches of 1 to 4. It declares that here; make_decoder returns None
+# for anything else and the model decodes op by op.
 _DECODER_MAX_BATCH = 4
+# The decoder's slots, in its order: the names of the parameter table that fill them (a slot
+# whose parameter the config lacks gets None).
+_DECODER_TOP = ("wte", "wpe", "ln_f.w", "ln_f.b", "lm_head.w")
+_DECODER_BLOCK = ("ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w",
+                  "attn.c_proj.b", "ln_2.w", "ln_2.b", "mlp.c_fc.w", "mlp.c_fc.b",
+                  "mlp.c_proj.w", "mlp.c_proj.b")
 
 
 def decoder_supports(model: Any, batch: int) -> bool:
-    """Whether the fused decoder can run ``model`` at this batch size: GPT-2's block (every
-    architecture field of the config at its default), float32, batch 1 to 4."""
-    return (_native is not None and np.dtype(model.dtype) == np.float32
-            and 1 <= batch <= _DECODER_MAX_BATCH and model.config.is_gpt2)
+    """Whether the fused decoder can run ``model`` at this batch size: float32, batch 1 to 4, and
+    every parameter of the model's table in one of the decoder's slots (GPT-2 and the
+    llama-style fields all are)."""
+    if not (_native is not None and np.dtype(model.dtype) == np.float32
+            and 1 <= batch <= _DECODER_MAX_BATCH):
+        return False
+    from kernelgpt.model import param_table
+    t = param_table(model.config)
+    return ({s.name for s in t.embedding + t.final} <= set(_DECODER_TOP)
+            and {s.name for s in t.block} <= set(_DECODER_BLOCK))
 
 
 def make_decoder(model: Any, caches: Any, batch: int) -> Any:
@@ -117,10 +130,11 @@ def make_decoder(model: Any, caches: Any, batch: int) -> Any:
     equals the op-by-op step bitwise (tests/test_native_decode.py)."""
     if not decoder_supports(model, batch):
         return None
-    from kernelgpt.model import param_table
-    t, p = param_table(model.config), model.param_views
-    top = [(s.name, p[s.name]) for s in t.embedding + t.final]
-    layers = [[(f"h.{l}.{s.name}", w[s.name]) for s in t.block]
+    cfg, p = model.config, model.param_views
+    top = [(n, p.get(n)) for n in _DECODER_TOP]
+    layers = [[(f"h.{l}.{n}", w.get(n)) for n in _DECODER_BLOCK]
               for l, w in enumerate(model.layer_params)]
-    return _native.Decoder(top, layers, [tuple(kv) for kv in caches], model.config.n_head, batch,
-                           model.config.norm_eps)
+    return _native.Decoder(top, layers, [tuple(kv) for kv in caches], cfg.n_head, batch,
+                           cfg.norm_eps, n_kv_head=cfg.kv_heads, rmsnorm=cfg.norm == "rmsnorm",
+                           rope=cfg.pos_emb == "rope", swiglu=cfg.mlp == "swiglu",
+                           rope_theta=float(cfg.rope_theta))
