@@ -17,6 +17,7 @@ absolute figures, and rerun before trusting one.
 
 Usage: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 PYTHONPATH=python python3 \\
            benchmarks/bench_native_step.py [--configs xs,s,m] [--rounds 3] [--no-torch] [--no-sample]
+           [--no-train]   (sampling runs on S and llama-S)
 (torch is a benchmark-only peer, never a dependency; e.g. pip install --target DIR torch and add
 DIR to PYTHONPATH.)  `pytest benchmarks/bench_native_step.py` runs the XS step via pytest-benchmark.
 """
@@ -297,6 +298,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--no-torch", dest="torch", action="store_false")
     ap.add_argument("--no-sample", dest="sample", action="store_false")
+    ap.add_argument("--no-train", dest="train", action="store_false",
+                    help="sampling only (S and llama-S)")
     args = ap.parse_args(argv)
     print(machine())
     print(f"threads per engine: {args.threads} (OMP/OPENBLAS/torch), one subprocess per engine")
@@ -314,36 +317,37 @@ def main(argv=None) -> None:
         B, T = PRESET_BATCH_SIZE[name], cfg.block_size
         rounds = args.rounds if not name.endswith("m") else max(2, args.rounds - 1)
         flops = train_flops_per_step(cfg, B, T)
-        res = {e: run_worker(e, "train", name, rounds, args.threads) for e in engines}
-        print(f"\n== train step {name.upper()} (B={B}, T={T}, {flops / 1e9:.1f} GFLOP/step), "
-              f"median of {rounds}")
-        nat = res["native"]["median"]
-        for e, r in res.items():
-            if "skipped" in r:
-                print(f"  {e:16s} skipped: {r['skipped']}")
-                continue
-            s = r["median"]
-            pct = f" ({flops / s / 1e9 / top * 100:4.1f}% of peak)" if top else ""
-            print(f"  {r['label']:16s} {s * 1e3:9.1f} ms {B * T / s:9.0f} tok/s "
-                  f"{flops / s / 1e9:6.1f} GFLOP/s{pct}   native speed-up {s / nat:5.2f}x")
-        native_gflops[name] = flops / nat / 1e9
-        if name.startswith("llama-") and name[6:] in native_gflops:  # same run, per FLOP
-            base = name[6:]
-            print(f"  native {name} per FLOP vs native {base}: "
-                  f"{native_gflops[name] / native_gflops[base]:.2f}x the GFLOP/s")
-        held.append((f"{name} native >= 1.5x numpy", res["numpy"]["median"] / nat >= 1.5))
-        if "median" in res.get("torch", {}):
-            held.append((f"{name} native faster than torch", res["torch"]["median"] > nat))
-        if args.sample and name == "s":
+        if args.train:
+            res = {e: run_worker(e, "train", name, rounds, args.threads) for e in engines}
+            print(f"\n== train step {name.upper()} (B={B}, T={T}, {flops / 1e9:.1f} GFLOP/step), "
+                  f"median of {rounds}")
+            nat = res["native"]["median"]
+            for e, r in res.items():
+                if "skipped" in r:
+                    print(f"  {e:16s} skipped: {r['skipped']}")
+                    continue
+                s = r["median"]
+                pct = f" ({flops / s / 1e9 / top * 100:4.1f}% of peak)" if top else ""
+                print(f"  {r['label']:16s} {s * 1e3:9.1f} ms {B * T / s:9.0f} tok/s "
+                      f"{flops / s / 1e9:6.1f} GFLOP/s{pct}   native speed-up {s / nat:5.2f}x")
+            native_gflops[name] = flops / nat / 1e9
+            if name.startswith("llama-") and name[6:] in native_gflops:  # same run, per FLOP
+                base = name[6:]
+                print(f"  native {name} per FLOP vs native {base}: "
+                      f"{native_gflops[name] / native_gflops[base]:.2f}x the GFLOP/s")
+            held.append((f"{name} native >= 1.5x numpy", res["numpy"]["median"] / nat >= 1.5))
+            if "median" in res.get("torch", {}):
+                held.append((f"{name} native faster than torch", res["torch"]["median"] > nat))
+        if args.sample and name in ("s", "llama-s"):
             sm = {e: run_worker(e, "sample", name, args.rounds, args.threads) for e in engines}
-            print(f"\n== sampling S, batch 1, KV cache, {SAMPLE_NEW} new tokens after a 4-token "
-                  f"prompt, median of {args.rounds}")
+            print(f"\n== sampling {name.upper()}, batch 1, KV cache, {SAMPLE_NEW} new tokens after "
+                  f"a 4-token prompt, median of {args.rounds}")
             for e, r in sm.items():
                 if "skipped" in r:
                     print(f"  {e:16s} skipped: {r['skipped']}")
                     continue
                 print(f"  {r['label']:16s} {SAMPLE_NEW / r['median']:8.1f} tokens/s")
-            bound = decode_bound(cfg, args.threads)
+            bound = decode_bound(cfg, args.threads) if cfg.is_gpt2 else None
             if bound and "median" in sm.get("native", {}):
                 mb, mb_f, gbs = bound
                 nat_tps = SAMPLE_NEW / sm["native"]["median"]
@@ -356,7 +360,8 @@ def main(argv=None) -> None:
                       f"{nat_tps / (gbs * 1e3 / mb) * 100:.0f}% of the fp32 one")
             for e in ("numpy", "torch"):
                 if "median" in sm.get(e, {}):
-                    held.append((f"S sampling native > {e}", sm[e]["median"] > sm["native"]["median"]))
+                    held.append((f"{name} sampling native > {e}",
+                                 sm[e]["median"] > sm["native"]["median"]))
     print("\n" + "; ".join(f"{k}: {'held' if ok else 'NOT held'}" for k, ok in held))
 
 

@@ -30,8 +30,9 @@ struct DecodeModel {
   float eps = 1e-5f;  // the norms' epsilon
   bool rmsnorm = false, rope = false, swiglu = false;
   double rope_theta = 10000.0;
-  const float *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr;  // wpe: null
-  const float* head = nullptr;  // the lm_head (V, C): wte when tied   // with rotary positions
+  // wpe: null with rotary positions; lnf_b: null with RMSNorm
+  const float *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr;
+  const float* head = nullptr;  // the lm_head (V, C): wte when tied
   std::vector<DecodeLayer> layers;
 };
 

@@ -10,8 +10,9 @@ namespace kgpt {
 namespace cpu {
 
 // embedding.cpp. out (B,T,C) = wte[idx] + wpe[:T]; dwte (V,C) += scatter of dout by idx;
-// dwpe[:T] += dout summed over B. wpe / dwpe may be null (no position table: rope). The backward splits channels over threads and adds rows in
-// index order, so it is bitwise identical for any thread count.
+// dwpe[:T] += dout summed over B; wpe / dwpe may be null (no position table: rotary positions).
+// The backward splits channels over threads and adds rows in index order, so it is bitwise
+// identical for any thread count.
 void embedding_forward(float* out, const int32_t* idx, const float* wte, const float* wpe,
                        int64_t B, int64_t T, int64_t C);
 void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* idx,
