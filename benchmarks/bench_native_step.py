@@ -2,8 +2,11 @@
 NumPy path on config S and 4x on XS, competitive with PyTorch eager on 2 threads, and its KV-cache
 sampling on S (batch 1) beats NumPy's and PyTorch's tokens/s.
 
-For configs XS, S and M (docs/ARCHITECTURE.md; batch 8, 8, 4, T = block size) one training step is timed on
-the native backend, the NumPy backend and, when torch is importable, an equivalent GPT-2 written in
+For configs XS, S and M (docs/ARCHITECTURE.md; batch 8, 8, 4, T = block size), and their
+llama-style twins llama-xs, llama-s, llama-m (--configs s,llama-s: RMSNorm, rotary positions,
+SwiGLU, grouped-query attention; the llama line then also prints its GFLOP/s per the GPT-2 twin's,
+same run), one training step is timed on
+the native backend, the NumPy backend and, when torch is importable, an equivalent model written in
 PyTorch below (eager, CPU, torch.set_num_threads(threads)), each engine in its own subprocess (so
 no two libraries' spinning thread pools fight over the cores), one after the other in the same
 run; medians after a warm-up are reported with GFLOP/s from the formula of docs/ARCHITECTURE.md
@@ -14,6 +17,7 @@ absolute figures, and rerun before trusting one.
 
 Usage: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 PYTHONPATH=python python3 \\
            benchmarks/bench_native_step.py [--configs xs,s,m] [--rounds 3] [--no-torch] [--no-sample]
+           [--no-train]   (sampling runs on S and llama-S)
 (torch is a benchmark-only peer, never a dependency; e.g. pip install --target DIR torch and add
 DIR to PYTHONPATH.)  `pytest benchmarks/bench_native_step.py` runs the XS step via pytest-benchmark.
 """
@@ -63,8 +67,72 @@ def kgpt_sampler(backend: str, cfg: GPTConfig):
 
 
 # ----------------------------------------------------------------------------- PyTorch peer
+def torch_llama(cfg: GPTConfig):
+    """The llama-style model of ``cfg`` in PyTorch eager: F.rms_norm, rotary positions (rotate
+    half, as kernelgpt), a SwiGLU MLP (gate | up), grouped-query attention through
+    scaled_dot_product_attention(enable_gqa=True); biases and tying as the config says."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    C, NH, NKV, HS = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_size
+    V, T, H, eps, bias = cfg.vocab_size, cfg.block_size, cfg.hidden, cfg.norm_eps, cfg.bias
+    inv = cfg.rope_theta ** (-torch.arange(0, HS // 2, dtype=torch.float64) * 2.0 / HS)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+    COS, SIN = ang.cos().float(), ang.sin().float()      # (T, HS/2)
+
+    def rope(x, pos):                                     # x (B, heads, Tx, HS)
+        c, s = COS[pos:pos + x.shape[2]], SIN[pos:pos + x.shape[2]]
+        x1, x2 = x[..., :HS // 2], x[..., HS // 2:]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.Parameter(torch.ones(C)), nn.Parameter(torch.ones(C))
+            self.c_attn = nn.Linear(C, (NH + 2 * NKV) * HS, bias=bias)
+            self.c_proj = nn.Linear(C, C, bias=bias)
+            self.c_fc, self.mlp_proj = nn.Linear(C, 2 * H, bias=bias), nn.Linear(H, C, bias=bias)
+
+        def attn(self, x, cache=None, pos=0):
+            Bx, Tx, _ = x.shape
+            q, k, v = self.c_attn(x).split([NH * HS, NKV * HS, NKV * HS], dim=2)
+            q = rope(q.view(Bx, Tx, NH, HS).transpose(1, 2), pos)
+            k = rope(k.view(Bx, Tx, NKV, HS).transpose(1, 2), pos)
+            v = v.view(Bx, Tx, NKV, HS).transpose(1, 2)
+            if cache is not None:
+                kc, vc = cache
+                kc[:, :, pos:pos + Tx] = k
+                vc[:, :, pos:pos + Tx] = v
+                k, v = kc[:, :, :pos + Tx], vc[:, :, :pos + Tx]
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=Tx > 1, enable_gqa=NKV != NH)
+            return self.c_proj(y.transpose(1, 2).reshape(Bx, Tx, C))
+
+        def forward(self, x, cache=None, pos=0):
+            x = x + self.attn(F.rms_norm(x, (C,), self.ln_1, eps), cache, pos)
+            a, b = self.c_fc(F.rms_norm(x, (C,), self.ln_2, eps)).chunk(2, dim=-1)
+            return x + self.mlp_proj(F.silu(a) * b)
+
+    class TorchLlama(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(V, C)
+            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layer))
+            self.ln_f = nn.Parameter(torch.ones(C))
+            self.lm_head = None if cfg.tie_embeddings else nn.Linear(C, V, bias=False)
+
+        def forward(self, idx, caches=None, pos=0):
+            x = self.wte(idx)
+            for i, blk in enumerate(self.h):
+                x = blk(x, None if caches is None else caches[i], pos)
+            x = F.rms_norm(x, (C,), self.ln_f, eps)
+            return x @ self.wte.weight.T if self.lm_head is None else self.lm_head(x)
+
+    return TorchLlama()
+
+
 def torch_engines(cfg: GPTConfig, B: int, threads: int):
-    """(train step, sampler) of a GPT-2 in PyTorch eager with the same config, or None."""
+    """(train step, sampler) of the config's model in PyTorch eager (a GPT-2, or the llama-style
+    model of :func:`torch_llama`), or None."""
     try:
         import torch
         import torch.nn as nn
@@ -73,6 +141,7 @@ def torch_engines(cfg: GPTConfig, B: int, threads: int):
         return None
     torch.set_num_threads(threads)
     C, NH, V, T = cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.block_size
+    NKV = cfg.kv_heads
 
     class Block(nn.Module):
         def __init__(self):
@@ -114,7 +183,7 @@ def torch_engines(cfg: GPTConfig, B: int, threads: int):
             return self.ln_f(x) @ self.wte.weight.T  # tied lm_head
 
     torch.manual_seed(0)
-    model = TorchGPT()
+    model = TorchGPT() if cfg.is_gpt2 else torch_llama(cfg)
     decay = [p for p in model.parameters() if p.dim() == 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -133,7 +202,7 @@ def torch_engines(cfg: GPTConfig, B: int, threads: int):
     def sample():
         with torch.inference_mode():
             hs = C // NH
-            caches = [(torch.zeros(1, NH, T, hs), torch.zeros(1, NH, T, hs))
+            caches = [(torch.zeros(1, NKV, T, hs), torch.zeros(1, NKV, T, hs))
                       for _ in range(cfg.n_layer)]
             ids = torch.tensor([[1, 2, 3, 4]])
             logits = model(ids, caches, 0)[:, -1]
@@ -229,6 +298,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--no-torch", dest="torch", action="store_false")
     ap.add_argument("--no-sample", dest="sample", action="store_false")
+    ap.add_argument("--no-train", dest="train", action="store_false",
+                    help="sampling only (S and llama-S)")
     args = ap.parse_args(argv)
     print(machine())
     print(f"threads per engine: {args.threads} (OMP/OPENBLAS/torch), one subprocess per engine")
@@ -240,36 +311,43 @@ def main(argv=None) -> None:
     top = max(peak.values()) if peak else None
     engines = ["native", "numpy"] + (["torch"] if args.torch else [])
     held = []
+    native_gflops: dict = {}
     for name in args.configs.split(","):
         cfg = GPTConfig.preset(name)
         B, T = PRESET_BATCH_SIZE[name], cfg.block_size
-        rounds = args.rounds if name != "m" else max(2, args.rounds - 1)
+        rounds = args.rounds if not name.endswith("m") else max(2, args.rounds - 1)
         flops = train_flops_per_step(cfg, B, T)
-        res = {e: run_worker(e, "train", name, rounds, args.threads) for e in engines}
-        print(f"\n== train step {name.upper()} (B={B}, T={T}, {flops / 1e9:.1f} GFLOP/step), "
-              f"median of {rounds}")
-        nat = res["native"]["median"]
-        for e, r in res.items():
-            if "skipped" in r:
-                print(f"  {e:16s} skipped: {r['skipped']}")
-                continue
-            s = r["median"]
-            pct = f" ({flops / s / 1e9 / top * 100:4.1f}% of peak)" if top else ""
-            print(f"  {r['label']:16s} {s * 1e3:9.1f} ms {B * T / s:9.0f} tok/s "
-                  f"{flops / s / 1e9:6.1f} GFLOP/s{pct}   native speed-up {s / nat:5.2f}x")
-        held.append((f"{name} native >= 1.5x numpy", res["numpy"]["median"] / nat >= 1.5))
-        if "median" in res.get("torch", {}):
-            held.append((f"{name} native faster than torch", res["torch"]["median"] > nat))
-        if args.sample and name == "s":
+        if args.train:
+            res = {e: run_worker(e, "train", name, rounds, args.threads) for e in engines}
+            print(f"\n== train step {name.upper()} (B={B}, T={T}, {flops / 1e9:.1f} GFLOP/step), "
+                  f"median of {rounds}")
+            nat = res["native"]["median"]
+            for e, r in res.items():
+                if "skipped" in r:
+                    print(f"  {e:16s} skipped: {r['skipped']}")
+                    continue
+                s = r["median"]
+                pct = f" ({flops / s / 1e9 / top * 100:4.1f}% of peak)" if top else ""
+                print(f"  {r['label']:16s} {s * 1e3:9.1f} ms {B * T / s:9.0f} tok/s "
+                      f"{flops / s / 1e9:6.1f} GFLOP/s{pct}   native speed-up {s / nat:5.2f}x")
+            native_gflops[name] = flops / nat / 1e9
+            if name.startswith("llama-") and name[6:] in native_gflops:  # same run, per FLOP
+                base = name[6:]
+                print(f"  native {name} per FLOP vs native {base}: "
+                      f"{native_gflops[name] / native_gflops[base]:.2f}x the GFLOP/s")
+            held.append((f"{name} native >= 1.5x numpy", res["numpy"]["median"] / nat >= 1.5))
+            if "median" in res.get("torch", {}):
+                held.append((f"{name} native faster than torch", res["torch"]["median"] > nat))
+        if args.sample and name in ("s", "llama-s"):
             sm = {e: run_worker(e, "sample", name, args.rounds, args.threads) for e in engines}
-            print(f"\n== sampling S, batch 1, KV cache, {SAMPLE_NEW} new tokens after a 4-token "
-                  f"prompt, median of {args.rounds}")
+            print(f"\n== sampling {name.upper()}, batch 1, KV cache, {SAMPLE_NEW} new tokens after "
+                  f"a 4-token prompt, median of {args.rounds}")
             for e, r in sm.items():
                 if "skipped" in r:
                     print(f"  {e:16s} skipped: {r['skipped']}")
                     continue
                 print(f"  {r['label']:16s} {SAMPLE_NEW / r['median']:8.1f} tokens/s")
-            bound = decode_bound(cfg, args.threads)
+            bound = decode_bound(cfg, args.threads) if cfg.is_gpt2 else None
             if bound and "median" in sm.get("native", {}):
                 mb, mb_f, gbs = bound
                 nat_tps = SAMPLE_NEW / sm["native"]["median"]
@@ -282,7 +360,8 @@ def main(argv=None) -> None:
                       f"{nat_tps / (gbs * 1e3 / mb) * 100:.0f}% of the fp32 one")
             for e in ("numpy", "torch"):
                 if "median" in sm.get(e, {}):
-                    held.append((f"S sampling native > {e}", sm[e]["median"] > sm["native"]["median"]))
+                    held.append((f"{name} sampling native > {e}",
+                                 sm[e]["median"] > sm["native"]["median"]))
     print("\n" + "; ".join(f"{k}: {'held' if ok else 'NOT held'}" for k, ok in held))
 
 

@@ -29,23 +29,35 @@ HUGE = 2**40
 # "probe": a float of the timing probes, bent only to invalid values (a valid `seconds` runs
 # that long, a valid `megabytes` allocates up to 4 GB).
 # Letters: B batch, T time, H heads, S head size, M cache length, N rows, V vocab, K inner,
-# O out-features, n flat length; C = H * S and Q = 3 * C are derived.
+# O out-features, n flat length, G key/value heads (grouped-query: 1, H, or H/2); C = H * S,
+# Q = 3 * C, P = (H + 2 G) * S (a grouped-query qkv row) and W = 2 K are derived.
 F = "f"
 SPECS = {
     "embedding_forward": [("out", F, "BTC"), ("idx", "i", "BT"), ("wte", F, "VC"),
-                          ("wpe", F, "MC")],
-    "embedding_backward": [("dwte", F, "VC"), ("dwpe", F, "MC"), ("dout", F, "BTC"),
+                          ("wpe", "f?", "MC")],
+    "embedding_backward": [("dwte", F, "VC"), ("dwpe", "f?", "MC"), ("dout", F, "BTC"),
                            ("idx", "i", "BT")],
     "layernorm_forward": [("out", F, "NC"), ("mean", F, "N"), ("rstd", F, "N"), ("x", F, "NC"),
                           ("w", F, "C"), ("b", F, "C"), ("eps", "float", 1e-5)],
     "layernorm_backward": [("dx", F, "NC"), ("dw", F, "C"), ("db", F, "C"), ("dout", F, "NC"),
                            ("x", F, "NC"), ("w", F, "C"), ("mean", F, "N"), ("rstd", F, "N")],
-    "attention_forward": [("out", F, "BTC"), ("lse", F, "BHT"), ("qkv", F, "BTQ"),
-                          ("n_head", "int", "H")],
-    "attention_backward": [("dqkv", F, "BTQ"), ("dout", F, "BTC"), ("qkv", F, "BTQ"),
-                           ("out", F, "BTC"), ("lse", F, "BHT"), ("n_head", "int", "H")],
-    "attention_decode": [("out", F, "BC"), ("q", F, "BC"), ("k_cache", F, "BHMS"),
-                         ("v_cache", F, "BHMS"), ("n_valid", "int", "M")],
+    "attention_forward": [("out", F, "BTC"), ("lse", F, "BHT"), ("qkv", F, "BTP"),
+                          ("n_head", "int", "H"), ("n_kv_head", "int", "G")],
+    "attention_backward": [("dqkv", F, "BTP"), ("dout", F, "BTC"), ("qkv", F, "BTP"),
+                           ("out", F, "BTC"), ("lse", F, "BHT"), ("n_head", "int", "H"),
+                           ("n_kv_head", "int", "G")],
+    "attention_decode": [("out", F, "BC"), ("q", F, "BC"), ("k_cache", F, "BGMS"),
+                         ("v_cache", F, "BGMS"), ("n_valid", "int", "M")],
+    "rmsnorm_forward": [("out", F, "NC"), ("rstd", F, "N"), ("x", F, "NC"), ("w", F, "C"),
+                        ("eps", "float", 1e-5)],
+    "rmsnorm_backward": [("dx", F, "NC"), ("dw", F, "C"), ("dout", F, "NC"), ("x", F, "NC"),
+                         ("w", F, "C"), ("rstd", F, "N")],
+    "rope_forward": [("out", F, "BTP"), ("x", F, "BTP"), ("n_head", "int", "H"),
+                     ("n_kv_head", "int", "G"), ("theta", "float", 10000.0), ("pos0", "int", "T")],
+    "rope_backward": [("dx", F, "BTP"), ("dout", F, "BTP"), ("n_head", "int", "H"),
+                      ("n_kv_head", "int", "G"), ("theta", "float", 500.0), ("pos0", "int", "M")],
+    "swiglu_forward": [("out", F, "NK"), ("x", F, "NW")],
+    "swiglu_backward": [("dx", F, "NW"), ("dout", F, "NK"), ("x", F, "NW")],
     "gelu_forward": [("out", F, "N"), ("x", F, "N")],
     "gelu_backward": [("dx", F, "NK"), ("dout", F, "NK"), ("x", F, "NK")],
     "add": [("out", F, "NK"), ("a", F, "NK"), ("b", F, "NK")],
@@ -101,6 +113,10 @@ def dims_value(d: dict, letter: str) -> int:
         return d["H"] * d["S"]
     if letter == "Q":
         return 3 * d["H"] * d["S"]
+    if letter == "P":
+        return (d["H"] + 2 * d["G"]) * d["S"]
+    if letter == "W":
+        return 2 * d["K"]
     return d[letter]
 
 
@@ -124,6 +140,10 @@ def run_fuzz(examples: int, last_call_path: str) -> None:
         d["M"] = max(d["M"], 1) if data.draw(st.booleans()) else d["M"]
         d["step"] = data.draw(st.integers(1, 3))
         d["threads"] = data.draw(st.integers(1, 3))
+        if "G" in letters:  # drawn only where used: the other functions' examples stay as they were
+            h = d["H"]
+            d["G"] = data.draw(st.sampled_from([h, 1] + ([h // 2] if h % 2 == 0 and h else [])),
+                               label="G")
         if letters and data.draw(st.integers(0, 2)) == 0:  # a huge dimension next to a zero one
             big = data.draw(st.sampled_from(letters), label="huge")
             zero = data.draw(st.sampled_from([c for c in letters if c != big] or [big]),
@@ -195,7 +215,7 @@ def run_fuzz(examples: int, last_call_path: str) -> None:
                 return data.draw(st.one_of(st.sampled_from(
                     [2**31, 2**63, 2**64, -(2**63) - 1, 0, -1, np.int64(HUGE), np.int32(-1),
                      np.uint64(2**64 - 1)]), weird_int, junk, st.sampled_from([True, 2.0])))
-            v = dims_value(d, rule) if rule in d or rule in "CQ" else 1
+            v = dims_value(d, rule) if rule in d or rule in "CQPW" else 1
             return data.draw(st.sampled_from([v, np.int64(v), max(1, v), np.int32(min(v, 2**31 - 1))]))
         if kind == "float":
             return data.draw(st.one_of(weird_float, junk)) if bad else rule
@@ -213,7 +233,8 @@ def run_fuzz(examples: int, last_call_path: str) -> None:
         spec = SPECS[name]
 
         letters = "".join(sorted({c for _, kind, rule in spec if kind in ("f", "i", "f?", "i?")
-                                  for c in rule.replace("C", "HS").replace("Q", "HS")}))
+                                  for c in rule.replace("C", "HS").replace("Q", "HS").replace("P", "GHS")
+                                  .replace("W", "K")}))
 
         @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))

@@ -80,6 +80,7 @@ class Case(NamedTuple):
     args: List[A]
     kwargs: Dict[str, Any]
     returns: bool = False          # compare the return value (a float) too
+    cuda: bool = True              # False: an op (or argument) the CUDA backend lacks so far
 
 
 def g(rng, *shape, scale=1.0):
@@ -105,6 +106,15 @@ def _embedding(rng, B, T, C, V):
     return [Case("embedding_forward", [A("out", "out", np.zeros((B, T, C))), A("idx", "arg", idx),
                                        A("wte", "in", g(rng, V, C)), A("wpe", "in", g(rng, maxT, C))], {}),
             Case("embedding_backward", [A("dwte", "acc", g(rng, V, C)), A("dwpe", "acc", g(rng, maxT, C)),
+                                        A("dout", "in", g(rng, B, T, C)), A("idx", "arg", idx)], {})]
+
+
+def _embedding_nopos(rng, B, T, C, V):
+    """wpe / dwpe None: no position table (rotary positions)."""
+    idx = ids(rng, V, B, T)
+    return [Case("embedding_forward", [A("out", "out", np.zeros((B, T, C))), A("idx", "arg", idx),
+                                       A("wte", "in", g(rng, V, C)), A("wpe", "arg", None)], {}),
+            Case("embedding_backward", [A("dwte", "acc", g(rng, V, C)), A("dwpe", "arg", None),
                                         A("dout", "in", g(rng, B, T, C)), A("idx", "arg", idx)], {})]
 
 
@@ -170,6 +180,64 @@ def _elementwise(rng, *shape):
             Case("add", [A("out", "out", np.zeros(shape)), A("a", "in", x), A("b", "in", g(rng, *shape))], {})]
 
 
+def _rmsnorm(rng, N, C):
+    x, w = g(rng, N, C, scale=3.0) + 0.5, g(rng, C)
+    fwd = [A("out", "out", np.zeros((N, C))), A("rstd", "out", np.zeros(N)), A("x", "in", x),
+           A("w", "in", w)]
+    saved = _ref64("rmsnorm_forward", fwd)
+    return [Case("rmsnorm_forward", fwd, {}, cuda=False),
+            Case("rmsnorm_forward", fwd + [A("eps", "arg", 1e-3)], {}, cuda=False),
+            Case("rmsnorm_backward", [A("dx", "out", np.zeros((N, C))), A("dw", "acc", g(rng, C)),
+                                      A("dout", "in", g(rng, N, C)), A("x", "in", x),
+                                      A("w", "in", w), A("rstd", "in", saved["rstd"])], {},
+                 cuda=False)]
+
+
+def _rope(rng, B, T, NH, NKV, HS, theta, pos0):
+    D = (NH + 2 * (NH if NKV is None else NKV)) * HS
+    tail = [A("n_head", "arg", NH), A("n_kv_head", "arg", NKV), A("theta", "arg", theta),
+            A("pos0", "arg", pos0)]
+    return [Case("rope_forward", [A("out", "out", np.zeros((B, T, D))),
+                                  A("x", "in", g(rng, B, T, D))] + tail, {}, cuda=False),
+            Case("rope_backward", [A("dx", "out", np.zeros((B, T, D))),
+                                   A("dout", "in", g(rng, B, T, D))] + tail, {}, cuda=False)]
+
+
+def _swiglu(rng, N, H):
+    x = g(rng, N, 2 * H, scale=3.0)
+    x.flat[0] = -30.0                  # far tails of the sigmoid
+    x.flat[-1] = 30.0
+    return [Case("swiglu_forward", [A("out", "out", np.zeros((N, H))), A("x", "in", x)], {},
+                 cuda=False),
+            Case("swiglu_backward", [A("dx", "out", np.zeros((N, 2 * H))),
+                                     A("dout", "in", g(rng, N, H)), A("x", "in", x)], {},
+                 cuda=False)]
+
+
+def _gqa_attention(rng, B, T, NH, NKV, HS):
+    C, D = NH * HS, (NH + 2 * NKV) * HS
+    qkv = g(rng, B, T, D, scale=1.5)
+    fwd = [A("out", "out", np.zeros((B, T, C))), A("lse", "out", np.zeros((B, NH, T))),
+           A("qkv", "in", qkv), A("n_head", "arg", NH), A("n_kv_head", "arg", NKV)]
+    saved = _ref64("attention_forward", fwd)
+    return [Case("attention_forward", fwd, {}, cuda=False),
+            Case("attention_backward", [A("dqkv", "out", np.zeros((B, T, D))),
+                                        A("dout", "in", g(rng, B, T, C)), A("qkv", "in", qkv),
+                                        A("out", "in", saved["out"]), A("lse", "in", saved["lse"]),
+                                        A("n_head", "arg", NH), A("n_kv_head", "arg", NKV)], {},
+                 cuda=False)]
+
+
+def _gqa_decode(rng, B, NH, NKV, maxT, HS, n_valid):
+    kc, vc = g(rng, B, NKV, maxT, HS), g(rng, B, NKV, maxT, HS)
+    kc[:, :, n_valid:] = np.nan        # positions past n_valid must never be read
+    vc[:, :, n_valid:] = np.nan
+    return [Case("attention_decode", [A("out", "out", np.zeros((B, NH * HS))),
+                                      A("q", "in", g(rng, B, NH * HS, scale=2.0)),
+                                      A("k_cache", "in", kc), A("v_cache", "in", vc),
+                                      A("n_valid", "arg", n_valid)], {}, cuda=NKV == NH)]
+
+
 def _crossentropy(rng, N, V):
     logits, t = g(rng, N, V, scale=4.0), ids(rng, V, N)
     fwd = [A("losses", "out", np.zeros(N)), A("probs", "out", np.zeros((N, V))),
@@ -208,6 +276,7 @@ def _optimizer(rng, n, step, wd):
 _TABLE: List[Tuple[Callable, List[tuple]]] = [
     (_embedding, [(1, 1, 12, 5), (2, 7, 20, 300), (3, 33, 64, 16), (2, 7, 36, 11), (3, 65, 36, 50),
                   (2, 129, 64, 300)]),
+    (_embedding_nopos, [(1, 1, 12, 5), (2, 7, 20, 300), (3, 65, 36, 50), (2, 129, 64, 300)]),
     (_layernorm, [(1, 12), (7, 20), (7, 36), (65, 64), (67, 64), (130, 384), (257, 768)]),
     (_matmul, [(1, 12, 5), (1, 12, 36), (3, 20, 37), (4, 33, 100), (7, 36, 12), (17, 33, 37),
                (65, 64, 192), (67, 12, 100), (67, 20, 5), (130, 96, 7), (512, 128, 384)]),
@@ -219,6 +288,18 @@ _TABLE: List[Tuple[Callable, List[tuple]]] = [
                (2, 3, 16, 4, 1), (1, 2, 65, 32, 65), (2, 4, 129, 64, 100), (1, 1, 7, 128, 5)]),
     (_elementwise, [(1,), (7, 13), (5, 12), (3, 33, 20), (2, 67, 20), (3, 65, 48), (70001,),
                     (100003,)]),
+    (_rmsnorm, [(1, 12), (7, 20), (7, 36), (65, 64), (67, 67), (130, 384), (257, 768)]),
+    # (B, T, NH, NKV, HS, theta, pos0); NKV None: GPT-2's (B, T, 3C) layout
+    (_rope, [(1, 1, 1, 1, 2, 10000.0, 0), (2, 7, 4, 2, 16, 10000.0, 0), (1, 33, 4, 1, 24, 500.0, 5),
+             (2, 9, 6, 3, 64, 10000.0, 100), (1, 5, 8, 8, 128, 1e6, 0), (2, 67, 2, 2, 6, 1e4, 3),
+             (1, 13, 3, None, 18, 10000.0, 0), (3, 130, 4, 2, 64, 10000.0, 0)]),
+    (_swiglu, [(1, 1), (7, 13), (5, 12), (33, 20), (67, 48), (3, 700), (17, 1000)]),
+    # (B, T, NH, NKV, HS): grouped-query shapes (4,2), (4,1), (6,3), (8,8)
+    (_gqa_attention, [(1, 1, 4, 2, 16), (2, 7, 4, 2, 16), (1, 33, 4, 1, 24), (2, 67, 6, 3, 64),
+                      (1, 70, 8, 8, 128), (1, 130, 4, 1, 16), (2, 20, 4, 2, 24), (1, 9, 6, 3, 128),
+                      (2, 65, 4, 1, 64)]),
+    (_gqa_decode, [(1, 4, 2, 8, 16, 1), (2, 4, 1, 40, 24, 37), (1, 6, 3, 64, 64, 64),
+                   (2, 8, 8, 9, 128, 5), (3, 4, 2, 17, 16, 17), (1, 4, 1, 130, 128, 100)]),
     (_crossentropy, [(1, 3), (1, 5), (7, 65), (7, 300), (33, 1000), (67, 257), (4, 50304)]),
     (_classifier, [(1, 12, 5), (7, 36, 50), (17, 33, 300), (65, 64, 1000)]),
     (_optimizer, [(1, 1, 0.0), (13, 2, 0.0), (1001, 3, 0.1), (70003, 1000, 0.1),
@@ -258,6 +339,8 @@ def _run_ref(c: Case, dtype) -> Tuple[Dict[str, np.ndarray], Any]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_op_matches_float64_reference(target, case):
+    if getattr(target, "name", "") == "cuda" and not case.cuda:
+        pytest.skip("not on the CUDA backend yet")
     vals = [_on(target, a) for a in case.args]
     ret = getattr(target, case.op)(*vals, **case.kwargs)
     want64, ret64 = _run_ref(case, np.float64)

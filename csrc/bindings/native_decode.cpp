@@ -4,6 +4,7 @@
 // C-contiguous (the caches writeable): a converted copy would silently detach the pointers.
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -44,13 +45,17 @@ kgpt::cpu::SamplingParams sampling_params(py::handle params) {
 class Decoder {
  public:
   // weights: the (name, array) pairs of the token table, position table, final norm weight and
-  // bias; layers: per layer, the block's 12 (name, array) pairs in the kernel's slot order (ln_1
-  // w/b, qkv w/b, attention projection w/b, ln_2 w/b, MLP up w/b, MLP down w/b). The names come
-  // from the model's parameter table and serve only the error messages.
+  // bias, and (optionally, a fifth pair) the lm_head; layers: per layer, the block's 12 (name,
+  // array) pairs in the kernel's slot order (ln_1 w/b, qkv w/b, attention projection w/b, ln_2
+  // w/b, MLP up w/b, MLP down w/b). An array may be None where the architecture has no such
+  // parameter: a bias (bias=False), a norm's bias (RMSNorm), the position table (rotary
+  // positions), the lm_head (tied: wte). The names come from the model's parameter table and
+  // serve only the error messages. n_kv_head (None: n_head) key/value heads in the caches.
   Decoder(py::list weights, py::list layers, py::list caches, int64_t n_head, int64_t batch,
-          double eps) {
-    if (py::len(weights) != 4)
-      throw std::invalid_argument("weights must hold 4 (name, array) pairs, got " +
+          double eps, py::object n_kv_head, bool rmsnorm, bool rope, bool swiglu,
+          double rope_theta) {
+    if (py::len(weights) != 4 && py::len(weights) != 5)
+      throw std::invalid_argument("weights must hold 4 or 5 (name, array) pairs, got " +
                                   std::to_string(py::len(weights)));
     const py::array te = take(weights[0], 2, {-1, -1}, false);
     m_.V = te.shape(0);
@@ -59,39 +64,85 @@ class Decoder {
     if (n_head < 1 || C % n_head != 0)
       throw std::invalid_argument("n_head must be >= 1 and divide C=" + std::to_string(C) +
                                   ", got " + std::to_string(n_head));
+    const int64_t nkv = n_kv_head.is_none() ? n_head : int_arg(n_kv_head, "n_kv_head", 1, n_head);
+    if (n_head % nkv != 0)
+      throw std::invalid_argument("n_kv_head must divide n_head=" + std::to_string(n_head) +
+                                  ", got " + std::to_string(nkv));
     if (batch < 1 || batch > 4)
       throw std::invalid_argument("batch must be in [1, 4] for the fused decoder, got " +
                                   std::to_string(batch));
     if (!(std::isfinite(eps) && eps > 0.0))
       throw std::invalid_argument("eps must be a finite number > 0");
+    if (rope && (!(std::isfinite(rope_theta) && rope_theta > 0.0) || (C / n_head) % 2 != 0))
+      throw std::invalid_argument("rotary positions need rope_theta > 0 (finite) and an even "
+                                  "head size");
     m_.NH = n_head;
+    m_.NKV = nkv;
     m_.B = batch;
     m_.eps = static_cast<float>(eps);
-    const py::array pe = take(weights[1], 2, {-1, C}, false);
-    m_.maxT = pe.shape(0);
+    m_.rmsnorm = rmsnorm;
+    m_.rope = rope;
+    m_.swiglu = swiglu;
+    m_.rope_theta = rope_theta;
+    const std::optional<py::array> pe = take_opt(weights[1], 2, {-1, C});
+    const int64_t HS = C / n_head;
+    if (pe) {
+      m_.maxT = pe->shape(0);
+      m_.wpe = ptr(*pe);
+    } else {  // no position table: the caches say how many positions there are
+      if (!rope) throw std::invalid_argument("wpe is required without rotary positions");
+      if (py::len(caches) == 0) throw std::invalid_argument("caches must be non-empty");
+      py::sequence kv0 = caches[0].cast<py::sequence>();
+      if (py::len(kv0) != 2 || !py::isinstance<py::array>(kv0[0]) ||
+          py::reinterpret_borrow<py::array>(kv0[0]).ndim() != 4)
+        throw std::invalid_argument("caches[0] must be a (k, v) pair of 4-D arrays");
+      m_.maxT = py::reinterpret_borrow<py::array>(kv0[0]).shape(2);
+    }
+    if (m_.maxT < 1) throw std::invalid_argument("the model must have >= 1 positions");
     m_.wte = static_cast<const float*>(te.data());
-    m_.wpe = static_cast<const float*>(pe.data());
     m_.lnf_w = ptr(take(weights[2], 1, {C}, false));
-    m_.lnf_b = ptr(take(weights[3], 1, {C}, false));
+    m_.lnf_b = optr(take_opt(weights[3], 1, {C}));
+    if (!rmsnorm && m_.lnf_b == nullptr)
+      throw std::invalid_argument("ln_f.b is required with layernorm");
+    m_.head = m_.wte;
+    if (py::len(weights) == 5) {
+      const std::optional<py::array> hd = take_opt(weights[4], 2, {m_.V, C});
+      if (hd) m_.head = ptr(*hd);
+    }
     if (py::len(layers) != py::len(caches) || py::len(layers) == 0)
       throw std::invalid_argument("layers and caches must be non-empty lists of equal length, got " +
                                   std::to_string(py::len(layers)) + " and " +
                                   std::to_string(py::len(caches)));
-    const std::vector<std::vector<int64_t>> shapes = {{C}, {C}, {3 * C, C}, {3 * C}, {C, C}, {C},
-                                                      {C}, {C}, {4 * C, C}, {4 * C}, {C, 4 * C}, {C}};
-    const int64_t HS = C / n_head;
+    const int64_t QW = (n_head + 2 * nkv) * HS;
     for (size_t l = 0; l < py::len(layers); ++l) {
       py::sequence ws = layers[l].cast<py::sequence>();
       if (py::len(ws) != 12)
         throw std::invalid_argument("layer " + std::to_string(l) + " must hold 12 arrays, got " +
                                     std::to_string(py::len(ws)));
+      if (l == 0) {  // the MLP's hidden width, from c_fc's rows (GPT-2: 4C)
+        const py::array fc = take(ws[8], 2, {-1, C}, false);
+        const int64_t rows = fc.shape(0);
+        if (rows < 1 || (swiglu && rows % 2 != 0))
+          throw std::invalid_argument("mlp.c_fc.w must have a positive (even with SwiGLU) row "
+                                      "count, got " + shape_str(fc));
+        m_.H = swiglu ? rows / 2 : rows;
+      }
+      const int64_t H = m_.H, FW = swiglu ? 2 * H : H;
+      const std::vector<std::vector<int64_t>> shapes = {{C}, {C}, {QW, C}, {QW}, {C, C}, {C},
+                                                        {C}, {C}, {FW, C}, {FW}, {C, H}, {C}};
+      // required: the norm weights and the matrices; the biases where the config has them
+      const bool required[12] = {true, !rmsnorm, true, false, true, false,
+                                 true, !rmsnorm, true, false, true, false};
       const float* p[12];
-      for (int i = 0; i < 12; ++i)
-        p[i] = ptr(take(ws[i], static_cast<int>(shapes[i].size()), shapes[i], false));
+      for (int i = 0; i < 12; ++i) {
+        const int nd = static_cast<int>(shapes[i].size());
+        p[i] = required[i] ? ptr(take(ws[i], nd, shapes[i], false))
+                           : optr(take_opt(ws[i], nd, shapes[i]));
+      }
       py::sequence kv = caches[l].cast<py::sequence>();
       if (py::len(kv) != 2)
         throw std::invalid_argument("caches[" + std::to_string(l) + "] must be a (k, v) pair");
-      const std::vector<int64_t> cs = {batch, n_head, m_.maxT, HS};
+      const std::vector<int64_t> cs = {batch, nkv, m_.maxT, HS};
       const std::string kn = "k_cache[" + std::to_string(l) + "]";
       const std::string vn = "v_cache[" + std::to_string(l) + "]";
       float* kc = static_cast<float*>(take(kn, kv[0], 4, cs, true).mutable_data());
@@ -191,7 +242,7 @@ class Decoder {
       // The filter's table is rebuilt from the weights on every call (they may have changed in
       // place since the last), and only where it is used.
       const bool filter = lm_filter && kgpt::cpu::lm_filter_applies(sp, m_.V);
-      if (filter) kgpt::cpu::lm_filter_build(filter_, m_.wte, m_.V, m_.C);
+      if (filter) kgpt::cpu::lm_filter_build(filter_, m_.head, m_.V, m_.C);
       steps = kgpt::cpu::decode_sample(m_, scratch_.data(), pl, pt, pos, n, pu, sp, pd, po,
                                        &nonfinite, pick_, filter ? &filter_ : nullptr, pseen);
     }
@@ -228,6 +279,14 @@ class Decoder {
     return a;
   }
   static const float* ptr(const py::array& a) { return static_cast<const float*>(a.data()); }
+  static const float* optr(const std::optional<py::array>& a) { return a ? ptr(*a) : nullptr; }
+  // take() for a pair whose array may be None (an absent parameter): nullopt then.
+  std::optional<py::array> take_opt(py::handle pair, int nd, const std::vector<int64_t>& shape) {
+    py::sequence nv = pair.cast<py::sequence>();
+    if (py::len(nv) != 2) throw std::invalid_argument("weights are (name, array) pairs");
+    if (nv[1].is_none()) return std::nullopt;
+    return take(nv[0].cast<std::string>(), nv[1], nd, shape, false);
+  }
 
   kgpt::cpu::DecodeModel m_;
   std::vector<py::array> keep_;
@@ -308,9 +367,12 @@ void init_decode(py::module_& m) {
                       "(batch <= 4): step(tok, pos, logits) runs every layer and the lm_head for "
                       "one new position, writing the caches at pos. Bitwise equal to the "
                       "op-by-op native path.")
-      .def(py::init<py::list, py::list, py::list, int64_t, int64_t, double>(), py::arg("weights"),
-           py::arg("layers"), py::arg("caches"), py::arg("n_head"), py::arg("batch"),
-           py::arg("eps") = 1e-5)
+      .def(py::init<py::list, py::list, py::list, int64_t, int64_t, double, py::object, bool, bool,
+                    bool, double>(),
+           py::arg("weights"), py::arg("layers"), py::arg("caches"), py::arg("n_head"),
+           py::arg("batch"), py::arg("eps") = 1e-5, py::kw_only(),
+           py::arg("n_kv_head") = py::none(), py::arg("rmsnorm") = false,
+           py::arg("rope") = false, py::arg("swiglu") = false, py::arg("rope_theta") = 10000.0)
       .def("step", &Decoder::step, py::arg("tok").noconvert(), py::arg("pos"),
            py::arg("logits").noconvert())
       .def("sample", &Decoder::sample, py::arg("out").noconvert(), py::arg("tok").noconvert(),

@@ -5,6 +5,11 @@
 // dK += dS^T Q (dK, dV accumulated in place in dqkv, after zeroing). Everything is overwritten (=). Work is split over B x NH, one head per thread at a
 // time, each head computed serially: results are bitwise identical for any thread count.
 // attention_decode is the KV-cache step: one new query per sequence against the cached keys.
+// Grouped-query attention (NKV kv heads, NKV dividing NH): query head h reads kv head h/(NH/NKV)
+// in place (no copy per query head); the backward runs a group's query heads in order on one
+// thread, adding into the group's dk, dv (work split over B x NKV). NKV = NH is GPT-2's layout
+// and computes exactly what it did before.
+#include "common/isa.h"
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -78,12 +83,10 @@ void cols_axpy_portable(float* Y, int64_t ldy, const float (*w)[kBc], const floa
     for (int64_t d = 0; d < HS; ++d) Y[j * ldy + d] += col8_plain(w, j, rows, d);
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-#define KGPT_AVX2_ATT __attribute__((target("avx2,fma")))
-#define KGPT_AVX512_ATT __attribute__((target("avx512f,avx2,fma")))
+#if KGPT_X86
 
 // AVX2: 4 rows x 16 columns at a time (8 accumulators of the 16 registers).
-KGPT_AVX2_ATT void tile_dot_avx2(float* out, int64_t ldo, const float* rows, const float* Xt,
+KGPT_TARGET_AVX2 void tile_dot_avx2(float* out, int64_t ldo, const float* rows, const float* Xt,
                                  int64_t ldt, int64_t HS) {
   for (int i0 = 0; i0 < kR; i0 += 4)
     for (int h = 0; h < kJ; h += 16) {
@@ -105,7 +108,7 @@ KGPT_AVX2_ATT void tile_dot_avx2(float* out, int64_t ldo, const float* rows, con
 }
 
 // Columns [d0, HS): 4 rows x 16 columns at a time, then a scalar tail.
-KGPT_AVX2_ATT void rows_axpy_avx2_from(float* acc, const float (*w)[kBc], const float* X,
+KGPT_TARGET_AVX2 void rows_axpy_avx2_from(float* acc, const float (*w)[kBc], const float* X,
                                        int64_t ldx, int64_t n, int64_t HS, int64_t d0) {
   int64_t d = d0;
   for (; d + 16 <= HS; d += 16)
@@ -134,14 +137,14 @@ KGPT_AVX2_ATT void rows_axpy_avx2_from(float* acc, const float (*w)[kBc], const 
         acc[i * 256 + e] = std::fma(w[i][j], X[j * ldx + e], acc[i * 256 + e]);
 }
 
-KGPT_AVX2_ATT void rows_axpy_avx2(float* acc, const float (*w)[kBc], const float* X, int64_t ldx,
+KGPT_TARGET_AVX2 void rows_axpy_avx2(float* acc, const float (*w)[kBc], const float* X, int64_t ldx,
                                   int64_t n, int64_t HS) {
   rows_axpy_avx2_from(acc, w, X, ldx, n, HS, 0);
 }
 
 // A register tile of 4 keys x 16 columns (8 accumulators): per row i, 2 loads of it and 4
 // broadcast weights feed 8 FMAs; Y is read and written once per tile.
-KGPT_AVX2_ATT void cols_axpy_avx2(float* Y, int64_t ldy, const float (*w)[kBc], const float* rows,
+KGPT_TARGET_AVX2 void cols_axpy_avx2(float* Y, int64_t ldy, const float (*w)[kBc], const float* rows,
                                   int64_t n, int64_t HS) {
   const int64_t H16 = HS & ~int64_t(15);
   int64_t j0 = 0;
@@ -171,7 +174,7 @@ KGPT_AVX2_ATT void cols_axpy_avx2(float* Y, int64_t ldy, const float (*w)[kBc], 
 }
 
 // AVX-512: 8 rows x 32 columns (16 accumulators of the 32 registers).
-KGPT_AVX512_ATT void tile_dot_avx512(float* out, int64_t ldo, const float* rows, const float* Xt,
+KGPT_TARGET_AVX512 void tile_dot_avx512(float* out, int64_t ldo, const float* rows, const float* Xt,
                                      int64_t ldt, int64_t HS) {
   __m512 t[kR][2];
   for (int i = 0; i < kR; ++i) t[i][0] = t[i][1] = _mm512_setzero_ps();
@@ -189,7 +192,7 @@ KGPT_AVX512_ATT void tile_dot_avx512(float* out, int64_t ldo, const float* rows,
   }
 }
 
-KGPT_AVX512_ATT void rows_axpy_avx512(float* acc, const float (*w)[kBc], const float* X,
+KGPT_TARGET_AVX512 void rows_axpy_avx512(float* acc, const float (*w)[kBc], const float* X,
                                       int64_t ldx, int64_t n, int64_t HS) {
   int64_t d0 = 0;
   for (; d0 + 32 <= HS; d0 += 32) {
@@ -217,7 +220,7 @@ KGPT_AVX512_ATT void rows_axpy_avx512(float* acc, const float (*w)[kBc], const f
 // A register tile of 8 keys x 32 columns (16 accumulators): per row i, 2 loads of it and 8
 // broadcast weights feed 16 FMAs; Y is read and written once per tile. Lanes do what the AVX2
 // tile's do (bitwise the same); leftover keys and columns go through col8.
-KGPT_AVX512_ATT void cols_axpy_avx512(float* Y, int64_t ldy, const float (*w)[kBc],
+KGPT_TARGET_AVX512 void cols_axpy_avx512(float* Y, int64_t ldy, const float (*w)[kBc],
                                       const float* rows, int64_t n, int64_t HS) {
   const int64_t H32 = HS & ~int64_t(31);
   int64_t j0 = 0;
@@ -249,7 +252,7 @@ KGPT_AVX512_ATT void cols_axpy_avx512(float* Y, int64_t ldy, const float (*w)[kB
 
 void tile_dot(float* out, int64_t ldo, const float* rows, const float* Xt, int64_t ldt,
               int64_t HS) {
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
   if (ops_use_avx512()) return tile_dot_avx512(out, ldo, rows, Xt, ldt, HS);
   if (ops_use_avx2()) return tile_dot_avx2(out, ldo, rows, Xt, ldt, HS);
 #endif
@@ -258,7 +261,7 @@ void tile_dot(float* out, int64_t ldo, const float* rows, const float* Xt, int64
 
 void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, int64_t n,
                int64_t HS) {
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
   if (ops_use_avx512()) return rows_axpy_avx512(acc, w, X, ldx, n, HS);
   if (ops_use_avx2()) return rows_axpy_avx2(acc, w, X, ldx, n, HS);
 #endif
@@ -267,7 +270,7 @@ void rows_axpy(float* acc, const float (*w)[kBc], const float* X, int64_t ldx, i
 
 void cols_axpy(float* Y, int64_t ldy, const float (*w)[kBc], const float* rows, int64_t n,
                int64_t HS) {
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
   if (ops_use_avx512()) return cols_axpy_avx512(Y, ldy, w, rows, n, HS);
   if (ops_use_avx2()) return cols_axpy_avx2(Y, ldy, w, rows, n, HS);
 #endif
@@ -282,8 +285,8 @@ void transpose_portable(const float* src, int64_t lds, int64_t rows, int64_t col
     for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-KGPT_AVX2_ATT void transpose_avx2(const float* src, int64_t lds, int64_t rows, int64_t cols,
+#if KGPT_X86
+KGPT_TARGET_AVX2 void transpose_avx2(const float* src, int64_t lds, int64_t rows, int64_t cols,
                                   float* dst, int64_t ldd) {
   const int64_t R8 = rows & ~int64_t(7), C8 = cols & ~int64_t(7);
   for (int64_t r = 0; r < R8; r += 8)
@@ -315,7 +318,7 @@ KGPT_AVX2_ATT void transpose_avx2(const float* src, int64_t lds, int64_t rows, i
 
 void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
                int64_t ldd) {
-#if defined(__x86_64__) || defined(__i386__)
+#if KGPT_X86
   if (ops_use_avx2()) return transpose_avx2(src, lds, rows, cols, dst, ldd);
 #endif
   transpose_portable(src, lds, rows, cols, dst, ldd);
@@ -391,15 +394,17 @@ KGPT_MULTIVERSION(void, attn_fwd_head, (float* o, float* lse, const float* q, co
 KGPT_MULTIVERSION(void, attn_bwd_head, (float* dq, float* dk, float* dv, const float* dO,
                   const float* q, const float* k, const float* v, const float* O, const float* lse,
                   float* Kt, float* Vt, int64_t ldt, int64_t T, int64_t HS,
-                  int64_t ld, int64_t ldo),
-                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, ldt, T, HS, ld, ldo)) {
+                  int64_t ld, int64_t ldo, bool first),
+                  (dq, dk, dv, dO, q, k, v, O, lse, Kt, Vt, ldt, T, HS, ld, ldo, first)) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
-  transpose(k, ld, T, HS, Kt, ldt);
-  transpose(v, ld, T, HS, Vt, ldt);
-  for (int64_t d = 0; d < HS; ++d)
-    for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
-  for (int64_t t = 0; t < T; ++t)  // dk, dv are accumulated in place (their rows of dqkv)
-    for (int64_t d = 0; d < HS; ++d) dk[t * ld + d] = dv[t * ld + d] = 0.0f;
+  if (first) {  // the first query head of a kv group: K^T, V^T and zeroed dk, dv for all of it
+    transpose(k, ld, T, HS, Kt, ldt);
+    transpose(v, ld, T, HS, Vt, ldt);
+    for (int64_t d = 0; d < HS; ++d)
+      for (int64_t t = T; t < ldt; ++t) Kt[d * ldt + t] = Vt[d * ldt + t] = 0.0f;
+    for (int64_t t = 0; t < T; ++t)  // dk, dv are accumulated in place (their rows of dqkv)
+      for (int64_t d = 0; d < HS; ++d) dk[t * ld + d] = dv[t * ld + d] = 0.0f;
+  }
   alignas(64) float p[kR][kBc], dp[kR][kBc];
   alignas(64) float qs[kR * 256], qr[kR * 256], dor[kR * 256], dqa[kR * 256];
   float D[kR], lr[kR];
@@ -475,10 +480,11 @@ KGPT_MULTIVERSION(void, decode_head, (float* o, const float* q, const float* kc,
 
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
-                       int64_t NH) {
-  if (B <= 0 || T <= 0 || C <= 0) return;  // nothing to compute (and no scratch to size)
-  const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
+void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T,
+                       int64_t NH, int64_t NKV, int64_t HS) {
+  const int64_t C = NH * HS;
+  if (B <= 0 || T <= 0 || C <= 0 || NKV <= 0) return;  // nothing to compute (no scratch to size)
+  const int64_t G = NH / NKV, ld = (NH + 2 * NKV) * HS, ldt = (T + kBc - 1) / kBc * kBc;
   ErrorCarrier err;  // a failed scratch allocation: carried out of the region, rethrown below
 #pragma omp parallel num_threads(::kgpt::num_threads()) \
     if (B * NH > 1 && B * T * C > kParallelMin / 4)
@@ -489,36 +495,44 @@ void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int6
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * NH; ++bh) {
       if (Kt == nullptr) continue;  // this thread has no scratch: the call fails after the region
-      const int64_t b = bh / NH, h = bh % NH;
-      const float* base = qkv + b * T * ld + h * HS;
-      attn_fwd_head(out + b * T * C + h * HS, lse + bh * T, base, base + C, base + 2 * C,
-                    Kt, ldt, T, HS, ld, C);
+      const int64_t b = bh / NH, h = bh % NH, kv = h / G;
+      const float* row = qkv + b * T * ld;
+      attn_fwd_head(out + b * T * C + h * HS, lse + bh * T, row + h * HS, row + C + kv * HS,
+                    row + C + NKV * HS + kv * HS, Kt, ldt, T, HS, ld, C);
     }
   }
   err.rethrow();
 }
 
+// Work is split over (b, kv head): the query heads of a group run in order on one thread, each
+// adding into the group's dk, dv (so no two threads write the same rows).
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int64_t B, int64_t T, int64_t C, int64_t NH) {
-  if (B <= 0 || T <= 0 || C <= 0) return;  // dqkv is empty
-  const int64_t HS = C / NH, ld = 3 * C, ldt = (T + kBc - 1) / kBc * kBc;
+                        const float* lse, int64_t B, int64_t T, int64_t NH, int64_t NKV,
+                        int64_t HS) {
+  const int64_t C = NH * HS;
+  if (B <= 0 || T <= 0 || C <= 0 || NKV <= 0) return;  // dqkv is empty
+  const int64_t G = NH / NKV, ld = (NH + 2 * NKV) * HS, ldt = (T + kBc - 1) / kBc * kBc;
   ErrorCarrier err;  // as in attention_forward
 #pragma omp parallel num_threads(::kgpt::num_threads()) \
-    if (B * NH > 1 && B * T * C > kParallelMin / 4)
+    if (B * NKV > 1 && B * T * C > kParallelMin / 4)
   {
     std::vector<float> scratch;
     err.run([&] { scratch.resize(static_cast<size_t>(2 * HS * ldt + 16)); });
     float* Kt = scratch.empty() ? nullptr : line_aligned(scratch.data());
     float* Vt = Kt == nullptr ? nullptr : Kt + HS * ldt;
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < B * NH; ++bh) {
+    for (int64_t bk = 0; bk < B * NKV; ++bk) {
       if (Kt == nullptr) continue;
-      const int64_t b = bh / NH, h = bh % NH;
-      const float* base = qkv + b * T * ld + h * HS;
-      float* dbase = dqkv + b * T * ld + h * HS;
-      attn_bwd_head(dbase, dbase + C, dbase + 2 * C, dout + b * T * C + h * HS, base, base + C,
-                    base + 2 * C, out + b * T * C + h * HS, lse + bh * T, Kt, Vt, ldt, T,
-                    HS, ld, C);
+      const int64_t b = bk / NKV, kv = bk % NKV;
+      const float* row = qkv + b * T * ld;
+      float* drow = dqkv + b * T * ld;
+      for (int64_t gi = 0; gi < G; ++gi) {
+        const int64_t h = kv * G + gi;
+        attn_bwd_head(drow + h * HS, drow + C + kv * HS, drow + C + NKV * HS + kv * HS,
+                      dout + b * T * C + h * HS, row + h * HS, row + C + kv * HS,
+                      row + C + NKV * HS + kv * HS, out + b * T * C + h * HS,
+                      lse + (b * NH + h) * T, Kt, Vt, ldt, T, HS, ld, C, gi == 0);
+      }
     }
   }
   err.rethrow();
@@ -530,11 +544,13 @@ void attention_decode_head(float* out, const float* q, const float* k_cache, con
 }
 
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
-                      int64_t B, int64_t NH, int64_t maxT, int64_t HS, int64_t n_valid) {
+                      int64_t B, int64_t NH, int64_t NKV, int64_t maxT, int64_t HS,
+                      int64_t n_valid) {
   // Parallel only when there is enough cache to stream (batch-1 decoding of short contexts stays
   // on the calling thread: spawning work would cost more than the step).
   // An empty output (B, NH or HS zero: caches that hold no floats, whatever maxT says) is done.
-  if (B <= 0 || NH <= 0 || HS <= 0 || n_valid <= 0) return;
+  if (B <= 0 || NH <= 0 || NKV <= 0 || HS <= 0 || n_valid <= 0) return;
+  const int64_t G = NH / NKV;  // query head h reads cache head h / G
   ErrorCarrier err;  // as in attention_forward
 #pragma omp parallel num_threads(::kgpt::num_threads()) \
     if (B * NH > 1 && B * NH * n_valid * HS > kParallelMin)
@@ -546,7 +562,8 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
       if (s.empty()) continue;
       const int64_t b = bh / NH, h = bh % NH;
       decode_head(out + b * NH * HS + h * HS, q + b * NH * HS + h * HS,
-                  k_cache + bh * maxT * HS, v_cache + bh * maxT * HS, s.data(), HS, n_valid);
+                  k_cache + (b * NKV + h / G) * maxT * HS, v_cache + (b * NKV + h / G) * maxT * HS,
+                  s.data(), HS, n_valid);
     }
   }
   err.rethrow();

@@ -37,9 +37,10 @@ void gemv_cols(float* out, const float* x, const float* w, const float* bias, in
 // stream x and of the layernorm output (every thread keeps x up to date itself, so no thread
 // waits for another to add a residual or normalise a row).
 struct ThreadBuf {
-  std::vector<float> scores, x, ln, stats;
-  void size(int64_t maxT, int64_t BC, int64_t B) {
+  std::vector<float> scores, x, ln, stats, rope;
+  void size(int64_t maxT, int64_t BC, int64_t B, int64_t HS) {
     if (static_cast<int64_t>(scores.size()) < maxT) scores.resize(static_cast<size_t>(maxT));
+    if (static_cast<int64_t>(rope.size()) < HS) rope.resize(static_cast<size_t>(HS));
     if (static_cast<int64_t>(x.size()) < BC) {
       x.resize(static_cast<size_t>(BC));
       ln.resize(static_cast<size_t>(BC));
@@ -51,14 +52,29 @@ thread_local ThreadBuf tls_buf;
 
 }  // namespace
 
-// The final layernorm's output (B, C) in the scratch: after atty, proj (B,C); qkv (B,3C);
-// fch, fch_gelu (B,4C).
-static float* scratch_lnf(const DecodeModel& m, float* scratch) { return scratch + m.B * 13 * m.C; }
+// Widths: the qkv row (NH + 2 NKV) * HS (3C for GPT-2), c_fc's output (H or 2H: 4C for GPT-2).
+static int64_t qkv_width(const DecodeModel& m) { return (m.NH + 2 * m.NKV) * (m.C / m.NH); }
+static int64_t fc_width(const DecodeModel& m) { return m.swiglu ? 2 * m.H : m.H; }
+
+// The final norm's output (B, C) in the scratch: after atty, proj (B,C); qkv (B,QW); fch
+// (B,FW); fch_gelu (B,H). GPT-2: at 13 B C.
+static float* scratch_lnf(const DecodeModel& m, float* scratch) {
+  return scratch + m.B * (2 * m.C + qkv_width(m) + fc_width(m) + m.H);
+}
 
 int64_t decode_scratch_floats(const DecodeModel& m) {
-  // shared between the threads: atty, proj (B,C); qkv (B,3C); fch, fch_gelu (B,4C); the final
-  // layernorm's output (B,C), for the lm_head filter's exact logits
-  return m.B * (2 * m.C + 3 * m.C + 8 * m.C + m.C);
+  // shared between the threads: atty, proj (B,C); qkv (B,QW); fch (B,FW), fch_gelu (B,H); the
+  // final norm's output (B,C), for the lm_head filter's exact logits
+  return m.B * (2 * m.C + qkv_width(m) + fc_width(m) + m.H + m.C);
+}
+
+// The config's norm over B rows (the op-by-op path's call: the same bits).
+static void norm_rows(const DecodeModel& m, float* out, float* mean, float* rstd, const float* x,
+                      const float* w, const float* b) {
+  if (m.rmsnorm)
+    rmsnorm_forward(out, rstd, x, w, m.B, m.C, m.eps);
+  else
+    layernorm_forward(out, mean, rstd, x, w, b, m.B, m.C, m.eps);
 }
 
 // Threads meet at four barriers per layer. Each thread:
@@ -69,15 +85,17 @@ int64_t decode_scratch_floats(const DecodeModel& m) {
 // on multiples of 16 so every element takes the same vector path), so the two agree bitwise.
 void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* logits,
                  float* scratch, const LmFilter* filter) {
-  const int64_t B = m.B, C = m.C, NH = m.NH, HS = C / NH, V = m.V, maxT = m.maxT;
+  const int64_t B = m.B, C = m.C, NH = m.NH, NKV = m.NKV, HS = C / NH, V = m.V, maxT = m.maxT;
+  const int64_t G = NH / NKV, QW = qkv_width(m), FW = fc_width(m), H = m.H;
   float* atty = scratch;
   float* proj = atty + B * C;
   float* qkv = proj + B * C;
-  float* fch = qkv + B * 3 * C;
-  float* fchg = fch + B * 4 * C;
+  float* fch = qkv + B * QW;
+  float* fchg = fch + B * FW;
   float* lnf = scratch_lnf(m, scratch);
-  // Threads: as the matrix-vector path sizes them, one per ~256 KB of weights per layer.
-  const int64_t per_layer = 12 * C * C;
+  // Threads: as the matrix-vector path sizes them, one per ~256 KB of weights per layer
+  // (GPT-2: 12 C^2).
+  const int64_t per_layer = C * QW + C * C + C * FW + H * C;
 #ifdef _OPENMP
   const int nt = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(::kgpt::num_threads(), per_layer / 65536)));
@@ -85,9 +103,10 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
   const int nt = 1;
 #endif
   (void)nt;
-  // GELU by column range only when every range can start on a multiple of 16 and 4C is one
-  // (then the op-by-op step's flat GELU also takes the 16-lane path for every element).
-  const bool gelu_by_cols = (4 * C) % 16 == 0;
+  // GELU by column range only when every range can start on a multiple of 16 and H is one
+  // (then the op-by-op step's flat GELU also takes the 16-lane path for every element). SwiGLU
+  // runs row by row in both paths: ranges starting on multiples of 16 always give its bits.
+  const bool gelu_by_cols = H % 16 == 0;
   // A thread whose scratch cannot be sized keeps the exception in err; after the barrier every
   // thread sees the failure and skips the step (the same barriers for all), and it is rethrown
   // on the calling thread after the region.
@@ -100,33 +119,46 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     const int t = 0, T = 1;
 #endif
     ThreadBuf& tb = tls_buf;
-    err.run([&] { tb.size(pos + 1, B * C, B); });  // scores: the pos + 1 valid positions
+    err.run([&] { tb.size(pos + 1, B * C, B, HS); });  // scores: the pos + 1 valid positions
 #pragma omp barrier
     if (!err.failed()) {
       float *x = tb.x.data(), *ln = tb.ln.data(), *mean = tb.stats.data(), *rstd = mean + B;
       float* scores = tb.scores.data();
+      float *rc = tb.rope.data(), *rs = rc + HS / 2;
+      if (m.rope) rope_table_serial(rc, rs, pos, HS, m.rope_theta);
       auto cols = [&](float* out, const float* in, const float* w, const float* bias, int64_t N,
                       int64_t K, int64_t n0, int64_t n1) {
         gemv_cols(out, in, w, bias, B, N, K, n0, n1);
       };
       auto even = [&](int64_t N) { return std::make_pair(N * t / T, N * (t + 1) / T); };
-      const int64_t h0 = NH * t / T, h1 = NH * (t + 1) / T;  // this thread's heads
+      // This thread's key/value heads [g0, g1) and their query heads [g0 G, g1 G) (GPT-2: G = 1).
+      const int64_t g0 = NKV * t / T, g1 = NKV * (t + 1) / T, h0 = g0 * G, h1 = g1 * G;
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t c = 0; c < C; ++c) x[b * C + c] = m.wte[tok[b] * C + c] + m.wpe[pos * C + c];
+        for (int64_t c = 0; c < C; ++c)
+          x[b * C + c] = m.wpe != nullptr ? m.wte[tok[b] * C + c] + m.wpe[pos * C + c]
+                                          : m.wte[tok[b] * C + c];
       for (const DecodeLayer& L : m.layers) {
-        layernorm_forward(ln, mean, rstd, x, L.ln1_w, L.ln1_b, B, C, m.eps);
-        for (int64_t part = 0; part < 3; ++part)  // q, k and v columns of heads [h0, h1)
-          cols(qkv, ln, L.attn_w, L.attn_b, 3 * C, C, part * C + h0 * HS, part * C + h1 * HS);
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t h = h0; h < h1; ++h) {
-            const int64_t bh = b * NH + h;
-            float* kc = L.k_cache + bh * maxT * HS;
-            float* vc = L.v_cache + bh * maxT * HS;
-            std::memcpy(kc + pos * HS, qkv + b * 3 * C + C + h * HS, sizeof(float) * HS);
-            std::memcpy(vc + pos * HS, qkv + b * 3 * C + 2 * C + h * HS, sizeof(float) * HS);
-            attention_decode_head(atty + b * C + h * HS, qkv + b * 3 * C + h * HS, kc, vc, HS,
-                                  pos + 1, scores);
+        norm_rows(m, ln, mean, rstd, x, L.ln1_w, L.ln1_b);
+        cols(qkv, ln, L.attn_w, L.attn_b, QW, C, h0 * HS, h1 * HS);                  // q
+        cols(qkv, ln, L.attn_w, L.attn_b, QW, C, C + g0 * HS, C + g1 * HS);          // k
+        cols(qkv, ln, L.attn_w, L.attn_b, QW, C, C + (NKV + g0) * HS, C + (NKV + g1) * HS);  // v
+        for (int64_t b = 0; b < B; ++b) {
+          float* row = qkv + b * QW;
+          if (m.rope) {  // rotate this thread's q and k heads (rope_forward's bits)
+            rope_heads_serial(row + h0 * HS, rc, rs, h1 - h0, HS);
+            rope_heads_serial(row + C + g0 * HS, rc, rs, g1 - g0, HS);
           }
+          for (int64_t g = g0; g < g1; ++g) {
+            const int64_t bg = b * NKV + g;
+            float* kc = L.k_cache + bg * maxT * HS;
+            float* vc = L.v_cache + bg * maxT * HS;
+            std::memcpy(kc + pos * HS, row + C + g * HS, sizeof(float) * HS);
+            std::memcpy(vc + pos * HS, row + C + (NKV + g) * HS, sizeof(float) * HS);
+            for (int64_t h = g * G; h < (g + 1) * G; ++h)
+              attention_decode_head(atty + b * C + h * HS, row + h * HS, kc, vc, HS, pos + 1,
+                                    scores);
+          }
+        }
 #pragma omp barrier
         {
           const auto [n0, n1] = even(C);
@@ -134,34 +166,42 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         }
 #pragma omp barrier
         add(x, x, proj, B * C);
-        layernorm_forward(ln, mean, rstd, x, L.ln2_w, L.ln2_b, B, C, m.eps);
-        if (gelu_by_cols) {
-          const int64_t n0 = 4 * C / 16 * t / T * 16, n1 = 4 * C / 16 * (t + 1) / T * 16;
-          cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
+        norm_rows(m, ln, mean, rstd, x, L.ln2_w, L.ln2_b);
+        if (m.swiglu) {  // gate columns [n0, n1) and their up columns, then silu(gate) * up
+          const int64_t n0 = H / 16 * t / T * 16, n1 = t == T - 1 ? H : H / 16 * (t + 1) / T * 16;
+          cols(fch, ln, L.fc_w, L.fc_b, FW, C, n0, n1);
+          cols(fch, ln, L.fc_w, L.fc_b, FW, C, H + n0, H + n1);
           for (int64_t b = 0; b < B; ++b)
-            gelu_forward_serial(fchg + b * 4 * C + n0, fch + b * 4 * C + n0, n1 - n0);
+            swiglu_forward_serial(fchg + b * H + n0, fch + b * FW + n0, fch + b * FW + H + n0,
+                                  n1 - n0);
+#pragma omp barrier
+        } else if (gelu_by_cols) {
+          const int64_t n0 = H / 16 * t / T * 16, n1 = H / 16 * (t + 1) / T * 16;
+          cols(fch, ln, L.fc_w, L.fc_b, H, C, n0, n1);
+          for (int64_t b = 0; b < B; ++b)
+            gelu_forward_serial(fchg + b * H + n0, fch + b * H + n0, n1 - n0);
 #pragma omp barrier
         } else {
-          const auto [n0, n1] = even(4 * C);
-          cols(fch, ln, L.fc_w, L.fc_b, 4 * C, C, n0, n1);
+          const auto [n0, n1] = even(H);
+          cols(fch, ln, L.fc_w, L.fc_b, H, C, n0, n1);
 #pragma omp barrier
 #pragma omp single
-          gelu_forward(fchg, fch, B * 4 * C);  // (single ends with a barrier)
+          gelu_forward(fchg, fch, B * H);  // (single ends with a barrier)
         }
         {
           const auto [n0, n1] = even(C);
-          cols(proj, fchg, L.fcproj_w, L.fcproj_b, C, 4 * C, n0, n1);
+          cols(proj, fchg, L.fcproj_w, L.fcproj_b, C, H, n0, n1);
         }
 #pragma omp barrier
         add(x, x, proj, B * C);
       }
-      layernorm_forward(ln, mean, rstd, x, m.lnf_w, m.lnf_b, B, C, m.eps);
+      norm_rows(m, ln, mean, rstd, x, m.lnf_w, m.lnf_b);
       const auto [n0, n1] = even(V);
       if (filter != nullptr) {  // approximate logits; the chooser computes the exact ones it needs
         lm_filter_logits(logits, ln, *filter, B, n0, n1);
         if (t == 0) std::memcpy(lnf, ln, sizeof(float) * B * C);
       } else {
-        cols(logits, ln, m.wte, nullptr, V, C, n0, n1);
+        cols(logits, ln, m.head, nullptr, V, C, n0, n1);
       }
     }
   }
@@ -414,7 +454,7 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
   // Exact logits of columns [j0, j1) for every row: the lm_head's own kernel on the same input,
   // so each is bitwise the value of the unfiltered step.
   auto exact_cols = [&](int64_t j0, int64_t j1) {
-    gemm_detail::gemv_nt_range({false, true, B, V, C, 1.f, lnf, C, m.wte, C, 0.f, logits, V,
+    gemm_detail::gemv_nt_range({false, true, B, V, C, 1.f, lnf, C, m.head, C, 0.f, logits, V,
                                 nullptr}, j0, j1);
   };
   double E[4];
@@ -445,7 +485,7 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
           if (static_cast<int64_t>(ids.size()) * 4 > V) return exact_cols(0, V);
           // Scattered rows: request them all first, so their reads overlap.
           for (int64_t j : ids)
-            for (int64_t c = 0; c < C; c += 16) __builtin_prefetch(m.wte + j * C + c);
+            for (int64_t c = 0; c < C; c += 16) __builtin_prefetch(m.head + j * C + c);
           for (int64_t j : ids) exact_cols(j, j + 1);
         };
         t = static_cast<int32_t>(pick_token_filtered(logits + b * V, V, E[b], temperature, top_k,

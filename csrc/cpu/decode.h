@@ -2,8 +2,9 @@
 // the lm_head in one call and one OpenMP parallel region (the matrix-vector products split by
 // output columns across the team, barriers between dependent steps, the tiny row ops on one
 // thread), instead of ~25 bound calls each starting its own parallel region. It runs exactly the
-// kernels of the op-by-op path (layernorm, matrix-vector GEMM, attention_decode, GELU, residual)
-// in the same order, so its logits are bitwise those of that path.
+// kernels of the op-by-op path (layernorm or RMSNorm, matrix-vector GEMM, RoPE, attention_decode
+// over NKV cache heads, GELU or SwiGLU, residual) in the same order, so its logits are bitwise
+// those of that path.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -13,16 +14,25 @@
 namespace kgpt {
 namespace cpu {
 
+// Biases may be null (no bias); ln*_b are null with RMSNorm.
 struct DecodeLayer {
   const float *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
   const float *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
-  float *k_cache, *v_cache;  // (B, NH, maxT, HS)
+  float *k_cache, *v_cache;  // (B, NKV, maxT, HS)
 };
 
+// The architecture: GPT-2 (layernorm, learned positions, GELU MLP of width 4C, NKV = NH, tied
+// lm_head) or any mix of the llama-style fields (RMSNorm, rotary positions, SwiGLU of hidden
+// width H, grouped-query attention, an lm_head of its own).
 struct DecodeModel {
-  int64_t B = 0, C = 0, NH = 0, V = 0, maxT = 0;
-  float eps = 1e-5f;  // the layernorms' epsilon
+  int64_t B = 0, C = 0, NH = 0, NKV = 0, V = 0, maxT = 0;
+  int64_t H = 0;  // the MLP's hidden width (4C for GPT-2); c_fc writes H (GELU) or 2H (SwiGLU)
+  float eps = 1e-5f;  // the norms' epsilon
+  bool rmsnorm = false, rope = false, swiglu = false;
+  double rope_theta = 10000.0;
+  // wpe: null with rotary positions; lnf_b: null with RMSNorm
   const float *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr;
+  const float* head = nullptr;  // the lm_head (V, C): wte when tied
   std::vector<DecodeLayer> layers;
 };
 

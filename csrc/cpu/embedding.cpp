@@ -20,8 +20,12 @@ void embedding_forward(float* out, const int32_t* idx, const float* wte, const f
     if (N * C > kParallelMin)
   for (int64_t n = 0; n < N; ++n) {
     const float* te = wte + static_cast<int64_t>(idx[n]) * C;
-    const float* pe = wpe + (n % T) * C;
     float* o = out + n * C;
+    if (wpe == nullptr) {  // no position table (rotary positions act inside attention)
+      for (int64_t c = 0; c < C; ++c) o[c] = te[c];
+      continue;
+    }
+    const float* pe = wpe + (n % T) * C;
     for (int64_t c = 0; c < C; ++c) o[c] = te[c] + pe[c];
   }
 }
@@ -46,7 +50,7 @@ void embedding_backward(float* dwte, float* dwpe, const float* dout, const int32
     // Positions first (each pe row summed over b in a local block, stored once), then tokens:
     // interleaving the two read-modify-write streams made every load wait on the stores before
     // it (their rows are 4 KB-aliased). Per element the additions keep their order.
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < (dwpe != nullptr ? T : 0); ++t) {  // dwpe null: no position table
       float acc[CB];
       float* pe = dwpe + t * C;
       for (int64_t c = c0; c < c1; ++c) acc[c - c0] = pe[c];

@@ -25,13 +25,11 @@ xp = numpy
 
 
 def unsupported(config: Any) -> Optional[str]:
-    """Why this backend cannot run a model of ``config``, or None. The C++ kernels for the
-    llama-style fields (RMSNorm, rotary positions, SwiGLU, grouped-query attention) are not
-    written yet."""
-    if getattr(config, "is_gpt2", True):
-        return None
-    return ("the llama-style architecture fields (norm, pos_emb, mlp, n_kv_head, mlp_hidden, "
-            "bias, tie_embeddings) are not available on native yet: use backend='numpy'")
+    """Why this backend cannot run a model of ``config``, or None: every architecture of
+    GPTConfig runs here (GPT-2, and the llama-style fields: RMSNorm, rotary positions, SwiGLU,
+    grouped-query attention, no biases, untied lm_head). The fused decoder runs GPT-2 only
+    (:func:`decoder_supports`); other configs decode op by op."""
+    return None
 
 
 def is_available() -> bool:
@@ -76,6 +74,12 @@ if _native is not None:
     gelu_forward = _native.gelu_forward
     gelu_backward = _native.gelu_backward
     add = _native.add
+    rmsnorm_forward = _native.rmsnorm_forward
+    rmsnorm_backward = _native.rmsnorm_backward
+    rope_forward = _native.rope_forward
+    rope_backward = _native.rope_backward
+    swiglu_forward = _native.swiglu_forward
+    swiglu_backward = _native.swiglu_backward
     crossentropy_forward = _native.crossentropy_forward
     crossentropy_backward = _native.crossentropy_backward
     classifier_forward_backward = _native.classifier_forward_backward
@@ -94,17 +98,30 @@ if _native is not None:
                              weight_decay=weight_decay, step=int(step))
 
 
-# The fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp) runs one architecture: the
-# GPT-2 block, float32, batches of 1 to 4. It declares that here; make_decoder returns None for
-# anything else and the model decodes op by op.
+# The fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp) runs GPT-2's block and the
+# llama-style variants (RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases, an
+# untied lm_head), float32, batches of 1 to 4. It declares that here; make_decoder returns None
+# for anything else and the model decodes op by op.
 _DECODER_MAX_BATCH = 4
+# The decoder's slots, in its order: the names of the parameter table that fill them (a slot
+# whose parameter the config lacks gets None).
+_DECODER_TOP = ("wte", "wpe", "ln_f.w", "ln_f.b", "lm_head.w")
+_DECODER_BLOCK = ("ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b", "attn.c_proj.w",
+                  "attn.c_proj.b", "ln_2.w", "ln_2.b", "mlp.c_fc.w", "mlp.c_fc.b",
+                  "mlp.c_proj.w", "mlp.c_proj.b")
 
 
 def decoder_supports(model: Any, batch: int) -> bool:
-    """Whether the fused decoder can run ``model`` at this batch size: GPT-2's block (every
-    architecture field of the config at its default), float32, batch 1 to 4."""
-    return (_native is not None and np.dtype(model.dtype) == np.float32
-            and 1 <= batch <= _DECODER_MAX_BATCH and model.config.is_gpt2)
+    """Whether the fused decoder can run ``model`` at this batch size: float32, batch 1 to 4, and
+    every parameter of the model's table in one of the decoder's slots (GPT-2 and the
+    llama-style fields all are)."""
+    if not (_native is not None and np.dtype(model.dtype) == np.float32
+            and 1 <= batch <= _DECODER_MAX_BATCH):
+        return False
+    from kernelgpt.model import param_table
+    t = param_table(model.config)
+    return ({s.name for s in t.embedding + t.final} <= set(_DECODER_TOP)
+            and {s.name for s in t.block} <= set(_DECODER_BLOCK))
 
 
 def make_decoder(model: Any, caches: Any, batch: int) -> Any:
@@ -113,10 +130,11 @@ def make_decoder(model: Any, caches: Any, batch: int) -> Any:
     equals the op-by-op step bitwise (tests/test_native_decode.py)."""
     if not decoder_supports(model, batch):
         return None
-    from kernelgpt.model import param_table
-    t, p = param_table(model.config), model.param_views
-    top = [(s.name, p[s.name]) for s in t.embedding + t.final]
-    layers = [[(f"h.{l}.{s.name}", w[s.name]) for s in t.block]
+    cfg, p = model.config, model.param_views
+    top = [(n, p.get(n)) for n in _DECODER_TOP]
+    layers = [[(f"h.{l}.{n}", w.get(n)) for n in _DECODER_BLOCK]
               for l, w in enumerate(model.layer_params)]
-    return _native.Decoder(top, layers, [tuple(kv) for kv in caches], model.config.n_head, batch,
-                           model.config.norm_eps)
+    return _native.Decoder(top, layers, [tuple(kv) for kv in caches], cfg.n_head, batch,
+                           cfg.norm_eps, n_kv_head=cfg.kv_heads, rmsnorm=cfg.norm == "rmsnorm",
+                           rope=cfg.pos_emb == "rope", swiglu=cfg.mlp == "swiglu",
+                           rope_theta=float(cfg.rope_theta))
