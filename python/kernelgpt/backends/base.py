@@ -154,6 +154,10 @@ class Backend(Protocol):
     name: str        # "numpy" | "native" | "cuda"
     xp: Any          # the array module: numpy or cupy
 
+    def unsupported(self, config: Any) -> Optional[str]:
+        """Why this backend cannot run a model of ``config`` (one line), or None. The CUDA
+        backend has no kernels for the llama-style ops yet and says so."""
+
     # ------------------------------------------------------------------ array helpers
     def is_available(self) -> bool: ...
     def asarray(self, a: Any, dtype: Any = None) -> Array:
@@ -164,11 +168,13 @@ class Backend(Protocol):
     def zeros(self, shape: tuple, dtype: Any = "float32") -> Array: ...
 
     # ------------------------------------------------------------------ embedding
-    def embedding_forward(self, out: Array, idx: Array, wte: Array, wpe: Array) -> None:
-        """out (B,T,C) = wte[idx] + wpe[:T].  idx (B,T) int32 in [0,V); wte (V,C); wpe (maxT,C)."""
-    def embedding_backward(self, dwte: Array, dwpe: Array, dout: Array, idx: Array) -> None:
+    def embedding_forward(self, out: Array, idx: Array, wte: Array, wpe: Optional[Array]) -> None:
+        """out (B,T,C) = wte[idx] + wpe[:T].  idx (B,T) int32 in [0,V); wte (V,C); wpe (maxT,C),
+        or None (no position table: rotary positions)."""
+    def embedding_backward(self, dwte: Array, dwpe: Optional[Array], dout: Array,
+                           idx: Array) -> None:
         """dwte (V,C) += scatter-add of dout (B,T,C) by idx; dwpe (maxT,C)[:T] += dout summed
-        over B. Deterministic: the same result for any thread count / launch order."""
+        over B (skipped when None). Deterministic: the same result for any thread count."""
 
     # ------------------------------------------------------------------ layernorm
     def layernorm_forward(self, out: Array, mean: Array, rstd: Array, x: Array, w: Array,
@@ -188,21 +194,45 @@ class Backend(Protocol):
         dbias (OC,) += dout.sum(0) (skipped when None)."""
 
     # ------------------------------------------------------------------ attention
-    def attention_forward(self, out: Array, lse: Array, qkv: Array, n_head: int) -> None:
-        """Causal multi-head self-attention. qkv (B,T,3C) holds q, k, v side by side along the
-        last axis (each (B,T,C), head h in columns h*HS:(h+1)*HS). out (B,T,C) = softmax(q k^T /
-        sqrt(HS), causal) v, heads concatenated. Saves lse (B,NH,T): the natural-log
-        log-sum-exp of each row of scaled scores, which lets the backward recompute the
-        probabilities without storing any (T,T) matrix."""
+    def attention_forward(self, out: Array, lse: Array, qkv: Array, n_head: int,
+                          n_kv_head: Optional[int] = None) -> None:
+        """Causal multi-head self-attention, grouped-query when n_kv_head < n_head. qkv
+        (B,T,(NH+2NKV)*HS) holds q (NH heads), k and v (NKV heads each; NKV = n_kv_head, None:
+        NH, so (B,T,3C)) side by side along the last axis, head h in columns h*HS:(h+1)*HS of
+        its part; query head h reads key/value head h // (NH/NKV), never copied. out (B,T,C) =
+        softmax(q k^T / sqrt(HS), causal) v, heads concatenated. Saves lse (B,NH,T): the
+        natural-log log-sum-exp of each row of scaled scores, which lets the backward recompute
+        the probabilities without storing any (T,T) matrix."""
     def attention_backward(self, dqkv: Array, dout: Array, qkv: Array, out: Array, lse: Array,
-                           n_head: int) -> None:
-        """dqkv (B,T,3C) = gradient of the forward w.r.t. qkv, given dout (B,T,C) and the
-        forward's out and lse."""
+                           n_head: int, n_kv_head: Optional[int] = None) -> None:
+        """dqkv (qkv's shape) = gradient of the forward w.r.t. qkv, given dout (B,T,C) and the
+        forward's out and lse; a key/value head's gradient sums over its group's query heads."""
     def attention_decode(self, out: Array, q: Array, k_cache: Array, v_cache: Array,
                          n_valid: int) -> None:
-        """One decoding step with a KV cache. q (B,C) for the newest position; k_cache,
-        v_cache (B,NH,maxT,HS) of which positions [0, n_valid) are filled (the newest one's
-        k and v included). out (B,C) = softmax(q k^T/sqrt(HS)) v over those positions."""
+        """One decoding step with a KV cache. q (B,C), C = NH*HS, for the newest position;
+        k_cache, v_cache (B,NKV,maxT,HS) (NKV dividing NH) of which positions [0, n_valid) are
+        filled (the newest one's k and v included). out (B,C) = softmax(q k^T/sqrt(HS)) v over
+        those positions, query head h reading cache head h // (NH/NKV)."""
+
+    # ------------------------------------------------------------------ llama-style ops
+    def rmsnorm_forward(self, out: Array, rstd: Array, x: Array, w: Array,
+                        eps: float = 1e-5) -> None:
+        """x (N,C); w (C,) -> out (N,C) = x * rstd * w, rstd (N,) = 1/sqrt(mean(x^2) + eps)."""
+    def rmsnorm_backward(self, dx: Array, dw: Array, dout: Array, x: Array, w: Array,
+                         rstd: Array) -> None:
+        """dx (N,C) = ;  dw (C,) += ."""
+    def rope_forward(self, out: Array, x: Array, n_head: int, n_kv_head: Optional[int] = None,
+                     theta: float = 10000.0, pos0: int = 0) -> None:
+        """Rotary positions on the q and k heads of a qkv array x (attention_forward's layout):
+        pairs (i, i + HS/2) rotated by (pos0 + t) * theta^(-2i/HS); v copied. out may alias x."""
+    def rope_backward(self, dx: Array, dout: Array, n_head: int,
+                      n_kv_head: Optional[int] = None, theta: float = 10000.0,
+                      pos0: int = 0) -> None:
+        """dx = dout rotated back (the inverse rotation); v's gradient copied. May alias."""
+    def swiglu_forward(self, out: Array, x: Array) -> None:
+        """x (N,2H) = [gate | up] -> out (N,H) = silu(gate) * up."""
+    def swiglu_backward(self, dx: Array, dout: Array, x: Array) -> None:
+        """dx (N,2H) = the gradient of swiglu_forward given dout (N,H)."""
 
     # ------------------------------------------------------------------ elementwise
     def gelu_forward(self, out: Array, x: Array) -> None:

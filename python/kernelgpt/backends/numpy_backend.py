@@ -31,6 +31,11 @@ def is_available() -> bool:
     return True
 
 
+def unsupported(config: Any) -> Optional[str]:
+    """The reference runs every architecture the config can describe."""
+    return None
+
+
 def asarray(a: Any, dtype: Any = None) -> np.ndarray:
     """Host array -> backend array: a C-contiguous numpy array (no copy when already one)."""
     return np.ascontiguousarray(a, dtype=dtype)
