@@ -4,7 +4,7 @@ benchmarks/bench_native_step.py worker (the same protocol as that benchmark), th
 interleaved round by round so drift on a shared machine hits both alike.
 
 Usage: OMP_NUM_THREADS=2 python3 benchmarks/ab_trees.py OLD_TREE NEW_TREE [--rounds 5]
-       [--inner 5] [--threads 2]
+       [--inner 5] [--threads 2] [--jobs train:xs,train:s,sample:s]
 Each tree must have its native module built (scripts/dev_build.sh). Prints one line per round and
 the median of the per-round new/old time ratios (< 1: the new tree is faster).
 """
@@ -36,11 +36,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--inner", type=int, default=5)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--jobs", default="train:xs,train:s,sample:s",
+                    help="what:config pairs to time (default: %(default)s)")
     a = ap.parse_args()
-    ratios = {j: [] for j in JOBS}
+    jobs = [tuple(j.split(":")) for j in a.jobs.split(",")]
+    ratios = {j: [] for j in jobs}
     for r in range(a.rounds):
         line = []
-        for what, name in JOBS:
+        for what, name in jobs:
             order = (a.old, a.new) if r % 2 == 0 else (a.new, a.old)
             t = {tree: run(tree, what, name, a.inner, a.threads) for tree in order}
             ratios[(what, name)].append(t[a.new] / t[a.old])
