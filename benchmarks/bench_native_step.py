@@ -273,15 +273,18 @@ def measured_peak(threads: int) -> dict:
 
 
 def decode_bound(cfg: GPTConfig, threads: int):
-    """(MB of float32 weights a batch-1 decoding step must read, MB native reads with its
-    bfloat16 lm_head filter (top-k and greedy: the tied wte at half size; the candidates' exact
-    rows are not counted), measured GB/s streaming that many MB), or None without the native
-    module."""
+    """(MB of float32 weights a batch-1 decoding step must read (an untied token table counts
+    one row, not the whole table), MB native reads with its bfloat16 lm_head filter (top-k and
+    greedy: the lm_head at half size; the candidates' exact rows are not counted), measured GB/s
+    streaming that many MB), or None without the native module."""
     try:
         from kernelgpt import _native
     except ImportError:
         return None
-    mb = GPT(cfg, backend="numpy", seed=0).num_params() * 4 / 1e6  # every parameter (wte tied)
+    n = GPT(cfg, backend="numpy", seed=0).num_params()
+    if not cfg.tie_embeddings:  # the token table is read one row per token; the lm_head whole
+        n -= cfg.vocab_size * cfg.n_embd
+    mb = n * 4 / 1e6  # every weight a step reads (with a tied wte: the lm_head itself)
     mb_filtered = mb - cfg.vocab_size * cfg.n_embd * 2 / 1e6
     gbs = statistics.median(_native.read_bandwidth_gbs(mb, threads, 0.5) for _ in range(3))
     return mb, mb_filtered, gbs
@@ -347,7 +350,7 @@ def main(argv=None) -> None:
                     print(f"  {e:16s} skipped: {r['skipped']}")
                     continue
                 print(f"  {r['label']:16s} {SAMPLE_NEW / r['median']:8.1f} tokens/s")
-            bound = decode_bound(cfg, args.threads) if cfg.is_gpt2 else None
+            bound = decode_bound(cfg, args.threads)
             if bound and "median" in sm.get("native", {}):
                 mb, mb_f, gbs = bound
                 nat_tps = SAMPLE_NEW / sm["native"]["median"]
