@@ -1,8 +1,8 @@
 """Benchmark corpus for the tokenizer claims: the Python standard library's .py files of the
 running interpreter (sysconfig "stdlib" path, all subfolders, sorted by relative path, read as
-UTF-8 with undecodable files skipped) followed by the Korean seed text
-(/work/shared/seeds/generative-ai-overview.ko.md, or shared/seeds/ next to the checkout, when
-present), repeated in that order and truncated to the size asked for (at a character boundary).
+UTF-8 with undecodable files skipped) followed by the Korean text shipped with the benchmarks
+(benchmarks/data/generative-ai-overview.ko.md), repeated in that order and truncated to the size
+asked for (at a character boundary).
 Deterministic for a given interpreter; real code plus prose, available offline."""
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import sysconfig
 from pathlib import Path
 from typing import List
 
-_SEED_CANDIDATES = [Path("/work/shared/seeds/generative-ai-overview.ko.md"),
-                    Path(__file__).resolve().parents[1] / "shared" / "seeds" / "generative-ai-overview.ko.md"]
+_KOREAN = Path(__file__).resolve().parent / "data" / "generative-ai-overview.ko.md"
 
 
 def source_texts() -> List[str]:
-    """The stdlib .py files (sorted) and the Korean seed, one str each."""
+    """The stdlib .py files (sorted) and the Korean text, one str each."""
     root = Path(sysconfig.get_paths()["stdlib"])
     texts = []
     for p in sorted(root.rglob("*.py"), key=lambda q: q.relative_to(root).as_posix()):
@@ -26,10 +25,7 @@ def source_texts() -> List[str]:
             texts.append(p.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, OSError):
             continue
-    for seed in _SEED_CANDIDATES:
-        if seed.is_file():
-            texts.append(seed.read_text(encoding="utf-8"))
-            break
+    texts.append(_KOREAN.read_text(encoding="utf-8"))
     return texts
 
 

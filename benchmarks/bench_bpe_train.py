@@ -5,7 +5,7 @@ pytest-benchmark suite (small sizes, so `pytest benchmarks/` stays short):
     PYTHONPATH=python python -m pytest benchmarks/bench_bpe_train.py --benchmark-only
 The claim itself (the reference takes minutes on 1 MB; it is run once, honestly, not extrapolated):
     PYTHONPATH=python python benchmarks/bench_bpe_train.py --mb 1 --vocab 1024
-Corpus: benchmarks/_bpe_corpus.py (stdlib .py files + Korean seed text).
+Corpus: benchmarks/_bpe_corpus.py (stdlib .py files + the Korean text in benchmarks/data/).
 """
 from __future__ import annotations
 
