@@ -99,6 +99,17 @@ def evaluate_tokens(model: Any, tokens: Any, *, batch_size: int = 8,
                              f"{token_bytes.size})")
         return int(token_bytes[y].sum())
 
+    def score(rows: np.ndarray) -> None:
+        """Every target of the windows rows (k, L + 1): inputs rows[:, :-1], targets rows[:, 1:]."""
+        nonlocal nats, n_pred, n_bytes
+        x, y = np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
+        _, loss = model.forward(x, y, return_logits=False)
+        nats += float(loss) * y.size
+        n_pred += y.size
+        n_bytes += count_bytes(y)
+        if bar is not None:
+            bar.update(y.size)
+
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if S == T:
@@ -108,23 +119,10 @@ def evaluate_tokens(model: Any, tokens: Any, *, batch_size: int = 8,
                     k1 = min(n_full, k0 + B)
                     rows = np.stack([np.asarray(tokens[k * T:k * T + T + 1], np.int32)
                                      for k in range(k0, k1)])
-                    x, y = np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
-                    _, loss = model.forward(x, y, return_logits=False)
-                    nats += float(loss) * y.size
-                    n_pred += y.size
-                    n_bytes += count_bytes(y)
-                    if bar is not None:
-                        bar.update(y.size)
+                    score(rows)
                 rest = (N - 1) - n_full * T
                 if rest:
-                    seq = np.asarray(tokens[n_full * T:], np.int32)
-                    x, y = seq[None, :-1].copy(), seq[None, 1:].copy()
-                    _, loss = model.forward(x, y, return_logits=False)
-                    nats += float(loss) * y.size
-                    n_pred += y.size
-                    n_bytes += count_bytes(y)
-                    if bar is not None:
-                        bar.update(y.size)
+                    score(np.asarray(tokens[n_full * T:], np.int32)[None])
             else:
                 # sliding windows: (end, number of new targets) for each window
                 wins = []
