@@ -210,6 +210,34 @@ inline size_t contraction_gpt2(const uint8_t* s, size_t n, size_t p) {
   }
 }
 
+// \p{N}{1,3} after a first digit that ends at q (gpt4, cl100k and o200k).
+inline size_t digits_upto3(const uint8_t* s, size_t n, size_t q, bool wtf8) {
+  size_t e = q;
+  for (int k = 1; k < 3 && e < n; ++k) {
+    const Cp c = decode(s, e, n, wtf8);
+    if (c.cls != N) break;
+    e += c.len;
+  }
+  return e;
+}
+
+// " ?[^\s\p{L}\p{N}]+" at p (c0 the code point there, q after it), then a run of CR/LF (and '/'
+// with slash: o200k's [\r\n/]*); 0 when that alternative does not match here.
+inline size_t punct_end(const uint8_t* s, size_t n, size_t p, const Cp& c0, size_t q, bool wtf8,
+                        bool slash) {
+  size_t r = p;
+  uint8_t cls = c0.cls;
+  uint32_t len = c0.len;
+  if (c0.cp == ' ' && q < n) {
+    const Cp c1 = decode(s, q, n, wtf8);
+    r = q; cls = c1.cls; len = c1.len;
+  }
+  if (cls != O) return 0;
+  r = run<O>(s, n, r + len, wtf8);
+  while (r < n && (s[r] == '\r' || s[r] == '\n' || (slash && s[r] == '/'))) ++r;
+  return r;
+}
+
 // '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+
 // (`cl100k`: with tiktoken's \s++$ alternative before \s*[\r\n])
 size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8, bool cl100k = false) {
@@ -225,30 +253,9 @@ size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8, bool cl100k = f
     if (c1.cls == L) return run<L>(s, n, q + c1.len, wtf8);
   }
   // \p{N}{1,3}
-  if (c0.cls == N) {
-    size_t e = q;
-    for (int k = 1; k < 3 && e < n; ++k) {
-      const Cp c = decode(s, e, n, wtf8);
-      if (c.cls != N) break;
-      e += c.len;
-    }
-    return e;
-  }
+  if (c0.cls == N) return digits_upto3(s, n, q, wtf8);
   //  ?[^\s\p{L}\p{N}]++[\r\n]*
-  {
-    size_t r = p;
-    uint8_t cls = c0.cls;
-    uint32_t len = c0.len;
-    if (c0.cp == ' ' && q < n) {
-      const Cp c1 = decode(s, q, n, wtf8);
-      r = q; cls = c1.cls; len = c1.len;
-    }
-    if (cls == O) {
-      r = run<O>(s, n, r + len, wtf8);
-      while (r < n && (s[r] == '\r' || s[r] == '\n')) ++r;
-      return r;
-    }
-  }
+  if (size_t e = punct_end(s, n, p, c0, q, wtf8, false)) return e;
   // c0 is whitespace here.
   return whitespace_end(s, n, p, true, wtf8, cl100k);
 }
@@ -349,30 +356,9 @@ size_t o200k_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
     }
   }
   // \p{N}{1,3}
-  if (c0.cls == N) {
-    size_t e = q;
-    for (int k = 1; k < 3 && e < n; ++k) {
-      const Cp c = decode(s, e, n, wtf8);
-      if (c.cls != N) break;
-      e += c.len;
-    }
-    return e;
-  }
+  if (c0.cls == N) return digits_upto3(s, n, q, wtf8);
   //  ?[^\s\p{L}\p{N}]+[\r\n/]*
-  {
-    size_t r = p;
-    uint8_t cls = c0.cls;
-    uint32_t len = c0.len;
-    if (c0.cp == ' ' && q < n) {
-      const Cp c1 = decode(s, q, n, wtf8);
-      r = q; cls = c1.cls; len = c1.len;
-    }
-    if (cls == O) {
-      r = run<O>(s, n, r + len, wtf8);
-      while (r < n && (s[r] == '\r' || s[r] == '\n' || s[r] == '/')) ++r;
-      return r;
-    }
-  }
+  if (size_t e = punct_end(s, n, p, c0, q, wtf8, true)) return e;
   // c0 is whitespace here: \s*[\r\n]+ ends at the last CR/LF of the run, as \s*[\r\n] does.
   return whitespace_end(s, n, p, true, wtf8);
 }
