@@ -64,15 +64,18 @@ def param_count(config: Any) -> int:
     import math
     from .model import GPTConfig, param_table
     _shape(config)  # the size fields, checked with this module's messages
-    if not isinstance(config, GPTConfig):
+    cfg: GPTConfig
+    if isinstance(config, GPTConfig):
+        cfg = config
+    else:
         names = [f.name for f in dataclasses.fields(GPTConfig)]
         d = {n: _field(config, n) for n in names if _field(config, n) is not None}
-        config = GPTConfig.from_dict(d)
-    t = param_table(config)
+        cfg = GPTConfig.from_dict(d)
+    t = param_table(cfg)
 
     def size(specs: Any) -> int:
-        return sum(math.prod(s.shape(config)) for s in specs)
-    return size(t.embedding) + config.n_layer * size(t.block) + size(t.final)
+        return sum(math.prod(s.shape(cfg)) for s in specs)
+    return size(t.embedding) + cfg.n_layer * size(t.block) + size(t.final)
 
 
 def model_bytes(config: Any, dtype_bytes: int = 4, training: bool = True,
