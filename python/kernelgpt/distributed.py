@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -145,7 +145,7 @@ class _Base:
 
     _unbounded = False
 
-    def _guard(self, what: str):
+    def _guard(self, what: str) -> ContextManager[None]:
         if self._watchdog is None or self._unbounded:
             return contextlib.nullcontext()
         return self._watchdog.guard(what)
