@@ -10,7 +10,7 @@ byte value; the i-th merge creates token 256 + i.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 from . import _unicode_data
 
@@ -47,7 +47,7 @@ UNICODE_VERSION: str = _unicode_data.UNICODE_VERSION
 _CLASS_GROUPS = {  # the property classes the patterns use -> _unicode_data group letters
     "L": "ulo", "N": "n", "Lu": "u", "Lt": "u", "Ll": "l", "Lm": "o", "Lo": "o", "M": "m",
 }
-_compiled: Dict[str, object] = {}
+_compiled: Dict[str, Any] = {}  # name -> compiled `regex` pattern (regex ships no types)
 
 
 def _class_body(groups: str) -> str:
@@ -98,7 +98,7 @@ def _pinned(pattern: str) -> str:
     return "".join(out)
 
 
-def compiled_pattern(pattern: str = "gpt4"):
+def compiled_pattern(pattern: str = "gpt4") -> Any:
     """The compiled `regex` pattern for a pattern name, with the pinned Unicode classes (cached)."""
     name = PATTERN_ALIASES.get(pattern, pattern)
     c = _compiled.get(name)
@@ -111,7 +111,8 @@ def compiled_pattern(pattern: str = "gpt4"):
 def split_text(text: str, pattern: str = "gpt4") -> List[str]:
     """Pre-split `text` into chunks with the named pattern: regex.findall with the pattern string,
     its Unicode property classes taken from the pinned data (UNICODE_VERSION)."""
-    return compiled_pattern(pattern).findall(text)
+    chunks: List[str] = compiled_pattern(pattern).findall(text)
+    return chunks
 
 
 def clean_text(text: str) -> str:
