@@ -24,7 +24,7 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -33,9 +33,9 @@ VERSION = 1
 LEGACY_IDS_MAGIC = b"KGPTIDS\0"  # the tokenizer command's former ids.bin (cli_tokenizer.read_ids)
 _HEADER = struct.Struct("<8sIIQQ")  # magic, version, id width, vocab_size, n_tokens
 HEADER_SIZE = _HEADER.size          # 32 bytes
-_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_DTYPES: Dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, "os.PathLike[str]"]
 
 # Suffixes taken when a directory is given to ``--data`` (explicit file paths are always taken).
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".c", ".h", ".cpp", ".hpp", ".js", ".ts", ".json",
@@ -49,7 +49,7 @@ from .checkpoint import atomic_write, atomic_write_bytes, fsync_dir  # noqa: E40
 
 
 # ---------------------------------------------------------------------------------- token files
-def id_dtype(vocab_size: int) -> np.dtype:
+def id_dtype(vocab_size: int) -> np.dtype[Any]:
     """uint16 when every id fits (vocab <= 65536), else uint32."""
     if vocab_size < 1 or vocab_size > 2**32:
         raise ValueError(f"vocab_size must be in [1, 2**32], got {vocab_size}")
@@ -70,9 +70,9 @@ def write_token_file(path: PathLike, ids: Any, vocab_size: int) -> Path:
     header = _HEADER.pack(MAGIC, VERSION, dt.itemsize, int(vocab_size), int(ids.size))
     body = ids.astype(dt, copy=False)
 
-    def write(f):
+    def write(f: BinaryIO) -> None:
         f.write(header)
-        f.write(memoryview(np.ascontiguousarray(body)).cast("B"))
+        f.write(np.ascontiguousarray(body).data.cast("B"))
     atomic_write(path, write)
     return Path(path)
 
@@ -126,7 +126,8 @@ def looks_like_token_file(path: PathLike) -> bool:
 # nanoGPT-style .bin files of little-endian ids, which carry no header and so need their id type
 # named (``data_dtype``, the command line's --data-dtype).
 NPY_MAGIC = b"\x93NUMPY"
-RAW_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+RAW_DTYPES: Dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"),
+                                         "uint32": np.dtype("<u4")}
 
 
 def token_format(path: PathLike, data_dtype: Optional[str] = None) -> Optional[str]:
@@ -186,8 +187,8 @@ def read_token_array(path: PathLike, data_dtype: Optional[str] = None,
     path = Path(path)
     fmt = token_format(path, data_dtype)
     if fmt is None or fmt == "kgpt":  # (a foreign file gets read_token_header's message)
-        ids, vocab = read_token_file(path)
-        return ids, vocab, fmt
+        ids, vocab = read_token_file(path)  # raises unless the file is KGPTTOK1
+        return ids, vocab, "kgpt"
     if fmt == "npy":
         try:
             ids = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -199,6 +200,7 @@ def read_token_array(path: PathLike, data_dtype: Optional[str] = None,
                              f"{getattr(ids, 'dtype', type(ids).__name__)} "
                              f"{getattr(ids, 'shape', '')}")
     else:
+        assert data_dtype is not None  # token_format gives "raw" only with a data_dtype
         dt = RAW_DTYPES[data_dtype]
         size = path.stat().st_size
         if size % dt.itemsize:
@@ -329,12 +331,15 @@ def tokenize_files(tokenizer: Any, paths: Union[PathLike, Sequence[PathLike]],
     ``separator``: a token id, or the text of one of the tokenizer's special tokens (e.g.
     ``"<|endoftext|>"``), put between documents; None: documents are joined directly (0.1.0)."""
     files = list_text_files(paths)
+    sep_id: Optional[int]
     if isinstance(separator, str):
         specials = getattr(tokenizer, "special_tokens", None) or {}
         if separator not in specials:
             raise ValueError(f"separator {separator!r} is not a special token of the tokenizer")
-        separator = specials[separator]
-    ids = encode_texts(tokenizer, read_texts(files), separator=separator)
+        sep_id = specials[separator]
+    else:
+        sep_id = separator
+    ids = encode_texts(tokenizer, read_texts(files), separator=sep_id)
     return write_token_file(out_path, ids, int(tokenizer.vocab_size))
 
 
@@ -480,7 +485,8 @@ class TokenDataset:
         self.batches_drawn += 1
         return self._rows(self.train, offsets[self.rank * B:(self.rank + 1) * B], T)
 
-    def val_batches(self, n_batches: int, batch_size: int, block_size: int):
+    def val_batches(self, n_batches: int, batch_size: int,
+                    block_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Yield ``n_batches`` validation batches, the same ones at every call."""
         B, T = int(batch_size), int(block_size)
         self._check(self.val, "validation", T)
