@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import LEGACY_IDS_MAGIC, read_token_file, write_token_file
+from .data import LEGACY_IDS_MAGIC, PathLike, read_token_file, write_token_file
 
 IDS_MAGIC = LEGACY_IDS_MAGIC  # the legacy format's magic and version, read by read_ids only
 IDS_VERSION = 1
@@ -31,7 +31,8 @@ _HEADER = struct.Struct("<8sIIQ")  # legacy header: magic, version, id width, co
 log = logging.getLogger(__name__)
 
 
-def add_tokenizer_parser(subparsers) -> argparse.ArgumentParser:
+def add_tokenizer_parser(
+        subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register `tokenizer` with its `train` and `encode` subcommands."""
     p = subparsers.add_parser("tokenizer", help="train a BPE tokenizer or encode a file with one")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="{train,encode}")
@@ -57,12 +58,12 @@ def add_tokenizer_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def write_ids(path, ids: np.ndarray, vocab_size: int) -> None:
+def write_ids(path: PathLike, ids: np.ndarray, vocab_size: int) -> None:
     """Write ``ids`` (all in [0, vocab_size)) as a token file (data.write_token_file)."""
     write_token_file(path, ids, vocab_size)
 
 
-def read_ids(path) -> np.ndarray:
+def read_ids(path: PathLike) -> np.ndarray:
     """Ids of a token file, or of a legacy KGPTIDS ids.bin, as uint16/uint32 (a memory map).
     ValueError naming the file if it is neither, or is truncated."""
     try:
@@ -75,7 +76,7 @@ def read_ids(path) -> np.ndarray:
     return _read_legacy_ids(path)
 
 
-def _read_legacy_ids(path) -> np.ndarray:
+def _read_legacy_ids(path: PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         head = f.read(_HEADER.size)
     if len(head) < _HEADER.size:
@@ -96,7 +97,7 @@ def _read_legacy_ids(path) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=_HEADER.size, shape=(n,))
 
 
-def run_tokenizer(args) -> int:
+def run_tokenizer(args: argparse.Namespace) -> int:
     """Run `tokenizer train|encode`; prints one line; returns the exit code (errors: one line on
     stderr, exit code 1)."""
     from .tokenizer import Tokenizer
