@@ -28,9 +28,14 @@ Conventions (the contract the tests check):
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Tuple, Type
 
-Array = Any  # numpy.ndarray or cupy.ndarray
+if TYPE_CHECKING:
+    import numpy
+
+# A backend array: numpy.ndarray on the CPU backends, cupy.ndarray on CUDA. The Backend protocol
+# is polymorphic over the two (and CuPy ships no type information), so the alias is Any.
+Array = Any
 
 # ---------------------------------------------------------------------------------- limits
 # Each limit is stated here once; every backend enforces it through the functions below (the
@@ -86,7 +91,7 @@ def check_n_valid(n_valid: Any, maxT: int) -> int:
     return int(n_valid)
 
 
-def check_shape(a: Any, argname: str, shape: tuple) -> None:
+def check_shape(a: Any, argname: str, shape: Tuple[int, ...]) -> None:
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{argname} must have shape {tuple(shape)}, got {tuple(a.shape)}")
 
@@ -101,7 +106,7 @@ def check_id_range(argname: str, lo: int, hi: int, upper: int) -> None:
         raise ValueError(f"{argname} values must lie in [0, {upper}), got range [{lo}, {hi}]")
 
 
-def linear_dims(x: Any, w: Any, wname: str = "w", rows: str = "OC") -> tuple:
+def linear_dims(x: Any, w: Any, wname: str = "w", rows: str = "OC") -> Tuple[int, int, int]:
     """(N, C, rows) of x (N, C) and a weight w (rows, C), checked."""
     check_ndim(x, "x", 2)
     check_ndim(w, wname, 2)
@@ -122,7 +127,8 @@ def check_kv_heads(n_head: int, n_kv_head: Any) -> int:
     return int(n_kv_head)
 
 
-def qkv_dims(qkv: Any, n_head: Any, backend: str = "", n_kv_head: Any = None) -> tuple:
+def qkv_dims(qkv: Any, n_head: Any, backend: str = "",
+             n_kv_head: Any = None) -> Tuple[int, int, int, int, int]:
     """(B, T, C, NH, HS) of a qkv array (B, T, (NH + 2 NKV) * HS) holding q (NH heads), k and v
     (NKV heads each; NKV = n_kv_head, None: NH, so (B, T, 3C)), checked."""
     check_ndim(qkv, "qkv", 3)
@@ -145,7 +151,7 @@ def qkv_dims(qkv: Any, n_head: Any, backend: str = "", n_kv_head: Any = None) ->
     return B, T, int(n_head) * hs, int(n_head), hs
 
 
-def _np_integer() -> type:
+def _np_integer() -> Type[numpy.integer[Any]]:
     import numpy
     return numpy.integer
 
@@ -164,8 +170,8 @@ class Backend(Protocol):
         """Host array -> backend array (identity on the CPU, a device copy on CUDA)."""
     def to_numpy(self, a: Array) -> Any:
         """Backend array -> numpy.ndarray (identity on the CPU, a host copy on CUDA)."""
-    def empty(self, shape: tuple, dtype: Any = "float32") -> Array: ...
-    def zeros(self, shape: tuple, dtype: Any = "float32") -> Array: ...
+    def empty(self, shape: Tuple[int, ...], dtype: Any = "float32") -> Array: ...
+    def zeros(self, shape: Tuple[int, ...], dtype: Any = "float32") -> Array: ...
 
     # ------------------------------------------------------------------ embedding
     def embedding_forward(self, out: Array, idx: Array, wte: Array, wpe: Optional[Array]) -> None:
