@@ -11,28 +11,29 @@ module still works. TF32 for the GEMMs is off by default (``set_tf32(True)`` tur
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from kernelgpt.backends.base import (check_heads, check_id_range, check_n_valid, check_norm_eps,
-                                     linear_dims, qkv_dims)
+from kernelgpt.backends.base import (Array, check_heads, check_id_range, check_n_valid,
+                                     check_norm_eps, linear_dims, qkv_dims)
 
 try:  # optional dependency: pip install kernelgpt[cuda]
     import cupy
 except Exception:  # ImportError, or a broken CUDA install that fails at import
     cupy = None
-_cublas = None
+_cublas: Any = None
 if cupy is not None:
     try:  # cuBLAS gemm with beta (accumulating weight gradients without a temporary)
-        import cupy.cublas as _cublas
+        import cupy.cublas
+        _cublas = cupy.cublas
     except Exception:  # older/newer CuPy without it: fall back to cupy.matmul below
         _cublas = None
 
 try:
     from kernelgpt import _cuda  # built by CMake when nvcc is found
-except ImportError:
-    _cuda = None
+except ImportError:  # the ops are only called once is_available() said _cuda is there
+    _cuda = None  # type: ignore[assignment]
 
 name = "cuda"
 xp = cupy
@@ -92,7 +93,7 @@ def _apply_math_mode() -> None:
     libcublas.setMathMode(handle, mode)
 
 
-def _gemm(transa: str, transb: str, a, b, out, beta: float = 0.0) -> None:
+def _gemm(transa: str, transb: str, a: Array, b: Array, out: Array, beta: float = 0.0) -> None:
     """out = op(a) @ op(b) + beta * out (cuBLAS sgemm on the current stream)."""
     _apply_math_mode()
     if _cublas is not None:
@@ -112,7 +113,7 @@ def _need_cupy() -> None:
         raise RuntimeError(f"cuda backend unavailable: {unavailable_reason()}")
 
 
-def asarray(a: Any, dtype: Any = None):
+def asarray(a: Any, dtype: Any = None) -> Array:
     """Host (or device) array -> C-contiguous CuPy array; float data defaults to float32 and
     integer data to int32."""
     _need_cupy()
@@ -124,27 +125,29 @@ def asarray(a: Any, dtype: Any = None):
 
 def to_numpy(a: Any) -> np.ndarray:
     if cupy is not None and isinstance(a, cupy.ndarray):
-        return cupy.asnumpy(a)
+        host: np.ndarray = cupy.asnumpy(a)
+        return host
     return np.asarray(a)
 
 
-def empty(shape: tuple, dtype: Any = "float32"):
+def empty(shape: Tuple[int, ...], dtype: Any = "float32") -> Array:
     _need_cupy()
     return cupy.empty(shape, dtype=dtype)
 
 
-def zeros(shape: tuple, dtype: Any = "float32"):
+def zeros(shape: Tuple[int, ...], dtype: Any = "float32") -> Array:
     _need_cupy()
     return cupy.zeros(shape, dtype=dtype)
 
 
 def _stream() -> int:
-    return cupy.cuda.get_current_stream().ptr
+    ptr: int = cupy.cuda.get_current_stream().ptr
+    return ptr
 
 
 # ---------------------------------------------------------------------------------- validation
-def _dev(a: Any, argname: str, dtype: np.dtype = _F32, shape: Optional[tuple] = None,
-         ndim: Optional[int] = None):
+def _dev(a: Any, argname: str, dtype: np.dtype[Any] = _F32,
+         shape: Optional[Tuple[int, ...]] = None, ndim: Optional[int] = None) -> Array:
     """Check a is a C-contiguous CuPy array of dtype on the current device (TypeError), with the
     given ndim/shape (ValueError)."""
     if cupy is None or not isinstance(a, cupy.ndarray):
@@ -163,7 +166,7 @@ def _dev(a: Any, argname: str, dtype: np.dtype = _F32, shape: Optional[tuple] = 
     return a
 
 
-def _ids(a: Any, argname: str, ndim: int, upper: int):
+def _ids(a: Any, argname: str, ndim: int, upper: int) -> Array:
     _dev(a, argname, _I32, ndim=ndim)
     if a.size and int(cupy.count_nonzero((a < 0) | (a >= upper))):
         check_id_range(argname, int(a.min()), int(a.max()), upper)
@@ -172,12 +175,13 @@ def _ids(a: Any, argname: str, ndim: int, upper: int):
 
 
 
-def _p(a) -> int:
-    return a.data.ptr
+def _p(a: Array) -> int:
+    ptr: int = a.data.ptr
+    return ptr
 
 
 # ---------------------------------------------------------------------------------- embedding
-def embedding_forward(out, idx, wte, wpe) -> None:
+def embedding_forward(out: Array, idx: Array, wte: Array, wpe: Array) -> None:
     """out (B,T,C) = wte[idx] + wpe[:T]  (=)."""
     _dev(idx, "idx", _I32, ndim=2)
     B, T = idx.shape
@@ -191,7 +195,7 @@ def embedding_forward(out, idx, wte, wpe) -> None:
     _cuda.embedding_forward(_p(out), _p(idx), _p(wte), _p(wpe), B, T, C, _stream())
 
 
-def embedding_backward(dwte, dwpe, dout, idx) -> None:
+def embedding_backward(dwte: Array, dwpe: Array, dout: Array, idx: Array) -> None:
     """dwte (V,C) += rows of dout (B,T,C) by token; dwpe[:T] += dout.sum(0)  (+=). Deterministic:
     (token, row) pairs are sorted on the device and each token's rows are added in row order."""
     _dev(dout, "dout", ndim=3)
@@ -213,7 +217,8 @@ def embedding_backward(dwte, dwpe, dout, idx) -> None:
 
 
 # ---------------------------------------------------------------------------------- layernorm
-def layernorm_forward(out, mean, rstd, x, w, b, eps: float = 1e-5) -> None:
+def layernorm_forward(out: Array, mean: Array, rstd: Array, x: Array, w: Array, b: Array,
+                      eps: float = 1e-5) -> None:
     _dev(x, "x", ndim=2)
     N, C = x.shape
     _dev(out, "out", shape=(N, C))
@@ -226,7 +231,8 @@ def layernorm_forward(out, mean, rstd, x, w, b, eps: float = 1e-5) -> None:
                             _stream())
 
 
-def layernorm_backward(dx, dw, db, dout, x, w, mean, rstd) -> None:
+def layernorm_backward(dx: Array, dw: Array, db: Array, dout: Array, x: Array, w: Array,
+                       mean: Array, rstd: Array) -> None:
     """dx (N,C) = ; dw (C,) += ; db (C,) += ."""
     _dev(x, "x", ndim=2)
     N, C = x.shape
@@ -240,7 +246,7 @@ def layernorm_backward(dx, dw, db, dout, x, w, mean, rstd) -> None:
 
 
 # ---------------------------------------------------------------------------------- matmul
-def matmul_forward(out, x, w, bias) -> None:
+def matmul_forward(out: Array, x: Array, w: Array, bias: Optional[Array]) -> None:
     """out (N,OC) = x (N,C) @ w (OC,C).T + bias (OC,) (bias may be None)."""
     _dev(x, "x", ndim=2)
     _dev(w, "w", ndim=2)
@@ -253,7 +259,8 @@ def matmul_forward(out, x, w, bias) -> None:
         _cuda.add_bias(_p(out), _p(bias), N, OC, _stream())
 
 
-def matmul_backward(dx, dw, dbias, dout, x, w) -> None:
+def matmul_backward(dx: Optional[Array], dw: Array, dbias: Optional[Array], dout: Array,
+                    x: Array, w: Array) -> None:
     """dx (N,C) = dout @ w (skipped when None); dw (OC,C) += dout.T @ x; dbias += dout.sum(0)."""
     _dev(x, "x", ndim=2)
     _dev(w, "w", ndim=2)
@@ -273,12 +280,12 @@ def matmul_backward(dx, dw, dbias, dout, x, w) -> None:
 
 
 # ---------------------------------------------------------------------------------- attention
-def _qkv_dims(qkv, n_head):
+def _qkv_dims(qkv: Array, n_head: int) -> Tuple[int, int, int, int, int]:
     _dev(qkv, "qkv", ndim=3)
     return qkv_dims(qkv, n_head, name)
 
 
-def attention_forward(out, lse, qkv, n_head: int) -> None:
+def attention_forward(out: Array, lse: Array, qkv: Array, n_head: int) -> None:
     """Causal self-attention, flash-style: out (B,T,C) = ; saves lse (B,NH,T) = ."""
     B, T, C, nh, hs = _qkv_dims(qkv, n_head)
     _dev(out, "out", shape=(B, T, C))
@@ -286,7 +293,8 @@ def attention_forward(out, lse, qkv, n_head: int) -> None:
     _cuda.attention_forward(_p(out), _p(lse), _p(qkv), B, T, nh, hs, _stream())
 
 
-def attention_backward(dqkv, dout, qkv, out, lse, n_head: int) -> None:
+def attention_backward(dqkv: Array, dout: Array, qkv: Array, out: Array, lse: Array,
+                       n_head: int) -> None:
     """dqkv (B,T,3C) = ; probabilities recomputed from lse, no atomics."""
     B, T, C, nh, hs = _qkv_dims(qkv, n_head)
     _dev(dqkv, "dqkv", shape=(B, T, 3 * C))
@@ -298,7 +306,7 @@ def attention_backward(dqkv, dout, qkv, out, lse, n_head: int) -> None:
                              nh, hs, _stream())
 
 
-def attention_decode(out, q, k_cache, v_cache, n_valid: int) -> None:
+def attention_decode(out: Array, q: Array, k_cache: Array, v_cache: Array, n_valid: int) -> None:
     """out (B,C) = softmax(q k^T/sqrt(HS)) v over cache positions [0, n_valid)  (=)."""
     _dev(k_cache, "k_cache", ndim=4)
     B, nh, maxT, hs = k_cache.shape
@@ -312,18 +320,18 @@ def attention_decode(out, q, k_cache, v_cache, n_valid: int) -> None:
 
 
 # ---------------------------------------------------------------------------------- elementwise
-def _same(a, argname, shape):
+def _same(a: Array, argname: str, shape: Tuple[int, ...]) -> Array:
     return _dev(a, argname, shape=shape)
 
 
-def gelu_forward(out, x) -> None:
+def gelu_forward(out: Array, x: Array) -> None:
     _dev(x, "x")
     _same(out, "out", x.shape)
     if x.size:
         _cuda.gelu_forward(_p(out), _p(x), x.size, _stream())
 
 
-def gelu_backward(dx, dout, x) -> None:
+def gelu_backward(dx: Array, dout: Array, x: Array) -> None:
     _dev(x, "x")
     _same(dout, "dout", x.shape)
     _same(dx, "dx", x.shape)
@@ -331,7 +339,7 @@ def gelu_backward(dx, dout, x) -> None:
         _cuda.gelu_backward(_p(dx), _p(dout), _p(x), x.size, _stream())
 
 
-def add(out, a, b) -> None:
+def add(out: Array, a: Array, b: Array) -> None:
     """out = a + b (out may alias a or b)."""
     _dev(a, "a")
     _same(b, "b", a.shape)
@@ -341,7 +349,7 @@ def add(out, a, b) -> None:
 
 
 # ---------------------------------------------------------------------------------- loss
-def crossentropy_forward(losses, probs, logits, targets) -> None:
+def crossentropy_forward(losses: Array, probs: Array, logits: Array, targets: Array) -> None:
     _dev(logits, "logits", ndim=2)
     N, V = logits.shape
     _dev(probs, "probs", shape=(N, V))
@@ -351,7 +359,7 @@ def crossentropy_forward(losses, probs, logits, targets) -> None:
     _cuda.crossentropy_forward(_p(losses), _p(probs), _p(logits), _p(targets), N, V, _stream())
 
 
-def crossentropy_backward(dlogits, probs, targets, scale: float) -> None:
+def crossentropy_backward(dlogits: Array, probs: Array, targets: Array, scale: float) -> None:
     """dlogits (N,V) = scale * (probs - onehot(targets))  (=; may alias probs)."""
     _dev(probs, "probs", ndim=2)
     N, V = probs.shape
@@ -362,7 +370,8 @@ def crossentropy_backward(dlogits, probs, targets, scale: float) -> None:
                                 _stream())
 
 
-def classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale: float) -> None:
+def classifier_forward_backward(losses: Array, dx: Optional[Array], dwte: Optional[Array],
+                                x: Array, wte: Array, targets: Array, scale: float) -> None:
     """Fused lm_head + softmax + cross-entropy over blocks of rows (up to 1 GiB of logits at a
     time): per block one cuBLAS GEMM, ONE kernel pass that writes the losses and turns the logits
     into their gradient in place, then the two backward GEMMs. losses (N,) = ; dx (N,C) = ;
@@ -395,7 +404,7 @@ def classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale: float)
 
 
 # ---------------------------------------------------------------------------------- optimizer
-def global_norm_sq(g) -> float:
+def global_norm_sq(g: Array) -> float:
     """Sum of squares of the flat float32 array g, accumulated in float64, deterministic."""
     _dev(g, "g", ndim=1)
     if g.size == 0:
@@ -407,21 +416,21 @@ def global_norm_sq(g) -> float:
     return float(out.get()[0])
 
 
-def scale_(g, s: float) -> None:
+def scale_(g: Array, s: float) -> None:
     """g *= s in place."""
     _dev(g, "g")
     if g.size:
         _cuda.scale_(_p(g), float(s), g.size, _stream())
 
 
-def zero_(a) -> None:
+def zero_(a: Array) -> None:
     """a[...] = 0 in place, any shape (CuPy's fill kernel)."""
     _dev(a, "a")
     a.fill(0)
 
 
-def adamw_update(params, grads, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
-                 weight_decay: float, step: int) -> None:
+def adamw_update(params: Array, grads: Array, m: Array, v: Array, *, lr: float, beta1: float,
+                 beta2: float, eps: float, weight_decay: float, step: int) -> None:
     """One fused AdamW step over flat float32 arrays (p, m, v updated in place)."""
     _dev(params, "params", ndim=1)
     for a, n_ in ((grads, "grads"), (m, "m"), (v, "v")):
