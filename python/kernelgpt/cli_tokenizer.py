@@ -19,6 +19,7 @@ import os
 import struct
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,10 +31,12 @@ _HEADER = struct.Struct("<8sIIQ")  # legacy header: magic, version, id width, co
 
 log = logging.getLogger(__name__)
 
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
 
-def add_tokenizer_parser(
-        subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Register `tokenizer` with its `train` and `encode` subcommands."""
+
+def add_tokenizer_parser(subparsers: argparse._SubParsersAction[_P]) -> _P:
+    """Register `tokenizer` with its `train` and `encode` subcommands (parsers of the class
+    ``subparsers`` makes)."""
     p = subparsers.add_parser("tokenizer", help="train a BPE tokenizer or encode a file with one")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="{train,encode}")
     sub.required = True
