@@ -189,3 +189,219 @@ def test_fingerprint_sees_every_byte_and_ignores_threads():
     b = a.copy()
     b[[10, 11]] = b[[11, 10]]
     assert nat.weights_fingerprint(b) != f0
+
+
+# ----------------------------------------------------------------------------- the decoder
+from kernelgpt import sample  # noqa: E402
+from kernelgpt.model import GPT, GPTConfig  # noqa: E402
+from kernelgpt.optim import AdamW  # noqa: E402
+
+CONFIGS = {
+    "gpt2": GPTConfig(vocab_size=97, block_size=24, n_layer=2, n_head=2, n_embd=64),
+    "llama": GPTConfig(vocab_size=101, block_size=24, n_layer=2, n_head=4, n_embd=64,
+                       norm="rmsnorm", pos_emb="rope", mlp="swiglu", n_kv_head=2, mlp_hidden=96,
+                       bias=False, tie_embeddings=False),
+}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def qmodel(request):
+    return GPT(CONFIGS[request.param], backend="native", seed=3)
+
+
+def _decode_logits(model, weights, prompts, n, fused=True):
+    """Logits (n, B, V) of n cached decoding steps fed prompts' tokens (teacher forcing) from
+    position 0: every logit from the decoding step, none from the prefill."""
+    B = prompts.shape[0]
+    kv = model.kv_cache(B, weights)
+    if not fused:
+        kv.fused = None  # the op-by-op step (kernelgpt.quant.matmul: the NumPy spec)
+    out = []
+    for pos in range(n):
+        out.append(np.array(model.decode_step(kv, prompts[:, pos], pos)))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_fused_quantized_step_matches_numpy_spec(qmodel, weights):
+    prompts = np.random.default_rng(7).integers(0, qmodel.config.vocab_size, (3, 10))
+    fused = _decode_logits(qmodel, weights, prompts, 10)
+    spec = _decode_logits(qmodel, weights, prompts, 10, fused=False)
+    scale = np.abs(spec).max()
+    assert np.abs(fused - spec).max() <= 2e-4 * scale
+    assert np.isfinite(fused).all()
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_fused_quantized_step_on_every_path(qmodel, weights):
+    """The AVX-512 and AVX2 paths give the same bits (the quantized products and the other
+    decoder kernels alike); the portable path's other kernels agree within the parity bound."""
+    prompts = np.random.default_rng(8).integers(0, qmodel.config.vocab_size, (2, 6))
+    got = {}
+    try:
+        for path in native_ops_paths():
+            set_native_ops_path(path)
+            got[path] = _decode_logits(qmodel, weights, prompts, 6)
+    finally:
+        set_native_ops_path("avx512")
+    if "avx512" in got and "avx2" in got:
+        np.testing.assert_array_equal(got["avx512"], got["avx2"])
+    first = next(iter(got.values()))
+    assert np.abs(got["portable"] - first).max() <= 1e-4 * np.abs(first).max()
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_batch8_rows_equal_rows_alone(qmodel, weights):
+    """The batched decoder reads each weight once for all rows; each row's logits are bitwise
+    those of the row decoded alone, and seeded sampling gives each row its tokens alone."""
+    V = qmodel.config.vocab_size
+    prompts = np.random.default_rng(9).integers(0, V, (8, 7))
+    kv8 = qmodel.kv_cache(8, weights)
+    assert kv8.fused is not None
+    batch = _decode_logits(qmodel, weights, prompts, 7)
+    for b in (0, 3, 7):
+        np.testing.assert_array_equal(batch[:, b:b + 1], _decode_logits(qmodel, weights,
+                                                                       prompts[b:b + 1], 7))
+    p = prompts[:, :4].astype(np.int32)
+    many = qmodel.generate(p, 12, temperature=0.9, top_k=20, seed=5, weights=weights)
+
+    class Draws:  # row b's draws of the batch-8 run, one at a time
+        def __init__(self, u, b):
+            self.u, self.b, self.i = u, b, 0
+
+        def random(self, n):
+            self.i += 1
+            return self.u[self.i - 1, self.b:self.b + n]
+
+    u = np.random.default_rng(5).random((12, 8))
+    for b in (0, 5):
+        sp = sample.SamplingParams(temperature=0.9, top_k=20, max_new_tokens=12).checked(V)
+        alone = list(sample._stream(qmodel, p[b:b + 1], False, sp, Draws(u, b), True, weights))
+        np.testing.assert_array_equal(many[b, 4:], np.concatenate(alone))
+
+
+def test_batch_limits_per_format(qmodel):
+    from kernelgpt.backends import native_backend as nb
+    assert nb.decoder_supports(qmodel, 4) and not nb.decoder_supports(qmodel, 5)
+    for w in ("bf16", "int8"):
+        assert nb.decoder_supports(qmodel, 16, w) and not nb.decoder_supports(qmodel, 17, w)
+    kv = qmodel.kv_cache(17, "int8")  # beyond the fused decoder: the NumPy spec path
+    assert kv.fused is None
+    lg = np.array(qmodel.decode_step(kv, np.zeros(17, np.int32), 0))
+    assert np.isfinite(lg).all()
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_quantized_logits_close_to_fp32_and_greedy_agrees(qmodel, weights):
+    """Tiny random model: the quantized logits stay within a stated distance of fp32's
+    (bf16: 2% of the logits' spread, int8: 3%) and greedy picks mostly agree."""
+    V = qmodel.config.vocab_size
+    prompts = np.random.default_rng(10).integers(0, V, (4, 16))
+    ref = _decode_logits(qmodel, "fp32", prompts, 16)
+    got = _decode_logits(qmodel, weights, prompts, 16)
+    spread = ref.std()
+    tol = {"bf16": 0.02, "int8": 0.03}[weights]
+    assert np.abs(got - ref).max() <= tol * spread * 10
+    assert np.sqrt(np.mean((got - ref) ** 2)) <= tol * spread
+    agree = np.mean(got.argmax(-1) == ref.argmax(-1))
+    assert agree >= 0.9, agree
+    assert not np.array_equal(got, ref)  # it did read other weights
+
+
+def test_generate_fused_equals_stream_and_numpy_backend():
+    """generate (the C++ sampling loop, lm_filter asked for) == generate_stream (logits in
+    Python) == the numpy backend's spec path, greedy, with quantized weights: the lm_head
+    filter steps aside (it bounds the float32 lm_head only)."""
+    cfg = CONFIGS["gpt2"]
+    m = GPT(cfg, backend="native", seed=11)
+    mn = GPT(cfg, backend="numpy", seed=11)
+    p = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    for w in ("bf16", "int8"):
+        fused = m.generate(p, 15, temperature=0.0, weights=w)
+        stream = np.stack(list(m.generate_stream(p, 15, temperature=0.0, weights=w)), axis=1)
+        np.testing.assert_array_equal(fused[:, 3:], stream)
+        np.testing.assert_array_equal(fused, mn.generate(p, 15, temperature=0.0, weights=w))
+        ragged = m.generate([[1, 2, 3], [4, 5]], 6, temperature=0.0, weights=w)
+        np.testing.assert_array_equal(ragged[0], fused[0, :9])
+
+
+def test_decoder_sample_lm_filter_ignored_with_quantized_weights():
+    cfg = CONFIGS["gpt2"]
+    m = GPT(cfg, backend="native", seed=12)
+    sp = sample.SamplingParams(temperature=0.0, max_new_tokens=10).checked(cfg.vocab_size)
+    res = []
+    for flt in (False, True):
+        kv = m.kv_cache(2, "int8")
+        m.prefill(kv, np.array([[1, 2], [3, 4]], np.int32))
+        out = np.empty((10, 2), np.int32)
+        tok = np.array([5, 6], np.int32)
+        logits = np.full((2, cfg.vocab_size), np.nan, np.float32)
+        kv.fused.sample(out, tok, 2, np.zeros((10, 2)), sp, np.zeros(0, np.int32),
+                        np.zeros(2, np.uint8), logits, lm_filter=flt)
+        res.append((out, logits))
+    np.testing.assert_array_equal(res[0][0], res[1][0])
+    np.testing.assert_array_equal(res[0][1], res[1][1])  # every logit exact: no filter ran
+
+
+def test_quantized_copy_follows_the_weights():
+    """Kept on the model while the weights stay; a train step, load_state_dict or a direct
+    write gives a fresh quantization, and generate uses it."""
+    from kernelgpt.quant import quantized
+    cfg = CONFIGS["gpt2"]
+    m = GPT(cfg, backend="native", seed=13)
+    p = np.array([1, 2, 3])
+    m.generate(p, 4, temperature=0.0, weights="int8")
+    q1 = quantized(m, "int8")
+    assert quantized(m, "int8") is q1 and m.generate_cache.qweights is q1
+    # a training step
+    opt = AdamW(m, lr=1e-2)
+    x = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 8))
+    m.zero_grad()
+    m.forward(x, x, return_logits=False)
+    m.backward()
+    opt.step()
+    got = m.generate(p, 6, temperature=0.0, weights="int8")
+    q2 = quantized(m, "int8")
+    assert q2 is not q1 and m.generate_cache.qweights is q2
+    assert not np.array_equal(q2.layers[0]["attn.c_attn.w"].data, q1.layers[0]["attn.c_attn.w"].data)
+    fresh = GPT(cfg, backend="native", seed=99)
+    fresh.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(fresh.generate(p, 6, temperature=0.0, weights="int8"), got)
+    # a direct write to one weight
+    m.param_views["h.1.mlp.c_proj.w"][0, 0] += 1.0
+    q3 = quantized(m, "int8")
+    assert q3 is not q2 and q3.layers[1]["mlp.c_proj.w"].data[0, 0] != \
+        q2.layers[1]["mlp.c_proj.w"].data[0, 0] or q3.layers[1]["mlp.c_proj.w"].scales[0, 0] != \
+        q2.layers[1]["mlp.c_proj.w"].scales[0, 0]
+    # load_state_dict of other weights
+    m.load_state_dict(GPT(cfg, backend="native", seed=5).state_dict())
+    assert quantized(m, "int8") is not q3
+
+
+def test_weights_argument_errors():
+    cfg = CONFIGS["gpt2"]
+    m = GPT(cfg, backend="native", seed=1)
+    for bad in ("int4", "float32", None):
+        with pytest.raises(ValueError, match="'fp32', 'bf16', 'int8'"):
+            m.generate([1, 2], 3, weights=bad)
+        with pytest.raises(ValueError, match="'fp32', 'bf16', 'int8'"):
+            m.generate_stream([1, 2], 3, weights=bad)
+    with pytest.raises(ValueError, match="use_cache"):
+        m.generate([1, 2], 3, weights="int8", use_cache=False)
+    odd = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=48),
+              backend="native")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        odd.generate([1, 2], 3, weights="int8")
+    # bf16 takes any width, fused and spec paths alike
+    a = odd.generate([1, 2], 3, temperature=0.0, weights="bf16")
+    b = GPT(odd.config, backend="numpy").generate([1, 2], 3, temperature=0.0, weights="bf16")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_fp32_default_unchanged():
+    cfg = CONFIGS["llama"]
+    m = GPT(cfg, backend="native", seed=2)
+    p = np.array([[3, 4, 5]], np.int32)
+    np.testing.assert_array_equal(m.generate(p, 8, seed=1),
+                                  m.generate(p, 8, seed=1, weights="fp32"))
+    assert m.kv_cache(1).qweights is None
