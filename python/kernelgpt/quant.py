@@ -96,7 +96,7 @@ def matmul_q8_ref(x: Any, q: np.ndarray, d: np.ndarray, bias: Any = None) -> np.
     isum = np.einsum("bkc,nkc->bnk", xq.reshape(B, nb, QK).astype(np.int64),
                      np.asarray(q).reshape(N, nb, QK).astype(np.int64))
     scale = (np.asarray(d, np.float32)[None, :, :] * xd[:, None, :]).astype(np.float32)
-    out = (scale.astype(np.float64) * isum).sum(axis=-1)
+    out: np.ndarray = (scale.astype(np.float64) * isum).sum(axis=-1)
     if bias is not None:
         out = out + np.asarray(bias, np.float64)
     return out
@@ -115,7 +115,8 @@ def to_bf16(w: Any) -> np.ndarray:
 
 def from_bf16(h: Any) -> np.ndarray:
     """float32 values of uint16 bfloat16 bits (exact)."""
-    return (np.asarray(h, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    bits: np.ndarray = np.asarray(h, np.uint16).astype(np.uint32) << np.uint32(16)
+    return bits.view(np.float32)
 
 
 def matmul_bf16_ref(x: Any, h: np.ndarray, bias: Any = None) -> np.ndarray:
@@ -166,6 +167,7 @@ class QuantizedWeights:
 
     def decoder_args(self) -> Dict[str, Any]:
         """The fused decoder's keyword arguments (weights_format, qlayers, qhead)."""
+        assert self.head is not None
         return dict(weights_format=self.fmt,
                     qlayers=[[L[n].triple() for n in MATRICES] for L in self.layers],
                     qhead=self.head.triple())
@@ -216,6 +218,7 @@ def matmul(out: np.ndarray, x: Any, m: QMatrix, bias: Any = None) -> None:
     """out (B, N) = x (B, K) @ m.T + bias by the format's rule (the float64 reference, stored in
     out's dtype): the NumPy path of a quantized decoding step."""
     if m.fmt == "int8":
+        assert m.scales is not None
         r = matmul_q8_ref(x, m.data, m.scales, bias)
     else:
         r = matmul_bf16_ref(x, m.data, bias)
