@@ -405,3 +405,39 @@ def test_fp32_default_unchanged():
     np.testing.assert_array_equal(m.generate(p, 8, seed=1),
                                   m.generate(p, 8, seed=1, weights="fp32"))
     assert m.kv_cache(1).qweights is None
+
+
+def test_cli_sample_weights(tmp_path, capsys):
+    """kernelgpt sample --weights: passed to generate (greedy int8 text == generate's), and a
+    bad value is refused by the parser."""
+    from kernelgpt import cli
+    from kernelgpt.tokenizer import Tokenizer
+    tok = Tokenizer([])  # bytes only: vocab 256
+    cfg = GPTConfig(vocab_size=256, block_size=32, n_layer=1, n_head=2, n_embd=64)
+    m = GPT(cfg, backend="native", seed=4)
+    m.save(tmp_path / "w.safetensors")
+    tok.save(str(tmp_path / "tok.json"))
+    args = ["sample", "--model", str(tmp_path / "w.safetensors"), "--tokenizer",
+            str(tmp_path / "tok.json"), "--prompt", "ab", "--max-new-tokens", "5",
+            "--temperature", "0", "--backend", "native"]
+    assert cli.main(args + ["--weights", "int8"]) == 0
+    text = capsys.readouterr().out
+    ids = m.generate(np.frombuffer(b"ab", np.uint8).astype(np.int32), 5, temperature=0.0,
+                     weights="int8")[0]
+    assert text.encode("utf-8", "surrogateescape")[:2] == b"ab"
+    assert text == "".join(cli._stream_text(tok, [int(t) for t in ids])) + "\n"
+    seen = []
+    real = GPT.generate_stream
+
+    def spy(self, *a, **kw):
+        seen.append(kw.get("weights"))
+        return real(self, *a, **kw)
+    GPT.generate_stream = spy
+    try:
+        for w in ("bf16", None):
+            assert cli.main(args + (["--weights", w] if w else [])) == 0
+    finally:
+        GPT.generate_stream = real
+    assert seen == ["bf16", "fp32"]
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--weights", "int4"])
