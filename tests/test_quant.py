@@ -171,6 +171,17 @@ def test_quantized_products_bad_arguments():
         nat._bf16_matmul(np.zeros((2, 4), np.float32), x, np.zeros((3, 64), np.uint16))
     with pytest.raises(TypeError):
         nat._bf16_matmul(np.zeros((2, 3), np.float32), x, np.zeros((3, 64), np.int16))
+    with pytest.raises(TypeError):
+        nat._q8_matmul(np.zeros((2, 3), np.float32), x, np.zeros((3, 64), np.uint8),
+                       np.zeros((3, 2), np.float32))
+    with pytest.raises(TypeError):
+        nat._q8_matmul(np.zeros((2, 3), np.float32), np.zeros((2, 128), np.float32)[:, ::2],
+                       np.zeros((3, 64), np.int8), np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        nat._q8_matmul(np.zeros((2, 3), np.float32), x, np.zeros((3, 64), np.int8),
+                       np.zeros((3, 2), np.float32), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        nat.weights_fingerprint(np.zeros((4, 4), np.float32)[:, ::2])
 
 
 def test_fingerprint_sees_every_byte_and_ignores_threads():
