@@ -14,6 +14,7 @@
 #include "bindings/array_checks.h"
 #include "bindings/native_init.h"
 #include "cpu/decode.h"
+#include "cpu/quant.h"
 
 namespace py = pybind11;
 
@@ -51,9 +52,27 @@ class Decoder {
   // parameter: a bias (bias=False), a norm's bias (RMSNorm), the position table (rotary
   // positions), the lm_head (tied: wte). The names come from the model's parameter table and
   // serve only the error messages. n_kv_head (None: n_head) key/value heads in the caches.
+  // weights_format "fp32" (the exact path), "bf16" or "int8": qlayers then holds, per layer, the
+  // four matrices (qkv, attention projection, MLP up, MLP down) and qhead the lm_head, each a
+  // (name, data, scales) triple: data (N, K) uint16 (bf16) or int8, scales (N, K/32) float32
+  // (int8; None for bf16), made by kernelgpt.quant from the float32 matrices.
   Decoder(py::list weights, py::list layers, py::list caches, int64_t n_head, int64_t batch,
           double eps, py::object n_kv_head, bool rmsnorm, bool rope, bool swiglu,
-          double rope_theta) {
+          double rope_theta, const std::string& weights_format, py::object qlayers,
+          py::object qhead) {
+    using kgpt::cpu::WeightFormat;
+    if (weights_format == "fp32")
+      m_.wformat = WeightFormat::fp32;
+    else if (weights_format == "bf16")
+      m_.wformat = WeightFormat::bf16;
+    else if (weights_format == "int8")
+      m_.wformat = WeightFormat::int8;
+    else
+      throw std::invalid_argument("weights_format must be 'fp32', 'bf16' or 'int8', got '" +
+                                  weights_format + "'");
+    const bool quant = m_.wformat != WeightFormat::fp32;
+    const int64_t max_batch =
+        quant ? kgpt::cpu::kDecodeMaxBatchQuant : kgpt::cpu::kDecodeMaxBatchFp32;
     if (py::len(weights) != 4 && py::len(weights) != 5)
       throw std::invalid_argument("weights must hold 4 or 5 (name, array) pairs, got " +
                                   std::to_string(py::len(weights)));
@@ -68,9 +87,10 @@ class Decoder {
     if (n_head % nkv != 0)
       throw std::invalid_argument("n_kv_head must divide n_head=" + std::to_string(n_head) +
                                   ", got " + std::to_string(nkv));
-    if (batch < 1 || batch > 4)
-      throw std::invalid_argument("batch must be in [1, 4] for the fused decoder, got " +
-                                  std::to_string(batch));
+    if (batch < 1 || batch > max_batch)
+      throw std::invalid_argument("batch must be in [1, " + std::to_string(max_batch) +
+                                  "] for the fused decoder with " + weights_format +
+                                  " weights, got " + std::to_string(batch));
     if (!(std::isfinite(eps) && eps > 0.0))
       throw std::invalid_argument("eps must be a finite number > 0");
     if (rope && (!(std::isfinite(rope_theta) && rope_theta > 0.0) || (C / n_head) % 2 != 0))
@@ -148,7 +168,25 @@ class Decoder {
       float* kc = static_cast<float*>(take(kn, kv[0], 4, cs, true).mutable_data());
       float* vc = static_cast<float*>(take(vn, kv[1], 4, cs, true).mutable_data());
       m_.layers.push_back({p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
-                           p[11], kc, vc});
+                           p[11], kc, vc, {}, {}, {}, {}});
+      if (quant) {
+        if (qlayers.is_none() || py::len(qlayers) != py::len(layers))
+          throw std::invalid_argument("qlayers must hold the quantized matrices of each of the " +
+                                      std::to_string(py::len(layers)) + " layers with " +
+                                      weights_format + " weights");
+        py::sequence qs = qlayers.cast<py::list>()[l].cast<py::sequence>();
+        if (py::len(qs) != 4)
+          throw std::invalid_argument("qlayers[" + std::to_string(l) + "] must hold 4 matrices");
+        kgpt::cpu::DecodeLayer& L = m_.layers.back();
+        L.q_attn = take_q(qs[0], QW, C);
+        L.q_proj = take_q(qs[1], C, C);
+        L.q_fc = take_q(qs[2], swiglu ? 2 * m_.H : m_.H, C);
+        L.q_fcproj = take_q(qs[3], C, m_.H);
+      }
+    }
+    if (quant) {
+      if (qhead.is_none()) throw std::invalid_argument("qhead (the quantized lm_head) is required");
+      m_.q_head = take_q(qhead, m_.V, C);
     }
     scratch_.assign(static_cast<size_t>(kgpt::cpu::decode_scratch_floats(m_)), 0.f);
   }
@@ -241,7 +279,8 @@ class Decoder {
       py::gil_scoped_release nogil;
       // The filter's table is rebuilt from the weights on every call (they may have changed in
       // place since the last), and only where it is used.
-      const bool filter = lm_filter && kgpt::cpu::lm_filter_applies(sp, m_.V);
+      const bool filter = lm_filter && m_.wformat == kgpt::cpu::WeightFormat::fp32 &&
+                          kgpt::cpu::lm_filter_applies(sp, m_.V);
       if (filter) kgpt::cpu::lm_filter_build(filter_, m_.head, m_.V, m_.C);
       steps = kgpt::cpu::decode_sample(m_, scratch_.data(), pl, pt, pos, n, pu, sp, pd, po,
                                        &nonfinite, pick_, filter ? &filter_ : nullptr, pseen);
@@ -277,6 +316,33 @@ class Decoder {
       throw std::invalid_argument(name + " must be writeable");
     keep_.push_back(a);
     return a;
+  }
+  // A quantized matrix (name, data, scales) of shape (N, K) in m_.wformat; keeps its arrays.
+  kgpt::cpu::QMat take_q(py::handle triple, int64_t N, int64_t K) {
+    py::sequence t = triple.cast<py::sequence>();
+    if (py::len(t) != 3) throw std::invalid_argument("a quantized matrix is a (name, data, scales) triple");
+    const std::string name = t[0].cast<std::string>();
+    const bool int8 = m_.wformat == kgpt::cpu::WeightFormat::int8;
+    if (!py::isinstance<py::array>(t[1]))
+      throw py::type_error(name + " must be a numpy array");
+    py::array a = py::reinterpret_borrow<py::array>(t[1]);
+    const bool dt = int8 ? a.dtype().is(py::dtype::of<int8_t>()) : a.dtype().is(py::dtype::of<uint16_t>());
+    if (!dt || !(a.flags() & py::array::c_style))
+      throw py::type_error(name + " must be a C-contiguous " + (int8 ? "int8" : "uint16 (bfloat16)") +
+                           " array");
+    if (a.ndim() != 2 || a.shape(0) != N || a.shape(1) != K)
+      throw std::invalid_argument(name + " must have shape (" + std::to_string(N) + ", " +
+                                  std::to_string(K) + "), got " + shape_str(a));
+    keep_.push_back(a);
+    kgpt::cpu::QMat q;
+    q.w = a.data();
+    if (int8) {
+      if (K % kgpt::cpu::kQ8Block != 0)
+        throw std::invalid_argument(name + ": int8 weights need an input dimension that is a "
+                                    "multiple of 32, got " + std::to_string(K));
+      q.d = ptr(take(name + " scales", t[2], 2, {N, K / kgpt::cpu::kQ8Block}, false));
+    }
+    return q;
   }
   static const float* ptr(const py::array& a) { return static_cast<const float*>(a.data()); }
   static const float* optr(const std::optional<py::array>& a) { return a ? ptr(*a) : nullptr; }
@@ -359,20 +425,97 @@ py::tuple lm_filter_probe(py::array_t<float, py::array::c_style> wte,
   return py::make_tuple(approx, E);
 }
 
+// Test hooks and tools: the quantized matrix products (quant.h) on whole matrices.
+void q8_matmul(py::array_t<float, py::array::c_style> out, py::array_t<float, py::array::c_style> x,
+               py::array_t<int8_t, py::array::c_style> wq, py::array_t<float, py::array::c_style> wd,
+               py::object bias) {
+  if (x.ndim() != 2 || wq.ndim() != 2 || x.shape(1) != wq.shape(1))
+    throw std::invalid_argument("x (B, K) and wq (N, K) must be 2-D with the same K, got " +
+                                shape_str(x) + " and " + shape_str(wq));
+  const int64_t B = x.shape(0), K = x.shape(1), N = wq.shape(0);
+  if (K % kgpt::cpu::kQ8Block != 0)
+    throw std::invalid_argument("int8 weights need K to be a multiple of 32, got " +
+                                std::to_string(K));
+  if (wd.ndim() != 2 || wd.shape(0) != N || wd.shape(1) != K / kgpt::cpu::kQ8Block)
+    throw std::invalid_argument("wd must have shape (N, K/32), got " + shape_str(wd));
+  if (out.ndim() != 2 || out.shape(0) != B || out.shape(1) != N)
+    throw std::invalid_argument("out must have shape (B, N), got " + shape_str(out));
+  const float* pb = nullptr;
+  py::array_t<float, py::array::c_style> ba;
+  if (!bias.is_none()) {
+    ba = bias.cast<py::array_t<float, py::array::c_style>>();
+    if (ba.ndim() != 1 || ba.shape(0) != N)
+      throw std::invalid_argument("bias must have shape (N,), got " + shape_str(ba));
+    pb = ba.data();
+  }
+  float* po = out.mutable_data();
+  py::gil_scoped_release nogil;
+  kgpt::cpu::q8_matmul(po, x.data(), wq.data(), wd.data(), pb, B, N, K);
+}
+
+void bf16_matmul(py::array_t<float, py::array::c_style> out,
+                 py::array_t<float, py::array::c_style> x,
+                 py::array_t<uint16_t, py::array::c_style> w, py::object bias) {
+  if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1) || x.shape(1) < 1)
+    throw std::invalid_argument("x (B, K) and w (N, K) must be 2-D with the same K >= 1, got " +
+                                shape_str(x) + " and " + shape_str(w));
+  const int64_t B = x.shape(0), K = x.shape(1), N = w.shape(0);
+  if (out.ndim() != 2 || out.shape(0) != B || out.shape(1) != N)
+    throw std::invalid_argument("out must have shape (B, N), got " + shape_str(out));
+  const float* pb = nullptr;
+  py::array_t<float, py::array::c_style> ba;
+  if (!bias.is_none()) {
+    ba = bias.cast<py::array_t<float, py::array::c_style>>();
+    if (ba.ndim() != 1 || ba.shape(0) != N)
+      throw std::invalid_argument("bias must have shape (N,), got " + shape_str(ba));
+    pb = ba.data();
+  }
+  float* po = out.mutable_data();
+  py::gil_scoped_release nogil;
+  kgpt::cpu::bf16_matmul(po, x.data(), w.data(), pb, B, N, K);
+}
+
+uint64_t weights_fingerprint(py::buffer b) {
+  py::buffer_info info = b.request();
+  if (!PyBuffer_IsContiguous(info.view(), 'C'))
+    throw std::invalid_argument("weights_fingerprint needs a C-contiguous buffer");
+  const size_t n = static_cast<size_t>(info.size) * static_cast<size_t>(info.itemsize);
+  const void* p = info.ptr;
+  py::gil_scoped_release nogil;
+  return kgpt::cpu::fingerprint(p, n);
+}
+
 }  // namespace
 
 void init_decode(py::module_& m) {
+  m.def("_q8_matmul", &q8_matmul, py::arg("out").noconvert(), py::arg("x").noconvert(),
+        py::arg("wq").noconvert(), py::arg("wd").noconvert(), py::arg("bias") = py::none(),
+        "out (B, N) = x (B, K) @ dequant(wq, wd).T + bias with x quantized per block of 32 "
+        "(kernelgpt.quant.matmul_q8_ref is the specification).");
+  m.def("_bf16_matmul", &bf16_matmul, py::arg("out").noconvert(), py::arg("x").noconvert(),
+        py::arg("w").noconvert(), py::arg("bias") = py::none(),
+        "out (B, N) = x (B, K) @ bf16(w).T + bias, w (N, K) uint16 bfloat16 bits.");
+  m.def("quant_paths", [] {
+          return py::make_tuple(std::string(kgpt::cpu::q8_path()),
+                                std::string(kgpt::cpu::bf16_path()));
+        },
+        "(int8 path, bf16 path) the quantized matrix products take now: 'avx512_vnni', "
+        "'avx512', 'avx2' or 'portable'.");
+  m.def("weights_fingerprint", &weights_fingerprint, py::arg("buffer"),
+        "A 64-bit fingerprint of a C-contiguous buffer's bytes (the same for any thread count).");
   py::class_<Decoder>(m, "Decoder",
                       "Fused KV-cache decoding over a model's weights and the caller's caches "
                       "(batch <= 4): step(tok, pos, logits) runs every layer and the lm_head for "
                       "one new position, writing the caches at pos. Bitwise equal to the "
                       "op-by-op native path.")
       .def(py::init<py::list, py::list, py::list, int64_t, int64_t, double, py::object, bool, bool,
-                    bool, double>(),
+                    bool, double, const std::string&, py::object, py::object>(),
            py::arg("weights"), py::arg("layers"), py::arg("caches"), py::arg("n_head"),
            py::arg("batch"), py::arg("eps") = 1e-5, py::kw_only(),
            py::arg("n_kv_head") = py::none(), py::arg("rmsnorm") = false,
-           py::arg("rope") = false, py::arg("swiglu") = false, py::arg("rope_theta") = 10000.0)
+           py::arg("rope") = false, py::arg("swiglu") = false, py::arg("rope_theta") = 10000.0,
+           py::arg("weights_format") = "fp32", py::arg("qlayers") = py::none(),
+           py::arg("qhead") = py::none())
       .def("step", &Decoder::step, py::arg("tok").noconvert(), py::arg("pos"),
            py::arg("logits").noconvert())
       .def("sample", &Decoder::sample, py::arg("out").noconvert(), py::arg("tok").noconvert(),

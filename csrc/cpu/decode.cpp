@@ -15,6 +15,7 @@
 #include "cpu/gemm_kernels.h"
 #include "cpu/lm_filter.h"
 #include "cpu/ops.h"
+#include "cpu/quant.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,6 +39,7 @@ void gemv_cols(float* out, const float* x, const float* w, const float* bias, in
 // waits for another to add a residual or normalise a row).
 struct ThreadBuf {
   std::vector<float> scores, x, ln, stats, rope;
+  Q8Rows qa;  // int8 weights: the thread's quantized copy of the current matrix input
   void size(int64_t maxT, int64_t BC, int64_t B, int64_t HS) {
     if (static_cast<int64_t>(scores.size()) < maxT) scores.resize(static_cast<size_t>(maxT));
     if (static_cast<int64_t>(rope.size()) < HS) rope.resize(static_cast<size_t>(HS));
@@ -119,16 +121,37 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     const int t = 0, T = 1;
 #endif
     ThreadBuf& tb = tls_buf;
-    err.run([&] { tb.size(pos + 1, B * C, B, HS); });  // scores: the pos + 1 valid positions
+    err.run([&] {
+      tb.size(pos + 1, B * C, B, HS);  // scores: the pos + 1 valid positions
+      if (m.wformat == WeightFormat::int8) {  // sized once here: no allocation after the barrier
+        const int64_t K = std::max(C, H);
+        tb.qa.q.resize(std::max(tb.qa.q.size(), static_cast<size_t>(B * K)));
+        tb.qa.d.resize(std::max(tb.qa.d.size(), static_cast<size_t>(B * K / kQ8Block)));
+        tb.qa.negcorr.resize(std::max(tb.qa.negcorr.size(), static_cast<size_t>(B * K / 4)));
+      }
+    });
 #pragma omp barrier
     if (!err.failed()) {
       float *x = tb.x.data(), *ln = tb.ln.data(), *mean = tb.stats.data(), *rstd = mean + B;
       float* scores = tb.scores.data();
       float *rc = tb.rope.data(), *rs = rc + HS / 2;
       if (m.rope) rope_table_serial(rc, rs, pos, HS, m.rope_theta);
-      auto cols = [&](float* out, const float* in, const float* w, const float* bias, int64_t N,
-                      int64_t K, int64_t n0, int64_t n1) {
-        gemv_cols(out, in, w, bias, B, N, K, n0, n1);
+      // Columns [n0, n1) of out (B, N) = in (B, K) @ the matrix.T + bias, in the model's weight
+      // format (int8: from the thread's quantized copy of in, made by quant_in).
+      auto cols = [&](float* out, const float* in, const float* w, const QMat& qm,
+                      const float* bias, int64_t N, int64_t K, int64_t n0, int64_t n1) {
+        switch (m.wformat) {
+          case WeightFormat::fp32: return gemv_cols(out, in, w, bias, B, N, K, n0, n1);
+          case WeightFormat::bf16:
+            return bf16_matmul_cols(out, N, in, static_cast<const uint16_t*>(qm.w), bias, B, N,
+                                    K, n0, n1);
+          case WeightFormat::int8:
+            return q8_matmul_cols(out, N, tb.qa, static_cast<const int8_t*>(qm.w), qm.d, bias,
+                                  N, n0, n1);
+        }
+      };
+      auto quant_in = [&](const float* in, int64_t K) {
+        if (m.wformat == WeightFormat::int8) q8_quantize_rows(tb.qa, in, B, K);
       };
       auto even = [&](int64_t N) { return std::make_pair(N * t / T, N * (t + 1) / T); };
       // This thread's key/value heads [g0, g1) and their query heads [g0 G, g1 G) (GPT-2: G = 1).
@@ -139,9 +162,12 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
                                           : m.wte[tok[b] * C + c];
       for (const DecodeLayer& L : m.layers) {
         norm_rows(m, ln, mean, rstd, x, L.ln1_w, L.ln1_b);
-        cols(qkv, ln, L.attn_w, L.attn_b, QW, C, h0 * HS, h1 * HS);                  // q
-        cols(qkv, ln, L.attn_w, L.attn_b, QW, C, C + g0 * HS, C + g1 * HS);          // k
-        cols(qkv, ln, L.attn_w, L.attn_b, QW, C, C + (NKV + g0) * HS, C + (NKV + g1) * HS);  // v
+        quant_in(ln, C);
+        const QMat& qa = L.q_attn;
+        cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, h0 * HS, h1 * HS);                  // q
+        cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, C + g0 * HS, C + g1 * HS);          // k
+        cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, C + (NKV + g0) * HS,
+             C + (NKV + g1) * HS);                                                        // v
         for (int64_t b = 0; b < B; ++b) {
           float* row = qkv + b * QW;
           if (m.rope) {  // rotate this thread's q and k heads (rope_forward's bits)
@@ -162,35 +188,38 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
 #pragma omp barrier
         {
           const auto [n0, n1] = even(C);
-          cols(proj, atty, L.proj_w, L.proj_b, C, C, n0, n1);
+          quant_in(atty, C);
+          cols(proj, atty, L.proj_w, L.q_proj, L.proj_b, C, C, n0, n1);
         }
 #pragma omp barrier
         add(x, x, proj, B * C);
         norm_rows(m, ln, mean, rstd, x, L.ln2_w, L.ln2_b);
+        quant_in(ln, C);
         if (m.swiglu) {  // gate columns [n0, n1) and their up columns, then silu(gate) * up
           const int64_t n0 = H / 16 * t / T * 16, n1 = t == T - 1 ? H : H / 16 * (t + 1) / T * 16;
-          cols(fch, ln, L.fc_w, L.fc_b, FW, C, n0, n1);
-          cols(fch, ln, L.fc_w, L.fc_b, FW, C, H + n0, H + n1);
+          cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, FW, C, n0, n1);
+          cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, FW, C, H + n0, H + n1);
           for (int64_t b = 0; b < B; ++b)
             swiglu_forward_serial(fchg + b * H + n0, fch + b * FW + n0, fch + b * FW + H + n0,
                                   n1 - n0);
 #pragma omp barrier
         } else if (gelu_by_cols) {
           const int64_t n0 = H / 16 * t / T * 16, n1 = H / 16 * (t + 1) / T * 16;
-          cols(fch, ln, L.fc_w, L.fc_b, H, C, n0, n1);
+          cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, H, C, n0, n1);
           for (int64_t b = 0; b < B; ++b)
             gelu_forward_serial(fchg + b * H + n0, fch + b * H + n0, n1 - n0);
 #pragma omp barrier
         } else {
           const auto [n0, n1] = even(H);
-          cols(fch, ln, L.fc_w, L.fc_b, H, C, n0, n1);
+          cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, H, C, n0, n1);
 #pragma omp barrier
 #pragma omp single
           gelu_forward(fchg, fch, B * H);  // (single ends with a barrier)
         }
         {
           const auto [n0, n1] = even(C);
-          cols(proj, fchg, L.fcproj_w, L.fcproj_b, C, H, n0, n1);
+          quant_in(fchg, H);
+          cols(proj, fchg, L.fcproj_w, L.q_fcproj, L.fcproj_b, C, H, n0, n1);
         }
 #pragma omp barrier
         add(x, x, proj, B * C);
@@ -201,7 +230,8 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         lm_filter_logits(logits, ln, *filter, B, n0, n1);
         if (t == 0) std::memcpy(lnf, ln, sizeof(float) * B * C);
       } else {
-        cols(logits, ln, m.head, nullptr, V, C, n0, n1);
+        quant_in(ln, C);
+        cols(logits, ln, m.head, m.q_head, nullptr, V, C, n0, n1);
       }
     }
   }
@@ -447,6 +477,7 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
   const int64_t top_k = sp.top_k, nstop = sp.nstop;
   const int32_t* stop = sp.stop;
   *nonfinite = false;
+  if (m.wformat != WeightFormat::fp32) filter = nullptr;  // it bounds the float32 lm_head only
   if (filter != nullptr && !(filter->ok && filter->V == V && filter->C == C &&
                              lm_filter_applies(sp, V)))
     filter = nullptr;
@@ -457,7 +488,7 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
     gemm_detail::gemv_nt_range({false, true, B, V, C, 1.f, lnf, C, m.head, C, 0.f, logits, V,
                                 nullptr}, j0, j1);
   };
-  double E[4];
+  double E[kDecodeMaxBatchQuant];
   for (int64_t i = 0; i < n; ++i) {
     decode_step(m, tok, pos + i, logits, scratch, filter);
     bool filtered = filter != nullptr;

@@ -14,11 +14,25 @@
 namespace kgpt {
 namespace cpu {
 
+// The matrices' weight formats (quant.h): float32 (the exact path), bfloat16, int8 (Q8_0).
+enum class WeightFormat { fp32 = 0, bf16 = 1, int8 = 2 };
+
+// Fused decoder batch limits: float32 runs the matrix-vector kernels of the op-by-op path (up to
+// 4 rows); the quantized formats read each weight once per step for up to 16 rows.
+constexpr int64_t kDecodeMaxBatchFp32 = 4, kDecodeMaxBatchQuant = 16;
+
+// A matrix (N, K) in a quantized format: w (N, K) uint16 (bf16) or int8 with d (N, K/32) float32.
+struct QMat {
+  const void* w = nullptr;
+  const float* d = nullptr;
+};
+
 // Biases may be null (no bias); ln*_b are null with RMSNorm.
 struct DecodeLayer {
   const float *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
   const float *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
   float *k_cache, *v_cache;  // (B, NKV, maxT, HS)
+  QMat q_attn, q_proj, q_fc, q_fcproj;  // the matrices in m.wformat (unused with fp32)
 };
 
 // The architecture: GPT-2 (layernorm, learned positions, GELU MLP of width 4C, NKV = NH, tied
@@ -34,13 +48,19 @@ struct DecodeModel {
   const float *wte = nullptr, *wpe = nullptr, *lnf_w = nullptr, *lnf_b = nullptr;
   const float* head = nullptr;  // the lm_head (V, C): wte when tied
   std::vector<DecodeLayer> layers;
+  // The format the matrices (qkv, projections, MLP, lm_head) are read in; the token and position
+  // tables, norms and biases stay float32, and so does the KV cache. Not fp32: the q_* matrices
+  // and q_head are read instead of the float32 ones, and the lm_head filter is not used.
+  WeightFormat wformat = WeightFormat::fp32;
+  QMat q_head;
 };
 
 // Scratch for one DecodeModel (sized by decode_scratch_floats).
 int64_t decode_scratch_floats(const DecodeModel& m);
 
 // tok (B,) ids already validated to lie in [0, V); 0 <= pos < maxT. Writes the caches at pos and
-// logits (B, V). B must be <= 4 (the matrix-vector kernels' row count). With a filter (built
+// logits (B, V). B must be <= 4 with fp32 weights (the matrix-vector kernels' row count), <= 16
+// otherwise; with a quantized format every row's values are those of that row decoded alone. With a filter (built
 // from m.wte), logits are instead the filter's approximations and the final layernorm's output
 // is left in the scratch for the exact logits (decode_sample's use).
 void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* logits,

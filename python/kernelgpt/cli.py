@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-return-sequences", type=_int_at_least(1), default=1,
                    help="how many continuations of the prompt to sample (default 1)")
     s.add_argument("--seed", type=_int_at_least(0), default=None, help="sampling seed")
+    s.add_argument("--weights", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="the format decoding reads the matrices in (default fp32: exact; bf16 "
+                   "and int8 read fewer bytes per token)")
     s.add_argument("--backend", choices=("numpy", "native", "cuda", "auto"), default="auto")
     s.add_argument("--threads", type=_int_at_least(1), metavar="N",
                    help="threads of the native kernels (default: OMP_NUM_THREADS or all cores)")
@@ -264,7 +267,7 @@ def _print_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
                   temperature: float, top_k: Optional[int], top_p: Optional[float],
                   seed: Optional[int], *, min_p: Optional[float] = None,
                   repetition_penalty: Optional[float] = None, num_return_sequences: int = 1,
-                  eos_token_id: Optional[List[int]] = None) -> None:
+                  eos_token_id: Optional[List[int]] = None, weights: str = "fp32") -> None:
     ids = list(tokenizer.encode(prompt))
     if not ids:
         raise UserError("the prompt is empty: give at least one character with --prompt")
@@ -277,7 +280,7 @@ def _print_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
     out.write(prompt)
     out.flush()
     kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
-              repetition_penalty=repetition_penalty, eos_token_id=eos_token_id)
+              repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, weights=weights)
     eos = set(eos_token_id or ())
     if num_return_sequences > 1:  # sampled together (one batch), printed one after the other
         rows = model.generate(np.asarray(ids, np.int32), max_new_tokens,
@@ -561,7 +564,7 @@ def _sample(args: argparse.Namespace) -> int:
                   args.top_k, args.top_p, args.seed, min_p=args.min_p,
                   repetition_penalty=args.repetition_penalty,
                   num_return_sequences=args.num_return_sequences,
-                  eos_token_id=_eos_ids(model, tokenizer))
+                  eos_token_id=_eos_ids(model, tokenizer), weights=args.weights)
     return 0
 
 

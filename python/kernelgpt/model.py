@@ -392,13 +392,20 @@ class KVCache:
     """Per-call decoding state for one model and batch size B: each layer's key/value cache
     (B, NKV, maxT, HS) (NKV = the config's key/value heads) and the (B, *) buffers of one
     decoding step. ``fused`` is the backend's one-call decoder over these caches where the
-    backend has one for this config (native, GPT-2, float32, B <= 4), else None:
-    :meth:`GPT.decode_step` then runs the blocks op by op."""
+    backend has one for this config (native, float32, B <= 4; B <= 16 with bf16 or int8), else
+    None: :meth:`GPT.decode_step` then runs the blocks op by op. ``weights`` ("fp32", "bf16",
+    "int8"; see :mod:`kernelgpt.quant`): the format the decoding steps read the matrices in;
+    ``qweights`` holds the model's quantized copies (None for fp32)."""
 
-    def __init__(self, model: "GPT", B: int):
+    def __init__(self, model: "GPT", B: int, weights: str = "fp32"):
         be, cfg = model.backend, model.config
         C, dt, H = cfg.n_embd, model.dtype, cfg.hidden
         self.B = B
+        self.weights = weights
+        self.qweights = None
+        if weights != "fp32":
+            from .quant import quantized
+            self.qweights = quantized(model, weights)
         shape = (B, cfg.kv_heads, cfg.block_size, cfg.head_size)
         self.caches = [(be.zeros(shape, dt), be.zeros(shape, dt)) for _ in range(cfg.n_layer)]
         e = lambda *s: be.empty(s, dt)  # noqa: E731
@@ -409,7 +416,12 @@ class KVCache:
         self.fch_gelu = e(B, H)
         self.logits = e(B, cfg.vocab_size)
         make = getattr(be, "make_decoder", None)
-        self.fused = make(model, self.caches, B) if make is not None else None
+        if make is None:
+            self.fused = None
+        elif self.qweights is None:
+            self.fused = make(model, self.caches, B)
+        else:
+            self.fused = make(model, self.caches, B, qweights=self.qweights)
 
 
 # ---------------------------------------------------------------------------------- the model
@@ -480,6 +492,8 @@ class GPT:
         self._acts_thread: Optional[int] = None   # the thread whose forward the buffers hold
         # the KVCache generate() keeps between calls (batch size B; replaced when B changes)
         self.generate_cache: Optional[KVCache] = None
+        # kernelgpt.quant's copies of the matrices by format, with the weights' fingerprint
+        self._quantized: Dict[str, Any] = {}
         # Held by every call that uses the shared buffers (forward, backward, the decoding
         # steps, a whole generate()): calls from several threads run one at a time.
         self.lock = threading.RLock()
@@ -633,23 +647,35 @@ class GPT:
         C, NKV, HS = cfg.n_embd, cfg.kv_heads, cfg.head_size
         x, kc, vc = st.x, st.caches[l][0], st.caches[l][1]
         self._norm(st.ln, st.mean, st.rstd, x, w, "ln_1")
-        be.matmul_forward(st.qkv, st.ln, w["attn.c_attn.w"], w.get("attn.c_attn.b"))
+        mm = self._decode_matmul(st, l)
+        mm(st.qkv, st.ln, "attn.c_attn.w", w.get("attn.c_attn.b"))
         if cfg.pos_emb == "rope":
             self._rope(st.qkv.reshape(st.B, 1, cfg.qkv_width), pos)
         st.q[...] = st.qkv[:, :C]
         kc[:, :, pos] = st.qkv[:, C:C + NKV * HS].reshape(st.B, NKV, HS)
         vc[:, :, pos] = st.qkv[:, C + NKV * HS:].reshape(st.B, NKV, HS)
         be.attention_decode(st.atty, st.q, kc, vc, pos + 1)
-        be.matmul_forward(st.proj, st.atty, w["attn.c_proj.w"], w.get("attn.c_proj.b"))
+        mm(st.proj, st.atty, "attn.c_proj.w", w.get("attn.c_proj.b"))
         be.add(x, x, st.proj)
         self._norm(st.ln, st.mean, st.rstd, x, w, "ln_2")
-        be.matmul_forward(st.fch, st.ln, w["mlp.c_fc.w"], w.get("mlp.c_fc.b"))
+        mm(st.fch, st.ln, "mlp.c_fc.w", w.get("mlp.c_fc.b"))
         if cfg.mlp == "swiglu":
             be.swiglu_forward(st.fch_gelu, st.fch)
         else:
             be.gelu_forward(st.fch_gelu, st.fch)
-        be.matmul_forward(st.proj, st.fch_gelu, w["mlp.c_proj.w"], w.get("mlp.c_proj.b"))
+        mm(st.proj, st.fch_gelu, "mlp.c_proj.w", w.get("mlp.c_proj.b"))
         be.add(x, x, st.proj)
+
+    def _decode_matmul(self, st: KVCache, l: int) -> Callable[..., None]:
+        """mm(out, x, name, bias): block l's matrix ``name`` applied as a decoding step reads it:
+        the backend's matmul over the float32 weights, or kernelgpt.quant's rule over st's
+        quantized copy."""
+        if st.qweights is None:
+            be, w = self.backend, self.layer_params[l]
+            return lambda out, x, name, bias: be.matmul_forward(out, x, w[name], bias)
+        from .quant import matmul
+        q = st.qweights.layers[l]
+        return lambda out, x, name, bias: matmul(out, x, q[name], bias)
 
     # ------------------------------------------------------------------ forward
     def _trunk(self, idx: Any, kv: Optional[KVCache] = None) -> _Acts:
@@ -773,9 +799,10 @@ class GPT:
         """Logits (B,V) of the token after each row of idx (B,T), without a cache (fresh array)."""
         return self._lm_head_last(self._trunk(self._check_ids(idx, "idx")))
 
-    def kv_cache(self, batch: int) -> KVCache:
-        """A fresh decoding state (KV caches and buffers) for ``batch`` rows."""
-        return KVCache(self, batch)
+    def kv_cache(self, batch: int, weights: str = "fp32") -> KVCache:
+        """A fresh decoding state (KV caches and buffers) for ``batch`` rows, its decoding steps
+        reading the matrices in ``weights`` ("fp32", "bf16" or "int8"; see kernelgpt.quant)."""
+        return KVCache(self, batch, weights)
 
     @_serialised
     def prefill(self, kv: KVCache, idx: Any) -> Any:
@@ -798,33 +825,38 @@ class GPT:
         for l in range(cfg.n_layer):
             self.block_decode(l, kv, pos)
         self._norm(kv.ln, kv.mean, kv.rstd, kv.x, p, "ln_f")
-        be.matmul_forward(kv.logits, kv.ln, self.lm_head, None)
+        if kv.qweights is None:
+            be.matmul_forward(kv.logits, kv.ln, self.lm_head, None)
+        else:
+            from .quant import matmul
+            matmul(kv.logits, kv.ln, kv.qweights.head)
         return kv.logits
 
     def generate(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
                  stop: Any = None, use_cache: bool = True, *, min_p: Optional[float] = None,
                  repetition_penalty: Optional[float] = None, eos_token_id: Any = None,
-                 num_return_sequences: int = 1) -> Any:
+                 num_return_sequences: int = 1, weights: str = "fp32") -> Any:
         """Sample continuations; see :func:`kernelgpt.sample.generate`."""
         from .sample import generate
         return generate(self, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, seed=seed, stop=stop, use_cache=use_cache, min_p=min_p,
                         repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
-                        num_return_sequences=num_return_sequences)
+                        num_return_sequences=num_return_sequences, weights=weights)
 
     def generate_stream(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                         top_k: Optional[int] = None, top_p: Optional[float] = None,
                         seed: Any = None, stop: Any = None, use_cache: bool = True, *,
                         min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
-                        eos_token_id: Any = None, num_return_sequences: int = 1) -> Iterator:
+                        eos_token_id: Any = None, num_return_sequences: int = 1,
+                        weights: str = "fp32") -> Iterator:
         """Yield new token ids one step at a time; see :func:`kernelgpt.sample.generate_stream`."""
         from .sample import generate_stream
         return generate_stream(self, prompt_ids, max_new_tokens, temperature=temperature,
                                top_k=top_k, top_p=top_p, seed=seed, stop=stop,
                                use_cache=use_cache, min_p=min_p,
                                repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
-                               num_return_sequences=num_return_sequences)
+                               num_return_sequences=num_return_sequences, weights=weights)
 
     # ------------------------------------------------------------------ files (interop)
     def save_pretrained(self, directory: Any, format: str = "hf", tokenizer: Any = None) -> None:

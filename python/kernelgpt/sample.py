@@ -273,13 +273,14 @@ class _Window:
     """Decoding state of B rows of equal length: the sequence so far (prompt, then the chosen
     tokens) and, with the cache, the KV cache over its last window."""
 
-    def __init__(self, model, tokens: np.ndarray, n_steps: int, use_cache: bool):
+    def __init__(self, model, tokens: np.ndarray, n_steps: int, use_cache: bool,
+                 weights: str = "fp32"):
         B, T0 = tokens.shape
         self.model = model
         self.seq = np.empty((B, T0 + n_steps), np.int32)
         self.seq[:, :T0] = tokens
         self.end = T0
-        self.kv = model.kv_cache(B) if use_cache else None
+        self.kv = model.kv_cache(B, weights) if use_cache else None
         self.n_cached = 0
 
     def logits(self) -> np.ndarray:
@@ -303,12 +304,13 @@ class _Window:
 
 
 def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.ndarray], Any],
-                 use_cache: bool = True) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+                 use_cache: bool = True, weights: str = "fp32"
+                 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Core loop over a validated prompt (B,T) int32: yields (logits (B,V), a fresh host numpy
     copy in the model's dtype; chosen tokens (B,) int32) per step, where ``choose(logits)`` picks
     the tokens. When the sequence reaches block_size the window slides and the cache is rebuilt
     from the last block_size tokens."""
-    st = _Window(model, tokens, n_steps, use_cache)
+    st = _Window(model, tokens, n_steps, use_cache, weights)
     for _ in range(n_steps):
         host = st.logits()
         nxt = np.asarray(choose(host), dtype=np.int32)
@@ -318,14 +320,15 @@ def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.n
 
 def _ragged_logit_steps(model, rows: List[np.ndarray], n_steps: int,
                         choose: Callable[[np.ndarray], Any], use_cache: bool,
-                        done: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+                        done: np.ndarray, weights: str = "fp32"
+                        ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """_logit_steps for a ragged batch: B prompts of different lengths. Each row keeps its own
     positions and its own KV cache (batch 1, the backend's fused decoder where it has one), so
     every row's logits are computed exactly as for that row alone: no padded position is ever
     attended to (the per-row offset of left padding, with nothing to mask). The rows' logits are
     stacked (B,V) for one ``choose`` per step. Rows marked in ``done`` are not computed again
     (their last logits are passed on; the caller repeats their last token)."""
-    states = [_Window(model, r[None], n_steps, use_cache) for r in rows]
+    states = [_Window(model, r[None], n_steps, use_cache, weights) for r in rows]
     host = None
     for _ in range(n_steps):
         for b, st in enumerate(states):
@@ -353,6 +356,16 @@ def _seen(tokens: Any, V: int, dtype: Any = bool) -> np.ndarray:
     return seen
 
 
+def _weights(weights: Any, use_cache: bool) -> str:
+    """The checked ``weights=`` format (kernelgpt.quant); a quantized one needs the KV cache."""
+    from .quant import check_format
+    w = check_format(weights)
+    if w != "fp32" and not use_cache:
+        raise ValueError(f"weights={w!r} needs use_cache=True: the quantized matrices serve the "
+                         f"cached decoding steps")
+    return w
+
+
 def _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop, **more
             ) -> SamplingParams:
     return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed,
@@ -374,24 +387,27 @@ def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: fl
                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
                     stop: Any = None, use_cache: bool = True, *, min_p: Optional[float] = None,
                     repetition_penalty: Optional[float] = None, eos_token_id: Any = None,
-                    num_return_sequences: int = 1) -> Iterator[Any]:
+                    num_return_sequences: int = 1, weights: str = "fp32") -> Iterator[Any]:
     """Yield new tokens one step at a time: an int for a 1-D prompt, an int32 array (B,) for a
     2-D one (B prompts of equal length), for a ragged batch (a list of B prompts of different
     lengths) and for num_return_sequences > 1 (B = n). ``stop`` (or its alias
     ``eos_token_id``): a token id or a sequence of token ids; a row ends when it emits any of
     them (the stop token is yielded). Rows that ended are padded with their stop token until
     every row has ended. Arguments are validated before the first yield (see
-    :class:`SamplingParams`)."""
+    :class:`SamplingParams`). ``weights``: "fp32" (default, exact), "bf16" or "int8": the format
+    the decoding steps read the matrices in (see :mod:`kernelgpt.quant`; the prompt's prefill
+    stays float32)."""
     tokens, one_d = _check_prompt(model, prompt_ids)
+    wfmt = _weights(weights, use_cache)
     sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop, min_p=min_p,
                  repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                  num_return_sequences=num_return_sequences)
     tokens, one_d = _expand(tokens, one_d, sp)
-    return _stream(model, tokens, one_d, sp, sp.rng(), use_cache)
+    return _stream(model, tokens, one_d, sp, sp.rng(), use_cache, wfmt)
 
 
 def _stream(model, tokens: Any, one_d: bool, sp: SamplingParams,
-            rng: np.random.Generator, use_cache: bool) -> Iterator[Any]:
+            rng: np.random.Generator, use_cache: bool, weights: str = "fp32") -> Iterator[Any]:
     """tokens: (B,T) int32, or a list of B int32 rows (a ragged batch). ``rng`` only needs
     ``random(B)``: one call per step, row b takes the b-th draw."""
     ragged = isinstance(tokens, list)
@@ -410,8 +426,10 @@ def _stream(model, tokens: Any, one_d: bool, sp: SamplingParams,
             seen[rows, t] = True
         return t
 
-    steps = (_ragged_logit_steps(model, tokens, sp.max_new_tokens, choose, use_cache, done)
-             if ragged else _logit_steps(model, tokens, sp.max_new_tokens, choose, use_cache))
+    steps = (_ragged_logit_steps(model, tokens, sp.max_new_tokens, choose, use_cache, done,
+                                 weights)
+             if ragged else _logit_steps(model, tokens, sp.max_new_tokens, choose, use_cache,
+                                         weights))
     for _, nxt in steps:
         if stop_ids is not None:
             done |= np.isin(nxt, stop_ids)
@@ -421,17 +439,22 @@ def _stream(model, tokens: Any, one_d: bool, sp: SamplingParams,
             return
 
 
-def _cached_decoder(model, B: int) -> Optional[Any]:
+def _cached_decoder(model, B: int, weights: str = "fp32") -> Optional[Any]:
     """generate()'s KVCache for batch size B, kept on the model between calls: building one
     allocates and zero-fills every layer's KV cache (about 1 ms on S, 1% of a 96-token call).
     None (and nothing kept) where its fused decoder cannot sample (the backend has none for this
     model or batch). Only generate(), which runs to completion, reuses it; generate_stream()
     iterators build their own, so several can be interleaved. The prefill rewrites every cache
-    position read."""
+    position read. With quantized ``weights`` it is also replaced when its copy is not the
+    model's current one (kernelgpt.quant.quantized: the weights changed)."""
     dec = model.generate_cache
-    if dec is None or dec.B != B:
+    q = None
+    if weights != "fp32":
+        from .quant import quantized
+        q = quantized(model, weights)
+    if dec is None or dec.B != B or dec.weights != weights or dec.qweights is not q:
         model.generate_cache = None  # free the old caches before allocating new ones
-        dec = model.kv_cache(B)
+        dec = model.kv_cache(B, weights)
         if dec.fused is None or not hasattr(dec.fused, "sample"):
             return None
         model.generate_cache = dec
@@ -442,7 +465,7 @@ _LM_FILTER_MIN_STEPS = 8
 
 
 def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
-                    rng: np.random.Generator) -> Optional[np.ndarray]:
+                    rng: np.random.Generator, weights: str = "fp32") -> Optional[np.ndarray]:
     """generate() through the fused decoder's own sampling loop (``Decoder.sample``: the decode
     step and pick_tokens' rule per token in C++), or None where there is none. The same tokens
     as the generate_stream path: the same logits, the same rule, the same draws (one
@@ -457,7 +480,7 @@ def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
         return None  # no fused decoder on this backend: do not build caches for nothing
     if temperature != 0.0 and not 1e-30 <= temperature <= 1e30:
         return None  # where logits / temperature can overflow, keep pick_tokens' float64 route
-    dec = _cached_decoder(model, B)
+    dec = _cached_decoder(model, B, weights)
     if dec is None:
         return None
     seq = np.empty((B, T0 + n), np.int32)
@@ -498,9 +521,11 @@ def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
         # compute exact ones only for the tokens that can be chosen (the same tokens, 11% fewer
         # bytes per step on S); its table is rebuilt on each call, which pays from ~8 steps on.
         # Decoder.sample does not use it with a repetition penalty (which changes the logits
-        # after the lm_head, outside the filter's bound).
+        # after the lm_head, outside the filter's bound), nor with quantized weights (the filter
+        # bounds the float32 lm_head).
         got, bad = dec.fused.sample(out, tok, n_cached, u, sp, stop, done, dec.logits,
-                                    lm_filter=k >= _LM_FILTER_MIN_STEPS, seen=seen)
+                                    lm_filter=k >= _LM_FILTER_MIN_STEPS and weights == "fp32",
+                                    seen=seen)
         seq[:, end:end + got] = out[:got].T
         end += got
         n_cached += got
@@ -520,7 +545,7 @@ def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1
              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
              stop: Any = None, use_cache: bool = True, *, min_p: Optional[float] = None,
              repetition_penalty: Optional[float] = None, eos_token_id: Any = None,
-             num_return_sequences: int = 1) -> Any:
+             num_return_sequences: int = 1, weights: str = "fp32") -> Any:
     """Prompt plus up to ``max_new_tokens`` sampled tokens, as an int32 numpy array of shape
     (B, T + n), B = 1 for a 1-D prompt and B = num_return_sequences for n > 1 copies of one
     prompt (n < max_new_tokens when every row hit ``stop``/``eos_token_id``).
@@ -535,32 +560,39 @@ def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1
     are chosen together, one ``rng.random(B)`` per step, row b taking the b-th draw: row b gives
     exactly the tokens it gives alone when its own draws are those numbers (for greedy: exactly
     its tokens alone). Returns a list of B int32 arrays, row b = its prompt and its new tokens,
-    ending at its own stop token."""
+    ending at its own stop token.
+
+    ``weights``: "fp32" (default: the model's float32 weights, exact), "bf16" or "int8" (Q8_0):
+    the decoding steps read the matrices (qkv, projections, MLP, lm_head) in that format, from
+    copies made once and kept on the model until its weights change; the prompt's prefill, the
+    embeddings, norms, biases and the KV cache stay float32. See :mod:`kernelgpt.quant`."""
     tokens, one_d = _check_prompt(model, prompt_ids)
+    wfmt = _weights(weights, use_cache)
     sp = _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop, min_p=min_p,
                  repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                  num_return_sequences=num_return_sequences)
     tokens, _ = _expand(tokens, one_d, sp)
     with model.lock:  # the KV cache kept on the model serves one call at a time
-        return _generate(model, tokens, sp, use_cache)
+        return _generate(model, tokens, sp, use_cache, wfmt)
 
 
-def _generate(model, tokens: Any, sp: SamplingParams, use_cache: bool) -> Any:
+def _generate(model, tokens: Any, sp: SamplingParams, use_cache: bool,
+              weights: str = "fp32") -> Any:
     rng = sp.rng()
     if isinstance(tokens, list):
-        return _generate_ragged(model, tokens, sp, rng, use_cache)
+        return _generate_ragged(model, tokens, sp, rng, use_cache, weights)
     if use_cache and sp.max_new_tokens > 0:
-        fast = _generate_fused(model, tokens, sp, rng)
+        fast = _generate_fused(model, tokens, sp, rng, weights)
         if fast is not None:
             return fast
-    steps: List[Any] = list(_stream(model, tokens, False, sp, rng, use_cache))
+    steps: List[Any] = list(_stream(model, tokens, False, sp, rng, use_cache, weights))
     new = np.stack(steps, axis=1) if steps else np.zeros((tokens.shape[0], 0), np.int32)
     return np.concatenate([tokens, new.astype(np.int32)], axis=1)
 
 
 def _generate_ragged(model, rows: List[np.ndarray], sp: SamplingParams, rng: Any,
-                     use_cache: bool) -> List[np.ndarray]:
-    steps: List[Any] = list(_stream(model, rows, False, sp, rng, use_cache))
+                     use_cache: bool, weights: str = "fp32") -> List[np.ndarray]:
+    steps: List[Any] = list(_stream(model, rows, False, sp, rng, use_cache, weights))
     new = np.stack(steps, axis=1) if steps else np.zeros((len(rows), 0), np.int32)
     out = []
     for row, nb in zip(rows, new.astype(np.int32)):

@@ -100,9 +100,11 @@ if _native is not None:
 
 # The fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp) runs GPT-2's block and the
 # llama-style variants (RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases, an
-# untied lm_head), float32, batches of 1 to 4. It declares that here; make_decoder returns None
-# for anything else and the model decodes op by op.
+# untied lm_head), float32, batches of 1 to 4 (1 to 16 with bf16 or int8 matrices,
+# kernelgpt.quant). It declares that here; make_decoder returns None for anything else and the
+# model decodes op by op.
 _DECODER_MAX_BATCH = 4
+_DECODER_MAX_BATCH_QUANT = 16
 # The decoder's slots, in its order: the names of the parameter table that fill them (a slot
 # whose parameter the config lacks gets None).
 _DECODER_TOP = ("wte", "wpe", "ln_f.w", "ln_f.b", "lm_head.w")
@@ -111,12 +113,13 @@ _DECODER_BLOCK = ("ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b", "attn.c_
                   "mlp.c_proj.w", "mlp.c_proj.b")
 
 
-def decoder_supports(model: Any, batch: int) -> bool:
-    """Whether the fused decoder can run ``model`` at this batch size: float32, batch 1 to 4, and
-    every parameter of the model's table in one of the decoder's slots (GPT-2 and the
-    llama-style fields all are)."""
+def decoder_supports(model: Any, batch: int, weights: str = "fp32") -> bool:
+    """Whether the fused decoder can run ``model`` at this batch size: float32, batch 1 to 4 (1 to
+    16 with ``weights`` "bf16" or "int8"), and every parameter of the model's table in one of
+    the decoder's slots (GPT-2 and the llama-style fields all are)."""
+    top = _DECODER_MAX_BATCH if weights == "fp32" else _DECODER_MAX_BATCH_QUANT
     if not (_native is not None and np.dtype(model.dtype) == np.float32
-            and 1 <= batch <= _DECODER_MAX_BATCH):
+            and 1 <= batch <= top):
         return False
     from kernelgpt.model import param_table
     t = param_table(model.config)
@@ -124,12 +127,16 @@ def decoder_supports(model: Any, batch: int) -> bool:
             and {s.name for s in t.block} <= set(_DECODER_BLOCK))
 
 
-def make_decoder(model: Any, caches: Any, batch: int) -> Any:
+def make_decoder(model: Any, caches: Any, batch: int, qweights: Any = None) -> Any:
     """A fused KV-cache decoder (``_native.Decoder``) over the model's weights and these caches,
     or None where it does not apply (:func:`decoder_supports`). Its ``step(tok, pos, logits)``
-    equals the op-by-op step bitwise (tests/test_native_decode.py)."""
-    if not decoder_supports(model, batch):
+    equals the op-by-op step bitwise (tests/test_native_decode.py). ``qweights``: a
+    :class:`kernelgpt.quant.QuantizedWeights` whose matrices the decoder reads instead of the
+    float32 ones (tests/test_quant.py)."""
+    fmt = "fp32" if qweights is None else qweights.fmt
+    if not decoder_supports(model, batch, fmt):
         return None
+    extra = {} if qweights is None else qweights.decoder_args()
     cfg, p = model.config, model.param_views
     top = [(n, p.get(n)) for n in _DECODER_TOP]
     layers = [[(f"h.{l}.{n}", w.get(n)) for n in _DECODER_BLOCK]
@@ -137,4 +144,4 @@ def make_decoder(model: Any, caches: Any, batch: int) -> Any:
     return _native.Decoder(top, layers, [tuple(kv) for kv in caches], cfg.n_head, batch,
                            cfg.norm_eps, n_kv_head=cfg.kv_heads, rmsnorm=cfg.norm == "rmsnorm",
                            rope=cfg.pos_emb == "rope", swiglu=cfg.mlp == "swiglu",
-                           rope_theta=float(cfg.rope_theta))
+                           rope_theta=float(cfg.rope_theta), **extra)

@@ -1,0 +1,497 @@
+// Matrix-vector products over int8 (Q8_0) and bfloat16 weights (see quant.h for the formats and
+// the summation order every path follows).
+#include "cpu/quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/cpu_features.h"
+#include "common/isa.h"
+#include "common/threads.h"
+#include "cpu/dispatch.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if KGPT_X86
+#define KGPT_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,avx2,fma")))
+#endif
+
+namespace kgpt {
+namespace cpu {
+namespace {
+
+bool cpu_has_vnni() {
+#if KGPT_X86
+  static const bool ok = cpu_has_avx512f() && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vnni");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+enum class Path { vnni, avx512, avx2, portable };
+
+Path q8_choice() {
+  if (ops_use_avx512() && cpu_has_vnni()) return Path::vnni;
+  if (ops_use_avx2()) return Path::avx2;
+  return Path::portable;
+}
+
+Path bf16_choice() {
+  if (ops_use_avx512()) return Path::avx512;
+  if (ops_use_avx2()) return Path::avx2;
+  return Path::portable;
+}
+
+inline float bf16f(uint16_t h) {
+  const uint32_t b = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof(f));
+  return f;
+}
+
+// The fixed lane tree of quant.h over 16 lanes (lanes l and l + 8, then l + 4, l + 2, l + 1).
+inline float reduce16(const float* a) {
+  float t8[8], t4[4], t2[2];
+  for (int i = 0; i < 8; ++i) t8[i] = a[i] + a[i + 8];
+  for (int i = 0; i < 4; ++i) t4[i] = t8[i] + t8[i + 4];
+  for (int i = 0; i < 2; ++i) t2[i] = t4[i] + t4[i + 2];
+  return t2[0] + t2[1];
+}
+
+// ------------------------------------------------------------------------------- portable
+void q8_cols_portable(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq,
+                      const float* wd, const float* bias, int64_t n0, int64_t n1) {
+  const int64_t K = a.K, nb = K / kQ8Block;
+  for (int64_t j = n0; j < n1; ++j) {
+    const int8_t* wr = wq + j * K;
+    const float* dr = wd + j * nb;
+    for (int64_t b = 0; b < a.B; ++b) {
+      const int8_t* xr = a.q.data() + b * K;
+      const float* dx = a.d.data() + b * nb;
+      float acc[16] = {};
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        const float scale = dr[blk] * dx[blk];
+        float* lanes = acc + (blk & 1) * 8;
+        const int8_t* w = wr + blk * kQ8Block;
+        const int8_t* x = xr + blk * kQ8Block;
+        for (int l = 0; l < 8; ++l) {
+          int32_t s = 0;
+          for (int i = 0; i < 4; ++i) s += static_cast<int32_t>(w[4 * l + i]) * x[4 * l + i];
+          lanes[l] = std::fma(static_cast<float>(s), scale, lanes[l]);
+        }
+      }
+      const float s = reduce16(acc);
+      out[b * ldo + j] = bias != nullptr ? s + bias[j] : s;
+    }
+  }
+}
+
+void bf16_cols_portable(float* out, int64_t ldo, const float* x, const uint16_t* w,
+                        const float* bias, int64_t B, int64_t K, int64_t n0, int64_t n1) {
+  for (int64_t j = n0; j < n1; ++j) {
+    const uint16_t* wr = w + j * K;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* xr = x + b * K;
+      float acc[16] = {};
+      int64_t k = 0;
+      for (; k + 16 <= K; k += 16)
+        for (int l = 0; l < 16; ++l) acc[l] = std::fma(xr[k + l], bf16f(wr[k + l]), acc[l]);
+      float s = reduce16(acc);
+      for (; k < K; ++k) s = std::fma(xr[k], bf16f(wr[k]), s);
+      out[b * ldo + j] = bias != nullptr ? s + bias[j] : s;
+    }
+  }
+}
+
+#if KGPT_X86
+// ------------------------------------------------------------------------------- AVX2
+KGPT_TARGET_AVX2 inline float reduce8_avx2(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+template <int RB>
+KGPT_TARGET_AVX2 inline void q8_col_avx2(float* out, int64_t ldo, const Q8Rows& a, int64_t b0,
+                                         const int8_t* wr, const float* dr, const float* bias,
+                                         int64_t j) {
+  const int64_t K = a.K, nb = K / kQ8Block;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[2][RB];
+  for (int r = 0; r < RB; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kQ8Block));
+    const float dw = dr[blk];
+    const int h = static_cast<int>(blk & 1);
+    for (int r = 0; r < RB; ++r) {
+      const int64_t b = b0 + r;
+      const __m256i x = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(a.q.data() + b * K + blk * kQ8Block));
+      const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
+      const __m256i s = _mm256_madd_epi16(p, ones);
+      const __m256 sc = _mm256_set1_ps(dw * a.d[b * nb + blk]);
+      acc[h][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc[h][r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    const float s = reduce8_avx2(_mm256_add_ps(acc[0][r], acc[1][r]));
+    out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
+  }
+}
+
+KGPT_TARGET_AVX2 void q8_cols_avx2(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq,
+                                   const float* wd, const float* bias, int64_t n0, int64_t n1) {
+  const int64_t K = a.K, nb = K / kQ8Block;
+  for (int64_t j = n0; j < n1; ++j) {
+    const int8_t* wr = wq + j * K;
+    const float* dr = wd + j * nb;
+    for (int64_t b0 = 0; b0 < a.B; b0 += 4) {  // the weight row stays in L1 across groups
+      switch (std::min<int64_t>(4, a.B - b0)) {
+        case 1: q8_col_avx2<1>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 2: q8_col_avx2<2>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 3: q8_col_avx2<3>(out, ldo, a, b0, wr, dr, bias, j); break;
+        default: q8_col_avx2<4>(out, ldo, a, b0, wr, dr, bias, j); break;
+      }
+    }
+  }
+}
+
+KGPT_TARGET_AVX2 inline __m256 widen8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <int RB>
+KGPT_TARGET_AVX2 inline void bf16_col_avx2(float* out, int64_t ldo, const float* x,
+                                           const uint16_t* wr, const float* bias, int64_t b0,
+                                           int64_t K, int64_t j) {
+  __m256 a0[RB], a1[RB];
+  for (int r = 0; r < RB; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256 w0 = widen8(wr + k), w1 = widen8(wr + k + 8);
+    for (int r = 0; r < RB; ++r) {
+      const float* xr = x + (b0 + r) * K + k;
+      a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), w1, a1[r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    const float* xr = x + (b0 + r) * K;
+    float s = reduce8_avx2(_mm256_add_ps(a0[r], a1[r]));
+    for (int64_t t = k; t < K; ++t) s = std::fma(xr[t], bf16f(wr[t]), s);
+    out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
+  }
+}
+
+KGPT_TARGET_AVX2 void bf16_cols_avx2(float* out, int64_t ldo, const float* x, const uint16_t* w,
+                                     const float* bias, int64_t B, int64_t K, int64_t n0,
+                                     int64_t n1) {
+  for (int64_t j = n0; j < n1; ++j) {
+    const uint16_t* wr = w + j * K;
+    for (int64_t b0 = 0; b0 < B; b0 += 4) {
+      switch (std::min<int64_t>(4, B - b0)) {
+        case 1: bf16_col_avx2<1>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 2: bf16_col_avx2<2>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 3: bf16_col_avx2<3>(out, ldo, x, wr, bias, b0, K, j); break;
+        default: bf16_col_avx2<4>(out, ldo, x, wr, bias, b0, K, j); break;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------- AVX-512
+// Lanes l and l + 8 of a 16-lane sum, then the AVX2 tree (the same additions as reduce16).
+KGPT_TARGET_AVX512 inline float reduce16_avx512(__m512 v) {
+  const __m256 lo = _mm512_castps512_ps256(v);
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  return reduce8_avx2(_mm256_add_ps(lo, hi));
+}
+
+KGPT_TARGET_AVX512 inline __m512 widen16(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <int RB>
+KGPT_TARGET_AVX512 inline void bf16_col_avx512(float* out, int64_t ldo, const float* x,
+                                               const uint16_t* wr, const float* bias, int64_t b0,
+                                               int64_t K, int64_t j) {
+  __m512 acc[RB];
+  for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 wv = widen16(wr + k);
+    for (int r = 0; r < RB; ++r)
+      acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + (b0 + r) * K + k), wv, acc[r]);
+  }
+  for (int r = 0; r < RB; ++r) {
+    const float* xr = x + (b0 + r) * K;
+    float s = reduce16_avx512(acc[r]);
+    for (int64_t t = k; t < K; ++t) s = std::fma(xr[t], bf16f(wr[t]), s);
+    out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
+  }
+}
+
+KGPT_TARGET_AVX512 void bf16_cols_avx512(float* out, int64_t ldo, const float* x,
+                                         const uint16_t* w, const float* bias, int64_t B,
+                                         int64_t K, int64_t n0, int64_t n1) {
+  for (int64_t j = n0; j < n1; ++j) {
+    const uint16_t* wr = w + j * K;
+    for (int64_t b0 = 0; b0 < B; b0 += 8) {
+      switch (std::min<int64_t>(8, B - b0)) {
+        case 1: bf16_col_avx512<1>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 2: bf16_col_avx512<2>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 3: bf16_col_avx512<3>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 4: bf16_col_avx512<4>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 5: bf16_col_avx512<5>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 6: bf16_col_avx512<6>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 7: bf16_col_avx512<7>(out, ldo, x, wr, bias, b0, K, j); break;
+        default: bf16_col_avx512<8>(out, ldo, x, wr, bias, b0, K, j); break;
+      }
+    }
+  }
+}
+
+// int8 with AVX-512 VNNI: 64 weights (a pair of blocks) per vpdpbusd. vpdpbusd multiplies
+// unsigned by signed bytes, so the weights go in offset by 128 (w + 128 in [1, 255]) and each
+// lane starts from -128 times the sum of its 4 activation bytes (negcorr): the lane's sum is
+// then exactly that of the 4 products w * x.
+KGPT_TARGET_VNNI inline __m512 pair_scales(const float* d) {
+  const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_permutexvar_ps(
+      idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(d)))));
+}
+
+template <int RB>
+KGPT_TARGET_VNNI inline void q8_col_vnni(float* out, int64_t ldo, const Q8Rows& a, int64_t b0,
+                                         const int8_t* wr, const float* dr, const float* bias,
+                                         int64_t j) {
+  const int64_t K = a.K, nb = K / kQ8Block, np = nb / 2;
+  const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512 acc[RB];
+  for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < np; ++p) {
+    const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(wr + p * 64), off);
+    const __m512 dw = pair_scales(dr + 2 * p);
+    for (int r = 0; r < RB; ++r) {
+      const int64_t b = b0 + r;
+      const __m512i x = _mm512_loadu_si512(a.q.data() + b * K + p * 64);
+      const __m512i nc = _mm512_loadu_si512(a.negcorr.data() + b * (K / 4) + p * 16);
+      const __m512i s = _mm512_dpbusd_epi32(nc, w, x);
+      const __m512 sc = _mm512_mul_ps(dw, pair_scales(a.d.data() + b * nb + 2 * p));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r]);
+    }
+  }
+  if (nb & 1) {  // the last block alone: lanes 0-7 only
+    const int64_t blk = nb - 1;
+    const __m512i w = _mm512_xor_si512(
+        _mm512_zextsi256_si512(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kQ8Block))),
+        off);
+    for (int r = 0; r < RB; ++r) {
+      const int64_t b = b0 + r;
+      const __m512i x = _mm512_zextsi256_si512(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(a.q.data() + b * K + blk * kQ8Block)));
+      const __m512i nc = _mm512_zextsi256_si512(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(a.negcorr.data() + b * (K / 4) + blk * 8)));
+      const __m512i s = _mm512_dpbusd_epi32(nc, w, x);
+      const __m512 sc = _mm512_set1_ps(dr[blk] * a.d[b * nb + blk]);
+      acc[r] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r], 0x00FF);
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    const float s = reduce16_avx512(acc[r]);
+    out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
+  }
+}
+
+KGPT_TARGET_VNNI void q8_cols_vnni(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq,
+                                   const float* wd, const float* bias, int64_t n0, int64_t n1) {
+  const int64_t K = a.K, nb = K / kQ8Block;
+  for (int64_t j = n0; j < n1; ++j) {
+    const int8_t* wr = wq + j * K;
+    const float* dr = wd + j * nb;
+    for (int64_t b0 = 0; b0 < a.B; b0 += 8) {
+      switch (std::min<int64_t>(8, a.B - b0)) {
+        case 1: q8_col_vnni<1>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 2: q8_col_vnni<2>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 3: q8_col_vnni<3>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 4: q8_col_vnni<4>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 5: q8_col_vnni<5>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 6: q8_col_vnni<6>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 7: q8_col_vnni<7>(out, ldo, a, b0, wr, dr, bias, j); break;
+        default: q8_col_vnni<8>(out, ldo, a, b0, wr, dr, bias, j); break;
+      }
+    }
+  }
+}
+#endif
+
+// splitmix64's finaliser
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Eight lanes, each step a bijection of the lane state for a fixed word and of the word for a
+// fixed state: any one changed word changes the result.
+uint64_t hash_chunk(const unsigned char* p, size_t n, uint64_t seed) {
+  uint64_t h[8];
+  for (int l = 0; l < 8; ++l) h[l] = mix64(seed * 8 + static_cast<uint64_t>(l) + 1);
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    uint64_t w[8];
+    std::memcpy(w, p + i, 64);
+    for (int l = 0; l < 8; ++l) {
+      const uint64_t v = (h[l] ^ w[l]) * 0x9e3779b97f4a7c15ULL;
+      h[l] = (v << 31) | (v >> 33);
+    }
+  }
+  if (i < n) {
+    uint64_t w[8] = {};
+    std::memcpy(w, p + i, n - i);
+    for (int l = 0; l < 8; ++l) {
+      const uint64_t v = (h[l] ^ w[l]) * 0x9e3779b97f4a7c15ULL;
+      h[l] = (v << 31) | (v >> 33);
+    }
+  }
+  uint64_t r = n;
+  for (int l = 0; l < 8; ++l) r = mix64(r ^ h[l]);
+  return r;
+}
+
+}  // namespace
+
+void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
+  const int64_t nb = K / kQ8Block;
+  a.B = B;
+  a.K = K;
+  if (static_cast<int64_t>(a.q.size()) < B * K) a.q.resize(static_cast<size_t>(B * K));
+  if (static_cast<int64_t>(a.d.size()) < B * nb) a.d.resize(static_cast<size_t>(B * nb));
+  if (static_cast<int64_t>(a.negcorr.size()) < B * K / 4)
+    a.negcorr.resize(static_cast<size_t>(B * K / 4));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const float* xb = x + b * K + blk * kQ8Block;
+      int8_t* qb = a.q.data() + b * K + blk * kQ8Block;
+      float amax = 0.f;
+      bool finite = true;
+      for (int i = 0; i < kQ8Block; ++i) {
+        finite = finite && std::isfinite(xb[i]);
+        amax = std::max(amax, std::fabs(xb[i]));
+      }
+      float d = amax / 127.f;
+      if (!finite) d = NAN;  // a non-finite block: a NaN scale (NaN outputs), zero codes
+      const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
+      for (int i = 0; i < kQ8Block; ++i) {
+        const float v = std::nearbyint(xb[i] * id);
+        qb[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
+      }
+      a.d[b * nb + blk] = d;
+      for (int l = 0; l < 8; ++l)
+        a.negcorr[(b * K + blk * kQ8Block) / 4 + l] =
+            -128 * (qb[4 * l] + qb[4 * l + 1] + qb[4 * l + 2] + qb[4 * l + 3]);
+    }
+}
+
+void q8_matmul_cols(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq, const float* wd,
+                    const float* bias, int64_t N, int64_t n0, int64_t n1) {
+  (void)N;
+  if (n1 <= n0 || a.B <= 0) return;
+#if KGPT_X86
+  switch (q8_choice()) {
+    case Path::vnni: return q8_cols_vnni(out, ldo, a, wq, wd, bias, n0, n1);
+    case Path::avx2: return q8_cols_avx2(out, ldo, a, wq, wd, bias, n0, n1);
+    default: break;
+  }
+#endif
+  q8_cols_portable(out, ldo, a, wq, wd, bias, n0, n1);
+}
+
+void bf16_matmul_cols(float* out, int64_t ldo, const float* x, const uint16_t* w,
+                      const float* bias, int64_t B, int64_t N, int64_t K, int64_t n0,
+                      int64_t n1) {
+  (void)N;
+  if (n1 <= n0 || B <= 0) return;
+#if KGPT_X86
+  switch (bf16_choice()) {
+    case Path::avx512: return bf16_cols_avx512(out, ldo, x, w, bias, B, K, n0, n1);
+    case Path::avx2: return bf16_cols_avx2(out, ldo, x, w, bias, B, K, n0, n1);
+    default: break;
+  }
+#endif
+  bf16_cols_portable(out, ldo, x, w, bias, B, K, n0, n1);
+}
+
+void q8_matmul(float* out, const float* x, const int8_t* wq, const float* wd, const float* bias,
+               int64_t B, int64_t N, int64_t K) {
+  Q8Rows a;
+  q8_quantize_rows(a, x, B, K);
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(::kgpt::num_threads(), N * K / 65536)));
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const int t = 0, T = 1;
+#endif
+    q8_matmul_cols(out, N, a, wq, wd, bias, N, N * t / T, N * (t + 1) / T);
+  }
+}
+
+void bf16_matmul(float* out, const float* x, const uint16_t* w, const float* bias, int64_t B,
+                 int64_t N, int64_t K) {
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(::kgpt::num_threads(), N * K / 65536)));
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const int t = 0, T = 1;
+#endif
+    bf16_matmul_cols(out, N, x, w, bias, B, N, K, N * t / T, N * (t + 1) / T);
+  }
+}
+
+const char* q8_path() {
+  switch (q8_choice()) {
+    case Path::vnni: return "avx512_vnni";
+    case Path::avx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+const char* bf16_path() {
+  switch (bf16_choice()) {
+    case Path::avx512: return "avx512";
+    case Path::avx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+uint64_t fingerprint(const void* p, size_t n) {
+  constexpr size_t kChunk = size_t(1) << 20;
+  const int64_t nc = static_cast<int64_t>((n + kChunk - 1) / kChunk);
+  std::vector<uint64_t> hs(static_cast<size_t>(nc));
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+#pragma omp parallel for num_threads(::kgpt::num_threads()) schedule(static) if (nc > 1)
+  for (int64_t i = 0; i < nc; ++i)
+    hs[i] = hash_chunk(c + i * kChunk, std::min(kChunk, n - static_cast<size_t>(i) * kChunk),
+                       static_cast<uint64_t>(i));
+  uint64_t r = mix64(n);
+  for (int64_t i = 0; i < nc; ++i) r = mix64(r ^ hs[i]);
+  return r;
+}
+
+}  // namespace cpu
+}  // namespace kgpt
