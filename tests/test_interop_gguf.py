@@ -1,5 +1,8 @@
 """GGUF export: the file read back with gguf.GGUFReader holds every tensor and key llama.cpp's
-gpt2 loader reads (skipped without the gguf package: pip install 'kernelgpt[gguf]')."""
+gpt2 loader reads (skipped without the gguf package: pip install 'kernelgpt[gguf]'), and
+llama.cpp itself (llama-cpp-python; skipped without it) runs the gpt2 and llama exports: our
+tokenization, our logits and our greedy tokens. The llama export's keys and tensors are checked
+in tests/test_interop_llama.py."""
 from __future__ import annotations
 
 import random
