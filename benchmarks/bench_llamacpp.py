@@ -15,6 +15,13 @@ q8_0 (kernelgpt's export_gguf, through the gguf package), with the run's tokeniz
     call (prefill of the prompt + 96 sampled tokens), median of --rounds rounds after a warm-up,
     as tokens/s for llama.cpp f32, llama.cpp q8_0, ours fp32 and, when GPT.generate takes a
     ``weights=`` keyword, ours bf16 and int8; ratios to llama.cpp f32 and q8_0.
+llama.cpp runs with its defaults (KV cache f16, its CPU extra buffer types: AMX / repacked
+weights where the CPU has them) except n_batch = n_ubatch = 1 (--ubatch): the prompt is fed one
+token at a time. On the Xeon with AMX-INT8 this was written on, llama.cpp 0.3.36's AMX matmul
+segfaults on any multi-token batch of a Q8_0 model (llama.cpp's own q8_0 quantization too, not
+only ours), and the 96 decode steps are single-token batches anyway; --ubatch 8 restores the
+default where that bug does not bite. A random model's weights are spread wider than the init
+(+ N(0, 0.05)) so that greedy decoding is not one token repeated.
 Every engine runs in its own subprocess (this script with --worker), one after the other in the
 same run, so no two thread pools fight over the cores. The machine may be shared by other jobs:
 read the ratios (same run) rather than the absolute figures.
@@ -48,10 +55,10 @@ TOP_K, TEMPERATURE = 50, 0.8
 
 
 # ----------------------------------------------------------------------------- workers
-def _llama(path: str, n_ctx: int, threads: int):
+def _llama(path: str, n_ctx: int, threads: int, ubatch: int):
     from llama_cpp import Llama
-    return Llama(model_path=path, n_ctx=n_ctx, n_batch=max(8, len(PROMPT)), n_threads=threads,
-                 n_threads_batch=threads, seed=0, verbose=False)
+    return Llama(model_path=path, n_ctx=n_ctx, n_batch=ubatch, n_ubatch=ubatch,
+                 n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
 
 
 def llama_tokens(llm, prompt, n: int, temperature: float, top_k: int) -> list:
@@ -67,12 +74,13 @@ def llama_tokens(llm, prompt, n: int, temperature: float, top_k: int) -> list:
     return out
 
 
-def worker(engine: str, d: str, threads: int, rounds: int, n_new: int, n_greedy: int) -> dict:
+def worker(engine: str, d: str, threads: int, rounds: int, n_new: int, n_greedy: int,
+           ubatch: int) -> dict:
     """One engine: greedy tokens (llama.cpp only) and the sampling times."""
     meta = json.load(open(os.path.join(d, "meta.json")))
     n_ctx = meta["block_size"]
     if engine.startswith("llama.cpp"):
-        llm = _llama(os.path.join(d, engine.split("-", 1)[1] + ".gguf"), n_ctx, threads)
+        llm = _llama(os.path.join(d, engine.split("-", 1)[1] + ".gguf"), n_ctx, threads, ubatch)
         greedy = llama_tokens(llm, PROMPT, n_greedy, 0.0, 1) if n_greedy else None
         run = lambda: llama_tokens(llm, PROMPT, n_new, TEMPERATURE, TOP_K)  # noqa: E731
     else:
@@ -100,13 +108,14 @@ def worker(engine: str, d: str, threads: int, rounds: int, n_new: int, n_greedy:
 def run_worker(engine: str, d: str, args, n_greedy: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--dir", d,
            "--threads", str(args.threads), "--rounds", str(args.rounds), "--new",
-           str(args.new), "--greedy", str(n_greedy)]
+           str(args.new), "--greedy", str(n_greedy), "--ubatch", str(args.ubatch)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return {"error": tail[0]}
+        sig = f"killed by signal {-p.returncode}: " if p.returncode < 0 else ""
+        return {"error": sig + tail[0]}
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -128,6 +137,10 @@ def prepare(name: str, run_dir, d: str):
             raise SystemExit(f"{run_dir}: the run has no tokenizer")
     else:
         model = GPT(GPTConfig.preset(name), backend="numpy", seed=0)
+        # weights spread wider than the init, so that greedy decoding is not one token repeated
+        rng = np.random.default_rng(1)
+        model.load_state_dict({n: a + rng.standard_normal(a.shape).astype(np.float32) * 0.05
+                               for n, a in model.state_dict().items()})
         tok = _tokenizer(model.config.vocab_size)
     model.save(os.path.join(d, "model.safetensors"))
     for dt in ("f32", "q8_0"):
@@ -144,13 +157,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=SAMPLE_NEW)
     ap.add_argument("--greedy", type=int, default=GREEDY_NEW)
+    ap.add_argument("--ubatch", type=int, default=1,
+                    help="llama.cpp's n_batch = n_ubatch (default 1: see the module doc)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker", default=None)
     ap.add_argument("--dir", default=None)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.dir, args.threads, args.rounds, args.new,
-                                args.greedy)))
+                                args.greedy, args.ubatch)))
         return 0
     if args.quick:
         args.rounds, args.new, args.greedy = 1, 16, 16
@@ -164,7 +179,8 @@ def main(argv=None) -> int:
     if "weights" in inspect.signature(GPT.generate).parameters:
         engines += ["ours-bf16", "ours-int8"]
     print(f"# {machine()}")
-    print(f"# llama-cpp-python {llama_cpp.__version__}; threads {args.threads}; batch 1, prompt "
+    print(f"# llama-cpp-python {llama_cpp.__version__}; n_ubatch {args.ubatch}; threads "
+          f"{args.threads}; batch 1, prompt "
           f"{len(PROMPT)} tokens, {args.new} new, top-k {TOP_K}, temperature {TEMPERATURE}; "
           f"median of {args.rounds} rounds after a warm-up")
     names = [args.run] if args.run else [c for c in args.configs.split(",") if c]
@@ -185,8 +201,8 @@ def main(argv=None) -> int:
         first = next((i for i, (a, b) in enumerate(zip(ref or [], ours or [])) if a != b), None)
         detail = "" if ok else (f" (first difference at token {first})" if first is not None
                                 else f" ({res['llama.cpp-f32'].get('error', 'no tokens')})")
-        print(f"{label}: greedy parity, {n_greedy} tokens, llama.cpp f32 vs ours fp32: "
-              f"{'PASS' if ok else 'FAIL'}{detail}")
+        print(f"{label}: greedy parity, {n_greedy} tokens ({len(set(ours or []))} distinct), "
+              f"llama.cpp f32 vs ours fp32: {'PASS' if ok else 'FAIL'}{detail}")
         tps = {}
         for e in engines:
             r = res[e]
