@@ -1,5 +1,8 @@
 """GGUF export: the file read back with gguf.GGUFReader holds every tensor and key llama.cpp's
-gpt2 loader reads (skipped without the gguf package: pip install 'kernelgpt[gguf]')."""
+gpt2 loader reads (skipped without the gguf package: pip install 'kernelgpt[gguf]'), and
+llama.cpp itself (llama-cpp-python; skipped without it) runs the gpt2 and llama exports: our
+tokenization, our logits and our greedy tokens. The llama export's keys and tensors are checked
+in tests/test_interop_llama.py."""
 from __future__ import annotations
 
 import random
@@ -164,3 +167,50 @@ def test_gpt4_pattern_splits_like_llama_bpe():
     for _ in range(3000):
         s = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 14)))
         assert ours.findall(s) == theirs.findall(s), repr(s)
+
+
+# ---------------------------------------------------------------------------------- llama.cpp
+LLAMA_TINY = GPTConfig(vocab_size=300, block_size=80, n_layer=2, n_head=4, n_embd=64,
+                       n_kv_head=2, norm="rmsnorm", pos_emb="rope", mlp="swiglu", bias=False,
+                       tie_embeddings=False, rope_theta=5000.0, norm_eps=1e-6)
+LLAMA_TIED_BIAS = GPTConfig(vocab_size=300, block_size=80, n_layer=1, n_head=2, n_embd=32,
+                            norm="rmsnorm", pos_emb="rope", mlp="swiglu", mlp_hidden=96,
+                            bias=True, tie_embeddings=True)
+GPT2_TINY = GPTConfig(vocab_size=300, block_size=80, n_layer=2, n_head=4, n_embd=64)
+
+
+@pytest.mark.parametrize("cfg", [GPT2_TINY, LLAMA_TINY, LLAMA_TIED_BIAS],
+                         ids=["gpt2", "llama", "llama-tied-bias"])
+def test_llama_cpp_runs_our_gguf(cfg, tok, tmp_path):
+    """llama.cpp itself loads the f32 export, tokenizes like us, gives our logits and our greedy
+    tokens (skipped without llama-cpp-python)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    m = GPT(cfg, backend="numpy", seed=3)
+    rng = np.random.default_rng(4)      # weights spread wider than the init: clear argmaxes
+    m.load_state_dict({n: a + rng.standard_normal(a.shape).astype(np.float32) * 0.1
+                       for n, a in m.state_dict().items()})
+    p = tmp_path / "m.gguf"
+    m.export_gguf(p, tok, dtype="f32")
+    llm = llama_cpp.Llama(model_path=str(p), n_ctx=cfg.block_size, n_threads=1,
+                          n_threads_batch=1, seed=0, logits_all=True, verbose=False,
+                          type_k=0, type_v=0)      # an f32 KV cache (ggml type 0), as ours
+    text = "hello world, the quick fox"
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text)
+    prompt = tok.encode("hello ")
+    llm.reset()
+    llm.eval(prompt)
+    theirs = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+    ours = m.forward(np.asarray([prompt]))[0][0, -1]
+    # gpt2: ggml's CPU GELU rounds through an f16 lookup table, hence the wider tolerance
+    tol = 1e-4 if cfg.mlp == "swiglu" else 2e-3
+    assert np.abs(theirs - ours).max() <= tol * np.abs(ours).max()
+    n = 32
+    got = []
+    for t in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                          reset=True):
+        got.append(int(t))
+        if len(got) == n:
+            break
+    mine = np.asarray(m.generate(np.asarray(prompt), n, temperature=0.0))[0, len(prompt):]
+    assert len(mine) == n
+    assert got == [int(x) for x in mine]

@@ -1,10 +1,10 @@
-"""Hugging Face transformers directories in and out (GPT-2 architecture).
+"""Hugging Face transformers directories in and out (GPT-2 and Llama architectures).
 
 :func:`save_pretrained` writes a directory that ``transformers.AutoModelForCausalLM
-.from_pretrained(dir)`` loads with no code of ours: config.json (GPT2LMHeadModel, model_type
-gpt2), model.safetensors under the Hugging Face names, generation_config.json and, with a
-tokenizer, tokenizer.json / tokenizer_config.json (written by ``Tokenizer.save_hf``) and
-special_tokens_map.json.
+.from_pretrained(dir)`` loads with no code of ours: config.json (GPT2LMHeadModel for a GPT-2
+config, LlamaForCausalLM for a Llama-style one: rmsnorm, rope, swiglu), model.safetensors under
+the Hugging Face names, generation_config.json and, with a tokenizer, tokenizer.json /
+tokenizer_config.json (written by ``Tokenizer.save_hf``) and special_tokens_map.json.
 
 :func:`from_pretrained` reads such a directory back, whether we or transformers wrote it:
 model.safetensors, or shards named by model.safetensors.index.json. A config with a feature this
@@ -12,15 +12,19 @@ package does not run is refused with one line naming the field; pickle checkpoin
 refused (convert them to safetensors). Every tensor is read and checked before a model is built.
 
 The mapping between our parameter names and an architecture's Hugging Face names is one table
-per architecture (:data:`ARCHS`), made from the model's parameter table; adding an architecture
-(e.g. Llama) is one more entry.
+per architecture (:data:`_ARCHS`): a function from each of our names (from the model's parameter
+table) to one or more of theirs. Llama's q/k/v and gate/up projections are separate matrices in
+transformers and row blocks of our fused c_attn / c_fc: they are split on export and stacked on
+import. Our rotary positions rotate the pairs (i, i + head_size/2) with the angles
+pos * theta^(-2i/head_size), exactly transformers' Llama ("rotate_half"), so q and k are stored
+as they are (tests/test_interop_hf.py compares the logits).
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -35,25 +39,24 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 GENERATION_FILE = "generation_config.json"
 SPECIAL_MAP_FILE = "special_tokens_map.json"
+LM_HEAD = "lm_head.weight"
 _MAX_JSON = 64 << 20
 
 
 @dataclass(frozen=True)
 class HFArch:
     """How one architecture is stored by transformers.
-    ``model_type``/``class_name``: config.json's names; ``prefix``: the base model's prefix of
-    every tensor name ("transformer."); ``names``: our name -> theirs for the parameters before
-    and after the blocks; ``block``: our in-block name -> their in-block name (under
-    "<prefix>h.<l>."); ``transposed``: our names stored transposed (GPT-2's Conv1D keeps
-    (in, out)); ``ignored``: suffixes of their non-parameter buffers; ``to_hf`` / ``from_hf``:
-    config conversions (``from_hf`` refuses what we do not run)."""
+    ``model_type``/``class_name``: config.json's names; ``rename``: one of our full parameter
+    names ("wte", "h.3.attn.c_attn.w") -> their full tensor name(s); several names are row
+    blocks of ours, of the sizes ``rows(config, our in-block name)``; ``transposed``: our
+    in-block names stored transposed (GPT-2's Conv1D keeps (in, out)); ``ignored``: suffixes of
+    their non-parameter buffers; ``to_hf`` / ``from_hf``: config conversions (``from_hf``
+    refuses what we do not run)."""
     model_type: str
     class_name: str
-    prefix: str
-    block_prefix: str
-    names: Dict[str, str]
-    block: Dict[str, str]
-    transposed: FrozenSet[str]
+    rename: Callable[[str], Tuple[str, ...]]
+    rows: Callable[[Any, str], Optional[Tuple[int, ...]]]
+    transposed: Tuple[str, ...]
     ignored: Tuple[str, ...]
     to_hf: Callable[[Any, Optional[int]], Dict[str, Any]]
     from_hf: Callable[[Dict[str, Any], str], Any]
@@ -63,6 +66,23 @@ def _refuse(src: str, field: str, value: Any, why: str) -> ValueError:
     return ValueError(f"{src}: unsupported config: {field}={value!r} ({why})")
 
 
+def _make_config(d: Dict[str, Any], src: str) -> Any:
+    from .model import GPTConfig
+    try:
+        return GPTConfig(**d)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{src}: bad config ({e})") from None
+
+
+def _split_block(name: str) -> Tuple[Optional[int], str]:
+    """"h.3.attn.c_attn.w" -> (3, "attn.c_attn.w"); "wte" -> (None, "wte")."""
+    if name.startswith("h."):
+        _, l, rest = name.split(".", 2)
+        return int(l), rest
+    return None, name
+
+
+# ---------------------------------------------------------------------------------- GPT-2
 def _gpt2_to_hf(cfg: Any, eot: Optional[int]) -> Dict[str, Any]:
     from . import __version__
     d = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
@@ -80,7 +100,6 @@ def _gpt2_to_hf(cfg: Any, eot: Optional[int]) -> Dict[str, Any]:
 
 
 def _gpt2_from_hf(c: Dict[str, Any], src: str) -> Any:
-    from .model import GPTConfig
     archs = c.get("architectures")
     if archs is not None and archs not in (["GPT2LMHeadModel"], ["GPT2Model"]):
         raise _refuse(src, "architectures", archs, "only GPT2LMHeadModel is supported")
@@ -98,44 +117,143 @@ def _gpt2_from_hf(c: Dict[str, Any], src: str) -> Any:
                    else f"only {field}={want} is supported")
             raise _refuse(src, field, c[field], why)
     # reorder_and_upcast_attn only changes float16 rounding: we compute in float32 anyway
-    d = {"vocab_size": c.get("vocab_size"), "block_size": c.get("n_positions", c.get("n_ctx")),
-         "n_layer": c.get("n_layer"), "n_head": c.get("n_head"), "n_embd": n_embd,
-         "norm_eps": c.get("layer_norm_epsilon", 1e-5)}
-    try:
-        return GPTConfig(**d)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{src}: bad config ({e})") from None
+    return _make_config({"vocab_size": c.get("vocab_size"),
+                         "block_size": c.get("n_positions", c.get("n_ctx")),
+                         "n_layer": c.get("n_layer"), "n_head": c.get("n_head"), "n_embd": n_embd,
+                         "norm_eps": c.get("layer_norm_epsilon", 1e-5)}, src)
+
+
+def _gpt2_rename(name: str) -> Tuple[str, ...]:
+    # "ln_1.w" -> "ln_1.weight", "attn.c_attn.b" -> "attn.c_attn.bias", "wte" -> "wte.weight"
+    l, n = _split_block(name)
+    stem, _, kind = n.rpartition(".")
+    hf = f"{stem}.{'weight' if kind == 'w' else 'bias'}" if stem else f"{n}.weight"
+    return (f"transformer.h.{l}.{hf}" if l is not None else f"transformer.{hf}",)
 
 
 def _gpt2_arch() -> HFArch:
-    from .model import param_table
-    t = param_table(_probe_config())       # GPT-2: every architecture field at its default
-
-    def hf(n: str) -> str:   # "ln_1.w" -> "ln_1.weight", "attn.c_attn.b" -> "attn.c_attn.bias"
-        stem, _, kind = n.rpartition(".")
-        return f"{stem}.{'weight' if kind == 'w' else 'bias'}" if stem else f"{n}.weight"
-    names = {s.name: hf(s.name) for s in t.embedding + t.final}
-    block = {s.name: hf(s.name) for s in t.block}
-    conv1d = frozenset(s.name for s in t.block if s.name.endswith(".w") and len(
-        s.shape(_probe_config())) == 2)
-    return HFArch(model_type="gpt2", class_name="GPT2LMHeadModel", prefix="transformer.",
-                  block_prefix="h.", names=names, block=block, transposed=conv1d,
+    return HFArch(model_type="gpt2", class_name="GPT2LMHeadModel", rename=_gpt2_rename,
+                  rows=lambda cfg, n: None,
+                  # Conv1D: every block matrix is stored (in, out)
+                  transposed=("attn.c_attn.w", "attn.c_proj.w", "mlp.c_fc.w", "mlp.c_proj.w"),
                   ignored=(".attn.bias", ".attn.masked_bias"),
                   to_hf=_gpt2_to_hf, from_hf=_gpt2_from_hf)
 
 
-def _probe_config() -> Any:
-    from .model import GPTConfig
-    return GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4)
+# ---------------------------------------------------------------------------------- Llama
+_LLAMA_TOP = {"wte": "model.embed_tokens.weight", "ln_f.w": "model.norm.weight",
+              "lm_head.w": LM_HEAD}
+_LLAMA_BLOCK = {"ln_1": ("input_layernorm",), "ln_2": ("post_attention_layernorm",),
+                "attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                "attn.c_proj": ("self_attn.o_proj",),
+                "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj"), "mlp.c_proj": ("mlp.down_proj",)}
+
+
+def _llama_rename(name: str) -> Tuple[str, ...]:
+    l, n = _split_block(name)
+    if l is None:
+        return (_LLAMA_TOP[n],)
+    stem, _, kind = n.rpartition(".")
+    suffix = "weight" if kind == "w" else "bias"
+    return tuple(f"model.layers.{l}.{t}.{suffix}" for t in _LLAMA_BLOCK[stem])
+
+
+def _llama_rows(cfg: Any, n: str) -> Optional[Tuple[int, ...]]:
+    stem = n.rpartition(".")[0]
+    if stem == "attn.c_attn":
+        kv = cfg.kv_heads * cfg.head_size
+        return (cfg.n_embd, kv, kv)
+    if stem == "mlp.c_fc":
+        return (cfg.hidden, cfg.hidden)
+    return None
+
+
+def _llama_to_hf(cfg: Any, eot: Optional[int]) -> Dict[str, Any]:
+    from . import __version__
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.block_size,
+            "hidden_size": cfg.n_embd, "intermediate_size": cfg.hidden,
+            "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_size,
+            "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps,
+            # rope_theta/rope_scaling: transformers 4.x; rope_parameters: 5.x
+            "rope_theta": cfg.rope_theta, "rope_scaling": None,
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
+            "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": 0.0,
+            "initializer_range": 0.02, "pretraining_tp": 1, "use_cache": True,
+            "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": None,
+            "torch_dtype": "float32", "kernelgpt_version": __version__}
+
+
+def _default_rope(rp: Any) -> bool:
+    return rp is None or (isinstance(rp, dict) and rp.get("rope_type", rp.get("type", "default"))
+                          == "default" and set(rp) <= {"rope_type", "type", "rope_theta"})
+
+
+def _llama_from_hf(c: Dict[str, Any], src: str) -> Any:
+    archs = c.get("architectures")
+    if archs is not None and archs != ["LlamaForCausalLM"]:
+        raise _refuse(src, "architectures", archs, "model_type 'llama' is read as "
+                      "LlamaForCausalLM only")
+    act = c.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise _refuse(src, "hidden_act", act, "only silu (SwiGLU) is supported")
+    for field in ("rope_scaling", "rope_parameters"):
+        if not _default_rope(c.get(field)):
+            raise _refuse(src, field, c[field], "only the default rope (no scaling) is supported")
+    for field, ok in (("partial_rotary_factor", lambda v: v in (None, 1, 1.0)),
+                      ("sliding_window", lambda v: v is None),
+                      ("use_sliding_window", lambda v: not v),
+                      ("num_local_experts", lambda v: not v), ("num_experts", lambda v: not v),
+                      ("n_routed_experts", lambda v: not v),
+                      ("quantization_config", lambda v: v is None)):
+        if field in c and not ok(c[field]):
+            raise _refuse(src, field, c[field], "not supported by this package")
+    hidden, heads = c.get("hidden_size"), c.get("num_attention_heads")
+    hd = c.get("head_dim")
+    if hd is not None and not (isinstance(hidden, int) and isinstance(heads, int) and heads > 0
+                               and hd * heads == hidden):
+        raise _refuse(src, "head_dim", hd, f"must be hidden_size / num_attention_heads "
+                      f"({hidden}/{heads})")
+    ab, mb = c.get("attention_bias", False), c.get("mlp_bias", False)
+    if ab != mb:
+        raise _refuse(src, "mlp_bias", mb, f"with attention_bias={ab!r}: biases are supported "
+                      f"in every linear layer or in none")
+    rp = c.get("rope_parameters")
+    theta = (rp or {}).get("rope_theta", c.get("rope_theta", 10000.0))
+    kv = c.get("num_key_value_heads")
+    inter = c.get("intermediate_size")
+    cfg = _make_config({"vocab_size": c.get("vocab_size"),
+                        "block_size": c.get("max_position_embeddings"),
+                        "n_layer": c.get("num_hidden_layers"), "n_head": heads,
+                        "n_embd": hidden, "norm_eps": c.get("rms_norm_eps", 1e-6),
+                        "n_kv_head": kv, "norm": "rmsnorm", "pos_emb": "rope",
+                        "rope_theta": theta, "mlp": "swiglu", "mlp_hidden": inter,
+                        "bias": ab, "tie_embeddings": c.get("tie_word_embeddings", False)}, src)
+    # the defaults written back as None, so that a config round-trips equal
+    import dataclasses
+    if cfg.n_kv_head == cfg.n_head:
+        cfg = dataclasses.replace(cfg, n_kv_head=None)
+    if cfg.mlp_hidden == dataclasses.replace(cfg, mlp_hidden=None).hidden:
+        cfg = dataclasses.replace(cfg, mlp_hidden=None)
+    return cfg
+
+
+def _llama_arch() -> HFArch:
+    return HFArch(model_type="llama", class_name="LlamaForCausalLM", rename=_llama_rename,
+                  rows=_llama_rows, transposed=(), ignored=(".rotary_emb.inv_freq",),
+                  to_hf=_llama_to_hf, from_hf=_llama_from_hf)
 
 
 _ARCHS: Dict[str, HFArch] = {}
 
 
 def arch(model_type: str) -> HFArch:
-    """The table of ``model_type`` (ValueError for one we do not know)."""
+    """The table of ``model_type`` (KeyError for one we do not know)."""
     if not _ARCHS:
         _ARCHS["gpt2"] = _gpt2_arch()
+        _ARCHS["llama"] = _llama_arch()
     if model_type not in _ARCHS:
         raise KeyError(model_type)
     return _ARCHS[model_type]
@@ -143,12 +261,14 @@ def arch(model_type: str) -> HFArch:
 
 _SIZE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "norm_eps")
 _SAME_AS = {"n_kv_head": lambda c: c.n_head, "mlp_hidden": lambda c: 4 * c.n_embd}
+# Llama: these three fixed; n_kv_head, rope_theta, mlp_hidden, bias and tie_embeddings free
+_LLAMA_FIXED = (("norm", "rmsnorm"), ("pos_emb", "rope"), ("mlp", "swiglu"))
 
 
 def check_gpt2(cfg: Any, what: str) -> None:
     """ValueError (one line naming the field) unless ``cfg`` is the GPT-2 architecture: every
     GPTConfig field other than the sizes and norm_eps at its default (or its equivalent: n_kv_head
-    = n_head, mlp_hidden = 4 * n_embd). A Llama-style config needs its own mapping table."""
+    = n_head, mlp_hidden = 4 * n_embd)."""
     import dataclasses
     for f in dataclasses.fields(cfg):
         if f.name in _SIZE_FIELDS or f.default is dataclasses.MISSING:
@@ -160,31 +280,59 @@ def check_gpt2(cfg: Any, what: str) -> None:
                          f"{v!r} (GPT-2: {f.default!r})")
 
 
+def check_llama(cfg: Any, what: str) -> None:
+    """ValueError (one line naming the field) unless ``cfg`` is a Llama-style config: rmsnorm,
+    rope and swiglu (any n_kv_head, rope_theta, mlp_hidden, bias and tie_embeddings)."""
+    for field, want in _LLAMA_FIXED:
+        v = getattr(cfg, field)
+        if v != want:
+            raise ValueError(f"{what} supports the GPT-2 and Llama architectures: GPTConfig."
+                             f"{field}={v!r} (Llama: {want!r})")
+
+
+def arch_name_of_config(cfg: Any, what: str) -> str:
+    """"gpt2" or "llama" for a GPTConfig; ValueError (one line naming a field) for a mix of the
+    two. A config closer to GPT-2 (two or more of norm, pos_emb, mlp at GPT-2's values) gets
+    GPT-2's message, the others Llama's."""
+    gpt2_like = sum(getattr(cfg, f) != want for f, want in _LLAMA_FIXED) >= 2
+    if gpt2_like:
+        check_gpt2(cfg, what)
+        return "gpt2"
+    check_llama(cfg, what)
+    return "llama"
+
+
 def arch_of_config(cfg: Any) -> HFArch:
-    """The table of a GPTConfig (GPT-2 only for now; ValueError for another architecture)."""
-    check_gpt2(cfg, "Hugging Face export")
-    return arch("gpt2")
+    """The table of a GPTConfig (ValueError for an architecture with no transformers class)."""
+    return arch(arch_name_of_config(cfg, "Hugging Face export"))
 
 
-def hf_state_dict(a: HFArch, state: Dict[str, np.ndarray], n_layer: int) -> Dict[str, np.ndarray]:
+def tensor_map(a: HFArch, cfg: Any) -> Dict[str, Tuple[Tuple[str, ...], Tuple[int, ...],
+                                                        Optional[Tuple[int, ...]], bool]]:
+    """our full name -> (their names, our shape, row blocks or None, transposed)."""
+    from .model import param_shapes
+    out = {}
+    for n, shape in param_shapes(cfg):
+        inner = _split_block(n)[1]
+        theirs = a.rename(n)
+        rows = a.rows(cfg, inner) if len(theirs) > 1 else None
+        out[n] = (theirs, shape, rows, inner in a.transposed)
+    return out
+
+
+def hf_state_dict(a: HFArch, state: Dict[str, np.ndarray], cfg: Any) -> Dict[str, np.ndarray]:
     """Our state dict -> Hugging Face names (and layouts)."""
     out = {}
-    for ours, theirs in a.names.items():
-        out[a.prefix + theirs] = state[ours]
-    for l in range(n_layer):
-        for ours, theirs in a.block.items():
-            v = state[f"h.{l}.{ours}"]
-            out[f"{a.prefix}{a.block_prefix}{l}.{theirs}"] = v.T if ours in a.transposed else v
+    for ours, (theirs, _, rows, tr) in tensor_map(a, cfg).items():
+        v = state[ours]
+        if rows is None:
+            out[theirs[0]] = v.T if tr else v
+            continue
+        off = 0
+        for t, r in zip(theirs, rows):
+            out[t] = v[off:off + r]
+            off += r
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
-
-
-def _name_map(a: HFArch, n_layer: int) -> Dict[str, Tuple[str, bool]]:
-    """Their name (without prefix) -> (our full name, transposed)."""
-    m = {theirs: (ours, False) for ours, theirs in a.names.items()}
-    for l in range(n_layer):
-        for ours, theirs in a.block.items():
-            m[f"{a.block_prefix}{l}.{theirs}"] = (f"h.{l}.{ours}", ours in a.transposed)
-    return m
 
 
 # ---------------------------------------------------------------------------------- save
@@ -207,7 +355,7 @@ def save_pretrained(model: Any, directory: PathLike, tokenizer: Any = None,
         eot = tokenizer.special_tokens.get("<|endoftext|>")
     os.makedirs(d, exist_ok=True)
     write_safetensors(os.path.join(d, WEIGHTS_FILE),
-                      hf_state_dict(a, model.state_dict(), cfg.n_layer), {"format": "pt"})
+                      hf_state_dict(a, model.state_dict(), cfg), {"format": "pt"})
     dump = lambda obj: (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()  # noqa: E731
     atomic_write_bytes(os.path.join(d, CONFIG_FILE), dump(a.to_hf(cfg, eot)))
     gen = {"_from_model_config": True}
@@ -254,7 +402,7 @@ def read_config(directory: PathLike) -> Tuple[HFArch, Any]:
     except KeyError:
         a = None
     if a is None:
-        raise _refuse(p, "model_type", mt, "supported: gpt2")
+        raise _refuse(p, "model_type", mt, "supported: gpt2, llama")
     return a, a.from_hf(c, p)
 
 
@@ -288,16 +436,18 @@ def _weight_files(d: str) -> Dict[str, List[str]]:
 
 def read_pretrained(directory: PathLike) -> Tuple[Any, Dict[str, np.ndarray]]:
     """(GPTConfig, our state dict) of a transformers directory, every tensor checked."""
-    from .model import param_shapes
     from .weights import SafetensorsFile
     d = os.fspath(directory)
     a, cfg = read_config(d)
-    shapes = dict(param_shapes(cfg))
-    nmap = _name_map(a, cfg.n_layer)
+    tmap = tensor_map(a, cfg)
+    part_of: Dict[str, Tuple[str, int]] = {}          # their name -> (our name, block index)
+    for ours, (theirs, _, _, _) in tmap.items():
+        for i, t in enumerate(theirs):
+            part_of[t] = (ours, i)
     files = _weight_files(d)
     handles = {fn: SafetensorsFile(os.path.join(d, fn)) for fn in files}   # headers checked
-    where: Dict[str, Tuple[str, str]] = {}   # their short name -> (file, full name)
-    lm_head: Optional[Tuple[str, str]] = None
+    where: Dict[str, str] = {}                        # their name -> file
+    tied_head: Optional[Tuple[str, str]] = None
     for fn, st in handles.items():
         for full in files[fn] or list(st.entries):
             if full not in st.entries:
@@ -305,38 +455,41 @@ def read_pretrained(directory: PathLike) -> Tuple[Any, Dict[str, np.ndarray]]:
                                  f"names it)")
             if full.endswith(a.ignored):
                 continue
-            if full in ("lm_head.weight", "output.weight"):
-                lm_head = (fn, full)
+            if full in (LM_HEAD, "output.weight") and full not in part_of:
+                tied_head = (fn, full)        # a copy of the tied embedding: checked below
                 continue
-            short = full[len(a.prefix):] if full.startswith(a.prefix) else full
-            if short not in nmap:
+            if full not in part_of:
                 raise ValueError(f"{os.path.join(d, fn)}: unexpected tensor {full!r}")
-            where[short] = (fn, full)
-    missing = [s for s in nmap if s not in where]
+            where[full] = fn
+    missing = [t for t in part_of if t not in where]
     if missing:
-        raise ValueError(f"{d}: missing tensor {a.prefix}{missing[0]}")
-    for short, (fn, full) in where.items():
-        ours, tr = nmap[short]
-        shape = handles[fn].shape(full)
-        want = shapes[ours][::-1] if tr else shapes[ours]
-        if shape != want:
-            raise ValueError(f"{os.path.join(d, fn)}: tensor {full!r} has shape {shape}, the "
+        raise ValueError(f"{d}: missing tensor {missing[0]}")
+    for full, fn in where.items():
+        ours, i = part_of[full]
+        _, shape, rows, tr = tmap[ours]
+        want = shape[::-1] if tr else shape
+        if rows is not None:
+            want = (rows[i],) + tuple(shape[1:])
+        got = handles[fn].shape(full)
+        if got != want:
+            raise ValueError(f"{os.path.join(d, fn)}: tensor {full!r} has shape {got}, the "
                              f"config says {want}")
         if handles[fn].entries[full][0] not in ("F32", "F16", "BF16", "F64"):
             raise ValueError(f"{os.path.join(d, fn)}: tensor {full!r} is not floating point")
     from ._limits import check_model_fits
     check_model_fits(cfg, batch=(1, cfg.block_size), training=False)
     state = {}
-    for short, (fn, full) in where.items():
-        ours, tr = nmap[short]
-        v = handles[fn].read(full)
+    for ours, (theirs, _, rows, tr) in tmap.items():
+        parts = [handles[where[t]].read(t) for t in theirs]
+        v = parts[0] if rows is None else np.concatenate(parts, axis=0)
         state[ours] = np.ascontiguousarray(v.T) if tr else v
-    if lm_head is not None:
-        fn, full = lm_head
+    if tied_head is not None:
+        fn, full = tied_head
         head = handles[fn].read(full)
         if head.shape != state["wte"].shape or not np.array_equal(head, state["wte"]):
-            raise _refuse(os.path.join(d, fn), "lm_head.weight", "untied",
-                          "lm_head must equal wte (tied embeddings)")
+            raise _refuse(os.path.join(d, fn), full, "untied",
+                          "the config ties the embeddings, so lm_head must equal the token "
+                          "embedding")
     return cfg, state
 
 

@@ -860,7 +860,8 @@ class GPT:
 
     # ------------------------------------------------------------------ files (interop)
     def save_pretrained(self, directory: Any, format: str = "hf", tokenizer: Any = None) -> None:
-        """A transformers directory (GPT2LMHeadModel); see :mod:`kernelgpt.interop_hf`."""
+        """A transformers directory (GPT2LMHeadModel or LlamaForCausalLM); see
+        :mod:`kernelgpt.interop_hf`."""
         from .interop_hf import save_pretrained
         save_pretrained(self, directory, tokenizer=tokenizer, format=format)
 
@@ -871,7 +872,7 @@ class GPT:
         return from_pretrained(directory, backend=backend)
 
     def export_gguf(self, path: Any, tokenizer: Any, dtype: str = "f32") -> None:
-        """A GGUF file for llama.cpp (arch gpt2); see :mod:`kernelgpt.interop_gguf`."""
+        """A GGUF file for llama.cpp (arch gpt2 or llama); see :mod:`kernelgpt.interop_gguf`."""
         from .interop_gguf import export_gguf
         export_gguf(self, path, tokenizer, dtype=dtype)
 
