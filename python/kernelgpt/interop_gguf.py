@@ -47,7 +47,7 @@ PRE_TOKENIZERS: Dict[str, str] = {"gpt2": "gpt-2", "gpt4": "llama-bpe", "o200k":
 DTYPES = ("f32", "f16", "q8_0")
 
 
-def _gguf():
+def _gguf() -> Any:
     try:
         import gguf
     except ImportError:
@@ -59,8 +59,11 @@ def _gguf():
 def _gpt2_tensors(gguf: Any, n_layer: int) -> Dict[str, str]:
     """Our parameter name -> GGUF tensor name, for llama.cpp's gpt2 architecture."""
     T, names = gguf.MODEL_TENSOR, gguf.TENSOR_NAMES
-    wb = lambda t, ours, **k: {f"{ours}.w": names[t].format(**k) + ".weight",  # noqa: E731
-                               f"{ours}.b": names[t].format(**k) + ".bias"}
+
+    def wb(t: Any, ours: str, **k: Any) -> Dict[str, str]:
+        return {f"{ours}.w": names[t].format(**k) + ".weight",
+                f"{ours}.b": names[t].format(**k) + ".bias"}
+
     out = {"wte": names[T.TOKEN_EMBD] + ".weight", "wpe": names[T.POS_EMBD] + ".weight"}
     out.update(wb(T.OUTPUT_NORM, "ln_f"))
     block = [(T.ATTN_NORM, "ln_1"), (T.ATTN_QKV, "attn.c_attn"), (T.ATTN_OUT, "attn.c_proj"),
@@ -96,7 +99,10 @@ def _llama_tensors(gguf: Any, cfg: Any, state: Dict[str, np.ndarray]
     out: List[Tuple[str, np.ndarray]] = [(names[T.TOKEN_EMBD] + ".weight", state["wte"])]
     kinds = (("w", "weight"), ("b", "bias")) if cfg.bias else (("w", "weight"),)
     for l in range(cfg.n_layer):
-        n = lambda t: names[t].format(bid=l)  # noqa: E731
+
+        def n(t: Any, l: int = l) -> str:
+            return str(names[t].format(bid=l))
+
         p = f"h.{l}."
         out.append((n(T.ATTN_NORM) + ".weight", state[p + "ln_1.w"]))
         for k, suffix in kinds:

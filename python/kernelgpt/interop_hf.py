@@ -202,12 +202,14 @@ def _llama_from_hf(c: Dict[str, Any], src: str) -> Any:
     for field in ("rope_scaling", "rope_parameters"):
         if not _default_rope(c.get(field)):
             raise _refuse(src, field, c[field], "only the default rope (no scaling) is supported")
-    for field, ok in (("partial_rotary_factor", lambda v: v in (None, 1, 1.0)),
+    checks: Tuple[Tuple[str, Callable[[Any], bool]], ...] = (
+                     ("partial_rotary_factor", lambda v: v in (None, 1, 1.0)),
                       ("sliding_window", lambda v: v is None),
                       ("use_sliding_window", lambda v: not v),
                       ("num_local_experts", lambda v: not v), ("num_experts", lambda v: not v),
                       ("n_routed_experts", lambda v: not v),
-                      ("quantization_config", lambda v: v is None)):
+                      ("quantization_config", lambda v: v is None))
+    for field, ok in checks:
         if field in c and not ok(c[field]):
             raise _refuse(src, field, c[field], "not supported by this package")
     hidden, heads = c.get("hidden_size"), c.get("num_attention_heads")
@@ -356,7 +358,10 @@ def save_pretrained(model: Any, directory: PathLike, tokenizer: Any = None,
     os.makedirs(d, exist_ok=True)
     write_safetensors(os.path.join(d, WEIGHTS_FILE),
                       hf_state_dict(a, model.state_dict(), cfg), {"format": "pt"})
-    dump = lambda obj: (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()  # noqa: E731
+
+    def dump(obj: Any) -> bytes:
+        return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
     atomic_write_bytes(os.path.join(d, CONFIG_FILE), dump(a.to_hf(cfg, eot)))
     gen = {"_from_model_config": True}
     if eot is not None:

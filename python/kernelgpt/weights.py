@@ -25,7 +25,7 @@ WEIGHTS_FORMAT = "kernelgpt-weights"
 WEIGHTS_VERSION = "1"
 MAX_HEADER_BYTES = 100 << 20   # safetensors' own limit for the JSON header
 
-_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+_DTYPES: Dict[str, "np.dtype[Any]"] = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
            "BF16": np.dtype("<u2"), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
            "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"),
            "BOOL": np.dtype("?")}
@@ -66,10 +66,10 @@ class SafetensorsFile:
         self.data_start = 8 + n
         data_len = size - self.data_start
         self.entries: Dict[str, Tuple[str, Tuple[int, ...], int, int]] = {}
-        for name, e in header.items():
-            if not isinstance(e, dict):
+        for name, entry in header.items():
+            if not isinstance(entry, dict):
                 raise ValueError(f"{p}: bad entry for tensor {name!r}")
-            dt, shape, offs = e.get("dtype"), e.get("shape"), e.get("data_offsets")
+            dt, shape, offs = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
             if dt not in _DTYPES:
                 raise ValueError(f"{p}: tensor {name!r} has unsupported dtype {dt!r}")
             if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0
@@ -98,12 +98,15 @@ class SafetensorsFile:
             buf = f.read(en - b)
         if len(buf) != en - b:
             raise ValueError(f"{self.path}: truncated while reading tensor {name!r}")
-        a = np.frombuffer(buf, dtype=_DTYPES[dt]).reshape(shape)
+        a: np.ndarray = np.frombuffer(buf, dtype=_DTYPES[dt]).reshape(shape)
+        out: np.ndarray
         if dt == "BF16":
-            return (a.astype(np.uint32) << 16).view(np.float32)
-        if dt in ("F16", "F64", "F32"):
-            return a.astype(np.float32)
-        return a.copy()
+            out = (a.astype(np.uint32) << 16).view(np.float32)
+        elif dt in ("F16", "F64", "F32"):
+            out = a.astype(np.float32)
+        else:
+            out = a.copy()
+        return out
 
 
 def read_safetensors(path: PathLike, names: Optional[Iterable[str]] = None
