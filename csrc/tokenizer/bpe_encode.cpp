@@ -1,8 +1,12 @@
 // BPE encoder (see bpe_encode.h). The rank of a merge is the id it creates, so "lowest rank first"
 // is "oldest merge first". Short chunks: an array of current ids with the rank of each adjacent
 // pair, rescanned after each merge (n^2 but n <= kShortChunk). Long chunks: a doubly linked list of
-// symbols plus a min-heap of (rank, position) with lazy invalidation: O(n log n).
-// A per-call cache maps chunks that were not whole tokens to their ids (bounded, then cleared).
+// symbols plus a radix heap of (rank, position) with lazy invalidation. A merge only creates pairs
+// of a higher rank than its own (a merge's parts are older than it), so the minimum popped never
+// decreases and a monotone radix heap applies: O(n) pushes, each key moved between buckets a few
+// times, no comparison-heap log n.
+// A cache owned by the calling thread maps the chunks of one call that were not whole tokens to
+// their ids (entries from earlier calls are never used: same result, whatever ran before).
 #include "tokenizer/bpe_encode.h"
 
 #include <algorithm>
@@ -15,14 +19,51 @@ namespace kgpt { namespace tok {
 
 namespace {
 constexpr size_t kShortChunk = 64;
-constexpr size_t kCacheEntries = size_t(1) << 15;
-constexpr size_t kCacheMaxLen = 256;
-}  // namespace
 
-struct BpeEncoder::Cache {
-  StringMap<std::pair<uint32_t, uint32_t>> map{4096};  // chunk -> (offset, count) into ids
-  std::vector<int32_t> ids;
+// The calling thread's chunk cache (one per thread: encode is const and runs on many at once).
+ChunkCache& thread_cache() {
+  thread_local ChunkCache cache;
+  return cache;
+}
+
+inline unsigned bit_width64(uint64_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+  return x ? 64u - unsigned(__builtin_clzll(x)) : 0u;
+#else
+  unsigned n = 0;
+  while (x) { ++n; x >>= 1; }
+  return n;
+#endif
+}
+
+// Monotone priority queue of uint64 keys: every key pushed must be >= the last key popped.
+class RadixHeap {
+ public:
+  bool empty() const { return size_ == 0; }
+  void push(uint64_t k) { b_[bit_width64(k ^ last_)].push_back(k); ++size_; }
+  uint64_t pop() {
+    if (b_[0].empty()) {
+      unsigned i = 1;
+      while (b_[i].empty()) ++i;
+      std::vector<uint64_t>& v = b_[i];
+      uint64_t m = v[0];
+      for (uint64_t k : v) m = k < m ? k : m;
+      last_ = m;
+      for (uint64_t k : v) b_[bit_width64(k ^ last_)].push_back(k);  // each lands in a lower bucket
+      v.clear();
+    }
+    const uint64_t k = b_[0].back();
+    b_[0].pop_back();
+    --size_;
+    return k;
+  }
+
+ private:
+  std::vector<uint64_t> b_[65];
+  uint64_t last_ = 0;
+  size_t size_ = 0;
 };
+}  // namespace
 
 BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
                        const std::vector<std::string>& specials, Pattern pattern,
@@ -41,7 +82,7 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
       throw std::invalid_argument("merge " + std::to_string(i) + " (" + std::to_string(a) + ", " +
                                   std::to_string(b) + ") refers to an id not created before id " +
                                   std::to_string(id));
-    if (!ranks_.insert((uint64_t(uint32_t(a)) << 32) | uint32_t(b), uint32_t(id)).second)
+    if (!ranks_.insert(a, b, id))
       throw std::invalid_argument("merge " + std::to_string(i) + " repeats the pair (" +
                                   std::to_string(a) + ", " + std::to_string(b) + ")");
     // token(a) + token(b), appended (copy first: appending may reallocate bytes_)
@@ -50,7 +91,6 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
     bytes_ += t;
     offs_.push_back(bytes_.size());
   }
-  for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), int32_t(id));
   for (size_t k = 0; k < specials.size(); ++k)
     if (specials[k].empty())  // encode would find it at every position and never advance
       throw std::invalid_argument("special token " + std::to_string(k) + " is empty; special tokens must not be empty strings");
@@ -59,6 +99,13 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
     offs_.push_back(bytes_.size());
   }
   const size_t total = offs_.size() - 1;
+  init_ids(ids, total, merges.size());
+  // The whole-chunk table gives the id the caller sees (the first, lowest, internal id wins).
+  whole_ = TokenTable(256 + merges.size());
+  for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), ext(int32_t(id)));
+}
+
+void BpeEncoder::init_ids(const std::vector<int32_t>& ids, size_t total, size_t n_merges) {
   if (ids.empty()) return;
   if (ids.size() != total)
     throw std::invalid_argument("ids must hold one id per token (" + std::to_string(total) + "), got " +
@@ -74,7 +121,7 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
   if (identity) return;
   ext_ = ids;
   int_.assign(size_t(top) + 1, -1);
-  const size_t ordinary = 256 + merges.size();
+  const size_t ordinary = 256 + n_merges;
   for (size_t i = 0; i < total; ++i) {
     int32_t& slot = int_[size_t(ids[i])];
     if (slot >= 0 && (i >= ordinary || itoken(size_t(slot)) != itoken(i)))
@@ -104,89 +151,111 @@ void BpeEncoder::merge_short(const unsigned char* p, size_t n, std::vector<int32
     if (best + 1 < n) { const int32_t r = rank(ids[best], ids[best + 1]); rk[best] = r < 0 ? kNone : r; }
     if (best > 0) { const int32_t r = rank(ids[best - 1], ids[best]); rk[best - 1] = r < 0 ? kNone : r; }
   }
-  out.insert(out.end(), ids, ids + n);
+  for (size_t i = 0; i < n; ++i) out.push_back(ext(ids[i]));
 }
 
 void BpeEncoder::merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const {
-  std::vector<int32_t> tok(p, p + n);
-  std::vector<uint32_t> nxt(n), prv(n);
-  std::vector<char> alive(n, 1);
+  // One 16-byte node per symbol; pr is the rank of the pair (this, next), -1 if none (or dead).
+  struct Node { int32_t tok; int32_t pr; uint32_t nxt, prv; };
+  std::vector<Node> node(n);
   const uint32_t kEnd = uint32_t(n);
-  for (size_t i = 0; i < n; ++i) { nxt[i] = uint32_t(i + 1); prv[i] = i == 0 ? kEnd : uint32_t(i - 1); }
-  using Item = std::pair<int32_t, uint32_t>;  // (rank, position): leftmost first among equals
-  std::priority_queue<Item, std::vector<Item>, std::greater<Item>> heap;
+  RadixHeap heap;
+  for (size_t i = 0; i < n; ++i) {
+    node[i].tok = p[i];
+    node[i].nxt = uint32_t(i + 1);
+    node[i].prv = i == 0 ? kEnd : uint32_t(i - 1);
+    node[i].pr = -1;
+  }
   for (size_t i = 0; i + 1 < n; ++i) {
-    const int32_t r = rank(tok[i], tok[i + 1]);
-    if (r >= 0) heap.push({r, uint32_t(i)});
+    const int32_t r = rank(node[i].tok, node[i + 1].tok);
+    node[i].pr = r;
+    if (r >= 0) heap.push((uint64_t(uint32_t(r)) << 32) | uint32_t(i));
   }
   while (!heap.empty()) {
-    const Item top = heap.top();
-    heap.pop();
-    const uint32_t i = top.second;
-    if (!alive[i] || nxt[i] == kEnd || rank(tok[i], tok[nxt[i]]) != top.first) continue;
-    const uint32_t j = nxt[i];
-    tok[i] = top.first;
-    alive[j] = 0;
-    nxt[i] = nxt[j];
-    if (nxt[j] != kEnd) prv[nxt[j]] = i;
-    if (prv[i] != kEnd) {
-      const int32_t r = rank(tok[prv[i]], tok[i]);
-      if (r >= 0) heap.push({r, prv[i]});
+    const uint64_t k = heap.pop();
+    const uint32_t i = uint32_t(k);
+    const int32_t r = int32_t(k >> 32);
+    // Stale unless the pair at i is still the one pushed: a pair only ever changes into one of a
+    // different rank (ids only grow), so equal ranks mean the same pair.
+    if (node[i].pr != r) continue;
+    const uint32_t j = node[i].nxt;
+    const uint32_t nj = node[j].nxt;
+    node[i].tok = r;
+    node[i].nxt = nj;
+    node[j].pr = -1;
+    if (nj != kEnd) {
+      node[nj].prv = i;
+      const int32_t rr = rank(r, node[nj].tok);
+      node[i].pr = rr;
+      if (rr >= 0) heap.push((uint64_t(uint32_t(rr)) << 32) | i);
+    } else {
+      node[i].pr = -1;
     }
-    if (nxt[i] != kEnd) {
-      const int32_t r = rank(tok[i], tok[nxt[i]]);
-      if (r >= 0) heap.push({r, i});
+    const uint32_t pi = node[i].prv;
+    if (pi != kEnd) {
+      const int32_t rr = rank(node[pi].tok, r);
+      node[pi].pr = rr;
+      if (rr >= 0) heap.push((uint64_t(uint32_t(rr)) << 32) | pi);
     }
   }
-  for (uint32_t i = 0; i != kEnd; i = nxt[i]) out.push_back(tok[i]);
+  for (uint32_t i = 0; i != kEnd; i = node[i].nxt) out.push_back(ext(node[i].tok));
 }
 
-void BpeEncoder::encode_chunk(std::string_view chunk, std::vector<int32_t>& out, Cache* cache) const {
-  const uint64_t h = hash_bytes(chunk.data(), chunk.size());
-  if (whole_lookup_) {
-    const int64_t w = whole_.find_h(chunk, h);
-    if (w >= 0) { out.push_back(whole_.value(size_t(w))); return; }
+void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std::vector<int32_t>& out,
+                              ChunkCache& cache) const {
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  if (n == 1) { out.push_back(ext(int32_t(u[0]))); return; }
+  if (n > ChunkCache::kMaxLen) {
+    if (whole_lookup_ && n <= whole_.max_len()) {
+      const uint64_t head = load_head(p, n, true);
+      const int32_t w = whole_.find(p, n, head, hash_key(head, p, n));
+      if (w >= 0) { out.push_back(w); return; }
+    }
+    merge_long(u, n, out);
+    return;
   }
-  const auto* p = reinterpret_cast<const unsigned char*>(chunk.data());
-  if (chunk.size() > kCacheMaxLen) { merge_long(p, chunk.size(), out); return; }
-  const int64_t c = cache->map.find_h(chunk, h);
-  if (c >= 0) {
-    const auto& v = cache->map.value(size_t(c));
-    out.insert(out.end(), cache->ids.begin() + v.first, cache->ids.begin() + v.first + v.second);
+  const uint64_t head = load_head(p, n, text_end - p >= 8);
+  const uint64_t h = hash_key(head, p, n);
+  if (whole_lookup_ && n <= whole_.max_len()) {
+    const int32_t w = whole_.find(p, n, head, h);
+    if (w >= 0) { out.push_back(w); return; }
+  }
+  uint32_t count = 0;
+  if (const int32_t* c = cache.find(p, n, head, h, &count)) {
+    out.insert(out.end(), c, c + count);
     return;
   }
   const size_t start = out.size();
-  if (chunk.size() <= kShortChunk) merge_short(p, chunk.size(), out);
-  else merge_long(p, chunk.size(), out);
-  if (cache->map.size() >= kCacheEntries) { cache->map.clear(); cache->ids.clear(); }
-  cache->map.insert_h(chunk, h, {uint32_t(cache->ids.size()), uint32_t(out.size() - start)});
-  cache->ids.insert(cache->ids.end(), out.begin() + start, out.end());
+  if (n <= kShortChunk) merge_short(u, n, out);
+  else merge_long(u, n, out);
+  cache.put(p, n, head, h, out.data() + start, out.size() - start);
 }
 
 void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& out) const {
-  const size_t start = out.size();
-  ordinary_internal(text, out);
-  to_ext(out, start);
+  ChunkCache& cache = thread_cache();
+  cache.begin();
+  ordinary_internal(text, out, cache);
 }
 
 void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
                         std::vector<int32_t>& out) const {
-  const size_t start = out.size();
   encode_internal(text, allowed, out);
-  to_ext(out, start);
 }
 
-void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out) const {
-  Cache cache;
-  for (size_t pos = 0, end; pos < text.size(); pos = end) {
-    end = chunk_end(text, pos, pattern_);
-    encode_chunk(text.substr(pos, end - pos), out, &cache);
+void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out, ChunkCache& cache) const {
+  const char* base = text.data();
+  const char* end = base + text.size();
+  for (size_t pos = 0, e; pos < text.size(); pos = e) {
+    e = chunk_end(text, pos, pattern_);
+    encode_chunk(base + pos, e - pos, end, out, cache);
   }
 }
 
 void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& allowed,
                                  std::vector<int32_t>& out) const {
-  if (allowed.empty()) { ordinary_internal(text, out); return; }
+  ChunkCache& cache = thread_cache();
+  cache.begin();
+  if (allowed.empty()) { ordinary_internal(text, out, cache); return; }
   const size_t npos = std::string_view::npos;
   std::vector<size_t> next(allowed.size());
   for (size_t k = 0; k < allowed.size(); ++k) next[k] = text.find(specials_[allowed[k]]);
@@ -201,13 +270,13 @@ void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& 
       }
     }
     if (best == npos) break;
-    ordinary_internal(text.substr(pos, best - pos), out);
-    out.push_back(int32_t(256 + n_merges_ + size_t(bid)));
+    ordinary_internal(text.substr(pos, best - pos), out, cache);
+    out.push_back(ext(int32_t(256 + n_merges_ + size_t(bid))));
     pos = best + blen;
     for (size_t k = 0; k < allowed.size(); ++k)
       if (next[k] != npos && next[k] < pos) next[k] = text.find(specials_[allowed[k]], pos);
   }
-  ordinary_internal(text.substr(pos), out);
+  ordinary_internal(text.substr(pos), out, cache);
 }
 
 // One pass, each id read once (a volatile load: never re-read), checked, then its bytes copied:
