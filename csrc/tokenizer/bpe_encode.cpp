@@ -1,10 +1,10 @@
 // BPE encoder (see bpe_encode.h). The rank of a merge is the id it creates, so "lowest rank first"
 // is "oldest merge first". Short chunks: an array of current ids with the rank of each adjacent
 // pair, rescanned after each merge (n^2 but n <= kShortChunk). Long chunks: a doubly linked list of
-// symbols plus a radix heap of (rank, position) with lazy invalidation. A merge only creates pairs
-// of a higher rank than its own (a merge's parts are older than it), so the minimum popped never
-// decreases and a monotone radix heap applies: O(n) pushes, each key moved between buckets a few
-// times, no comparison-heap log n.
+// symbols plus the pending pairs bucketed by rank, with lazy invalidation. A merge only creates
+// pairs of a higher rank than its own (a merge's parts are older than it), so the ranks are taken
+// lowest first, each once, with all its positions in one batch: O(n) pushes, a heap operation per
+// distinct rank only (a 1 MB run of one character has a handful of them).
 // A cache owned by the calling thread maps the chunks of one call that were not whole tokens to
 // their ids (entries from earlier calls are never used: same result, whatever ran before).
 #include "tokenizer/bpe_encode.h"
@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <functional>
 #include <limits>
-#include <queue>
+#include <memory>
 #include <stdexcept>
 
 namespace kgpt { namespace tok {
@@ -26,42 +26,77 @@ ChunkCache& thread_cache() {
   return cache;
 }
 
-inline unsigned bit_width64(uint64_t x) {
-#if defined(__GNUC__) || defined(__clang__)
-  return x ? 64u - unsigned(__builtin_clzll(x)) : 0u;
-#else
-  unsigned n = 0;
-  while (x) { ++n; x >>= 1; }
-  return n;
-#endif
-}
-
-// Monotone priority queue of uint64 keys: every key pushed must be >= the last key popped.
-class RadixHeap {
+// The pending pairs of a long chunk, grouped by rank: a min-heap of the distinct ranks and, per rank,
+// the positions pushed with it. Ranks come out lowest first, each with all its positions at once.
+class RankBuckets {
  public:
-  bool empty() const { return size_ == 0; }
-  void push(uint64_t k) { b_[bit_width64(k ^ last_)].push_back(k); ++size_; }
-  uint64_t pop() {
-    if (b_[0].empty()) {
-      unsigned i = 1;
-      while (b_[i].empty()) ++i;
-      std::vector<uint64_t>& v = b_[i];
-      uint64_t m = v[0];
-      for (uint64_t k : v) m = k < m ? k : m;
-      last_ = m;
-      for (uint64_t k : v) b_[bit_width64(k ^ last_)].push_back(k);  // each lands in a lower bucket
-      v.clear();
+  void push(int32_t r, uint32_t pos) {
+    // The last two ranks pushed are remembered: a merge pushes its two new pairs, and a run
+    // of the same text pushes the same ranks over and over.
+    if (r == memo_r_[0]) { bucket_[memo_b_[0]].push_back(pos); return; }
+    if (r == memo_r_[1]) { bucket_[memo_b_[1]].push_back(pos); return; }
+    uint32_t& b = slot(r);
+    if (b == kNone) {
+      if (free_.empty()) { b = uint32_t(bucket_.size()); bucket_.emplace_back(); }
+      else { b = free_.back(); free_.pop_back(); }
+      heap_.push_back(r);
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<int32_t>());
     }
-    const uint64_t k = b_[0].back();
-    b_[0].pop_back();
-    --size_;
-    return k;
+    bucket_[b].push_back(pos);
+    memo_r_[1] = memo_r_[0]; memo_b_[1] = memo_b_[0];
+    memo_r_[0] = r; memo_b_[0] = b;
+  }
+  // The lowest rank left and its positions (swapped into *pos); false when none is left.
+  bool pop(int32_t* r, std::vector<uint32_t>* pos) {
+    if (heap_.empty()) return false;
+    std::pop_heap(heap_.begin(), heap_.end(), std::greater<int32_t>());
+    *r = heap_.back();
+    heap_.pop_back();
+    uint32_t& b = slot(*r);
+    pos->clear();
+    pos->swap(bucket_[b]);
+    free_.push_back(b);
+    b = kNone;
+    for (int k = 0; k < 2; ++k) if (memo_r_[k] == *r) memo_r_[k] = -1;
+    return true;
   }
 
  private:
-  std::vector<uint64_t> b_[65];
-  uint64_t last_ = 0;
-  size_t size_ = 0;
+  static constexpr uint32_t kNone = ~uint32_t(0);
+  // The bucket of rank r (kNone if it has none), inserting r if absent. Open addressing, never shrinks.
+  uint32_t& slot(int32_t r) {
+    if ((used_ + 1) * 2 > keys_.size()) grow();
+    size_t i = (uint32_t(r) * 0x9e3779b1u) & (keys_.size() - 1);
+    while (keys_[i] != r) {
+      if (keys_[i] == -1) { keys_[i] = r; vals_[i] = kNone; ++used_; break; }
+      i = (i + 1) & (keys_.size() - 1);
+    }
+    return vals_[i];
+  }
+  void grow() {
+    std::vector<int32_t> ok;
+    std::vector<uint32_t> ov;
+    ok.swap(keys_);
+    ov.swap(vals_);
+    const size_t c = ok.empty() ? 64 : ok.size() * 2;
+    keys_.assign(c, -1);
+    vals_.assign(c, kNone);
+    for (size_t j = 0; j < ok.size(); ++j) {
+      if (ok[j] == -1) continue;
+      size_t i = (uint32_t(ok[j]) * 0x9e3779b1u) & (c - 1);
+      while (keys_[i] != -1) i = (i + 1) & (c - 1);
+      keys_[i] = ok[j];
+      vals_[i] = ov[j];
+    }
+  }
+  std::vector<int32_t> heap_;
+  std::vector<std::vector<uint32_t>> bucket_;
+  std::vector<uint32_t> free_;
+  std::vector<int32_t> keys_;
+  std::vector<uint32_t> vals_;
+  size_t used_ = 0;
+  int32_t memo_r_[2] = {-1, -1};
+  uint32_t memo_b_[2] = {0, 0};
 };
 }  // namespace
 
@@ -157,45 +192,50 @@ void BpeEncoder::merge_short(const unsigned char* p, size_t n, std::vector<int32
 void BpeEncoder::merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const {
   // One 16-byte node per symbol; pr is the rank of the pair (this, next), -1 if none (or dead).
   struct Node { int32_t tok; int32_t pr; uint32_t nxt, prv; };
-  std::vector<Node> node(n);
+  std::unique_ptr<Node[]> node(new Node[n]);  // every field written below
   const uint32_t kEnd = uint32_t(n);
-  RadixHeap heap;
+  RankBuckets pending;
+  int32_t last_a = -1, last_b = -1, last_r = -1;  // runs repeat pairs: one lookup per change
   for (size_t i = 0; i < n; ++i) {
     node[i].tok = p[i];
     node[i].nxt = uint32_t(i + 1);
     node[i].prv = i == 0 ? kEnd : uint32_t(i - 1);
-    node[i].pr = -1;
-  }
-  for (size_t i = 0; i + 1 < n; ++i) {
-    const int32_t r = rank(node[i].tok, node[i + 1].tok);
-    node[i].pr = r;
-    if (r >= 0) heap.push((uint64_t(uint32_t(r)) << 32) | uint32_t(i));
-  }
-  while (!heap.empty()) {
-    const uint64_t k = heap.pop();
-    const uint32_t i = uint32_t(k);
-    const int32_t r = int32_t(k >> 32);
-    // Stale unless the pair at i is still the one pushed: a pair only ever changes into one of a
-    // different rank (ids only grow), so equal ranks mean the same pair.
-    if (node[i].pr != r) continue;
-    const uint32_t j = node[i].nxt;
-    const uint32_t nj = node[j].nxt;
-    node[i].tok = r;
-    node[i].nxt = nj;
-    node[j].pr = -1;
-    if (nj != kEnd) {
-      node[nj].prv = i;
-      const int32_t rr = rank(r, node[nj].tok);
-      node[i].pr = rr;
-      if (rr >= 0) heap.push((uint64_t(uint32_t(rr)) << 32) | i);
-    } else {
-      node[i].pr = -1;
+    int32_t r = -1;
+    if (i + 1 < n) {
+      if (p[i] != last_a || p[i + 1] != last_b) { last_a = p[i]; last_b = p[i + 1]; last_r = rank(last_a, last_b); }
+      r = last_r;
     }
-    const uint32_t pi = node[i].prv;
-    if (pi != kEnd) {
-      const int32_t rr = rank(node[pi].tok, r);
-      node[pi].pr = rr;
-      if (rr >= 0) heap.push((uint64_t(uint32_t(rr)) << 32) | pi);
+    node[i].pr = r;
+    if (r >= 0) pending.push(r, uint32_t(i));
+  }
+  int32_t r = 0;
+  std::vector<uint32_t> batch;
+  while (pending.pop(&r, &batch)) {
+    // All pairs of rank r, merged left to right: a merge only makes pairs of higher ranks, so no
+    // pair of rank r appears meanwhile, and leftmost-first among equals is position order.
+    if (!std::is_sorted(batch.begin(), batch.end())) std::sort(batch.begin(), batch.end());
+    for (const uint32_t i : batch) {
+      // Stale unless the pair at i is still one of rank r: a pair only ever changes into one of
+      // another rank (ids only grow), so an equal rank is the same pair.
+      if (node[i].pr != r) continue;
+      const uint32_t j = node[i].nxt;
+      const uint32_t nj = node[j].nxt;
+      node[i].tok = r;
+      node[i].nxt = nj;
+      node[j].pr = -1;
+      node[i].pr = -1;
+      if (nj != kEnd) {
+        node[nj].prv = i;
+        const int32_t rr = rank(r, node[nj].tok);
+        node[i].pr = rr;
+        if (rr >= 0) pending.push(rr, i);
+      }
+      const uint32_t pi = node[i].prv;
+      if (pi != kEnd) {
+        const int32_t rr = rank(node[pi].tok, r);
+        node[pi].pr = rr;
+        if (rr >= 0) pending.push(rr, pi);
+      }
     }
   }
   for (uint32_t i = 0; i != kEnd; i = node[i].nxt) out.push_back(ext(node[i].tok));
