@@ -273,7 +273,7 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
 
 void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& out) const {
   ChunkCache& cache = thread_cache();
-  cache.begin();
+  cache.begin(text.size());
   ordinary_internal(text, out, cache);
 }
 
@@ -294,7 +294,7 @@ void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& 
 void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& allowed,
                                  std::vector<int32_t>& out) const {
   ChunkCache& cache = thread_cache();
-  cache.begin();
+  cache.begin(text.size());
   if (allowed.empty()) { ordinary_internal(text, out, cache); return; }
   const size_t npos = std::string_view::npos;
   std::vector<size_t> next(allowed.size());

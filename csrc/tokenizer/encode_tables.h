@@ -4,7 +4,8 @@
 //     rejected with one memory access; longer keys compare the rest against an arena.
 //   RankTable: (left id, right id) -> merged id, key and value in one 16-byte slot.
 //   ChunkCache: a direct-mapped (no probing, newest wins) chunk -> ids cache whose entries are
-//     valid for one encode call only (a generation stamp per slot: starting a call costs nothing).
+//     valid for one encode call only (a generation stamp per slot: starting a call costs nothing;
+//     the table grows with the longest text seen, 16 bytes of text per slot, up to 2^15 slots).
 // Keys are hashed with a two-multiply mixer; the tables are built once and then only read
 // (TokenTable, RankTable), or owned by one thread (ChunkCache).
 #pragma once
@@ -153,13 +154,20 @@ class RankTable {
 class ChunkCache {
  public:
   static constexpr size_t kMaxLen = 256;  // longer chunks are not cached
-  void begin() {
-    if (slots_.empty()) slots_.assign(kSlots, Slot{});
+  // Starts a call on about text_bytes of text: the table grows (up to kMaxBits) to fit it.
+  void begin(size_t text_bytes) {
+    unsigned want = 8;
+    while (want < kMaxBits && (size_t(1) << want) * 16 < text_bytes) ++want;
+    if (want > bits_) {
+      bits_ = want;
+      slots_.assign(size_t(1) << bits_, Slot{});
+      gen_ = 0;
+    }
     next_gen();
   }
   // The cached ids of p[0..n) (n <= kMaxLen), or nullptr; *count gets their number.
   const int32_t* find(const char* p, size_t n, uint64_t head, uint64_t h, uint32_t* count) const {
-    const Slot& s = slots_[h >> (64 - kBits)];
+    const Slot& s = slots_[h >> (64 - bits_)];
     if (s.gen != gen_ || s.head != head || s.len != n) return nullptr;
     if (n > 8 && std::memcmp(keys_.data() + s.key_off, p + 8, n - 8) != 0) return nullptr;
     *count = s.count;
@@ -167,7 +175,7 @@ class ChunkCache {
   }
   void put(const char* p, size_t n, uint64_t head, uint64_t h, const int32_t* ids, size_t count) {
     if (ids_.size() + count > kMaxIds || keys_.size() + n > kMaxIds * 4) next_gen();
-    Slot& s = slots_[h >> (64 - kBits)];
+    Slot& s = slots_[h >> (64 - bits_)];
     s.head = head;
     s.len = uint32_t(n);
     s.gen = gen_;
@@ -179,8 +187,7 @@ class ChunkCache {
   }
 
  private:
-  static constexpr unsigned kBits = 15;
-  static constexpr size_t kSlots = size_t(1) << kBits;
+  static constexpr unsigned kMaxBits = 15;
   static constexpr size_t kMaxIds = size_t(1) << 22;
   struct Slot { uint64_t head = 0; uint32_t len = 0, gen = 0, count = 0, ids_off = 0, key_off = 0, pad = 0; };
   void next_gen() {
@@ -195,6 +202,7 @@ class ChunkCache {
   std::vector<int32_t> ids_;
   std::string keys_;  // bytes 8.. of each cached key longer than 8 bytes
   uint32_t gen_ = 0;
+  unsigned bits_ = 0;
 };
 
 }}  // namespace kgpt::tok
