@@ -73,7 +73,7 @@ def test_long_chunks_inside_text_and_batch_equal_reference():
 
 
 def test_same_text_twice_gives_same_ids():
-    """The per-thread chunk cache never carries results from one call into the next."""
+    """The chunk caches the encoder keeps across calls never change a later call's ids."""
     tok = _tok("gpt4")
     a = "ab" * 200 + " aab aab " + "a" * 300
     first = tok.encode(a, "none")

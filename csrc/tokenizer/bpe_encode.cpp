@@ -5,8 +5,10 @@
 // pairs of a higher rank than its own (a merge's parts are older than it), so the ranks are taken
 // lowest first, each once, with all its positions in one batch: O(n) pushes, a heap operation per
 // distinct rank only (a 1 MB run of one character has a handful of them).
-// A cache owned by the calling thread maps the chunks of one call that were not whole tokens to
-// their ids (entries from earlier calls are never used: same result, whatever ran before).
+// Chunk caches (chunks that were not whole tokens -> their ids) are kept by the encoder and lent to
+// one call at a time, so a cache survives across calls (short texts in a loop or a batch reuse the
+// chunks merged before) without two threads ever sharing one. A chunk's ids depend on the chunk
+// alone, so reuse never changes a result.
 #include "tokenizer/bpe_encode.h"
 
 #include <algorithm>
@@ -19,12 +21,6 @@ namespace kgpt { namespace tok {
 
 namespace {
 constexpr size_t kShortChunk = 64;
-
-// The calling thread's chunk cache (one per thread: encode is const and runs on many at once).
-ChunkCache& thread_cache() {
-  thread_local ChunkCache cache;
-  return cache;
-}
 
 // The pending pairs of a long chunk, grouped by rank: a min-heap of the distinct ranks and, per rank,
 // the positions pushed with it. Ranks come out lowest first, each with all its positions at once.
@@ -271,10 +267,29 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
   cache.put(p, n, head, h, out.data() + start, out.size() - start);
 }
 
+std::unique_ptr<ChunkCache> BpeEncoder::take_cache() const {
+  {
+    std::lock_guard<std::mutex> lock(caches_mu_);
+    if (!caches_.empty()) {
+      std::unique_ptr<ChunkCache> c = std::move(caches_.back());
+      caches_.pop_back();
+      return c;
+    }
+  }
+  return std::unique_ptr<ChunkCache>(new ChunkCache());
+}
+
+void BpeEncoder::give_cache(std::unique_ptr<ChunkCache> c) const {
+  std::lock_guard<std::mutex> lock(caches_mu_);
+  try {
+    caches_.push_back(std::move(c));
+  } catch (...) {  // out of memory: the cache is dropped (called from a destructor: never throws)
+  }
+}
+
 void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& out) const {
-  ChunkCache& cache = thread_cache();
-  cache.begin(text.size());
-  ordinary_internal(text, out, cache);
+  const std::vector<int> none;
+  encode_internal(text, none, out);
 }
 
 void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
@@ -293,7 +308,13 @@ void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& 
 
 void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& allowed,
                                  std::vector<int32_t>& out) const {
-  ChunkCache& cache = thread_cache();
+  // Borrowed for the call and handed back even if an allocation throws.
+  struct Lease {
+    const BpeEncoder* enc;
+    std::unique_ptr<ChunkCache> c;
+    ~Lease() { enc->give_cache(std::move(c)); }
+  } lease{this, take_cache()};
+  ChunkCache& cache = *lease.c;
   cache.begin(text.size());
   if (allowed.empty()) { ordinary_internal(text, out, cache); return; }
   const size_t npos = std::string_view::npos;

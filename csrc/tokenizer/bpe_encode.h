@@ -1,10 +1,13 @@
 // Byte-level BPE encoder and decoder over a fixed list of merges (+ special tokens after them).
 // Per chunk: whole-chunk lookup in the vocabulary first (the lowest id spelling those bytes), then
-// lowest-rank-first merging, leftmost among equals (a scan for short chunks, a monotone radix heap
-// over a linked list for long ones, so no input is quadratic). Immutable after construction: encode/decode are
-// const and safe to call from many threads at once. Outputs are appended (+=) to caller's vectors.
+// lowest-rank-first merging, leftmost among equals (a scan for short chunks; for long ones a linked
+// list with the pending pairs bucketed by rank, so no input is quadratic). Immutable after
+// construction but for a pool of chunk caches behind a mutex: encode/decode are const and safe to
+// call from many threads at once. Outputs are appended (+=) to caller's vectors.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -61,6 +64,8 @@ class BpeEncoder {
   void merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   int32_t rank(int32_t a, int32_t b) const { return ranks_.find(a, b); }
   void init_ids(const std::vector<int32_t>& ids, size_t total, size_t n_merges);
+  std::unique_ptr<ChunkCache> take_cache() const;
+  void give_cache(std::unique_ptr<ChunkCache> c) const;
 
   Pattern pattern_;
   size_t n_merges_;
@@ -72,6 +77,9 @@ class BpeEncoder {
   std::vector<int32_t> ext_;  // internal id -> id (empty: identity)
   std::vector<int32_t> int_;  // id -> internal id, -1 for a hole (empty: identity)
   bool whole_lookup_ = true;
+  // Idle chunk caches (one is lent to each call; as many as calls have run at once).
+  mutable std::mutex caches_mu_;
+  mutable std::vector<std::unique_ptr<ChunkCache>> caches_;
 };
 
 }}  // namespace kgpt::tok

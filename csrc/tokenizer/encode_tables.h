@@ -3,9 +3,9 @@
 //     first 8 bytes and length inline, so a key of up to 8 bytes (most chunks of text) is found or
 //     rejected with one memory access; longer keys compare the rest against an arena.
 //   RankTable: (left id, right id) -> merged id, key and value in one 16-byte slot.
-//   ChunkCache: a direct-mapped (no probing, newest wins) chunk -> ids cache whose entries are
-//     valid for one encode call only (a generation stamp per slot: starting a call costs nothing;
-//     the table grows with the longest text seen, 16 bytes of text per slot, up to 2^15 slots).
+//   ChunkCache: a direct-mapped (no probing, newest wins) chunk -> ids cache. The encoder keeps a
+//     few (one per call running at once) and reuses them across calls: an entry is the
+//     deterministic result of one chunk, so which calls ran before never changes an output.
 // Keys are hashed with a two-multiply mixer; the tables are built once and then only read
 // (TokenTable, RankTable), or owned by one thread (ChunkCache).
 #pragma once
@@ -149,12 +149,13 @@ class RankTable {
   unsigned bits_ = 0;
 };
 
-// chunk -> the ids it encodes to, for the chunks of one call (begin() starts a call). Owned by one
-// thread. Memory is bounded: past kMaxIds stored ids, everything is dropped and refilled.
+// chunk -> the ids it encodes to. Used by one thread at a time. Memory is bounded: past kMaxIds
+// stored ids, everything is dropped (a generation stamp per slot: nothing to clear) and refilled.
 class ChunkCache {
  public:
   static constexpr size_t kMaxLen = 256;  // longer chunks are not cached
-  // Starts a call on about text_bytes of text: the table grows (up to kMaxBits) to fit it.
+  // Starts a call on about text_bytes of text: the table grows (up to kMaxBits) to fit it (and
+  // then starts empty); otherwise what earlier calls stored stays.
   void begin(size_t text_bytes) {
     unsigned want = 8;
     while (want < kMaxBits && (size_t(1) << want) * 16 < text_bytes) ++want;
@@ -162,8 +163,8 @@ class ChunkCache {
       bits_ = want;
       slots_.assign(size_t(1) << bits_, Slot{});
       gen_ = 0;
+      next_gen();
     }
-    next_gen();
   }
   // The cached ids of p[0..n) (n <= kMaxLen), or nullptr; *count gets their number.
   const int32_t* find(const char* p, size_t n, uint64_t head, uint64_t h, uint32_t* count) const {
@@ -188,7 +189,7 @@ class ChunkCache {
 
  private:
   static constexpr unsigned kMaxBits = 15;
-  static constexpr size_t kMaxIds = size_t(1) << 22;
+  static constexpr size_t kMaxIds = size_t(1) << 20;
   struct Slot { uint64_t head = 0; uint32_t len = 0, gen = 0, count = 0, ids_off = 0, key_off = 0, pad = 0; };
   void next_gen() {
     ids_.clear();
