@@ -1,28 +1,100 @@
 // BPE encoder (see bpe_encode.h). The rank of a merge is the id it creates, so "lowest rank first"
 // is "oldest merge first". Short chunks: an array of current ids with the rank of each adjacent
 // pair, rescanned after each merge (n^2 but n <= kShortChunk). Long chunks: a doubly linked list of
-// symbols plus a min-heap of (rank, position) with lazy invalidation: O(n log n).
-// A per-call cache maps chunks that were not whole tokens to their ids (bounded, then cleared).
+// symbols plus the pending pairs bucketed by rank, with lazy invalidation. A merge only creates
+// pairs of a higher rank than its own (a merge's parts are older than it), so the ranks are taken
+// lowest first, each once, with all its positions in one batch: O(n) pushes, a heap operation per
+// distinct rank only (a 1 MB run of one character has a handful of them).
+// Chunk caches (chunks that were not whole tokens -> their ids) are kept by the encoder and lent to
+// one call at a time, so a cache survives across calls (short texts in a loop or a batch reuse the
+// chunks merged before) without two threads ever sharing one. A chunk's ids depend on the chunk
+// alone, so reuse never changes a result.
 #include "tokenizer/bpe_encode.h"
 
 #include <algorithm>
 #include <functional>
 #include <limits>
-#include <queue>
+#include <memory>
 #include <stdexcept>
 
 namespace kgpt { namespace tok {
 
 namespace {
 constexpr size_t kShortChunk = 64;
-constexpr size_t kCacheEntries = size_t(1) << 15;
-constexpr size_t kCacheMaxLen = 256;
-}  // namespace
 
-struct BpeEncoder::Cache {
-  StringMap<std::pair<uint32_t, uint32_t>> map{4096};  // chunk -> (offset, count) into ids
-  std::vector<int32_t> ids;
+// The pending pairs of a long chunk, grouped by rank: a min-heap of the distinct ranks and, per rank,
+// the positions pushed with it. Ranks come out lowest first, each with all its positions at once.
+class RankBuckets {
+ public:
+  void push(int32_t r, uint32_t pos) {
+    // The last two ranks pushed are remembered: a merge pushes its two new pairs, and a run
+    // of the same text pushes the same ranks over and over.
+    if (r == memo_r_[0]) { bucket_[memo_b_[0]].push_back(pos); return; }
+    if (r == memo_r_[1]) { bucket_[memo_b_[1]].push_back(pos); return; }
+    uint32_t& b = slot(r);
+    if (b == kNone) {
+      if (free_.empty()) { b = uint32_t(bucket_.size()); bucket_.emplace_back(); }
+      else { b = free_.back(); free_.pop_back(); }
+      heap_.push_back(r);
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<int32_t>());
+    }
+    bucket_[b].push_back(pos);
+    memo_r_[1] = memo_r_[0]; memo_b_[1] = memo_b_[0];
+    memo_r_[0] = r; memo_b_[0] = b;
+  }
+  // The lowest rank left and its positions (swapped into *pos); false when none is left.
+  bool pop(int32_t* r, std::vector<uint32_t>* pos) {
+    if (heap_.empty()) return false;
+    std::pop_heap(heap_.begin(), heap_.end(), std::greater<int32_t>());
+    *r = heap_.back();
+    heap_.pop_back();
+    uint32_t& b = slot(*r);
+    pos->clear();
+    pos->swap(bucket_[b]);
+    free_.push_back(b);
+    b = kNone;
+    for (int k = 0; k < 2; ++k) if (memo_r_[k] == *r) memo_r_[k] = -1;
+    return true;
+  }
+
+ private:
+  static constexpr uint32_t kNone = ~uint32_t(0);
+  // The bucket of rank r (kNone if it has none), inserting r if absent. Open addressing, never shrinks.
+  uint32_t& slot(int32_t r) {
+    if ((used_ + 1) * 2 > keys_.size()) grow();
+    size_t i = (uint32_t(r) * 0x9e3779b1u) & (keys_.size() - 1);
+    while (keys_[i] != r) {
+      if (keys_[i] == -1) { keys_[i] = r; vals_[i] = kNone; ++used_; break; }
+      i = (i + 1) & (keys_.size() - 1);
+    }
+    return vals_[i];
+  }
+  void grow() {
+    std::vector<int32_t> ok;
+    std::vector<uint32_t> ov;
+    ok.swap(keys_);
+    ov.swap(vals_);
+    const size_t c = ok.empty() ? 64 : ok.size() * 2;
+    keys_.assign(c, -1);
+    vals_.assign(c, kNone);
+    for (size_t j = 0; j < ok.size(); ++j) {
+      if (ok[j] == -1) continue;
+      size_t i = (uint32_t(ok[j]) * 0x9e3779b1u) & (c - 1);
+      while (keys_[i] != -1) i = (i + 1) & (c - 1);
+      keys_[i] = ok[j];
+      vals_[i] = ov[j];
+    }
+  }
+  std::vector<int32_t> heap_;
+  std::vector<std::vector<uint32_t>> bucket_;
+  std::vector<uint32_t> free_;
+  std::vector<int32_t> keys_;
+  std::vector<uint32_t> vals_;
+  size_t used_ = 0;
+  int32_t memo_r_[2] = {-1, -1};
+  uint32_t memo_b_[2] = {0, 0};
 };
+}  // namespace
 
 BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
                        const std::vector<std::string>& specials, Pattern pattern,
@@ -41,7 +113,7 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
       throw std::invalid_argument("merge " + std::to_string(i) + " (" + std::to_string(a) + ", " +
                                   std::to_string(b) + ") refers to an id not created before id " +
                                   std::to_string(id));
-    if (!ranks_.insert((uint64_t(uint32_t(a)) << 32) | uint32_t(b), uint32_t(id)).second)
+    if (!ranks_.insert(a, b, id))
       throw std::invalid_argument("merge " + std::to_string(i) + " repeats the pair (" +
                                   std::to_string(a) + ", " + std::to_string(b) + ")");
     // token(a) + token(b), appended (copy first: appending may reallocate bytes_)
@@ -50,7 +122,6 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
     bytes_ += t;
     offs_.push_back(bytes_.size());
   }
-  for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), int32_t(id));
   for (size_t k = 0; k < specials.size(); ++k)
     if (specials[k].empty())  // encode would find it at every position and never advance
       throw std::invalid_argument("special token " + std::to_string(k) + " is empty; special tokens must not be empty strings");
@@ -59,6 +130,13 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
     offs_.push_back(bytes_.size());
   }
   const size_t total = offs_.size() - 1;
+  init_ids(ids, total, merges.size());
+  // The whole-chunk table gives the id the caller sees (the first, lowest, internal id wins).
+  whole_ = TokenTable(256 + merges.size());
+  for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), ext(int32_t(id)));
+}
+
+void BpeEncoder::init_ids(const std::vector<int32_t>& ids, size_t total, size_t n_merges) {
   if (ids.empty()) return;
   if (ids.size() != total)
     throw std::invalid_argument("ids must hold one id per token (" + std::to_string(total) + "), got " +
@@ -74,7 +152,7 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
   if (identity) return;
   ext_ = ids;
   int_.assign(size_t(top) + 1, -1);
-  const size_t ordinary = 256 + merges.size();
+  const size_t ordinary = 256 + n_merges;
   for (size_t i = 0; i < total; ++i) {
     int32_t& slot = int_[size_t(ids[i])];
     if (slot >= 0 && (i >= ordinary || itoken(size_t(slot)) != itoken(i)))
@@ -104,89 +182,141 @@ void BpeEncoder::merge_short(const unsigned char* p, size_t n, std::vector<int32
     if (best + 1 < n) { const int32_t r = rank(ids[best], ids[best + 1]); rk[best] = r < 0 ? kNone : r; }
     if (best > 0) { const int32_t r = rank(ids[best - 1], ids[best]); rk[best - 1] = r < 0 ? kNone : r; }
   }
-  out.insert(out.end(), ids, ids + n);
+  for (size_t i = 0; i < n; ++i) out.push_back(ext(ids[i]));
 }
 
 void BpeEncoder::merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const {
-  std::vector<int32_t> tok(p, p + n);
-  std::vector<uint32_t> nxt(n), prv(n);
-  std::vector<char> alive(n, 1);
+  // One 16-byte node per symbol; pr is the rank of the pair (this, next), -1 if none (or dead).
+  struct Node { int32_t tok; int32_t pr; uint32_t nxt, prv; };
+  std::unique_ptr<Node[]> node(new Node[n]);  // every field written below
   const uint32_t kEnd = uint32_t(n);
-  for (size_t i = 0; i < n; ++i) { nxt[i] = uint32_t(i + 1); prv[i] = i == 0 ? kEnd : uint32_t(i - 1); }
-  using Item = std::pair<int32_t, uint32_t>;  // (rank, position): leftmost first among equals
-  std::priority_queue<Item, std::vector<Item>, std::greater<Item>> heap;
-  for (size_t i = 0; i + 1 < n; ++i) {
-    const int32_t r = rank(tok[i], tok[i + 1]);
-    if (r >= 0) heap.push({r, uint32_t(i)});
-  }
-  while (!heap.empty()) {
-    const Item top = heap.top();
-    heap.pop();
-    const uint32_t i = top.second;
-    if (!alive[i] || nxt[i] == kEnd || rank(tok[i], tok[nxt[i]]) != top.first) continue;
-    const uint32_t j = nxt[i];
-    tok[i] = top.first;
-    alive[j] = 0;
-    nxt[i] = nxt[j];
-    if (nxt[j] != kEnd) prv[nxt[j]] = i;
-    if (prv[i] != kEnd) {
-      const int32_t r = rank(tok[prv[i]], tok[i]);
-      if (r >= 0) heap.push({r, prv[i]});
+  RankBuckets pending;
+  int32_t last_a = -1, last_b = -1, last_r = -1;  // runs repeat pairs: one lookup per change
+  for (size_t i = 0; i < n; ++i) {
+    node[i].tok = p[i];
+    node[i].nxt = uint32_t(i + 1);
+    node[i].prv = i == 0 ? kEnd : uint32_t(i - 1);
+    int32_t r = -1;
+    if (i + 1 < n) {
+      if (p[i] != last_a || p[i + 1] != last_b) { last_a = p[i]; last_b = p[i + 1]; last_r = rank(last_a, last_b); }
+      r = last_r;
     }
-    if (nxt[i] != kEnd) {
-      const int32_t r = rank(tok[i], tok[nxt[i]]);
-      if (r >= 0) heap.push({r, i});
+    node[i].pr = r;
+    if (r >= 0) pending.push(r, uint32_t(i));
+  }
+  int32_t r = 0;
+  std::vector<uint32_t> batch;
+  while (pending.pop(&r, &batch)) {
+    // All pairs of rank r, merged left to right: a merge only makes pairs of higher ranks, so no
+    // pair of rank r appears meanwhile, and leftmost-first among equals is position order.
+    if (!std::is_sorted(batch.begin(), batch.end())) std::sort(batch.begin(), batch.end());
+    for (const uint32_t i : batch) {
+      // Stale unless the pair at i is still one of rank r: a pair only ever changes into one of
+      // another rank (ids only grow), so an equal rank is the same pair.
+      if (node[i].pr != r) continue;
+      const uint32_t j = node[i].nxt;
+      const uint32_t nj = node[j].nxt;
+      node[i].tok = r;
+      node[i].nxt = nj;
+      node[j].pr = -1;
+      node[i].pr = -1;
+      if (nj != kEnd) {
+        node[nj].prv = i;
+        const int32_t rr = rank(r, node[nj].tok);
+        node[i].pr = rr;
+        if (rr >= 0) pending.push(rr, i);
+      }
+      const uint32_t pi = node[i].prv;
+      if (pi != kEnd) {
+        const int32_t rr = rank(node[pi].tok, r);
+        node[pi].pr = rr;
+        if (rr >= 0) pending.push(rr, pi);
+      }
     }
   }
-  for (uint32_t i = 0; i != kEnd; i = nxt[i]) out.push_back(tok[i]);
+  for (uint32_t i = 0; i != kEnd; i = node[i].nxt) out.push_back(ext(node[i].tok));
 }
 
-void BpeEncoder::encode_chunk(std::string_view chunk, std::vector<int32_t>& out, Cache* cache) const {
-  const uint64_t h = hash_bytes(chunk.data(), chunk.size());
-  if (whole_lookup_) {
-    const int64_t w = whole_.find_h(chunk, h);
-    if (w >= 0) { out.push_back(whole_.value(size_t(w))); return; }
+void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std::vector<int32_t>& out,
+                              ChunkCache& cache) const {
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  if (n == 1) { out.push_back(ext(int32_t(u[0]))); return; }
+  if (n > ChunkCache::kMaxLen) {
+    if (whole_lookup_ && n <= whole_.max_len()) {
+      const uint64_t head = load_head(p, n, true);
+      const int32_t w = whole_.find(p, n, head, hash_key(head, p, n));
+      if (w >= 0) { out.push_back(w); return; }
+    }
+    merge_long(u, n, out);
+    return;
   }
-  const auto* p = reinterpret_cast<const unsigned char*>(chunk.data());
-  if (chunk.size() > kCacheMaxLen) { merge_long(p, chunk.size(), out); return; }
-  const int64_t c = cache->map.find_h(chunk, h);
-  if (c >= 0) {
-    const auto& v = cache->map.value(size_t(c));
-    out.insert(out.end(), cache->ids.begin() + v.first, cache->ids.begin() + v.first + v.second);
+  const uint64_t head = load_head(p, n, text_end - p >= 8);
+  const uint64_t h = hash_key(head, p, n);
+  if (whole_lookup_ && n <= whole_.max_len()) {
+    const int32_t w = whole_.find(p, n, head, h);
+    if (w >= 0) { out.push_back(w); return; }
+  }
+  uint32_t count = 0;
+  if (const int32_t* c = cache.find(p, n, head, h, &count)) {
+    out.insert(out.end(), c, c + count);
     return;
   }
   const size_t start = out.size();
-  if (chunk.size() <= kShortChunk) merge_short(p, chunk.size(), out);
-  else merge_long(p, chunk.size(), out);
-  if (cache->map.size() >= kCacheEntries) { cache->map.clear(); cache->ids.clear(); }
-  cache->map.insert_h(chunk, h, {uint32_t(cache->ids.size()), uint32_t(out.size() - start)});
-  cache->ids.insert(cache->ids.end(), out.begin() + start, out.end());
+  if (n <= kShortChunk) merge_short(u, n, out);
+  else merge_long(u, n, out);
+  cache.put(p, n, head, h, out.data() + start, out.size() - start);
+}
+
+std::unique_ptr<ChunkCache> BpeEncoder::take_cache() const {
+  {
+    std::lock_guard<std::mutex> lock(caches_mu_);
+    if (!caches_.empty()) {
+      std::unique_ptr<ChunkCache> c = std::move(caches_.back());
+      caches_.pop_back();
+      return c;
+    }
+  }
+  return std::unique_ptr<ChunkCache>(new ChunkCache());
+}
+
+void BpeEncoder::give_cache(std::unique_ptr<ChunkCache> c) const {
+  std::lock_guard<std::mutex> lock(caches_mu_);
+  try {
+    caches_.push_back(std::move(c));
+  } catch (...) {  // out of memory: the cache is dropped (called from a destructor: never throws)
+  }
 }
 
 void BpeEncoder::encode_ordinary(std::string_view text, std::vector<int32_t>& out) const {
-  const size_t start = out.size();
-  ordinary_internal(text, out);
-  to_ext(out, start);
+  const std::vector<int> none;
+  encode_internal(text, none, out);
 }
 
 void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
                         std::vector<int32_t>& out) const {
-  const size_t start = out.size();
   encode_internal(text, allowed, out);
-  to_ext(out, start);
 }
 
-void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out) const {
-  Cache cache;
-  for (size_t pos = 0, end; pos < text.size(); pos = end) {
-    end = chunk_end(text, pos, pattern_);
-    encode_chunk(text.substr(pos, end - pos), out, &cache);
+void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out, ChunkCache& cache) const {
+  const char* base = text.data();
+  const char* end = base + text.size();
+  for (size_t pos = 0, e; pos < text.size(); pos = e) {
+    e = chunk_end(text, pos, pattern_);
+    encode_chunk(base + pos, e - pos, end, out, cache);
   }
 }
 
 void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& allowed,
                                  std::vector<int32_t>& out) const {
-  if (allowed.empty()) { ordinary_internal(text, out); return; }
+  // Borrowed for the call and handed back even if an allocation throws.
+  struct Lease {
+    const BpeEncoder* enc;
+    std::unique_ptr<ChunkCache> c;
+    ~Lease() { enc->give_cache(std::move(c)); }
+  } lease{this, take_cache()};
+  ChunkCache& cache = *lease.c;
+  cache.begin(text.size());
+  if (allowed.empty()) { ordinary_internal(text, out, cache); return; }
   const size_t npos = std::string_view::npos;
   std::vector<size_t> next(allowed.size());
   for (size_t k = 0; k < allowed.size(); ++k) next[k] = text.find(specials_[allowed[k]]);
@@ -201,13 +331,13 @@ void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& 
       }
     }
     if (best == npos) break;
-    ordinary_internal(text.substr(pos, best - pos), out);
-    out.push_back(int32_t(256 + n_merges_ + size_t(bid)));
+    ordinary_internal(text.substr(pos, best - pos), out, cache);
+    out.push_back(ext(int32_t(256 + n_merges_ + size_t(bid))));
     pos = best + blen;
     for (size_t k = 0; k < allowed.size(); ++k)
       if (next[k] != npos && next[k] < pos) next[k] = text.find(specials_[allowed[k]], pos);
   }
-  ordinary_internal(text.substr(pos), out);
+  ordinary_internal(text.substr(pos), out, cache);
 }
 
 // One pass, each id read once (a volatile load: never re-read), checked, then its bytes copied:

@@ -1,16 +1,19 @@
 // Byte-level BPE encoder and decoder over a fixed list of merges (+ special tokens after them).
 // Per chunk: whole-chunk lookup in the vocabulary first (the lowest id spelling those bytes), then
-// lowest-rank-first merging, leftmost among equals (a scan for short chunks, a heap over a linked
-// list for long ones, so no input is quadratic). Immutable after construction: encode/decode are
-// const and safe to call from many threads at once. Outputs are appended (+=) to caller's vectors.
+// lowest-rank-first merging, leftmost among equals (a scan for short chunks; for long ones a linked
+// list with the pending pairs bucketed by rank, so no input is quadratic). Immutable after
+// construction but for a pool of chunk caches behind a mutex: encode/decode are const and safe to
+// call from many threads at once. Outputs are appended (+=) to caller's vectors.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
-#include "tokenizer/flat_hash.h"
+#include "tokenizer/encode_tables.h"
 #include "tokenizer/pretokenize.h"
 
 namespace kgpt { namespace tok {
@@ -50,32 +53,33 @@ class BpeEncoder {
   std::string_view token(size_t id) const { return itoken(ext_.empty() ? id : size_t(int_[id])); }
 
  private:
-  struct Cache;
   std::string_view itoken(size_t i) const { return std::string_view(bytes_.data() + offs_[i], offs_[i + 1] - offs_[i]); }
+  int32_t ext(int32_t internal) const { return ext_.empty() ? internal : ext_[size_t(internal)]; }
   void encode_internal(std::string_view text, const std::vector<int>& allowed, std::vector<int32_t>& out) const;
-  void ordinary_internal(std::string_view text, std::vector<int32_t>& out) const;
-  void to_ext(std::vector<int32_t>& out, size_t start) const {
-    if (!ext_.empty()) for (size_t i = start; i < out.size(); ++i) out[i] = ext_[size_t(out[i])];
-  }
+  void ordinary_internal(std::string_view text, std::vector<int32_t>& out, ChunkCache& cache) const;
   template <class T> void decode_impl(const T* ids, size_t n, std::string& out) const;
-  void encode_chunk(std::string_view chunk, std::vector<int32_t>& out, Cache* cache) const;
+  // Appends the ids (external) of text[pos, end); the caller's text extends to text_end.
+  void encode_chunk(const char* p, size_t n, const char* text_end, std::vector<int32_t>& out, ChunkCache& cache) const;
   void merge_short(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   void merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
-  int32_t rank(int32_t a, int32_t b) const {
-    const uint32_t* r = ranks_.find((uint64_t(uint32_t(a)) << 32) | uint32_t(b));
-    return r ? int32_t(*r) : -1;
-  }
+  int32_t rank(int32_t a, int32_t b) const { return ranks_.find(a, b); }
+  void init_ids(const std::vector<int32_t>& ids, size_t total, size_t n_merges);
+  std::unique_ptr<ChunkCache> take_cache() const;
+  void give_cache(std::unique_ptr<ChunkCache> c) const;
 
   Pattern pattern_;
   size_t n_merges_;
-  PairMap ranks_;                // (left, right) -> merged id
-  StringMap<int32_t> whole_;     // token bytes -> lowest id (ordinary tokens only)
+  RankTable ranks_;              // (left, right) -> merged (internal) id
+  TokenTable whole_;             // token bytes -> id (external) of the lowest internal id (ordinary tokens only)
   std::string bytes_;            // decode table: id -> bytes_[offs_[id] .. offs_[id+1])
   std::vector<size_t> offs_;
   std::vector<std::string> specials_;
   std::vector<int32_t> ext_;  // internal id -> id (empty: identity)
   std::vector<int32_t> int_;  // id -> internal id, -1 for a hole (empty: identity)
   bool whole_lookup_ = true;
+  // Idle chunk caches (one is lent to each call; as many as calls have run at once).
+  mutable std::mutex caches_mu_;
+  mutable std::vector<std::unique_ptr<ChunkCache>> caches_;
 };
 
 }}  // namespace kgpt::tok

@@ -1,0 +1,209 @@
+// Lookup tables for the BPE encoder's hot path, laid out for one cache line per probe:
+//   TokenTable: byte string -> int32 (the whole-chunk vocabulary lookup). Each slot holds the key's
+//     first 8 bytes and length inline, so a key of up to 8 bytes (most chunks of text) is found or
+//     rejected with one memory access; longer keys compare the rest against an arena.
+//   RankTable: (left id, right id) -> merged id, key and value in one 16-byte slot.
+//   ChunkCache: a direct-mapped (no probing, newest wins) chunk -> ids cache. The encoder keeps a
+//     few (one per call running at once) and reuses them across calls: an entry is the
+//     deterministic result of one chunk, so which calls ran before never changes an output.
+// Keys are hashed with a two-multiply mixer; the tables are built once and then only read
+// (TokenTable, RankTable), or owned by one thread (ChunkCache).
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kgpt { namespace tok {
+
+// The first min(n, 8) bytes of p as a little-endian-ordered word, zero-padded. `readable8`: the 8
+// bytes at p may be read (they lie inside the caller's buffer), which allows one unaligned load.
+inline uint64_t load_head(const char* p, size_t n, bool readable8) {
+  uint64_t w = 0;
+  if (n >= 8 || readable8) {
+    std::memcpy(&w, p, 8);
+    if (n < 8) {  // keep the bytes p[0..n) only
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+      w &= ~uint64_t(0) >> (64 - 8 * n);
+#else
+      unsigned char b[8];
+      std::memcpy(b, &w, 8);
+      std::memset(b + n, 0, 8 - n);
+      std::memcpy(&w, b, 8);
+#endif
+    }
+    return w;
+  }
+  std::memcpy(&w, p, n);
+  return w;
+}
+
+inline uint64_t hash_key(uint64_t head, const char* p, size_t n) {
+  uint64_t h = (head ^ (uint64_t(n) << 58)) * 0x9e3779b97f4a7c15ULL;
+  for (size_t i = 8; i < n; i += 8) {
+    uint64_t w = 0;
+    std::memcpy(&w, p + i, n - i < 8 ? n - i : 8);
+    h = (h ^ (h >> 29) ^ w) * 0xbf58476d1ce4e5b9ULL;
+  }
+  h ^= h >> 32;
+  return h * 0x94d049bb133111ebULL;
+}
+
+class TokenTable {
+ public:
+  TokenTable() = default;
+  explicit TokenTable(size_t n) {
+    size_t c = 16;
+    while (c < n * 2) c <<= 1;
+    slots_.assign(c, Slot{0, 0, -1});
+    off_.assign(c, 0);
+    bits_ = 0;
+    while ((size_t(1) << bits_) < c) ++bits_;
+  }
+  // Inserts s -> v unless s is present (the first value stays). s must be non-empty.
+  void insert(std::string_view s, int32_t v) {
+    const uint64_t head = load_head(s.data(), s.size(), false);
+    size_t i = index(hash_key(head, s.data(), s.size()));
+    while (slots_[i].len != 0) {
+      if (match(i, head, s.data(), s.size())) return;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+    slots_[i] = Slot{head, uint32_t(s.size()), v};
+    if (s.size() > 8) {
+      off_[i] = uint32_t(arena_.size());
+      arena_.append(s.data(), s.size());
+    }
+    if (s.size() > max_len_) max_len_ = s.size();
+  }
+  // Value of p[0..n), or -1. `head` is load_head(p, n, ...).
+  int32_t find(const char* p, size_t n, uint64_t head, uint64_t h) const {
+    size_t i = index(h);
+    while (true) {
+      const Slot& s = slots_[i];
+      if (s.len == 0) return -1;
+      if (s.head == head && s.len == n && (n <= 8 || std::memcmp(arena_.data() + off_[i] + 8, p + 8, n - 8) == 0))
+        return s.val;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+  }
+  size_t max_len() const { return max_len_; }
+
+ private:
+  struct Slot { uint64_t head; uint32_t len; int32_t val; };
+  size_t index(uint64_t h) const { return size_t(h >> (64 - bits_)); }
+  bool match(size_t i, uint64_t head, const char* p, size_t n) const {
+    const Slot& s = slots_[i];
+    return s.head == head && s.len == n && (n <= 8 || std::memcmp(arena_.data() + off_[i] + 8, p + 8, n - 8) == 0);
+  }
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> off_;  // arena offset of a key longer than 8 bytes
+  std::string arena_;
+  unsigned bits_ = 0;
+  size_t max_len_ = 0;
+};
+
+class RankTable {
+ public:
+  RankTable() = default;
+  explicit RankTable(size_t n) {
+    size_t c = 16;
+    while (c < n * 2) c <<= 1;
+    slots_.assign(c, Slot{kEmpty, 0});
+    bits_ = 0;
+    while ((size_t(1) << bits_) < c) ++bits_;
+  }
+  // Inserts (a, b) -> v; false if the pair is already there.
+  bool insert(int32_t a, int32_t b, int32_t v) {
+    const uint64_t k = key(a, b);
+    size_t i = index(k);
+    while (slots_[i].key != kEmpty) {
+      if (slots_[i].key == k) return false;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+    slots_[i] = Slot{k, v};
+    return true;
+  }
+  // Merged id of (a, b), or -1.
+  int32_t find(int32_t a, int32_t b) const {
+    const uint64_t k = key(a, b);
+    size_t i = index(k);
+    while (true) {
+      const Slot& s = slots_[i];
+      if (s.key == k) return s.val;
+      if (s.key == kEmpty) return -1;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
+  struct Slot { uint64_t key; int64_t val; };
+  static uint64_t key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+  size_t index(uint64_t k) const {
+    uint64_t h = k * 0x9e3779b97f4a7c15ULL;
+    h ^= h >> 29;
+    return size_t((h * 0xbf58476d1ce4e5b9ULL) >> (64 - bits_));
+  }
+  std::vector<Slot> slots_;
+  unsigned bits_ = 0;
+};
+
+// chunk -> the ids it encodes to. Used by one thread at a time. Memory is bounded: past kMaxIds
+// stored ids, everything is dropped (a generation stamp per slot: nothing to clear) and refilled.
+class ChunkCache {
+ public:
+  static constexpr size_t kMaxLen = 256;  // longer chunks are not cached
+  // Starts a call on about text_bytes of text: the table grows (up to kMaxBits) to fit it (and
+  // then starts empty); otherwise what earlier calls stored stays.
+  void begin(size_t text_bytes) {
+    unsigned want = 8;
+    while (want < kMaxBits && (size_t(1) << want) * 16 < text_bytes) ++want;
+    if (want > bits_) {
+      bits_ = want;
+      slots_.assign(size_t(1) << bits_, Slot{});
+      gen_ = 0;
+      next_gen();
+    }
+  }
+  // The cached ids of p[0..n) (n <= kMaxLen), or nullptr; *count gets their number.
+  const int32_t* find(const char* p, size_t n, uint64_t head, uint64_t h, uint32_t* count) const {
+    const Slot& s = slots_[h >> (64 - bits_)];
+    if (s.gen != gen_ || s.head != head || s.len != n) return nullptr;
+    if (n > 8 && std::memcmp(keys_.data() + s.key_off, p + 8, n - 8) != 0) return nullptr;
+    *count = s.count;
+    return ids_.data() + s.ids_off;
+  }
+  void put(const char* p, size_t n, uint64_t head, uint64_t h, const int32_t* ids, size_t count) {
+    if (ids_.size() + count > kMaxIds || keys_.size() + n > kMaxIds * 4) next_gen();
+    Slot& s = slots_[h >> (64 - bits_)];
+    s.head = head;
+    s.len = uint32_t(n);
+    s.gen = gen_;
+    s.count = uint32_t(count);
+    s.ids_off = uint32_t(ids_.size());
+    ids_.insert(ids_.end(), ids, ids + count);
+    s.key_off = uint32_t(keys_.size());
+    if (n > 8) keys_.append(p + 8, n - 8);
+  }
+
+ private:
+  static constexpr unsigned kMaxBits = 15;
+  static constexpr size_t kMaxIds = size_t(1) << 20;
+  struct Slot { uint64_t head = 0; uint32_t len = 0, gen = 0, count = 0, ids_off = 0, key_off = 0, pad = 0; };
+  void next_gen() {
+    ids_.clear();
+    keys_.clear();
+    if (++gen_ == 0) {  // wrapped: no slot may look current
+      for (Slot& s : slots_) s.gen = 0;
+      gen_ = 1;
+    }
+  }
+  std::vector<Slot> slots_;
+  std::vector<int32_t> ids_;
+  std::string keys_;  // bytes 8.. of each cached key longer than 8 bytes
+  uint32_t gen_ = 0;
+  unsigned bits_ = 0;
+};
+
+}}  // namespace kgpt::tok
