@@ -11,13 +11,14 @@ backends do, and its backward recomputes the probabilities from it.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Tuple, cast
 
 import numpy
 import numpy as np
+from numpy.typing import NDArray
 
-from kernelgpt.backends.base import (check_heads, check_id_range, check_n_valid, check_norm_eps,
-                                     check_shape, linear_dims, qkv_dims)
+from kernelgpt.backends.base import (Array, check_heads, check_id_range, check_n_valid,
+                                     check_norm_eps, check_shape, linear_dims, qkv_dims)
 
 name = "numpy"
 xp = numpy
@@ -36,24 +37,25 @@ def unsupported(config: Any) -> Optional[str]:
     return None
 
 
-def asarray(a: Any, dtype: Any = None) -> np.ndarray:
+def asarray(a: Any, dtype: Any = None) -> NDArray[Any]:
     """Host array -> backend array: a C-contiguous numpy array (no copy when already one)."""
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def to_numpy(a: Any) -> np.ndarray:
+def to_numpy(a: Any) -> NDArray[Any]:
     return np.asarray(a)
 
 
 _ALIGN = 64  # bytes: a cache line, and one AVX-512 vector
 
 
-def empty(shape: tuple, dtype: Any = "float32") -> np.ndarray:
+def empty(shape: Tuple[int, ...], dtype: Any = "float32") -> NDArray[Any]:
     """An uninitialised C-contiguous array whose data starts on a 64-byte boundary (NumPy's own
     allocations are only 16-byte aligned, so every 64-byte vector access of a kernel would
     straddle two cache lines)."""
-    dt = np.dtype(dtype)
-    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    dt: np.dtype[Any] = np.dtype(dtype)
+    # a scalar shape (an int, as np.isscalar checks) is taken as (shape,), as numpy does
+    shape = (int(cast(int, shape)),) if np.isscalar(shape) else tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"negative dimensions are not allowed, got shape {shape}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
@@ -62,7 +64,7 @@ def empty(shape: tuple, dtype: Any = "float32") -> np.ndarray:
     return buf[off:off + nbytes].view(dt).reshape(shape)
 
 
-def zeros(shape: tuple, dtype: Any = "float32") -> np.ndarray:
+def zeros(shape: Tuple[int, ...], dtype: Any = "float32") -> NDArray[Any]:
     """Like :func:`empty`, filled with zeros."""
     a = empty(shape, dtype)
     a.fill(0)
@@ -70,7 +72,7 @@ def zeros(shape: tuple, dtype: Any = "float32") -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- validation
-def _arr(a: Any, argname: str, ndim: Optional[int] = None) -> np.ndarray:
+def _arr(a: Any, argname: str, ndim: Optional[int] = None) -> NDArray[Any]:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{argname} must be a numpy.ndarray, got {type(a).__name__}")
     if not a.flags.c_contiguous:
@@ -80,9 +82,10 @@ def _arr(a: Any, argname: str, ndim: Optional[int] = None) -> np.ndarray:
     return a
 
 
-def _floats(*pairs: tuple) -> np.dtype:
-    """Check (array, name) pairs are C-contiguous float32/float64 arrays of one dtype; return it."""
-    dtype = None
+def _floats(*pairs: Tuple[Any, str]) -> Optional[np.dtype[Any]]:
+    """Check (array, name) pairs are C-contiguous float32/float64 arrays of one dtype; return it
+    (None when no pair is given)."""
+    dtype: Optional[np.dtype[Any]] = None
     for a, argname in pairs:
         _arr(a, argname)
         if a.dtype not in _FLOATS:
@@ -97,17 +100,17 @@ def _floats(*pairs: tuple) -> np.dtype:
 _shape = check_shape
 
 
-def _ids(a: Any, argname: str, ndim: int, upper: int) -> np.ndarray:
-    _arr(a, argname, ndim)
-    if a.dtype != np.int32:
-        raise TypeError(f"{argname} must be int32, got {a.dtype}")
-    if a.size:
-        check_id_range(argname, int(a.min()), int(a.max()), upper)
-    return a
+def _ids(a: Any, argname: str, ndim: int, upper: int) -> NDArray[Any]:
+    arr = _arr(a, argname, ndim)  # a itself, checked
+    if arr.dtype != np.int32:
+        raise TypeError(f"{argname} must be int32, got {arr.dtype}")
+    if arr.size:
+        check_id_range(argname, int(arr.min()), int(arr.max()), upper)
+    return arr
 
 
 # ---------------------------------------------------------------------------------- embedding
-def embedding_forward(out, idx, wte, wpe) -> None:
+def embedding_forward(out: Array, idx: Array, wte: Array, wpe: Optional[Array]) -> None:
     """out (B,T,C) = wte[idx] + wpe[:T].  idx (B,T) int32 in [0,V); wte (V,C); wpe (maxT,C), T <= maxT,
     or None (no position table: rotary positions act inside attention). Saves nothing (the
     backward needs idx only)."""
@@ -127,7 +130,7 @@ def embedding_forward(out, idx, wte, wpe) -> None:
         out += wpe[:T]
 
 
-def embedding_backward(dwte, dwpe, dout, idx) -> None:
+def embedding_backward(dwte: Array, dwpe: Optional[Array], dout: Array, idx: Array) -> None:
     """dwte (V,C) += scatter-add of dout (B,T,C) rows by idx (B,T); dwpe (maxT,C)[:T] += dout.sum(0)
     (dwpe None: no position table). Deterministic: rows are added in index order."""
     _floats((dwte, "dwte"), (dout, "dout"), *([(dwpe, "dwpe")] if dwpe is not None else []))
@@ -148,7 +151,8 @@ def embedding_backward(dwte, dwpe, dout, idx) -> None:
 
 
 # ---------------------------------------------------------------------------------- layernorm
-def layernorm_forward(out, mean, rstd, x, w, b, eps: float = 1e-5) -> None:
+def layernorm_forward(out: Array, mean: Array, rstd: Array, x: Array, w: Array, b: Array,
+                      eps: float = 1e-5) -> None:
     """x (N,C); w, b (C,) -> out (N,C) = (x - mean) * rstd * w + b.
     Saves mean (N,) and rstd (N,) = 1/sqrt(var + eps), var the biased variance over C."""
     _floats((out, "out"), (mean, "mean"), (rstd, "rstd"), (x, "x"), (w, "w"), (b, "b"))
@@ -169,7 +173,8 @@ def layernorm_forward(out, mean, rstd, x, w, b, eps: float = 1e-5) -> None:
     out[...] = xc * r[:, None] * w + b
 
 
-def layernorm_backward(dx, dw, db, dout, x, w, mean, rstd) -> None:
+def layernorm_backward(dx: Array, dw: Array, db: Array, dout: Array, x: Array, w: Array,
+                       mean: Array, rstd: Array) -> None:
     """dx (N,C) = ; dw (C,) += sum_n dout * xhat; db (C,) += sum_n dout.
     With xhat = (x - mean) * rstd and g = dout * w:
     dx = rstd * (g - mean_C(g) - xhat * mean_C(g * xhat))."""
@@ -189,7 +194,7 @@ def layernorm_backward(dx, dw, db, dout, x, w, mean, rstd) -> None:
 
 
 # ---------------------------------------------------------------------------------- matmul
-def matmul_forward(out, x, w, bias) -> None:
+def matmul_forward(out: Array, x: Array, w: Array, bias: Optional[Array]) -> None:
     """out (N,OC) = x (N,C) @ w (OC,C).T + bias (OC,); bias may be None. Saves nothing."""
     pairs = [(out, "out"), (x, "x"), (w, "w")] + ([(bias, "bias")] if bias is not None else [])
     _floats(*pairs)
@@ -202,7 +207,8 @@ def matmul_forward(out, x, w, bias) -> None:
         out += bias
 
 
-def matmul_backward(dx, dw, dbias, dout, x, w) -> None:
+def matmul_backward(dx: Optional[Array], dw: Array, dbias: Optional[Array], dout: Array, x: Array,
+                    w: Array) -> None:
     """dx (N,C) = dout (N,OC) @ w (OC,C) (skipped when dx is None); dw (OC,C) += dout.T @ x;
     dbias (OC,) += dout.sum(0) (skipped when None)."""
     pairs = [(dw, "dw"), (dout, "dout"), (x, "x"), (w, "w")]
@@ -222,7 +228,8 @@ def matmul_backward(dx, dw, dbias, dout, x, w) -> None:
 
 
 # ---------------------------------------------------------------------------------- attention
-def _split_heads(qkv: np.ndarray, n_head: int, n_kv: int, hs: int):
+def _split_heads(qkv: NDArray[Any], n_head: int, n_kv: int,
+                 hs: int) -> Tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """qkv (B,T,(NH+2NKV)*HS) -> q (B,NH,T,HS), k, v (B,NKV,T,HS) (views)."""
     B, T, _ = qkv.shape
     q = qkv[:, :, :n_head * hs].reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)
@@ -231,20 +238,22 @@ def _split_heads(qkv: np.ndarray, n_head: int, n_kv: int, hs: int):
     return q, k, v
 
 
-def _causal_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+def _causal_scores(q: NDArray[Any], k: NDArray[Any]) -> NDArray[Any]:
     """Scaled scores (B,NH,T,T) with -inf above the diagonal."""
     T, hs = q.shape[2], q.shape[3]
-    s = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))
+    s: NDArray[Any] = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))
     s += np.triu(np.full((T, T), -np.inf, dtype=s.dtype), k=1)  # 0 on/below the diagonal
     return s
 
 
-def _att_dims(qkv, n_head, n_kv_head):
+def _att_dims(qkv: Array, n_head: int,
+              n_kv_head: Optional[int]) -> Tuple[int, int, int, int, int, int]:
     B, T, C, nh, hs = qkv_dims(qkv, n_head, n_kv_head=n_kv_head)
     return B, T, C, nh, hs, (nh if n_kv_head is None else int(n_kv_head))
 
 
-def attention_forward(out, lse, qkv, n_head: int, n_kv_head: Optional[int] = None) -> None:
+def attention_forward(out: Array, lse: Array, qkv: Array, n_head: int,
+                      n_kv_head: Optional[int] = None) -> None:
     """Causal multi-head self-attention, grouped-query when n_kv_head < n_head.
     qkv (B,T,(NH+2NKV)*HS): q (NH heads), k and v (NKV heads each) side by side on the last axis
     (NKV = n_kv_head, None: NH, so (B,T,3C)); query head h reads key/value head h // (NH/NKV).
@@ -267,7 +276,7 @@ def attention_forward(out, lse, qkv, n_head: int, n_kv_head: Optional[int] = Non
     out[...] = y.transpose(0, 2, 1, 3).reshape(B, T, C)
 
 
-def attention_backward(dqkv, dout, qkv, out, lse, n_head: int,
+def attention_backward(dqkv: Array, dout: Array, qkv: Array, out: Array, lse: Array, n_head: int,
                        n_kv_head: Optional[int] = None) -> None:
     """dqkv (B,T,(NH+2NKV)*HS) = d(out)/d(qkv) applied to dout (B,T,C), given the forward's out
     (B,T,C) and lse (B,NH,T). Probabilities are recomputed as P = exp(S - lse); with
@@ -300,7 +309,7 @@ def attention_backward(dqkv, dout, qkv, out, lse, n_head: int,
     dv_[...] = dv
 
 
-def attention_decode(out, q, k_cache, v_cache, n_valid: int) -> None:
+def attention_decode(out: Array, q: Array, k_cache: Array, v_cache: Array, n_valid: int) -> None:
     """One decoding step with a KV cache. q (B,C) for the newest position, C = NH*HS; k_cache,
     v_cache (B,NKV,maxT,HS) with NKV dividing NH (grouped-query: query head h reads cache head
     h // (NH/NKV)), positions [0, n_valid) filled (the newest included), 1 <= n_valid <= maxT.
@@ -331,7 +340,7 @@ def attention_decode(out, q, k_cache, v_cache, n_valid: int) -> None:
 _GELU_K = math.sqrt(2.0 / math.pi)
 
 
-def gelu_forward(out, x) -> None:
+def gelu_forward(out: Array, x: Array) -> None:
     """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), any shape. Saves nothing (backward
     takes x)."""
     _floats((out, "out"), (x, "x"))
@@ -339,7 +348,7 @@ def gelu_forward(out, x) -> None:
     out[...] = 0.5 * x * (1.0 + np.tanh(_GELU_K * x * (1.0 + 0.044715 * x * x)))
 
 
-def gelu_backward(dx, dout, x) -> None:
+def gelu_backward(dx: Array, dout: Array, x: Array) -> None:
     """dx = dout * gelu'(x)  (=), any shape."""
     _floats((dx, "dx"), (dout, "dout"), (x, "x"))
     _shape(dout, "dout", x.shape)
@@ -349,7 +358,7 @@ def gelu_backward(dx, dout, x) -> None:
     dx[...] = dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * dudx)
 
 
-def add(out, a, b) -> None:
+def add(out: Array, a: Array, b: Array) -> None:
     """out = a + b, any shape (out may alias a or b)."""
     _floats((out, "out"), (a, "a"), (b, "b"))
     _shape(b, "b", a.shape)
@@ -358,7 +367,7 @@ def add(out, a, b) -> None:
 
 
 # ---------------------------------------------------------------------------------- llama-style ops
-def rmsnorm_forward(out, rstd, x, w, eps: float = 1e-5) -> None:
+def rmsnorm_forward(out: Array, rstd: Array, x: Array, w: Array, eps: float = 1e-5) -> None:
     """x (N,C); w (C,) -> out (N,C) = x * rstd * w with rstd (N,) = 1/sqrt(mean_C(x^2) + eps),
     saved for the backward."""
     _floats((out, "out"), (rstd, "rstd"), (x, "x"), (w, "w"))
@@ -373,7 +382,7 @@ def rmsnorm_forward(out, rstd, x, w, eps: float = 1e-5) -> None:
     out[...] = x * r[:, None] * w
 
 
-def rmsnorm_backward(dx, dw, dout, x, w, rstd) -> None:
+def rmsnorm_backward(dx: Array, dw: Array, dout: Array, x: Array, w: Array, rstd: Array) -> None:
     """dx (N,C) = ; dw (C,) += sum_n dout * x * rstd. With xhat = x * rstd and g = dout * w:
     dx = rstd * (g - xhat * mean_C(g * xhat))."""
     _floats((dx, "dx"), (dw, "dw"), (dout, "dout"), (x, "x"), (w, "w"), (rstd, "rstd"))
@@ -390,13 +399,15 @@ def rmsnorm_backward(dx, dw, dout, x, w, rstd) -> None:
     dx[...] = rstd[:, None] * (g - xhat * (g * xhat).mean(axis=1, keepdims=True))
 
 
-def _rope_tables(T: int, hs: int, theta: float, pos0: int, dtype) -> tuple:
+def _rope_tables(T: int, hs: int, theta: float, pos0: int,
+                 dtype: Any) -> Tuple[NDArray[Any], NDArray[Any]]:
     inv = theta ** (-np.arange(0, hs // 2, dtype=np.float64) * 2.0 / hs)        # (HS/2,)
     ang = (pos0 + np.arange(T, dtype=np.float64))[:, None] * inv[None, :]        # (T, HS/2)
     return np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)
 
 
-def _check_rope(out, x, n_head, n_kv_head, theta, pos0):
+def _check_rope(out: Array, x: Array, n_head: int, n_kv_head: Optional[int], theta: float,
+                pos0: int) -> Tuple[int, int, int, int, int]:
     _floats((out, "out"), (x, "x"))
     B, T, C, nh, hs = qkv_dims(x, n_head, n_kv_head=n_kv_head)
     _shape(out, "out", x.shape)
@@ -410,7 +421,8 @@ def _check_rope(out, x, n_head, n_kv_head, theta, pos0):
     return B, T, nh, nkv, hs
 
 
-def _rotate(out, x, nh, nkv, hs, cos, sin, sign):
+def _rotate(out: Array, x: Array, nh: int, nkv: int, hs: int, cos: NDArray[Any],
+            sin: NDArray[Any], sign: float) -> None:
     """q and k heads of x rotated by the angles (sign -1: the inverse rotation); v copied."""
     B, T, _ = x.shape
     d = hs // 2
@@ -423,8 +435,8 @@ def _rotate(out, x, nh, nkv, hs, cos, sin, sign):
     out[:, :, n_rot:] = x[:, :, n_rot:]
 
 
-def rope_forward(out, x, n_head: int, n_kv_head: Optional[int] = None, theta: float = 10000.0,
-                 pos0: int = 0) -> None:
+def rope_forward(out: Array, x: Array, n_head: int, n_kv_head: Optional[int] = None,
+                 theta: float = 10000.0, pos0: int = 0) -> None:
     """Rotary position embedding of a qkv array x (B,T,(NH+2NKV)*HS) (the layout of
     attention_forward): each q and k head's pairs (i, i + HS/2) rotated by the angle
     (pos0 + t) * theta^(-2i/HS) of its position t (the "rotate half" convention of GPT-NeoX and
@@ -434,7 +446,7 @@ def rope_forward(out, x, n_head: int, n_kv_head: Optional[int] = None, theta: fl
     _rotate(out, x.copy(), nh, nkv, hs, cos, sin, 1.0)
 
 
-def rope_backward(dx, dout, n_head: int, n_kv_head: Optional[int] = None,
+def rope_backward(dx: Array, dout: Array, n_head: int, n_kv_head: Optional[int] = None,
                   theta: float = 10000.0, pos0: int = 0) -> None:
     """dx (=) = the gradient through rope_forward: dout's q and k heads rotated back (the
     transpose of a rotation is its inverse); v's gradient copied. dx may alias dout."""
@@ -443,14 +455,14 @@ def rope_backward(dx, dout, n_head: int, n_kv_head: Optional[int] = None,
     _rotate(dx, dout.copy(), nh, nkv, hs, cos, sin, -1.0)
 
 
-def _silu_parts(x):
+def _silu_parts(x: Array) -> Tuple[Array, Array, Array]:
     H = x.shape[-1] // 2
     a, b = x[..., :H], x[..., H:]
     sig = 1.0 / (1.0 + np.exp(-a))
     return a, b, sig
 
 
-def swiglu_forward(out, x) -> None:
+def swiglu_forward(out: Array, x: Array) -> None:
     """x (N, 2H) holds a (gate) and b (up) side by side; out (N, H) = silu(a) * b,
     silu(a) = a * sigmoid(a)."""
     _floats((out, "out"), (x, "x"))
@@ -463,7 +475,7 @@ def swiglu_forward(out, x) -> None:
     out[...] = a * sig * b
 
 
-def swiglu_backward(dx, dout, x) -> None:
+def swiglu_backward(dx: Array, dout: Array, x: Array) -> None:
     """dx (N, 2H) (=): da = dout * b * sigmoid(a) (1 + a (1 - sigmoid(a))), db = dout * silu(a)."""
     _floats((dx, "dx"), (dout, "dout"), (x, "x"))
     _arr(x, "x", 2)
@@ -481,7 +493,7 @@ def swiglu_backward(dx, dout, x) -> None:
 
 
 # ---------------------------------------------------------------------------------- loss
-def _softmax_ce(logits: np.ndarray, targets: np.ndarray):
+def _softmax_ce(logits: Array, targets: Array) -> Tuple[Array, Array]:
     """Row-wise (probs, losses) of logits (n,V) and targets (n,), via log-sum-exp."""
     m = logits.max(axis=1, keepdims=True)
     e = np.exp(logits - m)
@@ -491,7 +503,7 @@ def _softmax_ce(logits: np.ndarray, targets: np.ndarray):
     return e / z, losses
 
 
-def crossentropy_forward(losses, probs, logits, targets) -> None:
+def crossentropy_forward(losses: Array, probs: Array, logits: Array, targets: Array) -> None:
     """logits (N,V), targets (N,) int32 in [0,V) -> probs (N,V) = softmax(logits) (saved for the
     backward), losses (N,) = logsumexp(logits[n]) - logits[n, targets[n]]."""
     _floats((losses, "losses"), (probs, "probs"), (logits, "logits"))
@@ -506,7 +518,7 @@ def crossentropy_forward(losses, probs, logits, targets) -> None:
     losses[...] = l_
 
 
-def crossentropy_backward(dlogits, probs, targets, scale: float) -> None:
+def crossentropy_backward(dlogits: Array, probs: Array, targets: Array, scale: float) -> None:
     """dlogits (N,V) = scale * (probs - onehot(targets))  (=; dlogits may alias probs)."""
     _floats((dlogits, "dlogits"), (probs, "probs"))
     _arr(probs, "probs", 2)
@@ -518,7 +530,8 @@ def crossentropy_backward(dlogits, probs, targets, scale: float) -> None:
     dlogits[np.arange(N), targets] -= scale
 
 
-def classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale: float) -> None:
+def classifier_forward_backward(losses: Array, dx: Optional[Array], dwte: Optional[Array], x: Array,
+                                wte: Array, targets: Array, scale: float) -> None:
     """Fused lm_head + softmax + cross-entropy, over blocks of rows (never (N,V) logits whole).
     x (N,C) final-layernorm output, wte (V,C) tied embedding, targets (N,) int32 -> losses (N,) = .
     When given, the backward of sum(losses) * scale: dx (N,C) = ; dwte (V,C) += . Saves nothing."""
@@ -550,14 +563,14 @@ def classifier_forward_backward(losses, dx, dwte, x, wte, targets, scale: float)
 
 
 # ---------------------------------------------------------------------------------- optimizer
-def _flat(g: Any, argname: str) -> np.ndarray:
-    _arr(g, argname, 1)
-    if g.dtype not in _FLOATS:
-        raise TypeError(f"{argname} must be float32 or float64, got {g.dtype}")
-    return g
+def _flat(g: Any, argname: str) -> NDArray[Any]:
+    arr = _arr(g, argname, 1)  # g itself, checked
+    if arr.dtype not in _FLOATS:
+        raise TypeError(f"{argname} must be float32 or float64, got {arr.dtype}")
+    return arr
 
 
-def global_norm_sq(g) -> float:
+def global_norm_sq(g: Array) -> float:
     """Sum of squares of the flat array g, accumulated in float64 (blockwise, fixed order)."""
     _flat(g, "g")
     total = 0.0
@@ -568,20 +581,20 @@ def global_norm_sq(g) -> float:
     return total
 
 
-def scale_(g, s: float) -> None:
+def scale_(g: Array, s: float) -> None:
     """g *= s in place (flat array)."""
     _flat(g, "g")
     g *= g.dtype.type(s)
 
 
-def zero_(a) -> None:
+def zero_(a: Array) -> None:
     """a[...] = 0 in place, any shape."""
     _floats((a, "a"))
     a.fill(0)
 
 
-def adamw_update(params, grads, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
-                 weight_decay: float, step: int) -> None:
+def adamw_update(params: Array, grads: Array, m: Array, v: Array, *, lr: float, beta1: float,
+                 beta2: float, eps: float, weight_decay: float, step: int) -> None:
     """One AdamW step over flat arrays of equal length, in place (step counts from 1):
     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  mhat = m/(1-b1^step);  vhat = v/(1-b2^step);
     p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p)."""
