@@ -39,19 +39,24 @@ differently from when the tokenizer was trained.
 from __future__ import annotations
 
 import base64
+import binascii
 import gzip
 import json
 import logging
 import operator
 import os
 import pathlib
-from typing import (TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple,
-                    Union)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List,
+                    Literal, Mapping, Optional, Sequence, Set, Tuple, Type, Union, cast, overload)
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from numpy.typing import NDArray
+
+    from ._native import BpeEncoder, BpeTrainer
 
 from . import _bpe_reference as _ref
 
@@ -68,10 +73,14 @@ _MAX_VOCAB = 2**31  # ids are int32
 _MAX_THREADS = 2**31 - 1
 
 PathLike = Union[str, "os.PathLike[str]"]
-AllowedSpecial = Union[str, Set[str], frozenset]
+AllowedSpecial = Union[str, Set[str], FrozenSet[str]]
+# Training data: a str (text), a path (os.PathLike: a file), or an iterable mixing them.
+TrainData = Union[str, "os.PathLike[str]", Iterable[Union[str, "os.PathLike[str]"]]]
+# Token ids to decode: a sequence (any iterable) of ints or an integer array.
+TokenIds = Union[Iterable[int], "NDArray[np.integer[Any]]"]
 
 
-def _native():
+def _native() -> ModuleType:
     from . import _native as m  # imported on first use: keeps `import kernelgpt` fast
     return m
 
@@ -106,7 +115,7 @@ def _check_specials(special_tokens: Iterable[str]) -> List[str]:
     return specials
 
 
-def _iter_data(data) -> Iterable[Tuple[str, Union[str, os.PathLike]]]:
+def _iter_data(data: TrainData) -> Iterator[Tuple[str, PathLike]]:
     """Yields ("text", str) or ("file", path) items. A str is text; os.PathLike items are files."""
     if isinstance(data, str):
         yield ("text", data)
@@ -134,13 +143,13 @@ def _clean(text: str) -> str:
     return _ref.clean_text(text)
 
 
-def _short(value, limit: int = 60) -> str:
+def _short(value: object, limit: int = 60) -> str:
     """repr of a value from a file, cut to one short line."""
     r = repr(value)
     return r if len(r) <= limit else r[:limit] + "..."
 
 
-def _read_utf8_file(path) -> str:
+def _read_utf8_file(path: PathLike) -> str:
     """A file's text; ValueError naming the first byte that is not UTF-8 and its offset (the
     native trainer's add_file says the same)."""
     with open(path, "rb") as f:
@@ -161,6 +170,8 @@ class Tokenizer:
     >>> tok.encode("aaabdaaabac")
     [258, 100, 258, 97, 99]
     """
+
+    _enc: BpeEncoder  # the C++ encoder (kernelgpt._native), built by __init__
 
     def __init__(self, merges: Sequence[Tuple[int, int]], pattern: str = "gpt4",
                  special_tokens: Sequence[str] = (), *, ids: Optional[Sequence[int]] = None,
@@ -234,11 +245,11 @@ class Tokenizer:
             return list(range(n))
         return sorted(set(self._ids[:n].tolist()))
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[Any], Tokenizer], Tuple[Dict[str, Any]]]:
         # pickle / copy.deepcopy: rebuilt from the saved form (the C++ encoder is not picklable)
         return (type(self).from_dict, (self.to_dict(),))
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
@@ -253,8 +264,9 @@ class Tokenizer:
 
     # ---- training
     @classmethod
-    def train(cls, data, vocab_size: int, pattern: str = "gpt4", special_tokens: Sequence[str] = (),
-              backend: str = "auto", num_threads: Optional[int] = None) -> "Tokenizer":
+    def train(cls, data: TrainData, vocab_size: int, pattern: str = "gpt4",
+              special_tokens: Sequence[str] = (), backend: str = "auto",
+              num_threads: Optional[int] = None) -> "Tokenizer":
         """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``data``: a str, an
         iterable of str (each split on its own), or file paths given as ``os.PathLike``
         (``pathlib.Path``; UTF-8, streamed in blocks), or an iterable mixing them. Stops early, with
@@ -282,7 +294,7 @@ class Tokenizer:
                 if kind == "file":
                     texts.append(_read_utf8_file(item))
                 else:
-                    texts.append(item)
+                    texts.append(cast(str, item))  # kind "text": a str
             merges = _ref.train(texts, num_merges, pattern)
         else:
             merges = _train_native(data, num_merges, pattern, nt)
@@ -291,7 +303,8 @@ class Tokenizer:
         return cls(merges, pattern, specials)
 
     @classmethod
-    def train_files(cls, paths, vocab_size: int, **kwargs) -> "Tokenizer":
+    def train_files(cls, paths: Union[PathLike, Iterable[PathLike]], vocab_size: int,
+                    **kwargs: Any) -> "Tokenizer":
         """``train`` on files: ``paths`` is one path or an iterable of paths (str or os.PathLike),
         each a UTF-8 file streamed as one document. Other keyword arguments as ``train``."""
         if isinstance(paths, (str, os.PathLike)):
@@ -336,7 +349,14 @@ class Tokenizer:
                                      "ordinary text")
         return [k for k, s in enumerate(self._special_list) if s in allowed]
 
-    def _encode(self, text: str, allowed_special: AllowedSpecial, as_list: bool):
+    @overload
+    def _encode(self, text: str, allowed_special: AllowedSpecial,
+                as_list: Literal[True]) -> List[int]: ...
+    @overload
+    def _encode(self, text: str, allowed_special: AllowedSpecial,
+                as_list: Literal[False]) -> NDArray[np.int32]: ...
+    def _encode(self, text: str, allowed_special: AllowedSpecial,
+                as_list: bool) -> Union[List[int], NDArray[np.int32]]:
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         allowed = self._allowed((text,), allowed_special)
@@ -361,8 +381,25 @@ class Tokenizer:
         """tiktoken's name: ``encode(text, allowed_special="none")`` (special strings are text)."""
         return self._encode(text, "none", True)
 
+    @overload
+    def encode_batch(self, texts: Sequence[str], allowed_special: AllowedSpecial = ...,
+                     num_threads: Optional[int] = ...,
+                     as_numpy: Literal[False] = ...) -> List[List[int]]: ...
+    @overload
+    def encode_batch(self, texts: Sequence[str], allowed_special: AllowedSpecial,
+                     num_threads: Optional[int],
+                     as_numpy: Literal[True]) -> List[NDArray[np.int32]]: ...
+    @overload
+    def encode_batch(self, texts: Sequence[str], allowed_special: AllowedSpecial = ...,
+                     num_threads: Optional[int] = ..., *,
+                     as_numpy: Literal[True]) -> List[NDArray[np.int32]]: ...
+    @overload
+    def encode_batch(self, texts: Sequence[str], allowed_special: AllowedSpecial = ...,
+                     num_threads: Optional[int] = ..., as_numpy: bool = ...
+                     ) -> Union[List[List[int]], List[NDArray[np.int32]]]: ...
     def encode_batch(self, texts: Sequence[str], allowed_special: AllowedSpecial = "none_raise",
-                     num_threads: Optional[int] = None, as_numpy: bool = False):
+                     num_threads: Optional[int] = None, as_numpy: bool = False
+                     ) -> Union[List[List[int]], List[NDArray[np.int32]]]:
         """Encode many texts on ``num_threads`` threads (default: OpenMP's default, i.e. all cores
         or OMP_NUM_THREADS) with the GIL released. Returns a list of lists (or of int32 arrays)."""
         if isinstance(texts, str):
@@ -380,7 +417,7 @@ class Tokenizer:
             return self._enc.encode_batch([_clean(t) for t in texts], allowed, nt, as_lists)
 
     # ---- decoding
-    def decode_bytes(self, ids) -> bytes:
+    def decode_bytes(self, ids: TokenIds) -> bytes:
         """The bytes of ``ids`` (a sequence of ints or an integer array). ValueError for an id
         outside [0, vocab_size)."""
         if isinstance(ids, (list, tuple)):
@@ -411,7 +448,7 @@ class Tokenizer:
             return self._enc.decode(items)
         return self._enc.decode(np.ascontiguousarray(arr))
 
-    def decode(self, ids, errors: str = "replace") -> str:
+    def decode(self, ids: TokenIds, errors: str = "replace") -> str:
         """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD (``errors="replace"``)."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
@@ -423,16 +460,16 @@ class Tokenizer:
         """tiktoken's name of ``token_bytes``."""
         return self.token_bytes(token_id)
 
-    def decode_tokens_bytes(self, ids) -> List[bytes]:
+    def decode_tokens_bytes(self, ids: Iterable[int]) -> List[bytes]:
         """The bytes of each id (tiktoken's name)."""
         return [self.token_bytes(i) for i in ids]
 
-    def decode_batch(self, batch, errors: str = "replace") -> List[str]:
+    def decode_batch(self, batch: Iterable[TokenIds], errors: str = "replace") -> List[str]:
         """``decode`` of each sequence of ids (tiktoken's name)."""
         return [self.decode(ids, errors=errors) for ids in batch]
 
     # ---- save / load
-    def to_dict(self) -> dict:
+    def to_dict(self) -> Dict[str, Any]:
         if self._ids is None and self._whole:
             return {"format": FORMAT, "version": 1, "pattern": self.pattern,
                     "vocab_size": self.vocab_size, "merges": [list(m) for m in self.merges],
@@ -466,7 +503,7 @@ class Tokenizer:
         return cls.from_dict(obj, source=os.fspath(path))
 
     @classmethod
-    def from_dict(cls, obj, source: str = "tokenizer") -> "Tokenizer":
+    def from_dict(cls, obj: Any, source: str = "tokenizer") -> "Tokenizer":
         def bad(msg: str) -> ValueError:
             return ValueError(f"{source}: {msg}")
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
@@ -523,9 +560,10 @@ class Tokenizer:
             raise bad(str(e)) from None
 
     @classmethod
-    def _from_dict_v2(cls, obj, merges, specials, bad) -> "Tokenizer":
+    def _from_dict_v2(cls, obj: Dict[str, Any], merges: List[Any], specials: Dict[Any, Any],
+                      bad: Callable[[str], ValueError]) -> "Tokenizer":
         ids = obj["ids"]
-        def is_int(x):
+        def is_int(x: object) -> bool:
             return isinstance(x, int) and not isinstance(x, bool)
         if not isinstance(ids, list) or len(ids) != 256 + len(merges) or not all(is_int(x) for x in ids):
             raise bad(f"ids must be a list of {256 + len(merges)} ints (one per byte and merge)")
@@ -689,7 +727,7 @@ class Tokenizer:
                 try:
                     tb = base64.b64decode(parts[0], validate=True)
                     r = int(parts[1])
-                except (ValueError, base64.binascii.Error):
+                except (ValueError, binascii.Error):
                     raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>'") from None
                 if not tb or r < 0 or r >= 2**31 - 1:
                     raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>' with a non-empty token and a rank in [0, 2**31 - 1)")
@@ -710,7 +748,7 @@ class Tokenizer:
                              f"is missing ({len(missing)} missing)")
         internal: Dict[bytes, int] = {bytes([b]): b for b in range(256)}
         ids = [ranks[bytes([b])] for b in range(256)]
-        merges = []
+        merges: List[Tuple[int, int]] = []
         for r, tb in sorted((r, tb) for tb, r in ranks.items() if len(tb) > 1):
             # Splits into two lower-ranked tokens (`internal` holds exactly those). With one, it is
             # the merge. With several, BPE of the bytes with the lower ranks decides (in any text,
@@ -767,7 +805,8 @@ _R50K = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\
 _HF_SPLITS = {**{v: k for k, v in _ref.PATTERNS.items()}, _LLAMA3: "gpt4", _R50K: "gpt2"}
 
 
-def _from_hf_json(cls, obj: dict, src: str, pattern: Optional[str]) -> "Tokenizer":
+def _from_hf_json(cls: Type[Tokenizer], obj: Dict[str, Any], src: str,
+                  pattern: Optional[str]) -> "Tokenizer":
     def refuse(msg: str) -> ValueError:
         return ValueError(f"{src}: cannot be represented: {msg}")
     model = obj["model"]
@@ -804,9 +843,9 @@ def _from_hf_json(cls, obj: dict, src: str, pattern: Optional[str]) -> "Tokenize
                      bool(model.get("ignore_merges", False)), src)
 
 
-def _hf_pattern(pre, refuse) -> str:
+def _hf_pattern(pre: Any, refuse: Callable[[str], ValueError]) -> str:
     """Our pattern name for a tokenizer.json pre_tokenizer (byte-level only)."""
-    def byte_level(p, use_regex):
+    def byte_level(p: Any, use_regex: bool) -> bool:
         if p.get("type") != "ByteLevel":
             return False
         if p.get("add_prefix_space"):
@@ -825,8 +864,8 @@ def _hf_pattern(pre, refuse) -> str:
     raise refuse("the pre-tokenizer is not byte-level (ByteLevel, or Split by a known pattern + ByteLevel)")
 
 
-def _build_hf(cls, vocab, merges, added: Dict[str, int], pattern: str, whole: bool, src: str,
-              gpt2_files: bool = False) -> "Tokenizer":
+def _build_hf(cls: Type[Tokenizer], vocab: Any, merges: Iterable[Any], added: Dict[str, int],
+              pattern: str, whole: bool, src: str, gpt2_files: bool = False) -> "Tokenizer":
     def refuse(msg: str) -> ValueError:
         return ValueError(f"{src}: cannot be represented: {msg}")
     if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -846,7 +885,7 @@ def _build_hf(cls, vocab, merges, added: Dict[str, int], pattern: str, whole: bo
             raise refuse(f"the vocabulary has no token for byte {b:#04x}")
         internal[c] = b
         ids.append(vocab[c])
-    pairs = []
+    pairs: List[Tuple[int, int]] = []
     for k, m in enumerate(merges):
         if not (isinstance(m, (list, tuple)) and len(m) == 2 and all(isinstance(x, str) for x in m)):
             raise refuse(f"merge {k} is not a pair of tokens: {m!r}")
@@ -902,7 +941,7 @@ def _validate_merges(merges: np.ndarray) -> None:
             raise ValueError(f"merge {i} ({a}, {b}) refers to an id that does not exist before id {256 + i}")
 
 
-def _warn_if_paths(data) -> None:
+def _warn_if_paths(data: object) -> None:
     """Log a warning when ``data`` is a list of str that are all names of existing files: str is
     text, so those names would be trained on, not the files."""
     if not isinstance(data, (list, tuple)) or not data:
@@ -933,13 +972,13 @@ def _threads(num_threads: Optional[int]) -> int:
     return n
 
 
-def _train_native(data, num_merges: int, pattern: str, nt: int) -> List[Tuple[int, int]]:
+def _train_native(data: TrainData, num_merges: int, pattern: str, nt: int) -> List[Tuple[int, int]]:
     """nt: a checked thread count (_threads), 0 for the default."""
-    trainer = _native().BpeTrainer(pattern)
+    trainer: BpeTrainer = _native().BpeTrainer(pattern)
     batch: List[str] = []
     size = 0
 
-    def flush():
+    def flush() -> None:
         nonlocal batch, size
         if not batch:
             return
@@ -957,8 +996,8 @@ def _train_native(data, num_merges: int, pattern: str, nt: int) -> List[Tuple[in
                 raise FileNotFoundError(f"no such file: {path}")
             trainer.add_file(path, nt, _FILE_BLOCK_BYTES)
         else:
-            batch.append(item)
-            size += len(item)
+            batch.append(cast(str, item))  # kind "text": a str
+            size += len(cast(str, item))
             if size >= _BATCH_BYTES:
                 flush()
     flush()
