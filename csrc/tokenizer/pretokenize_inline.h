@@ -240,7 +240,7 @@ inline size_t punct_end(const uint8_t* s, size_t n, size_t p, const Cp& c0, size
 
 // '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+
 // (`cl100k`: with tiktoken's \s++$ alternative before \s*[\r\n])
-inline size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8, bool cl100k = false) {
+KGPT_NOINLINE inline size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8, bool cl100k = false) {
   const Cp c0 = decode(s, p, n, wtf8);
   const size_t q = p + c0.len;
   if (c0.cp == '\'') {
@@ -261,7 +261,7 @@ inline size_t gpt4_end(const uint8_t* s, size_t n, size_t p, bool wtf8, bool cl1
 }
 
 // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-inline size_t gpt2_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
+KGPT_NOINLINE inline size_t gpt2_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
   const Cp c0 = decode(s, p, n, wtf8);
   if (c0.cp == '\'') {
     if (size_t e = contraction_gpt2(s, n, p)) return e;
@@ -341,7 +341,7 @@ inline size_t o200k_suffix(const uint8_t* s, size_t n, size_t e) {
   return e;
 }
 
-inline size_t o200k_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
+KGPT_NOINLINE inline size_t o200k_end(const uint8_t* s, size_t n, size_t p, bool wtf8) {
   const Cp c0 = decode(s, p, n, wtf8);
   const size_t q = p + c0.len;
   const uint8_t sub0 = sub_at(c0);
