@@ -93,3 +93,77 @@ def test_long_chunks_equal_tiktoken(tmp_path):
                             mergeable_ranks=loaded.mergeable_ranks(), special_tokens={})
     for name, text in CASES:
         assert loaded.encode(text, "none") == enc.encode_ordinary(text), name
+
+
+# ---- The encoder's own chunk loop (pretokenize_inline.h's ASCII word fast path, fused with the
+# lookups) and its piece cache kept across calls.
+
+def _pair_tokenizer(pattern: str, alphabet: bytes) -> Tokenizer:
+    """Merges of every ordered pair of the alphabet's bytes, in a scrambled order: two-byte tokens
+    that also span chunk boundaries, so a chunk cut one byte off shifts the pairing and the ids."""
+    pairs = [(a, b) for a in alphabet for b in alphabet]
+    random.Random(3).shuffle(pairs)
+    return Tokenizer(pairs, pattern)
+
+
+def _word_texts():
+    r = random.Random(11)
+    words = ["a", "ab", "the", "Foo", "fooBar", "ABC", "ABCdef", "aB", "HTTPServer", "x" * 15,
+             "y" * 16, "Z" * 17, "Ab" * 8, "q" * 31, "don't", "IT'S", "we'll", "x'", "a'b", "'s",
+             "na\u00efve", "abc\u00e9", "\u00e9t\u00e9", "ABC\u00c9d", "k\u0301x", "word\u4e2d"]
+    prefixes = ["", " ", "(", "  ", ".", "'", "\n", "\r\n", "1", "_", "\t", "$", "\u00a0"]
+    suffixes = ["", " ", "(", "'", "'s", "'LL", "\n", "1", "\u00e9", "\u0301", "'\u017f"]
+    parts = []
+    for w in words:
+        for p in prefixes:
+            for s in suffixes:
+                parts.append(p + w + s)
+    texts = ["".join(parts), " ".join(parts)]
+    for _ in range(4):  # random mixtures, and every word again at the very end of a text
+        r.shuffle(parts)
+        texts.append("".join(parts[:400]))
+    texts += [p + w for w in words for p in ("", " ", "(")]
+    return texts
+
+
+@pytest.mark.parametrize("pattern", ["gpt4", "cl100k", "o200k", "gpt2"])
+def test_ascii_word_fast_path_equals_reference(pattern):
+    """Chunks of ASCII letters after an optional prefix, at 15-17 letters (the 16-byte SIMD window),
+    before non-ASCII letters and marks, apostrophes (contractions: o200k's suffix, gpt4's prefix),
+    case changes (o200k), and ending the text: the same ids as the reference's regex split."""
+    texts = _word_texts()
+    tok = _pair_tokenizer(pattern, bytes(sorted(set("".join(texts).encode("utf-8")))))
+    for t in texts:
+        assert tok.encode(t, "none") == ref.encode_ordinary(t, tok.merges, pattern), repr(t[:80])
+
+
+def test_piece_cache_bounded_and_never_changes_ids():
+    """More distinct chunks than the piece cache has slots and more cached ids than its arena holds
+    (so entries are evicted and the whole cache is dropped and refilled): every later call's ids
+    are those of an encoder that never saw the earlier texts."""
+    tok = _tok("gpt4")
+    r = random.Random(5)
+    # ~100k distinct chunks of 9-16 letters (several ids each): past 32768 slots and 2^18 ids
+    big = " ".join("".join(r.choice("abcdeXYZ") for _ in range(r.randint(9, 16))) for _ in range(100_000))
+    probe = " ".join(big.split(" ")[:2000]) + " aab ab" + " abcde" * 50
+    fresh = Tokenizer(tok.merges, "gpt4")
+    want_probe = fresh.encode(probe, "none")
+    assert want_probe == ref.encode_ordinary(probe, tok.merges)
+    first = tok.encode_to_numpy(big, "none")
+    assert tok.encode(probe, "none") == want_probe
+    assert tok.encode_to_numpy(big, "none").tolist() == first.tolist()
+    assert tok.encode(probe, "none") == want_probe
+    assert Tokenizer(tok.merges, "gpt4").encode_to_numpy(big, "none").tolist() == first.tolist()
+
+
+def test_batch_two_threads_equals_single_calls():
+    """encode_batch lends one cache set per thread for the whole batch: every document's ids are
+    the single call's, in order, with more documents than threads and empty ones among them."""
+    tok = _tok("o200k")
+    r = random.Random(9)
+    docs = ["".join(r.choice("ab xZ1.\n'") for _ in range(r.randint(0, 3000))) for _ in range(41)]
+    docs[7] = ""
+    want = [Tokenizer(tok.merges, "o200k").encode(d, "none") for d in docs]
+    for threads in (1, 2, 3):
+        got = tok.encode_batch(docs, allowed_special="none", num_threads=threads)
+        assert got == want

@@ -322,7 +322,7 @@ void init_tokenizer(py::module_& m) {
           py::gil_scoped_release nogil;
           const BpeEncoder& enc = *e.enc;
           kgpt::tok::thread_shortfall() = kgpt::tok::ThreadShortfall();
-          kgpt::tok::parallel_for(views.size(), nt, [&](size_t i, int) { enc.encode(views[i], al, res[i]); });
+          enc.encode_batch(views, al, nt, res);  // one cache set per thread, one reserve per result
         }
         report_shortfall("BpeEncoder.encode_batch");
         py::list out(res.size());

@@ -11,6 +11,9 @@
 // alone, so reuse never changes a result.
 #include "tokenizer/bpe_encode.h"
 
+#include "tokenizer/parallel.h"
+#include "tokenizer/pretokenize_inline.h"
+
 #include <algorithm>
 #include <functional>
 #include <limits>
@@ -238,9 +241,24 @@ void BpeEncoder::merge_long(const unsigned char* p, size_t n, std::vector<int32_
 }
 
 void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std::vector<int32_t>& out,
-                              ChunkCache& cache) const {
+                              Caches& caches) const {
   const auto* u = reinterpret_cast<const unsigned char*>(p);
   if (n == 1) { out.push_back(ext(int32_t(u[0]))); return; }
+  if (n <= PieceCache::kMaxLen) {
+    // Seen before (this call or an earlier one on these caches): one probe.
+    uint64_t k0, k1;
+    PieceCache::key(p, n, text_end - p >= 16, &k0, &k1);
+    const uint64_t h = PieceCache::hash(k0, k1, n);
+    if (caches.piece.find(k0, k1, n, h, out)) return;
+    const size_t start = out.size();
+    int32_t w = -1;
+    if (whole_lookup_ && n <= whole_.max_len()) w = whole_.find(p, n, k0, hash_key(k0, p, n));
+    if (w >= 0) out.push_back(w);
+    else merge_short(u, n, out);
+    caches.piece.put(k0, k1, n, h, out.data() + start, out.size() - start);
+    return;
+  }
+  ChunkCache& cache = caches.chunk;
   if (n > ChunkCache::kMaxLen) {
     if (whole_lookup_ && n <= whole_.max_len()) {
       const uint64_t head = load_head(p, n, true);
@@ -250,7 +268,7 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
     merge_long(u, n, out);
     return;
   }
-  const uint64_t head = load_head(p, n, text_end - p >= 8);
+  const uint64_t head = load_head(p, n, true);
   const uint64_t h = hash_key(head, p, n);
   if (whole_lookup_ && n <= whole_.max_len()) {
     const int32_t w = whole_.find(p, n, head, h);
@@ -267,19 +285,20 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
   cache.put(p, n, head, h, out.data() + start, out.size() - start);
 }
 
-std::unique_ptr<ChunkCache> BpeEncoder::take_cache() const {
+std::unique_ptr<BpeEncoder::Caches> BpeEncoder::take_cache() const {
   {
     std::lock_guard<std::mutex> lock(caches_mu_);
     if (!caches_.empty()) {
-      std::unique_ptr<ChunkCache> c = std::move(caches_.back());
+      std::unique_ptr<Caches> c = std::move(caches_.back());
       caches_.pop_back();
       return c;
     }
   }
-  return std::unique_ptr<ChunkCache>(new ChunkCache());
+  return std::unique_ptr<Caches>(new Caches());
 }
 
-void BpeEncoder::give_cache(std::unique_ptr<ChunkCache> c) const {
+void BpeEncoder::give_cache(std::unique_ptr<Caches> c) const {
+  if (!c) return;
   std::lock_guard<std::mutex> lock(caches_mu_);
   try {
     caches_.push_back(std::move(c));
@@ -297,26 +316,78 @@ void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
   encode_internal(text, allowed, out);
 }
 
-void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out, ChunkCache& cache) const {
+// Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (the
+// matcher inlined for the pattern, no list of chunks).
+template <Pattern P>
+void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
+  const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const char* base = text.data();
   const char* end = base + text.size();
-  for (size_t pos = 0, e; pos < text.size(); pos = e) {
-    e = chunk_end(text, pos, pattern_);
-    encode_chunk(base + pos, e - pos, end, out, cache);
+  const size_t n = text.size();
+  for (size_t pos = 0; pos < n;) {
+    size_t e = 0;
+#if defined(__SSE2__)
+    if constexpr (P == Pattern::GPT4 || P == Pattern::CL100K) e = detail::ascii_word_end<false>(s, n, pos);
+    else if constexpr (P == Pattern::O200K) e = detail::ascii_word_end<true>(s, n, pos);
+    if (e) {
+      encode_chunk(base + pos, e - pos, end, out, caches);
+      pos = e;
+      continue;
+    }
+#endif
+    if constexpr (P == Pattern::GPT4) e = detail::gpt4_end(s, n, pos, false);
+    else if constexpr (P == Pattern::CL100K) e = detail::gpt4_end(s, n, pos, false, true);
+    else if constexpr (P == Pattern::GPT2) e = detail::gpt2_end(s, n, pos, false);
+    else e = detail::o200k_end(s, n, pos, false);
+    encode_chunk(base + pos, e - pos, end, out, caches);
+    pos = e;
+  }
+}
+
+void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
+  switch (pattern_) {
+    case Pattern::GPT4: ordinary_loop<Pattern::GPT4>(text, out, caches); return;
+    case Pattern::CL100K: ordinary_loop<Pattern::CL100K>(text, out, caches); return;
+    case Pattern::GPT2: ordinary_loop<Pattern::GPT2>(text, out, caches); return;
+    case Pattern::O200K: ordinary_loop<Pattern::O200K>(text, out, caches); return;
   }
 }
 
 void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& allowed,
                                  std::vector<int32_t>& out) const {
-  // Borrowed for the call and handed back even if an allocation throws.
   struct Lease {
     const BpeEncoder* enc;
-    std::unique_ptr<ChunkCache> c;
+    std::unique_ptr<Caches> c;
     ~Lease() { enc->give_cache(std::move(c)); }
   } lease{this, take_cache()};
-  ChunkCache& cache = *lease.c;
-  cache.begin(text.size());
-  if (allowed.empty()) { ordinary_internal(text, out, cache); return; }
+  encode_with(text, allowed, out, *lease.c);
+}
+
+void BpeEncoder::encode_batch(const std::vector<std::string_view>& texts, const std::vector<int>& allowed,
+                              int threads, std::vector<std::vector<int32_t>>& out) const {
+  if (out.size() != texts.size()) throw std::invalid_argument("encode_batch: out.size() != texts.size()");
+  if (threads <= 0) threads = default_threads();
+  const size_t nt = std::max<size_t>(1, std::min<size_t>(size_t(threads), texts.size()));
+  // One set of caches per thread index (each index is used by one thread only), borrowed on the
+  // thread's first item and given back after the join, even on an exception.
+  struct Leases {
+    const BpeEncoder* enc;
+    std::vector<std::unique_ptr<Caches>> c;
+    ~Leases() { for (auto& x : c) enc->give_cache(std::move(x)); }
+  } leases{this, std::vector<std::unique_ptr<Caches>>(nt)};
+  parallel_for(texts.size(), int(nt), [&](size_t i, int t) {
+    std::unique_ptr<Caches>& c = leases.c[size_t(t)];
+    if (!c) c = take_cache();
+    out[i].reserve(texts[i].size() / 4 + 16);
+    encode_with(texts[i], allowed, out[i], *c);
+  });
+}
+
+void BpeEncoder::encode_with(std::string_view text, const std::vector<int>& allowed,
+                             std::vector<int32_t>& out, Caches& caches) const {
+  caches.piece.begin();
+  caches.chunk.begin(text.size());
+  if (allowed.empty()) { ordinary_internal(text, out, caches); return; }
   const size_t npos = std::string_view::npos;
   std::vector<size_t> next(allowed.size());
   for (size_t k = 0; k < allowed.size(); ++k) next[k] = text.find(specials_[allowed[k]]);
@@ -331,13 +402,13 @@ void BpeEncoder::encode_internal(std::string_view text, const std::vector<int>& 
       }
     }
     if (best == npos) break;
-    ordinary_internal(text.substr(pos, best - pos), out, cache);
+    ordinary_internal(text.substr(pos, best - pos), out, caches);
     out.push_back(ext(int32_t(256 + n_merges_ + size_t(bid))));
     pos = best + blen;
     for (size_t k = 0; k < allowed.size(); ++k)
       if (next[k] != npos && next[k] < pos) next[k] = text.find(specials_[allowed[k]], pos);
   }
-  ordinary_internal(text.substr(pos), out, cache);
+  ordinary_internal(text.substr(pos), out, caches);
 }
 
 // One pass, each id read once (a volatile load: never re-read), checked, then its bytes copied:

@@ -38,6 +38,11 @@ class BpeEncoder {
   void encode(std::string_view text, const std::vector<int>& allowed, std::vector<int32_t>& out) const;
   // Ordinary text only.
   void encode_ordinary(std::string_view text, std::vector<int32_t>& out) const;
+  // encode() of each text into out[i] (out.size() must equal texts.size()) on up to `threads`
+  // threads (parallel_for: items handed out one at a time); each thread borrows one set of caches
+  // for the whole batch. Exceptions (std::bad_alloc) are rethrown here after every thread joined.
+  void encode_batch(const std::vector<std::string_view>& texts, const std::vector<int>& allowed,
+                    int threads, std::vector<std::vector<int32_t>>& out) const;
 
   // Appends the bytes of ids[0..n). Throws std::invalid_argument naming the first id out of range.
   // Reads each id once, so ids may change meanwhile (another thread's array) without harm.
@@ -55,17 +60,27 @@ class BpeEncoder {
  private:
   std::string_view itoken(size_t i) const { return std::string_view(bytes_.data() + offs_[i], offs_[i + 1] - offs_[i]); }
   int32_t ext(int32_t internal) const { return ext_.empty() ? internal : ext_[size_t(internal)]; }
+  // The caches lent to one call (or one batch thread) at a time: chunks of <= 16 bytes in `piece`,
+  // longer ones (<= ChunkCache::kMaxLen) in `chunk`.
+  struct Caches {
+    PieceCache piece;
+    ChunkCache chunk;
+  };
   void encode_internal(std::string_view text, const std::vector<int>& allowed, std::vector<int32_t>& out) const;
-  void ordinary_internal(std::string_view text, std::vector<int32_t>& out, ChunkCache& cache) const;
+  void encode_with(std::string_view text, const std::vector<int>& allowed, std::vector<int32_t>& out,
+                   Caches& caches) const;
+  void ordinary_internal(std::string_view text, std::vector<int32_t>& out, Caches& caches) const;
+  template <Pattern P>
+  void ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const;
   template <class T> void decode_impl(const T* ids, size_t n, std::string& out) const;
   // Appends the ids (external) of text[pos, end); the caller's text extends to text_end.
-  void encode_chunk(const char* p, size_t n, const char* text_end, std::vector<int32_t>& out, ChunkCache& cache) const;
+  void encode_chunk(const char* p, size_t n, const char* text_end, std::vector<int32_t>& out, Caches& caches) const;
   void merge_short(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   void merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   int32_t rank(int32_t a, int32_t b) const { return ranks_.find(a, b); }
   void init_ids(const std::vector<int32_t>& ids, size_t total, size_t n_merges);
-  std::unique_ptr<ChunkCache> take_cache() const;
-  void give_cache(std::unique_ptr<ChunkCache> c) const;
+  std::unique_ptr<Caches> take_cache() const;
+  void give_cache(std::unique_ptr<Caches> c) const;
 
   Pattern pattern_;
   size_t n_merges_;
@@ -77,9 +92,11 @@ class BpeEncoder {
   std::vector<int32_t> ext_;  // internal id -> id (empty: identity)
   std::vector<int32_t> int_;  // id -> internal id, -1 for a hole (empty: identity)
   bool whole_lookup_ = true;
-  // Idle chunk caches (one is lent to each call; as many as calls have run at once).
+  // Idle caches (one set is lent to each call, or to each thread of a batch, for its duration: a
+  // lookup never takes a lock and no two threads share a cache; the mutex is only taken to borrow
+  // and to give back). As many sets as calls have run at once.
   mutable std::mutex caches_mu_;
-  mutable std::vector<std::unique_ptr<ChunkCache>> caches_;
+  mutable std::vector<std::unique_ptr<Caches>> caches_;
 };
 
 }}  // namespace kgpt::tok
