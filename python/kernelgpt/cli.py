@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kernelgpt", description="Train a BPE tokenizer and a small GPT; sample it.")
     from . import __version__
     p.add_argument("--version", action="version", version=f"kernelgpt {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,tokenizer}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,export,tokenizer,bench}",
+                           parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser("train", help="train a tokenizer and a model (no arguments: the default "
@@ -195,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, metavar="PATH", help="output directory (hf) or file")
     x.add_argument("--dtype", choices=("f32", "f16", "q8_0"), default="f32",
                    help="gguf only: tensor type of the matrices (default f32)")
+
+    b = sub.add_parser("bench", help="time kernelgpt against its NumPy backend and the peers "
+                       "installed here (PyTorch, tiktoken, HF tokenizers, rustbpe); a table, a "
+                       "JSON file and a PNG chart")
+    b.add_argument("--quick", action="store_true",
+                   help="XS sizes, a few seconds: checks the suite runs (figures not to quote)")
+    b.add_argument("--out", metavar="PATH", help="a .json file (the PNG beside it) or a folder "
+                   "(bench.json, bench.png in it); default: bench.json here")
+    b.add_argument("--threads", type=_int_at_least(1), metavar="N",
+                   help="threads of every engine (default: OMP_NUM_THREADS or all cores)")
+    b.add_argument("--rounds", type=_int_at_least(1), metavar="N",
+                   help="timed repeats per figure, after one warm-up (default 5; 3 with --quick)")
+    b.add_argument("--no-peers", action="store_true",
+                   help="kernelgpt, its NumPy backend and the Python reference only")
 
     try:
         from .cli_tokenizer import add_tokenizer_parser
@@ -674,6 +689,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _export(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "bench":
+            from .bench import main as bench_main
+            return bench_main(quick=args.quick, out=args.out, threads=args.threads,
+                              rounds=args.rounds, peers=not args.no_peers)
         if getattr(args, "_tokenizer_missing", False):
             raise UserError("the tokenizer command is not available in this build")
         from .cli_tokenizer import run_tokenizer
