@@ -100,9 +100,10 @@ def run_candidate(preset: str, vocab: int, lr: float, steps: Optional[int], budg
     summary = trainer.fit()
     train_s = time.perf_counter() - t0
     r = evaluate_tokens(model, data.val, token_bytes=token_byte_lengths(tok, cfg.vocab_size))
-    ids = model.generate(np.asarray(tok.encode("def "), np.int32), sample_tokens,
-                         temperature=0.8, top_k=40, seed=0)
-    sample = "def " + tok.decode([int(i) for i in ids[len(tok.encode("def ")):]])
+    prompt = tok.encode("def ")
+    ids = np.asarray(model.generate(np.asarray(prompt, np.int32), sample_tokens,
+                                    temperature=0.8, top_k=40, seed=0)).reshape(-1)
+    sample = "def " + tok.decode([int(i) for i in ids[len(prompt):]])
     return {"preset": preset, "vocab": vocab, "lr": lr, "steps": steps,
             "batch": PRESET_BATCH_SIZE[preset], "block": cfg.block_size,
             "params_M": model.num_params() / 1e6, "step_ms": step_s * 1e3,
