@@ -25,7 +25,7 @@ from typing import Any, List, Optional
 # that reached the lowest validation bits per byte in about a minute on 2 CPU cores
 # (benchmarks/default_run_study.py; its table is in benchmarks/README.md, "The default run").
 DEFAULT_MODEL = "xs"          # 2 layers, 4 heads, 128 dims, block 64
-DEFAULT_VOCAB = 2048          # the default model's vocabulary (a --model preset keeps its own)
+DEFAULT_VOCAB = 1024          # the default model's vocabulary (a --model preset keeps its own)
 DEFAULT_MAX_STEPS = 7000      # the default model's steps (a --model preset: PRESET_MAX_STEPS)
 DEFAULT_SEED = 0
 # `train --quick`: a run of a few seconds for tests and demos (its sample is still noisy)
