@@ -478,8 +478,8 @@ def header_lines(report: Dict[str, Any]) -> List[str]:
     return [f"kernelgpt {m['kernelgpt']} bench ({report['mode']}): {m['cpu']}, "
             f"{m['logical_cores']} logical cores, {m['threads']} thread(s) per engine",
             f"  dispatch: {disp}; CPU flags: {' '.join(isa.get('cpu_flags', [])) or '?'}",
-            f"  Python {m['python']}, NumPy {m['numpy']}; medians of {report['rounds']} "
-            f"repeats after a warm-up; ratio = engine's median / kernelgpt's (same run)"]
+            f"  Python {m['python']}, NumPy {m['numpy']}; median of {report['rounds']} "
+            f"repeat(s) after a warm-up; ratio = engine's median / kernelgpt's (same run)"]
 
 
 def table(report: Dict[str, Any]) -> str:

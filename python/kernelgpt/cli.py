@@ -1,12 +1,14 @@
-"""The command line: ``python -m kernelgpt train|sample|tokenizer`` (also the ``kernelgpt`` script).
+"""The command line: ``python -m kernelgpt train|sample|eval|export|tokenizer|bench`` (also the
+``kernelgpt`` script).
 
 ``train`` with no arguments trains a BPE tokenizer and the XS model on the embedded default corpus
 (the standard library's source, see corpus.py) into runs/<timestamp>/ and prints a sample;
 ``train --data TOKEN_FILE [--tokenizer TOK_JSON]`` trains on ids from ``tokenizer encode`` instead.
 ``sample`` streams text from a run folder; ``eval`` scores whole files with a run's model (loss,
 perplexity, bits per byte; kernelgpt.evaluation). ``tokenizer`` (alias ``tokenize``) is the tokenizer's
-own command line (cli_tokenizer.py). Errors a user can make print one line on stderr and exit with
-status 1 (2 for a bad option); so does any other exception (one line naming it as an internal
+own command line (cli_tokenizer.py). ``bench [--quick]`` times kernelgpt against its NumPy
+backend and the installed peers (kernelgpt.bench). ``train --quick`` is a run of a few seconds.
+Errors a user can make print one line on stderr and exit with status 1 (2 for a bad option); so does any other exception (one line naming it as an internal
 error, MemoryError as "out of memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
 holds the run folder's lock (checkpoint.run_lock) from before its first write there to the end.
 """
