@@ -8,8 +8,9 @@
 perplexity, bits per byte; kernelgpt.evaluation). ``tokenizer`` (alias ``tokenize``) is the tokenizer's
 own command line (cli_tokenizer.py). ``bench [--quick]`` times kernelgpt against its NumPy
 backend and the installed peers (kernelgpt.bench). ``train --quick`` is a run of a few seconds.
-Errors a user can make print one line on stderr and exit with status 1 (2 for a bad option); so does any other exception (one line naming it as an internal
-error, MemoryError as "out of memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
+Errors a user can make print one line on stderr and exit with status 1 (2 for a bad option);
+so does any other exception (one line naming it as an internal error, MemoryError as "out of
+memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
 holds the run folder's lock (checkpoint.run_lock) from before its first write there to the end.
 """
 from __future__ import annotations
