@@ -360,3 +360,53 @@ def test_threads_option_sets_the_native_thread_count(trained, monkeypatch, capsy
     assert calls == [3, 2]
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--threads", "0"])
+
+
+def test_run_defaults_default_quick_and_preset():
+    """No options: the default model's vocabulary and steps (chosen by the default-run study);
+    --quick: a run of a few seconds; --model: the preset's vocabulary and TrainConfig's steps;
+    options given win over all of these."""
+    from kernelgpt.cli import (DEFAULT_MAX_STEPS, DEFAULT_MODEL, DEFAULT_VOCAB, QUICK,
+                               build_parser, run_defaults)
+    from kernelgpt.train import TrainConfig
+    p = build_parser()
+    # the study's choice (benchmarks/README.md, "The default run"): about a minute on 2 cores
+    assert (DEFAULT_MODEL, DEFAULT_VOCAB, DEFAULT_MAX_STEPS) == ("xs", 1024, 7000)
+    assert run_defaults(p.parse_args(["train"])) == ("xs", 1024, 7000)
+    assert run_defaults(p.parse_args(["train", "--quick"])) == ("xs", 512, 200)
+    assert QUICK["max_steps"] <= 200  # a few seconds on XS, for tests and demos
+    assert run_defaults(p.parse_args(["train", "--model", "s"])) == (
+        "s", 8192, TrainConfig().max_steps)
+    assert run_defaults(p.parse_args(["train", "--quick", "--max-steps", "7", "--vocab-size",
+                                      "300", "--model", "llama-xs"])) == ("llama-xs", 300, 7)
+
+
+def test_quick_run_records_its_sizes(trained, tmp_path):
+    """`train --quick` trains the XS model with a 512-token vocabulary (the steps cut to 2 here
+    to keep the test short: an option given wins over --quick's)."""
+    d, _ = trained
+    r = kgpt("train", "--quick", "--data", d / "data", "--out", tmp_path / "q", "--max-steps",
+             "2", "--backend", "numpy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "q" / "ckpt-00000002" / "config.json").read_text())
+    assert (cfg["model"]["n_layer"], cfg["model"]["n_embd"], cfg["model"]["block_size"]) == \
+        (2, 128, 64)
+    assert cfg["model"]["vocab_size"] == 512 and cfg["train"]["max_steps"] == 2
+
+
+def test_quick_cannot_change_a_resumed_run(trained, tmp_path):
+    d, _ = trained
+    r = kgpt("train", "--out", d / "run", "--resume", "--quick", cwd=tmp_path)
+    assert r.returncode == 1 and "--quick cannot change when resuming" in r.stderr
+
+
+def test_v0_1_0_run_resumes_with_its_recorded_steps(tmp_path):
+    """A 0.1.0 run resumed without --max-steps keeps its own step count (6), not the new default
+    run's: it is complete, so nothing more is trained."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_v0_1_0", run)
+    r = kgpt("train", "--out", run, "--resume", "--backend", "numpy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "at step 6 of 6" in r.stderr
+    assert (run / "LATEST").read_text().strip() == "ckpt-00000006"

@@ -1,13 +1,16 @@
-"""The command line: ``python -m kernelgpt train|sample|tokenizer`` (also the ``kernelgpt`` script).
+"""The command line: ``python -m kernelgpt train|sample|eval|export|tokenizer|bench`` (also the
+``kernelgpt`` script).
 
 ``train`` with no arguments trains a BPE tokenizer and the XS model on the embedded default corpus
 (the standard library's source, see corpus.py) into runs/<timestamp>/ and prints a sample;
 ``train --data TOKEN_FILE [--tokenizer TOK_JSON]`` trains on ids from ``tokenizer encode`` instead.
 ``sample`` streams text from a run folder; ``eval`` scores whole files with a run's model (loss,
 perplexity, bits per byte; kernelgpt.evaluation). ``tokenizer`` (alias ``tokenize``) is the tokenizer's
-own command line (cli_tokenizer.py). Errors a user can make print one line on stderr and exit with
-status 1 (2 for a bad option); so does any other exception (one line naming it as an internal
-error, MemoryError as "out of memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
+own command line (cli_tokenizer.py). ``bench [--quick]`` times kernelgpt against its NumPy
+backend and the installed peers (kernelgpt.bench). ``train --quick`` is a run of a few seconds.
+Errors a user can make print one line on stderr and exit with status 1 (2 for a bad option);
+so does any other exception (one line naming it as an internal error, MemoryError as "out of
+memory"); KERNELGPT_DEBUG=1 shows the traceback instead. `train`
 holds the run folder's lock (checkpoint.run_lock) from before its first write there to the end.
 """
 from __future__ import annotations
@@ -21,14 +24,20 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional
 
-# Defaults of `kernelgpt train`, sized so the no-argument run takes a few minutes on 2 CPU cores.
-DEFAULT_MODEL = "xs"          # vocab 512, 2 layers, 4 heads, 128 dims, block 64
+# Defaults of `kernelgpt train` with no --model: the model, tokenizer vocabulary and step count
+# that reached the lowest validation bits per byte in about a minute on 2 CPU cores
+# (benchmarks/default_run_study.py; its table is in benchmarks/README.md, "The default run").
+DEFAULT_MODEL = "xs"          # 2 layers, 4 heads, 128 dims, block 64
+DEFAULT_VOCAB = 1024          # the default model's vocabulary (a --model preset keeps its own)
+DEFAULT_MAX_STEPS = 7000      # the default model's steps (a --model preset: PRESET_MAX_STEPS)
 DEFAULT_SEED = 0
-# The training defaults are TrainConfig's (kernelgpt.train), stated there once.
+# `train --quick`: a run of a few seconds for tests and demos (its sample is still noisy)
+QUICK = {"model": "xs", "vocab_size": 512, "max_steps": 200}
+# The other training defaults are TrainConfig's (kernelgpt.train), stated there once.
 from .train import TrainConfig as _TrainConfig  # noqa: E402
 
 _TC = _TrainConfig()
-DEFAULT_MAX_STEPS, DEFAULT_LR = _TC.max_steps, _TC.lr
+PRESET_MAX_STEPS, DEFAULT_LR = _TC.max_steps, _TC.lr
 DEFAULT_EVAL_EVERY, DEFAULT_SAVE_EVERY = _TC.eval_every, _TC.save_every
 SAMPLE_PROMPT = "def "        # the default corpus is Python source
 RESUME_FIXED = ("data", "tokenizer", "model", "n_layer", "n_head", "n_embd", "vocab_size",
@@ -73,11 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kernelgpt", description="Train a BPE tokenizer and a small GPT; sample it.")
     from . import __version__
     p.add_argument("--version", action="version", version=f"kernelgpt {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,tokenizer}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,export,tokenizer,bench}",
+                           parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser("train", help="train a tokenizer and a model (no arguments: the default "
-                                     "corpus, a few minutes on 2 cores)")
+                                     "corpus, about a minute on 2 cores)")
+    t.add_argument("--quick", action="store_true",
+                   help=f"a run of a few seconds (model {QUICK['model']}, vocab "
+                        f"{QUICK['vocab_size']}, {QUICK['max_steps']} steps; options given "
+                        f"override these): for trying the commands, not for a good model")
     t.add_argument("--data", nargs="+", metavar="FILE_OR_DIR",
                    help="text files or folders (default: the Python standard library's source), "
                         "or one token file from `kernelgpt tokenizer encode` (no tokenizer is "
@@ -97,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (bit-exact)")
     t.add_argument("--max-steps", type=_int_at_least(1),
-                   help=f"optimizer steps in total (default {DEFAULT_MAX_STEPS})")
+                   help=f"optimizer steps in total (default {DEFAULT_MAX_STEPS} for the "
+                        f"default model, {PRESET_MAX_STEPS} with --model)")
     t.add_argument("--batch-size", type=_int_at_least(1), help="sequences per step (default: "
                    "the preset's, 8 for xs)")
     t.add_argument("--block-size", type=_int_at_least(1), help="context length (default: the "
@@ -119,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-layer", type=_int_at_least(1), help="override the preset's layers")
     t.add_argument("--n-head", type=_int_at_least(1), help="override the preset's heads")
     t.add_argument("--n-embd", type=_int_at_least(1), help="override the preset's width")
-    t.add_argument("--vocab-size", type=_int_at_least(257), help="tokenizer vocabulary "
-                   "(default: the preset's, 512 for xs); with a token file in --data, the "
-                   "model's (default: the file's vocab_size)")
+    t.add_argument("--vocab-size", type=_int_at_least(257), help=f"tokenizer vocabulary "
+                   f"(default {DEFAULT_VOCAB} for the default model; with --model, the "
+                   f"preset's); with a token file in --data, the model's (default: the file's "
+                   f"vocab_size)")
     t.add_argument("--lr", type=_float_in(0.0, 10.0, lo_open=True),
                    help=f"peak learning rate (default {DEFAULT_LR})")
     t.add_argument("--grad-accum", type=_int_at_least(1), help="micro-batches per step "
@@ -131,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_int_at_least(0), help=f"seed of init and data order "
                    f"(default {DEFAULT_SEED})")
     t.add_argument("--eval-every", type=_int_at_least(0),
-                   help="validation every N steps, 0 = only at the end (default: max-steps / 5, "
-                        "200 for 1000 steps)")
+                   help="validation every N steps, 0 = only at the end (default: max-steps / 5)")
     t.add_argument("--save-every", type=_int_at_least(0),
                    help=f"checkpoint every N steps, 0 = only at the end (default "
                         f"{DEFAULT_SAVE_EVERY})")
@@ -198,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, metavar="PATH", help="output directory (hf) or file")
     x.add_argument("--dtype", choices=("f32", "f16", "q8_0"), default="f32",
                    help="gguf only: tensor type of the matrices (default f32)")
+
+    b = sub.add_parser("bench", help="time kernelgpt against its NumPy backend and the peers "
+                       "installed here (PyTorch, tiktoken, HF tokenizers, rustbpe); a table, a "
+                       "JSON file and a PNG chart")
+    b.add_argument("--quick", action="store_true",
+                   help="XS sizes, a few seconds: checks the suite runs (figures not to quote)")
+    b.add_argument("--out", metavar="PATH", help="a .json file (the PNG beside it) or a folder "
+                   "(bench.json, bench.png in it); default: bench.json here")
+    b.add_argument("--threads", type=_int_at_least(1), metavar="N",
+                   help="threads of every engine (default: OMP_NUM_THREADS or all cores)")
+    b.add_argument("--rounds", type=_int_at_least(1), metavar="N",
+                   help="timed repeats per figure, after one warm-up (default 5; 3 with --quick)")
+    b.add_argument("--no-peers", action="store_true",
+                   help="kernelgpt, its NumPy backend and the Python reference only")
 
     try:
         from .cli_tokenizer import add_tokenizer_parser
@@ -388,6 +417,20 @@ class _RunLock:
             self.held = True
 
 
+def run_defaults(args: argparse.Namespace) -> "tuple[str, int, int]":
+    """(model preset, tokenizer vocabulary, max steps) of a new `train` run: the options given,
+    else --quick's (QUICK), else the default model's (DEFAULT_*), else (with --model) the
+    preset's vocabulary and TrainConfig's steps. A token file's vocabulary is decided elsewhere."""
+    from .model import GPTConfig
+    quick = bool(getattr(args, "quick", False))
+    name = args.model or (QUICK["model"] if quick else DEFAULT_MODEL)
+    vocab = args.vocab_size or (QUICK["vocab_size"] if quick else DEFAULT_VOCAB
+                                if args.model is None else GPTConfig.preset(name).vocab_size)
+    steps = args.max_steps or (QUICK["max_steps"] if quick else DEFAULT_MAX_STEPS
+                               if args.model is None else PRESET_MAX_STEPS)
+    return str(name), int(vocab), int(steps)
+
+
 def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunLock,
                   say: Any, main_rank: bool) -> int:
     from .checkpoint import latest_checkpoint
@@ -401,6 +444,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
         if not args.out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
         fixed = [f"--{n.replace('_', '-')}" for n in RESUME_FIXED if getattr(args, n) is not None]
+        fixed += ["--quick"] if args.quick else []
         if fixed:
             raise UserError(f"{', '.join(fixed)} cannot change when resuming (the run keeps its "
                             f"own); only --max-steps, --eval-every, --save-every, --backend can")
@@ -425,7 +469,8 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
         if out.exists() and latest_checkpoint(out) is not None:
             raise UserError(f"{out} already holds a trained run: continue it with --resume or "
                             f"choose another --out")
-        preset = GPTConfig.preset(args.model or DEFAULT_MODEL)
+        model_name, default_vocab, max_steps = run_defaults(args)
+        preset = GPTConfig.preset(model_name)
         from .train import PRESET_BATCH_SIZE
         token_file = _token_file_arg(args)
         if token_file is not None:  # pre-tokenized data: checked now, used as it is
@@ -440,7 +485,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
                 del ids
             vocab = args.vocab_size or header["vocab_size"]
         else:
-            vocab = args.vocab_size or preset.vocab_size
+            vocab = args.vocab_size or default_vocab
         seed = DEFAULT_SEED if args.seed is None else args.seed
         shape = dict(preset.to_dict(), vocab_size=vocab,
                      block_size=args.block_size or preset.block_size,
@@ -453,7 +498,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
                 and args.n_head % preset.n_kv_head:
             shape["n_kv_head"] = None  # the preset's key/value heads do not divide the new count
         GPTConfig(**shape)  # a bad shape fails now, before the tokenizer is trained
-        batch_size = args.batch_size or PRESET_BATCH_SIZE[args.model or DEFAULT_MODEL]
+        batch_size = args.batch_size or PRESET_BATCH_SIZE[model_name]
         # and so does a size this machine cannot hold (one line naming it, nothing allocated)
         check_model_fits(shape, batch=(batch_size, shape["block_size"]))
         if token_file is not None:
@@ -511,7 +556,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
             data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
         tcfg = TrainConfig(
             batch_size=batch_size,
-            max_steps=args.max_steps or DEFAULT_MAX_STEPS, lr=args.lr or DEFAULT_LR,
+            max_steps=max_steps, lr=args.lr or DEFAULT_LR,
             grad_accum=args.grad_accum or 1,
             eval_every=args.eval_every,  # None: TrainConfig scales it with max_steps
             save_every=DEFAULT_SAVE_EVERY if args.save_every is None else args.save_every,
@@ -677,6 +722,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _export(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "bench":
+            from .bench import main as bench_main
+            return bench_main(quick=args.quick, out=args.out, threads=args.threads,
+                              rounds=args.rounds, peers=not args.no_peers)
         if getattr(args, "_tokenizer_missing", False):
             raise UserError("the tokenizer command is not available in this build")
         from .cli_tokenizer import run_tokenizer
