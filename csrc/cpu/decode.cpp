@@ -4,6 +4,7 @@
 #include "cpu/decode.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <numeric>
 #include <cstring>
@@ -20,10 +21,50 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include <sched.h>
+#if KGPT_X86
+#include <immintrin.h>
+#endif
 
 namespace kgpt {
 namespace cpu {
 namespace {
+
+// The decoding step's barrier between dependent phases (about 4 per layer). A waiting thread
+// spins briefly (a barrier is normally met within microseconds), then yields its core on each
+// try. OpenMP's own barrier keeps spinning for a long while by default; on a machine whose
+// cores are shared with other processes (more runnable threads than cores), a team thread that
+// loses its core then costs its peers that spinning at every barrier: decoding steps measured
+// 25-50x slower with 2 threads on 2 loaded cores (S, 160 ms instead of 4 ms per token). The
+// release/acquire pair orders every write before the barrier before every read after it.
+class StepBarrier {
+ public:
+  void set_team(int T) { T_ = T; }
+  void wait() {
+    if (T_ <= 1) return;
+    const unsigned g = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == T_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (int i = 0; gen_.load(std::memory_order_acquire) == g; ++i) {
+      if (i < kSpins) {
+#if KGPT_X86
+        _mm_pause();
+#endif
+      } else {
+        sched_yield();
+      }
+    }
+  }
+
+ private:
+  static constexpr int kSpins = 2000;
+  std::atomic<int> count_{0};
+  std::atomic<unsigned> gen_{0};
+  int T_ = 1;
+};
 
 
 // Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias: the kernels sgemm uses for
@@ -113,6 +154,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
   // thread sees the failure and skips the step (the same barriers for all), and it is rethrown
   // on the calling thread after the region.
   ErrorCarrier err;
+  StepBarrier bar;
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -121,6 +163,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     const int t = 0, T = 1;
 #endif
     ThreadBuf& tb = tls_buf;
+    if (t == 0) bar.set_team(T);  // published by the OpenMP barrier below
     err.run([&] {
       tb.size(pos + 1, B * C, B, HS);  // scores: the pos + 1 valid positions
       if (m.wformat == WeightFormat::int8) {  // sized once here: no allocation after the barrier
@@ -185,13 +228,13 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
                                     scores);
           }
         }
-#pragma omp barrier
+bar.wait();
         {
           const auto [n0, n1] = even(C);
           quant_in(atty, C);
           cols(proj, atty, L.proj_w, L.q_proj, L.proj_b, C, C, n0, n1);
         }
-#pragma omp barrier
+bar.wait();
         add(x, x, proj, B * C);
         norm_rows(m, ln, mean, rstd, x, L.ln2_w, L.ln2_b);
         quant_in(ln, C);
@@ -202,26 +245,26 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
           for (int64_t b = 0; b < B; ++b)
             swiglu_forward_serial(fchg + b * H + n0, fch + b * FW + n0, fch + b * FW + H + n0,
                                   n1 - n0);
-#pragma omp barrier
+bar.wait();
         } else if (gelu_by_cols) {
           const int64_t n0 = H / 16 * t / T * 16, n1 = H / 16 * (t + 1) / T * 16;
           cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, H, C, n0, n1);
           for (int64_t b = 0; b < B; ++b)
             gelu_forward_serial(fchg + b * H + n0, fch + b * H + n0, n1 - n0);
-#pragma omp barrier
+bar.wait();
         } else {
           const auto [n0, n1] = even(H);
           cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, H, C, n0, n1);
-#pragma omp barrier
-#pragma omp single
-          gelu_forward(fchg, fch, B * H);  // (single ends with a barrier)
+          bar.wait();
+          if (t == 0) gelu_forward_serial(fchg, fch, B * H);
+          bar.wait();
         }
         {
           const auto [n0, n1] = even(C);
           quant_in(fchg, H);
           cols(proj, fchg, L.fcproj_w, L.q_fcproj, L.fcproj_b, C, H, n0, n1);
         }
-#pragma omp barrier
+bar.wait();
         add(x, x, proj, B * C);
       }
       norm_rows(m, ln, mean, rstd, x, m.lnf_w, m.lnf_b);
