@@ -293,8 +293,7 @@ def test_batch8_rows_equal_rows_alone(qmodel, weights):
 
 def test_batch_limits_per_format(qmodel):
     from kernelgpt.backends import native_backend as nb
-    assert nb.decoder_supports(qmodel, 4) and not nb.decoder_supports(qmodel, 5)
-    for w in ("bf16", "int8"):
+    for w in ("fp32", "bf16", "int8"):
         assert nb.decoder_supports(qmodel, 16, w) and not nb.decoder_supports(qmodel, 17, w)
     kv = qmodel.kv_cache(17, "int8")  # beyond the fused decoder: the NumPy spec path
     assert kv.fused is None

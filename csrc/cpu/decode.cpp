@@ -22,6 +22,12 @@
 #include <omp.h>
 #endif
 #include <sched.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#include <climits>
 #if KGPT_X86
 #include <immintrin.h>
 #endif
@@ -31,48 +37,70 @@ namespace cpu {
 namespace {
 
 // The decoding step's barrier between dependent phases (about 4 per layer). A waiting thread
-// spins briefly (a barrier is normally met within microseconds), then yields its core on each
-// try. OpenMP's own barrier keeps spinning for a long while by default; on a machine whose
-// cores are shared with other processes (more runnable threads than cores), a team thread that
-// loses its core then costs its peers that spinning at every barrier: decoding steps measured
-// 25-50x slower with 2 threads on 2 loaded cores (S, 160 ms instead of 4 ms per token). The
+// spins briefly (a barrier is normally met within microseconds), then sleeps on a futex until
+// the last thread arrives. OpenMP's own barrier keeps spinning for a long while by default; on
+// a machine whose cores are shared with other processes (more runnable threads than cores), a
+// team thread that loses its core then costs its peers that spinning at every barrier: decoding
+// steps measured 25-50x slower with 2 threads on 2 loaded cores (S, 160 ms instead of 4 ms per
+// token). A sleeping waiter gives its core back, so the preempted peer can run there. The
 // release/acquire pair orders every write before the barrier before every read after it.
 class StepBarrier {
  public:
   void set_team(int T) { T_ = T; }
   void wait() {
     if (T_ <= 1) return;
-    const unsigned g = gen_.load(std::memory_order_acquire);
+    const int g = gen_.load(std::memory_order_acquire);
     if (count_.fetch_add(1, std::memory_order_acq_rel) == T_ - 1) {
       count_.store(0, std::memory_order_relaxed);
       gen_.fetch_add(1, std::memory_order_acq_rel);
+      if (sleepers_.load(std::memory_order_acquire) > 0) wake();
       return;
     }
-    for (int i = 0; gen_.load(std::memory_order_acquire) == g; ++i) {
-      if (i < kSpins) {
+    for (int i = 0; i < kSpins; ++i) {
+      if (gen_.load(std::memory_order_acquire) != g) return;
 #if KGPT_X86
-        _mm_pause();
+      _mm_pause();
 #endif
-      } else {
-        sched_yield();
-      }
     }
+    sleepers_.fetch_add(1, std::memory_order_acq_rel);
+    while (gen_.load(std::memory_order_acquire) == g) sleep_while(g);
+    sleepers_.fetch_sub(1, std::memory_order_acq_rel);
   }
 
  private:
-  static constexpr int kSpins = 2000;
-  std::atomic<int> count_{0};
-  std::atomic<unsigned> gen_{0};
+  static constexpr int kSpins = 4000;
+#ifdef __linux__
+  void sleep_while(int g) {  // returns at once if gen_ has moved on (the kernel checks)
+    syscall(SYS_futex, reinterpret_cast<int*>(&gen_), FUTEX_WAIT_PRIVATE, g, nullptr, nullptr, 0);
+  }
+  void wake() {
+    syscall(SYS_futex, reinterpret_cast<int*>(&gen_), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr,
+            nullptr, 0);
+  }
+#else
+  void sleep_while(int) { sched_yield(); }
+  void wake() {}
+#endif
+  std::atomic<int> count_{0}, gen_{0}, sleepers_{0};
   int T_ = 1;
 };
 
 
-// Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias: the kernels sgemm uses for
-// these shapes, so each column is bitwise what a matmul_forward call gives.
+// Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias, float32. Each row is computed
+// by the one-row matrix-vector kernel sgemm uses for a single row (so row b's values are bitwise
+// those of row b decoded alone, and those of the op-by-op step at batch 1), and the rows share
+// each weight row's read: the columns go in blocks of about 32 KB of weights, every row's
+// products over one block before the next, so rows after the first read the block from cache.
 void gemv_cols(float* out, const float* x, const float* w, const float* bias, int64_t B,
                int64_t N, int64_t K, int64_t n0, int64_t n1) {
   if (n1 <= n0) return;
-  gemm_detail::gemv_nt_range({false, true, B, N, K, 1.f, x, K, w, K, 0.f, out, N, bias}, n0, n1);
+  const int64_t cb = B == 1 ? n1 - n0 : std::max<int64_t>(4, 8192 / std::max<int64_t>(K, 1));
+  for (int64_t j0 = n0; j0 < n1; j0 += cb) {
+    const int64_t j1 = std::min(n1, j0 + cb);
+    for (int64_t b = 0; b < B; ++b)
+      gemm_detail::gemv_nt_range({false, true, 1, N, K, 1.f, x + b * K, K, w, K, 0.f,
+                                  out + b * N, N, bias}, j0, j1);
+  }
 }
 
 // Per-thread scratch, grown once: attention scores, and the thread's own copy of the residual
@@ -123,10 +151,11 @@ static void norm_rows(const DecodeModel& m, float* out, float* mean, float* rstd
 // Threads meet at four barriers per layer. Each thread:
 //   x, ln1 on its own copy -> q, k, v columns of its own heads -> those heads' attention
 //   | proj columns | x += proj, ln2 on its own copy -> fc columns and their GELU | fc-proj columns |
-// Every value is computed by the same kernel on the same inputs as in the op-by-op step
-// (column ranges of the matrix-vector kernel give the columns' exact values; GELU ranges start
-// on multiples of 16 so every element takes the same vector path), so the two agree bitwise.
-void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* logits,
+// Every value is computed by the same kernel on the same inputs as in the op-by-op step of the
+// row alone (column ranges of the matrix-vector kernel give the columns' exact values; GELU
+// ranges start on multiples of 16 so every element takes the same vector path), so the two
+// agree bitwise.
+void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, float* logits,
                  float* scratch, const LmFilter* filter) {
   const int64_t B = m.B, C = m.C, NH = m.NH, NKV = m.NKV, HS = C / NH, V = m.V, maxT = m.maxT;
   const int64_t G = NH / NKV, QW = qkv_width(m), FW = fc_width(m), H = m.H;
@@ -165,7 +194,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     ThreadBuf& tb = tls_buf;
     if (t == 0) bar.set_team(T);  // published by the OpenMP barrier below
     err.run([&] {
-      tb.size(pos + 1, B * C, B, HS);  // scores: the pos + 1 valid positions
+      tb.size(*std::max_element(pos, pos + B) + 1, B * C, B, B * HS);  // scores: pos + 1
       if (m.wformat == WeightFormat::int8) {  // sized once here: no allocation after the barrier
         const int64_t K = std::max(C, H);
         tb.qa.q.resize(std::max(tb.qa.q.size(), static_cast<size_t>(B * K)));
@@ -178,7 +207,9 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
       float *x = tb.x.data(), *ln = tb.ln.data(), *mean = tb.stats.data(), *rstd = mean + B;
       float* scores = tb.scores.data();
       float *rc = tb.rope.data(), *rs = rc + HS / 2;
-      if (m.rope) rope_table_serial(rc, rs, pos, HS, m.rope_theta);
+      if (m.rope)  // row b's table at rc + b HS (cosines), rs + b HS (sines)
+        for (int64_t b = 0; b < B; ++b)
+          rope_table_serial(rc + b * HS, rs + b * HS, pos[b], HS, m.rope_theta);
       // Columns [n0, n1) of out (B, N) = in (B, K) @ the matrix.T + bias, in the model's weight
       // format (int8: from the thread's quantized copy of in, made by quant_in).
       auto cols = [&](float* out, const float* in, const float* w, const QMat& qm,
@@ -201,7 +232,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
       const int64_t g0 = NKV * t / T, g1 = NKV * (t + 1) / T, h0 = g0 * G, h1 = g1 * G;
       for (int64_t b = 0; b < B; ++b)
         for (int64_t c = 0; c < C; ++c)
-          x[b * C + c] = m.wpe != nullptr ? m.wte[tok[b] * C + c] + m.wpe[pos * C + c]
+          x[b * C + c] = m.wpe != nullptr ? m.wte[tok[b] * C + c] + m.wpe[pos[b] * C + c]
                                           : m.wte[tok[b] * C + c];
       for (const DecodeLayer& L : m.layers) {
         norm_rows(m, ln, mean, rstd, x, L.ln1_w, L.ln1_b);
@@ -214,17 +245,17 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         for (int64_t b = 0; b < B; ++b) {
           float* row = qkv + b * QW;
           if (m.rope) {  // rotate this thread's q and k heads (rope_forward's bits)
-            rope_heads_serial(row + h0 * HS, rc, rs, h1 - h0, HS);
-            rope_heads_serial(row + C + g0 * HS, rc, rs, g1 - g0, HS);
+            rope_heads_serial(row + h0 * HS, rc + b * HS, rs + b * HS, h1 - h0, HS);
+            rope_heads_serial(row + C + g0 * HS, rc + b * HS, rs + b * HS, g1 - g0, HS);
           }
           for (int64_t g = g0; g < g1; ++g) {
             const int64_t bg = b * NKV + g;
             float* kc = L.k_cache + bg * maxT * HS;
             float* vc = L.v_cache + bg * maxT * HS;
-            std::memcpy(kc + pos * HS, row + C + g * HS, sizeof(float) * HS);
-            std::memcpy(vc + pos * HS, row + C + (NKV + g) * HS, sizeof(float) * HS);
+            std::memcpy(kc + pos[b] * HS, row + C + g * HS, sizeof(float) * HS);
+            std::memcpy(vc + pos[b] * HS, row + C + (NKV + g) * HS, sizeof(float) * HS);
             for (int64_t h = g * G; h < (g + 1) * G; ++h)
-              attention_decode_head(atty + b * C + h * HS, row + h * HS, kc, vc, HS, pos + 1,
+              attention_decode_head(atty + b * C + h * HS, row + h * HS, kc, vc, HS, pos[b] + 1,
                                     scores);
           }
         }
@@ -256,7 +287,8 @@ bar.wait();
           const auto [n0, n1] = even(H);
           cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, H, C, n0, n1);
           bar.wait();
-          if (t == 0) gelu_forward_serial(fchg, fch, B * H);
+          if (t == 0)  // row by row: each row's bits those of the row alone
+            for (int64_t b = 0; b < B; ++b) gelu_forward_serial(fchg + b * H, fch + b * H, H);
           bar.wait();
         }
         {
@@ -528,12 +560,13 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
   // Exact logits of columns [j0, j1) for every row: the lm_head's own kernel on the same input,
   // so each is bitwise the value of the unfiltered step.
   auto exact_cols = [&](int64_t j0, int64_t j1) {
-    gemm_detail::gemv_nt_range({false, true, B, V, C, 1.f, lnf, C, m.head, C, 0.f, logits, V,
-                                nullptr}, j0, j1);
+    gemv_cols(logits, lnf, m.head, nullptr, B, V, C, j0, j1);
   };
-  double E[kDecodeMaxBatchQuant];
+  double E[kDecodeMaxBatch];
   for (int64_t i = 0; i < n; ++i) {
-    decode_step(m, tok, pos + i, logits, scratch, filter);
+    int64_t pv[kDecodeMaxBatch];
+    for (int64_t b = 0; b < B; ++b) pv[b] = pos + i;
+    decode_step(m, tok, pv, logits, scratch, filter);
     bool filtered = filter != nullptr;
     for (int64_t b = 0; filtered && b < B; ++b) {
       E[b] = lm_filter_bound(*filter, lnf + b * C);

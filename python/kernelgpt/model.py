@@ -392,7 +392,7 @@ class KVCache:
     """Per-call decoding state for one model and batch size B: each layer's key/value cache
     (B, NKV, maxT, HS) (NKV = the config's key/value heads) and the (B, *) buffers of one
     decoding step. ``fused`` is the backend's one-call decoder over these caches where the
-    backend has one for this config (native, float32, B <= 4; B <= 16 with bf16 or int8), else
+    backend has one for this config (native, float32 model, B <= 16 in every format), else
     None: :meth:`GPT.decode_step` then runs the blocks op by op. ``weights`` ("fp32", "bf16",
     "int8"; see :mod:`kernelgpt.quant`): the format the decoding steps read the matrices in;
     ``qweights`` holds the model's quantized copies (None for fp32)."""
