@@ -603,3 +603,27 @@ def test_lm_filter_steps_aside_with_repetition_penalty(fmodel, B):
         plain = SP(sp.temperature, sp.top_k, min_p=sp.min_p)
         _, exact, filtered = _sample_both_seen(fmodel, B, plain)
         assert not np.array_equal(exact, filtered)
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2_fma", "portable"])
+def test_fp32_batch_rows_equal_rows_alone_on_every_gemm_path(kernel):
+    """The fused fp32 decoder's batched products (up to 8 rows per weight load with AVX-512, row
+    by row otherwise) give each row bitwise its value alone, whichever matrix-vector kernel is
+    active; K = 110 exercises the 8-wide and scalar tails, 12 rows two row groups."""
+    cfg = GPTConfig(vocab_size=53, block_size=6, n_layer=1, n_head=5, n_embd=110)
+    m = _perturbed(cfg, 5, 3, 0.1)
+    try:
+        try:
+            nat._set_gemm_kernel(kernel)
+        except (ValueError, RuntimeError):
+            pytest.skip(f"no {kernel} kernel on this CPU")
+        toks = np.random.default_rng(4).integers(0, cfg.vocab_size, (cfg.block_size, 12))
+        kv12 = m.kv_cache(12)
+        alone = [m.kv_cache(1) for _ in range(12)]
+        for pos in range(cfg.block_size):
+            t = toks[pos].astype(np.int32)
+            lg = np.array(m.decode_step(kv12, t, pos))
+            for b in (0, 7, 8, 11):
+                np.testing.assert_array_equal(lg[b:b + 1], m.decode_step(alone[b], t[b:b + 1], pos))
+    finally:
+        nat._set_gemm_kernel("auto")

@@ -1,4 +1,5 @@
 // Fused KV-cache decoding step (see decode.h).
+#include "common/isa.h"
 #include "common/parallel_errors.h"
 #include "common/threads.h"
 #include "cpu/decode.h"
@@ -28,9 +29,6 @@
 #include <unistd.h>
 #endif
 #include <climits>
-#if KGPT_X86
-#include <immintrin.h>
-#endif
 
 namespace kgpt {
 namespace cpu {
@@ -86,17 +84,92 @@ class StepBarrier {
 };
 
 
+#if KGPT_X86
+// Columns [n0, n1) of rows [0, R) of out: each row by the arithmetic of sgemm's one-row
+// matrix-vector kernel (gemm_kernels.cpp, gemv_rows_avx512<1> and its gemv_finish: two 16-lane
+// sums over steps of 32, the 8-wide tail into the low half of the first, the halves and sums
+// added in that order, the scalar tail, then the bias), so each row's value is bitwise that
+// kernel's for the row alone (tests/test_native_decode.py holds them equal); the R rows share
+// each weight load.
+template <int R>
+KGPT_TARGET_AVX512 void gemv_rows_alone_avx512(float* out, int64_t ldo, const float* x,
+                                               const float* w, const float* bias, int64_t K,
+                                               int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* wr = w + n * K;
+    __m512 z[R][2];
+    for (int r = 0; r < R; ++r) z[r][0] = z[r][1] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m512 w0 = _mm512_loadu_ps(wr + k), w1 = _mm512_loadu_ps(wr + k + 16);
+      for (int r = 0; r < R; ++r) {
+        z[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k), w0, z[r][0]);
+        z[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k + 16), w1, z[r][1]);
+      }
+    }
+    __m256 acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 2; ++v) {
+        acc[r][2 * v] = _mm512_castps512_ps256(z[r][v]);
+        acc[r][2 * v + 1] =
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z[r][v]), 1));
+      }
+    for (; k + 8 <= K; k += 8) {
+      const __m256 wv = _mm256_loadu_ps(wr + k);
+      for (int r = 0; r < R; ++r)
+        acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), wv, acc[r][0]);
+    }
+    for (int r = 0; r < R; ++r) {
+      __m256 s = acc[r][0];
+      for (int u = 1; u < 4; ++u) s = _mm256_add_ps(s, acc[r][u]);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      float dot = _mm_cvtss_f32(h);
+      const float* xr = x + r * K;
+      for (int64_t kk = k; kk < K; ++kk) dot += xr[kk] * wr[kk];
+      out[r * ldo + n] = bias != nullptr ? dot + bias[n] : dot;
+    }
+  }
+}
+#endif
+
 // Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias, float32. Each row is computed
-// by the one-row matrix-vector kernel sgemm uses for a single row (so row b's values are bitwise
-// those of row b decoded alone, and those of the op-by-op step at batch 1), and the rows share
-// each weight row's read: the columns go in blocks of about 32 KB of weights, every row's
-// products over one block before the next, so rows after the first read the block from cache.
+// as the one-row matrix-vector kernel sgemm uses for a single row computes it (so row b's values
+// are bitwise those of row b decoded alone, and those of the op-by-op step at batch 1), and the
+// rows share each weight row's read: with AVX-512, up to 8 rows per weight load (more in groups,
+// the columns in chunks of about 32 KB of weights that stay in cache for the next group);
+// otherwise row by row over column blocks of about 32 KB.
 void gemv_cols(float* out, const float* x, const float* w, const float* bias, int64_t B,
                int64_t N, int64_t K, int64_t n0, int64_t n1) {
   if (n1 <= n0) return;
-  const int64_t cb = B == 1 ? n1 - n0 : std::max<int64_t>(4, 8192 / std::max<int64_t>(K, 1));
-  for (int64_t j0 = n0; j0 < n1; j0 += cb) {
-    const int64_t j1 = std::min(n1, j0 + cb);
+  const int64_t cb = std::max<int64_t>(4, 8192 / std::max<int64_t>(K, 1));
+#if KGPT_X86
+  if (B > 1 && gemm_use_avx512()) {
+    const int64_t chunk = B <= 8 ? n1 - n0 : cb;
+    for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+      const int64_t c1 = std::min(n1, c0 + chunk);
+      for (int64_t b0 = 0; b0 < B; b0 += 8) {
+        const float* xb = x + b0 * K;
+        float* ob = out + b0 * N;
+        switch (std::min<int64_t>(8, B - b0)) {
+          case 1: gemv_rows_alone_avx512<1>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 2: gemv_rows_alone_avx512<2>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 3: gemv_rows_alone_avx512<3>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 4: gemv_rows_alone_avx512<4>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 5: gemv_rows_alone_avx512<5>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 6: gemv_rows_alone_avx512<6>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 7: gemv_rows_alone_avx512<7>(ob, N, xb, w, bias, K, c0, c1); break;
+          default: gemv_rows_alone_avx512<8>(ob, N, xb, w, bias, K, c0, c1); break;
+        }
+      }
+    }
+    return;
+  }
+#endif
+  const int64_t step = B == 1 ? n1 - n0 : cb;
+  for (int64_t j0 = n0; j0 < n1; j0 += step) {
+    const int64_t j1 = std::min(n1, j0 + step);
     for (int64_t b = 0; b < B; ++b)
       gemm_detail::gemv_nt_range({false, true, 1, N, K, 1.f, x + b * K, K, w, K, 0.f,
                                   out + b * N, N, bias}, j0, j1);
@@ -200,6 +273,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, f
         tb.qa.q.resize(std::max(tb.qa.q.size(), static_cast<size_t>(B * K)));
         tb.qa.d.resize(std::max(tb.qa.d.size(), static_cast<size_t>(B * K / kQ8Block)));
         tb.qa.negcorr.resize(std::max(tb.qa.negcorr.size(), static_cast<size_t>(B * K / 4)));
+        tb.qa.dpair.resize(std::max(tb.qa.dpair.size(), static_cast<size_t>(B * K / 4)));
       }
     });
 #pragma omp barrier

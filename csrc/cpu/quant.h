@@ -32,6 +32,7 @@ struct Q8Rows {
   std::vector<int8_t> q;          // (B, K)
   std::vector<float> d;           // (B, K/32) the block scales
   std::vector<int32_t> negcorr;   // (B, K/4): -128 * (sum of q[4l..4l+3]) (the VNNI path's offset)
+  std::vector<float> dpair;       // (B, K/64 * 16): each pair of block scales as 8 + 8 lanes
 };
 
 // Quantizes x (B, K) into a (resized as needed); serial. x must be finite (a non-finite block
