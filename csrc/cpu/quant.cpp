@@ -384,7 +384,7 @@ KGPT_TARGET_VNNI void q8_rows_vnni(float* out, int64_t ldo, const Q8Rows& a, int
 }
 
 template <int RB>
-constexpr int kQ8Cols = RB == 1 ? 4 : RB == 2 ? 4 : RB <= 4 ? 2 : 1;
+constexpr int kQ8Cols = RB <= 2 ? 4 : 2;
 
 KGPT_TARGET_VNNI void q8_cols_vnni(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq,
                                    const float* wd, const float* bias, int64_t n0, int64_t n1) {
