@@ -207,7 +207,8 @@ def main(argv=None) -> None:
     names = list(dict.fromkeys(s[0] for s in speed))
     tps = {(s[0], s[1], s[2]): s[3] for s in speed}
     for name in names:
-        r = [tps[name, "int8", 1] / tps[name, "fp32", 1], tps[name, "bf16", 1] / tps[name, "fp32", 1]]
+        f32 = tps[name, "fp32", 1]
+        r = [tps[name, "int8", 1] / f32, tps[name, "bf16", 1] / f32]
         r += [tps[name, f, 8] / tps[name, f, 1] for f in FORMATS]
         print(f"{name:<10} " + " ".join(f"{v:8.2f}x" for v in r))
 

@@ -270,7 +270,7 @@ KGPT_TARGET_AVX512 void bf16_rows_avx512(float* out, int64_t ldo, const float* x
 // Columns per block by row count: RB * NC accumulators, NC weight vectors and one input vector
 // within the 32 vector registers.
 template <int RB>
-constexpr int kBf16Cols = RB == 1 ? 8 : RB == 2 ? 6 : RB <= 4 ? 4 : 2;
+constexpr int kBf16Cols = RB == 1 ? 4 : RB == 2 ? 4 : RB <= 4 ? 4 : 2;
 
 KGPT_TARGET_AVX512 void bf16_cols_avx512(float* out, int64_t ldo, const float* x,
                                          const uint16_t* w, const float* bias, int64_t B,
@@ -444,6 +444,64 @@ uint64_t hash_chunk(const unsigned char* p, size_t n, uint64_t seed) {
 
 }  // namespace
 
+namespace {
+
+#if KGPT_X86
+// One block of 32 by the rule of q8_quantize_rows, with vector instructions (no libm call per
+// element): the same IEEE operations (|x| maximum, d = amax / 127, x * (1/d) rounded to nearest
+// even, clamped as std::max(-127, v) then std::min(127, .) clamp: NaN -> -127), so the same
+// codes and scale.
+KGPT_TARGET_AVX2 void q8_block_avx2(const float* xb, int8_t* qb, float* dout) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i expo = _mm256_set1_epi32(0x7f800000);
+  __m256 v[4], amax = _mm256_setzero_ps();
+  __m256i bad = _mm256_setzero_si256();
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(xb + 8 * i);
+    amax = _mm256_max_ps(amax, _mm256_and_ps(v[i], absmask));
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(
+                                   _mm256_and_si256(_mm256_castps_si256(v[i]), expo), expo));
+  }
+  const bool finite = _mm256_testz_si256(bad, bad);
+  float m[8];
+  _mm256_storeu_ps(m, amax);
+  float am = 0.f;
+  for (int i = 0; i < 8; ++i) am = std::max(am, m[i]);
+  float d = am / 127.f;
+  if (!finite) d = NAN;
+  const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
+  const __m256 idv = _mm256_set1_ps(id), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  alignas(32) int32_t q32[32];
+  for (int i = 0; i < 4; ++i) {
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], idv),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q32 + 8 * i), _mm256_cvtps_epi32(r));
+  }
+  for (int i = 0; i < 32; ++i) qb[i] = static_cast<int8_t>(q32[i]);
+  *dout = d;
+}
+#endif
+
+void q8_block_portable(const float* xb, int8_t* qb, float* dout) {
+  float amax = 0.f;
+  bool finite = true;
+  for (int i = 0; i < kQ8Block; ++i) {
+    finite = finite && std::isfinite(xb[i]);
+    amax = std::max(amax, std::fabs(xb[i]));
+  }
+  float d = amax / 127.f;
+  if (!finite) d = NAN;  // a non-finite block: a NaN scale (NaN outputs)
+  const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
+  for (int i = 0; i < kQ8Block; ++i) {
+    const float v = std::nearbyint(xb[i] * id);
+    qb[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
+  }
+  *dout = d;
+}
+
+}  // namespace
+
 void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
   const int64_t nb = K / kQ8Block;
   a.B = B;
@@ -455,24 +513,19 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
   const int64_t np = nb / 2;
   if (static_cast<int64_t>(a.dpair.size()) < B * np * 16)
     a.dpair.resize(static_cast<size_t>(B * np * 16));
+#if KGPT_X86
+  const bool avx2 = ops_use_avx2();
+#endif
   for (int64_t b = 0; b < B; ++b)
     for (int64_t blk = 0; blk < nb; ++blk) {
       const float* xb = x + b * K + blk * kQ8Block;
       int8_t* qb = a.q.data() + b * K + blk * kQ8Block;
-      float amax = 0.f;
-      bool finite = true;
-      for (int i = 0; i < kQ8Block; ++i) {
-        finite = finite && std::isfinite(xb[i]);
-        amax = std::max(amax, std::fabs(xb[i]));
-      }
-      float d = amax / 127.f;
-      if (!finite) d = NAN;  // a non-finite block: a NaN scale (NaN outputs), zero codes
-      const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
-      for (int i = 0; i < kQ8Block; ++i) {
-        const float v = std::nearbyint(xb[i] * id);
-        qb[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
-      }
-      a.d[b * nb + blk] = d;
+#if KGPT_X86
+      if (avx2)
+        q8_block_avx2(xb, qb, a.d.data() + b * nb + blk);
+      else
+#endif
+        q8_block_portable(xb, qb, a.d.data() + b * nb + blk);
       for (int l = 0; l < 8; ++l)
         a.negcorr[(b * K + blk * kQ8Block) / 4 + l] =
             -128 * (qb[4 * l] + qb[4 * l + 1] + qb[4 * l + 2] + qb[4 * l + 3]);
