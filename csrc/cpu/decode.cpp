@@ -274,6 +274,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, f
         tb.qa.d.resize(std::max(tb.qa.d.size(), static_cast<size_t>(B * K / kQ8Block)));
         tb.qa.negcorr.resize(std::max(tb.qa.negcorr.size(), static_cast<size_t>(B * K / 4)));
         tb.qa.dpair.resize(std::max(tb.qa.dpair.size(), static_cast<size_t>(B * K / 4)));
+        tb.qa.packed.resize(std::max(tb.qa.packed.size(), static_cast<size_t>(B * K * 3)));
       }
     });
 #pragma omp barrier

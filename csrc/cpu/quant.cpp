@@ -317,7 +317,7 @@ KGPT_TARGET_VNNI inline void q8_block_vnni(float* out, int64_t ldo, const Q8Rows
   const int8_t* xq = a.q.data();
   const int32_t* xc = a.negcorr.data();
   const float* xd = a.d.data();
-  const float* xp = a.dpair.data();
+  const int8_t* pk = a.packed.data();
   const char* next = reinterpret_cast<const char*>(wq + (j + NC) * K);
   const char* nextd = reinterpret_cast<const char*>(wd + (j + NC) * nb);
   const int64_t dlines = (NC * nb * 4 + 63) / 64;
@@ -335,11 +335,11 @@ KGPT_TARGET_VNNI inline void q8_block_vnni(float* out, int64_t ldo, const Q8Rows
       w[c] = _mm512_xor_si512(_mm512_loadu_si512(wq + (j + c) * K + p * 64), off);
       dw[c] = pair_scales(wd + (j + c) * nb + 2 * p);
     }
+    const int8_t* pr = pk + (p * a.B + b0) * 192;
     for (int r = 0; r < RB; ++r) {
-      const int64_t b = b0 + r;
-      const __m512i x = _mm512_loadu_si512(xq + b * K + p * 64);
-      const __m512i nc = _mm512_loadu_si512(xc + b * (K / 4) + p * 16);
-      const __m512 dx = _mm512_loadu_ps(xp + (b * np + p) * 16);
+      const __m512i x = _mm512_loadu_si512(pr + r * 192);
+      const __m512i nc = _mm512_loadu_si512(pr + r * 192 + 64);
+      const __m512 dx = _mm512_loadu_ps(reinterpret_cast<const float*>(pr + r * 192 + 128));
       for (int c = 0; c < NC; ++c) {
         const __m512i s = _mm512_dpbusd_epi32(nc, w[c], x);
         acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[c], dx), acc[r][c]);
@@ -534,6 +534,15 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
     for (int64_t p = 0; p < np; ++p)
       for (int l = 0; l < 16; ++l)
         a.dpair[(b * np + p) * 16 + l] = a.d[b * nb + 2 * p + l / 8];
+  if (static_cast<int64_t>(a.packed.size()) < np * B * 192)
+    a.packed.resize(static_cast<size_t>(np * B * 192));
+  for (int64_t p = 0; p < np; ++p)
+    for (int64_t b = 0; b < B; ++b) {
+      int8_t* dst = a.packed.data() + (p * B + b) * 192;
+      std::memcpy(dst, a.q.data() + b * K + p * 64, 64);
+      std::memcpy(dst + 64, a.negcorr.data() + b * (K / 4) + p * 16, 64);
+      std::memcpy(dst + 128, a.dpair.data() + (b * np + p) * 16, 64);
+    }
 }
 
 void q8_matmul_cols(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq, const float* wd,
