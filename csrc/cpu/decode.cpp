@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <cstring>
@@ -61,9 +62,15 @@ class StepBarrier {
 #endif
     }
     sleepers_.fetch_add(1, std::memory_order_acq_rel);
+    const auto t0 = std::chrono::steady_clock::now();
     while (gen_.load(std::memory_order_acquire) == g) sleep_while(g);
+    slept_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::steady_clock::now() - t0).count(),
+                        std::memory_order_relaxed);
     sleepers_.fetch_sub(1, std::memory_order_acq_rel);
   }
+  // Nanoseconds the team's threads have slept at this barrier, all together.
+  int64_t slept_ns() const { return slept_ns_.load(std::memory_order_relaxed); }
 
  private:
   static constexpr int kSpins = 4000;
@@ -80,6 +87,7 @@ class StepBarrier {
   void wake() {}
 #endif
   std::atomic<int> count_{0}, gen_{0}, sleepers_{0};
+  std::atomic<int64_t> slept_ns_{0};
   int T_ = 1;
 };
 
@@ -242,12 +250,18 @@ void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, f
   // (GPT-2: 12 C^2).
   const int64_t per_layer = C * QW + C * C + C * FW + H * C;
 #ifdef _OPENMP
-  const int nt = static_cast<int>(std::max<int64_t>(
+  int nt = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(::kgpt::num_threads(), per_layer / 65536)));
 #else
-  const int nt = 1;
+  int nt = 1;
 #endif
-  (void)nt;
+  // Cores shared with other processes (see DecodeModel::single_steps_left): one thread for a
+  // while after a step whose threads mostly waited for each other.
+  if (nt > 1 && m.single_steps_left > 0) {
+    --m.single_steps_left;
+    nt = 1;
+  }
+  const auto t_start = std::chrono::steady_clock::now();
   // GELU by column range only when every range can start on a multiple of 16 and H is one
   // (then the op-by-op step's flat GELU also takes the 16-lane path for every element). SwiGLU
   // runs row by row in both paths: ranges starting on multiples of 16 always give its bits.
@@ -384,6 +398,11 @@ bar.wait();
         cols(logits, ln, m.head, m.q_head, nullptr, V, C, n0, n1);
       }
     }
+  }
+  if (nt > 1) {
+    const int64_t wall = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now() - t_start).count();
+    if (bar.slept_ns() * 4 > wall) m.single_steps_left = kSingleThreadSteps;
   }
   err.rethrow();
 }

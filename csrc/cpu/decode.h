@@ -55,7 +55,15 @@ struct DecodeModel {
   // and q_head are read instead of the float32 ones, and the lm_head filter is not used.
   WeightFormat wformat = WeightFormat::fp32;
   QMat q_head;
+  // Thread use when the cores are shared with other processes: after a step on several threads
+  // whose threads slept at its barriers for over a quarter of its time (a peer had lost its
+  // core, so the others waited), decode_step runs the next kSingleThreadSteps steps on one
+  // thread, then tries several again. On an idle machine no thread sleeps there and this stays
+  // 0. Every value is the same on any thread count (tested), so only the speed changes.
+  mutable int64_t single_steps_left = 0;
 };
+
+constexpr int64_t kSingleThreadSteps = 32;
 
 // Scratch for one DecodeModel (sized by decode_scratch_floats).
 int64_t decode_scratch_floats(const DecodeModel& m);
