@@ -627,3 +627,37 @@ def test_fp32_batch_rows_equal_rows_alone_on_every_gemm_path(kernel):
                 np.testing.assert_array_equal(lg[b:b + 1], m.decode_step(alone[b], t[b:b + 1], pos))
     finally:
         nat._set_gemm_kernel("auto")
+
+
+def test_decoder_steps_aside_to_one_thread_when_its_threads_share_a_core():
+    """Two decoder threads pinned to one core (what a machine shared with other processes does
+    to them): the step's threads sleep at its barriers waiting for each other, and the decoder
+    then runs the next steps on one thread (same values) instead of paying that at every
+    barrier. Run in a subprocess: the pinning must precede OpenMP's start."""
+    import os
+    import subprocess
+    import sys
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity here")
+    code = r'''
+import os, sys, numpy as np
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+from kernelgpt import _native as nat
+from kernelgpt.model import GPT, GPTConfig
+nat.set_num_threads(2)
+m = GPT(GPTConfig(vocab_size=53, block_size=40, n_layer=2, n_head=3, n_embd=120), backend="native")
+kv = m.kv_cache(1)
+ref = m.kv_cache(1); ref.fused = None
+seen = 0
+for pos in range(30):
+    t = np.array([pos % 53], np.int32)
+    a = np.array(m.decode_step(kv, t, pos))
+    np.testing.assert_array_equal(a, m.decode_step(ref, t, pos))
+    seen = max(seen, kv.fused.single_thread_steps)
+print("MAX", seen)
+'''
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.split("MAX")[1]) > 0, r.stdout

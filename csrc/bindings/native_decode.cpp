@@ -191,6 +191,8 @@ class Decoder {
     scratch_.assign(static_cast<size_t>(kgpt::cpu::decode_scratch_floats(m_)), 0.f);
   }
 
+  int64_t single_thread_steps() const { return m_.single_steps_left; }
+
   // pos: one position for every row (an int), or row b's own position (a (B,) int64 array: a
   // ragged batch, each row at its own).
   void step(py::array_t<int32_t, py::array::c_style> tok, py::object pos,
@@ -537,6 +539,10 @@ void init_decode(py::module_& m) {
            py::arg("qhead") = py::none())
       .def("step", &Decoder::step, py::arg("tok").noconvert(), py::arg("pos"),
            py::arg("logits").noconvert())
+      .def_property_readonly("single_thread_steps", &Decoder::single_thread_steps,
+                             "Steps left that run on one thread because the last multi-thread "
+                             "step's threads mostly waited for each other (cores shared with "
+                             "other processes); 0 on an idle machine.")
       .def("sample", &Decoder::sample, py::arg("out").noconvert(), py::arg("tok").noconvert(),
            py::arg("pos"), py::arg("u").noconvert(), py::arg("params"), py::arg("stop").noconvert(), py::arg("done").noconvert(),
            py::arg("logits").noconvert(), py::arg("lm_filter") = false,
