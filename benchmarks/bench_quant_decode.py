@@ -136,8 +136,10 @@ def main(argv=None) -> None:
     ap.add_argument("--pos", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="a sanity run in seconds")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.train_steps, args.eval_seqs, args.rounds, args.steps, args.pos = 4, 4, 2, 6, 8
+    if args.quick:  # (--rounds and --steps given with it are kept)
+        rounds = args.rounds if "--rounds" in (argv or sys.argv) else 2
+        steps = args.steps if "--steps" in (argv or sys.argv) else 6
+        args.train_steps, args.eval_seqs, args.rounds, args.steps, args.pos = 4, 4, rounds, steps, 8
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     from kernelgpt import _native
     _native.set_num_threads(threads)
