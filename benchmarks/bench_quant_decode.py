@@ -12,13 +12,16 @@ native decoder), so the three formats are measured by the same path: validation 
 cross-entropy) per format, its change against fp32, and the share of positions whose argmax
 equals fp32's.
 
-Speed: tokens/s of the fused decoder's step (batch 1 and 8; fp32 batch 8 runs op by op: the
-fused decoder takes fp32 up to batch 4) over --steps positions after a --pos-token context,
-median of --rounds, 2 threads (OMP_NUM_THREADS), next to the bandwidth bound: the bytes of
+Speed: tokens/s of the fused decoder's step (batch 1 and 8, every format) over --steps positions
+after a --pos-token context, median of --rounds rounds interleaved across the formats and batch
+sizes (so a burst of load on a shared machine hits them all alike), 2 threads
+(OMP_NUM_THREADS), next to the bandwidth bound: the bytes of
 weights one step reads in that format (the matrices in the format, the rest in fp32, one
 embedding row; KV-cache reads not counted) at the read bandwidth measured in the same run
 (_native.read_bandwidth_gbs, as bench_native_step.py), times the batch.
-The machine may be shared: read the ratios (same run), and rerun before trusting a figure.
+The machine may be shared: read the ratios (same run), and rerun before trusting a figure. The
+last table gives the issue's ratios per config: int8/fp32 and bf16/fp32 at batch 1 (targets 2x
+and 1.6x) and batch 8 / batch 1 per format (target 4x).
 
 Usage: OMP_NUM_THREADS=2 PYTHONPATH=python python3 benchmarks/bench_quant_decode.py
            [--configs s,llama-s] [--run RUN] [--train-steps 150] [--rounds 5] [--quick]
@@ -100,20 +103,26 @@ def step_bytes(cfg: GPTConfig, fmt: str) -> float:
     return mats * BYTES[fmt] + max(rest, 0) * 4.0
 
 
-def time_decode(model: GPT, fmt: str, B: int, pos0: int, steps: int, rounds: int):
-    kv = model.kv_cache(B, fmt)
+def time_decode(model: GPT, cases, pos0: int, steps: int, rounds: int):
+    """{(fmt, B): seconds per step (median of rounds)} and whether each ran fused; the rounds
+    interleaved over the cases (the first round warms up)."""
+    kvs = {}
     rng = np.random.default_rng(0)
-    ctx = rng.integers(0, 256, (B, pos0)).astype(np.int32)
-    model.prefill(kv, ctx)
-    tok = np.zeros(B, np.int32)
-    times = []
+    for f, B in cases:
+        kv = model.kv_cache(B, f)
+        model.prefill(kv, rng.integers(0, 256, (B, pos0)).astype(np.int32))
+        kvs[f, B] = kv
+    times = {c: [] for c in cases}
     for r in range(rounds + 1):
-        t0 = time.perf_counter()
-        for i in range(steps):
-            model.decode_step(kv, tok, pos0 + i)
-        if r:  # the first round warms up
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) / steps, kv.fused is not None
+        for (f, B), kv in kvs.items():
+            tok = np.zeros(B, np.int32)
+            t0 = time.perf_counter()
+            for i in range(steps):
+                model.decode_step(kv, tok, pos0 + i)
+            if r:
+                times[f, B].append(time.perf_counter() - t0)
+    return {c: (statistics.median(ts) / steps, kvs[c].fused is not None)
+            for c, ts in times.items()}
 
 
 def main(argv=None) -> None:
@@ -127,8 +136,10 @@ def main(argv=None) -> None:
     ap.add_argument("--pos", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="a sanity run in seconds")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.train_steps, args.eval_seqs, args.rounds, args.steps, args.pos = 4, 4, 2, 6, 8
+    if args.quick:  # (--rounds and --steps given with it are kept)
+        rounds = args.rounds if "--rounds" in (argv or sys.argv) else 2
+        steps = args.steps if "--steps" in (argv or sys.argv) else 6
+        args.train_steps, args.eval_seqs, args.rounds, args.steps, args.pos = 4, 4, rounds, steps, 8
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     from kernelgpt import _native
     _native.set_num_threads(threads)
@@ -166,9 +177,11 @@ def main(argv=None) -> None:
             quality.append((name, f, loss, 100 * (loss - l32) / l32, 100 * agree))
         gbs = statistics.median(_native.read_bandwidth_gbs(step_bytes(cfg, "fp32") / 1e6,
                                                            threads, 0.3) for _ in range(3))
+        timed = time_decode(model, [(f, B) for f in FORMATS for B in (1, 8)], args.pos,
+                            args.steps, args.rounds)
         for f in FORMATS:
             for B in (1, 8):
-                t, fused = time_decode(model, f, B, args.pos, args.steps, args.rounds)
+                t, fused = timed[f, B]
                 mb = step_bytes(cfg, f) / 1e6
                 bound = B * gbs * 1e3 / mb
                 speed.append((name, f, B, B / t, t * 1e3, mb, bound, fused))
@@ -189,6 +202,17 @@ def main(argv=None) -> None:
         print(f"{name:<10} {f:<6} {B:>2} {tps:9.1f} {ms:8.2f} {mb:8.1f} {bound:11.1f} "
               f"{100 * tps / bound:7.0f}% {tps / base[(name, B)]:7.2f}x "
               f"{tps / b1[(name, f)]:6.2f}x" + ("" if fused else "  (op by op)"))
+    print("\nratios (same run; targets: int8/fp32 >= 2, bf16/fp32 >= 1.6 at B=1, "
+          "B=8/B=1 >= 4)")
+    print(f"{'config':<10} {'int8/fp32':>9} {'bf16/fp32':>9} {'fp32 8/1':>9} {'bf16 8/1':>9} "
+          f"{'int8 8/1':>9}")
+    names = list(dict.fromkeys(s[0] for s in speed))
+    tps = {(s[0], s[1], s[2]): s[3] for s in speed}
+    for name in names:
+        f32 = tps[name, "fp32", 1]
+        r = [tps[name, "int8", 1] / f32, tps[name, "bf16", 1] / f32]
+        r += [tps[name, f, 8] / tps[name, f, 1] for f in FORMATS]
+        print(f"{name:<10} " + " ".join(f"{v:8.2f}x" for v in r))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""The native backend's fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp): its step
-gives bitwise the logits and cache writes of the op-by-op step (same kernels, same order), it is
-used for batch <= 4 and the op path beyond, cached sampling still equals uncached, and bad
+"""The native backend's fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp): at batch 1
+its step gives bitwise the logits and cache writes of the op-by-op step (same kernels, same
+order), at batch 2 to 16 each row's are bitwise those of the row decoded alone (and close to the
+op-by-op batch step's), rows may sit at their own positions, it is used for batch <= 16 and the
+op path beyond, cached sampling still equals uncached, and bad
 arrays or arguments raise clear exceptions (the decoder keeps raw pointers, so it must refuse
 anything it would have to copy, and keep what it points to alive)."""
 from __future__ import annotations
@@ -37,24 +39,44 @@ def model():
 
 
 def _check_fused_equals_ops(model, rng, B):
+    """Batch 1: the fused step bitwise equals the op-by-op step. Batch B > 1: each row of the
+    fused step (logits and cache writes) bitwise equals that row decoded alone by the fused
+    decoder (so by the op-by-op step at batch 1), and the whole batch is close to the op-by-op
+    batch step (whose matrix products take the batch kernels)."""
     cfg = model.config
     prompt = rng.integers(0, cfg.vocab_size, (B, 3)).astype(np.int32)
+    toks = rng.integers(0, cfg.vocab_size, (cfg.block_size, B)).astype(np.int32)
     fused, ops = model.kv_cache(B), model.kv_cache(B)
     assert fused.fused is not None
     ops.fused = None
     np.testing.assert_array_equal(model.prefill(fused, prompt), model.prefill(ops, prompt))
+    alone = []  # each row alone, from the batch prefill's caches (a prefill's GEMMs depend on B)
+    for b in range(B if B > 1 else 0):
+        kv = model.kv_cache(1)
+        kv.fused = None  # the op-by-op step at batch 1
+        for (k1, v1), (k2, v2) in zip(fused.caches, kv.caches):
+            k2[0], v2[0] = k1[b], v1[b]
+        alone.append(kv)
     for pos in range(3, cfg.block_size):
-        tok = rng.integers(0, cfg.vocab_size, B).astype(np.int32)
+        tok = toks[pos]
         fused.logits.fill(np.nan)
         a = np.array(model.decode_step(fused, tok, pos))
-        b = np.array(model.decode_step(ops, tok, pos))
-        np.testing.assert_array_equal(a, b)
-        for (k1, v1), (k2, v2) in zip(fused.caches, ops.caches):
-            np.testing.assert_array_equal(k1[:, :, :pos + 1], k2[:, :, :pos + 1])
-            np.testing.assert_array_equal(v1[:, :, :pos + 1], v2[:, :, :pos + 1])
+        b_ = np.array(model.decode_step(ops, tok, pos))
+        if B == 1:
+            np.testing.assert_array_equal(a, b_)
+            for (k1, v1), (k2, v2) in zip(fused.caches, ops.caches):
+                np.testing.assert_array_equal(k1[:, :, :pos + 1], k2[:, :, :pos + 1])
+                np.testing.assert_array_equal(v1[:, :, :pos + 1], v2[:, :, :pos + 1])
+            continue
+        assert_close(a, b_, tol=1e-4)
+        for b, kv in enumerate(alone):
+            np.testing.assert_array_equal(a[b:b + 1], model.decode_step(kv, tok[b:b + 1], pos))
+            for (k1, v1), (k2, v2) in zip(fused.caches, kv.caches):
+                np.testing.assert_array_equal(k1[b, :, :pos + 1], k2[0, :, :pos + 1])
+                np.testing.assert_array_equal(v1[b, :, :pos + 1], v2[0, :, :pos + 1])
 
 
-@pytest.mark.parametrize("B", [1, 3, 4])
+@pytest.mark.parametrize("B", [1, 3, 4, 8, 16])
 def test_fused_step_bitwise_equals_op_by_op(model, rng, B):
     _check_fused_equals_ops(model, rng, B)
 
@@ -63,7 +85,7 @@ def test_fused_step_bitwise_equals_op_by_op(model, rng, B):
 # each thread's own heads (3 heads: 1 + 2; 5 heads: 2 + 3) and column ranges. C=120 has 4C a
 # multiple of 16 (GELU by column range); C=110 does not (GELU over the whole row after a barrier).
 @pytest.mark.parametrize("C,NH", [(120, 3), (110, 5)])
-@pytest.mark.parametrize("B", [1, 2])
+@pytest.mark.parametrize("B", [1, 2, 8])
 def test_fused_step_two_threads_bitwise_equals_op_by_op(rng, C, NH, B):
     cfg = GPTConfig(vocab_size=53, block_size=9, n_layer=2, n_head=NH, n_embd=C)
     m = _perturbed(cfg, 5, 2, 0.1)
@@ -75,9 +97,9 @@ def test_fused_step_two_threads_bitwise_equals_op_by_op(rng, C, NH, B):
         nb.set_num_threads(before)
 
 
-@pytest.mark.parametrize("B", [1, 5])
+@pytest.mark.parametrize("B", [1, 5, 17])
 def test_cached_equals_uncached_either_path(model, rng, B):
-    assert (model.kv_cache(B).fused is None) == (B > 4)
+    assert (model.kv_cache(B).fused is None) == (B > 16)
     prompt = rng.integers(0, CFG.vocab_size, (B, 2)).astype(np.int32)
     n = 14  # runs past block_size: the cache is rebuilt as the window slides
     cached = list(sample._logit_steps(model, prompt, n, lambda lg: lg.argmax(1), True))
@@ -114,7 +136,7 @@ def test_decoder_refuses_bad_arrays(model):
         (_with(good, wpe=wpe[:, :5].copy()), ValueError, "wpe"),
         (_with(good, lnf_b=np.zeros(3, np.float32)), ValueError, "ln_f.b"),
         (dict(n_head=5), ValueError, "n_head"),
-        (dict(batch=5), ValueError, "batch"),
+        (dict(batch=17), ValueError, "batch"),
         (dict(batch=0), ValueError, "batch"),
         (dict(caches=good["caches"][:1]), ValueError, "equal length"),
         (dict(layers=[good["layers"][0][:11], good["layers"][1]]), ValueError, "12 arrays"),
@@ -158,7 +180,8 @@ def test_decoder_step_bad_arguments_and_keeps_arrays_alive(model):
 def test_backend_make_decoder_limits(model):
     caches = _parts(model, B=1)["caches"]
     assert nb.make_decoder(model, caches, 1) is not None
-    assert nb.make_decoder(model, caches, 6) is None
+    assert nb.make_decoder(model, _parts(model, B=16)["caches"], 16) is not None
+    assert nb.make_decoder(model, caches, 17) is None
     m64 = GPT(CFG, backend="numpy", dtype="float64")  # float64: not the fused decoder's
     assert nb.make_decoder(m64, caches, 1) is None
 
@@ -580,3 +603,61 @@ def test_lm_filter_steps_aside_with_repetition_penalty(fmodel, B):
         plain = SP(sp.temperature, sp.top_k, min_p=sp.min_p)
         _, exact, filtered = _sample_both_seen(fmodel, B, plain)
         assert not np.array_equal(exact, filtered)
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2_fma", "portable"])
+def test_fp32_batch_rows_equal_rows_alone_on_every_gemm_path(kernel):
+    """The fused fp32 decoder's batched products (up to 8 rows per weight load with AVX-512, row
+    by row otherwise) give each row bitwise its value alone, whichever matrix-vector kernel is
+    active; K = 110 exercises the 8-wide and scalar tails, 12 rows two row groups."""
+    cfg = GPTConfig(vocab_size=53, block_size=6, n_layer=1, n_head=5, n_embd=110)
+    m = _perturbed(cfg, 5, 3, 0.1)
+    try:
+        try:
+            nat._set_gemm_kernel(kernel)
+        except (ValueError, RuntimeError):
+            pytest.skip(f"no {kernel} kernel on this CPU")
+        toks = np.random.default_rng(4).integers(0, cfg.vocab_size, (cfg.block_size, 12))
+        kv12 = m.kv_cache(12)
+        alone = [m.kv_cache(1) for _ in range(12)]
+        for pos in range(cfg.block_size):
+            t = toks[pos].astype(np.int32)
+            lg = np.array(m.decode_step(kv12, t, pos))
+            for b in (0, 7, 8, 11):
+                np.testing.assert_array_equal(lg[b:b + 1], m.decode_step(alone[b], t[b:b + 1], pos))
+    finally:
+        nat._set_gemm_kernel("auto")
+
+
+def test_decoder_steps_aside_to_one_thread_when_its_threads_share_a_core():
+    """Two decoder threads pinned to one core (what a machine shared with other processes does
+    to them): the step's threads sleep at its barriers waiting for each other, and the decoder
+    then runs the next steps on one thread (same values) instead of paying that at every
+    barrier. Run in a subprocess: the pinning must precede OpenMP's start."""
+    import os
+    import subprocess
+    import sys
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity here")
+    code = r'''
+import os, sys, numpy as np
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+from kernelgpt import _native as nat
+from kernelgpt.model import GPT, GPTConfig
+nat.set_num_threads(2)
+m = GPT(GPTConfig(vocab_size=53, block_size=40, n_layer=2, n_head=3, n_embd=120), backend="native")
+kv = m.kv_cache(1)
+ref = m.kv_cache(1); ref.fused = None
+seen = 0
+for pos in range(30):
+    t = np.array([pos % 53], np.int32)
+    a = np.array(m.decode_step(kv, t, pos))
+    np.testing.assert_array_equal(a, m.decode_step(ref, t, pos))
+    seen = max(seen, kv.fused.single_thread_steps)
+print("MAX", seen)
+'''
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.split("MAX")[1]) > 0, r.stdout

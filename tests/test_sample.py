@@ -189,3 +189,87 @@ def test_generate_reuses_its_decoder_and_follows_the_weights(rng):
     got = m.generate(prompt, 20, temperature=0, seed=1)
     assert np.array_equal(got, fresh.generate(prompt, 20, temperature=0, seed=1))
     assert not np.array_equal(got, a)
+
+
+# ----------------------------------------------------------------------------- ragged, batched
+RAGGED_CFGS = {
+    "gpt2": GPTConfig(vocab_size=41, block_size=10, n_layer=2, n_head=2, n_embd=32),
+    "llama": GPTConfig(vocab_size=41, block_size=10, n_layer=2, n_head=4, n_embd=64,
+                       norm="rmsnorm", pos_emb="rope", mlp="swiglu", n_kv_head=2, bias=False,
+                       tie_embeddings=False),
+}
+RAGGED_ROWS = [[5, 1, 7], [2], [9, 9, 3, 4, 8, 1, 2], [6, 5, 4, 3, 2, 1, 0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+@pytest.mark.parametrize("arch", list(RAGGED_CFGS))
+def test_ragged_batch_decodes_batched_and_exact(monkeypatch, arch, weights):
+    """A ragged batch on the native backend decodes its rows together through one fused decoder
+    (the row-by-row path is never taken), each row at its own positions (learned or rotary), and
+    every row gives exactly its tokens alone (greedy), and the same tokens as the row-by-row
+    path for seeded sampling with a stop id, windows sliding past block_size at each row's own
+    step."""
+    pytest.importorskip("kernelgpt._native")
+    m = GPT(RAGGED_CFGS[arch], backend="native", seed=2)
+    r = np.random.default_rng(6)
+    m.params[:] += r.standard_normal(m.params.size).astype(np.float32) * 0.2
+    n = 13
+    alone = [m.generate(row, n, temperature=0.0, weights=weights)[0] for row in RAGGED_ROWS]
+    opts = dict(temperature=0.9, top_k=8, seed=4, stop=[3, 17], weights=weights)
+    rowwise = sample._ragged_rowwise_steps
+    with monkeypatch.context() as mp:  # the reference: the row-by-row path
+        mp.setattr(sample, "_ragged_logit_steps",
+                   lambda model, rows, n_, choose, uc, done, w="fp32":
+                   rowwise(model, rows, n_, choose, uc, done, w))
+        ref = m.generate(RAGGED_ROWS, n, **opts)
+
+    def refuse(*a, **k):
+        raise AssertionError("the ragged batch went row by row")
+    monkeypatch.setattr(sample, "_ragged_rowwise_steps", refuse)
+    got = m.generate(RAGGED_ROWS, n, temperature=0.0, weights=weights)
+    for g, a in zip(got, alone):
+        np.testing.assert_array_equal(g, a)
+    for g, a in zip(m.generate(RAGGED_ROWS, n, **opts), ref):
+        np.testing.assert_array_equal(g, a)
+    streamed = np.stack(list(m.generate_stream(RAGGED_ROWS, n, temperature=0.0,
+                                               weights=weights)), 1)
+    for row, s, a in zip(RAGGED_ROWS, streamed, alone):
+        np.testing.assert_array_equal(s, a[len(row):])
+
+
+def test_decoder_rows_at_their_own_positions_equal_rows_alone():
+    """Decoder.step with pos (B,): row b's logits and cache writes are bitwise those of row b
+    alone at its position; bad positions raise."""
+    nat = pytest.importorskip("kernelgpt._native")
+    for cfg in RAGGED_CFGS.values():
+        m = GPT(cfg, backend="native", seed=5)
+        B, r = 3, np.random.default_rng(8)
+        kv = m.kv_cache(B)
+        ones = [m.kv_cache(1) for _ in range(B)]
+        pos = np.array([0, 4, 2], np.int64)
+        for step in range(5):
+            tok = r.integers(0, cfg.vocab_size, B).astype(np.int32)
+            lg = np.array(m.decode_step(kv, tok, pos))
+            for b in range(B):
+                np.testing.assert_array_equal(lg[b:b + 1],
+                                              m.decode_step(ones[b], tok[b:b + 1], int(pos[b])))
+            pos += 1
+        for (k, v), *alone in zip(kv.caches, *[o.caches for o in ones]):
+            for b, (k1, v1) in enumerate(alone):
+                np.testing.assert_array_equal(k[b, :, :pos[b]], k1[0, :, :pos[b]])
+                np.testing.assert_array_equal(v[b, :, :pos[b]], v1[0, :, :pos[b]])
+        tok = np.zeros(B, np.int32)
+        with pytest.raises(ValueError, match="pos"):
+            kv.fused.step(tok, np.array([0, 1, cfg.block_size], np.int64), kv.logits)
+        with pytest.raises(ValueError, match="pos"):
+            kv.fused.step(tok, np.array([0, -1, 0], np.int64), kv.logits)
+        with pytest.raises(ValueError, match="shape"):
+            kv.fused.step(tok, np.zeros(2, np.int64), kv.logits)
+        with pytest.raises(TypeError):
+            kv.fused.step(tok, np.zeros(B, np.int32), kv.logits)
+        with pytest.raises(TypeError):
+            kv.fused.step(tok, 1.5, kv.logits)
+        kv.fused = None
+        with pytest.raises(ValueError, match="fused"):
+            m.decode_step(kv, tok, np.zeros(B, np.int64))
+    assert nat is not None

@@ -4,6 +4,7 @@
 // C-contiguous (the caches writeable): a converted copy would silently detach the pointers.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -71,8 +72,7 @@ class Decoder {
       throw std::invalid_argument("weights_format must be 'fp32', 'bf16' or 'int8', got '" +
                                   weights_format + "'");
     const bool quant = m_.wformat != WeightFormat::fp32;
-    const int64_t max_batch =
-        quant ? kgpt::cpu::kDecodeMaxBatchQuant : kgpt::cpu::kDecodeMaxBatchFp32;
+    const int64_t max_batch = kgpt::cpu::kDecodeMaxBatch;
     if (py::len(weights) != 4 && py::len(weights) != 5)
       throw std::invalid_argument("weights must hold 4 or 5 (name, array) pairs, got " +
                                   std::to_string(py::len(weights)));
@@ -191,7 +191,11 @@ class Decoder {
     scratch_.assign(static_cast<size_t>(kgpt::cpu::decode_scratch_floats(m_)), 0.f);
   }
 
-  void step(py::array_t<int32_t, py::array::c_style> tok, int64_t pos,
+  int64_t single_thread_steps() const { return m_.single_steps_left; }
+
+  // pos: one position for every row (an int), or row b's own position (a (B,) int64 array: a
+  // ragged batch, each row at its own).
+  void step(py::array_t<int32_t, py::array::c_style> tok, py::object pos,
             py::array_t<float, py::array::c_style> logits) {
     if (tok.ndim() != 1 || tok.shape(0) != m_.B)
       throw std::invalid_argument("tok must have shape (B,)=(" + std::to_string(m_.B) +
@@ -199,9 +203,25 @@ class Decoder {
     if (logits.ndim() != 2 || logits.shape(0) != m_.B || logits.shape(1) != m_.V)
       throw std::invalid_argument("logits must have shape (B, V)=(" + std::to_string(m_.B) +
                                   ", " + std::to_string(m_.V) + "), got " + shape_str(logits));
-    if (pos < 0 || pos >= m_.maxT)
-      throw std::invalid_argument("pos must be in [0, " + std::to_string(m_.maxT) + "), got " +
-                                  std::to_string(pos));
+    int64_t pv[kgpt::cpu::kDecodeMaxBatch];
+    if (py::isinstance<py::array>(pos)) {
+      py::array pa = py::reinterpret_borrow<py::array>(pos);
+      if (!pa.dtype().is(py::dtype::of<int64_t>()) || !(pa.flags() & py::array::c_style))
+        throw py::type_error("pos must be an int or a C-contiguous int64 array");
+      if (pa.ndim() != 1 || pa.shape(0) != m_.B)
+        throw std::invalid_argument("pos must be an int or have shape (B,)=(" +
+                                    std::to_string(m_.B) + ",), got " + shape_str(pa));
+      std::memcpy(pv, pa.data(), sizeof(int64_t) * static_cast<size_t>(m_.B));
+    } else {
+      if (!PyIndex_Check(pos.ptr()) || py::isinstance<py::bool_>(pos))
+        throw py::type_error("pos must be an int or a (B,) int64 array");
+      const int64_t p0 = py::reinterpret_steal<py::int_>(PyNumber_Index(pos.ptr())).cast<int64_t>();
+      for (int64_t b = 0; b < m_.B; ++b) pv[b] = p0;
+    }
+    for (int64_t b = 0; b < m_.B; ++b)
+      if (pv[b] < 0 || pv[b] >= m_.maxT)
+        throw std::invalid_argument("pos must be in [0, " + std::to_string(m_.maxT) + "), got " +
+                                    std::to_string(pv[b]));
     const int32_t* t = tok.data();
     for (int64_t b = 0; b < m_.B; ++b)
       if (t[b] < 0 || t[b] >= m_.V)
@@ -209,7 +229,7 @@ class Decoder {
                                     std::to_string(m_.V) + ")");
     float* out = logits.mutable_data();
     py::gil_scoped_release nogil;
-    kgpt::cpu::decode_step(m_, t, pos, out, scratch_.data());
+    kgpt::cpu::decode_step(m_, t, pv, out, scratch_.data());
   }
 
   // Up to n = out.shape[0] steps of step() plus the token choice (cpu::decode_sample): returns
@@ -505,9 +525,10 @@ void init_decode(py::module_& m) {
         "A 64-bit fingerprint of a C-contiguous buffer's bytes (the same for any thread count).");
   py::class_<Decoder>(m, "Decoder",
                       "Fused KV-cache decoding over a model's weights and the caller's caches "
-                      "(batch <= 4): step(tok, pos, logits) runs every layer and the lm_head for "
-                      "one new position, writing the caches at pos. Bitwise equal to the "
-                      "op-by-op native path.")
+                      "(batch <= 16): step(tok, pos, logits) runs every layer and the lm_head for "
+                      "one new position, writing the caches at pos. Each row's values are "
+                      "bitwise those of the row decoded alone (fp32: the op-by-op native step at "
+                      "batch 1).")
       .def(py::init<py::list, py::list, py::list, int64_t, int64_t, double, py::object, bool, bool,
                     bool, double, const std::string&, py::object, py::object>(),
            py::arg("weights"), py::arg("layers"), py::arg("caches"), py::arg("n_head"),
@@ -518,6 +539,10 @@ void init_decode(py::module_& m) {
            py::arg("qhead") = py::none())
       .def("step", &Decoder::step, py::arg("tok").noconvert(), py::arg("pos"),
            py::arg("logits").noconvert())
+      .def_property_readonly("single_thread_steps", &Decoder::single_thread_steps,
+                             "Steps left that run on one thread because the last multi-thread "
+                             "step's threads mostly waited for each other (cores shared with "
+                             "other processes); 0 on an idle machine.")
       .def("sample", &Decoder::sample, py::arg("out").noconvert(), py::arg("tok").noconvert(),
            py::arg("pos"), py::arg("u").noconvert(), py::arg("params"), py::arg("stop").noconvert(), py::arg("done").noconvert(),
            py::arg("logits").noconvert(), py::arg("lm_filter") = false,

@@ -1,9 +1,12 @@
 // Fused KV-cache decoding step (see decode.h).
+#include "common/isa.h"
 #include "common/parallel_errors.h"
 #include "common/threads.h"
 #include "cpu/decode.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <cstring>
@@ -20,18 +23,165 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include <sched.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#include <climits>
 
 namespace kgpt {
 namespace cpu {
 namespace {
 
+// The decoding step's barrier between dependent phases (about 4 per layer). A waiting thread
+// spins briefly (a barrier is normally met within microseconds), then sleeps on a futex until
+// the last thread arrives. OpenMP's own barrier keeps spinning for a long while by default; on
+// a machine whose cores are shared with other processes (more runnable threads than cores), a
+// team thread that loses its core then costs its peers that spinning at every barrier: decoding
+// steps measured 25-50x slower with 2 threads on 2 loaded cores (S, 160 ms instead of 4 ms per
+// token). A sleeping waiter gives its core back, so the preempted peer can run there. The
+// release/acquire pair orders every write before the barrier before every read after it.
+class StepBarrier {
+ public:
+  void set_team(int T) { T_ = T; }
+  void wait() {
+    if (T_ <= 1) return;
+    const int g = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == T_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_acq_rel);
+      if (sleepers_.load(std::memory_order_acquire) > 0) wake();
+      return;
+    }
+    for (int i = 0; i < kSpins; ++i) {
+      if (gen_.load(std::memory_order_acquire) != g) return;
+#if KGPT_X86
+      _mm_pause();
+#endif
+    }
+    sleepers_.fetch_add(1, std::memory_order_acq_rel);
+    const auto t0 = std::chrono::steady_clock::now();
+    while (gen_.load(std::memory_order_acquire) == g) sleep_while(g);
+    slept_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::steady_clock::now() - t0).count(),
+                        std::memory_order_relaxed);
+    sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  // Nanoseconds the team's threads have slept at this barrier, all together.
+  int64_t slept_ns() const { return slept_ns_.load(std::memory_order_relaxed); }
 
-// Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias: the kernels sgemm uses for
-// these shapes, so each column is bitwise what a matmul_forward call gives.
+ private:
+  static constexpr int kSpins = 4000;
+#ifdef __linux__
+  void sleep_while(int g) {  // returns at once if gen_ has moved on (the kernel checks)
+    syscall(SYS_futex, reinterpret_cast<int*>(&gen_), FUTEX_WAIT_PRIVATE, g, nullptr, nullptr, 0);
+  }
+  void wake() {
+    syscall(SYS_futex, reinterpret_cast<int*>(&gen_), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr,
+            nullptr, 0);
+  }
+#else
+  void sleep_while(int) { sched_yield(); }
+  void wake() {}
+#endif
+  std::atomic<int> count_{0}, gen_{0}, sleepers_{0};
+  std::atomic<int64_t> slept_ns_{0};
+  int T_ = 1;
+};
+
+
+#if KGPT_X86
+// Columns [n0, n1) of rows [0, R) of out: each row by the arithmetic of sgemm's one-row
+// matrix-vector kernel (gemm_kernels.cpp, gemv_rows_avx512<1> and its gemv_finish: two 16-lane
+// sums over steps of 32, the 8-wide tail into the low half of the first, the halves and sums
+// added in that order, the scalar tail, then the bias), so each row's value is bitwise that
+// kernel's for the row alone (tests/test_native_decode.py holds them equal); the R rows share
+// each weight load.
+template <int R>
+KGPT_TARGET_AVX512 void gemv_rows_alone_avx512(float* out, int64_t ldo, const float* x,
+                                               const float* w, const float* bias, int64_t K,
+                                               int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* wr = w + n * K;
+    __m512 z[R][2];
+    for (int r = 0; r < R; ++r) z[r][0] = z[r][1] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m512 w0 = _mm512_loadu_ps(wr + k), w1 = _mm512_loadu_ps(wr + k + 16);
+      for (int r = 0; r < R; ++r) {
+        z[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k), w0, z[r][0]);
+        z[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k + 16), w1, z[r][1]);
+      }
+    }
+    __m256 acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 2; ++v) {
+        acc[r][2 * v] = _mm512_castps512_ps256(z[r][v]);
+        acc[r][2 * v + 1] =
+            _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z[r][v]), 1));
+      }
+    for (; k + 8 <= K; k += 8) {
+      const __m256 wv = _mm256_loadu_ps(wr + k);
+      for (int r = 0; r < R; ++r)
+        acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), wv, acc[r][0]);
+    }
+    for (int r = 0; r < R; ++r) {
+      __m256 s = acc[r][0];
+      for (int u = 1; u < 4; ++u) s = _mm256_add_ps(s, acc[r][u]);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      float dot = _mm_cvtss_f32(h);
+      const float* xr = x + r * K;
+      for (int64_t kk = k; kk < K; ++kk) dot += xr[kk] * wr[kk];
+      out[r * ldo + n] = bias != nullptr ? dot + bias[n] : dot;
+    }
+  }
+}
+#endif
+
+// Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias, float32. Each row is computed
+// as the one-row matrix-vector kernel sgemm uses for a single row computes it (so row b's values
+// are bitwise those of row b decoded alone, and those of the op-by-op step at batch 1), and the
+// rows share each weight row's read: with AVX-512, up to 8 rows per weight load (more in groups,
+// the columns in chunks of about 32 KB of weights that stay in cache for the next group);
+// otherwise row by row over column blocks of about 32 KB.
 void gemv_cols(float* out, const float* x, const float* w, const float* bias, int64_t B,
                int64_t N, int64_t K, int64_t n0, int64_t n1) {
   if (n1 <= n0) return;
-  gemm_detail::gemv_nt_range({false, true, B, N, K, 1.f, x, K, w, K, 0.f, out, N, bias}, n0, n1);
+  const int64_t cb = std::max<int64_t>(4, 8192 / std::max<int64_t>(K, 1));
+#if KGPT_X86
+  if (B > 1 && gemm_use_avx512()) {
+    const int64_t chunk = B <= 8 ? n1 - n0 : cb;
+    for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+      const int64_t c1 = std::min(n1, c0 + chunk);
+      for (int64_t b0 = 0; b0 < B; b0 += 8) {
+        const float* xb = x + b0 * K;
+        float* ob = out + b0 * N;
+        switch (std::min<int64_t>(8, B - b0)) {
+          case 1: gemv_rows_alone_avx512<1>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 2: gemv_rows_alone_avx512<2>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 3: gemv_rows_alone_avx512<3>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 4: gemv_rows_alone_avx512<4>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 5: gemv_rows_alone_avx512<5>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 6: gemv_rows_alone_avx512<6>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 7: gemv_rows_alone_avx512<7>(ob, N, xb, w, bias, K, c0, c1); break;
+          default: gemv_rows_alone_avx512<8>(ob, N, xb, w, bias, K, c0, c1); break;
+        }
+      }
+    }
+    return;
+  }
+#endif
+  const int64_t step = B == 1 ? n1 - n0 : cb;
+  for (int64_t j0 = n0; j0 < n1; j0 += step) {
+    const int64_t j1 = std::min(n1, j0 + step);
+    for (int64_t b = 0; b < B; ++b)
+      gemm_detail::gemv_nt_range({false, true, 1, N, K, 1.f, x + b * K, K, w, K, 0.f,
+                                  out + b * N, N, bias}, j0, j1);
+  }
 }
 
 // Per-thread scratch, grown once: attention scores, and the thread's own copy of the residual
@@ -82,10 +232,11 @@ static void norm_rows(const DecodeModel& m, float* out, float* mean, float* rstd
 // Threads meet at four barriers per layer. Each thread:
 //   x, ln1 on its own copy -> q, k, v columns of its own heads -> those heads' attention
 //   | proj columns | x += proj, ln2 on its own copy -> fc columns and their GELU | fc-proj columns |
-// Every value is computed by the same kernel on the same inputs as in the op-by-op step
-// (column ranges of the matrix-vector kernel give the columns' exact values; GELU ranges start
-// on multiples of 16 so every element takes the same vector path), so the two agree bitwise.
-void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* logits,
+// Every value is computed by the same kernel on the same inputs as in the op-by-op step of the
+// row alone (column ranges of the matrix-vector kernel give the columns' exact values; GELU
+// ranges start on multiples of 16 so every element takes the same vector path), so the two
+// agree bitwise.
+void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, float* logits,
                  float* scratch, const LmFilter* filter) {
   const int64_t B = m.B, C = m.C, NH = m.NH, NKV = m.NKV, HS = C / NH, V = m.V, maxT = m.maxT;
   const int64_t G = NH / NKV, QW = qkv_width(m), FW = fc_width(m), H = m.H;
@@ -99,12 +250,18 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
   // (GPT-2: 12 C^2).
   const int64_t per_layer = C * QW + C * C + C * FW + H * C;
 #ifdef _OPENMP
-  const int nt = static_cast<int>(std::max<int64_t>(
+  int nt = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(::kgpt::num_threads(), per_layer / 65536)));
 #else
-  const int nt = 1;
+  int nt = 1;
 #endif
-  (void)nt;
+  // Cores shared with other processes (see DecodeModel::single_steps_left): one thread for a
+  // while after a step whose threads mostly waited for each other.
+  if (nt > 1 && m.single_steps_left > 0) {
+    --m.single_steps_left;
+    nt = 1;
+  }
+  const auto t_start = std::chrono::steady_clock::now();
   // GELU by column range only when every range can start on a multiple of 16 and H is one
   // (then the op-by-op step's flat GELU also takes the 16-lane path for every element). SwiGLU
   // runs row by row in both paths: ranges starting on multiples of 16 always give its bits.
@@ -113,6 +270,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
   // thread sees the failure and skips the step (the same barriers for all), and it is rethrown
   // on the calling thread after the region.
   ErrorCarrier err;
+  StepBarrier bar;
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -121,13 +279,16 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
     const int t = 0, T = 1;
 #endif
     ThreadBuf& tb = tls_buf;
+    if (t == 0) bar.set_team(T);  // published by the OpenMP barrier below
     err.run([&] {
-      tb.size(pos + 1, B * C, B, HS);  // scores: the pos + 1 valid positions
+      tb.size(*std::max_element(pos, pos + B) + 1, B * C, B, B * HS);  // scores: pos + 1
       if (m.wformat == WeightFormat::int8) {  // sized once here: no allocation after the barrier
         const int64_t K = std::max(C, H);
         tb.qa.q.resize(std::max(tb.qa.q.size(), static_cast<size_t>(B * K)));
         tb.qa.d.resize(std::max(tb.qa.d.size(), static_cast<size_t>(B * K / kQ8Block)));
         tb.qa.negcorr.resize(std::max(tb.qa.negcorr.size(), static_cast<size_t>(B * K / 4)));
+        tb.qa.dpair.resize(std::max(tb.qa.dpair.size(), static_cast<size_t>(B * K / 4)));
+        tb.qa.packed.resize(std::max(tb.qa.packed.size(), static_cast<size_t>(B * K * 3)));
       }
     });
 #pragma omp barrier
@@ -135,7 +296,9 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
       float *x = tb.x.data(), *ln = tb.ln.data(), *mean = tb.stats.data(), *rstd = mean + B;
       float* scores = tb.scores.data();
       float *rc = tb.rope.data(), *rs = rc + HS / 2;
-      if (m.rope) rope_table_serial(rc, rs, pos, HS, m.rope_theta);
+      if (m.rope)  // row b's table at rc + b HS (cosines), rs + b HS (sines)
+        for (int64_t b = 0; b < B; ++b)
+          rope_table_serial(rc + b * HS, rs + b * HS, pos[b], HS, m.rope_theta);
       // Columns [n0, n1) of out (B, N) = in (B, K) @ the matrix.T + bias, in the model's weight
       // format (int8: from the thread's quantized copy of in, made by quant_in).
       auto cols = [&](float* out, const float* in, const float* w, const QMat& qm,
@@ -158,7 +321,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
       const int64_t g0 = NKV * t / T, g1 = NKV * (t + 1) / T, h0 = g0 * G, h1 = g1 * G;
       for (int64_t b = 0; b < B; ++b)
         for (int64_t c = 0; c < C; ++c)
-          x[b * C + c] = m.wpe != nullptr ? m.wte[tok[b] * C + c] + m.wpe[pos * C + c]
+          x[b * C + c] = m.wpe != nullptr ? m.wte[tok[b] * C + c] + m.wpe[pos[b] * C + c]
                                           : m.wte[tok[b] * C + c];
       for (const DecodeLayer& L : m.layers) {
         norm_rows(m, ln, mean, rstd, x, L.ln1_w, L.ln1_b);
@@ -171,27 +334,27 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         for (int64_t b = 0; b < B; ++b) {
           float* row = qkv + b * QW;
           if (m.rope) {  // rotate this thread's q and k heads (rope_forward's bits)
-            rope_heads_serial(row + h0 * HS, rc, rs, h1 - h0, HS);
-            rope_heads_serial(row + C + g0 * HS, rc, rs, g1 - g0, HS);
+            rope_heads_serial(row + h0 * HS, rc + b * HS, rs + b * HS, h1 - h0, HS);
+            rope_heads_serial(row + C + g0 * HS, rc + b * HS, rs + b * HS, g1 - g0, HS);
           }
           for (int64_t g = g0; g < g1; ++g) {
             const int64_t bg = b * NKV + g;
             float* kc = L.k_cache + bg * maxT * HS;
             float* vc = L.v_cache + bg * maxT * HS;
-            std::memcpy(kc + pos * HS, row + C + g * HS, sizeof(float) * HS);
-            std::memcpy(vc + pos * HS, row + C + (NKV + g) * HS, sizeof(float) * HS);
+            std::memcpy(kc + pos[b] * HS, row + C + g * HS, sizeof(float) * HS);
+            std::memcpy(vc + pos[b] * HS, row + C + (NKV + g) * HS, sizeof(float) * HS);
             for (int64_t h = g * G; h < (g + 1) * G; ++h)
-              attention_decode_head(atty + b * C + h * HS, row + h * HS, kc, vc, HS, pos + 1,
+              attention_decode_head(atty + b * C + h * HS, row + h * HS, kc, vc, HS, pos[b] + 1,
                                     scores);
           }
         }
-#pragma omp barrier
+bar.wait();
         {
           const auto [n0, n1] = even(C);
           quant_in(atty, C);
           cols(proj, atty, L.proj_w, L.q_proj, L.proj_b, C, C, n0, n1);
         }
-#pragma omp barrier
+bar.wait();
         add(x, x, proj, B * C);
         norm_rows(m, ln, mean, rstd, x, L.ln2_w, L.ln2_b);
         quant_in(ln, C);
@@ -202,26 +365,27 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
           for (int64_t b = 0; b < B; ++b)
             swiglu_forward_serial(fchg + b * H + n0, fch + b * FW + n0, fch + b * FW + H + n0,
                                   n1 - n0);
-#pragma omp barrier
+bar.wait();
         } else if (gelu_by_cols) {
           const int64_t n0 = H / 16 * t / T * 16, n1 = H / 16 * (t + 1) / T * 16;
           cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, H, C, n0, n1);
           for (int64_t b = 0; b < B; ++b)
             gelu_forward_serial(fchg + b * H + n0, fch + b * H + n0, n1 - n0);
-#pragma omp barrier
+bar.wait();
         } else {
           const auto [n0, n1] = even(H);
           cols(fch, ln, L.fc_w, L.q_fc, L.fc_b, H, C, n0, n1);
-#pragma omp barrier
-#pragma omp single
-          gelu_forward(fchg, fch, B * H);  // (single ends with a barrier)
+          bar.wait();
+          if (t == 0)  // row by row: each row's bits those of the row alone
+            for (int64_t b = 0; b < B; ++b) gelu_forward_serial(fchg + b * H, fch + b * H, H);
+          bar.wait();
         }
         {
           const auto [n0, n1] = even(C);
           quant_in(fchg, H);
           cols(proj, fchg, L.fcproj_w, L.q_fcproj, L.fcproj_b, C, H, n0, n1);
         }
-#pragma omp barrier
+bar.wait();
         add(x, x, proj, B * C);
       }
       norm_rows(m, ln, mean, rstd, x, m.lnf_w, m.lnf_b);
@@ -234,6 +398,11 @@ void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* l
         cols(logits, ln, m.head, m.q_head, nullptr, V, C, n0, n1);
       }
     }
+  }
+  if (nt > 1) {
+    const int64_t wall = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now() - t_start).count();
+    if (bar.slept_ns() * 4 > wall) m.single_steps_left = kSingleThreadSteps;
   }
   err.rethrow();
 }
@@ -485,12 +654,13 @@ int64_t decode_sample(const DecodeModel& m, float* scratch, float* logits, int32
   // Exact logits of columns [j0, j1) for every row: the lm_head's own kernel on the same input,
   // so each is bitwise the value of the unfiltered step.
   auto exact_cols = [&](int64_t j0, int64_t j1) {
-    gemm_detail::gemv_nt_range({false, true, B, V, C, 1.f, lnf, C, m.head, C, 0.f, logits, V,
-                                nullptr}, j0, j1);
+    gemv_cols(logits, lnf, m.head, nullptr, B, V, C, j0, j1);
   };
-  double E[kDecodeMaxBatchQuant];
+  double E[kDecodeMaxBatch];
   for (int64_t i = 0; i < n; ++i) {
-    decode_step(m, tok, pos + i, logits, scratch, filter);
+    int64_t pv[kDecodeMaxBatch];
+    for (int64_t b = 0; b < B; ++b) pv[b] = pos + i;
+    decode_step(m, tok, pv, logits, scratch, filter);
     bool filtered = filter != nullptr;
     for (int64_t b = 0; filtered && b < B; ++b) {
       E[b] = lm_filter_bound(*filter, lnf + b * C);

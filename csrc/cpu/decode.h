@@ -3,8 +3,10 @@
 // output columns across the team, barriers between dependent steps, the tiny row ops on one
 // thread), instead of ~25 bound calls each starting its own parallel region. It runs exactly the
 // kernels of the op-by-op path (layernorm or RMSNorm, matrix-vector GEMM, RoPE, attention_decode
-// over NKV cache heads, GELU or SwiGLU, residual) in the same order, so its logits are bitwise
-// those of that path.
+// over NKV cache heads, GELU or SwiGLU, residual) in the same order, each row as the op-by-op
+// path computes a batch of one, so row b's logits are bitwise those of row b decoded alone (at
+// batch 1, those of the op-by-op step; at batch > 1 the op-by-op step's matrix products take
+// other kernels, equal up to float32 rounding). Each row may sit at its own position.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -17,9 +19,9 @@ namespace cpu {
 // The matrices' weight formats (quant.h): float32 (the exact path), bfloat16, int8 (Q8_0).
 enum class WeightFormat { fp32 = 0, bf16 = 1, int8 = 2 };
 
-// Fused decoder batch limits: float32 runs the matrix-vector kernels of the op-by-op path (up to
-// 4 rows); the quantized formats read each weight once per step for up to 16 rows.
-constexpr int64_t kDecodeMaxBatchFp32 = 4, kDecodeMaxBatchQuant = 16;
+// Fused decoder batch limit (every weight format): each weight row is read once per step for
+// all rows, and every row's values are those of that row decoded alone.
+constexpr int64_t kDecodeMaxBatch = 16;
 
 // A matrix (N, K) in a quantized format: w (N, K) uint16 (bf16) or int8 with d (N, K/32) float32.
 struct QMat {
@@ -53,17 +55,27 @@ struct DecodeModel {
   // and q_head are read instead of the float32 ones, and the lm_head filter is not used.
   WeightFormat wformat = WeightFormat::fp32;
   QMat q_head;
+  // Thread use when the cores are shared with other processes: after a step on several threads
+  // whose threads slept at its barriers for over a quarter of its time (a peer had lost its
+  // core, so the others waited), decode_step runs the next kSingleThreadSteps steps on one
+  // thread, then tries several again. On an idle machine no thread sleeps there and this stays
+  // 0. Every value is the same on any thread count (tested), so only the speed changes.
+  mutable int64_t single_steps_left = 0;
 };
+
+constexpr int64_t kSingleThreadSteps = 32;
 
 // Scratch for one DecodeModel (sized by decode_scratch_floats).
 int64_t decode_scratch_floats(const DecodeModel& m);
 
-// tok (B,) ids already validated to lie in [0, V); 0 <= pos < maxT. Writes the caches at pos and
-// logits (B, V). B must be <= 4 with fp32 weights (the matrix-vector kernels' row count), <= 16
-// otherwise; with a quantized format every row's values are those of that row decoded alone. With a filter (built
+// tok (B,) ids already validated to lie in [0, V); pos (B,) row b's position, 0 <= pos[b] < maxT
+// (rows of a ragged batch each at their own: row b's token is embedded and rotated at pos[b],
+// written to its caches at pos[b], and attends to its positions 0..pos[b]). Writes the caches and
+// logits (B, V). B <= kDecodeMaxBatch; every row's values are those of that row decoded alone
+// (with fp32 weights, bitwise those of the op-by-op step at batch 1). With a filter (built
 // from m.wte), logits are instead the filter's approximations and the final layernorm's output
 // is left in the scratch for the exact logits (decode_sample's use).
-void decode_step(const DecodeModel& m, const int32_t* tok, int64_t pos, float* logits,
+void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, float* logits,
                  float* scratch, const LmFilter* filter = nullptr);
 
 // Reusable buffers for pick_token (sized on first use).

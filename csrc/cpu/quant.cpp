@@ -219,41 +219,77 @@ KGPT_TARGET_AVX512 inline __m512 widen16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-template <int RB>
-KGPT_TARGET_AVX512 inline void bf16_col_avx512(float* out, int64_t ldo, const float* x,
-                                               const uint16_t* wr, const float* bias, int64_t b0,
-                                               int64_t K, int64_t j) {
-  __m512 acc[RB];
-  for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+// RB rows by NC columns at a time: the NC columns' products are independent chains of fused
+// multiply-adds (one chain per column would wait on the FMA latency), each column's lanes in
+// the order of quant.h, so every value is that of the column computed alone.
+template <int RB, int NC>
+KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const float* x,
+                                                 const uint16_t* w, const float* bias,
+                                                 int64_t b0, int64_t K, int64_t j, bool pf) {
+  __m512 acc[RB][NC];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+  // The next NC columns' rows (contiguous: NC K bf16 values) are requested while these are
+  // read, NC/2 cache lines per step of 16: the whole next block by the end of this one (the
+  // hardware prefetcher follows one stream, not NC interleaved ones).
+  const char* next = reinterpret_cast<const char*>(w + (j + NC) * K);
   int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    const __m512 wv = widen16(wr + k);
-    for (int r = 0; r < RB; ++r)
-      acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + (b0 + r) * K + k), wv, acc[r]);
+  for (int64_t it = 0; k + 16 <= K; k += 16, ++it) {
+    if (pf)
+      for (int i = 0; i < (NC + 1) / 2; ++i)
+        _mm_prefetch(next + (it * ((NC + 1) / 2) + i) * 64, _MM_HINT_T0);
+    __m512 wv[NC];
+    for (int c = 0; c < NC; ++c) wv[c] = widen16(w + (j + c) * K + k);
+    for (int r = 0; r < RB; ++r) {
+      const __m512 xv = _mm512_loadu_ps(x + (b0 + r) * K + k);
+      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+    }
   }
   for (int r = 0; r < RB; ++r) {
     const float* xr = x + (b0 + r) * K;
-    float s = reduce16_avx512(acc[r]);
-    for (int64_t t = k; t < K; ++t) s = std::fma(xr[t], bf16f(wr[t]), s);
-    out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
+    for (int c = 0; c < NC; ++c) {
+      const uint16_t* wr = w + (j + c) * K;
+      float s = reduce16_avx512(acc[r][c]);
+      for (int64_t t = k; t < K; ++t) s = std::fma(xr[t], bf16f(wr[t]), s);
+      out[(b0 + r) * ldo + j + c] = bias != nullptr ? s + bias[j + c] : s;
+    }
   }
 }
+
+// Columns [n0, n1) for rows [b0, b0 + RB): NC columns at a time, then one by one.
+template <int RB, int NC>
+KGPT_TARGET_AVX512 void bf16_rows_avx512(float* out, int64_t ldo, const float* x,
+                                         const uint16_t* w, const float* bias, int64_t b0,
+                                         int64_t K, int64_t n0, int64_t n1) {
+  int64_t j = n0;
+  for (; j + NC <= n1; j += NC)
+    bf16_block_avx512<RB, NC>(out, ldo, x, w, bias, b0, K, j, j + 2 * NC <= n1);
+  for (; j < n1; ++j) bf16_block_avx512<RB, 1>(out, ldo, x, w, bias, b0, K, j, false);
+}
+
+// Columns per block by row count: RB * NC accumulators, NC weight vectors and one input vector
+// within the 32 vector registers.
+template <int RB>
+constexpr int kBf16Cols = RB == 1 ? 4 : RB == 2 ? 4 : RB <= 4 ? 4 : 2;
 
 KGPT_TARGET_AVX512 void bf16_cols_avx512(float* out, int64_t ldo, const float* x,
                                          const uint16_t* w, const float* bias, int64_t B,
                                          int64_t K, int64_t n0, int64_t n1) {
-  for (int64_t j = n0; j < n1; ++j) {
-    const uint16_t* wr = w + j * K;
+  // Groups of up to 8 rows; with several groups, columns in chunks whose weights (~32 KB) stay
+  // in cache for the next group.
+  const int64_t chunk = B <= 8 ? n1 - n0 : std::max<int64_t>(8, 16384 / std::max<int64_t>(K, 1));
+  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+    const int64_t c1 = std::min(n1, c0 + chunk);
     for (int64_t b0 = 0; b0 < B; b0 += 8) {
       switch (std::min<int64_t>(8, B - b0)) {
-        case 1: bf16_col_avx512<1>(out, ldo, x, wr, bias, b0, K, j); break;
-        case 2: bf16_col_avx512<2>(out, ldo, x, wr, bias, b0, K, j); break;
-        case 3: bf16_col_avx512<3>(out, ldo, x, wr, bias, b0, K, j); break;
-        case 4: bf16_col_avx512<4>(out, ldo, x, wr, bias, b0, K, j); break;
-        case 5: bf16_col_avx512<5>(out, ldo, x, wr, bias, b0, K, j); break;
-        case 6: bf16_col_avx512<6>(out, ldo, x, wr, bias, b0, K, j); break;
-        case 7: bf16_col_avx512<7>(out, ldo, x, wr, bias, b0, K, j); break;
-        default: bf16_col_avx512<8>(out, ldo, x, wr, bias, b0, K, j); break;
+        case 1: bf16_rows_avx512<1, kBf16Cols<1>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        case 2: bf16_rows_avx512<2, kBf16Cols<2>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        case 3: bf16_rows_avx512<3, kBf16Cols<3>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        case 4: bf16_rows_avx512<4, kBf16Cols<4>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        case 5: bf16_rows_avx512<5, kBf16Cols<5>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        case 6: bf16_rows_avx512<6, kBf16Cols<6>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        case 7: bf16_rows_avx512<7, kBf16Cols<7>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        default: bf16_rows_avx512<8, kBf16Cols<8>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
       }
     }
   }
@@ -269,65 +305,103 @@ KGPT_TARGET_VNNI inline __m512 pair_scales(const float* d) {
       idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(d)))));
 }
 
-template <int RB>
-KGPT_TARGET_VNNI inline void q8_col_vnni(float* out, int64_t ldo, const Q8Rows& a, int64_t b0,
-                                         const int8_t* wr, const float* dr, const float* bias,
-                                         int64_t j) {
+// RB rows by NC columns at a time (independent accumulator chains, each column's lanes in the
+// order of quant.h: every value that of the column alone), the next NC columns' rows and scales
+// requested while these are read (as bf16_block_avx512).
+template <int RB, int NC>
+KGPT_TARGET_VNNI inline void q8_block_vnni(float* out, int64_t ldo, const Q8Rows& a, int64_t b0,
+                                           const int8_t* wq, const float* wd, const float* bias,
+                                           int64_t j, bool pf) {
   const int64_t K = a.K, nb = K / kQ8Block, np = nb / 2;
   const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512 acc[RB];
-  for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+  const int8_t* xq = a.q.data();
+  const int32_t* xc = a.negcorr.data();
+  const float* xd = a.d.data();
+  const int8_t* pk = a.packed.data();
+  const char* next = reinterpret_cast<const char*>(wq + (j + NC) * K);
+  const char* nextd = reinterpret_cast<const char*>(wd + (j + NC) * nb);
+  const int64_t dlines = (NC * nb * 4 + 63) / 64;
+  __m512 acc[RB][NC];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int64_t p = 0; p < np; ++p) {
-    const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(wr + p * 64), off);
-    const __m512 dw = pair_scales(dr + 2 * p);
+    if (pf) {
+      for (int c = 0; c < NC; ++c) _mm_prefetch(next + (p * NC + c) * 64, _MM_HINT_T0);
+      if (p < dlines) _mm_prefetch(nextd + p * 64, _MM_HINT_T0);
+    }
+    __m512i w[NC];
+    __m512 dw[NC];
+    for (int c = 0; c < NC; ++c) {
+      w[c] = _mm512_xor_si512(_mm512_loadu_si512(wq + (j + c) * K + p * 64), off);
+      dw[c] = pair_scales(wd + (j + c) * nb + 2 * p);
+    }
+    const int8_t* pr = pk + (p * a.B + b0) * 192;
     for (int r = 0; r < RB; ++r) {
-      const int64_t b = b0 + r;
-      const __m512i x = _mm512_loadu_si512(a.q.data() + b * K + p * 64);
-      const __m512i nc = _mm512_loadu_si512(a.negcorr.data() + b * (K / 4) + p * 16);
-      const __m512i s = _mm512_dpbusd_epi32(nc, w, x);
-      const __m512 sc = _mm512_mul_ps(dw, pair_scales(a.d.data() + b * nb + 2 * p));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r]);
+      const __m512i x = _mm512_loadu_si512(pr + r * 192);
+      const __m512i nc = _mm512_loadu_si512(pr + r * 192 + 64);
+      const __m512 dx = _mm512_loadu_ps(reinterpret_cast<const float*>(pr + r * 192 + 128));
+      for (int c = 0; c < NC; ++c) {
+        const __m512i s = _mm512_dpbusd_epi32(nc, w[c], x);
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[c], dx), acc[r][c]);
+      }
     }
   }
   if (nb & 1) {  // the last block alone: lanes 0-7 only
     const int64_t blk = nb - 1;
-    const __m512i w = _mm512_xor_si512(
-        _mm512_zextsi256_si512(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kQ8Block))),
-        off);
-    for (int r = 0; r < RB; ++r) {
-      const int64_t b = b0 + r;
-      const __m512i x = _mm512_zextsi256_si512(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(a.q.data() + b * K + blk * kQ8Block)));
-      const __m512i nc = _mm512_zextsi256_si512(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(a.negcorr.data() + b * (K / 4) + blk * 8)));
-      const __m512i s = _mm512_dpbusd_epi32(nc, w, x);
-      const __m512 sc = _mm512_set1_ps(dr[blk] * a.d[b * nb + blk]);
-      acc[r] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r], 0x00FF);
+    for (int c = 0; c < NC; ++c) {
+      const int8_t* wr = wq + (j + c) * K;
+      const __m512i w = _mm512_xor_si512(
+          _mm512_zextsi256_si512(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kQ8Block))),
+          off);
+      for (int r = 0; r < RB; ++r) {
+        const int64_t b = b0 + r;
+        const __m512i x = _mm512_zextsi256_si512(_mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(xq + b * K + blk * kQ8Block)));
+        const __m512i nc = _mm512_zextsi256_si512(_mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(xc + b * (K / 4) + blk * 8)));
+        const __m512i s = _mm512_dpbusd_epi32(nc, w, x);
+        const __m512 sc = _mm512_set1_ps(wd[(j + c) * nb + blk] * xd[b * nb + blk]);
+        acc[r][c] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r][c], 0x00FF);
+      }
     }
   }
-  for (int r = 0; r < RB; ++r) {
-    const float s = reduce16_avx512(acc[r]);
-    out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
-  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < NC; ++c) {
+      const float s = reduce16_avx512(acc[r][c]);
+      out[(b0 + r) * ldo + j + c] = bias != nullptr ? s + bias[j + c] : s;
+    }
 }
+
+template <int RB, int NC>
+KGPT_TARGET_VNNI void q8_rows_vnni(float* out, int64_t ldo, const Q8Rows& a, int64_t b0,
+                                   const int8_t* wq, const float* wd, const float* bias,
+                                   int64_t n0, int64_t n1) {
+  int64_t j = n0;
+  for (; j + NC <= n1; j += NC)
+    q8_block_vnni<RB, NC>(out, ldo, a, b0, wq, wd, bias, j, j + 2 * NC <= n1);
+  for (; j < n1; ++j) q8_block_vnni<RB, 1>(out, ldo, a, b0, wq, wd, bias, j, false);
+}
+
+template <int RB>
+constexpr int kQ8Cols = RB <= 2 ? 4 : 2;
 
 KGPT_TARGET_VNNI void q8_cols_vnni(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq,
                                    const float* wd, const float* bias, int64_t n0, int64_t n1) {
-  const int64_t K = a.K, nb = K / kQ8Block;
-  for (int64_t j = n0; j < n1; ++j) {
-    const int8_t* wr = wq + j * K;
-    const float* dr = wd + j * nb;
+  const int64_t K = a.K;
+  const int64_t chunk = a.B <= 8 ? n1 - n0 : std::max<int64_t>(8, 32768 / std::max<int64_t>(K, 1));
+  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+    const int64_t c1 = std::min(n1, c0 + chunk);
     for (int64_t b0 = 0; b0 < a.B; b0 += 8) {
       switch (std::min<int64_t>(8, a.B - b0)) {
-        case 1: q8_col_vnni<1>(out, ldo, a, b0, wr, dr, bias, j); break;
-        case 2: q8_col_vnni<2>(out, ldo, a, b0, wr, dr, bias, j); break;
-        case 3: q8_col_vnni<3>(out, ldo, a, b0, wr, dr, bias, j); break;
-        case 4: q8_col_vnni<4>(out, ldo, a, b0, wr, dr, bias, j); break;
-        case 5: q8_col_vnni<5>(out, ldo, a, b0, wr, dr, bias, j); break;
-        case 6: q8_col_vnni<6>(out, ldo, a, b0, wr, dr, bias, j); break;
-        case 7: q8_col_vnni<7>(out, ldo, a, b0, wr, dr, bias, j); break;
-        default: q8_col_vnni<8>(out, ldo, a, b0, wr, dr, bias, j); break;
+        case 1: q8_rows_vnni<1, kQ8Cols<1>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 2: q8_rows_vnni<2, kQ8Cols<2>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 3: q8_rows_vnni<3, kQ8Cols<3>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 4: q8_rows_vnni<4, kQ8Cols<4>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 5: q8_rows_vnni<5, kQ8Cols<5>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 6: q8_rows_vnni<6, kQ8Cols<6>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 7: q8_rows_vnni<7, kQ8Cols<7>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        default: q8_rows_vnni<8, kQ8Cols<8>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
       }
     }
   }
@@ -370,6 +444,64 @@ uint64_t hash_chunk(const unsigned char* p, size_t n, uint64_t seed) {
 
 }  // namespace
 
+namespace {
+
+#if KGPT_X86
+// One block of 32 by the rule of q8_quantize_rows, with vector instructions (no libm call per
+// element): the same IEEE operations (|x| maximum, d = amax / 127, x * (1/d) rounded to nearest
+// even, clamped as std::max(-127, v) then std::min(127, .) clamp: NaN -> -127), so the same
+// codes and scale.
+KGPT_TARGET_AVX2 void q8_block_avx2(const float* xb, int8_t* qb, float* dout) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i expo = _mm256_set1_epi32(0x7f800000);
+  __m256 v[4], amax = _mm256_setzero_ps();
+  __m256i bad = _mm256_setzero_si256();
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(xb + 8 * i);
+    amax = _mm256_max_ps(amax, _mm256_and_ps(v[i], absmask));
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(
+                                   _mm256_and_si256(_mm256_castps_si256(v[i]), expo), expo));
+  }
+  const bool finite = _mm256_testz_si256(bad, bad);
+  float m[8];
+  _mm256_storeu_ps(m, amax);
+  float am = 0.f;
+  for (int i = 0; i < 8; ++i) am = std::max(am, m[i]);
+  float d = am / 127.f;
+  if (!finite) d = NAN;
+  const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
+  const __m256 idv = _mm256_set1_ps(id), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  alignas(32) int32_t q32[32];
+  for (int i = 0; i < 4; ++i) {
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], idv),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q32 + 8 * i), _mm256_cvtps_epi32(r));
+  }
+  for (int i = 0; i < 32; ++i) qb[i] = static_cast<int8_t>(q32[i]);
+  *dout = d;
+}
+#endif
+
+void q8_block_portable(const float* xb, int8_t* qb, float* dout) {
+  float amax = 0.f;
+  bool finite = true;
+  for (int i = 0; i < kQ8Block; ++i) {
+    finite = finite && std::isfinite(xb[i]);
+    amax = std::max(amax, std::fabs(xb[i]));
+  }
+  float d = amax / 127.f;
+  if (!finite) d = NAN;  // a non-finite block: a NaN scale (NaN outputs)
+  const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
+  for (int i = 0; i < kQ8Block; ++i) {
+    const float v = std::nearbyint(xb[i] * id);
+    qb[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
+  }
+  *dout = d;
+}
+
+}  // namespace
+
 void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
   const int64_t nb = K / kQ8Block;
   a.B = B;
@@ -378,27 +510,38 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
   if (static_cast<int64_t>(a.d.size()) < B * nb) a.d.resize(static_cast<size_t>(B * nb));
   if (static_cast<int64_t>(a.negcorr.size()) < B * K / 4)
     a.negcorr.resize(static_cast<size_t>(B * K / 4));
+  const int64_t np = nb / 2;
+  if (static_cast<int64_t>(a.dpair.size()) < B * np * 16)
+    a.dpair.resize(static_cast<size_t>(B * np * 16));
+#if KGPT_X86
+  const bool avx2 = ops_use_avx2();
+#endif
   for (int64_t b = 0; b < B; ++b)
     for (int64_t blk = 0; blk < nb; ++blk) {
       const float* xb = x + b * K + blk * kQ8Block;
       int8_t* qb = a.q.data() + b * K + blk * kQ8Block;
-      float amax = 0.f;
-      bool finite = true;
-      for (int i = 0; i < kQ8Block; ++i) {
-        finite = finite && std::isfinite(xb[i]);
-        amax = std::max(amax, std::fabs(xb[i]));
-      }
-      float d = amax / 127.f;
-      if (!finite) d = NAN;  // a non-finite block: a NaN scale (NaN outputs), zero codes
-      const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
-      for (int i = 0; i < kQ8Block; ++i) {
-        const float v = std::nearbyint(xb[i] * id);
-        qb[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
-      }
-      a.d[b * nb + blk] = d;
+#if KGPT_X86
+      if (avx2)
+        q8_block_avx2(xb, qb, a.d.data() + b * nb + blk);
+      else
+#endif
+        q8_block_portable(xb, qb, a.d.data() + b * nb + blk);
       for (int l = 0; l < 8; ++l)
         a.negcorr[(b * K + blk * kQ8Block) / 4 + l] =
             -128 * (qb[4 * l] + qb[4 * l + 1] + qb[4 * l + 2] + qb[4 * l + 3]);
+    }
+  for (int64_t b = 0; b < B; ++b)  // the VNNI path's scale vectors, made once per input row
+    for (int64_t p = 0; p < np; ++p)
+      for (int l = 0; l < 16; ++l)
+        a.dpair[(b * np + p) * 16 + l] = a.d[b * nb + 2 * p + l / 8];
+  if (static_cast<int64_t>(a.packed.size()) < np * B * 192)
+    a.packed.resize(static_cast<size_t>(np * B * 192));
+  for (int64_t p = 0; p < np; ++p)
+    for (int64_t b = 0; b < B; ++b) {
+      int8_t* dst = a.packed.data() + (p * B + b) * 192;
+      std::memcpy(dst, a.q.data() + b * K + p * 64, 64);
+      std::memcpy(dst + 64, a.negcorr.data() + b * (K / 4) + p * 16, 64);
+      std::memcpy(dst + 128, a.dpair.data() + (b * np + p) * 16, 64);
     }
 }
 

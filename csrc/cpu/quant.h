@@ -32,6 +32,11 @@ struct Q8Rows {
   std::vector<int8_t> q;          // (B, K)
   std::vector<float> d;           // (B, K/32) the block scales
   std::vector<int32_t> negcorr;   // (B, K/4): -128 * (sum of q[4l..4l+3]) (the VNNI path's offset)
+  std::vector<float> dpair;       // (B, K/64 * 16): each pair of block scales as 8 + 8 lanes
+  // The VNNI path's operands per pair of blocks p and row b, at ((p * B + b) * 192) bytes: the
+  // 64 codes, their 16 negcorr lanes, their 16 scale lanes (rows of one pair side by side, so
+  // the kernel reaches them at constant offsets from one pointer).
+  std::vector<int8_t> packed;
 };
 
 // Quantizes x (B, K) into a (resized as needed); serial. x must be finite (a non-finite block

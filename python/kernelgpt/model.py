@@ -392,7 +392,7 @@ class KVCache:
     """Per-call decoding state for one model and batch size B: each layer's key/value cache
     (B, NKV, maxT, HS) (NKV = the config's key/value heads) and the (B, *) buffers of one
     decoding step. ``fused`` is the backend's one-call decoder over these caches where the
-    backend has one for this config (native, float32, B <= 4; B <= 16 with bf16 or int8), else
+    backend has one for this config (native, float32 model, B <= 16 in every format), else
     None: :meth:`GPT.decode_step` then runs the blocks op by op. ``weights`` ("fp32", "bf16",
     "int8"; see :mod:`kernelgpt.quant`): the format the decoding steps read the matrices in;
     ``qweights`` holds the model's quantized copies (None for fp32)."""
@@ -811,13 +811,20 @@ class GPT:
         return self._lm_head_last(self._trunk(self._check_ids(idx, "idx"), kv))
 
     @_serialised
-    def decode_step(self, kv: KVCache, tok: np.ndarray, pos: int) -> Any:
+    def decode_step(self, kv: KVCache, tok: np.ndarray, pos: Any) -> Any:
         """Append token ids tok (B,) at position pos (< block_size) and return the logits (B,V)
         of the next token (kv.logits, overwritten by the next step). The backend's fused decoder
-        runs it where it has one; otherwise the blocks run op by op (the same values)."""
+        runs it where it has one; otherwise the blocks run op by op (the same values). ``pos``
+        may also be a (B,) int64 array, row b at its own position pos[b] (a ragged batch; the
+        fused decoder only: ValueError without one)."""
         if kv.fused is not None:
+            if not np.isscalar(pos):
+                pos = np.ascontiguousarray(pos, dtype=np.int64)
             kv.fused.step(np.ascontiguousarray(tok, dtype=np.int32), pos, kv.logits)
             return kv.logits
+        if not np.isscalar(pos):
+            raise ValueError("per-row positions (pos as an array) need the backend's fused "
+                             "decoder; this KVCache has none")
         be, cfg, p = self.backend, self.config, self.param_views
         kv.x[...] = p["wte"][be.asarray(np.asarray(tok, dtype=np.int32))]
         if cfg.pos_emb == "learned":

@@ -9,7 +9,8 @@ Token choice (repetition penalty, temperature, top-k, top-p, min-p; see Sampling
 on the host in float64 from an explicit
 ``numpy.random.Generator`` (the top-k candidates are found on the float32 logits, which selects
 the same set); nothing here keeps state between calls. A ragged batch (prompts of different
-lengths) decodes each row at its own positions with its own cache (_ragged_logit_steps).
+lengths) decodes each row at its own positions, its rows together through the fused decoder
+where the backend has one (_ragged_logit_steps).
 """
 from __future__ import annotations
 
@@ -322,12 +323,88 @@ def _ragged_logit_steps(model, rows: List[np.ndarray], n_steps: int,
                         choose: Callable[[np.ndarray], Any], use_cache: bool,
                         done: np.ndarray, weights: str = "fp32"
                         ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """_logit_steps for a ragged batch: B prompts of different lengths. Each row keeps its own
-    positions and its own KV cache (batch 1, the backend's fused decoder where it has one), so
-    every row's logits are computed exactly as for that row alone: no padded position is ever
-    attended to (the per-row offset of left padding, with nothing to mask). The rows' logits are
-    stacked (B,V) for one ``choose`` per step. Rows marked in ``done`` are not computed again
-    (their last logits are passed on; the caller repeats their last token)."""
+    """_logit_steps for a ragged batch: B prompts of different lengths. The rows' logits are
+    stacked (B,V) for one ``choose`` per step; every row's logits are exactly those of that row
+    alone. With the KV cache and a fused decoder for B rows (native backend, B <= 16), the rows
+    decode together (_ragged_batched_steps); otherwise row by row (_ragged_rowwise_steps)."""
+    if use_cache and n_steps > 0:
+        kv = model.kv_cache(len(rows), weights)
+        if kv.fused is not None:
+            return _ragged_batched_steps(model, kv, rows, n_steps, choose, done)
+    return _ragged_rowwise_steps(model, rows, n_steps, choose, use_cache, done, weights)
+
+
+def _ragged_batched_steps(model, kv: Any, rows: List[np.ndarray], n_steps: int,
+                          choose: Callable[[np.ndarray], Any], done: np.ndarray
+                          ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """A ragged batch through one fused decoder of B rows (kv: its KVCache), one decoding step
+    for all rows at a time. Row b's cache holds its own positions from 0 at its first token
+    (the per-row offset that left padding gives, without the padded slots): each step embeds
+    row b's token at row b's own position (learned positions and rotary angles alike), writes
+    its cache there and attends to that row's positions only (its mask: its own length), so the
+    decoder's row b computes exactly what the row alone does (its rows are bitwise the rows
+    alone). A row's prompt, and its window each time the row reaches block_size, is prefilled
+    alone (batch 1, as the row alone does) and copied into its rows of the caches. Rows marked
+    in ``done`` keep their last logits (the caller repeats their last token); the step still
+    computes them, at a position whose cache slot they never read again."""
+    B, maxT = len(rows), model.config.block_size
+    seqs = [np.empty(len(r) + n_steps, np.int32) for r in rows]
+    for sq, r in zip(seqs, rows):
+        sq[:len(r)] = r
+    ends = [len(r) for r in rows]
+    n_cached = np.zeros(B, np.int64)
+    one = model.kv_cache(1)  # the prefills (float32 whatever the decoding steps read)
+    host: Optional[np.ndarray] = None
+
+    def refill(b: int) -> np.ndarray:  # prefill row b's window alone, into row b of the caches
+        window = np.ascontiguousarray(seqs[b][max(0, ends[b] - maxT):ends[b]][None])
+        T = window.shape[1]
+        lg = np.asarray(model.backend.to_numpy(model.prefill(one, window)))
+        for (k, v), (k1, v1) in zip(kv.caches, one.caches):
+            k[b, :, :T] = k1[0, :, :T]
+            v[b, :, :T] = v1[0, :, :T]
+        n_cached[b] = T
+        return lg[0]
+
+    for _ in range(n_steps):
+        if host is None:
+            first = [refill(b) for b in range(B)]
+            host = np.empty((B, first[0].shape[0]), first[0].dtype)
+            host[...] = first
+        else:
+            # rows whose window is full rebuild it alone (as the row alone does); the others take
+            # one batched step
+            step = np.zeros(B, bool)
+            for b in range(B):
+                if done[b]:
+                    continue
+                if n_cached[b] == maxT:
+                    host[b] = refill(b)
+                else:
+                    step[b] = True
+            if step.any():
+                tok = np.array([sq[e - 1] for sq, e in zip(seqs, ends)], np.int32)
+                # rows not stepped write a slot they never read again before rewriting it
+                pos = np.where(step, n_cached, np.minimum(n_cached, maxT - 1)).astype(np.int64)
+                lg = np.asarray(model.backend.to_numpy(model.decode_step(kv, tok, pos)))
+                host[step] = lg[step]
+                n_cached[step] += 1
+        nxt = np.asarray(choose(host.copy()), dtype=np.int32)
+        for b in range(B):
+            if not done[b]:
+                seqs[b][ends[b]] = nxt[b]
+                ends[b] += 1
+        yield host.copy(), nxt
+
+
+def _ragged_rowwise_steps(model, rows: List[np.ndarray], n_steps: int,
+                          choose: Callable[[np.ndarray], Any], use_cache: bool,
+                          done: np.ndarray, weights: str = "fp32"
+                          ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """_logit_steps for a ragged batch, row by row: each row keeps its own positions and its own
+    KV cache (batch 1), so every row's logits are computed exactly as for that row alone. Rows
+    marked in ``done`` are not computed again (their last logits are passed on; the caller
+    repeats their last token)."""
     states = [_Window(model, r[None], n_steps, use_cache, weights) for r in rows]
     host = None
     for _ in range(n_steps):

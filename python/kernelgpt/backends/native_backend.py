@@ -100,11 +100,11 @@ if _native is not None:
 
 # The fused KV-cache decoder (_native.Decoder, csrc/cpu/decode.cpp) runs GPT-2's block and the
 # llama-style variants (RMSNorm, rotary positions, SwiGLU, grouped-query attention, no biases, an
-# untied lm_head), float32, batches of 1 to 4 (1 to 16 with bf16 or int8 matrices,
-# kernelgpt.quant). It declares that here; make_decoder returns None for anything else and the
+# untied lm_head), batches of 1 to 16 in every weight format (fp32, and bf16 or int8 matrices,
+# kernelgpt.quant), each weight read once per step for all rows, each row's values bitwise those
+# of the row alone. It declares that here; make_decoder returns None for anything else and the
 # model decodes op by op.
-_DECODER_MAX_BATCH = 4
-_DECODER_MAX_BATCH_QUANT = 16
+_DECODER_MAX_BATCH = 16
 # The decoder's slots, in its order: the names of the parameter table that fill them (a slot
 # whose parameter the config lacks gets None).
 _DECODER_TOP = ("wte", "wpe", "ln_f.w", "ln_f.b", "lm_head.w")
@@ -114,12 +114,12 @@ _DECODER_BLOCK = ("ln_1.w", "ln_1.b", "attn.c_attn.w", "attn.c_attn.b", "attn.c_
 
 
 def decoder_supports(model: Any, batch: int, weights: str = "fp32") -> bool:
-    """Whether the fused decoder can run ``model`` at this batch size: float32, batch 1 to 4 (1 to
-    16 with ``weights`` "bf16" or "int8"), and every parameter of the model's table in one of
-    the decoder's slots (GPT-2 and the llama-style fields all are)."""
-    top = _DECODER_MAX_BATCH if weights == "fp32" else _DECODER_MAX_BATCH_QUANT
+    """Whether the fused decoder can run ``model`` at this batch size: a float32 model, batch 1 to
+    16 (``weights`` "fp32", "bf16" or "int8" alike), and every parameter of the model's table in
+    one of the decoder's slots (GPT-2 and the llama-style fields all are)."""
+    del weights  # every format has the same limit
     if not (_native is not None and np.dtype(model.dtype) == np.float32
-            and 1 <= batch <= top):
+            and 1 <= batch <= _DECODER_MAX_BATCH):
         return False
     from kernelgpt.model import param_table
     t = param_table(model.config)
@@ -130,7 +130,8 @@ def decoder_supports(model: Any, batch: int, weights: str = "fp32") -> bool:
 def make_decoder(model: Any, caches: Any, batch: int, qweights: Any = None) -> Any:
     """A fused KV-cache decoder (``_native.Decoder``) over the model's weights and these caches,
     or None where it does not apply (:func:`decoder_supports`). Its ``step(tok, pos, logits)``
-    equals the op-by-op step bitwise (tests/test_native_decode.py). ``qweights``: a
+    gives each row bitwise the logits of that row alone, and at batch 1 those of the op-by-op step
+    (tests/test_native_decode.py). ``qweights``: a
     :class:`kernelgpt.quant.QuantizedWeights` whose matrices the decoder reads instead of the
     float32 ones (tests/test_quant.py)."""
     fmt = "fp32" if qweights is None else qweights.fmt
