@@ -51,8 +51,11 @@ class StepBarrier {
     const int g = gen_.load(std::memory_order_acquire);
     if (count_.fetch_add(1, std::memory_order_acq_rel) == T_ - 1) {
       count_.store(0, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_acq_rel);
-      if (sleepers_.load(std::memory_order_acquire) > 0) wake();
+      // seq_cst on both sides (gen_ then sleepers_ here, sleepers_ then gen_ below): a
+      // store-buffer pattern, where acquire/release alone would let both sides read the old
+      // values and leave a sleeper unwoken.
+      gen_.fetch_add(1, std::memory_order_seq_cst);
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) wake();
       return;
     }
     for (int i = 0; i < kSpins; ++i) {
@@ -61,9 +64,9 @@ class StepBarrier {
       _mm_pause();
 #endif
     }
-    sleepers_.fetch_add(1, std::memory_order_acq_rel);
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
     const auto t0 = std::chrono::steady_clock::now();
-    while (gen_.load(std::memory_order_acquire) == g) sleep_while(g);
+    while (gen_.load(std::memory_order_seq_cst) == g) sleep_while(g);
     slept_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
                             std::chrono::steady_clock::now() - t0).count(),
                         std::memory_order_relaxed);
