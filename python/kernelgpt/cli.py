@@ -22,7 +22,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, NoReturn,
+                    Optional, Type)
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 # Defaults of `kernelgpt train` with no --model: the model, tokenizer vocabulary and step count
 # that reached the lowest validation bits per byte in about a minute on 2 CPU cores
@@ -32,7 +36,7 @@ DEFAULT_VOCAB = 1024          # the default model's vocabulary (a --model preset
 DEFAULT_MAX_STEPS = 7000      # the default model's steps (a --model preset: PRESET_MAX_STEPS)
 DEFAULT_SEED = 0
 # `train --quick`: a run of a few seconds for tests and demos (its sample is still noisy)
-QUICK = {"model": "xs", "vocab_size": 512, "max_steps": 200}
+QUICK: Dict[str, Any] = {"model": "xs", "vocab_size": 512, "max_steps": 200}
 # The other training defaults are TrainConfig's (kernelgpt.train), stated there once.
 from .train import TrainConfig as _TrainConfig  # noqa: E402
 
@@ -49,11 +53,11 @@ class UserError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + error
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + error
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _int_at_least(lo: int):
+def _int_at_least(lo: int) -> Callable[[str], int]:
     def parse(s: str) -> int:
         try:
             v = int(s)
@@ -65,7 +69,8 @@ def _int_at_least(lo: int):
     return parse
 
 
-def _float_in(lo: float, hi: float = float("inf"), lo_open: bool = False):
+def _float_in(lo: float, hi: float = float("inf"),
+              lo_open: bool = False) -> Callable[[str], float]:
     def parse(s: str) -> float:
         try:
             v = float(s)
@@ -244,7 +249,7 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load_tokenizer_class():
+def _load_tokenizer_class() -> "Type[Tokenizer]":
     try:
         from .tokenizer import Tokenizer
     except ImportError as e:
@@ -268,7 +273,7 @@ def _load_tokenizer(path: Any, what: str = "--tokenizer") -> Any:
         raise UserError(f"{p}: not a kernelgpt tokenizer file (JSON nested too deeply)") from None
 
 
-def _stream_text(tokenizer: Any, ids) -> Any:
+def _stream_text(tokenizer: Any, ids: Iterable[Any]) -> Iterator[str]:
     """Yield printable text for a stream of token ids, holding back incomplete UTF-8."""
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for i in ids:
@@ -382,10 +387,9 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError("--dist-timeout needs --distributed")
     if not args.distributed:
         return _train_ranks(args, None)
-    from .distributed import init_distributed
+    from .distributed import init_distributed, run_ranks
     comm = init_distributed(args.backend, timeout=args.dist_timeout)
-    with comm.fail_fast():
-        return _train_ranks(args, comm)
+    return run_ranks(_train_ranks, comm, args, comm)  # under comm.fail_fast()
 
 
 def _train_ranks(args: argparse.Namespace, comm: Any) -> int:
@@ -455,6 +459,7 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
         trainer = Trainer.resume(args.out, backend=backend, progress=True, comm=comm,
                                  **overrides)
         model, out = trainer.model, Path(args.out)
+        assert trainer.last_checkpoint is not None  # Trainer.resume loaded it (load_state)
         tok_path = trainer.last_checkpoint / "tokenizer.json"
         tokenizer = _load_tokenizer(tok_path, "the run's tokenizer") if tok_path.is_file() \
             else None
@@ -552,6 +557,8 @@ def _train_locked(args: argparse.Namespace, comm: Any, backend: Any, lock: _RunL
                                           data_dtype=args.data_dtype,
                                           vocab_size=header["vocab_size"])
         else:
+            # rank 0 trained it; the others (comm is not None) loaded it after the barrier
+            assert tokenizer is not None
             cfg = GPTConfig(**dict(shape, vocab_size=tokenizer.vocab_size))
             data = TokenDataset.from_file(out / "tokens.bin", val_fraction=0.1, seed=seed)
         tcfg = TrainConfig(
@@ -673,7 +680,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_eval(name: str, r: dict, as_json: bool) -> None:
+def _print_eval(name: str, r: Dict[str, Any], as_json: bool) -> None:
     import json
     if as_json:
         print(json.dumps(dict(r, file=name)), flush=True)

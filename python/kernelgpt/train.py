@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 import numpy as np
 
@@ -179,7 +179,7 @@ class TrainConfig:
 
 
 @contextlib.contextmanager
-def _sigint_deferred():
+def _sigint_deferred() -> Iterator[None]:
     """Hold Ctrl-C back while a step commits or a checkpoint is written (so the state on disk
     and in memory is never half-updated); re-raise it as KeyboardInterrupt afterwards. Only in
     the main thread and only when Python's default handler is installed."""
@@ -216,10 +216,10 @@ class Trainer:
     """
 
     def __init__(self, model: Any, data: TokenDataset, config: Optional[TrainConfig] = None,
-                 out_dir: Optional[Union[str, os.PathLike]] = None, tokenizer: Any = None,
-                 progress: bool = False, callbacks: Iterable[Callable] = (),
+                 out_dir: Optional[Union[str, os.PathLike[str]]] = None, tokenizer: Any = None,
+                 progress: bool = False, callbacks: Iterable[Callable[..., Any]] = (),
                  grad_reduce: Optional[Callable[[Any], None]] = None, is_main: bool = True,
-                 comm: Any = None):
+                 comm: Any = None) -> None:
         cfg = config if config is not None else TrainConfig()
         # [distributed] data parallel over comm (see kernelgpt/distributed.py)
         self.comm = comm if comm is not None else SingleProcess()
@@ -257,7 +257,8 @@ class Trainer:
                 raise ValueError(f"tokenizer {os.fspath(tokenizer)}: {what}")
             tokenizer = Path(tokenizer).read_bytes()
         self.tokenizer = tokenizer
-        self._token_nbytes: Any = False  # lazily: byte length per token id, or None
+        self._token_nbytes: Optional[np.ndarray] = None  # byte length per token id, or None
+        self._token_nbytes_read = False  # _token_nbytes is computed lazily, once
         self.progress, self.callbacks = progress, list(callbacks)
         self.grad_reduce, self.is_main = grad_reduce, is_main
         self.optimizer = AdamW(model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
@@ -280,6 +281,7 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         c = self.config
+        assert c.warmup_steps is not None  # TrainConfig.__post_init__ resolved and checked it
         return lr_schedule(step, c.lr, self.min_lr, c.warmup_steps, c.max_steps)
 
     def can_evaluate(self) -> bool:
@@ -288,8 +290,8 @@ class Trainer:
     def token_nbytes(self) -> Optional[np.ndarray]:
         """The UTF-8 byte length of each token id (special tokens 0), from the run's tokenizer;
         None without one (then no bits per byte are reported)."""
-        if self._token_nbytes is False:
-            self._token_nbytes = None
+        if not self._token_nbytes_read:
+            self._token_nbytes_read = True
             tok = self.tokenizer
             try:
                 if isinstance(tok, (bytes, bytearray)):
@@ -319,7 +321,9 @@ class Trainer:
         tokenizer)."""
         if not self.can_evaluate():
             return None
-        losses, n_bytes, n_tok = [], 0, 0
+        losses: List[float] = []
+        n_bytes: float = 0
+        n_tok = 0
         for x, y in self.data.val_batches(self.config.eval_batches, self.config.batch_size,
                                           self.block_size):
             losses.append(self.model.forward(x, y, return_logits=False)[1])
@@ -388,8 +392,9 @@ class Trainer:
                 self._trim_metrics(self.step)
 
     @classmethod
-    def resume(cls, out_dir: Union[str, os.PathLike], data: Optional[TokenDataset] = None,
-               backend: Any = "auto", progress: bool = False, callbacks: Iterable[Callable] = (),
+    def resume(cls, out_dir: Union[str, os.PathLike[str]], data: Optional[TokenDataset] = None,
+               backend: Any = "auto", progress: bool = False,
+               callbacks: Iterable[Callable[..., Any]] = (),
                comm: Any = None, **overrides: Any) -> "Trainer":
         """A Trainer continuing the run in ``out_dir`` from its latest checkpoint. ``data``
         defaults to the token file the run recorded; ``overrides`` change TrainConfig fields
@@ -426,6 +431,7 @@ class Trainer:
     # ------------------------------------------------------------------ files
     def _trim_metrics(self, step: int) -> None:
         """Drop metric lines past ``step`` (written by the run after its last checkpoint)."""
+        assert self.out_dir is not None  # the one caller (load_state) checked it
         p = self.out_dir / METRICS_FILE
         if not p.is_file():
             return
@@ -498,7 +504,8 @@ class Trainer:
         c, model = self.config, self.model
         t0 = time.perf_counter()
         model.zero_grad()
-        loss, n_bytes = 0.0, 0
+        loss = 0.0
+        n_bytes: float = 0
         for _ in range(c.grad_accum):
             x, y = self.data.get_batch(c.batch_size, self.block_size)
             n_bytes += self._bytes_of(y)
@@ -597,6 +604,7 @@ class Trainer:
                         self.data.load_state_dict(snapshot)  # the half-done step never happened
                     raise
                 rec = self._committed
+                assert rec is not None  # _train_step returned: it committed the step's record
                 losses.append(rec["loss"])
                 done = self.step >= c.max_steps
                 if (c.eval_every and self.step % c.eval_every == 0) or done:
@@ -633,16 +641,16 @@ class Trainer:
             self.save()
         except KeyboardInterrupt:
             interrupted = True
-            rec = self._committed
-            if rec is not None and rec["step"] == self.step > start_step:
+            committed = self._committed
+            if committed is not None and committed["step"] == self.step > start_step:
                 # Ctrl-C after a step's commit but before its bookkeeping (eval, logging) ended
                 if len(losses) < self.step - start_step:
-                    losses.append(rec["loss"])
+                    losses.append(committed["loss"])
                 if metrics is not None and logged < self.step:
-                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.write(json.dumps(committed) + "\n")
                     metrics.flush()
                     logged = self.step
-                last = rec
+                last = committed
             log.warning("interrupted at step %d; saving a checkpoint", self.step)
             self.save()
         finally:
