@@ -233,9 +233,12 @@ def test_real_ctrl_c_saves_and_resumes(trained, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
     run = tmp_path / "run"
     tiny = [a if a != "4" else "100000" for a in TINY]  # --max-steps: far more than we wait for
+    # SIGINT's default disposition in the child, as in a terminal, even where this test runs as
+    # a background job that inherited it ignored (Python then keeps it ignored).
     p = subprocess.Popen([sys.executable, "-m", "kernelgpt", "train", "--data", d / "data",
                           "--out", run, *tiny], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300  # generous: a loaded machine is slow, not wrong
         metrics = run / "metrics.jsonl"
