@@ -24,9 +24,14 @@ import math
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar,
+                    Union)
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .backends.base import Array
+    from .quant import QuantizedWeights
 
 
 # ---------------------------------------------------------------------------------- config
@@ -167,7 +172,7 @@ class GPTConfig:
             dataclasses.replace(cfg, vocab_size=vocab_size)
 
 
-_LLAMA = dict(n_kv_head=2, norm="rmsnorm", pos_emb="rope", mlp="swiglu", bias=False,
+_LLAMA: Dict[str, Any] = dict(n_kv_head=2, norm="rmsnorm", pos_emb="rope", mlp="swiglu", bias=False,
               tie_embeddings=False)
 
 # The named reference configs (GPTConfig.preset returns a copy).
@@ -196,6 +201,9 @@ PRESETS: Dict[str, GPTConfig] = {
 
 
 # ---------------------------------------------------------------------------------- parameters
+_Shape = Callable[[GPTConfig], Tuple[int, ...]]   # a parameter's shape as a function of the config
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """One parameter of the table: ``name`` (a block's parameters are named within the block,
@@ -203,7 +211,7 @@ class ParamSpec:
     and its init: "normal" N(0, 0.02), "residual" N(0, 0.02/sqrt(2 n_layer)) (the projections
     that write into the residual stream), "zeros" or "ones"."""
     name: str
-    shape: Callable[[GPTConfig], Tuple[int, ...]]
+    shape: _Shape
     decay: bool
     init: str
 
@@ -219,7 +227,7 @@ class ParamTable:
 def _table(cfg: GPTConfig) -> ParamTable:
     """The parameter table of an architecture (it depends on the config's architecture fields,
     never on its sizes: shapes are functions of the config)."""
-    C = lambda c: (c.n_embd,)  # noqa: E731
+    C: _Shape = lambda c: (c.n_embd,)  # noqa: E731
     ln = cfg.norm == "layernorm"          # a norm with a shift (bias); rmsnorm has none
     swiglu = cfg.mlp == "swiglu"
 
@@ -227,14 +235,17 @@ def _table(cfg: GPTConfig) -> ParamTable:
         w = ParamSpec(f"{name}.w", C, False, "ones")
         return (w, ParamSpec(f"{name}.b", C, False, "zeros")) if ln else (w,)
 
-    def linear(name: str, shape: Callable, init: str, bias_len: Callable) -> Tuple[ParamSpec, ...]:
+    def linear(name: str, shape: _Shape, init: str, bias_len: Callable[[GPTConfig], int]
+               ) -> Tuple[ParamSpec, ...]:
         w = ParamSpec(f"{name}.w", shape, True, init)
         if not cfg.bias:
             return (w,)
         return (w, ParamSpec(f"{name}.b", lambda c: (bias_len(c),), False, "zeros"))
 
-    up = (lambda c: 2 * c.hidden) if swiglu else (lambda c: c.hidden)   # swiglu: gate | up
-    embedding = (ParamSpec("wte", lambda c: (c.vocab_size, c.n_embd), True, "normal"),)
+    up: Callable[[GPTConfig], int] = \
+        (lambda c: 2 * c.hidden) if swiglu else (lambda c: c.hidden)   # swiglu: gate | up
+    embedding: Tuple[ParamSpec, ...] = (
+        ParamSpec("wte", lambda c: (c.vocab_size, c.n_embd), True, "normal"),)
     if cfg.pos_emb == "learned":
         embedding += (ParamSpec("wpe", lambda c: (c.block_size, c.n_embd), True, "normal"),)
     # The block's order (ln_1, attention in and out, ln_2, MLP in and out) is also the fused
@@ -253,7 +264,7 @@ def _table(cfg: GPTConfig) -> ParamTable:
 
 
 _ARCH_FIELDS = ("norm", "pos_emb", "mlp", "bias", "tie_embeddings")
-_TABLES: Dict[tuple, ParamTable] = {}
+_TABLES: Dict[Tuple[Any, ...], ParamTable] = {}
 
 
 def param_table(config: GPTConfig) -> ParamTable:
@@ -335,18 +346,18 @@ def _resolve_backend(backend: Union[str, ModuleType], config: Optional[GPTConfig
 class _LayerActs:
     """What one block's forward saves for its backward, for one (B, T)."""
 
-    def __init__(self, e: Callable[..., Any], B: int, T: int, cfg: GPTConfig):
+    def __init__(self, e: Callable[..., Array], B: int, T: int, cfg: GPTConfig):
         N, C, H = B * T, cfg.n_embd, cfg.hidden
         up = 2 * H if cfg.mlp == "swiglu" else H
         ln = cfg.norm == "layernorm"
         self.ln1, self.ln1_rstd = e(N, C), e(N)
-        self.ln1_mean = e(N) if ln else None
+        self.ln1_mean: Optional[Array] = e(N) if ln else None
         self.qkv = e(B, T, cfg.qkv_width)              # with rope: q and k rotated in place
         self.atty = e(B, T, C)
         self.att_lse = e(B, cfg.n_head, T)
         self.res2 = e(B, T, C)
         self.ln2, self.ln2_rstd = e(N, C), e(N)
-        self.ln2_mean = e(N) if ln else None
+        self.ln2_mean: Optional[Array] = e(N) if ln else None
         self.fch, self.fch_gelu = e(N, up), e(N, H)    # MLP input projection, its activation
         self.res3 = e(B, T, C)                         # the block's output
 
@@ -356,7 +367,7 @@ class _Acts:
 
     def __init__(self, be: ModuleType, cfg: GPTConfig, B: int, T: int, dtype: str):
         C, N = cfg.n_embd, B * T
-        e = lambda *s: be.empty(s, dtype)  # noqa: E731
+        e: Callable[..., Array] = lambda *s: be.empty(s, dtype)  # noqa: E731
         self.B, self.T, self.dtype = B, T, dtype
         self.idx = be.empty((B, T), "int32")
         self.targets = be.empty((B, T), "int32")
@@ -364,14 +375,15 @@ class _Acts:
         self.layers = [_LayerActs(e, B, T, cfg) for _ in range(cfg.n_layer)]
         self.proj = e(N, C)              # output of each c_proj, consumed at once by the residual
         self.lnf = e(N, C)
-        self.lnf_mean = e(N) if cfg.norm == "layernorm" else None
+        self.lnf_mean: Optional[Array] = e(N) if cfg.norm == "layernorm" else None
         self.lnf_rstd = e(N)
         self.losses = e(N)
-        self.logits = None               # (N,V), unfused path only
-        self.probs = None
-        self.dlogits = None
+        self.logits: Optional[Array] = None   # (N,V), unfused path only
+        self.probs: Optional[Array] = None
+        self.dlogits: Optional[Array] = None
         self.dlnf = e(N, C)              # d loss / d lnf (the fused classifier writes it in forward)
-        self.dwte_cls = None             # (V,C) fused-classifier share of dwte, until backward
+        # (V,C) fused-classifier share of dwte, until backward
+        self.dwte_cls: Optional[Array] = None
         self.grads_ready = False
         self.fused = False
 
@@ -379,7 +391,7 @@ class _Acts:
         if hasattr(self, "dres"):
             return
         N, C = self.B * self.T, cfg.n_embd
-        e = lambda *s: be.empty(s, self.dtype)  # noqa: E731
+        e: Callable[..., Array] = lambda *s: be.empty(s, self.dtype)  # noqa: E731
         H = cfg.hidden
         self.dres = e(N, C)              # gradient of the residual stream
         self.dCa, self.dCb = e(N, C), e(N, C)
@@ -402,13 +414,13 @@ class KVCache:
         C, dt, H = cfg.n_embd, model.dtype, cfg.hidden
         self.B = B
         self.weights = weights
-        self.qweights = None
+        self.qweights: Optional[QuantizedWeights] = None
         if weights != "fp32":
             from .quant import quantized
             self.qweights = quantized(model, weights)
         shape = (B, cfg.kv_heads, cfg.block_size, cfg.head_size)
         self.caches = [(be.zeros(shape, dt), be.zeros(shape, dt)) for _ in range(cfg.n_layer)]
-        e = lambda *s: be.empty(s, dt)  # noqa: E731
+        e: Callable[..., Array] = lambda *s: be.empty(s, dt)  # noqa: E731
         self.x, self.ln, self.q, self.atty, self.proj = e(B, C), e(B, C), e(B, C), e(B, C), e(B, C)
         self.mean, self.rstd = e(B), e(B)
         self.qkv = e(B, cfg.qkv_width)
@@ -416,6 +428,8 @@ class KVCache:
         self.fch_gelu = e(B, H)
         self.logits = e(B, cfg.vocab_size)
         make = getattr(be, "make_decoder", None)
+        # the backend's decoder object (kernelgpt._native.Decoder on the native backend)
+        self.fused: Optional[Any]
         if make is None:
             self.fused = None
         elif self.qweights is None:
@@ -768,6 +782,7 @@ class GPT:
         ls = float(loss_scale)
         # --- classifier: d loss / d lnf into a.dlnf, lm_head's share of dwte into grads["wte"]
         if a.fused:
+            assert a.dwte_cls is not None  # forward() allocates it before it sets a.fused
             if ls != 1.0:
                 be.scale_(a.dlnf.reshape(-1), ls)
                 be.scale_(a.dwte_cls.reshape(-1), ls)
@@ -817,12 +832,14 @@ class GPT:
         runs it where it has one; otherwise the blocks run op by op (the same values). ``pos``
         may also be a (B,) int64 array, row b at its own position pos[b] (a ragged batch; the
         fused decoder only: ValueError without one)."""
+        # a plain bool: np.isscalar's TypeGuard would retype pos as numpy's union of scalars
+        per_row = not np.isscalar(pos)
         if kv.fused is not None:
-            if not np.isscalar(pos):
+            if per_row:
                 pos = np.ascontiguousarray(pos, dtype=np.int64)
             kv.fused.step(np.ascontiguousarray(tok, dtype=np.int32), pos, kv.logits)
             return kv.logits
-        if not np.isscalar(pos):
+        if per_row:
             raise ValueError("per-row positions (pos as an array) need the backend's fused "
                              "decoder; this KVCache has none")
         be, cfg, p = self.backend, self.config, self.param_views
@@ -836,6 +853,7 @@ class GPT:
             be.matmul_forward(kv.logits, kv.ln, self.lm_head, None)
         else:
             from .quant import matmul
+            assert kv.qweights.head is not None  # quant.quantized() always sets head
             matmul(kv.logits, kv.ln, kv.qweights.head)
         return kv.logits
 
@@ -856,7 +874,7 @@ class GPT:
                         seed: Any = None, stop: Any = None, use_cache: bool = True, *,
                         min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
                         eos_token_id: Any = None, num_return_sequences: int = 1,
-                        weights: str = "fp32") -> Iterator:
+                        weights: str = "fp32") -> Iterator[Any]:
         """Yield new token ids one step at a time; see :func:`kernelgpt.sample.generate_stream`."""
         from .sample import generate_stream
         return generate_stream(self, prompt_ids, max_new_tokens, temperature=temperature,
@@ -876,7 +894,8 @@ class GPT:
     def from_pretrained(cls, directory: Any, backend: Union[str, ModuleType] = "auto") -> "GPT":
         """A new model from a transformers directory; see :mod:`kernelgpt.interop_hf`."""
         from .interop_hf import from_pretrained
-        return from_pretrained(directory, backend=backend)
+        model: GPT = from_pretrained(directory, backend=backend)
+        return model
 
     def export_gguf(self, path: Any, tokenizer: Any, dtype: str = "f32") -> None:
         """A GGUF file for llama.cpp (arch gpt2 or llama); see :mod:`kernelgpt.interop_gguf`."""
@@ -892,7 +911,8 @@ class GPT:
     def load(cls, path: Any, backend: Union[str, ModuleType] = "auto") -> "GPT":
         """A new model from a file written by :meth:`save`; see :mod:`kernelgpt.weights`."""
         from .weights import load_weights
-        return load_weights(path, backend=backend)
+        model: GPT = load_weights(path, backend=backend)
+        return model
 
     def evaluate(self, tokens: Any, *, batch_size: int = 8, stride: Optional[int] = None,
                  token_bytes: Any = None, progress: bool = False) -> Dict[str, Any]:

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .model import GPT, KVCache
 
 
 # ---------------------------------------------------------------------------------- arguments
@@ -33,7 +36,7 @@ def _ragged(prompt_ids: Any) -> bool:
     return len({len(r) for r in a}) > 1
 
 
-def _check_prompt(model, prompt_ids: Any) -> Tuple[Any, bool]:
+def _check_prompt(model: GPT, prompt_ids: Any) -> Tuple[Any, bool]:
     """-> (int32 array (B,T), or for a ragged batch a list of B int32 arrays (T_b,); whether the
     prompt was 1-D)."""
     if _ragged(prompt_ids):
@@ -210,6 +213,8 @@ def pick_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
     min_p = params.min_p or 0.0
     rp = 1.0 if params.repetition_penalty is None else params.repetition_penalty
     raw = np.asarray(logits)
+    B: int
+    V: int
     B, V = raw.shape
     if not np.isfinite(raw).all():
         raise ValueError("logits must be finite: the model produced NaN or inf (diverged weights?)")
@@ -223,7 +228,8 @@ def pick_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
         r64 = np.asarray(raw, dtype=np.float64)
         pen = np.where(mask, np.where(r64 > 0.0, r64 / rp, r64 * rp), r64)
     if temperature == 0.0:
-        return (raw if pen is None else pen).argmax(axis=1).astype(np.int64)
+        greedy: np.ndarray = (raw if pen is None else pen).argmax(axis=1).astype(np.int64)
+        return greedy
     u = rng.random(B)
     out = np.empty(B, dtype=np.int64)
     # With top_k, the candidates can be chosen on float32 logits directly: float32 -> float64 is
@@ -240,16 +246,19 @@ def pick_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
         z = pen / temperature
     for b in range(B):
         if direct:
+            assert top_k is not None  # direct is computed only with a top_k
             rb = raw[b]
             kth = np.partition(rb, V - top_k)[V - top_k]
             cand = np.flatnonzero(rb >= kth)          # ascending token ids
             zc = rb[cand].astype(np.float64) / temperature
         elif top_k is not None and top_k < V:
+            assert z is not None  # computed above whenever not direct
             zb = z[b]
             kth = np.partition(zb, V - top_k)[V - top_k]
             cand = np.flatnonzero(zb >= kth)          # ascending token ids
             zc = zb[cand]
         else:
+            assert z is not None  # computed above whenever not direct
             cand, zc = None, z[b]
         probs = np.exp(zc - zc.max())
         probs /= probs.sum()
@@ -274,7 +283,7 @@ class _Window:
     """Decoding state of B rows of equal length: the sequence so far (prompt, then the chosen
     tokens) and, with the cache, the KV cache over its last window."""
 
-    def __init__(self, model, tokens: np.ndarray, n_steps: int, use_cache: bool,
+    def __init__(self, model: GPT, tokens: np.ndarray, n_steps: int, use_cache: bool,
                  weights: str = "fp32"):
         B, T0 = tokens.shape
         self.model = model
@@ -304,7 +313,7 @@ class _Window:
         self.end += 1
 
 
-def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.ndarray], Any],
+def _logit_steps(model: GPT, tokens: np.ndarray, n_steps: int, choose: Callable[[np.ndarray], Any],
                  use_cache: bool = True, weights: str = "fp32"
                  ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Core loop over a validated prompt (B,T) int32: yields (logits (B,V), a fresh host numpy
@@ -319,7 +328,7 @@ def _logit_steps(model, tokens: np.ndarray, n_steps: int, choose: Callable[[np.n
         yield host, nxt
 
 
-def _ragged_logit_steps(model, rows: List[np.ndarray], n_steps: int,
+def _ragged_logit_steps(model: GPT, rows: List[np.ndarray], n_steps: int,
                         choose: Callable[[np.ndarray], Any], use_cache: bool,
                         done: np.ndarray, weights: str = "fp32"
                         ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
@@ -334,7 +343,7 @@ def _ragged_logit_steps(model, rows: List[np.ndarray], n_steps: int,
     return _ragged_rowwise_steps(model, rows, n_steps, choose, use_cache, done, weights)
 
 
-def _ragged_batched_steps(model, kv: Any, rows: List[np.ndarray], n_steps: int,
+def _ragged_batched_steps(model: GPT, kv: KVCache, rows: List[np.ndarray], n_steps: int,
                           choose: Callable[[np.ndarray], Any], done: np.ndarray
                           ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """A ragged batch through one fused decoder of B rows (kv: its KVCache), one decoding step
@@ -364,7 +373,8 @@ def _ragged_batched_steps(model, kv: Any, rows: List[np.ndarray], n_steps: int,
             k[b, :, :T] = k1[0, :, :T]
             v[b, :, :T] = v1[0, :, :T]
         n_cached[b] = T
-        return lg[0]
+        row: np.ndarray = lg[0]
+        return row
 
     for _ in range(n_steps):
         if host is None:
@@ -397,7 +407,7 @@ def _ragged_batched_steps(model, kv: Any, rows: List[np.ndarray], n_steps: int,
         yield host.copy(), nxt
 
 
-def _ragged_rowwise_steps(model, rows: List[np.ndarray], n_steps: int,
+def _ragged_rowwise_steps(model: GPT, rows: List[np.ndarray], n_steps: int,
                           choose: Callable[[np.ndarray], Any], use_cache: bool,
                           done: np.ndarray, weights: str = "fp32"
                           ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
@@ -414,6 +424,7 @@ def _ragged_rowwise_steps(model, rows: List[np.ndarray], n_steps: int,
                 if host is None:
                     host = np.empty((len(rows), lg.shape[1]), lg.dtype)
                 host[b] = lg[0]
+        assert host is not None  # allocated by the first row's step above
         nxt = np.asarray(choose(host.copy()), dtype=np.int32)
         for b, st in enumerate(states):
             if not done[b]:
@@ -443,8 +454,8 @@ def _weights(weights: Any, use_cache: bool) -> str:
     return w
 
 
-def _params(model, max_new_tokens, temperature, top_k, top_p, seed, stop, **more
-            ) -> SamplingParams:
+def _params(model: GPT, max_new_tokens: int, temperature: float, top_k: Optional[int],
+            top_p: Optional[float], seed: Any, stop: Any, **more: Any) -> SamplingParams:
     return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, seed=seed,
                           max_new_tokens=max_new_tokens, **more).checked(model.config.vocab_size)
 
@@ -460,7 +471,7 @@ def _expand(tokens: Any, one_d: bool, sp: SamplingParams) -> Tuple[Any, bool]:
     return np.repeat(tokens, n, axis=0), False
 
 
-def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
+def generate_stream(model: GPT, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
                     stop: Any = None, use_cache: bool = True, *, min_p: Optional[float] = None,
                     repetition_penalty: Optional[float] = None, eos_token_id: Any = None,
@@ -483,7 +494,7 @@ def generate_stream(model, prompt_ids: Any, max_new_tokens: int, temperature: fl
     return _stream(model, tokens, one_d, sp, sp.rng(), use_cache, wfmt)
 
 
-def _stream(model, tokens: Any, one_d: bool, sp: SamplingParams,
+def _stream(model: GPT, tokens: Any, one_d: bool, sp: SamplingParams,
             rng: np.random.Generator, use_cache: bool, weights: str = "fp32") -> Iterator[Any]:
     """tokens: (B,T) int32, or a list of B int32 rows (a ragged batch). ``rng`` only needs
     ``random(B)``: one call per step, row b takes the b-th draw."""
@@ -495,7 +506,7 @@ def _stream(model, tokens: Any, one_d: bool, sp: SamplingParams,
     seen = _seen(tokens, model.config.vocab_size) if _penalised(sp) else None
     rows = np.arange(B)
 
-    def choose(logits):
+    def choose(logits: np.ndarray) -> np.ndarray:
         t = pick_tokens(logits, sp, rng, seen).astype(np.int32)
         if stop_ids is not None:
             t = np.where(done, last, t)
@@ -516,7 +527,7 @@ def _stream(model, tokens: Any, one_d: bool, sp: SamplingParams,
             return
 
 
-def _cached_decoder(model, B: int, weights: str = "fp32") -> Optional[Any]:
+def _cached_decoder(model: GPT, B: int, weights: str = "fp32") -> Optional[KVCache]:
     """generate()'s KVCache for batch size B, kept on the model between calls: building one
     allocates and zero-fills every layer's KV cache (about 1 ms on S, 1% of a 96-token call).
     None (and nothing kept) where its fused decoder cannot sample (the backend has none for this
@@ -541,7 +552,7 @@ def _cached_decoder(model, B: int, weights: str = "fp32") -> Optional[Any]:
 _LM_FILTER_MIN_STEPS = 8
 
 
-def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
+def _generate_fused(model: GPT, tokens: np.ndarray, sp: SamplingParams,
                     rng: np.random.Generator, weights: str = "fp32") -> Optional[np.ndarray]:
     """generate() through the fused decoder's own sampling loop (``Decoder.sample``: the decode
     step and pick_tokens' rule per token in C++), or None where there is none. The same tokens
@@ -570,7 +581,8 @@ def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
     seen = _seen(tokens, model.config.vocab_size, np.uint8) if _penalised(sp) else None
     rows = np.arange(B)
 
-    def push(logits) -> bool:  # one token chosen in Python; True when every row has stopped
+    # one token chosen in Python; True when every row has stopped
+    def push(logits: np.ndarray) -> bool:
         nonlocal end
         t = pick_tokens(logits, sp, rng, seen).astype(np.int32)
         if stop_ids is not None:
@@ -600,6 +612,7 @@ def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
         # Decoder.sample does not use it with a repetition penalty (which changes the logits
         # after the lm_head, outside the filter's bound), nor with quantized weights (the filter
         # bounds the float32 lm_head).
+        assert dec.fused is not None  # _cached_decoder returns a KVCache whose decoder samples
         got, bad = dec.fused.sample(out, tok, n_cached, u, sp, stop, done, dec.logits,
                                     lm_filter=k >= _LM_FILTER_MIN_STEPS and weights == "fp32",
                                     seen=seen)
@@ -618,7 +631,7 @@ def _generate_fused(model, tokens: np.ndarray, sp: SamplingParams,
     return seq[:, :end]
 
 
-def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
+def generate(model: GPT, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Any = None,
              stop: Any = None, use_cache: bool = True, *, min_p: Optional[float] = None,
              repetition_penalty: Optional[float] = None, eos_token_id: Any = None,
@@ -653,7 +666,7 @@ def generate(model, prompt_ids: Any, max_new_tokens: int, temperature: float = 1
         return _generate(model, tokens, sp, use_cache, wfmt)
 
 
-def _generate(model, tokens: Any, sp: SamplingParams, use_cache: bool,
+def _generate(model: GPT, tokens: Any, sp: SamplingParams, use_cache: bool,
               weights: str = "fp32") -> Any:
     rng = sp.rng()
     if isinstance(tokens, list):
@@ -667,14 +680,15 @@ def _generate(model, tokens: Any, sp: SamplingParams, use_cache: bool,
     return np.concatenate([tokens, new.astype(np.int32)], axis=1)
 
 
-def _generate_ragged(model, rows: List[np.ndarray], sp: SamplingParams, rng: Any,
+def _generate_ragged(model: GPT, rows: List[np.ndarray], sp: SamplingParams, rng: Any,
                      use_cache: bool, weights: str = "fp32") -> List[np.ndarray]:
     steps: List[Any] = list(_stream(model, rows, False, sp, rng, use_cache, weights))
     new = np.stack(steps, axis=1) if steps else np.zeros((len(rows), 0), np.int32)
     out = []
+    stop_ids = sp.stop_ids  # None exactly when sp.stop is
     for row, nb in zip(rows, new.astype(np.int32)):
-        if sp.stop is not None:
-            hit = np.flatnonzero(np.isin(nb, sp.stop_ids))
+        if stop_ids is not None:
+            hit = np.flatnonzero(np.isin(nb, stop_ids))
             if hit.size:
                 nb = nb[:hit[0] + 1]
         out.append(np.concatenate([row, nb]))

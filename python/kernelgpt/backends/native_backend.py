@@ -12,13 +12,14 @@ from typing import Any, Optional
 
 import numpy
 import numpy as np
+from numpy.typing import NDArray
 
 from kernelgpt.backends.numpy_backend import empty, to_numpy, zeros  # noqa: F401  (same helpers)
 
 try:
     from kernelgpt import _native
 except ImportError:  # not built: is_available() is False and get_backend skips this backend
-    _native = None
+    _native = None  # type: ignore[assignment]  # the ops are only reached once is_available()
 
 name = "native"
 xp = numpy
@@ -89,8 +90,9 @@ if _native is not None:
     matmul_forward = _native.matmul_forward
     matmul_backward = _native.matmul_backward
 
-    def adamw_update(params, grads, m, v, *, lr: float, beta1: float, beta2: float, eps: float,
-                     weight_decay: float, step: int) -> None:
+    def adamw_update(params: NDArray[np.float32], grads: NDArray[np.float32],
+                     m: NDArray[np.float32], v: NDArray[np.float32], *, lr: float, beta1: float,
+                     beta2: float, eps: float, weight_decay: float, step: int) -> None:
         """One fused AdamW step over flat float32 arrays, in place (see base.py)."""
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
             raise ValueError(f"step must be an int >= 1, got {step!r}")
