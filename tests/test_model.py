@@ -266,3 +266,24 @@ def test_zero_grad_clears_non_finite_gradients(backend):
     model.grads[1::2] = -np.inf
     model.zero_grad()
     assert np.array_equal(model.grads, np.zeros_like(model.grads))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "native"])
+def test_decode_step_refuses_bad_position_and_ids_alike(backend):
+    """decode_step refuses a position outside [0, block_size) and an id outside [0, vocab) with
+    the same ValueError on the op-by-op path (numpy) as on the fused decoder (native); numpy
+    indexing alone would read wpe[-1] / wte[-1] instead."""
+    from kernelgpt.backends import available_backends
+    if backend not in available_backends():
+        pytest.skip(f"{backend} backend not available")
+    m = GPT(GPTConfig(block_size=8, vocab_size=32, n_layer=1, n_head=2, n_embd=16),
+            backend=backend, seed=0)
+    for pos in (-1, 8, 100):
+        with pytest.raises(ValueError, match=r"pos must be in \[0, 8\), got"):
+            m.decode_step(m.kv_cache(1), np.array([1]), pos)
+    for tok in (-1, 32):
+        with pytest.raises(ValueError, match=rf"tok holds id {tok} outside \[0, 32\)"):
+            m.decode_step(m.kv_cache(1), np.array([tok]), 0)
+    kv = m.kv_cache(1)
+    logits = np.array(m.decode_step(kv, np.array([3]), 0))
+    assert logits.shape == (1, 32) and np.isfinite(logits).all()

@@ -843,7 +843,19 @@ class GPT:
             raise ValueError("per-row positions (pos as an array) need the backend's fused "
                              "decoder; this KVCache has none")
         be, cfg, p = self.backend, self.config, self.param_views
-        kv.x[...] = p["wte"][be.asarray(np.asarray(tok, dtype=np.int32))]
+        # the fused decoder's checks, in its words: numpy indexing would wrap a negative id or
+        # position around instead of refusing it
+        if (isinstance(pos, bool) or not isinstance(pos, (int, np.integer))
+                or not 0 <= pos < cfg.block_size):
+            raise ValueError(f"pos must be in [0, {cfg.block_size}), got {pos}")
+        pos = int(pos)
+        ids = np.asarray(tok)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"tok must hold integer ids, got dtype {ids.dtype}")
+        bad = ids[(ids < 0) | (ids >= cfg.vocab_size)]
+        if bad.size:
+            raise ValueError(f"tok holds id {int(bad[0])} outside [0, {cfg.vocab_size})")
+        kv.x[...] = p["wte"][be.asarray(ids.astype(np.int32))]
         if cfg.pos_emb == "learned":
             kv.x += p["wpe"][pos]
         for l in range(cfg.n_layer):
