@@ -13,6 +13,7 @@
 
 #include "tokenizer/parallel.h"
 #include "tokenizer/pretokenize_inline.h"
+#include "tokenizer/pretokenize_simd.h"
 
 #include <algorithm>
 #include <functional>
@@ -324,23 +325,20 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
   const char* base = text.data();
   const char* end = base + text.size();
   const size_t n = text.size();
-  for (size_t pos = 0; pos < n;) {
-    size_t e = 0;
-#if defined(__SSE2__)
-    if constexpr (P == Pattern::GPT4 || P == Pattern::CL100K) e = detail::ascii_word_end<false>(s, n, pos);
-    else if constexpr (P == Pattern::O200K) e = detail::ascii_word_end<true>(s, n, pos);
-    if (e) {
+  if constexpr (P == Pattern::GPT4 || P == Pattern::CL100K) {
+    detail::BlockCursor<P> cur(s, n, false);
+    for (size_t pos = 0; pos < n;) {
+      const size_t e = cur.next_end(pos);
       encode_chunk(base + pos, e - pos, end, out, caches);
       pos = e;
-      continue;
     }
-#endif
-    if constexpr (P == Pattern::GPT4) e = detail::gpt4_end(s, n, pos, false);
-    else if constexpr (P == Pattern::CL100K) e = detail::gpt4_end(s, n, pos, false, true);
-    else if constexpr (P == Pattern::GPT2) e = detail::gpt2_end(s, n, pos, false);
-    else e = detail::o200k_end(s, n, pos, false);
-    encode_chunk(base + pos, e - pos, end, out, caches);
-    pos = e;
+  } else {
+    detail::ChunkCursor<P> cur(s, n, false);
+    for (size_t pos = 0; pos < n;) {
+      const size_t e = cur.next_end(pos);
+      encode_chunk(base + pos, e - pos, end, out, caches);
+      pos = e;
+    }
   }
 }
 
