@@ -317,28 +317,21 @@ void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
   encode_internal(text, allowed, out);
 }
 
-// Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (the
-// matcher inlined for the pattern, no list of chunks).
+// Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
+// list of chunks).
 template <Pattern P>
 void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const char* base = text.data();
   const char* end = base + text.size();
   const size_t n = text.size();
-  if constexpr (P == Pattern::GPT4 || P == Pattern::CL100K) {
-    detail::BlockCursor<P> cur(s, n, false);
-    for (size_t pos = 0; pos < n;) {
-      const size_t e = cur.next_end(pos);
-      encode_chunk(base + pos, e - pos, end, out, caches);
-      pos = e;
-    }
-  } else {
-    detail::ChunkCursor<P> cur(s, n, false);
-    for (size_t pos = 0; pos < n;) {
-      const size_t e = cur.next_end(pos);
-      encode_chunk(base + pos, e - pos, end, out, caches);
-      pos = e;
-    }
+  // gpt4 / cl100k: the chunk starts of 64-byte windows found at once (pretokenize_simd.h); o200k:
+  // the ASCII word test, then the class masks; the exact matcher where those cannot decide.
+  detail::CursorFor<P> cur(s, n, false);
+  for (size_t pos = 0; pos < n;) {
+    const size_t e = cur.next_end(pos);
+    encode_chunk(base + pos, e - pos, end, out, caches);
+    pos = e;
   }
 }
 

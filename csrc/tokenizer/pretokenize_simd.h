@@ -293,9 +293,27 @@ class BlockCursor {
   uint64_t pending_ = 0;
 };
 
+// o200k: the SSE2 ASCII word test first (most chunks of text and code), then the masks.
+class O200kCursor {
+ public:
+  O200kCursor(const uint8_t* s, size_t n, bool wtf8) : s_(s), n_(n), one_(s, n, wtf8) {}
+  KGPT_ALWAYS_INLINE size_t next_end(size_t p) {
+#if defined(__SSE2__)
+    if (const size_t e = ascii_word_end<true>(s_, n_, p)) return e;
+#endif
+    return one_.next_end(p);
+  }
+
+ private:
+  const uint8_t* s_;
+  size_t n_;
+  ChunkCursor<Pattern::O200K> one_;
+};
+
 // The fastest cursor for a pattern.
 template <Pattern P>
-using CursorFor = std::conditional_t<P == Pattern::GPT4 || P == Pattern::CL100K, BlockCursor<P>, ChunkCursor<P>>;
+using CursorFor = std::conditional_t<P == Pattern::GPT4 || P == Pattern::CL100K, BlockCursor<P>,
+                                     std::conditional_t<P == Pattern::O200K, O200kCursor, ChunkCursor<P>>>;
 
 // Calls f(begin, end) for each chunk that starts in [begin, end) (begin a chunk boundary), in order.
 template <Pattern P, class F>
