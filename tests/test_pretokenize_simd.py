@@ -1,6 +1,6 @@
 """The pre-tokenizer's block classifier (csrc/tokenizer/pretokenize_simd.*): every ISA path
-(AVX-512BW, AVX2, portable, forced with the _pretokenize_set_isa hook) gives the chunks of the
-reference regex split (kernelgpt._bpe_reference) on seeded random text mixing ASCII classes,
+(AVX-512BW, AVX2, and "scalar" = no classifier, the exact matcher alone; forced with the
+_pretokenize_set_isa hook) gives the chunks of the reference regex split (kernelgpt._bpe_reference) on seeded random text mixing ASCII classes,
 contractions, CR/LF, Hangul (classified as letters by the blocks), other scripts and invalid UTF-8,
 with pieces placed across the 64-byte window edges, for text lengths 0..200; and the encoder's ids
 (which use the same blocks) do not depend on the path."""

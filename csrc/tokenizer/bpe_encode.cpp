@@ -326,7 +326,7 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
   const char* end = base + text.size();
   const size_t n = text.size();
   // gpt4 / cl100k: the chunk starts of 64-byte windows found at once (pretokenize_simd.h); o200k:
-  // the ASCII word test, then the class masks; the exact matcher where those cannot decide.
+  // each chunk from the class masks; the exact matcher where those cannot decide (and for gpt2).
   detail::CursorFor<P> cur(s, n, false);
   for (size_t pos = 0; pos < n;) {
     const size_t e = cur.next_end(pos);

@@ -1,5 +1,6 @@
-// The block classifiers of pretokenize_simd.h: portable, AVX2 and AVX-512BW, each compiled for its
-// ISA with a function target attribute and chosen at run time (no -march flags).
+// The block classifiers of pretokenize_simd.h: AVX2 and AVX-512BW, each compiled for its ISA with a
+// function target attribute and chosen at run time (no -march flags). Without either (or with
+// "scalar" forced) there is no classifier and the exact matcher splits everything.
 #include "tokenizer/pretokenize_simd.h"
 
 #include <atomic>
@@ -10,61 +11,12 @@
 namespace kgpt { namespace tok { namespace detail {
 namespace {
 
-enum : uint16_t { kUp = 1, kLow = 2, kDig = 4, kSp = 8, kCrlf = 16, kSlash = 32, kHi = 64, kSpc = 128, kApos = 256 };
-
-struct ByteClasses {
-  uint16_t c[256];
-  constexpr ByteClasses() : c() {
-    for (int b = 0; b < 256; ++b) {
-      uint16_t v = 0;
-      if (b >= 'A' && b <= 'Z') v |= kUp;
-      if (b >= 'a' && b <= 'z') v |= kLow;
-      if (b >= '0' && b <= '9') v |= kDig;
-      if ((b >= 0x09 && b <= 0x0D) || b == ' ') v |= kSp;  // as kAscii: 0x1C..0x1F are not \s
-      if (b == '\r' || b == '\n') v |= kCrlf;
-      if (b == '/') v |= kSlash;
-      if (b >= 0x80) v |= kHi;
-      if (b == ' ') v |= kSpc;
-      if (b == '\'') v |= kApos;
-      c[b] = v;
-    }
-  }
-};
-constexpr ByteClasses kByte;
-
 // The bytes of the Hangul syllables U+AC00..U+D79F (3 bytes: EA B0..BF, EB/EC 80..BF, ED 80..9D,
 // then one continuation byte): letters, like ASCII ones. (U+D7A0..U+D7A3 are left to the exact
 // matcher.) Bit i of each argument: byte i is EB or EC, EA, ED, B0..BF, 80..9D, 80..BF.
 inline uint64_t hangul(uint64_t ebec, uint64_t ea, uint64_t ed, uint64_t geb0, uint64_t lt9e, uint64_t cont) {
   const uint64_t lead = ((ebec & (cont >> 1)) | (ea & (geb0 >> 1)) | (ed & (lt9e >> 1))) & (cont >> 2);
   return lead | (lead << 1) | (lead << 2);
-}
-
-void classify_scalar(const uint8_t* s, BlockMasks* m) {
-  uint64_t up = 0, low = 0, dig = 0, sp = 0, crlf = 0, slash = 0, hi = 0, spc = 0, apos = 0;
-  for (unsigned i = 0; i < 64; ++i) {
-    const uint64_t v = kByte.c[s[i]];
-    up |= (v & 1u) << i;
-    low |= ((v >> 1) & 1u) << i;
-    dig |= ((v >> 2) & 1u) << i;
-    sp |= ((v >> 3) & 1u) << i;
-    crlf |= ((v >> 4) & 1u) << i;
-    slash |= ((v >> 5) & 1u) << i;
-    hi |= ((v >> 6) & 1u) << i;
-    spc |= ((v >> 7) & 1u) << i;
-    apos |= ((v >> 8) & 1u) << i;
-  }
-  uint64_t ebec = 0, ea = 0, ed = 0, geb0 = 0, lt9e = 0, cont = 0;
-  for (unsigned i = 0; i < 64; ++i) {
-    const uint8_t b = s[i];
-    ebec |= uint64_t(b == 0xEB || b == 0xEC) << i;
-    ea |= uint64_t(b == 0xEA) << i;
-    ed |= uint64_t(b == 0xED) << i;
-    geb0 |= uint64_t(b >= 0xB0 && b <= 0xBF) << i;
-    lt9e |= uint64_t(b >= 0x80 && b < 0x9E) << i;
-    cont |= uint64_t(b >= 0x80 && b <= 0xBF) << i;
-  }
-  *m = BlockMasks{up, low, dig, sp, crlf, slash, hi, spc, apos, hangul(ebec, ea, ed, geb0, lt9e, cont)};
 }
 
 #if KGPT_X86
@@ -121,20 +73,20 @@ ClassifyFn best() {
   if (has_avx512bw()) return classify_avx512;
   if (has_avx2()) return classify_avx2;
 #endif
-  return classify_scalar;
+  return nullptr;
 }
 
+std::atomic<bool> g_chosen{false};
 std::atomic<ClassifyFn> g_classify{nullptr};
 
 }  // namespace
 
 ClassifyFn classifier() {
-  ClassifyFn f = g_classify.load(std::memory_order_relaxed);
-  if (!f) {
-    f = best();
-    g_classify.store(f, std::memory_order_relaxed);
+  if (!g_chosen.load(std::memory_order_acquire)) {
+    g_classify.store(best(), std::memory_order_relaxed);
+    g_chosen.store(true, std::memory_order_release);
   }
-  return f;
+  return g_classify.load(std::memory_order_relaxed);
 }
 
 }  // namespace detail
@@ -143,13 +95,14 @@ bool set_pretokenize_isa(const char* name) {
   using namespace detail;
   ClassifyFn f = nullptr;
   if (std::strcmp(name, "auto") == 0) f = best();
-  else if (std::strcmp(name, "scalar") == 0) f = classify_scalar;
+  else if (std::strcmp(name, "scalar") == 0) f = nullptr;
 #if KGPT_X86
   else if (std::strcmp(name, "avx2") == 0 && has_avx2()) f = classify_avx2;
   else if (std::strcmp(name, "avx512") == 0 && has_avx512bw()) f = classify_avx512;
 #endif
-  if (!f) return false;
+  else return false;
   g_classify.store(f, std::memory_order_relaxed);
+  g_chosen.store(true, std::memory_order_release);
   return true;
 }
 

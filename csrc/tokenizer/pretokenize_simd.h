@@ -2,7 +2,8 @@
 // contract). 64 bytes at a time are classified into bitmasks (bit i = byte i of the window: ASCII
 // upper / lower case letter, digit, \s, CR/LF, '/', non-ASCII) by an AVX-512BW, AVX2 or portable
 // classifier chosen at run time; a chunk that starts at an ASCII byte is then found with a few
-// shifts and trailing-zero counts. Whenever a non-ASCII byte could change the chunk (it stops a run,
+// shifts and trailing-zero counts. Without AVX2 (or with the test hook's "scalar") there is no
+// classifier and every chunk is found by the exact matcher, as before the classifier existed. Whenever a non-ASCII byte could change the chunk (it stops a run,
 // or it may be a prefix/letter), or a contraction may start, the fast path answers 0 and the caller
 // runs the exact matcher (pretokenize_inline.h) from the same position, so the chunks are always the
 // matcher's.
@@ -24,8 +25,8 @@ struct BlockMasks {
 // Classifies exactly 64 readable bytes at s.
 using ClassifyFn = void (*)(const uint8_t* s, BlockMasks* m);
 
-// The classifier in use (AVX-512BW if the CPU has it, else AVX2, else portable, unless a test
-// forced one with set_classifier_isa).
+// The classifier in use: AVX-512BW if the CPU has it, else AVX2, else none (nullptr: the exact
+// matcher only), unless a test forced one with set_pretokenize_isa.
 ClassifyFn classifier();
 
 }  // namespace detail
@@ -49,6 +50,8 @@ KGPT_ALWAYS_INLINE bool bit(uint64_t m, unsigned i) { return (m >> i) & 1u; }
 // for the window to be reused (any order is still correct).
 template <Pattern P>
 class ChunkCursor {
+  static_assert(P != Pattern::GPT2, "gpt2 splits with the exact matcher (Gpt2Cursor)");
+
  public:
   ChunkCursor(const uint8_t* s, size_t n, bool wtf8)
       : s_(s), n_(n), wtf8_(wtf8), classify_(classifier()) {}
@@ -61,7 +64,7 @@ class ChunkCursor {
   // The bitmask answer, or 0 when the exact matcher must decide.
   KGPT_ALWAYS_INLINE size_t fast_end(size_t p) {
     // A non-ASCII byte first or second decides the chunk: the exact matcher, without classifying.
-    if (s_[p] >= 0x80 || (p + 1 < n_ && s_[p + 1] >= 0x80)) return 0;
+    if (!classify_ || s_[p] >= 0x80 || (p + 1 < n_ && s_[p + 1] >= 0x80)) return 0;
     if (p + 16 > lim_ || p < w_) load(p);
     size_t e = try_end(p);
     if (e == kRetry) {
@@ -80,7 +83,6 @@ class ChunkCursor {
   size_t exact_as(size_t p) const {
     if constexpr (P == Pattern::GPT4) return gpt4_end(s_, n_, p, kWtf8);
     else if constexpr (P == Pattern::CL100K) return gpt4_end(s_, n_, p, kWtf8, true);
-    else if constexpr (P == Pattern::GPT2) return gpt2_end(s_, n_, p, kWtf8);
     else return o200k_end(s_, n_, p, kWtf8);
   }
 
@@ -115,7 +117,7 @@ class ChunkCursor {
   }
 
   // Letters from window offset k (k < 64 and the byte at k is an ASCII letter or the caller has
-  // checked it). gpt4/cl100k/gpt2: [A-Za-z]+. o200k: [A-Z]*[a-z]*, then the contraction suffix.
+  // checked it). gpt4/cl100k: [A-Za-z]+. o200k: [A-Z]*[a-z]*, then the contraction suffix.
   KGPT_ALWAYS_INLINE size_t letters(unsigned k) const {
     if constexpr (P == Pattern::O200K) {
       unsigned j = k + ones_from(m_.up, k);
@@ -134,58 +136,42 @@ class ChunkCursor {
     const uint8_t c = s_[p];
     const uint64_t let = m_.up | m_.low;
     const uint64_t other = valid_ & ~(let | m_.dig | m_.sp | m_.hi);
-    if constexpr (P == Pattern::GPT2) {
-      if (c == '\'') return 0;
-      unsigned r = i;
-      if (c == ' ' && p + 1 < n_) {
-        if (i + 1 >= 64) return kRetry;
-        r = i + 1;
-      }
-      if (bit(m_.hi, r)) return 0;
-      uint64_t m = bit(let, r) ? let : bit(m_.dig, r) ? m_.dig : bit(other, r) ? other : 0;
-      if (m) return stop_at(r + ones_from(m, r));
-      const unsigned len = ones_from(m_.sp, i);
-      const size_t e = stop_at(i + len);
-      if (e == 0 || e == kRetry || e == n_) return e;
-      return len >= 2 ? e - 1 : e;
-    } else {
-      if (bit(let, i)) return letters(i);
-      if (P != Pattern::O200K && c == '\'') return 0;  // a contraction may start here
-      if (bit(m_.dig, i)) {  // \p{N}{1,3}
-        const unsigned len = ones_from(m_.dig, i);
-        if (len >= 3) return p + 3;
-        return stop_at(i + len);
-      }
-      // [^\r\n\p{L}\p{N}]\p{L}+ : the prefix, then letters.
-      if (!bit(m_.crlf, i) && p + 1 < n_) {
-        if (i + 1 >= 64) return kRetry;
-        if (bit(m_.hi, i + 1)) return 0;
-        if (bit(let, i + 1)) return letters(i + 1);
-      }
-      //  ?[^\s\p{L}\p{N}]++[\r\n]*  (o200k: [\r\n/]*)
-      unsigned r = i;
-      if (c == ' ' && p + 1 < n_ && bit(other, i + 1)) r = i + 1;  // i + 1 < 64: see fast_end
-      if (bit(other, r)) {
-        unsigned j = r + ones_from(other, r);
-        const size_t e = stop_at(j);
-        if (e == 0 || e == kRetry || e == n_) return e;
-        const uint64_t tail = P == Pattern::O200K ? (m_.crlf | m_.slash) : m_.crlf;
-        j += ones_from(tail, j);
-        if (w_ + j == n_) return n_;
-        if (j >= 64) return kRetry;
-        return w_ + j;
-      }
-      // Whitespace: \s*[\r\n] up to the last CR/LF of the run, else \s+(?!\S), else \s+.
-      const unsigned len = ones_from(m_.sp, i);
-      const size_t e = stop_at(i + len);
-      if (e == 0 || e == kRetry) return e;
-      if (P == Pattern::CL100K && e == n_) return n_;
-      const uint64_t run = len >= 64 ? ~uint64_t(0) : (uint64_t(1) << len) - 1;
-      const uint64_t cr = (m_.crlf >> i) & run;
-      if (cr) return p + unsigned(63 - __builtin_clzll(cr)) + 1;
-      if (e == n_) return n_;
-      return len >= 2 ? e - 1 : e;
+    if (bit(let, i)) return letters(i);
+    if (P != Pattern::O200K && c == '\'') return 0;  // a contraction may start here
+    if (bit(m_.dig, i)) {  // \p{N}{1,3}
+      const unsigned len = ones_from(m_.dig, i);
+      if (len >= 3) return p + 3;
+      return stop_at(i + len);
     }
+    // [^\r\n\p{L}\p{N}]\p{L}+ : the prefix, then letters.
+    if (!bit(m_.crlf, i) && p + 1 < n_) {
+      if (i + 1 >= 64) return kRetry;
+      if (bit(m_.hi, i + 1)) return 0;
+      if (bit(let, i + 1)) return letters(i + 1);
+    }
+    //  ?[^\s\p{L}\p{N}]++[\r\n]*  (o200k: [\r\n/]*)
+    unsigned r = i;
+    if (c == ' ' && p + 1 < n_ && bit(other, i + 1)) r = i + 1;  // i + 1 < 64: see fast_end
+    if (bit(other, r)) {
+      unsigned j = r + ones_from(other, r);
+      const size_t e = stop_at(j);
+      if (e == 0 || e == kRetry || e == n_) return e;
+      const uint64_t tail = P == Pattern::O200K ? (m_.crlf | m_.slash) : m_.crlf;
+      j += ones_from(tail, j);
+      if (w_ + j == n_) return n_;
+      if (j >= 64) return kRetry;
+      return w_ + j;
+    }
+    // Whitespace: \s*[\r\n] up to the last CR/LF of the run, else \s+(?!\S), else \s+.
+    const unsigned len = ones_from(m_.sp, i);
+    const size_t e = stop_at(i + len);
+    if (e == 0 || e == kRetry) return e;
+    if (P == Pattern::CL100K && e == n_) return n_;
+    const uint64_t run = len >= 64 ? ~uint64_t(0) : (uint64_t(1) << len) - 1;
+    const uint64_t cr = (m_.crlf >> i) & run;
+    if (cr) return p + unsigned(63 - __builtin_clzll(cr)) + 1;
+    if (e == n_) return n_;
+    return len >= 2 ? e - 1 : e;
   }
 
   const uint8_t* s_;
@@ -219,7 +205,7 @@ class BlockCursor {
       next_ = e;
       return e;
     }
-    if (p + 64 < n_ && p >= retry_at_) {
+    if (classify_ && p + 64 < n_ && p >= retry_at_) {
       if (fill(p)) return next_end(p);
       retry_at_ = p + 16;  // no whole chunk here: the next few are found one by one
     }
@@ -293,27 +279,25 @@ class BlockCursor {
   uint64_t pending_ = 0;
 };
 
-// o200k: the SSE2 ASCII word test first (most chunks of text and code), then the masks.
-class O200kCursor {
+// gpt2: the exact matcher (its per-chunk mask path measured slower).
+class Gpt2Cursor {
  public:
-  O200kCursor(const uint8_t* s, size_t n, bool wtf8) : s_(s), n_(n), one_(s, n, wtf8) {}
+  Gpt2Cursor(const uint8_t* s, size_t n, bool wtf8) : s_(s), n_(n), wtf8_(wtf8) {}
   KGPT_ALWAYS_INLINE size_t next_end(size_t p) {
-#if defined(__SSE2__)
-    if (const size_t e = ascii_word_end<true>(s_, n_, p)) return e;
-#endif
-    return one_.next_end(p);
+    return wtf8_ ? gpt2_end(s_, n_, p, true) : gpt2_end(s_, n_, p, false);
   }
 
  private:
   const uint8_t* s_;
   size_t n_;
-  ChunkCursor<Pattern::O200K> one_;
+  bool wtf8_;
 };
 
 // The fastest cursor for a pattern.
 template <Pattern P>
-using CursorFor = std::conditional_t<P == Pattern::GPT4 || P == Pattern::CL100K, BlockCursor<P>,
-                                     std::conditional_t<P == Pattern::O200K, O200kCursor, ChunkCursor<P>>>;
+using CursorFor = std::conditional_t<
+    P == Pattern::GPT4 || P == Pattern::CL100K, BlockCursor<P>,
+    std::conditional_t<P == Pattern::O200K, ChunkCursor<Pattern::O200K>, Gpt2Cursor>>;
 
 // Calls f(begin, end) for each chunk that starts in [begin, end) (begin a chunk boundary), in order.
 template <Pattern P, class F>
