@@ -185,7 +185,7 @@ class ChunkCursor {
 };
 
 
-// gpt4 / cl100k: all the chunk starts of a 64-byte window at once. From a chunk boundary p, the
+// gpt4 / cl100k / o200k: all the chunk starts of a 64-byte window at once. From a chunk boundary p, the
 // window's bytes up to the first non-ASCII byte (or the window's end) are classified, the starts
 // found with shifts and carries (rules below), and the chunks that end before the last class run of
 // the window (whose end is not known yet) are handed out one by one with a trailing-zero count.
@@ -193,7 +193,8 @@ class ChunkCursor {
 // per-chunk path of ChunkCursor.
 template <Pattern P>
 class BlockCursor {
-  static_assert(P == Pattern::GPT4 || P == Pattern::CL100K, "gpt4 / cl100k only");
+  static_assert(P != Pattern::GPT2, "gpt2 splits with the exact matcher (Gpt2Cursor)");
+  static constexpr bool kO200k = P == Pattern::O200K;
 
  public:
   BlockCursor(const uint8_t* s, size_t n, bool wtf8) : s_(s), n_(n), one_(s, n, wtf8), classify_(classifier()) {}
@@ -218,10 +219,16 @@ class BlockCursor {
     BlockMasks m;
     classify_(s_ + p, &m);
     // Known bytes: those before the first non-ASCII one that is not part of a Hangul syllable.
-    const uint64_t unknown = m.hi & ~m.hang;
+    // o200k: a Hangul syllable (Lo: in both letter classes) next to an ASCII letter is left to the
+    // exact matcher (a run of Hangul alone is one word), and so is '/' right after CR/LF
+    // (" ?[^\s\p{L}\p{N}]+[\r\n/]*" may take it).
+    const uint64_t ascii_let = m.up | m.low;
+    const uint64_t unknown =
+        (m.hi & ~m.hang) |
+        (kO200k ? (m.slash & (m.crlf << 1)) | (m.hang & ((ascii_let << 1) | (ascii_let >> 1))) : 0);
     const uint64_t known = unknown ? (uint64_t(1) << __builtin_ctzll(unknown)) - 1 : ~uint64_t(0);
     if (!(known & 1)) return false;
-    const uint64_t L = (m.up | m.low | m.hang) & known, N = m.dig & known, S = m.sp & known;
+    const uint64_t L = (ascii_let | m.hang) & known, N = m.dig & known, S = m.sp & known;
     const uint64_t C = m.crlf & known, T = S & ~C, SP = m.spc & known;
     const uint64_t O = known & ~(L | N | S);
     // Runs (bit 0 follows a chunk boundary: "no class" before it).
@@ -241,12 +248,18 @@ class BlockCursor {
     // byte (not after another or after U+0020, which " ?[^\s\p{L}\p{N}]" takes along).
     const uint64_t attach = Lst & ((T << 1) | ((O << 1) & ~(O << 2) & ~(SP << 2)));
     st |= (Lst & ~attach) | (attach >> 1);
-    // Contractions: an apostrophe that starts a chunk before letters may be '(?i:[sdmt]|ll|ve|re).
-    for (uint64_t a = (attach >> 1) & m.apos & before; a; a &= a - 1) {
-      const size_t x = p + unsigned(__builtin_ctzll(a));
-      if (const size_t e = contraction_gpt4(s_, n_, x)) {
-        if (e - p < 64) st |= uint64_t(1) << (e - p);
+    if constexpr (!kO200k) {
+      // Contractions: an apostrophe that starts a chunk before letters may be '(?i:[sdmt]|ll|ve|re).
+      for (uint64_t a = (attach >> 1) & m.apos & before; a; a &= a - 1) {
+        const size_t x = p + unsigned(__builtin_ctzll(a));
+        if (const size_t e = contraction_gpt4(s_, n_, x)) {
+          if (e - p < 64) st |= uint64_t(1) << (e - p);
+        }
       }
+    } else {
+      // [A-Z]*[a-z]+ | [A-Z]+[a-z]* : a letter run splits before each upper-case letter that
+      // follows a lower-case one.
+      st |= m.up & (m.low << 1) & L;
     }
     // Punctuation runs: a start unless U+0020 is just before them.
     st |= Ost & ~(SP << 1);
@@ -260,6 +273,22 @@ class BlockCursor {
       const unsigned i = unsigned(__builtin_ctzll(a));
       const unsigned j = i + ones_from(T, i);
       if (j < 64 && !bit(C, j)) st |= uint64_t(1) << i;
+    }
+    if constexpr (kO200k) {
+      // (?i:'s|'t|'re|'ve|'m|'ll|'d)? after the letters: an apostrophe right after a letter run
+      // that starts one of those joins the word; the next chunk starts after it. (Not right after
+      // such a suffix: its letters are no word, so "x'll're" is "x'll", "'re".)
+      unsigned after = 0;
+      for (uint64_t a = m.apos & (L << 1) & before; a; a &= a - 1) {
+        const unsigned i = unsigned(__builtin_ctzll(a));
+        if (i == after) continue;
+        if (const size_t e = contraction_gpt4(s_, n_, p + i)) {
+          const unsigned j = unsigned(e - p);  // i + 2 or i + 3
+          st &= ~(((uint64_t(1) << (j - i)) - 1) << i);
+          if (j < 64) st |= uint64_t(1) << j;
+          after = j;
+        }
+      }
     }
     st &= before;
     // Hand out the chunks between the starts: the first is at p (bit 0), the last only begins one.
@@ -297,7 +326,7 @@ class Gpt2Cursor {
 template <Pattern P>
 using CursorFor = std::conditional_t<
     P == Pattern::GPT4 || P == Pattern::CL100K, BlockCursor<P>,
-    std::conditional_t<P == Pattern::O200K, ChunkCursor<Pattern::O200K>, Gpt2Cursor>>;
+    std::conditional_t<P == Pattern::O200K, BlockCursor<P>, Gpt2Cursor>>;
 
 // Calls f(begin, end) for each chunk that starts in [begin, end) (begin a chunk boundary), in order.
 template <Pattern P, class F>
