@@ -200,17 +200,16 @@ class BlockCursor {
   BlockCursor(const uint8_t* s, size_t n, bool wtf8) : s_(s), n_(n), one_(s, n, wtf8), classify_(classifier()) {}
 
   KGPT_ALWAYS_INLINE size_t next_end(size_t p) {
-    if (pending_ && p == next_) {
-      const size_t e = w_ + unsigned(__builtin_ctzll(pending_));
-      pending_ &= pending_ - 1;
-      next_ = e;
-      return e;
+    if (!(pending_ && p == next_)) {
+      if (!classify_ || p + 64 >= n_ || p < retry_at_ || !fill(p)) {
+        if (classify_ && p >= retry_at_) retry_at_ = p + 16;  // no whole chunk: a few one by one
+        return one_.next_end(p);
+      }
     }
-    if (classify_ && p + 64 < n_ && p >= retry_at_) {
-      if (fill(p)) return next_end(p);
-      retry_at_ = p + 16;  // no whole chunk here: the next few are found one by one
-    }
-    return one_.next_end(p);
+    const size_t e = w_ + unsigned(__builtin_ctzll(pending_));
+    pending_ &= pending_ - 1;
+    next_ = e;
+    return e;
   }
 
  private:
