@@ -6,6 +6,8 @@ to 4 MB) and the Korean seed document benchmarks/data/generative-ai-overview.ko.
 ~1 MB. Three native variants are timed: spans only (pretokenize_spans on bytes: the C++ split plus
 one int64 array), list[bytes] and list[str] (which also build one Python object per chunk).
 Run `python benchmarks/bench_pretokenize.py` for a table, or `pytest benchmarks/bench_pretokenize.py`.
+The table ends with the spans rate of each block-classifier path (AVX-512BW / AVX2 / portable, forced
+with the _pretokenize_set_isa test hook) for the gpt4, cl100k, o200k and gpt2 patterns.
 """
 from __future__ import annotations
 
@@ -100,6 +102,37 @@ def main() -> None:
                 if impl == "native spans":
                     claim_held &= base / t >= 10 and (name != "stdlib_py" or mb / t >= 100)
     print("claim held:", claim_held)
+    isa_table()
+
+
+def isa_table() -> None:
+    """native spans MB/s per block-classifier path (same chunks on every path: checked)."""
+    paths = []
+    for isa in ("avx512", "avx2", "scalar"):
+        try:
+            _native._pretokenize_set_isa(isa)
+            paths.append(isa)
+        except ValueError:
+            pass
+    pats = ("gpt4", "cl100k", "o200k", "gpt2")
+    print("\nnative spans by classifier path, MB/s (medians of 7)")
+    print(f"{'corpus':<12s} {'path':<8s} " + " ".join(f"{p:>8s}" for p in pats))
+    try:
+        for name in CORPORA:
+            raw = corpus(name).encode()
+            mb = len(raw) / 1e6
+            want = {}
+            for isa in paths:
+                _native._pretokenize_set_isa(isa)
+                row = []
+                for p in pats:
+                    got = _native.pretokenize_spans(raw, p)
+                    ref = want.setdefault(p, got)
+                    assert (got == ref).all(), (name, isa, p)
+                    row.append(mb / median_seconds(lambda: _native.pretokenize_spans(raw, p), 7))
+                print(f"{name:<12s} {isa:<8s} " + " ".join(f"{r:8.1f}" for r in row))
+    finally:
+        _native._pretokenize_set_isa("auto")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,8 @@ def test_long_chunks_equal_tiktoken(tmp_path):
         assert loaded.encode(text, "none") == enc.encode_ordinary(text), name
 
 
-# ---- The encoder's own chunk loop (pretokenize_inline.h's ASCII word fast path, fused with the
-# lookups) and its piece cache kept across calls.
+# ---- The encoder's own chunk loop (the bitmask windows of pretokenize_simd.h, fused with the
+# lookups; an SSE2 ASCII word fast path before them) and its piece cache kept across calls.
 
 def _pair_tokenizer(pattern: str, alphabet: bytes) -> Tokenizer:
     """Merges of every ordered pair of the alphabet's bytes, in a scrambled order: two-byte tokens
@@ -128,7 +128,7 @@ def _word_texts():
 
 @pytest.mark.parametrize("pattern", ["gpt4", "cl100k", "o200k", "gpt2"])
 def test_ascii_word_fast_path_equals_reference(pattern):
-    """Chunks of ASCII letters after an optional prefix, at 15-17 letters (the 16-byte SIMD window),
+    """Chunks of ASCII letters after an optional prefix, at 15-17 letters (the old 16-byte SIMD window),
     before non-ASCII letters and marks, apostrophes (contractions: o200k's suffix, gpt4's prefix),
     case changes (o200k), and ending the text: the same ids as the reference's regex split."""
     texts = _word_texts()

@@ -13,6 +13,7 @@
 
 #include "tokenizer/parallel.h"
 #include "tokenizer/pretokenize_inline.h"
+#include "tokenizer/pretokenize_simd.h"
 
 #include <algorithm>
 #include <functional>
@@ -316,29 +317,19 @@ void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
   encode_internal(text, allowed, out);
 }
 
-// Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (the
-// matcher inlined for the pattern, no list of chunks).
+// Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
+// list of chunks).
 template <Pattern P>
 void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const char* base = text.data();
   const char* end = base + text.size();
   const size_t n = text.size();
+  // gpt4 / cl100k: the chunk starts of 64-byte windows found at once (pretokenize_simd.h); o200k:
+  // each chunk from the class masks; the exact matcher where those cannot decide (and for gpt2).
+  detail::CursorFor<P> cur(s, n, false);
   for (size_t pos = 0; pos < n;) {
-    size_t e = 0;
-#if defined(__SSE2__)
-    if constexpr (P == Pattern::GPT4 || P == Pattern::CL100K) e = detail::ascii_word_end<false>(s, n, pos);
-    else if constexpr (P == Pattern::O200K) e = detail::ascii_word_end<true>(s, n, pos);
-    if (e) {
-      encode_chunk(base + pos, e - pos, end, out, caches);
-      pos = e;
-      continue;
-    }
-#endif
-    if constexpr (P == Pattern::GPT4) e = detail::gpt4_end(s, n, pos, false);
-    else if constexpr (P == Pattern::CL100K) e = detail::gpt4_end(s, n, pos, false, true);
-    else if constexpr (P == Pattern::GPT2) e = detail::gpt2_end(s, n, pos, false);
-    else e = detail::o200k_end(s, n, pos, false);
+    const size_t e = cur.next_end(pos);
     encode_chunk(base + pos, e - pos, end, out, caches);
     pos = e;
   }

@@ -15,6 +15,7 @@
 #include <stdexcept>
 
 #include "tokenizer/parallel.h"
+#include "tokenizer/pretokenize_simd.h"
 
 namespace kgpt { namespace tok {
 
@@ -103,11 +104,11 @@ void BpeTrainer::add_ranges(const std::vector<std::string_view>& docs, const std
     StringMap<int64_t>& m = *local[t];
     std::string_view text = docs[pieces[p].doc];
     int64_t cnt = 0;
-    for (size_t pos = pieces[p].begin, end; pos < pieces[p].end; pos = end) {
-      end = chunk_end(text, pos, pattern_);
-      m.value(m.insert(text.substr(pos, end - pos), 0)) += 1;
-      ++cnt;
-    }
+    detail::for_each_chunk(reinterpret_cast<const uint8_t*>(text.data()), text.size(), pieces[p].begin,
+                           pieces[p].end, pattern_, false, [&](size_t pos, size_t end) {
+                             m.value(m.insert(text.substr(pos, end - pos), 0)) += 1;
+                             ++cnt;
+                           });
     nchunks[t] += cnt;
   });
   for (int64_t c : nchunks) total_chunks_ += c;

@@ -224,8 +224,11 @@ class PieceCache {
       std::memcpy(&a, p, 8);
       std::memcpy(&b, p + 8, 8);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-      if (n < 8) { a &= ~uint64_t(0) >> (64 - 8 * n); b = 0; }
-      else if (n < 16) b &= n == 8 ? 0 : ~uint64_t(0) >> (128 - 8 * n);
+      // No branch on the length (it varies chunk to chunk): the masks come from a table.
+      static constexpr uint64_t kKeep[9] = {0, 0xFF, 0xFFFF, 0xFFFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFull,
+                                            0xFFFFFFFFFFFFull, 0xFFFFFFFFFFFFFFull, ~uint64_t(0)};
+      a &= kKeep[n < 8 ? n : 8];
+      b &= kKeep[n > 8 ? n - 8 : 0];
 #else
       unsigned char t[16] = {};
       std::memcpy(t, p, n);

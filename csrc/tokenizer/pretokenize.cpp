@@ -9,6 +9,7 @@
 #include <string>
 
 #include "tokenizer/pretokenize_inline.h"
+#include "tokenizer/pretokenize_simd.h"
 
 namespace kgpt { namespace tok {
 using namespace detail;
@@ -26,25 +27,8 @@ void split_range(std::string_view text, size_t begin, size_t end, Pattern patter
                                 ", end " + std::to_string(end));
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const size_t n = text.size();
-  if (pattern == Pattern::GPT4) {
-    for (size_t p = begin; p < end;) {
-      const size_t e = gpt4_end(s, n, p, kWtf8);
-      spans.emplace_back(uint32_t(p), uint32_t(e));
-      p = e;
-    }
-  } else if (pattern == Pattern::GPT2) {
-    for (size_t p = begin; p < end;) {
-      const size_t e = gpt2_end(s, n, p, kWtf8);
-      spans.emplace_back(uint32_t(p), uint32_t(e));
-      p = e;
-    }
-  } else {
-    for (size_t p = begin; p < end;) {
-      const size_t e = end_at(s, n, p, pattern, kWtf8);
-      spans.emplace_back(uint32_t(p), uint32_t(e));
-      p = e;
-    }
-  }
+  for_each_chunk(s, n, begin, end, pattern, kWtf8,
+                 [&](size_t p, size_t e) { spans.emplace_back(uint32_t(p), uint32_t(e)); });
 }
 
 }  // namespace
