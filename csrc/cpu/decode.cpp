@@ -405,7 +405,12 @@ bar.wait();
   if (nt > 1) {
     const int64_t wall = std::chrono::duration_cast<std::chrono::nanoseconds>(
                              std::chrono::steady_clock::now() - t_start).count();
-    if (bar.slept_ns() * 4 > wall) m.single_steps_left = kSingleThreadSteps;
+    if (bar.slept_ns() * 4 <= wall) {
+      m.sleepy_steps = 0;
+    } else if (++m.sleepy_steps >= kSleepyStepsBeforeAside) {
+      m.sleepy_steps = 0;
+      m.single_steps_left = kSingleThreadSteps;
+    }
   }
   err.rethrow();
 }
