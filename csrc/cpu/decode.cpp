@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <utility>
@@ -96,6 +97,9 @@ class StepBarrier {
 
 
 #if KGPT_X86
+#ifndef KGPT_PFD
+#define KGPT_PFD 2048
+#endif
 // Columns [n0, n1) of rows [0, R) of out: each row by the arithmetic of sgemm's one-row
 // matrix-vector kernel (gemm_kernels.cpp, gemv_rows_avx512<1> and its gemv_finish: two 16-lane
 // sums over steps of 32, the 8-wide tail into the low half of the first, the halves and sums
@@ -104,18 +108,20 @@ class StepBarrier {
 // each weight load.
 template <int R>
 KGPT_TARGET_AVX512 void gemv_rows_alone_avx512(float* out, int64_t ldo, const float* x,
-                                               const float* w, const float* bias, int64_t K,
-                                               int64_t n0, int64_t n1) {
+                                               int64_t ldx, const float* w, const float* bias,
+                                               int64_t K, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const float* wr = w + n * K;
     __m512 z[R][2];
     for (int r = 0; r < R; ++r) z[r][0] = z[r][1] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(wr + k + KGPT_PFD), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wr + k + KGPT_PFD + 16), _MM_HINT_T0);
       const __m512 w0 = _mm512_loadu_ps(wr + k), w1 = _mm512_loadu_ps(wr + k + 16);
       for (int r = 0; r < R; ++r) {
-        z[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k), w0, z[r][0]);
-        z[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * K + k + 16), w1, z[r][1]);
+        z[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * ldx + k), w0, z[r][0]);
+        z[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * ldx + k + 16), w1, z[r][1]);
       }
     }
     __m256 acc[R][4];
@@ -128,7 +134,7 @@ KGPT_TARGET_AVX512 void gemv_rows_alone_avx512(float* out, int64_t ldo, const fl
     for (; k + 8 <= K; k += 8) {
       const __m256 wv = _mm256_loadu_ps(wr + k);
       for (int r = 0; r < R; ++r)
-        acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), wv, acc[r][0]);
+        acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * ldx + k), wv, acc[r][0]);
     }
     for (int r = 0; r < R; ++r) {
       __m256 s = acc[r][0];
@@ -137,13 +143,28 @@ KGPT_TARGET_AVX512 void gemv_rows_alone_avx512(float* out, int64_t ldo, const fl
       h = _mm_add_ps(h, _mm_movehl_ps(h, h));
       h = _mm_add_ss(h, _mm_movehdup_ps(h));
       float dot = _mm_cvtss_f32(h);
-      const float* xr = x + r * K;
+      const float* xr = x + r * ldx;
       for (int64_t kk = k; kk < K; ++kk) dot += xr[kk] * wr[kk];
       out[r * ldo + n] = bias != nullptr ? dot + bias[n] : dot;
     }
   }
 }
 #endif
+
+// A thread's 64-byte aligned float buffer, grown once (freed at thread exit).
+struct AlignedRows {
+  float* p = nullptr;
+  int64_t n = 0;
+  bool size(int64_t want) {  // false (and no buffer) when it cannot be allocated
+    if (want <= n) return true;
+    std::free(p);
+    p = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>((want + 15) / 16 * 64)));
+    n = p != nullptr ? want : 0;
+    return p != nullptr;
+  }
+  ~AlignedRows() { std::free(p); }
+};
+thread_local AlignedRows tls_xa;
 
 // Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias, float32. Each row is computed
 // as the one-row matrix-vector kernel sgemm uses for a single row computes it (so row b's values
@@ -157,21 +178,33 @@ void gemv_cols(float* out, const float* x, const float* w, const float* bias, in
   const int64_t cb = std::max<int64_t>(4, 8192 / std::max<int64_t>(K, 1));
 #if KGPT_X86
   if (B > 1 && gemm_use_avx512()) {
+    // The rows copied to 64-byte aligned rows first: each row is read once per column, and an
+    // unaligned row splits every 64-byte load across two cache lines.
+    // (Where the copy cannot be allocated, the rows are read in place: the same values.)
+    int64_t ldx = (K + 15) / 16 * 16;
+    AlignedRows& xa = tls_xa;
+    const float* xr = x;
+    if (xa.size(B * ldx)) {
+      for (int64_t b = 0; b < B; ++b) std::memcpy(xa.p + b * ldx, x + b * K, sizeof(float) * K);
+      xr = xa.p;
+    } else {
+      ldx = K;
+    }
     const int64_t chunk = B <= 8 ? n1 - n0 : cb;
     for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
       const int64_t c1 = std::min(n1, c0 + chunk);
       for (int64_t b0 = 0; b0 < B; b0 += 8) {
-        const float* xb = x + b0 * K;
+        const float* xb = xr + b0 * ldx;
         float* ob = out + b0 * N;
         switch (std::min<int64_t>(8, B - b0)) {
-          case 1: gemv_rows_alone_avx512<1>(ob, N, xb, w, bias, K, c0, c1); break;
-          case 2: gemv_rows_alone_avx512<2>(ob, N, xb, w, bias, K, c0, c1); break;
-          case 3: gemv_rows_alone_avx512<3>(ob, N, xb, w, bias, K, c0, c1); break;
-          case 4: gemv_rows_alone_avx512<4>(ob, N, xb, w, bias, K, c0, c1); break;
-          case 5: gemv_rows_alone_avx512<5>(ob, N, xb, w, bias, K, c0, c1); break;
-          case 6: gemv_rows_alone_avx512<6>(ob, N, xb, w, bias, K, c0, c1); break;
-          case 7: gemv_rows_alone_avx512<7>(ob, N, xb, w, bias, K, c0, c1); break;
-          default: gemv_rows_alone_avx512<8>(ob, N, xb, w, bias, K, c0, c1); break;
+          case 1: gemv_rows_alone_avx512<1>(ob, N, xb, ldx, w, bias, K, c0, c1); break;
+          case 2: gemv_rows_alone_avx512<2>(ob, N, xb, ldx, w, bias, K, c0, c1); break;
+          case 3: gemv_rows_alone_avx512<3>(ob, N, xb, ldx, w, bias, K, c0, c1); break;
+          case 4: gemv_rows_alone_avx512<4>(ob, N, xb, ldx, w, bias, K, c0, c1); break;
+          case 5: gemv_rows_alone_avx512<5>(ob, N, xb, ldx, w, bias, K, c0, c1); break;
+          case 6: gemv_rows_alone_avx512<6>(ob, N, xb, ldx, w, bias, K, c0, c1); break;
+          case 7: gemv_rows_alone_avx512<7>(ob, N, xb, ldx, w, bias, K, c0, c1); break;
+          default: gemv_rows_alone_avx512<8>(ob, N, xb, ldx, w, bias, K, c0, c1); break;
         }
       }
     }
