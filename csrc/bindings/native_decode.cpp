@@ -446,6 +446,17 @@ py::tuple lm_filter_probe(py::array_t<float, py::array::c_style> wte,
 }
 
 // Test hooks and tools: the quantized matrix products (quant.h) on whole matrices.
+// The optional (N,) float32 bias of the quantized products: its data, or nullptr for None; held
+// holds the array while the GIL is released.
+const float* optional_bias(const py::object& bias, int64_t N,
+                           py::array_t<float, py::array::c_style>& held) {
+  if (bias.is_none()) return nullptr;
+  held = bias.cast<py::array_t<float, py::array::c_style>>();
+  if (held.ndim() != 1 || held.shape(0) != N)
+    throw std::invalid_argument("bias must have shape (N,), got " + shape_str(held));
+  return held.data();
+}
+
 void q8_matmul(py::array_t<float, py::array::c_style> out, py::array_t<float, py::array::c_style> x,
                py::array_t<int8_t, py::array::c_style> wq, py::array_t<float, py::array::c_style> wd,
                py::object bias) {
@@ -460,14 +471,8 @@ void q8_matmul(py::array_t<float, py::array::c_style> out, py::array_t<float, py
     throw std::invalid_argument("wd must have shape (N, K/32), got " + shape_str(wd));
   if (out.ndim() != 2 || out.shape(0) != B || out.shape(1) != N)
     throw std::invalid_argument("out must have shape (B, N), got " + shape_str(out));
-  const float* pb = nullptr;
   py::array_t<float, py::array::c_style> ba;
-  if (!bias.is_none()) {
-    ba = bias.cast<py::array_t<float, py::array::c_style>>();
-    if (ba.ndim() != 1 || ba.shape(0) != N)
-      throw std::invalid_argument("bias must have shape (N,), got " + shape_str(ba));
-    pb = ba.data();
-  }
+  const float* pb = optional_bias(bias, N, ba);
   float* po = out.mutable_data();
   py::gil_scoped_release nogil;
   kgpt::cpu::q8_matmul(po, x.data(), wq.data(), wd.data(), pb, B, N, K);
@@ -482,14 +487,8 @@ void bf16_matmul(py::array_t<float, py::array::c_style> out,
   const int64_t B = x.shape(0), K = x.shape(1), N = w.shape(0);
   if (out.ndim() != 2 || out.shape(0) != B || out.shape(1) != N)
     throw std::invalid_argument("out must have shape (B, N), got " + shape_str(out));
-  const float* pb = nullptr;
   py::array_t<float, py::array::c_style> ba;
-  if (!bias.is_none()) {
-    ba = bias.cast<py::array_t<float, py::array::c_style>>();
-    if (ba.ndim() != 1 || ba.shape(0) != N)
-      throw std::invalid_argument("bias must have shape (N,), got " + shape_str(ba));
-    pb = ba.data();
-  }
+  const float* pb = optional_bias(bias, N, ba);
   float* po = out.mutable_data();
   py::gil_scoped_release nogil;
   kgpt::cpu::bf16_matmul(po, x.data(), w.data(), pb, B, N, K);

@@ -574,36 +574,39 @@ void bf16_matmul_cols(float* out, int64_t ldo, const float* x, const uint16_t* w
   bf16_cols_portable(out, ldo, x, w, bias, B, K, n0, n1);
 }
 
+namespace {
+// cols(n0, n1) on each thread's even share of the N output columns (one thread per 64K weights
+// at most). cols must not throw: the *_cols kernels do not.
+template <class Cols>
+void by_column_shares(int64_t N, int64_t K, const Cols& cols) {
+  const int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(::kgpt::num_threads(), N * K / 65536)));
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const int t = 0, T = 1;
+#endif
+    cols(N * t / T, N * (t + 1) / T);
+  }
+}
+}  // namespace
+
 void q8_matmul(float* out, const float* x, const int8_t* wq, const float* wd, const float* bias,
                int64_t B, int64_t N, int64_t K) {
   Q8Rows a;
   q8_quantize_rows(a, x, B, K);
-  const int nt = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(::kgpt::num_threads(), N * K / 65536)));
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-    const int t = 0, T = 1;
-#endif
-    q8_matmul_cols(out, N, a, wq, wd, bias, N, N * t / T, N * (t + 1) / T);
-  }
+  by_column_shares(N, K, [&](int64_t n0, int64_t n1) {
+    q8_matmul_cols(out, N, a, wq, wd, bias, N, n0, n1);
+  });
 }
 
 void bf16_matmul(float* out, const float* x, const uint16_t* w, const float* bias, int64_t B,
                  int64_t N, int64_t K) {
-  const int nt = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(::kgpt::num_threads(), N * K / 65536)));
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-    const int t = 0, T = 1;
-#endif
-    bf16_matmul_cols(out, N, x, w, bias, B, N, K, N * t / T, N * (t + 1) / T);
-  }
+  by_column_shares(N, K, [&](int64_t n0, int64_t n1) {
+    bf16_matmul_cols(out, N, x, w, bias, B, N, K, n0, n1);
+  });
 }
 
 const char* q8_path() {
