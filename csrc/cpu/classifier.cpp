@@ -15,6 +15,7 @@
 #include <new>
 
 #include "cpu/dispatch.h"  // KGPT_INLINE
+#include "cpu/aligned_buf.h"
 #include "cpu/gemm.h"
 #include "cpu/vecmath.h"  // exp8_avx2
 
@@ -130,23 +131,7 @@ float row_portable(float* row, int64_t V, int32_t t, bool grad, float scale) {
   return loss;
 }
 
-struct RowBuf {
-  float* p = nullptr;
-  size_t n = 0;
-  ~RowBuf() { std::free(p); }
-  float* get(size_t need) {
-    if (need > n) {
-      std::free(p);
-      p = nullptr;  // (a failed allocation below must not leave a stale size)
-      n = 0;
-      p = static_cast<float*>(std::aligned_alloc(64, ((need * 4 + 63) / 64) * 64));
-      if (!p) throw std::bad_alloc();
-      n = need;
-    }
-    return p;
-  }
-};
-thread_local RowBuf tls_logits;
+thread_local AlignedFloats tls_logits;
 
 }  // namespace
 

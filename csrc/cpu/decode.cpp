@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/aligned_buf.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/lm_filter.h"
@@ -184,20 +185,7 @@ KGPT_TARGET_AVX512 void gemv_rows_upto(int rows, float* out, int64_t ldo, const 
 }
 #endif
 
-// A thread's 64-byte aligned float buffer, grown once (freed at thread exit).
-struct AlignedRows {
-  float* p = nullptr;
-  int64_t n = 0;
-  bool size(int64_t want) {  // false (and no buffer) when it cannot be allocated
-    if (want <= n) return true;
-    std::free(p);
-    p = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>((want + 15) / 16 * 64)));
-    n = p != nullptr ? want : 0;
-    return p != nullptr;
-  }
-  ~AlignedRows() { std::free(p); }
-};
-thread_local AlignedRows tls_xa;
+thread_local AlignedFloats tls_xa;  // gemv_cols' aligned copy of its rows
 
 // Columns [n0, n1) of out (B, N) = x (B, K) @ w (N, K).T + bias, float32. Each row is computed
 // as the one-row matrix-vector kernel sgemm uses for a single row computes it (so row b's values
@@ -215,11 +203,10 @@ void gemv_cols(float* out, const float* x, const float* w, const float* bias, in
     // unaligned row splits every 64-byte load across two cache lines.
     // (Where the copy cannot be allocated, the rows are read in place: the same values.)
     int64_t ldx = (K + 15) / 16 * 16;
-    AlignedRows& xa = tls_xa;
     const float* xr = x;
-    if (xa.size(B * ldx)) {
-      for (int64_t b = 0; b < B; ++b) std::memcpy(xa.p + b * ldx, x + b * K, sizeof(float) * K);
-      xr = xa.p;
+    if (float* xa = tls_xa.try_get(static_cast<size_t>(B * ldx))) {
+      for (int64_t b = 0; b < B; ++b) std::memcpy(xa + b * ldx, x + b * K, sizeof(float) * K);
+      xr = xa;
     } else {
       ldx = K;
     }

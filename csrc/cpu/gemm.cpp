@@ -8,6 +8,7 @@
 // the k order of every element do not depend on the thread count: results are bitwise identical.
 #include "common/parallel_errors.h"
 #include "common/threads.h"
+#include "cpu/aligned_buf.h"
 #include "cpu/gemm.h"
 
 #include "common/isa.h"
@@ -55,24 +56,7 @@ int threads_for(double flops) {
 }
 
 // ---------------------------------------------------------------- per-thread pack buffers
-struct PackBuf {
-  float* p = nullptr;
-  size_t n = 0;
-  ~PackBuf() { std::free(p); }
-  float* get(size_t need) {
-    if (need > n) {
-      std::free(p);
-      p = nullptr;  // (a failed allocation below must not leave a stale size)
-      n = 0;
-      size_t bytes = ((need * sizeof(float) + 63) / 64) * 64;
-      p = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (!p) throw std::bad_alloc();
-      n = need;
-    }
-    return p;
-  }
-};
-thread_local PackBuf tls_a, tls_b;
+thread_local AlignedFloats tls_a, tls_b;
 // ---------------------------------------------------------------- packing (portable code)
 #if KGPT_X86
 // pack_transposed of a full 64-row sliver in 16x16 AVX-512 transposes (16 loads, 64 shuffles,
