@@ -38,3 +38,19 @@ def machine() -> str:
     return (f"{cpu}, {os.cpu_count()} logical cores, OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, Python {platform.python_version()}, "
             f"NumPy {np.__version__}")
+
+
+def decode_step_bytes(cfg, matrix_bytes: float) -> float:
+    """Bytes of weights one batch-1 decoding step of ``cfg`` (a kernelgpt GPTConfig) reads when
+    its matrices (the blocks' and the lm_head) take ``matrix_bytes`` bytes per weight (fp32 4,
+    bf16 2, our int8 1 + 4/32, GGUF's Q8_0 1 + 2/32) and everything else is fp32: the norms and
+    biases, and one row of each embedding table (KV-cache reads are not counted)."""
+    from kernelgpt.model import GPT
+    C, L, V, H = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.hidden
+    FW = 2 * H if cfg.mlp == "swiglu" else H
+    mats = L * (cfg.qkv_width * C + C * C + FW * C + C * H) + V * C
+    P = GPT(cfg, backend="numpy", seed=0).num_params()
+    tables = (0 if cfg.tie_embeddings else V * C) + \
+        (cfg.block_size * C if cfg.pos_emb == "learned" else 0)
+    rest = max(P - mats - tables, 0) + C + (C if cfg.pos_emb == "learned" else 0)
+    return mats * matrix_bytes + rest * 4.0

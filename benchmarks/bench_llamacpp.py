@@ -14,7 +14,10 @@ q8_0 (kernelgpt's export_gguf, through the gguf package), with the run's tokeniz
     llama.cpp, kernelgpt.set_num_threads(2) for ours): the wall time of the whole generation
     call (prefill of the prompt + 96 sampled tokens), median of --rounds rounds after a warm-up,
     as tokens/s for llama.cpp f32, llama.cpp q8_0, ours fp32 and, when GPT.generate takes a
-    ``weights=`` keyword, ours bf16 and int8; ratios to llama.cpp f32 and q8_0.
+    ``weights=`` keyword, ours bf16 and int8; ratios to llama.cpp f32 and q8_0; and next to
+    each figure its bandwidth bound: the bytes of weights one step reads in that engine's format
+    (matrices in the format, the rest fp32; GGUF Q8_0 has an fp16 scale per 32 weights, ours an
+    fp32 one) at the read bandwidth measured at the end of the same run.
 llama.cpp runs with its defaults (KV cache f16, its CPU extra buffer types: AMX / repacked
 weights where the CPU has them) except n_batch = n_ubatch = 1 (--ubatch): the prompt is fed one
 token at a time. On the Xeon with AMX-INT8 this was written on, llama.cpp 0.3.36's AMX matmul
@@ -46,12 +49,16 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine  # noqa: E402
+from _common import decode_step_bytes, machine  # noqa: E402
 
 PROMPT = [1, 2, 3, 4]
 GREEDY_NEW = 64
 SAMPLE_NEW = 96
 TOP_K, TEMPERATURE = 50, 0.8
+# Bytes per matrix weight of each engine's file / format (GGUF Q8_0: an fp16 scale per 32
+# weights; ours int8: an fp32 scale), for the bandwidth bound.
+MATRIX_BYTES = {"llama.cpp-f32": 4.0, "llama.cpp-q8_0": 1.0 + 2.0 / 32, "ours-fp32": 4.0,
+                "ours-bf16": 2.0, "ours-int8": 1.0 + 4.0 / 32}
 
 
 # ----------------------------------------------------------------------------- workers
@@ -210,16 +217,25 @@ def main(argv=None) -> int:
                 print(f"{label}: {e}: error: {r['error']}")
                 continue
             tps[e] = args.new / statistics.median(r["times"])
-        rows.append((label, tps))
+        rows.append((label, cfg, tps))
+    # The read bandwidth of this machine now (after the engines ran, so none competes), for the
+    # bound of each format: tokens/s if a step only streamed its weights once at that rate.
+    from kernelgpt import _native
+    gbs = statistics.median(_native.read_bandwidth_gbs(
+        decode_step_bytes(rows[0][1], 4.0) / 1e6, args.threads, 0.3) for _ in range(3))
     print()
-    print(f"{'config':<10} {'engine':<15} {'tok/s':>9} {'x llama.cpp f32':>16} "
-          f"{'x llama.cpp q8_0':>17}")
-    for label, tps in rows:
+    print(f"# bound: weight bytes of one batch-1 step in the engine's format at the read "
+          f"bandwidth measured now ({gbs:.1f} GB/s, {args.threads} threads); KV cache not counted")
+    print(f"{'config':<10} {'engine':<15} {'tok/s':>9} {'bound tok/s':>12} {'of bound':>9} "
+          f"{'x llama.cpp f32':>16} {'x llama.cpp q8_0':>17}")
+    for label, cfg, tps in rows:
         f32, q8 = tps.get("llama.cpp-f32"), tps.get("llama.cpp-q8_0")
         for e, v in tps.items():
             r1 = f"{v / f32:.2f}" if f32 else "-"
             r2 = f"{v / q8:.2f}" if q8 else "-"
-            print(f"{label:<10} {e:<15} {v:>9.1f} {r1:>16} {r2:>17}")
+            bound = gbs * 1e9 / decode_step_bytes(cfg, MATRIX_BYTES[e])
+            print(f"{label:<10} {e:<15} {v:>9.1f} {bound:>12.1f} {100 * v / bound:>8.0f}% "
+                  f"{r1:>16} {r2:>17}")
     return 1 if failed else 0
 
 
