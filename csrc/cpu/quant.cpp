@@ -9,6 +9,7 @@
 #include "common/cpu_features.h"
 #include "common/isa.h"
 #include "common/threads.h"
+#include "cpu/aligned_buf.h"
 #include "cpu/dispatch.h"
 
 #ifdef _OPENMP
@@ -34,6 +35,8 @@ bool cpu_has_vnni() {
 }
 
 enum class Path { vnni, avx512, avx2, portable };
+
+thread_local AlignedFloats tls_rows;  // the kernels' aligned copies of their input rows
 
 Path q8_choice() {
   if (ops_use_avx512() && cpu_has_vnni()) return Path::vnni;
@@ -224,8 +227,9 @@ KGPT_TARGET_AVX512 inline __m512 widen16(const uint16_t* p) {
 // the order of quant.h, so every value is that of the column computed alone.
 template <int RB, int NC>
 KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const float* x,
-                                                 const uint16_t* w, const float* bias,
-                                                 int64_t b0, int64_t K, int64_t j, bool pf) {
+                                                 int64_t ldx, const uint16_t* w,
+                                                 const float* bias, int64_t b0, int64_t K,
+                                                 int64_t j, bool pf) {
   __m512 acc[RB][NC];
   for (int r = 0; r < RB; ++r)
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -241,12 +245,12 @@ KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const 
     __m512 wv[NC];
     for (int c = 0; c < NC; ++c) wv[c] = widen16(w + (j + c) * K + k);
     for (int r = 0; r < RB; ++r) {
-      const __m512 xv = _mm512_loadu_ps(x + (b0 + r) * K + k);
+      const __m512 xv = _mm512_loadu_ps(x + (b0 + r) * ldx + k);
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
     }
   }
   for (int r = 0; r < RB; ++r) {
-    const float* xr = x + (b0 + r) * K;
+    const float* xr = x + (b0 + r) * ldx;
     for (int c = 0; c < NC; ++c) {
       const uint16_t* wr = w + (j + c) * K;
       float s = reduce16_avx512(acc[r][c]);
@@ -258,13 +262,13 @@ KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const 
 
 // Columns [n0, n1) for rows [b0, b0 + RB): NC columns at a time, then one by one.
 template <int RB, int NC>
-KGPT_TARGET_AVX512 void bf16_rows_avx512(float* out, int64_t ldo, const float* x,
+KGPT_TARGET_AVX512 void bf16_rows_avx512(float* out, int64_t ldo, const float* x, int64_t ldx,
                                          const uint16_t* w, const float* bias, int64_t b0,
                                          int64_t K, int64_t n0, int64_t n1) {
   int64_t j = n0;
   for (; j + NC <= n1; j += NC)
-    bf16_block_avx512<RB, NC>(out, ldo, x, w, bias, b0, K, j, j + 2 * NC <= n1);
-  for (; j < n1; ++j) bf16_block_avx512<RB, 1>(out, ldo, x, w, bias, b0, K, j, false);
+    bf16_block_avx512<RB, NC>(out, ldo, x, ldx, w, bias, b0, K, j, j + 2 * NC <= n1);
+  for (; j < n1; ++j) bf16_block_avx512<RB, 1>(out, ldo, x, ldx, w, bias, b0, K, j, false);
 }
 
 // Columns per block by row count: RB * NC accumulators, NC weight vectors and one input vector
@@ -278,18 +282,30 @@ KGPT_TARGET_AVX512 void bf16_cols_avx512(float* out, int64_t ldo, const float* x
   // Groups of up to 8 rows; with several groups, columns in chunks whose weights (~32 KB) stay
   // in cache for the next group.
   const int64_t chunk = B <= 8 ? n1 - n0 : std::max<int64_t>(8, 16384 / std::max<int64_t>(K, 1));
+  // Several rows: copied to 64-byte aligned rows first (each row is read once per column, and
+  // an unaligned row splits every 64-byte load across two cache lines); where the copy cannot
+  // be allocated, read in place (the same values).
+  int64_t ldx = K;
+  if (B > 1 && (reinterpret_cast<uintptr_t>(x) % 64 != 0 || K % 16 != 0)) {
+    const int64_t ld = (K + 15) / 16 * 16;
+    if (float* xa = tls_rows.try_get(static_cast<size_t>(B * ld))) {
+      for (int64_t b = 0; b < B; ++b) std::memcpy(xa + b * ld, x + b * K, sizeof(float) * K);
+      x = xa;
+      ldx = ld;
+    }
+  }
   for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
     const int64_t c1 = std::min(n1, c0 + chunk);
     for (int64_t b0 = 0; b0 < B; b0 += 8) {
       switch (std::min<int64_t>(8, B - b0)) {
-        case 1: bf16_rows_avx512<1, kBf16Cols<1>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 2: bf16_rows_avx512<2, kBf16Cols<2>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 3: bf16_rows_avx512<3, kBf16Cols<3>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 4: bf16_rows_avx512<4, kBf16Cols<4>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 5: bf16_rows_avx512<5, kBf16Cols<5>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 6: bf16_rows_avx512<6, kBf16Cols<6>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 7: bf16_rows_avx512<7, kBf16Cols<7>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        default: bf16_rows_avx512<8, kBf16Cols<8>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        case 1: bf16_rows_avx512<1, kBf16Cols<1>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 2: bf16_rows_avx512<2, kBf16Cols<2>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 3: bf16_rows_avx512<3, kBf16Cols<3>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 4: bf16_rows_avx512<4, kBf16Cols<4>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 5: bf16_rows_avx512<5, kBf16Cols<5>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 6: bf16_rows_avx512<6, kBf16Cols<6>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 7: bf16_rows_avx512<7, kBf16Cols<7>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        default: bf16_rows_avx512<8, kBf16Cols<8>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
       }
     }
   }
