@@ -380,6 +380,7 @@ KGPT_TARGET_VNNI void q8_rows_vnni(float* out, int64_t ldo, const Q8Rows& a, int
         std::max<int64_t>(0, std::min<int64_t>(64, (nb - 16 * (ng - 1)) * 32 - v * 64));
     tail[v] = nbytes == 64 ? ~__mmask64(0) : (__mmask64(1) << nbytes) - 1;
   }
+  const int tail_vecs = static_cast<int>((nb - 16 * (ng - 1) + 1) / 2);
   for (int64_t j = n0; j < n1; ++j) {
     const int8_t* wr = wq + j * K;
     const float* dr = wd + j * nb;
@@ -395,7 +396,14 @@ KGPT_TARGET_VNNI void q8_rows_vnni(float* out, int64_t ldo, const Q8Rows& a, int
           w[v] = _mm512_loadu_si512(wg + v * 64);
         }
       } else {  // the blocks past the row's end read as zero (their activation codes are 0)
-        for (int v = 0; v < 8; ++v) w[v] = _mm512_maskz_loadu_epi8(tail[v], wg + v * 64);
+        for (int v = 0; v < 8; ++v) {
+          if (v < tail_vecs) {
+            _mm_prefetch(reinterpret_cast<const char*>(wg + v * 64 + KGPT_Q8_PFD), _MM_HINT_T0);
+            w[v] = _mm512_maskz_loadu_epi8(tail[v], wg + v * 64);
+          } else {
+            w[v] = _mm512_setzero_si512();
+          }
+        }
       }
       q8_transpose8(w, tr);
       for (int v = 0; v < 8; ++v) w[v] = _mm512_xor_si512(w[v], off);
