@@ -533,7 +533,68 @@ KGPT_TARGET_AVX2 void q8_block_avx2(const float* xb, int8_t* qb, float* dout) {
   for (int i = 0; i < 32; ++i) qb[i] = static_cast<int8_t>(q32[i]);
   *dout = d;
 }
+// The same rule with AVX-512 (the VNNI path's rows): the same IEEE operations as
+// q8_block_avx2, so the same codes and scale.
+KGPT_TARGET_VNNI void q8_block_avx512(const float* xb, int8_t* qb, float* dout) {
+  const __m512i expo = _mm512_set1_epi32(0x7f800000);
+  const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+  const __m512 amax = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
+  const __mmask16 bad =
+      _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v0), expo), expo) |
+      _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v1), expo), expo);
+  const bool finite = bad == 0;
+  float d = _mm512_reduce_max_ps(amax) / 127.f;
+  if (!finite) d = NAN;
+  const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
+  const __m512 idv = _mm512_set1_ps(id), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  const __m512 r0 = _mm512_roundscale_ps(_mm512_mul_ps(v0, idv),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r1 = _mm512_roundscale_ps(_mm512_mul_ps(v1, idv),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m128i q0 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r0, lo), hi)));
+  const __m128i q1 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r1, lo), hi)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(qb), q0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16), q1);
+  *dout = d;
+}
+
+// The VNNI path's records (see q8_rows_vnni) from a.q and a.d: per 16 blocks g and row b, at
+// (g * B + b) * kQ8GroupBytes: the codes transposed as the weights are (vector v, lane l: bytes
+// 4v..4v+3 of block 16 g + pi(l)), the lanes' negcorr (-128 times the block's code sum) and
+// scales; 0 for blocks past the row's end.
+KGPT_TARGET_VNNI void q8_pack_vnni(Q8Rows& a) {
+  const int64_t B = a.B, K = a.K, nb = K / kQ8Block, ng = (nb + 15) / 16;
+  const Q8Transpose tr = q8_transpose_idx();
+  const __m512i pi = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512i ones = _mm512_set1_epi8(1);
+  char* pk = reinterpret_cast<char*>(a.packed.p);
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t nbg = std::min<int64_t>(16, nb - 16 * g);
+    __mmask64 m[8];
+    for (int v = 0; v < 8; ++v) {
+      const int64_t nbytes = std::max<int64_t>(0, std::min<int64_t>(64, nbg * 32 - v * 64));
+      m[v] = nbytes == 64 ? ~__mmask64(0) : (__mmask64(1) << nbytes) - 1;
+    }
+    const __mmask16 lanes = nbg == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nbg) - 1);
+    for (int64_t b = 0; b < B; ++b) {
+      const int8_t* src = a.q.data() + b * K + g * 512;
+      char* rec = pk + (g * B + b) * kQ8GroupBytes;
+      __m512i c[8];
+      for (int v = 0; v < 8; ++v) c[v] = _mm512_maskz_loadu_epi8(m[v], src + v * 64);
+      q8_transpose8(c, tr);
+      __m512i sum = _mm512_setzero_si512();
+      for (int v = 0; v < 8; ++v) {
+        _mm512_store_si512(rec + v * 64, c[v]);
+        sum = _mm512_dpbusd_epi32(sum, ones, c[v]);
+      }
+      _mm512_store_si512(rec + 512, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-128)));
+      _mm512_store_ps(rec + 576, _mm512_permutexvar_ps(
+                                     pi, _mm512_maskz_loadu_ps(lanes, a.d.data() + b * nb + 16 * g)));
+    }
+  }
+}
 #endif
+
 
 void q8_block_portable(const float* xb, int8_t* qb, float* dout) {
   float amax = 0.f;
@@ -567,6 +628,15 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
   a.B = B;
   a.K = K;
 #if KGPT_X86
+  if (q8_choice() == Path::vnni) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t blk = 0; blk < nb; ++blk)
+        q8_block_avx512(x + b * K + blk * kQ8Block, a.q.data() + b * K + blk * kQ8Block,
+                        a.d.data() + b * nb + blk);
+    q8_pack_vnni(a);
+    a.packed_ok = true;
+    return;
+  }
   const bool avx2 = ops_use_avx2();
 #endif
   for (int64_t b = 0; b < B; ++b)
@@ -581,37 +651,6 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
         q8_block_portable(xb, qb, a.d.data() + b * nb + blk);
     }
   a.packed_ok = false;
-#if KGPT_X86
-  if (q8_choice() != Path::vnni) return;
-  // The VNNI path's records (see q8_rows_vnni): per 16 blocks g and row b, at
-  // (g * B + b) * 640 bytes: 8 vectors of codes (vector v, lane l: bytes 4v..4v+3 of block
-  // 16 g + pi(l)), the 16 lanes' negcorr (int32) and scales (float32); 0 past the row's end.
-  const int64_t ng = (nb + 15) / 16;
-  char* pk = reinterpret_cast<char*>(a.packed.p);
-  for (int64_t g = 0; g < ng; ++g)
-    for (int64_t b = 0; b < B; ++b) {
-      char* rec = pk + (g * B + b) * kQ8GroupBytes;
-      int32_t* codes = reinterpret_cast<int32_t*>(rec);
-      int32_t* nc = reinterpret_cast<int32_t*>(rec + 512);
-      float* dx = reinterpret_cast<float*>(rec + 576);
-      for (int l = 0; l < 16; ++l) {
-        const int64_t blk = 16 * g + 2 * (l & 7) + (l >> 3);
-        if (blk >= nb) {
-          for (int v = 0; v < 8; ++v) codes[v * 16 + l] = 0;
-          nc[l] = 0;
-          dx[l] = 0.f;
-          continue;
-        }
-        const int8_t* qb = a.q.data() + b * K + blk * kQ8Block;
-        int32_t sum = 0;
-        for (int i = 0; i < kQ8Block; ++i) sum += qb[i];
-        for (int v = 0; v < 8; ++v) std::memcpy(codes + v * 16 + l, qb + 4 * v, 4);
-        nc[l] = -128 * sum;
-        dx[l] = a.d[b * nb + blk];
-      }
-    }
-  a.packed_ok = true;
-#endif
 }
 
 void q8_matmul_cols(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq, const float* wd,
