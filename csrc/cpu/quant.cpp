@@ -358,6 +358,52 @@ KGPT_TARGET_VNNI inline void q8_transpose8(__m512i* v, const Q8Transpose& t) {
       }
 }
 
+// quant.h's lane tree (lanes l and l + 8, l + 4, l + 2, l + 1) on 16 columns' accumulators at
+// once (lanes in pi's order): each stage pairs two vectors of n columns (16 / n lanes each) into
+// one of 2n columns with half the lanes, adding each column's first half of lanes to its second
+// half; after four stages lane c holds column c's sum, by the same additions as reduce16.
+struct Q8Tree {
+  __m512i lo[4], hi[4];
+};
+
+KGPT_TARGET_VNNI inline Q8Tree q8_tree_idx() {
+  Q8Tree t;
+  for (int st = 0; st < 4; ++st) {
+    const int n = 1 << st, w = 16 >> st;  // columns per input vector, lanes per column
+    alignas(64) int32_t lo[16], hi[16];
+    for (int k = 0; k < 2 * n; ++k)
+      for (int i = 0; i < w / 2; ++i) {
+        const int from_y = k >= n ? 16 : 0, base = (k % n) * w;
+        int a = base + i, b = base + i + w / 2;
+        if (st == 0) {  // natural lane l sits at pi's position l / 2 + 8 (l mod 2)
+          a = (a >> 1) + 8 * (a & 1);
+          b = (b >> 1) + 8 * (b & 1);
+        }
+        lo[k * (w / 2) + i] = from_y + a;
+        hi[k * (w / 2) + i] = from_y + b;
+      }
+    t.lo[st] = _mm512_load_si512(lo);
+    t.hi[st] = _mm512_load_si512(hi);
+  }
+  return t;
+}
+
+// v[0..15]: 16 columns' accumulators; returns their 16 sums (lane c: column c).
+KGPT_TARGET_VNNI inline __m512 q8_tree16(const __m512* v, const Q8Tree& t) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_ps(_mm512_permutex2var_ps(v[2 * i], t.lo[0], v[2 * i + 1]),
+                         _mm512_permutex2var_ps(v[2 * i], t.hi[0], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)
+    b[i] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * i], t.lo[1], a[2 * i + 1]),
+                         _mm512_permutex2var_ps(a[2 * i], t.hi[1], a[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_permutex2var_ps(b[2 * i], t.lo[2], b[2 * i + 1]),
+                         _mm512_permutex2var_ps(b[2 * i], t.hi[2], b[2 * i + 1]));
+  return _mm512_add_ps(_mm512_permutex2var_ps(c[0], t.lo[3], c[1]),
+                       _mm512_permutex2var_ps(c[0], t.hi[3], c[1]));
+}
+
 #ifndef KGPT_Q8_PFD
 #define KGPT_Q8_PFD 2048  // software prefetch distance in the weight stream, bytes
 #endif
@@ -381,6 +427,8 @@ KGPT_TARGET_VNNI void q8_rows_vnni(float* out, int64_t ldo, const Q8Rows& a, int
     tail[v] = nbytes == 64 ? ~__mmask64(0) : (__mmask64(1) << nbytes) - 1;
   }
   const int tail_vecs = static_cast<int>((nb - 16 * (ng - 1) + 1) / 2);
+  const Q8Tree tree = q8_tree_idx();
+  __m512 held[RB][16];  // runs of 16 columns: their accumulators, summed together at the end
   for (int64_t j = n0; j < n1; ++j) {
     const int8_t* wr = wq + j * K;
     const float* dr = wd + j * nb;
@@ -431,9 +479,20 @@ KGPT_TARGET_VNNI void q8_rows_vnni(float* out, int64_t ldo, const Q8Rows& a, int
           acc[r] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r], valid);
       }
     }
-    for (int r = 0; r < RB; ++r) {
-      const float s = reduce16_avx512(_mm512_permutexvar_ps(unpi, acc[r]));
-      out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
+    const int64_t c = (j - n0) % 16, j0 = j - c;
+    if (j0 + 16 <= n1) {  // a run of 16 columns: summed together once all are done
+      for (int r = 0; r < RB; ++r) held[r][c] = acc[r];
+      if (c == 15)
+        for (int r = 0; r < RB; ++r) {
+          __m512 sum = q8_tree16(held[r], tree);
+          if (bias != nullptr) sum = _mm512_add_ps(sum, _mm512_loadu_ps(bias + j0));
+          _mm512_storeu_ps(out + (b0 + r) * ldo + j0, sum);
+        }
+    } else {
+      for (int r = 0; r < RB; ++r) {
+        const float s = reduce16_avx512(_mm512_permutexvar_ps(unpi, acc[r]));
+        out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
+      }
     }
   }
 }
