@@ -227,6 +227,52 @@ KGPT_TARGET_AVX512 inline float reduce16_avx512(__m512 v) {
   return reduce8_avx2(_mm256_add_ps(lo, hi));
 }
 
+// quant.h's lane tree (lanes l and l + 8, l + 4, l + 2, l + 1) on 16 columns' accumulators at
+// once (int8: lanes in pi's order, see q8_rows_vnni): each stage pairs two vectors of n columns (16 / n lanes each) into
+// one of 2n columns with half the lanes, adding each column's first half of lanes to its second
+// half; after four stages lane c holds column c's sum, by the same additions as reduce16.
+struct Q8Tree {
+  __m512i lo[4], hi[4];
+};
+
+KGPT_TARGET_AVX512 inline Q8Tree q8_tree_idx(bool pi) {
+  Q8Tree t;
+  for (int st = 0; st < 4; ++st) {
+    const int n = 1 << st, w = 16 >> st;  // columns per input vector, lanes per column
+    alignas(64) int32_t lo[16], hi[16];
+    for (int k = 0; k < 2 * n; ++k)
+      for (int i = 0; i < w / 2; ++i) {
+        const int from_y = k >= n ? 16 : 0, base = (k % n) * w;
+        int a = base + i, b = base + i + w / 2;
+        if (st == 0 && pi) {  // (int8) natural lane l sits at pi's position l / 2 + 8 (l mod 2)
+          a = (a >> 1) + 8 * (a & 1);
+          b = (b >> 1) + 8 * (b & 1);
+        }
+        lo[k * (w / 2) + i] = from_y + a;
+        hi[k * (w / 2) + i] = from_y + b;
+      }
+    t.lo[st] = _mm512_load_si512(lo);
+    t.hi[st] = _mm512_load_si512(hi);
+  }
+  return t;
+}
+
+// v[0..15]: 16 columns' accumulators; returns their 16 sums (lane c: column c).
+KGPT_TARGET_AVX512 inline __m512 q8_tree16(const __m512* v, const Q8Tree& t) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_ps(_mm512_permutex2var_ps(v[2 * i], t.lo[0], v[2 * i + 1]),
+                         _mm512_permutex2var_ps(v[2 * i], t.hi[0], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)
+    b[i] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * i], t.lo[1], a[2 * i + 1]),
+                         _mm512_permutex2var_ps(a[2 * i], t.hi[1], a[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_permutex2var_ps(b[2 * i], t.lo[2], b[2 * i + 1]),
+                         _mm512_permutex2var_ps(b[2 * i], t.hi[2], b[2 * i + 1]));
+  return _mm512_add_ps(_mm512_permutex2var_ps(c[0], t.lo[3], c[1]),
+                       _mm512_permutex2var_ps(c[0], t.hi[3], c[1]));
+}
+
 KGPT_TARGET_AVX512 inline __m512 widen16(const uint16_t* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -239,7 +285,7 @@ template <int RB, int NC>
 KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const float* x,
                                                  int64_t ldx, const uint16_t* w,
                                                  const float* bias, int64_t b0, int64_t K,
-                                                 int64_t j, bool pf) {
+                                                 int64_t j, bool pf, __m512* held = nullptr) {
   __m512 acc[RB][NC];
   for (int r = 0; r < RB; ++r)
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -259,6 +305,11 @@ KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const 
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
     }
   }
+  if (held != nullptr) {  // K % 16 == 0: the lanes kept for q8_tree16 (no tail)
+    for (int r = 0; r < RB; ++r)
+      for (int c = 0; c < NC; ++c) held[r * 16 + c] = acc[r][c];
+    return;
+  }
   for (int r = 0; r < RB; ++r) {
     const float* xr = x + (b0 + r) * ldx;
     for (int c = 0; c < NC; ++c) {
@@ -276,6 +327,21 @@ KGPT_TARGET_AVX512 void bf16_rows_avx512(float* out, int64_t ldo, const float* x
                                          const uint16_t* w, const float* bias, int64_t b0,
                                          int64_t K, int64_t n0, int64_t n1) {
   int64_t j = n0;
+  if (K % 16 == 0) {  // runs of 16 columns, their lane trees summed together (q8_tree16)
+    const Q8Tree tree = q8_tree_idx(false);
+    __m512 held[RB * 16];
+    static_assert(16 % NC == 0, "columns per block divide 16");
+    for (; j + 16 <= n1; j += 16) {
+      for (int c = 0; c < 16; c += NC)
+        bf16_block_avx512<RB, NC>(out, ldo, x, ldx, w, bias, b0, K, j + c, j + c + 2 * NC <= n1,
+                                  held + c);
+      for (int r = 0; r < RB; ++r) {
+        __m512 sum = q8_tree16(held + r * 16, tree);
+        if (bias != nullptr) sum = _mm512_add_ps(sum, _mm512_loadu_ps(bias + j));
+        _mm512_storeu_ps(out + (b0 + r) * ldo + j, sum);
+      }
+    }
+  }
   for (; j + NC <= n1; j += NC)
     bf16_block_avx512<RB, NC>(out, ldo, x, ldx, w, bias, b0, K, j, j + 2 * NC <= n1);
   for (; j < n1; ++j) bf16_block_avx512<RB, 1>(out, ldo, x, ldx, w, bias, b0, K, j, false);
@@ -358,52 +424,6 @@ KGPT_TARGET_VNNI inline void q8_transpose8(__m512i* v, const Q8Transpose& t) {
       }
 }
 
-// quant.h's lane tree (lanes l and l + 8, l + 4, l + 2, l + 1) on 16 columns' accumulators at
-// once (lanes in pi's order): each stage pairs two vectors of n columns (16 / n lanes each) into
-// one of 2n columns with half the lanes, adding each column's first half of lanes to its second
-// half; after four stages lane c holds column c's sum, by the same additions as reduce16.
-struct Q8Tree {
-  __m512i lo[4], hi[4];
-};
-
-KGPT_TARGET_VNNI inline Q8Tree q8_tree_idx() {
-  Q8Tree t;
-  for (int st = 0; st < 4; ++st) {
-    const int n = 1 << st, w = 16 >> st;  // columns per input vector, lanes per column
-    alignas(64) int32_t lo[16], hi[16];
-    for (int k = 0; k < 2 * n; ++k)
-      for (int i = 0; i < w / 2; ++i) {
-        const int from_y = k >= n ? 16 : 0, base = (k % n) * w;
-        int a = base + i, b = base + i + w / 2;
-        if (st == 0) {  // natural lane l sits at pi's position l / 2 + 8 (l mod 2)
-          a = (a >> 1) + 8 * (a & 1);
-          b = (b >> 1) + 8 * (b & 1);
-        }
-        lo[k * (w / 2) + i] = from_y + a;
-        hi[k * (w / 2) + i] = from_y + b;
-      }
-    t.lo[st] = _mm512_load_si512(lo);
-    t.hi[st] = _mm512_load_si512(hi);
-  }
-  return t;
-}
-
-// v[0..15]: 16 columns' accumulators; returns their 16 sums (lane c: column c).
-KGPT_TARGET_VNNI inline __m512 q8_tree16(const __m512* v, const Q8Tree& t) {
-  __m512 a[8], b[4], c[2];
-  for (int i = 0; i < 8; ++i)
-    a[i] = _mm512_add_ps(_mm512_permutex2var_ps(v[2 * i], t.lo[0], v[2 * i + 1]),
-                         _mm512_permutex2var_ps(v[2 * i], t.hi[0], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i)
-    b[i] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * i], t.lo[1], a[2 * i + 1]),
-                         _mm512_permutex2var_ps(a[2 * i], t.hi[1], a[2 * i + 1]));
-  for (int i = 0; i < 2; ++i)
-    c[i] = _mm512_add_ps(_mm512_permutex2var_ps(b[2 * i], t.lo[2], b[2 * i + 1]),
-                         _mm512_permutex2var_ps(b[2 * i], t.hi[2], b[2 * i + 1]));
-  return _mm512_add_ps(_mm512_permutex2var_ps(c[0], t.lo[3], c[1]),
-                       _mm512_permutex2var_ps(c[0], t.hi[3], c[1]));
-}
-
 #ifndef KGPT_Q8_PFD
 #define KGPT_Q8_PFD 2048  // software prefetch distance in the weight stream, bytes
 #endif
@@ -427,7 +447,7 @@ KGPT_TARGET_VNNI void q8_rows_vnni(float* out, int64_t ldo, const Q8Rows& a, int
     tail[v] = nbytes == 64 ? ~__mmask64(0) : (__mmask64(1) << nbytes) - 1;
   }
   const int tail_vecs = static_cast<int>((nb - 16 * (ng - 1) + 1) / 2);
-  const Q8Tree tree = q8_tree_idx();
+  const Q8Tree tree = q8_tree_idx(true);
   __m512 held[RB][16];  // runs of 16 columns: their accumulators, summed together at the end
   for (int64_t j = n0; j < n1; ++j) {
     const int8_t* wr = wq + j * K;
