@@ -210,8 +210,8 @@ def main(argv=None) -> None:
         for name, f, loss, d, a in quality:
             print(f"{name:<10} {f:<6} {loss:9.4f} {d:+8.3f}% {a:12.2f}%")
     print(f"\nspeed: decoding steps at position {args.pos}, median of {args.rounds} rounds of "
-          f"{args.steps} steps, {threads} threads, {args.clock} clock; bound = batch x read bandwidth (measured per "
-          f"config, last {gbs:.1f} GB/s) / MB per step")
+          f"{args.steps} steps, {threads} threads, {args.clock} clock; bound = batch x read "
+          f"bandwidth (measured per config, last {gbs:.1f} GB/s) / MB per step")
     print(f"{'config':<10} {'weights':<6} {'B':>2} {'tok/s':>9} {'ms/step':>8} {'MB/step':>8} "
           f"{'bound tok/s':>11} {'of bound':>8} {'vs fp32':>8} {'vs B=1':>7}")
     base = {(s[0], s[2]): s[3] for s in speed if s[1] == "fp32"}

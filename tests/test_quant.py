@@ -200,7 +200,8 @@ def _q8_order_f32(x, q, d, bias):
     acc = np.zeros((B, N, 16), np.float32)
     for blk in range(nb):
         l = blk % 16
-        prod = isum[:, :, blk].astype(np.float32).astype(np.float64) * scale[:, :, blk].astype(np.float64)
+        prod = (isum[:, :, blk].astype(np.float32).astype(np.float64)
+                * scale[:, :, blk].astype(np.float64))
         acc[:, :, l] = (prod + acc[:, :, l].astype(np.float64)).astype(np.float32)
     out = _f32_lane_tree(acc)
     if bias is not None:

@@ -228,9 +228,10 @@ KGPT_TARGET_AVX512 inline float reduce16_avx512(__m512 v) {
 }
 
 // quant.h's lane tree (lanes l and l + 8, l + 4, l + 2, l + 1) on 16 columns' accumulators at
-// once (int8: lanes in pi's order, see q8_rows_vnni): each stage pairs two vectors of n columns (16 / n lanes each) into
-// one of 2n columns with half the lanes, adding each column's first half of lanes to its second
-// half; after four stages lane c holds column c's sum, by the same additions as reduce16.
+// once (int8: lanes in pi's order, see q8_rows_vnni): each stage pairs two vectors of n columns
+// (16 / n lanes each) into one of 2n columns with half the lanes, adding each column's first
+// half of lanes to its second half; after four stages lane c holds column c's sum, by the same
+// additions as reduce16.
 struct Q8Tree {
   __m512i lo[4], hi[4];
 };
