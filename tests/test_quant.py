@@ -177,6 +177,26 @@ def test_q8_activation_quantization_same_on_every_path():
         assert np.abs(r - ref).max() <= 1e-5 * (np.abs(ref).max() + 1)
 
 
+def test_products_same_bits_for_any_row_alignment():
+    """The kernels copy unaligned input rows to aligned ones (bf16) or repack them (int8): rows
+    at any address give the same bits (here 4 bytes past a 64-byte boundary vs aligned)."""
+    rng = np.random.default_rng(23)
+    for B, N, K in [(8, 40, 384), (3, 17, 96), (5, 33, 1536)]:
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        h, (q, d) = Q.to_bf16(w), Q.quantize_q8_0(w)
+        buf = np.zeros(B * K + 64, np.float32)
+        base = (-buf.ctypes.data % 64) // 4          # first 64-byte aligned element
+        aligned = buf[base:base + B * K].reshape(B, K)
+        shifted = buf[base + 1:base + 1 + B * K].reshape(B, K)
+        x = rng.standard_normal((B, K)).astype(np.float32)
+        aligned[...] = x
+        got_a = (_bf16_native(aligned, h, None), _q8_native(aligned, q, d, None))
+        shifted[...] = x
+        got_s = (_bf16_native(shifted, h, None), _q8_native(shifted, q, d, None))
+        for a, b in zip(got_a, got_s):
+            np.testing.assert_array_equal(a, b)
+
+
 def _f32_lane_tree(acc):
     """quant.h's fixed lane tree over (..., 16) float32 lanes: l + 8, l + 4, l + 2, l + 1."""
     a = acc.astype(np.float32)
