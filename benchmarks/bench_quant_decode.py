@@ -23,8 +23,14 @@ The machine may be shared: read the ratios (same run), and rerun before trusting
 last table gives the issue's ratios per config: int8/fp32 and bf16/fp32 at batch 1 (targets 2x
 and 1.6x) and batch 8 / batch 1 per format (target 4x).
 
+--speed-only skips the training and the quality table (a seeded untrained model: the speed does
+not depend on the weights' values); --clock cpu times each round by the calling thread's CPU time
+(time.thread_time: with OMP_NUM_THREADS=1 the whole step; steadier than wall clock on a shared
+machine), for A/B runs of two builds (PYTHONPATH=<old> then <new>, interleaved, medians).
+
 Usage: OMP_NUM_THREADS=2 PYTHONPATH=python python3 benchmarks/bench_quant_decode.py
            [--configs s,llama-s] [--run RUN] [--train-steps 150] [--rounds 5] [--quick]
+           [--speed-only] [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -103,7 +109,7 @@ def step_bytes(cfg: GPTConfig, fmt: str) -> float:
     return mats * BYTES[fmt] + max(rest, 0) * 4.0
 
 
-def time_decode(model: GPT, cases, pos0: int, steps: int, rounds: int):
+def time_decode(model: GPT, cases, pos0: int, steps: int, rounds: int, clock=time.perf_counter):
     """{(fmt, B): seconds per step (median of rounds)} and whether each ran fused; the rounds
     interleaved over the cases (the first round warms up)."""
     kvs = {}
@@ -116,11 +122,11 @@ def time_decode(model: GPT, cases, pos0: int, steps: int, rounds: int):
     for r in range(rounds + 1):
         for (f, B), kv in kvs.items():
             tok = np.zeros(B, np.int32)
-            t0 = time.perf_counter()
+            t0 = clock()
             for i in range(steps):
                 model.decode_step(kv, tok, pos0 + i)
             if r:
-                times[f, B].append(time.perf_counter() - t0)
+                times[f, B].append(clock() - t0)
     return {c: (statistics.median(ts) / steps, kvs[c].fused is not None)
             for c, ts in times.items()}
 
@@ -135,6 +141,10 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--pos", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="a sanity run in seconds")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="no training and no quality table: time a seeded untrained model")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: the calling thread's CPU time (meant for OMP_NUM_THREADS=1)")
     args = ap.parse_args(argv)
     if args.quick:  # (--rounds and --steps given with it are kept)
         rounds = args.rounds if "--rounds" in (argv or sys.argv) else 2
@@ -146,8 +156,11 @@ def main(argv=None) -> None:
     print(f"machine: {machine()}")
     print(f"int8 path {_native.quant_paths()[0]}, bf16 path {_native.quant_paths()[1]}, "
           f"{threads} threads")
-    data = corpus_bytes(2_000_000 if not args.quick else 200_000)
-    split = int(data.size * 0.9)
+    if args.clock == "cpu" and threads != 1:
+        print("note: --clock cpu counts the calling thread only: use OMP_NUM_THREADS=1")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    data = corpus_bytes(2_000_000 if not args.quick else 200_000) if not args.speed_only else None
+    split = int(data.size * 0.9) if data is not None else 0
     quality, speed = [], []
     for name in args.configs.split(","):
         if args.run:
@@ -161,24 +174,28 @@ def main(argv=None) -> None:
             cfg = GPTConfig.preset(name)
             if args.quick:
                 cfg = GPTConfig.from_dict(dict(cfg.to_dict(), block_size=64))
-            print(f"{name}: training {args.train_steps} steps (bytes of the stdlib source)",
-                  flush=True)
-            model = train_model(cfg, data[:split], args.train_steps, 8)
-            ids = data[split:]
-        T = min(cfg.block_size, 128 if not args.quick else 32)
-        n = args.eval_seqs
-        starts = np.linspace(0, ids.size - T - 1, n).astype(int)
-        seqs = np.stack([ids[s:s + T] for s in starts]).astype(np.int32)
-        res = {f: decode_logits(model, f, seqs) for f in FORMATS}
-        l32 = res["fp32"][0].mean()
-        for f in FORMATS:
-            loss = res[f][0].mean()
-            agree = float(np.mean(res[f][1] == res["fp32"][1]))
-            quality.append((name, f, loss, 100 * (loss - l32) / l32, 100 * agree))
+            if args.speed_only:
+                model = GPT(cfg, backend="native", seed=0)
+        if not args.speed_only:
+            if not args.run:
+                print(f"{name}: training {args.train_steps} steps (bytes of the stdlib source)",
+                      flush=True)
+                model = train_model(cfg, data[:split], args.train_steps, 8)
+                ids = data[split:]
+            T = min(cfg.block_size, 128 if not args.quick else 32)
+            n = args.eval_seqs
+            starts = np.linspace(0, ids.size - T - 1, n).astype(int)
+            seqs = np.stack([ids[s:s + T] for s in starts]).astype(np.int32)
+            res = {f: decode_logits(model, f, seqs) for f in FORMATS}
+            l32 = res["fp32"][0].mean()
+            for f in FORMATS:
+                loss = res[f][0].mean()
+                agree = float(np.mean(res[f][1] == res["fp32"][1]))
+                quality.append((name, f, loss, 100 * (loss - l32) / l32, 100 * agree))
         gbs = statistics.median(_native.read_bandwidth_gbs(step_bytes(cfg, "fp32") / 1e6,
                                                            threads, 0.3) for _ in range(3))
         timed = time_decode(model, [(f, B) for f in FORMATS for B in (1, 8)], args.pos,
-                            args.steps, args.rounds)
+                            args.steps, args.rounds, clock)
         for f in FORMATS:
             for B in (1, 8):
                 t, fused = timed[f, B]
@@ -187,13 +204,14 @@ def main(argv=None) -> None:
                 speed.append((name, f, B, B / t, t * 1e3, mb, bound, fused))
         if args.run:
             break
-    print(f"\nquality: teacher-forced decoding over {args.eval_seqs} held-out sequences")
-    print(f"{'config':<10} {'weights':<6} {'val loss':>9} {'vs fp32':>9} {'top-1 = fp32':>13}")
-    for name, f, loss, d, a in quality:
-        print(f"{name:<10} {f:<6} {loss:9.4f} {d:+8.3f}% {a:12.2f}%")
+    if quality:
+        print(f"\nquality: teacher-forced decoding over {args.eval_seqs} held-out sequences")
+        print(f"{'config':<10} {'weights':<6} {'val loss':>9} {'vs fp32':>9} {'top-1 = fp32':>13}")
+        for name, f, loss, d, a in quality:
+            print(f"{name:<10} {f:<6} {loss:9.4f} {d:+8.3f}% {a:12.2f}%")
     print(f"\nspeed: decoding steps at position {args.pos}, median of {args.rounds} rounds of "
-          f"{args.steps} steps, {threads} threads; bound = batch x read bandwidth (measured per "
-          f"config, last {gbs:.1f} GB/s) / MB per step")
+          f"{args.steps} steps, {threads} threads, {args.clock} clock; bound = batch x read "
+          f"bandwidth (measured per config, last {gbs:.1f} GB/s) / MB per step")
     print(f"{'config':<10} {'weights':<6} {'B':>2} {'tok/s':>9} {'ms/step':>8} {'MB/step':>8} "
           f"{'bound tok/s':>11} {'of bound':>8} {'vs fp32':>8} {'vs B=1':>7}")
     base = {(s[0], s[2]): s[3] for s in speed if s[1] == "fp32"}

@@ -177,6 +177,78 @@ def test_q8_activation_quantization_same_on_every_path():
         assert np.abs(r - ref).max() <= 1e-5 * (np.abs(ref).max() + 1)
 
 
+def test_products_same_bits_for_any_row_alignment():
+    """The kernels copy unaligned input rows to aligned ones (bf16) or repack them (int8): rows
+    at any address give the same bits (here 4 bytes past a 64-byte boundary vs aligned)."""
+    rng = np.random.default_rng(23)
+    for B, N, K in [(8, 40, 384), (3, 17, 96), (5, 33, 1536)]:
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        h, (q, d) = Q.to_bf16(w), Q.quantize_q8_0(w)
+        buf = np.zeros(B * K + 64, np.float32)
+        base = (-buf.ctypes.data % 64) // 4          # first 64-byte aligned element
+        aligned = buf[base:base + B * K].reshape(B, K)
+        shifted = buf[base + 1:base + 1 + B * K].reshape(B, K)
+        x = rng.standard_normal((B, K)).astype(np.float32)
+        aligned[...] = x
+        got_a = (_bf16_native(aligned, h, None), _q8_native(aligned, q, d, None))
+        shifted[...] = x
+        got_s = (_bf16_native(shifted, h, None), _q8_native(shifted, q, d, None))
+        for a, b in zip(got_a, got_s):
+            np.testing.assert_array_equal(a, b)
+
+
+def _f32_lane_tree(acc):
+    """quant.h's fixed lane tree over (..., 16) float32 lanes: l + 8, l + 4, l + 2, l + 1."""
+    a = acc.astype(np.float32)
+    for h in (8, 4, 2, 1):
+        a = (a[..., :h] + a[..., h:2 * h]).astype(np.float32)
+    return a[..., 0]
+
+
+def _q8_order_f32(x, q, d, bias):
+    """The int8 product in quant.h's float32 order, emulated in NumPy: each block's exact int32
+    sum, lane blk mod 16 = fma(float(isum), float32(d_w * d_x), lane) in block order, then the
+    lane tree and the bias. (The fma as float64 product, exact for 24-bit by 24-bit mantissas,
+    plus the lane, rounded to float64 then float32: that double rounding can differ from the
+    fma's single one only on rare exact ties; the fixed inputs below have none.)"""
+    xq, xd = Q.quantize_q8_0(x)
+    B, K = xq.shape
+    N, nb = q.shape[0], K // Q.QK
+    isum = np.einsum("bkc,nkc->bnk", xq.reshape(B, nb, Q.QK).astype(np.int64),
+                     q.reshape(N, nb, Q.QK).astype(np.int64))
+    scale = (d[None, :, :] * xd[:, None, :]).astype(np.float32)
+    acc = np.zeros((B, N, 16), np.float32)
+    for blk in range(nb):
+        l = blk % 16
+        prod = (isum[:, :, blk].astype(np.float32).astype(np.float64)
+                * scale[:, :, blk].astype(np.float64))
+        acc[:, :, l] = (prod + acc[:, :, l].astype(np.float64)).astype(np.float32)
+    out = _f32_lane_tree(acc)
+    if bias is not None:
+        out = (out + np.asarray(bias, np.float32)).astype(np.float32)
+    return out
+
+
+def test_q8_matmul_sums_in_the_documented_order():
+    """The int8 product follows quant.h's order bit for bit (each block's exact integer sum,
+    one fma per block into lane blk mod 16, the lane tree, the bias) on every path: the blocks
+    are not split into partial sums of 4 products (which rounds differently)."""
+    rng = np.random.default_rng(21)
+    shapes = [(1, 5, 32), (3, 7, 160), (8, 9, 384), (2, 6, 480), (5, 4, 1536), (16, 3, 96)]
+    try:
+        for path in native_ops_paths():
+            set_native_ops_path(path)
+            for B, N, K in shapes:
+                x = rng.standard_normal((B, K)).astype(np.float32)
+                w = rng.standard_normal((N, K)).astype(np.float32)
+                b = rng.standard_normal(N).astype(np.float32) if N % 2 else None
+                q, d = Q.quantize_q8_0(w)
+                np.testing.assert_array_equal(_q8_native(x, q, d, b), _q8_order_f32(x, q, d, b),
+                                              err_msg=f"{path} {(B, N, K)}")
+    finally:
+        set_native_ops_path("avx512")
+
+
 def test_q8_matmul_nonfinite_activation_gives_nan():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 64)).astype(np.float32)

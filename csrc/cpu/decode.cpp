@@ -332,11 +332,7 @@ void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, f
       tb.size(*std::max_element(pos, pos + B) + 1, B * C, B, B * HS);  // scores: pos + 1
       if (m.wformat == WeightFormat::int8) {  // sized once here: no allocation after the barrier
         const int64_t K = std::max(C, H);
-        tb.qa.q.resize(std::max(tb.qa.q.size(), static_cast<size_t>(B * K)));
-        tb.qa.d.resize(std::max(tb.qa.d.size(), static_cast<size_t>(B * K / kQ8Block)));
-        tb.qa.negcorr.resize(std::max(tb.qa.negcorr.size(), static_cast<size_t>(B * K / 4)));
-        tb.qa.dpair.resize(std::max(tb.qa.dpair.size(), static_cast<size_t>(B * K / 4)));
-        tb.qa.packed.resize(std::max(tb.qa.packed.size(), static_cast<size_t>(B * K * 3)));
+        tb.qa.reserve(B, K);
       }
     });
 #pragma omp barrier

@@ -9,6 +9,7 @@
 #include "common/cpu_features.h"
 #include "common/isa.h"
 #include "common/threads.h"
+#include "cpu/aligned_buf.h"
 #include "cpu/dispatch.h"
 
 #ifdef _OPENMP
@@ -34,6 +35,8 @@ bool cpu_has_vnni() {
 }
 
 enum class Path { vnni, avx512, avx2, portable };
+
+thread_local AlignedFloats tls_rows;  // the kernels' aligned copies of their input rows
 
 Path q8_choice() {
   if (ops_use_avx512() && cpu_has_vnni()) return Path::vnni;
@@ -75,15 +78,11 @@ void q8_cols_portable(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq
       const float* dx = a.d.data() + b * nb;
       float acc[16] = {};
       for (int64_t blk = 0; blk < nb; ++blk) {
-        const float scale = dr[blk] * dx[blk];
-        float* lanes = acc + (blk & 1) * 8;
         const int8_t* w = wr + blk * kQ8Block;
         const int8_t* x = xr + blk * kQ8Block;
-        for (int l = 0; l < 8; ++l) {
-          int32_t s = 0;
-          for (int i = 0; i < 4; ++i) s += static_cast<int32_t>(w[4 * l + i]) * x[4 * l + i];
-          lanes[l] = std::fma(static_cast<float>(s), scale, lanes[l]);
-        }
+        int32_t s = 0;
+        for (int i = 0; i < kQ8Block; ++i) s += static_cast<int32_t>(w[i]) * x[i];
+        acc[blk & 15] = std::fma(static_cast<float>(s), dr[blk] * dx[blk], acc[blk & 15]);
       }
       const float s = reduce16(acc);
       out[b * ldo + j] = bias != nullptr ? s + bias[j] : s;
@@ -117,32 +116,31 @@ KGPT_TARGET_AVX2 inline float reduce8_avx2(__m256 v) {
   return _mm_cvtss_f32(h);
 }
 
-template <int RB>
-KGPT_TARGET_AVX2 inline void q8_col_avx2(float* out, int64_t ldo, const Q8Rows& a, int64_t b0,
-                                         const int8_t* wr, const float* dr, const float* bias,
-                                         int64_t j) {
-  const int64_t K = a.K, nb = K / kQ8Block;
+// The exact int32 sums of 8 blocks' products (blocks blk0..blk0+nbk-1 of w and x, nbk <= 8),
+// lane i holding block blk0 + i (0 past nbk).
+KGPT_TARGET_AVX2 inline __m256i q8_isum8_avx2(const int8_t* w, const int8_t* x, int nbk) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[2][RB];
-  for (int r = 0; r < RB; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
-  for (int64_t blk = 0; blk < nb; ++blk) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kQ8Block));
-    const float dw = dr[blk];
-    const int h = static_cast<int>(blk & 1);
-    for (int r = 0; r < RB; ++r) {
-      const int64_t b = b0 + r;
-      const __m256i x = _mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(a.q.data() + b * K + blk * kQ8Block));
-      const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
-      const __m256i s = _mm256_madd_epi16(p, ones);
-      const __m256 sc = _mm256_set1_ps(dw * a.d[b * nb + blk]);
-      acc[h][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc[h][r]);
+  __m256i s[8];
+  for (int i = 0; i < 8; ++i) {
+    if (i < nbk) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i * kQ8Block));
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i * kQ8Block));
+      s[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv)),
+                               ones);
+    } else {
+      s[i] = _mm256_setzero_si256();
     }
   }
-  for (int r = 0; r < RB; ++r) {
-    const float s = reduce8_avx2(_mm256_add_ps(acc[0][r], acc[1][r]));
-    out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
-  }
+  const __m256i t0 = _mm256_hadd_epi32(s[0], s[1]), t1 = _mm256_hadd_epi32(s[2], s[3]);
+  const __m256i t2 = _mm256_hadd_epi32(s[4], s[5]), t3 = _mm256_hadd_epi32(s[6], s[7]);
+  const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                          _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+// Lanes [0, n) set (n <= 8).
+KGPT_TARGET_AVX2 inline __m256i lanes_below(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 KGPT_TARGET_AVX2 void q8_cols_avx2(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq,
@@ -151,16 +149,31 @@ KGPT_TARGET_AVX2 void q8_cols_avx2(float* out, int64_t ldo, const Q8Rows& a, con
   for (int64_t j = n0; j < n1; ++j) {
     const int8_t* wr = wq + j * K;
     const float* dr = wd + j * nb;
-    for (int64_t b0 = 0; b0 < a.B; b0 += 4) {  // the weight row stays in L1 across groups
-      switch (std::min<int64_t>(4, a.B - b0)) {
-        case 1: q8_col_avx2<1>(out, ldo, a, b0, wr, dr, bias, j); break;
-        case 2: q8_col_avx2<2>(out, ldo, a, b0, wr, dr, bias, j); break;
-        case 3: q8_col_avx2<3>(out, ldo, a, b0, wr, dr, bias, j); break;
-        default: q8_col_avx2<4>(out, ldo, a, b0, wr, dr, bias, j); break;
+    for (int64_t b = 0; b < a.B; ++b) {  // the weight row stays in L1 across rows
+      const int8_t* xr = a.q.data() + b * K;
+      const float* dx = a.d.data() + b * nb;
+      __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t blk = 0; blk < nb; blk += 8) {  // lanes blk & 15 .. (blk & 15) + 7
+        const int nbk = static_cast<int>(std::min<int64_t>(8, nb - blk));
+        const __m256 isum = _mm256_cvtepi32_ps(
+            q8_isum8_avx2(wr + blk * kQ8Block, xr + blk * kQ8Block, nbk));
+        __m256& h = acc[(blk >> 3) & 1];
+        if (nbk == 8) {
+          const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(dr + blk), _mm256_loadu_ps(dx + blk));
+          h = _mm256_fmadd_ps(isum, sc, h);
+        } else {  // the lanes past the last block keep their sums
+          const __m256i m = lanes_below(nbk);
+          const __m256 sc = _mm256_mul_ps(_mm256_maskload_ps(dr + blk, m),
+                                          _mm256_maskload_ps(dx + blk, m));
+          h = _mm256_blendv_ps(h, _mm256_fmadd_ps(isum, sc, h), _mm256_castsi256_ps(m));
+        }
       }
+      const float s = reduce8_avx2(_mm256_add_ps(acc[0], acc[1]));
+      out[b * ldo + j] = bias != nullptr ? s + bias[j] : s;
     }
   }
 }
+
 
 KGPT_TARGET_AVX2 inline __m256 widen8(const uint16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -214,6 +227,53 @@ KGPT_TARGET_AVX512 inline float reduce16_avx512(__m512 v) {
   return reduce8_avx2(_mm256_add_ps(lo, hi));
 }
 
+// quant.h's lane tree (lanes l and l + 8, l + 4, l + 2, l + 1) on 16 columns' accumulators at
+// once (int8: lanes in pi's order, see q8_rows_vnni): each stage pairs two vectors of n columns
+// (16 / n lanes each) into one of 2n columns with half the lanes, adding each column's first
+// half of lanes to its second half; after four stages lane c holds column c's sum, by the same
+// additions as reduce16.
+struct Q8Tree {
+  __m512i lo[4], hi[4];
+};
+
+KGPT_TARGET_AVX512 inline Q8Tree q8_tree_idx(bool pi) {
+  Q8Tree t;
+  for (int st = 0; st < 4; ++st) {
+    const int n = 1 << st, w = 16 >> st;  // columns per input vector, lanes per column
+    alignas(64) int32_t lo[16], hi[16];
+    for (int k = 0; k < 2 * n; ++k)
+      for (int i = 0; i < w / 2; ++i) {
+        const int from_y = k >= n ? 16 : 0, base = (k % n) * w;
+        int a = base + i, b = base + i + w / 2;
+        if (st == 0 && pi) {  // (int8) natural lane l sits at pi's position l / 2 + 8 (l mod 2)
+          a = (a >> 1) + 8 * (a & 1);
+          b = (b >> 1) + 8 * (b & 1);
+        }
+        lo[k * (w / 2) + i] = from_y + a;
+        hi[k * (w / 2) + i] = from_y + b;
+      }
+    t.lo[st] = _mm512_load_si512(lo);
+    t.hi[st] = _mm512_load_si512(hi);
+  }
+  return t;
+}
+
+// v[0..15]: 16 columns' accumulators; returns their 16 sums (lane c: column c).
+KGPT_TARGET_AVX512 inline __m512 q8_tree16(const __m512* v, const Q8Tree& t) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_ps(_mm512_permutex2var_ps(v[2 * i], t.lo[0], v[2 * i + 1]),
+                         _mm512_permutex2var_ps(v[2 * i], t.hi[0], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)
+    b[i] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * i], t.lo[1], a[2 * i + 1]),
+                         _mm512_permutex2var_ps(a[2 * i], t.hi[1], a[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_permutex2var_ps(b[2 * i], t.lo[2], b[2 * i + 1]),
+                         _mm512_permutex2var_ps(b[2 * i], t.hi[2], b[2 * i + 1]));
+  return _mm512_add_ps(_mm512_permutex2var_ps(c[0], t.lo[3], c[1]),
+                       _mm512_permutex2var_ps(c[0], t.hi[3], c[1]));
+}
+
 KGPT_TARGET_AVX512 inline __m512 widen16(const uint16_t* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -224,8 +284,9 @@ KGPT_TARGET_AVX512 inline __m512 widen16(const uint16_t* p) {
 // the order of quant.h, so every value is that of the column computed alone.
 template <int RB, int NC>
 KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const float* x,
-                                                 const uint16_t* w, const float* bias,
-                                                 int64_t b0, int64_t K, int64_t j, bool pf) {
+                                                 int64_t ldx, const uint16_t* w,
+                                                 const float* bias, int64_t b0, int64_t K,
+                                                 int64_t j, bool pf, __m512* held = nullptr) {
   __m512 acc[RB][NC];
   for (int r = 0; r < RB; ++r)
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -241,12 +302,17 @@ KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const 
     __m512 wv[NC];
     for (int c = 0; c < NC; ++c) wv[c] = widen16(w + (j + c) * K + k);
     for (int r = 0; r < RB; ++r) {
-      const __m512 xv = _mm512_loadu_ps(x + (b0 + r) * K + k);
+      const __m512 xv = _mm512_loadu_ps(x + (b0 + r) * ldx + k);
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
     }
   }
+  if (held != nullptr) {  // K % 16 == 0: the lanes kept for q8_tree16 (no tail)
+    for (int r = 0; r < RB; ++r)
+      for (int c = 0; c < NC; ++c) held[r * 16 + c] = acc[r][c];
+    return;
+  }
   for (int r = 0; r < RB; ++r) {
-    const float* xr = x + (b0 + r) * K;
+    const float* xr = x + (b0 + r) * ldx;
     for (int c = 0; c < NC; ++c) {
       const uint16_t* wr = w + (j + c) * K;
       float s = reduce16_avx512(acc[r][c]);
@@ -258,13 +324,28 @@ KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const 
 
 // Columns [n0, n1) for rows [b0, b0 + RB): NC columns at a time, then one by one.
 template <int RB, int NC>
-KGPT_TARGET_AVX512 void bf16_rows_avx512(float* out, int64_t ldo, const float* x,
+KGPT_TARGET_AVX512 void bf16_rows_avx512(float* out, int64_t ldo, const float* x, int64_t ldx,
                                          const uint16_t* w, const float* bias, int64_t b0,
                                          int64_t K, int64_t n0, int64_t n1) {
   int64_t j = n0;
+  if (K % 16 == 0) {  // runs of 16 columns, their lane trees summed together (q8_tree16)
+    const Q8Tree tree = q8_tree_idx(false);
+    __m512 held[RB * 16];
+    static_assert(16 % NC == 0, "columns per block divide 16");
+    for (; j + 16 <= n1; j += 16) {
+      for (int c = 0; c < 16; c += NC)
+        bf16_block_avx512<RB, NC>(out, ldo, x, ldx, w, bias, b0, K, j + c, j + c + 2 * NC <= n1,
+                                  held + c);
+      for (int r = 0; r < RB; ++r) {
+        __m512 sum = q8_tree16(held + r * 16, tree);
+        if (bias != nullptr) sum = _mm512_add_ps(sum, _mm512_loadu_ps(bias + j));
+        _mm512_storeu_ps(out + (b0 + r) * ldo + j, sum);
+      }
+    }
+  }
   for (; j + NC <= n1; j += NC)
-    bf16_block_avx512<RB, NC>(out, ldo, x, w, bias, b0, K, j, j + 2 * NC <= n1);
-  for (; j < n1; ++j) bf16_block_avx512<RB, 1>(out, ldo, x, w, bias, b0, K, j, false);
+    bf16_block_avx512<RB, NC>(out, ldo, x, ldx, w, bias, b0, K, j, j + 2 * NC <= n1);
+  for (; j < n1; ++j) bf16_block_avx512<RB, 1>(out, ldo, x, ldx, w, bias, b0, K, j, false);
 }
 
 // Columns per block by row count: RB * NC accumulators, NC weight vectors and one input vector
@@ -278,113 +359,164 @@ KGPT_TARGET_AVX512 void bf16_cols_avx512(float* out, int64_t ldo, const float* x
   // Groups of up to 8 rows; with several groups, columns in chunks whose weights (~32 KB) stay
   // in cache for the next group.
   const int64_t chunk = B <= 8 ? n1 - n0 : std::max<int64_t>(8, 16384 / std::max<int64_t>(K, 1));
+  // Several rows: copied to 64-byte aligned rows first (each row is read once per column, and
+  // an unaligned row splits every 64-byte load across two cache lines); where the copy cannot
+  // be allocated, read in place (the same values).
+  int64_t ldx = K;
+  if (B > 1 && (reinterpret_cast<uintptr_t>(x) % 64 != 0 || K % 16 != 0)) {
+    const int64_t ld = (K + 15) / 16 * 16;
+    if (float* xa = tls_rows.try_get(static_cast<size_t>(B * ld))) {
+      for (int64_t b = 0; b < B; ++b) std::memcpy(xa + b * ld, x + b * K, sizeof(float) * K);
+      x = xa;
+      ldx = ld;
+    }
+  }
   for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
     const int64_t c1 = std::min(n1, c0 + chunk);
     for (int64_t b0 = 0; b0 < B; b0 += 8) {
       switch (std::min<int64_t>(8, B - b0)) {
-        case 1: bf16_rows_avx512<1, kBf16Cols<1>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 2: bf16_rows_avx512<2, kBf16Cols<2>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 3: bf16_rows_avx512<3, kBf16Cols<3>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 4: bf16_rows_avx512<4, kBf16Cols<4>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 5: bf16_rows_avx512<5, kBf16Cols<5>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 6: bf16_rows_avx512<6, kBf16Cols<6>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        case 7: bf16_rows_avx512<7, kBf16Cols<7>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
-        default: bf16_rows_avx512<8, kBf16Cols<8>>(out, ldo, x, w, bias, b0, K, c0, c1); break;
+        case 1: bf16_rows_avx512<1, kBf16Cols<1>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 2: bf16_rows_avx512<2, kBf16Cols<2>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 3: bf16_rows_avx512<3, kBf16Cols<3>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 4: bf16_rows_avx512<4, kBf16Cols<4>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 5: bf16_rows_avx512<5, kBf16Cols<5>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 6: bf16_rows_avx512<6, kBf16Cols<6>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        case 7: bf16_rows_avx512<7, kBf16Cols<7>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
+        default: bf16_rows_avx512<8, kBf16Cols<8>>(out, ldo, x, ldx, w, bias, b0, K, c0, c1); break;
       }
     }
   }
 }
 
-// int8 with AVX-512 VNNI: 64 weights (a pair of blocks) per vpdpbusd. vpdpbusd multiplies
-// unsigned by signed bytes, so the weights go in offset by 128 (w + 128 in [1, 255]) and each
-// lane starts from -128 times the sum of its 4 activation bytes (negcorr): the lane's sum is
-// then exactly that of the 4 products w * x.
-KGPT_TARGET_VNNI inline __m512 pair_scales(const float* d) {
-  const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  return _mm512_permutexvar_ps(
-      idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(d)))));
+// int8 with AVX-512 VNNI, 16 blocks (512 weights) of a column at a time: the column's 8 vectors
+// of 64 bytes (vector v: blocks 2v and 2v + 1, 4 bytes per lane) are transposed so that lane l
+// of each holds 4 bytes of one block, pi(l) = 2 (l mod 8) + l / 8, and the 8 vectors' lane
+// slots are the block's 8 groups of 4 bytes. The activation rows are laid out the same way once
+// (q8_quantize_rows), so 8 vpdpbusd give each lane its block's exact int32 sum, and one
+// multiply and one fused multiply-add per 16 blocks add them to the lanes of quant.h (the lanes
+// in pi's order, put back before the final sum). vpdpbusd multiplies unsigned by signed bytes,
+// so the weights go in offset by 128 (w + 128 in [1, 255]) and each lane starts from -128 times
+// the sum of its block's activation codes (negcorr).
+
+// The three stages of the transposition: stage k swaps bit k of the vector index with bit k of
+// the lane index (between vectors v and v | 2^k).
+struct Q8Transpose {
+  __m512i a[3], b[3];  // stage k: the lanes of vector v and of vector v | 2^k
+};
+
+KGPT_TARGET_VNNI inline Q8Transpose q8_transpose_idx() {
+  Q8Transpose t;
+  t.a[0] = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+  t.b[0] = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  t.a[1] = _mm512_setr_epi32(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+  t.b[1] = _mm512_setr_epi32(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  t.a[2] = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+  t.b[2] = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  return t;
 }
 
-// RB rows by NC columns at a time (independent accumulator chains, each column's lanes in the
-// order of quant.h: every value that of the column alone), the next NC columns' rows and scales
-// requested while these are read (as bf16_block_avx512).
-template <int RB, int NC>
-KGPT_TARGET_VNNI inline void q8_block_vnni(float* out, int64_t ldo, const Q8Rows& a, int64_t b0,
-                                           const int8_t* wq, const float* wd, const float* bias,
-                                           int64_t j, bool pf) {
-  const int64_t K = a.K, nb = K / kQ8Block, np = nb / 2;
-  const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
-  const int8_t* xq = a.q.data();
-  const int32_t* xc = a.negcorr.data();
-  const float* xd = a.d.data();
-  const int8_t* pk = a.packed.data();
-  const char* next = reinterpret_cast<const char*>(wq + (j + NC) * K);
-  const char* nextd = reinterpret_cast<const char*>(wd + (j + NC) * nb);
-  const int64_t dlines = (NC * nb * 4 + 63) / 64;
-  __m512 acc[RB][NC];
-  for (int r = 0; r < RB; ++r)
-    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < np; ++p) {
-    if (pf) {
-      for (int c = 0; c < NC; ++c) _mm_prefetch(next + (p * NC + c) * 64, _MM_HINT_T0);
-      if (p < dlines) _mm_prefetch(nextd + p * 64, _MM_HINT_T0);
-    }
-    __m512i w[NC];
-    __m512 dw[NC];
-    for (int c = 0; c < NC; ++c) {
-      w[c] = _mm512_xor_si512(_mm512_loadu_si512(wq + (j + c) * K + p * 64), off);
-      dw[c] = pair_scales(wd + (j + c) * nb + 2 * p);
-    }
-    const int8_t* pr = pk + (p * a.B + b0) * 192;
-    for (int r = 0; r < RB; ++r) {
-      const __m512i x = _mm512_loadu_si512(pr + r * 192);
-      const __m512i nc = _mm512_loadu_si512(pr + r * 192 + 64);
-      const __m512 dx = _mm512_loadu_ps(reinterpret_cast<const float*>(pr + r * 192 + 128));
-      for (int c = 0; c < NC; ++c) {
-        const __m512i s = _mm512_dpbusd_epi32(nc, w[c], x);
-        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw[c], dx), acc[r][c]);
+KGPT_TARGET_VNNI inline void q8_transpose8(__m512i* v, const Q8Transpose& t) {
+  for (int k = 0; k < 3; ++k)
+    for (int i = 0; i < 8; ++i)
+      if ((i >> k & 1) == 0) {
+        const __m512i lo = v[i], hi = v[i | (1 << k)];
+        v[i] = _mm512_permutex2var_epi32(lo, t.a[k], hi);
+        v[i | (1 << k)] = _mm512_permutex2var_epi32(lo, t.b[k], hi);
       }
-    }
-  }
-  if (nb & 1) {  // the last block alone: lanes 0-7 only
-    const int64_t blk = nb - 1;
-    for (int c = 0; c < NC; ++c) {
-      const int8_t* wr = wq + (j + c) * K;
-      const __m512i w = _mm512_xor_si512(
-          _mm512_zextsi256_si512(
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + blk * kQ8Block))),
-          off);
-      for (int r = 0; r < RB; ++r) {
-        const int64_t b = b0 + r;
-        const __m512i x = _mm512_zextsi256_si512(_mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(xq + b * K + blk * kQ8Block)));
-        const __m512i nc = _mm512_zextsi256_si512(_mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(xc + b * (K / 4) + blk * 8)));
-        const __m512i s = _mm512_dpbusd_epi32(nc, w, x);
-        const __m512 sc = _mm512_set1_ps(wd[(j + c) * nb + blk] * xd[b * nb + blk]);
-        acc[r][c] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r][c], 0x00FF);
-      }
-    }
-  }
-  for (int r = 0; r < RB; ++r)
-    for (int c = 0; c < NC; ++c) {
-      const float s = reduce16_avx512(acc[r][c]);
-      out[(b0 + r) * ldo + j + c] = bias != nullptr ? s + bias[j + c] : s;
-    }
 }
 
-template <int RB, int NC>
+#ifndef KGPT_Q8_PFD
+#define KGPT_Q8_PFD 2048  // software prefetch distance in the weight stream, bytes
+#endif
+
+// Columns [n0, n1) for rows [b0, b0 + RB).
+template <int RB>
 KGPT_TARGET_VNNI void q8_rows_vnni(float* out, int64_t ldo, const Q8Rows& a, int64_t b0,
                                    const int8_t* wq, const float* wd, const float* bias,
                                    int64_t n0, int64_t n1) {
-  int64_t j = n0;
-  for (; j + NC <= n1; j += NC)
-    q8_block_vnni<RB, NC>(out, ldo, a, b0, wq, wd, bias, j, j + 2 * NC <= n1);
-  for (; j < n1; ++j) q8_block_vnni<RB, 1>(out, ldo, a, b0, wq, wd, bias, j, false);
+  constexpr int kChains = RB <= 2 ? 4 : RB <= 4 ? 2 : 1;
+  const int64_t K = a.K, nb = K / kQ8Block, ng = (nb + 15) / 16;
+  const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i pi = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512i unpi = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  const char* pk = reinterpret_cast<const char*>(a.packed.p);
+  const Q8Transpose tr = q8_transpose_idx();
+  __mmask64 tail[8];  // the last group's bytes within the row, per vector
+  for (int v = 0; v < 8; ++v) {
+    const int64_t nbytes =
+        std::max<int64_t>(0, std::min<int64_t>(64, (nb - 16 * (ng - 1)) * 32 - v * 64));
+    tail[v] = nbytes == 64 ? ~__mmask64(0) : (__mmask64(1) << nbytes) - 1;
+  }
+  const int tail_vecs = static_cast<int>((nb - 16 * (ng - 1) + 1) / 2);
+  const Q8Tree tree = q8_tree_idx(true);
+  __m512 held[RB][16];  // runs of 16 columns: their accumulators, summed together at the end
+  for (int64_t j = n0; j < n1; ++j) {
+    const int8_t* wr = wq + j * K;
+    const float* dr = wd + j * nb;
+    __m512 acc[RB];
+    for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t nbg = std::min<int64_t>(16, nb - 16 * g);
+      const int8_t* wg = wr + g * 512;
+      __m512i w[8];
+      if (nbg == 16) {
+        for (int v = 0; v < 8; ++v) {
+          _mm_prefetch(reinterpret_cast<const char*>(wg + v * 64 + KGPT_Q8_PFD), _MM_HINT_T0);
+          w[v] = _mm512_loadu_si512(wg + v * 64);
+        }
+      } else {  // the blocks past the row's end read as zero (their activation codes are 0)
+        for (int v = 0; v < 8; ++v) {
+          if (v < tail_vecs) {
+            _mm_prefetch(reinterpret_cast<const char*>(wg + v * 64 + KGPT_Q8_PFD), _MM_HINT_T0);
+            w[v] = _mm512_maskz_loadu_epi8(tail[v], wg + v * 64);
+          } else {
+            w[v] = _mm512_setzero_si512();
+          }
+        }
+      }
+      q8_transpose8(w, tr);
+      for (int v = 0; v < 8; ++v) w[v] = _mm512_xor_si512(w[v], off);
+      const __mmask16 lanes = nbg == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nbg) - 1);
+      const __m512 dw = _mm512_permutexvar_ps(pi, _mm512_maskz_loadu_ps(lanes, dr + 16 * g));
+      // (the lanes in pi's order whose block lies within the row)
+      const __mmask16 valid = _mm512_cmplt_epi32_mask(pi, _mm512_set1_epi32(static_cast<int>(nbg)));
+      const char* rec = pk + (g * a.B + b0) * kQ8GroupBytes;
+      for (int r = 0; r < RB; ++r) {
+        const char* xr = rec + r * kQ8GroupBytes;
+        // (few rows: the 8 products in kChains independent chains, each vpdpbusd waiting on
+        // the one before it otherwise; integer sums, so any split gives the same value)
+        __m512i sc_[kChains];
+        sc_[0] = _mm512_load_si512(xr + 512);
+        for (int c = 1; c < kChains; ++c) sc_[c] = _mm512_setzero_si512();
+        for (int v = 0; v < 8; ++v)
+          sc_[v % kChains] =
+              _mm512_dpbusd_epi32(sc_[v % kChains], w[v], _mm512_load_si512(xr + v * 64));
+        __m512i s = sc_[0];
+        for (int c = 1; c < kChains; ++c) s = _mm512_add_epi32(s, sc_[c]);
+        const __m512 sc = _mm512_mul_ps(dw, _mm512_load_ps(reinterpret_cast<const float*>(xr + 576)));
+        if (nbg == 16)
+          acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r]);
+        else
+          acc[r] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[r], valid);
+      }
+    }
+    const int64_t c = (j - n0) % 16, j0 = j - c;
+    if (j0 + 16 <= n1) {  // a run of 16 columns: summed together once all are done
+      for (int r = 0; r < RB; ++r) held[r][c] = acc[r];
+      if (c == 15)
+        for (int r = 0; r < RB; ++r) {
+          __m512 sum = q8_tree16(held[r], tree);
+          if (bias != nullptr) sum = _mm512_add_ps(sum, _mm512_loadu_ps(bias + j0));
+          _mm512_storeu_ps(out + (b0 + r) * ldo + j0, sum);
+        }
+    } else {
+      for (int r = 0; r < RB; ++r) {
+        const float s = reduce16_avx512(_mm512_permutexvar_ps(unpi, acc[r]));
+        out[(b0 + r) * ldo + j] = bias != nullptr ? s + bias[j] : s;
+      }
+    }
+  }
 }
-
-template <int RB>
-constexpr int kQ8Cols = RB <= 2 ? 4 : 2;
 
 KGPT_TARGET_VNNI void q8_cols_vnni(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq,
                                    const float* wd, const float* bias, int64_t n0, int64_t n1) {
@@ -394,14 +526,14 @@ KGPT_TARGET_VNNI void q8_cols_vnni(float* out, int64_t ldo, const Q8Rows& a, con
     const int64_t c1 = std::min(n1, c0 + chunk);
     for (int64_t b0 = 0; b0 < a.B; b0 += 8) {
       switch (std::min<int64_t>(8, a.B - b0)) {
-        case 1: q8_rows_vnni<1, kQ8Cols<1>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
-        case 2: q8_rows_vnni<2, kQ8Cols<2>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
-        case 3: q8_rows_vnni<3, kQ8Cols<3>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
-        case 4: q8_rows_vnni<4, kQ8Cols<4>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
-        case 5: q8_rows_vnni<5, kQ8Cols<5>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
-        case 6: q8_rows_vnni<6, kQ8Cols<6>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
-        case 7: q8_rows_vnni<7, kQ8Cols<7>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
-        default: q8_rows_vnni<8, kQ8Cols<8>>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 1: q8_rows_vnni<1>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 2: q8_rows_vnni<2>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 3: q8_rows_vnni<3>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 4: q8_rows_vnni<4>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 5: q8_rows_vnni<5>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 6: q8_rows_vnni<6>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        case 7: q8_rows_vnni<7>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
+        default: q8_rows_vnni<8>(out, ldo, a, b0, wq, wd, bias, c0, c1); break;
       }
     }
   }
@@ -481,7 +613,68 @@ KGPT_TARGET_AVX2 void q8_block_avx2(const float* xb, int8_t* qb, float* dout) {
   for (int i = 0; i < 32; ++i) qb[i] = static_cast<int8_t>(q32[i]);
   *dout = d;
 }
+// The same rule with AVX-512 (the VNNI path's rows): the same IEEE operations as
+// q8_block_avx2, so the same codes and scale.
+KGPT_TARGET_VNNI void q8_block_avx512(const float* xb, int8_t* qb, float* dout) {
+  const __m512i expo = _mm512_set1_epi32(0x7f800000);
+  const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+  const __m512 amax = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
+  const __mmask16 bad =
+      _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v0), expo), expo) |
+      _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v1), expo), expo);
+  const bool finite = bad == 0;
+  float d = _mm512_reduce_max_ps(amax) / 127.f;
+  if (!finite) d = NAN;
+  const float id = (finite && d != 0.f) ? 1.f / d : 0.f;
+  const __m512 idv = _mm512_set1_ps(id), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  const __m512 r0 = _mm512_roundscale_ps(_mm512_mul_ps(v0, idv),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r1 = _mm512_roundscale_ps(_mm512_mul_ps(v1, idv),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m128i q0 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r0, lo), hi)));
+  const __m128i q1 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r1, lo), hi)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(qb), q0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16), q1);
+  *dout = d;
+}
+
+// The VNNI path's records (see q8_rows_vnni) from a.q and a.d: per 16 blocks g and row b, at
+// (g * B + b) * kQ8GroupBytes: the codes transposed as the weights are (vector v, lane l: bytes
+// 4v..4v+3 of block 16 g + pi(l)), the lanes' negcorr (-128 times the block's code sum) and
+// scales; 0 for blocks past the row's end.
+KGPT_TARGET_VNNI void q8_pack_vnni(Q8Rows& a) {
+  const int64_t B = a.B, K = a.K, nb = K / kQ8Block, ng = (nb + 15) / 16;
+  const Q8Transpose tr = q8_transpose_idx();
+  const __m512i pi = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512i ones = _mm512_set1_epi8(1);
+  char* pk = reinterpret_cast<char*>(a.packed.p);
+  for (int64_t g = 0; g < ng; ++g) {
+    const int64_t nbg = std::min<int64_t>(16, nb - 16 * g);
+    __mmask64 m[8];
+    for (int v = 0; v < 8; ++v) {
+      const int64_t nbytes = std::max<int64_t>(0, std::min<int64_t>(64, nbg * 32 - v * 64));
+      m[v] = nbytes == 64 ? ~__mmask64(0) : (__mmask64(1) << nbytes) - 1;
+    }
+    const __mmask16 lanes = nbg == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nbg) - 1);
+    for (int64_t b = 0; b < B; ++b) {
+      const int8_t* src = a.q.data() + b * K + g * 512;
+      char* rec = pk + (g * B + b) * kQ8GroupBytes;
+      __m512i c[8];
+      for (int v = 0; v < 8; ++v) c[v] = _mm512_maskz_loadu_epi8(m[v], src + v * 64);
+      q8_transpose8(c, tr);
+      __m512i sum = _mm512_setzero_si512();
+      for (int v = 0; v < 8; ++v) {
+        _mm512_store_si512(rec + v * 64, c[v]);
+        sum = _mm512_dpbusd_epi32(sum, ones, c[v]);
+      }
+      _mm512_store_si512(rec + 512, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-128)));
+      _mm512_store_ps(rec + 576, _mm512_permutexvar_ps(
+                                     pi, _mm512_maskz_loadu_ps(lanes, a.d.data() + b * nb + 16 * g)));
+    }
+  }
+}
 #endif
+
 
 void q8_block_portable(const float* xb, int8_t* qb, float* dout) {
   float amax = 0.f;
@@ -502,18 +695,28 @@ void q8_block_portable(const float* xb, int8_t* qb, float* dout) {
 
 }  // namespace
 
+void Q8Rows::reserve(int64_t rows, int64_t k) {
+  const int64_t nb = k / kQ8Block, ng = (nb + 15) / 16;
+  if (static_cast<int64_t>(q.size()) < rows * k) q.resize(static_cast<size_t>(rows * k));
+  if (static_cast<int64_t>(d.size()) < rows * nb) d.resize(static_cast<size_t>(rows * nb));
+  packed.get(static_cast<size_t>(ng * rows * kQ8GroupFloats));
+}
+
 void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
   const int64_t nb = K / kQ8Block;
+  a.reserve(B, K);
   a.B = B;
   a.K = K;
-  if (static_cast<int64_t>(a.q.size()) < B * K) a.q.resize(static_cast<size_t>(B * K));
-  if (static_cast<int64_t>(a.d.size()) < B * nb) a.d.resize(static_cast<size_t>(B * nb));
-  if (static_cast<int64_t>(a.negcorr.size()) < B * K / 4)
-    a.negcorr.resize(static_cast<size_t>(B * K / 4));
-  const int64_t np = nb / 2;
-  if (static_cast<int64_t>(a.dpair.size()) < B * np * 16)
-    a.dpair.resize(static_cast<size_t>(B * np * 16));
 #if KGPT_X86
+  if (q8_choice() == Path::vnni) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t blk = 0; blk < nb; ++blk)
+        q8_block_avx512(x + b * K + blk * kQ8Block, a.q.data() + b * K + blk * kQ8Block,
+                        a.d.data() + b * nb + blk);
+    q8_pack_vnni(a);
+    a.packed_ok = true;
+    return;
+  }
   const bool avx2 = ops_use_avx2();
 #endif
   for (int64_t b = 0; b < B; ++b)
@@ -526,23 +729,8 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
       else
 #endif
         q8_block_portable(xb, qb, a.d.data() + b * nb + blk);
-      for (int l = 0; l < 8; ++l)
-        a.negcorr[(b * K + blk * kQ8Block) / 4 + l] =
-            -128 * (qb[4 * l] + qb[4 * l + 1] + qb[4 * l + 2] + qb[4 * l + 3]);
     }
-  for (int64_t b = 0; b < B; ++b)  // the VNNI path's scale vectors, made once per input row
-    for (int64_t p = 0; p < np; ++p)
-      for (int l = 0; l < 16; ++l)
-        a.dpair[(b * np + p) * 16 + l] = a.d[b * nb + 2 * p + l / 8];
-  if (static_cast<int64_t>(a.packed.size()) < np * B * 192)
-    a.packed.resize(static_cast<size_t>(np * B * 192));
-  for (int64_t p = 0; p < np; ++p)
-    for (int64_t b = 0; b < B; ++b) {
-      int8_t* dst = a.packed.data() + (p * B + b) * 192;
-      std::memcpy(dst, a.q.data() + b * K + p * 64, 64);
-      std::memcpy(dst + 64, a.negcorr.data() + b * (K / 4) + p * 16, 64);
-      std::memcpy(dst + 128, a.dpair.data() + (b * np + p) * 16, 64);
-    }
+  a.packed_ok = false;
 }
 
 void q8_matmul_cols(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq, const float* wd,
@@ -551,7 +739,9 @@ void q8_matmul_cols(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq, 
   if (n1 <= n0 || a.B <= 0) return;
 #if KGPT_X86
   switch (q8_choice()) {
-    case Path::vnni: return q8_cols_vnni(out, ldo, a, wq, wd, bias, n0, n1);
+    case Path::vnni:
+      if (a.packed_ok) return q8_cols_vnni(out, ldo, a, wq, wd, bias, n0, n1);
+      return q8_cols_avx2(out, ldo, a, wq, wd, bias, n0, n1);  // (the same values)
     case Path::avx2: return q8_cols_avx2(out, ldo, a, wq, wd, bias, n0, n1);
     default: break;
   }

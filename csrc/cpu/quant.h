@@ -7,19 +7,23 @@
 //     exact int32 sums, and out[b, j] = sum over blocks of (d_w * d_x) * isum, in float32.
 //   bf16: each weight rounded to bfloat16 (to nearest even); activations stay float32; out[b, j]
 //     = sum_k x[b, k] * w[j, k] in float32 with fused multiply-adds.
-// Summation order (both formats), the same on every ISA path, so AVX-512 (VNNI for int8), AVX2
-// and the portable path give the same bits: 16 float lanes, lane l accumulating (with one fused
-// multiply-add per step, in k order) the terms whose index k has k mod 16 in its group of lanes
-// (int8: lane l of a pair of blocks holds the int32 sum of the 4 products 4l..4l+3, l < 8 for the
-// even block of the pair and l >= 8 for the odd one; bf16: lane l holds the elements k = l mod 16);
-// then lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1; then (bf16) the tail k past
-// the last multiple of 16 one by one with fused multiply-adds; then the bias.
+// Summation order, the same on every ISA path, so AVX-512 (VNNI for int8), AVX2 and the
+// portable path give the same bits:
+//   int8: each block's 32 products summed exactly in int32 (any order gives the same integer);
+//     16 float lanes, lane l accumulating the blocks blk with blk mod 16 = l in block order, one
+//     fused multiply-add per block: lane = fma(float(isum), d_w * d_x (float32 product), lane).
+//   bf16: 16 float lanes, lane l accumulating (one fused multiply-add per step, in k order) the
+//     terms x_k * w_k with k mod 16 = l over k below the last multiple of 16.
+// Then (both) lanes l and l + 8, then l and l + 4, l and l + 2, l and l + 1; then (bf16) the tail
+// k past the last multiple of 16 one by one with fused multiply-adds; then the bias.
 // Every row b of out is computed the same way whatever the row count B: a row's result does not
 // depend on the rows beside it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include "cpu/aligned_buf.h"
 
 namespace kgpt {
 namespace cpu {
@@ -29,15 +33,19 @@ constexpr int64_t kQ8Block = 32;  // int8 block length along the input dimension
 // Activation rows (B, K) quantized for q8_matmul_cols (K a multiple of 32).
 struct Q8Rows {
   int64_t B = 0, K = 0;
-  std::vector<int8_t> q;          // (B, K)
-  std::vector<float> d;           // (B, K/32) the block scales
-  std::vector<int32_t> negcorr;   // (B, K/4): -128 * (sum of q[4l..4l+3]) (the VNNI path's offset)
-  std::vector<float> dpair;       // (B, K/64 * 16): each pair of block scales as 8 + 8 lanes
-  // The VNNI path's operands per pair of blocks p and row b, at ((p * B + b) * 192) bytes: the
-  // 64 codes, their 16 negcorr lanes, their 16 scale lanes (rows of one pair side by side, so
-  // the kernel reaches them at constant offsets from one pointer).
-  std::vector<int8_t> packed;
+  std::vector<int8_t> q;  // (B, K)
+  std::vector<float> d;   // (B, K/32) the block scales
+  // The AVX-512 VNNI path's operands (quant.cpp, q8_rows_vnni), 64-byte aligned: per 16 blocks
+  // and row a record of kQ8GroupBytes; packed_ok: made for the current rows.
+  AlignedFloats packed;
+  bool packed_ok = false;
+  // Sizes the buffers for rows (B, K) (std::bad_alloc when they cannot be allocated), so that
+  // q8_quantize_rows of at most that size allocates nothing.
+  void reserve(int64_t B, int64_t K);
 };
+
+constexpr int64_t kQ8GroupBytes = 640;  // 8 x 64 bytes of codes, 16 negcorr, 16 scales
+constexpr int64_t kQ8GroupFloats = kQ8GroupBytes / 4;
 
 // Quantizes x (B, K) into a (resized as needed); serial. x must be finite (a non-finite block
 // gives a scale that is not finite, and non-finite outputs).
