@@ -135,6 +135,7 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
   }
   const size_t total = offs_.size() - 1;
   init_ids(ids, total, merges.size());
+  for (int b = 0; b < 256; ++b) byte_id_[b] = ext(b);
   // The whole-chunk table gives the id the caller sees (the first, lowest, internal id wins).
   whole_ = TokenTable(256 + merges.size());
   for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), ext(int32_t(id)));
@@ -251,12 +252,7 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
     PieceCache::key(p, n, text_end - p >= 16, &k0, &k1);
     const uint64_t h = PieceCache::hash(k0, k1, n);
     if (caches.piece.find(k0, k1, n, h, out)) return;
-    const size_t start = out.size();
-    int32_t w = -1;
-    if (whole_lookup_ && n <= whole_.max_len()) w = whole_.find(p, n, k0, hash_key(k0, p, n));
-    if (w >= 0) out.push_back(w);
-    else merge_short(u, n, out);
-    caches.piece.put(k0, k1, n, h, out.data() + start, out.size() - start);
+    short_miss(p, n, k0, k1, h, out, caches);
     return;
   }
   ChunkCache& cache = caches.chunk;
@@ -284,6 +280,24 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
   if (n <= kShortChunk) merge_short(u, n, out);
   else merge_long(u, n, out);
   cache.put(p, n, head, h, out.data() + start, out.size() - start);
+}
+
+void BpeEncoder::short_miss(const char* p, size_t n, uint64_t k0, uint64_t k1, uint64_t h,
+                            std::vector<int32_t>& out, Caches& caches) const {
+  const size_t start = out.size();
+  int32_t w = -1;
+  if (whole_lookup_ && n <= whole_.max_len()) w = whole_.find(p, n, k0, hash_key(k0, p, n));
+  if (w >= 0) out.push_back(w);
+  else merge_short(reinterpret_cast<const unsigned char*>(p), n, out);
+  caches.piece.put(k0, k1, n, h, out.data() + start, out.size() - start);
+}
+
+void BpeEncoder::word_miss(const char* p, size_t n, uint64_t k, uint64_t h, std::vector<int32_t>& out,
+                           Caches& caches) const {
+  const size_t start = out.size();
+  const uint64_t ph = PieceCache::hash(k, 0, n);
+  if (!caches.piece.find(k, 0, n, ph, out)) short_miss(p, n, k, 0, ph, out, caches);
+  caches.word.put(k, n, h, out.data() + start, out.size() - start);
 }
 
 std::unique_ptr<BpeEncoder::Caches> BpeEncoder::take_cache() const {
@@ -317,22 +331,102 @@ void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
   encode_internal(text, allowed, out);
 }
 
+namespace {
+// The ids of one loop, written through a pointer into a small buffer (L1-resident) and appended to
+// the caller's vector a buffer at a time: no capacity check and call per id.
+class IdSink {
+ public:
+  static constexpr size_t kCap = 2048, kRoom = 64;  // room for any one write (<= kRoom ids)
+  explicit IdSink(std::vector<int32_t>& out) : out_(out), w_(buf_) {}
+  // A pointer with room for kRoom ids; advance() by what was written.
+  KGPT_ALWAYS_INLINE int32_t* at() {
+    if (w_ > buf_ + (kCap - kRoom)) flush();
+    return w_;
+  }
+  KGPT_ALWAYS_INLINE void advance(size_t k) { w_ += k; }
+  // Appends what is buffered to the vector (before anything else writes to it).
+  void flush() {
+    out_.insert(out_.end(), buf_, w_);
+    w_ = buf_;
+  }
+
+ private:
+  std::vector<int32_t>& out_;
+  int32_t* w_;
+  int32_t buf_[kCap];
+};
+
+// A short chunk's PieceCache key and hash.
+struct ShortKey { uint64_t k0, k1, h; };
+}  // namespace
+
 // Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
-// list of chunks).
+// list of chunks). The loop runs one chunk ahead: while chunk i is looked up, the end of chunk
+// i + 1 is known and its PieceCache set is already being loaded (a prefetch), so the cache's
+// latency overlaps the work on chunk i. One-byte chunks are a table lookup; chunks of up to
+// PieceCache::kMaxLen bytes found in PieceCache are written through IdSink; everything else
+// (a miss, a longer chunk) flushes the sink and appends to `out` directly.
 template <Pattern P>
 void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const char* base = text.data();
   const char* end = base + text.size();
   const size_t n = text.size();
+  if (n == 0) return;
+  const PieceCache& piece = caches.piece;
   // gpt4 / cl100k: the chunk starts of 64-byte windows found at once (pretokenize_simd.h); o200k:
   // each chunk from the class masks; the exact matcher where those cannot decide (and for gpt2).
   detail::CursorFor<P> cur(s, n, false);
-  for (size_t pos = 0; pos < n;) {
-    const size_t e = cur.next_end(pos);
-    encode_chunk(base + pos, e - pos, end, out, caches);
+  IdSink sink(out);
+  const WordCache& word = caches.word;
+  // A chunk's key and hash, and the start of the load of its set: WordCache for 1..8 bytes,
+  // PieceCache for 9..16.
+  auto key_of = [&](size_t a, size_t len) {
+    ShortKey k;
+    if (len <= WordCache::kMaxLen) {
+      k.k0 = load_head(base + a, len, n - a >= 8);
+      k.k1 = 0;
+      k.h = WordCache::hash(k.k0);
+      word.prefetch(k.h);
+    } else {
+      PieceCache::key(base + a, len, n - a >= 16, &k.k0, &k.k1);
+      k.h = PieceCache::hash(k.k0, k.k1, len);
+      piece.prefetch(k.h);
+    }
+    return k;
+  };
+  size_t pos = 0, e = cur.next_end(0);
+  ShortKey kc{0, 0, 0};
+  if (e - pos <= PieceCache::kMaxLen) kc = key_of(pos, e - pos);
+  while (true) {
+    // The next chunk's end and key (its set starts loading now).
+    size_t e2 = e;
+    ShortKey kn{0, 0, 0};
+    if (e < n) {
+      e2 = cur.next_end(e);
+      if (e2 - e <= PieceCache::kMaxLen) kn = key_of(e, e2 - e);
+    }
+    const size_t len = e - pos;
+    if (len <= WordCache::kMaxLen) {
+      int32_t* w = sink.at();
+      const size_t k = word.find_to(kc.k0, len, kc.h, w);
+      if (k) sink.advance(k);
+      else { sink.flush(); word_miss(base + pos, len, kc.k0, kc.h, out, caches); }
+    } else if (len <= PieceCache::kMaxLen) {
+      int32_t* w = sink.at();
+      const size_t k = piece.find_to(kc.k0, kc.k1, len, kc.h, w);
+      if (k) sink.advance(k);
+      else { sink.flush(); short_miss(base + pos, len, kc.k0, kc.k1, kc.h, out, caches); }
+    } else {
+      sink.flush();
+      encode_chunk(base + pos, len, end, out, caches);
+    }
+    if (e >= n) break;
     pos = e;
+    e = e2;
+    kc = kn;
   }
+  sink.flush();
 }
 
 void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
@@ -376,6 +470,7 @@ void BpeEncoder::encode_batch(const std::vector<std::string_view>& texts, const 
 
 void BpeEncoder::encode_with(std::string_view text, const std::vector<int>& allowed,
                              std::vector<int32_t>& out, Caches& caches) const {
+  caches.word.begin();
   caches.piece.begin();
   caches.chunk.begin(text.size());
   if (allowed.empty()) { ordinary_internal(text, out, caches); return; }

@@ -63,6 +63,7 @@ class BpeEncoder {
   // The caches lent to one call (or one batch thread) at a time: chunks of <= 16 bytes in `piece`,
   // longer ones (<= ChunkCache::kMaxLen) in `chunk`.
   struct Caches {
+    WordCache word;
     PieceCache piece;
     ChunkCache chunk;
   };
@@ -75,6 +76,13 @@ class BpeEncoder {
   template <class T> void decode_impl(const T* ids, size_t n, std::string& out) const;
   // Appends the ids (external) of text[pos, end); the caller's text extends to text_end.
   void encode_chunk(const char* p, size_t n, const char* text_end, std::vector<int32_t>& out, Caches& caches) const;
+  // A chunk of 2..PieceCache::kMaxLen bytes that PieceCache does not hold (its key k0, k1 and hash
+  // h): whole-token lookup or merging, appended to out, then cached.
+  void short_miss(const char* p, size_t n, uint64_t k0, uint64_t k1, uint64_t h, std::vector<int32_t>& out,
+                  Caches& caches) const;
+  // A chunk of 1..WordCache::kMaxLen bytes (key k, hash h) that WordCache does not hold: PieceCache,
+  // else short_miss; appended to out, then put in WordCache.
+  void word_miss(const char* p, size_t n, uint64_t k, uint64_t h, std::vector<int32_t>& out, Caches& caches) const;
   void merge_short(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   void merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   int32_t rank(int32_t a, int32_t b) const { return ranks_.find(a, b); }
@@ -92,6 +100,7 @@ class BpeEncoder {
   std::vector<int32_t> ext_;  // internal id -> id (empty: identity)
   std::vector<int32_t> int_;  // id -> internal id, -1 for a hole (empty: identity)
   bool whole_lookup_ = true;
+  int32_t byte_id_[256];  // ext(b): the id of the one-byte chunk b
   // Idle caches (one set is lent to each call, or to each thread of a batch, for its duration: a
   // lookup never takes a lock and no two threads share a cache; the mutex is only taken to borrow
   // and to give back). As many sets as calls have run at once.

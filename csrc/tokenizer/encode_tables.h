@@ -206,6 +206,60 @@ class ChunkCache {
   unsigned bits_ = 0;
 };
 
+// chunk of at most 8 bytes -> its ids when they are one or two (nearly every such chunk: most
+// chunks of code and English), the first-level cache of the encoder's loop. A slot is the chunk's 8
+// zero-padded bytes (one word) and 8 bytes of value (first id; second id, length and count packed
+// in one word), 4 slots to a 64-byte set: a lookup reads one cache line, the table (512 KiB) stays
+// in L2, and a set holds 4 chunks whose hashes collide (a 2-way set thrashes on a few hot ones). The
+// hash is one multiply. No arena, no generations: an entry is only ever replaced by another (a
+// round-robin way when the set is full). Results it cannot hold (3+ ids, a second id >= 2^27) are
+// not stored; the caller's second level (PieceCache) holds them. Used by one thread at a time.
+class WordCache {
+ public:
+  static constexpr size_t kMaxLen = 8;
+  static inline uint64_t hash(uint64_t k) { return k * 0x9e3779b97f4a7c15ULL; }
+  void begin() {
+    if (sets_.empty()) sets_.assign(size_t(1) << kBits, Set{});
+  }
+  void prefetch(uint64_t h) const {
+#if defined(__GNUC__)
+    __builtin_prefetch(&sets_[size_t(h >> (64 - kBits))]);
+#else
+    (void)h;
+#endif
+  }
+  // Writes the ids of key k (a chunk of n bytes, 1 <= n <= 8) at w[0], w[1] (both written) and
+  // returns how many there are; 0 if absent.
+  inline size_t find_to(uint64_t k, size_t n, uint64_t h, int32_t* w) const {
+    const Set& s = sets_[size_t(h >> (64 - kBits))];
+    unsigned m = 0;
+    for (unsigned i = 0; i < 4; ++i) m |= unsigned((s.key[i] == k) & ((s.meta[i] & 15u) == n)) << i;
+    if (!m) return 0;
+    const unsigned i = unsigned(__builtin_ctz(m));
+    w[0] = s.id[i];
+    w[1] = int32_t(s.meta[i] >> 5);
+    return 1 + ((s.meta[i] >> 4) & 1u);
+  }
+  void put(uint64_t k, size_t n, uint64_t h, const int32_t* ids, size_t count) {
+    if (count == 0 || count > 2 || n == 0 || n > kMaxLen) return;
+    if (count == 2 && (ids[1] < 0 || ids[1] >= (int32_t(1) << 27))) return;
+    Set& s = sets_[size_t(h >> (64 - kBits))];
+    unsigned i = 0;
+    while (i < 4 && (s.meta[i] & 15u) != 0) ++i;
+    if (i == 4) i = (next_++) & 3u;
+    s.key[i] = k;
+    s.id[i] = ids[0];
+    s.meta[i] = uint32_t(n) | (count == 2 ? 16u | (uint32_t(ids[1]) << 5) : 0u);
+  }
+
+ private:
+  static constexpr unsigned kBits = 13;  // 8192 sets of 4 slots: 512 KiB
+  // meta: length (bits 0-3; 0: empty slot), two ids (bit 4), the second id (bits 5-31).
+  struct alignas(64) Set { uint64_t key[4] = {0, 0, 0, 0}; int32_t id[4] = {0, 0, 0, 0}; uint32_t meta[4] = {0, 0, 0, 0}; };
+  std::vector<Set> sets_;
+  unsigned next_ = 0;
+};
+
 // chunk of at most 16 bytes -> its ids, for every such chunk an encode call has met (whole tokens
 // and merged ones alike), kept across calls: the first lookup for a chunk, so a chunk seen before
 // costs one probe of a cache line in this table (1 MiB, L2-sized) instead of a probe of the whole-token
@@ -255,6 +309,31 @@ class PieceCache {
       sets_.assign(size_t(1) << kBits, Set{});
       gen_ = 1;
     }
+  }
+  // Starts loading the set of hash h (the lookup of a chunk a little later).
+  void prefetch(uint64_t h) const {
+#if defined(__GNUC__)
+    __builtin_prefetch(&sets_[size_t(h >> (64 - kBits))]);
+#else
+    (void)h;
+#endif
+  }
+  // Writes the cached ids of the key at w (room for kMaxLen ids) and returns how many (0: absent).
+  inline size_t find_to(uint64_t k0, uint64_t k1, size_t n, uint64_t h, int32_t* w) const {
+    const Slot* set = sets_[size_t(h >> (64 - kBits))].w;
+    for (int k = 0; k < 2; ++k) {
+      const Slot& s = set[k];
+      if (s.k0 == k0 && s.k1 == k1 && s.len == n && s.gen == gen_) {
+        if (s.count <= 2) {  // both written, the count says how many count
+          w[0] = s.a;
+          w[1] = s.b;
+          return s.count;
+        }
+        std::memcpy(w, ids_.data() + s.a, sizeof(int32_t) * s.count);
+        return s.count;
+      }
+    }
+    return 0;
   }
   // Appends the cached ids of the key to out; false if absent.
   bool find(uint64_t k0, uint64_t k1, size_t n, uint64_t h, std::vector<int32_t>& out) const {
