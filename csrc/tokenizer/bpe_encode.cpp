@@ -136,6 +136,9 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
   const size_t total = offs_.size() - 1;
   init_ids(ids, total, merges.size());
   for (int b = 0; b < 256; ++b) byte_id_[b] = ext(b);
+  byte_rank_.resize(size_t(1) << 16);
+  for (size_t a = 0; a < 256; ++a)
+    for (size_t b = 0; b < 256; ++b) byte_rank_[a << 8 | b] = ranks_.find(int32_t(a), int32_t(b));
   // The whole-chunk table gives the id the caller sees (the first, lowest, internal id wins).
   whole_ = TokenTable(256 + merges.size());
   for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), ext(int32_t(id)));
@@ -173,7 +176,7 @@ void BpeEncoder::merge_short(const unsigned char* p, size_t n, std::vector<int32
   constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
   for (size_t i = 0; i < n; ++i) ids[i] = p[i];
   for (size_t i = 0; i + 1 < n; ++i) {
-    const int32_t r = rank(ids[i], ids[i + 1]);
+    const int32_t r = byte_rank_[size_t(p[i]) << 8 | p[i + 1]];
     rk[i] = r < 0 ? kNone : r;
   }
   while (n > 1) {
@@ -184,6 +187,9 @@ void BpeEncoder::merge_short(const unsigned char* p, size_t n, std::vector<int32
     ids[best] = rk[best];
     for (size_t i = best + 1; i + 1 < n; ++i) { ids[i] = ids[i + 1]; rk[i] = rk[i + 1]; }
     --n;
+    // The two new pairs' lookups are independent: both slots start loading before either is read.
+    if (best + 1 < n) ranks_.prefetch(ids[best], ids[best + 1]);
+    if (best > 0) ranks_.prefetch(ids[best - 1], ids[best]);
     if (best + 1 < n) { const int32_t r = rank(ids[best], ids[best + 1]); rk[best] = r < 0 ? kNone : r; }
     if (best > 0) { const int32_t r = rank(ids[best - 1], ids[best]); rk[best - 1] = r < 0 ? kNone : r; }
   }
@@ -196,16 +202,11 @@ void BpeEncoder::merge_long(const unsigned char* p, size_t n, std::vector<int32_
   std::unique_ptr<Node[]> node(new Node[n]);  // every field written below
   const uint32_t kEnd = uint32_t(n);
   RankBuckets pending;
-  int32_t last_a = -1, last_b = -1, last_r = -1;  // runs repeat pairs: one lookup per change
   for (size_t i = 0; i < n; ++i) {
     node[i].tok = p[i];
     node[i].nxt = uint32_t(i + 1);
     node[i].prv = i == 0 ? kEnd : uint32_t(i - 1);
-    int32_t r = -1;
-    if (i + 1 < n) {
-      if (p[i] != last_a || p[i + 1] != last_b) { last_a = p[i]; last_b = p[i + 1]; last_r = rank(last_a, last_b); }
-      r = last_r;
-    }
+    const int32_t r = i + 1 < n ? byte_rank_[size_t(p[i]) << 8 | p[i + 1]] : -1;
     node[i].pr = r;
     if (r >= 0) pending.push(r, uint32_t(i));
   }

@@ -15,7 +15,41 @@
 #include <string_view>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#include <cstdlib>
+#include <new>
+
 namespace kgpt { namespace tok {
+
+// Allocator of the large lookup tables: an array of 2 MiB or more is aligned to 2 MiB and marked
+// for transparent huge pages (Linux, madvise; a hint: without them it is an ordinary array). The
+// tables are probed at random, so with 4 KiB pages nearly every probe of a 4-8 MiB table also
+// misses the TLB; 2 MiB pages cover a table with a few entries.
+template <class T>
+struct HugePageAlloc {
+  using value_type = T;
+  HugePageAlloc() = default;
+  template <class U> HugePageAlloc(const HugePageAlloc<U>&) {}
+  T* allocate(size_t n) {
+    if (n > size_t(-1) / sizeof(T)) throw std::bad_alloc();
+    const size_t bytes = n * sizeof(T);
+    constexpr size_t kHuge = size_t(2) << 20;
+    const size_t align = bytes >= kHuge ? kHuge : (alignof(T) > 64 ? alignof(T) : 64);
+    const size_t rounded = (bytes + align - 1) / align * align;
+    void* p = nullptr;
+    if (posix_memalign(&p, align, rounded ? rounded : align) != 0) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) noexcept { std::free(p); }
+  template <class U> bool operator==(const HugePageAlloc<U>&) const { return true; }
+  template <class U> bool operator!=(const HugePageAlloc<U>&) const { return false; }
+};
+template <class T> using HugeVector = std::vector<T, HugePageAlloc<T>>;
 
 // The first min(n, 8) bytes of p as a little-endian-ordered word, zero-padded. `readable8`: the 8
 // bytes at p may be read (they lie inside the caller's buffer), which allows one unaligned load.
@@ -96,8 +130,8 @@ class TokenTable {
     const Slot& s = slots_[i];
     return s.head == head && s.len == n && (n <= 8 || std::memcmp(arena_.data() + off_[i] + 8, p + 8, n - 8) == 0);
   }
-  std::vector<Slot> slots_;
-  std::vector<uint32_t> off_;  // arena offset of a key longer than 8 bytes
+  HugeVector<Slot> slots_;
+  HugeVector<uint32_t> off_;  // arena offset of a key longer than 8 bytes
   std::string arena_;
   unsigned bits_ = 0;
   size_t max_len_ = 0;
@@ -124,6 +158,14 @@ class RankTable {
     slots_[i] = Slot{k, v};
     return true;
   }
+  // Starts loading the slot of (a, b) (a lookup a little later).
+  void prefetch(int32_t a, int32_t b) const {
+#if defined(__GNUC__)
+    __builtin_prefetch(&slots_[index(key(a, b))]);
+#else
+    (void)a; (void)b;
+#endif
+  }
   // Merged id of (a, b), or -1.
   int32_t find(int32_t a, int32_t b) const {
     const uint64_t k = key(a, b);
@@ -145,7 +187,7 @@ class RankTable {
     h ^= h >> 29;
     return size_t((h * 0xbf58476d1ce4e5b9ULL) >> (64 - bits_));
   }
-  std::vector<Slot> slots_;
+  HugeVector<Slot> slots_;
   unsigned bits_ = 0;
 };
 
@@ -256,7 +298,7 @@ class WordCache {
   static constexpr unsigned kBits = 13;  // 8192 sets of 4 slots: 512 KiB
   // meta: length (bits 0-3; 0: empty slot), two ids (bit 4), the second id (bits 5-31).
   struct alignas(64) Set { uint64_t key[4] = {0, 0, 0, 0}; int32_t id[4] = {0, 0, 0, 0}; uint32_t meta[4] = {0, 0, 0, 0}; };
-  std::vector<Set> sets_;
+  HugeVector<Set> sets_;
   unsigned next_ = 0;
 };
 
@@ -361,7 +403,7 @@ class PieceCache {
   }
 
  private:
-  static constexpr unsigned kBits = 14;  // 16384 sets of 2 slots, 32 bytes each: 1 MiB
+  static constexpr unsigned kBits = 13;  // 8192 sets of 2 slots, 32 bytes each: 512 KiB
   static constexpr size_t kMaxIds = size_t(1) << 18;
   struct Slot { uint64_t k0 = 0, k1 = 0; uint32_t gen = 0; uint16_t len = 0, count = 0; int32_t a = 0, b = 0; };
   void next_gen() {
@@ -372,7 +414,7 @@ class PieceCache {
     }
   }
   struct alignas(64) Set { Slot w[2]; };
-  std::vector<Set> sets_;  // over-aligned type: allocated 64-byte aligned (C++17)
+  HugeVector<Set> sets_;  // 64-byte aligned (HugePageAlloc)
   std::vector<int32_t> ids_;
   uint32_t gen_ = 1;
 };
