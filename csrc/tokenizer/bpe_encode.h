@@ -84,6 +84,17 @@ class BpeEncoder {
   // else short_miss; appended to out, then put in WordCache.
   void word_miss(const char* p, size_t n, uint64_t k, uint64_t h, std::vector<int32_t>& out, Caches& caches) const;
   void merge_short(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
+ public:
+  // A chunk of 1..PieceCache::kMaxLen bytes that the loop's cache probe missed: resolved later, in
+  // a batch (resolve_misses), its ids spliced in at sink index `at`.
+  struct Miss { size_t pos; uint32_t len, at; uint64_t k0, k1, h; };
+  static constexpr size_t kMissBatch = 32;
+ private:
+  // Resolves misses m[0..k) of the text at base: their ids go to res (room for the sum of their
+  // lengths), cnt[j] = how many are miss j's. The same results as word_miss / short_miss (the
+  // same caches are filled), but each step runs over the whole batch: the table probes of
+  // different chunks (whole-token lookups, the rank lookups of each merge step) overlap in memory.
+  void resolve_misses(const char* base, const Miss* m, size_t k, int32_t* res, uint32_t* cnt, Caches& caches) const;
   void merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   int32_t rank(int32_t a, int32_t b) const { return ranks_.find(a, b); }
   void init_ids(const std::vector<int32_t>& ids, size_t total, size_t n_merges);
