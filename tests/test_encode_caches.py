@@ -17,18 +17,18 @@ from kernelgpt.tokenizer import Tokenizer
 M64 = (1 << 64) - 1
 
 
-def _word_set(chunk: bytes) -> int:  # WordCache: one multiply, 2**14 sets
+def _word_set(chunk: bytes) -> int:  # WordCache: one multiply, 2**13 sets
     k = int.from_bytes(chunk.ljust(8, b"\0"), "little")
-    return ((k * 0x9E3779B97F4A7C15) & M64) >> 50
+    return ((k * 0x9E3779B97F4A7C15) & M64) >> 51
 
 
-def _piece_set(chunk: bytes) -> int:  # PieceCache: 16-byte key and length, 2**14 sets
+def _piece_set(chunk: bytes) -> int:  # PieceCache: 16-byte key and length, 2**13 sets
     b = chunk.ljust(16, b"\0")
     k0, k1, n = int.from_bytes(b[:8], "little"), int.from_bytes(b[8:], "little"), len(chunk)
     h = ((k0 ^ (n << 56)) * 0x9E3779B97F4A7C15) & M64
     h ^= ((k1 + (h >> 31)) * 0xBF58476D1CE4E5B9) & M64
     h ^= h >> 29
-    return h >> 50
+    return h >> 51
 
 
 @functools.lru_cache(maxsize=None)

@@ -551,7 +551,9 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
     const size_t len = e - pos;
     if (len <= WordCache::kMaxLen) {
       int32_t* w = sink.at();
-      const size_t k = word.find_to(kc.k0, len, kc.h, w);
+      size_t k = word.find_to(kc.k0, len, kc.h, w);
+      // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
+      if (!k) k = piece.find_to(kc.k0, 0, len, PieceCache::hash(kc.k0, 0, len), w);
       if (k) sink.advance(k);
       else sink.miss(pos, len, kc.k0, 0, kc.h);
     } else if (len <= PieceCache::kMaxLen) {

@@ -259,7 +259,7 @@ class ChunkCache {
 // chunk of at most 8 bytes -> its ids when they are one or two (nearly every such chunk: most
 // chunks of code and English), the first-level cache of the encoder's loop. A slot is the chunk's 8
 // zero-padded bytes (one word) and 8 bytes of value (first id; second id, length and count packed
-// in one word), 4 slots to a 64-byte set: a lookup reads one cache line, the table (1 MiB) stays
+// in one word), 4 slots to a 64-byte set: a lookup reads one cache line, the table (512 KiB) stays
 // in L2, and a set holds 4 chunks whose hashes collide (a 2-way set thrashes on a few hot ones). The
 // hash is one multiply. No arena, no generations: an entry is only ever replaced by another (a
 // round-robin way when the set is full). Results it cannot hold (3+ ids, a second id >= 2^27) are
@@ -303,7 +303,7 @@ class WordCache {
   }
 
  private:
-  static constexpr unsigned kBits = 14;  // 16384 sets of 4 slots: 1 MiB
+  static constexpr unsigned kBits = 13;  // 8192 sets of 4 slots: 512 KiB (with PieceCache's, the 1 MiB one cache took before)
   // meta: length (bits 0-3; 0: empty slot), two ids (bit 4), the second id (bits 5-31).
   struct alignas(64) Set { uint64_t key[4] = {0, 0, 0, 0}; int32_t id[4] = {0, 0, 0, 0}; uint32_t meta[4] = {0, 0, 0, 0}; };
   HugeVector<Set> sets_;
@@ -313,7 +313,7 @@ class WordCache {
 // chunk of at most 16 bytes -> its ids, for every such chunk an encode call has met (whole tokens
 // and merged ones alike), kept across calls: the first lookup for a chunk of 9..16 bytes (and the
 // second, after WordCache, for one of up to 8 bytes whose ids WordCache cannot hold), so a chunk seen before
-// costs one probe of a cache line in this table (1 MiB, L2-sized) instead of a probe of the whole-token
+// costs one probe of a cache line in this table (512 KiB, L2-sized) instead of a probe of the whole-token
 // table (4-8 MiB for 100k-200k tokens) and maybe another of ChunkCache. The key (the chunk's bytes,
 // zero-padded to 16, and its length) is stored whole in the slot: no arena, no memcmp. 2-way set
 // associative (a set is one 64-byte line); a new entry goes to way 0 and pushes way 0 to way 1. Up to
@@ -354,7 +354,7 @@ class PieceCache {
     h ^= (k1 + (h >> 31)) * 0xbf58476d1ce4e5b9ULL;
     return h ^ (h >> 29);
   }
-  // Allocates the table on first use (1 MiB).
+  // Allocates the table on first use (512 KiB).
   void begin() {
     if (sets_.empty()) {
       sets_.assign(size_t(1) << kBits, Set{});
@@ -412,7 +412,7 @@ class PieceCache {
   }
 
  private:
-  static constexpr unsigned kBits = 14;  // 16384 sets of 2 slots, 32 bytes each: 1 MiB
+  static constexpr unsigned kBits = 13;  // 8192 sets of 2 slots, 32 bytes each: 512 KiB
   static constexpr size_t kMaxIds = size_t(1) << 18;
   struct Slot { uint64_t k0 = 0, k1 = 0; uint32_t gen = 0; uint16_t len = 0, count = 0; int32_t a = 0, b = 0; };
   void next_gen() {
