@@ -3,9 +3,11 @@ a new bytes object per call). The ids must be those of the same text given as UT
 Python reference's, for every str storage kind (Latin-1, UCS-2, UCS-4), long ASCII runs between
 non-ASCII characters, and strings that end on any of them; a lone surrogate still becomes U+FFFD
 (tiktoken's rule); and Python code run by the `allowed` argument (which may encode on the same
-thread) cannot disturb the buffer of the call that runs it."""
+thread) cannot disturb the buffer of the call that runs it. A str that caches its UTF-8 (after
+PyUnicode_AsUTF8, called here through ctypes) is read from that cache: the same ids."""
 from __future__ import annotations
 
+import ctypes
 import functools
 import random
 
@@ -41,6 +43,18 @@ def test_str_kinds_match_their_utf8_bytes_and_the_reference():
         assert tok.encode(t, "none") == want, repr(t)
         assert tok._enc.encode(t.encode("utf-8"), [], True) == want, repr(t)
         assert tok.encode_to_numpy(t, "none").tolist() == want, repr(t)
+
+
+def test_str_with_cached_utf8():
+    f = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
+    f.restype = ctypes.c_char_p
+    f.argtypes = [ctypes.py_object, ctypes.c_void_p]
+    tok = _tok()
+    for t in _texts():
+        want = tok.encode(t, "none")
+        c = (t + "!")[:-1]  # a new str object, then its UTF-8 cached in it
+        assert f(c, None) == t.encode("utf-8")
+        assert tok.encode(c, "none") == want == ref.encode_ordinary(t, tok.merges), repr(t)
 
 
 def test_lone_surrogate_becomes_replacement_character():

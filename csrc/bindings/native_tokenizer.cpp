@@ -57,9 +57,10 @@ std::string_view utf8_view(py::handle obj, std::vector<py::object>& keep, const 
                        std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
 }
 
-// UTF-8 of a str that is not ASCII, written into a buffer this thread reuses from call to call
-// (the view stays valid until the thread's next call): no new bytes object per call, whose pages
-// the kernel would hand out (and zero) afresh each time. Empty view and *ok = false when the str
+// UTF-8 of a str that is not ASCII: the one the str caches if something asked it for one (then
+// no copy), else written into a buffer this thread reuses from call to call (the view stays valid
+// until the thread's next call): no new bytes object per call, whose pages the kernel would hand
+// out (and zero) afresh each time. Empty view and *ok = false when the str
 // holds a surrogate: the caller then takes utf8_view, which raises UnicodeEncodeError (tokenizer.py
 // replaces them and retries).
 template <class T>
@@ -112,6 +113,16 @@ std::string_view utf8_view_reusing(py::handle obj, Utf8Buffer& buf, bool* done) 
   PyObject* o = obj.ptr();
   *done = false;
   if (!PyUnicode_Check(o) || PyUnicode_IS_ASCII(o)) return std::string_view();
+#if PY_VERSION_HEX < 0x030F0000 && !defined(Py_LIMITED_API)
+  // The str already holds its UTF-8 (PyUnicode_AsUTF8 was called on it, by us never): that one.
+  if (PyUnicode_IS_COMPACT(o)) {
+    const auto* c = reinterpret_cast<const PyCompactUnicodeObject*>(o);
+    if (c->utf8) {
+      *done = true;
+      return std::string_view(c->utf8, size_t(c->utf8_length));
+    }
+  }
+#endif
   const size_t n = size_t(PyUnicode_GET_LENGTH(o));
   const int kind = PyUnicode_KIND(o);
   const size_t per = kind == PyUnicode_1BYTE_KIND ? 2 : kind == PyUnicode_2BYTE_KIND ? 3 : 4;
