@@ -38,8 +38,8 @@ struct HugePageAlloc {
     constexpr size_t kHuge = size_t(2) << 20;
     const size_t align = bytes >= kHuge ? kHuge : (alignof(T) > 64 ? alignof(T) : 64);
     const size_t rounded = (bytes + align - 1) / align * align;
-    void* p = nullptr;
-    if (posix_memalign(&p, align, rounded ? rounded : align) != 0) throw std::bad_alloc();
+    void* p = std::aligned_alloc(align, rounded ? rounded : align);  // size: a multiple of align
+    if (!p) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);
 #endif
