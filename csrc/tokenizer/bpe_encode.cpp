@@ -293,14 +293,6 @@ void BpeEncoder::short_miss(const char* p, size_t n, uint64_t k0, uint64_t k1, u
   caches.piece.put(k0, k1, n, h, out.data() + start, out.size() - start);
 }
 
-void BpeEncoder::word_miss(const char* p, size_t n, uint64_t k, uint64_t h, std::vector<int32_t>& out,
-                           Caches& caches) const {
-  const size_t start = out.size();
-  const uint64_t ph = PieceCache::hash(k, 0, n);
-  if (!caches.piece.find(k, 0, n, ph, out)) short_miss(p, n, k, 0, ph, out, caches);
-  caches.word.put(k, n, h, out.data() + start, out.size() - start);
-}
-
 void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32_t* res, uint32_t* cnt,
                                 Caches& caches) const {
   constexpr int32_t kNone = std::numeric_limits<int32_t>::max();

@@ -80,9 +80,6 @@ class BpeEncoder {
   // h): whole-token lookup or merging, appended to out, then cached.
   void short_miss(const char* p, size_t n, uint64_t k0, uint64_t k1, uint64_t h, std::vector<int32_t>& out,
                   Caches& caches) const;
-  // A chunk of 1..WordCache::kMaxLen bytes (key k, hash h) that WordCache does not hold: PieceCache,
-  // else short_miss; appended to out, then put in WordCache.
-  void word_miss(const char* p, size_t n, uint64_t k, uint64_t h, std::vector<int32_t>& out, Caches& caches) const;
   void merge_short(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
  public:
   // A chunk of 1..PieceCache::kMaxLen bytes that the loop's cache probe missed: resolved later, in
