@@ -88,7 +88,7 @@ class BpeEncoder {
   static constexpr size_t kMissBatch = 32;
  private:
   // Resolves misses m[0..k) of the text at base: their ids go to res (room for the sum of their
-  // lengths), cnt[j] = how many are miss j's. The same results as word_miss / short_miss (the
+  // lengths), cnt[j] = how many are miss j's. The same results as a lookup then short_miss (the
   // same caches are filled), but each step runs over the whole batch: the table probes of
   // different chunks (whole-token lookups, the rank lookups of each merge step) overlap in memory.
   void resolve_misses(const char* base, const Miss* m, size_t k, int32_t* res, uint32_t* cnt, Caches& caches) const;
