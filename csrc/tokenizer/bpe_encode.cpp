@@ -135,7 +135,6 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
   }
   const size_t total = offs_.size() - 1;
   init_ids(ids, total, merges.size());
-  for (int b = 0; b < 256; ++b) byte_id_[b] = ext(b);
   byte_rank_.resize(size_t(1) << 16);
   for (size_t a = 0; a < 256; ++a)
     for (size_t b = 0; b < 256; ++b) byte_rank_[a << 8 | b] = ranks_.find(int32_t(a), int32_t(b));
@@ -493,10 +492,10 @@ struct ShortKey { uint64_t k0, k1, h; };
 
 // Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
 // list of chunks). The loop runs one chunk ahead: while chunk i is looked up, the end of chunk
-// i + 1 is known and its PieceCache set is already being loaded (a prefetch), so the cache's
-// latency overlaps the work on chunk i. One-byte chunks are a table lookup; chunks of up to
-// PieceCache::kMaxLen bytes found in PieceCache are written through IdSink; everything else
-// (a miss, a longer chunk) flushes the sink and appends to `out` directly.
+// i + 1 is known and its cache set is already being loaded (a prefetch), so the cache's latency
+// overlaps the work on chunk i. Chunks of 1..8 bytes are looked up in WordCache (then PieceCache),
+// 9..16 in PieceCache; hits are written through IdSink, misses recorded there and resolved in
+// batches (resolve_misses); a longer chunk flushes the sink and appends to `out` directly.
 template <Pattern P>
 void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());

@@ -108,7 +108,6 @@ class BpeEncoder {
   std::vector<int32_t> ext_;  // internal id -> id (empty: identity)
   std::vector<int32_t> int_;  // id -> internal id, -1 for a hole (empty: identity)
   bool whole_lookup_ = true;
-  int32_t byte_id_[256];  // ext(b): the id of the one-byte chunk b
   std::vector<int32_t> byte_rank_;  // [a << 8 | b]: rank(a, b) of two bytes (every merge's first step)
   // Idle caches (one set is lent to each call, or to each thread of a batch, for its duration: a
   // lookup never takes a lock and no two threads share a cache; the mutex is only taken to borrow
