@@ -57,6 +57,94 @@ std::string_view utf8_view(py::handle obj, std::vector<py::object>& keep, const 
                        std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
 }
 
+// UTF-8 of a str that is not ASCII: the one the str caches if something asked it for one (then
+// no copy), else written into a buffer this thread reuses from call to call (the view stays valid
+// until the thread's next call): no new bytes object per call, whose pages the kernel would hand
+// out (and zero) afresh each time. Empty view and *ok = false when the str
+// holds a surrogate: the caller then takes utf8_view, which raises UnicodeEncodeError (tokenizer.py
+// replaces them and retries).
+template <class T>
+size_t utf8_encode(const T* s, size_t n, unsigned char* o, bool* ok) {
+  unsigned char* const o0 = o;
+  size_t i = 0;
+  while (i < n) {
+    // ASCII runs: 4 code units checked at once.
+    while (i + 4 <= n && ((s[i] | s[i + 1] | s[i + 2] | s[i + 3]) < 0x80)) {
+      o[0] = static_cast<unsigned char>(s[i]); o[1] = static_cast<unsigned char>(s[i + 1]);
+      o[2] = static_cast<unsigned char>(s[i + 2]); o[3] = static_cast<unsigned char>(s[i + 3]);
+      o += 4;
+      i += 4;
+    }
+    if (i >= n) break;
+    const uint32_t c = s[i++];
+    if (c < 0x80) {
+      *o++ = static_cast<unsigned char>(c);
+    } else if (c < 0x800) {
+      o[0] = static_cast<unsigned char>(0xC0 | (c >> 6));
+      o[1] = static_cast<unsigned char>(0x80 | (c & 0x3F));
+      o += 2;
+    } else if (c < 0x10000) {
+      if (c >= 0xD800 && c <= 0xDFFF) { *ok = false; return 0; }
+      o[0] = static_cast<unsigned char>(0xE0 | (c >> 12));
+      o[1] = static_cast<unsigned char>(0x80 | ((c >> 6) & 0x3F));
+      o[2] = static_cast<unsigned char>(0x80 | (c & 0x3F));
+      o += 3;
+    } else {
+      o[0] = static_cast<unsigned char>(0xF0 | (c >> 18));
+      o[1] = static_cast<unsigned char>(0x80 | ((c >> 12) & 0x3F));
+      o[2] = static_cast<unsigned char>(0x80 | ((c >> 6) & 0x3F));
+      o[3] = static_cast<unsigned char>(0x80 | (c & 0x3F));
+      o += 4;
+    }
+  }
+  *ok = true;
+  return size_t(o - o0);
+}
+
+struct Utf8Buffer {
+  std::unique_ptr<unsigned char[]> p;
+  size_t cap = 0;
+};
+constexpr size_t kKeepUtf8Buffer = size_t(16) << 20;  // a larger buffer is freed after its call
+
+// The UTF-8 view of a str or bytes for one encode call: ASCII str and bytes as utf8_view; other
+// str encoded into `buf` (nullptr view on a surrogate: use utf8_view).
+std::string_view utf8_view_reusing(py::handle obj, Utf8Buffer& buf, bool* done) {
+  PyObject* o = obj.ptr();
+  *done = false;
+  if (!PyUnicode_Check(o) || PyUnicode_IS_ASCII(o)) return std::string_view();
+#if PY_VERSION_HEX < 0x030F0000 && !defined(Py_LIMITED_API)
+  // The str already holds its UTF-8 (PyUnicode_AsUTF8 was called on it, by us never): that one.
+  if (PyUnicode_IS_COMPACT(o)) {
+    const auto* c = reinterpret_cast<const PyCompactUnicodeObject*>(o);
+    if (c->utf8) {
+      *done = true;
+      return std::string_view(c->utf8, size_t(c->utf8_length));
+    }
+  }
+#endif
+  const size_t n = size_t(PyUnicode_GET_LENGTH(o));
+  const int kind = PyUnicode_KIND(o);
+  const size_t per = kind == PyUnicode_1BYTE_KIND ? 2 : kind == PyUnicode_2BYTE_KIND ? 3 : 4;
+  if (n > (size_t(1) << 40) / per) return std::string_view();
+  const size_t need = n * per;
+  if (buf.cap < need) {
+    buf.p.reset();
+    buf.cap = 0;
+    buf.p.reset(new unsigned char[need]);  // std::bad_alloc -> MemoryError
+    buf.cap = need;
+  }
+  bool ok = false;
+  size_t len = 0;
+  const void* d = PyUnicode_DATA(o);
+  if (kind == PyUnicode_1BYTE_KIND) len = utf8_encode(static_cast<const uint8_t*>(d), n, buf.p.get(), &ok);
+  else if (kind == PyUnicode_2BYTE_KIND) len = utf8_encode(static_cast<const uint16_t*>(d), n, buf.p.get(), &ok);
+  else len = utf8_encode(static_cast<const uint32_t*>(d), n, buf.p.get(), &ok);
+  if (!ok) return std::string_view();
+  *done = true;
+  return std::string_view(reinterpret_cast<const char*>(buf.p.get()), len);
+}
+
 py::array_t<int32_t> to_numpy(std::vector<int32_t>&& v) {
   // The array keeps the vector's whole capacity alive: give back a large unused tail first.
   if (v.capacity() > v.size() + v.size() / 4 + 4096) v.shrink_to_fit();
@@ -295,15 +383,24 @@ void init_tokenizer(py::module_& m) {
       }), py::arg("merges"), py::arg("specials"), py::arg("pattern"),
          py::arg("ids") = std::vector<int32_t>{}, py::arg("whole_lookup") = true)
       .def("encode", [](PyEncoder& e, py::handle text, py::handle allowed, bool as_list) -> py::object {
-        std::vector<py::object> keep;
-        std::string_view v = utf8_view(text, keep, "text");
+        // allowed first: its __index__ calls run Python code, which could encode on this thread
+        // (and reuse the buffer below).
         std::vector<int> al = allowed_arg(allowed, e.nspecial);
+        std::vector<py::object> keep;
+        // Non-ASCII str: encoded into this thread's reusable buffer (kept up to 16 MiB). Nothing
+        // runs Python code between here and the end of the encode.
+        static thread_local Utf8Buffer buf;
+        bool reused = false;
+        std::string_view v = utf8_view_reusing(text, buf, &reused);
+        if (!reused) v = utf8_view(text, keep, "text");
+        else keep.push_back(py::reinterpret_borrow<py::object>(text));
         std::vector<int32_t> ids;
         {
           py::gil_scoped_release nogil;
           ids.reserve(v.size() / 5 + 16);  // ~4+ bytes per token on text
           e.enc->encode(v, al, ids);
         }
+        if (buf.cap > kKeepUtf8Buffer) { buf.p.reset(); buf.cap = 0; }
         if (as_list) return to_list(ids, e.ints, e.enc->vocab_size());
         return to_numpy(std::move(ids));
       }, py::arg("text"), py::arg("allowed") = py::list(), py::arg("as_list") = false,

@@ -135,6 +135,9 @@ BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
   }
   const size_t total = offs_.size() - 1;
   init_ids(ids, total, merges.size());
+  byte_rank_.resize(size_t(1) << 16);
+  for (size_t a = 0; a < 256; ++a)
+    for (size_t b = 0; b < 256; ++b) byte_rank_[a << 8 | b] = ranks_.find(int32_t(a), int32_t(b));
   // The whole-chunk table gives the id the caller sees (the first, lowest, internal id wins).
   whole_ = TokenTable(256 + merges.size());
   for (size_t id = 0; id < 256 + merges.size(); ++id) whole_.insert(itoken(id), ext(int32_t(id)));
@@ -172,7 +175,7 @@ void BpeEncoder::merge_short(const unsigned char* p, size_t n, std::vector<int32
   constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
   for (size_t i = 0; i < n; ++i) ids[i] = p[i];
   for (size_t i = 0; i + 1 < n; ++i) {
-    const int32_t r = rank(ids[i], ids[i + 1]);
+    const int32_t r = byte_rank_[size_t(p[i]) << 8 | p[i + 1]];
     rk[i] = r < 0 ? kNone : r;
   }
   while (n > 1) {
@@ -183,6 +186,9 @@ void BpeEncoder::merge_short(const unsigned char* p, size_t n, std::vector<int32
     ids[best] = rk[best];
     for (size_t i = best + 1; i + 1 < n; ++i) { ids[i] = ids[i + 1]; rk[i] = rk[i + 1]; }
     --n;
+    // The two new pairs' lookups are independent: both slots start loading before either is read.
+    if (best + 1 < n) ranks_.prefetch(ids[best], ids[best + 1]);
+    if (best > 0) ranks_.prefetch(ids[best - 1], ids[best]);
     if (best + 1 < n) { const int32_t r = rank(ids[best], ids[best + 1]); rk[best] = r < 0 ? kNone : r; }
     if (best > 0) { const int32_t r = rank(ids[best - 1], ids[best]); rk[best - 1] = r < 0 ? kNone : r; }
   }
@@ -195,16 +201,11 @@ void BpeEncoder::merge_long(const unsigned char* p, size_t n, std::vector<int32_
   std::unique_ptr<Node[]> node(new Node[n]);  // every field written below
   const uint32_t kEnd = uint32_t(n);
   RankBuckets pending;
-  int32_t last_a = -1, last_b = -1, last_r = -1;  // runs repeat pairs: one lookup per change
   for (size_t i = 0; i < n; ++i) {
     node[i].tok = p[i];
     node[i].nxt = uint32_t(i + 1);
     node[i].prv = i == 0 ? kEnd : uint32_t(i - 1);
-    int32_t r = -1;
-    if (i + 1 < n) {
-      if (p[i] != last_a || p[i + 1] != last_b) { last_a = p[i]; last_b = p[i + 1]; last_r = rank(last_a, last_b); }
-      r = last_r;
-    }
+    const int32_t r = i + 1 < n ? byte_rank_[size_t(p[i]) << 8 | p[i + 1]] : -1;
     node[i].pr = r;
     if (r >= 0) pending.push(r, uint32_t(i));
   }
@@ -251,12 +252,7 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
     PieceCache::key(p, n, text_end - p >= 16, &k0, &k1);
     const uint64_t h = PieceCache::hash(k0, k1, n);
     if (caches.piece.find(k0, k1, n, h, out)) return;
-    const size_t start = out.size();
-    int32_t w = -1;
-    if (whole_lookup_ && n <= whole_.max_len()) w = whole_.find(p, n, k0, hash_key(k0, p, n));
-    if (w >= 0) out.push_back(w);
-    else merge_short(u, n, out);
-    caches.piece.put(k0, k1, n, h, out.data() + start, out.size() - start);
+    short_miss(p, n, k0, k1, h, out, caches);
     return;
   }
   ChunkCache& cache = caches.chunk;
@@ -284,6 +280,115 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
   if (n <= kShortChunk) merge_short(u, n, out);
   else merge_long(u, n, out);
   cache.put(p, n, head, h, out.data() + start, out.size() - start);
+}
+
+void BpeEncoder::short_miss(const char* p, size_t n, uint64_t k0, uint64_t k1, uint64_t h,
+                            std::vector<int32_t>& out, Caches& caches) const {
+  const size_t start = out.size();
+  int32_t w = -1;
+  if (whole_lookup_ && n <= whole_.max_len()) w = whole_.find(p, n, k0, hash_key(k0, p, n));
+  if (w >= 0) out.push_back(w);
+  else merge_short(reinterpret_cast<const unsigned char*>(p), n, out);
+  caches.piece.put(k0, k1, n, h, out.data() + start, out.size() - start);
+}
+
+void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32_t* res, uint32_t* cnt,
+                                Caches& caches) const {
+  constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
+  constexpr size_t kMax = PieceCache::kMaxLen;
+  // Per miss: where its ids go in res, and its state (0: done, 1: whole-token lookup, 2: merging).
+  uint32_t off[kMissBatch];
+  uint8_t state[kMissBatch];
+  uint64_t ph[kMissBatch], th[kMissBatch];
+  size_t o = 0;
+  for (size_t j = 0; j < k; ++j) { off[j] = uint32_t(o); o += m[j].len; cnt[j] = 0; state[j] = 1; }
+  // Chunks of <= 8 bytes may be in PieceCache (results of 3+ ids, which WordCache does not hold).
+  for (size_t j = 0; j < k; ++j) {
+    ph[j] = m[j].len <= WordCache::kMaxLen ? PieceCache::hash(m[j].k0, 0, m[j].len) : m[j].h;
+    if (m[j].len <= WordCache::kMaxLen) caches.piece.prefetch(ph[j]);
+  }
+  for (size_t j = 0; j < k; ++j) {
+    if (m[j].len > WordCache::kMaxLen) continue;
+    const size_t c = caches.piece.find_to(m[j].k0, 0, m[j].len, ph[j], res + off[j]);
+    if (c) { cnt[j] = uint32_t(c); state[j] = 0; }
+  }
+  // Whole-token lookups: every slot requested, then each read.
+  const bool whole = whole_lookup_;
+  if (whole) {
+    for (size_t j = 0; j < k; ++j) {
+      if (!state[j] || m[j].len > whole_.max_len()) continue;
+      th[j] = hash_key(m[j].k0, base + m[j].pos, m[j].len);
+      whole_.prefetch(th[j]);
+    }
+    for (size_t j = 0; j < k; ++j) {
+      if (!state[j] || m[j].len > whole_.max_len()) continue;
+      const int32_t w = whole_.find(base + m[j].pos, m[j].len, m[j].k0, th[j]);
+      if (w >= 0) { res[off[j]] = w; cnt[j] = 1; state[j] = 0; }
+    }
+  }
+  // Merging (merge_short's steps), one step of every chunk per round: a step's two new pair
+  // lookups are requested in one round and read in the next.
+  struct St { int32_t ids[kMax]; int32_t rk[kMax]; uint32_t n; int32_t need; };  // need: bit 0 left, 1 right
+  St st[kMissBatch];
+  size_t act[kMissBatch];
+  size_t na = 0;
+  for (size_t j = 0; j < k; ++j) {
+    if (!state[j]) continue;
+    St& t = st[j];
+    const auto* u = reinterpret_cast<const unsigned char*>(base + m[j].pos);
+    t.n = m[j].len;
+    t.need = 0;
+    for (size_t i = 0; i < t.n; ++i) t.ids[i] = u[i];
+    for (size_t i = 0; i + 1 < t.n; ++i) {
+      const int32_t r = byte_rank_[size_t(u[i]) << 8 | u[i + 1]];
+      t.rk[i] = r < 0 ? kNone : r;
+    }
+    act[na++] = j;
+  }
+  while (na) {
+    size_t keep = 0;
+    for (size_t a = 0; a < na; ++a) {
+      St& t = st[act[a]];
+      // Finish the previous step's lookups (requested a round ago).
+      if (t.need) {
+        // The merged symbol sits at t.need >> 2.
+        const size_t b = size_t(t.need >> 2);
+        if (t.need & 2) { const int32_t r = rank(t.ids[b], t.ids[b + 1]); t.rk[b] = r < 0 ? kNone : r; }
+        if (t.need & 1) { const int32_t r = rank(t.ids[b - 1], t.ids[b]); t.rk[b - 1] = r < 0 ? kNone : r; }
+        t.need = 0;
+      }
+      size_t n = t.n;
+      if (n > 1) {
+        size_t best = 0;
+        for (size_t i = 1; i + 1 < n; ++i)
+          if (t.rk[i] < t.rk[best]) best = i;
+        if (t.rk[best] != kNone) {
+          t.ids[best] = t.rk[best];
+          for (size_t i = best + 1; i + 1 < n; ++i) { t.ids[i] = t.ids[i + 1]; t.rk[i] = t.rk[i + 1]; }
+          t.n = uint32_t(--n);
+          int32_t need = int32_t(best) << 2;
+          if (best + 1 < n) { ranks_.prefetch(t.ids[best], t.ids[best + 1]); need |= 2; }
+          if (best > 0) { ranks_.prefetch(t.ids[best - 1], t.ids[best]); need |= 1; }
+          t.need = need;
+          act[keep++] = act[a];
+          continue;
+        }
+      }
+      // Done: the ids (external) of the chunk.
+      const size_t j = act[a];
+      for (size_t i = 0; i < t.n; ++i) res[off[j] + i] = ext(t.ids[i]);
+      cnt[j] = t.n;
+    }
+    na = keep;
+  }
+  // Fill the caches as the one-by-one path does (a chunk twice in the batch is stored once).
+  int32_t tmp[kMax];
+  for (size_t j = 0; j < k; ++j) {
+    const size_t n = m[j].len;
+    const int32_t* ids = res + off[j];
+    if (!caches.piece.find_to(m[j].k0, m[j].k1, n, ph[j], tmp)) caches.piece.put(m[j].k0, m[j].k1, n, ph[j], ids, cnt[j]);
+    if (n <= WordCache::kMaxLen && !caches.word.find_to(m[j].k0, n, m[j].h, tmp)) caches.word.put(m[j].k0, n, m[j].h, ids, cnt[j]);
+  }
 }
 
 std::unique_ptr<BpeEncoder::Caches> BpeEncoder::take_cache() const {
@@ -317,22 +422,146 @@ void BpeEncoder::encode(std::string_view text, const std::vector<int>& allowed,
   encode_internal(text, allowed, out);
 }
 
+namespace {
+// The ids of one loop, written through a pointer into a small buffer (L1-resident) and appended to
+// the caller's vector a buffer at a time: no capacity check and call per id. Cache misses are
+// recorded (up to kMissBatch) instead of resolved on the spot; flush() resolves them as one batch
+// and splices their ids in where they belong.
+template <class Resolve>
+class IdSink {
+ public:
+  static constexpr size_t kCap = 2048, kRoom = 64;  // room for any one write (<= kRoom ids)
+  static constexpr size_t kBatch = BpeEncoder::kMissBatch;
+  using Miss = BpeEncoder::Miss;
+  // resolve(m, k, res, cnt): the ids of misses m[0..k) into res (miss j's at the sum of the
+  // lengths before it), their numbers into cnt.
+  IdSink(std::vector<int32_t>& out, Resolve& resolve) : out_(out), resolve_(resolve), w_(buf_) {}
+  // A pointer with room for kRoom ids; advance() by what was written.
+  KGPT_ALWAYS_INLINE int32_t* at() {
+    if (w_ > buf_ + (kCap - kRoom)) flush();
+    return w_;
+  }
+  KGPT_ALWAYS_INLINE void advance(size_t k) { w_ += k; }
+  // The chunk text[pos, pos + len) goes here, once resolved.
+  KGPT_ALWAYS_INLINE void miss(size_t pos, size_t len, uint64_t k0, uint64_t k1, uint64_t h) {
+    m_[nm_++] = Miss{pos, uint32_t(len), uint32_t(w_ - buf_), k0, k1, h};
+    if (nm_ == kBatch) flush();
+  }
+  // Appends what is buffered, with the batch's ids spliced in, to the vector (before anything else
+  // writes to it).
+  void flush() {
+    if (nm_ == 0) {
+      out_.insert(out_.end(), buf_, w_);
+    } else {
+      resolve_(m_, nm_, res_, cnt_);
+      size_t total = size_t(w_ - buf_);
+      for (size_t j = 0; j < nm_; ++j) total += cnt_[j];
+      const size_t o = out_.size();
+      out_.resize(o + total);
+      int32_t* d = out_.data() + o;
+      size_t prev = 0, r = 0;
+      for (size_t j = 0; j < nm_; ++j) {
+        const size_t a = m_[j].at;
+        std::memcpy(d, buf_ + prev, sizeof(int32_t) * (a - prev));
+        d += a - prev;
+        prev = a;
+        std::memcpy(d, res_ + r, sizeof(int32_t) * cnt_[j]);
+        d += cnt_[j];
+        r += m_[j].len;
+      }
+      std::memcpy(d, buf_ + prev, sizeof(int32_t) * (size_t(w_ - buf_) - prev));
+      nm_ = 0;
+    }
+    w_ = buf_;
+  }
+
+ private:
+  std::vector<int32_t>& out_;
+  Resolve& resolve_;
+  int32_t* w_;
+  size_t nm_ = 0;
+  Miss m_[kBatch];
+  uint32_t cnt_[kBatch];
+  int32_t res_[kBatch * PieceCache::kMaxLen];
+  int32_t buf_[kCap];
+};
+
+// A short chunk's cache key and hash.
+struct ShortKey { uint64_t k0, k1, h; };
+}  // namespace
+
 // Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
-// list of chunks).
+// list of chunks). The loop runs one chunk ahead: while chunk i is looked up, the end of chunk
+// i + 1 is known and its cache set is already being loaded (a prefetch), so the cache's latency
+// overlaps the work on chunk i. Chunks of 1..8 bytes are looked up in WordCache (then PieceCache),
+// 9..16 in PieceCache; hits are written through IdSink, misses recorded there and resolved in
+// batches (resolve_misses); a longer chunk flushes the sink and appends to `out` directly.
 template <Pattern P>
 void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
   const char* base = text.data();
   const char* end = base + text.size();
   const size_t n = text.size();
+  if (n == 0) return;
+  const PieceCache& piece = caches.piece;
   // gpt4 / cl100k: the chunk starts of 64-byte windows found at once (pretokenize_simd.h); o200k:
   // each chunk from the class masks; the exact matcher where those cannot decide (and for gpt2).
   detail::CursorFor<P> cur(s, n, false);
-  for (size_t pos = 0; pos < n;) {
-    const size_t e = cur.next_end(pos);
-    encode_chunk(base + pos, e - pos, end, out, caches);
+  auto resolve = [&](const Miss* m, size_t k, int32_t* res, uint32_t* cnt) {
+    resolve_misses(base, m, k, res, cnt, caches);
+  };
+  IdSink<decltype(resolve)> sink(out, resolve);
+  const WordCache& word = caches.word;
+  // A chunk's key and hash, and the start of the load of its set: WordCache for 1..8 bytes,
+  // PieceCache for 9..16.
+  auto key_of = [&](size_t a, size_t len) {
+    ShortKey k;
+    if (len <= WordCache::kMaxLen) {
+      k.k0 = load_head(base + a, len, n - a >= 8);
+      k.k1 = 0;
+      k.h = WordCache::hash(k.k0);
+      word.prefetch(k.h);
+    } else {
+      PieceCache::key(base + a, len, n - a >= 16, &k.k0, &k.k1);
+      k.h = PieceCache::hash(k.k0, k.k1, len);
+      piece.prefetch(k.h);
+    }
+    return k;
+  };
+  size_t pos = 0, e = cur.next_end(0);
+  ShortKey kc{0, 0, 0};
+  if (e - pos <= PieceCache::kMaxLen) kc = key_of(pos, e - pos);
+  while (true) {
+    // The next chunk's end and key (its set starts loading now).
+    size_t e2 = e;
+    ShortKey kn{0, 0, 0};
+    if (e < n) {
+      e2 = cur.next_end(e);
+      if (e2 - e <= PieceCache::kMaxLen) kn = key_of(e, e2 - e);
+    }
+    const size_t len = e - pos;
+    if (len <= WordCache::kMaxLen) {
+      int32_t* w = sink.at();
+      size_t k = word.find_to(kc.k0, len, kc.h, w);
+      // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
+      if (!k) k = piece.find_to(kc.k0, 0, len, PieceCache::hash(kc.k0, 0, len), w);
+      if (k) sink.advance(k);
+      else sink.miss(pos, len, kc.k0, 0, kc.h);
+    } else if (len <= PieceCache::kMaxLen) {
+      int32_t* w = sink.at();
+      const size_t k = piece.find_to(kc.k0, kc.k1, len, kc.h, w);
+      if (k) sink.advance(k);
+      else sink.miss(pos, len, kc.k0, kc.k1, kc.h);
+    } else {
+      sink.flush();
+      encode_chunk(base + pos, len, end, out, caches);
+    }
+    if (e >= n) break;
     pos = e;
+    e = e2;
+    kc = kn;
   }
+  sink.flush();
 }
 
 void BpeEncoder::ordinary_internal(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
@@ -376,6 +605,7 @@ void BpeEncoder::encode_batch(const std::vector<std::string_view>& texts, const 
 
 void BpeEncoder::encode_with(std::string_view text, const std::vector<int>& allowed,
                              std::vector<int32_t>& out, Caches& caches) const {
+  caches.word.begin();
   caches.piece.begin();
   caches.chunk.begin(text.size());
   if (allowed.empty()) { ordinary_internal(text, out, caches); return; }

@@ -63,6 +63,7 @@ class BpeEncoder {
   // The caches lent to one call (or one batch thread) at a time: chunks of <= 16 bytes in `piece`,
   // longer ones (<= ChunkCache::kMaxLen) in `chunk`.
   struct Caches {
+    WordCache word;
     PieceCache piece;
     ChunkCache chunk;
   };
@@ -75,7 +76,22 @@ class BpeEncoder {
   template <class T> void decode_impl(const T* ids, size_t n, std::string& out) const;
   // Appends the ids (external) of text[pos, end); the caller's text extends to text_end.
   void encode_chunk(const char* p, size_t n, const char* text_end, std::vector<int32_t>& out, Caches& caches) const;
+  // A chunk of 2..PieceCache::kMaxLen bytes that PieceCache does not hold (its key k0, k1 and hash
+  // h): whole-token lookup or merging, appended to out, then cached.
+  void short_miss(const char* p, size_t n, uint64_t k0, uint64_t k1, uint64_t h, std::vector<int32_t>& out,
+                  Caches& caches) const;
   void merge_short(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
+ public:
+  // A chunk of 1..PieceCache::kMaxLen bytes that the loop's cache probe missed: resolved later, in
+  // a batch (resolve_misses), its ids spliced in at sink index `at`.
+  struct Miss { size_t pos; uint32_t len, at; uint64_t k0, k1, h; };
+  static constexpr size_t kMissBatch = 32;
+ private:
+  // Resolves misses m[0..k) of the text at base: their ids go to res (room for the sum of their
+  // lengths), cnt[j] = how many are miss j's. The same results as a lookup then short_miss (the
+  // same caches are filled), but each step runs over the whole batch: the table probes of
+  // different chunks (whole-token lookups, the rank lookups of each merge step) overlap in memory.
+  void resolve_misses(const char* base, const Miss* m, size_t k, int32_t* res, uint32_t* cnt, Caches& caches) const;
   void merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
   int32_t rank(int32_t a, int32_t b) const { return ranks_.find(a, b); }
   void init_ids(const std::vector<int32_t>& ids, size_t total, size_t n_merges);
@@ -92,6 +108,7 @@ class BpeEncoder {
   std::vector<int32_t> ext_;  // internal id -> id (empty: identity)
   std::vector<int32_t> int_;  // id -> internal id, -1 for a hole (empty: identity)
   bool whole_lookup_ = true;
+  std::vector<int32_t> byte_rank_;  // [a << 8 | b]: rank(a, b) of two bytes (every merge's first step)
   // Idle caches (one set is lent to each call, or to each thread of a batch, for its duration: a
   // lookup never takes a lock and no two threads share a cache; the mutex is only taken to borrow
   // and to give back). As many sets as calls have run at once.

@@ -15,7 +15,41 @@
 #include <string_view>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#include <cstdlib>
+#include <new>
+
 namespace kgpt { namespace tok {
+
+// Allocator of the large lookup tables: an array of 2 MiB or more is aligned to 2 MiB and marked
+// for transparent huge pages (Linux, madvise; a hint: without them it is an ordinary array). The
+// tables are probed at random, so with 4 KiB pages nearly every probe of a 4-8 MiB table also
+// misses the TLB; 2 MiB pages cover a table with a few entries.
+template <class T>
+struct HugePageAlloc {
+  using value_type = T;
+  HugePageAlloc() = default;
+  template <class U> HugePageAlloc(const HugePageAlloc<U>&) {}
+  T* allocate(size_t n) {
+    if (n > size_t(-1) / sizeof(T)) throw std::bad_alloc();
+    const size_t bytes = n * sizeof(T);
+    constexpr size_t kHuge = size_t(2) << 20;
+    const size_t align = bytes >= kHuge ? kHuge : (alignof(T) > 64 ? alignof(T) : 64);
+    const size_t rounded = (bytes + align - 1) / align * align;
+    void* p = std::aligned_alloc(align, rounded ? rounded : align);  // size: a multiple of align
+    if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) noexcept { std::free(p); }
+  template <class U> bool operator==(const HugePageAlloc<U>&) const { return true; }
+  template <class U> bool operator!=(const HugePageAlloc<U>&) const { return false; }
+};
+template <class T> using HugeVector = std::vector<T, HugePageAlloc<T>>;
 
 // The first min(n, 8) bytes of p as a little-endian-ordered word, zero-padded. `readable8`: the 8
 // bytes at p may be read (they lie inside the caller's buffer), which allows one unaligned load.
@@ -76,6 +110,14 @@ class TokenTable {
     }
     if (s.size() > max_len_) max_len_ = s.size();
   }
+  // Starts loading the first slot of hash h.
+  void prefetch(uint64_t h) const {
+#if defined(__GNUC__)
+    __builtin_prefetch(&slots_[index(h)]);
+#else
+    (void)h;
+#endif
+  }
   // Value of p[0..n), or -1. `head` is load_head(p, n, ...).
   int32_t find(const char* p, size_t n, uint64_t head, uint64_t h) const {
     size_t i = index(h);
@@ -96,8 +138,8 @@ class TokenTable {
     const Slot& s = slots_[i];
     return s.head == head && s.len == n && (n <= 8 || std::memcmp(arena_.data() + off_[i] + 8, p + 8, n - 8) == 0);
   }
-  std::vector<Slot> slots_;
-  std::vector<uint32_t> off_;  // arena offset of a key longer than 8 bytes
+  HugeVector<Slot> slots_;
+  HugeVector<uint32_t> off_;  // arena offset of a key longer than 8 bytes
   std::string arena_;
   unsigned bits_ = 0;
   size_t max_len_ = 0;
@@ -124,6 +166,14 @@ class RankTable {
     slots_[i] = Slot{k, v};
     return true;
   }
+  // Starts loading the slot of (a, b) (a lookup a little later).
+  void prefetch(int32_t a, int32_t b) const {
+#if defined(__GNUC__)
+    __builtin_prefetch(&slots_[index(key(a, b))]);
+#else
+    (void)a; (void)b;
+#endif
+  }
   // Merged id of (a, b), or -1.
   int32_t find(int32_t a, int32_t b) const {
     const uint64_t k = key(a, b);
@@ -145,7 +195,7 @@ class RankTable {
     h ^= h >> 29;
     return size_t((h * 0xbf58476d1ce4e5b9ULL) >> (64 - bits_));
   }
-  std::vector<Slot> slots_;
+  HugeVector<Slot> slots_;
   unsigned bits_ = 0;
 };
 
@@ -206,9 +256,64 @@ class ChunkCache {
   unsigned bits_ = 0;
 };
 
+// chunk of at most 8 bytes -> its ids when they are one or two (nearly every such chunk: most
+// chunks of code and English), the first-level cache of the encoder's loop. A slot is the chunk's 8
+// zero-padded bytes (one word) and 8 bytes of value (first id; second id, length and count packed
+// in one word), 4 slots to a 64-byte set: a lookup reads one cache line, the table (512 KiB) stays
+// in L2, and a set holds 4 chunks whose hashes collide (a 2-way set thrashes on a few hot ones). The
+// hash is one multiply. No arena, no generations: an entry is only ever replaced by another (a
+// round-robin way when the set is full). Results it cannot hold (3+ ids, a second id >= 2^27) are
+// not stored; the caller's second level (PieceCache) holds them. Used by one thread at a time.
+class WordCache {
+ public:
+  static constexpr size_t kMaxLen = 8;
+  static inline uint64_t hash(uint64_t k) { return k * 0x9e3779b97f4a7c15ULL; }
+  void begin() {
+    if (sets_.empty()) sets_.assign(size_t(1) << kBits, Set{});
+  }
+  void prefetch(uint64_t h) const {
+#if defined(__GNUC__)
+    __builtin_prefetch(&sets_[size_t(h >> (64 - kBits))]);
+#else
+    (void)h;
+#endif
+  }
+  // Writes the ids of key k (a chunk of n bytes, 1 <= n <= 8) at w[0], w[1] (both written) and
+  // returns how many there are; 0 if absent.
+  inline size_t find_to(uint64_t k, size_t n, uint64_t h, int32_t* w) const {
+    const Set& s = sets_[size_t(h >> (64 - kBits))];
+    unsigned m = 0;
+    for (unsigned i = 0; i < 4; ++i) m |= unsigned((s.key[i] == k) & ((s.meta[i] & 15u) == n)) << i;
+    if (!m) return 0;
+    const unsigned i = unsigned(__builtin_ctz(m));
+    w[0] = s.id[i];
+    w[1] = int32_t(s.meta[i] >> 5);
+    return 1 + ((s.meta[i] >> 4) & 1u);
+  }
+  void put(uint64_t k, size_t n, uint64_t h, const int32_t* ids, size_t count) {
+    if (count == 0 || count > 2 || n == 0 || n > kMaxLen) return;
+    if (count == 2 && (ids[1] < 0 || ids[1] >= (int32_t(1) << 27))) return;
+    Set& s = sets_[size_t(h >> (64 - kBits))];
+    unsigned i = 0;
+    while (i < 4 && (s.meta[i] & 15u) != 0) ++i;
+    if (i == 4) i = (next_++) & 3u;
+    s.key[i] = k;
+    s.id[i] = ids[0];
+    s.meta[i] = uint32_t(n) | (count == 2 ? 16u | (uint32_t(ids[1]) << 5) : 0u);
+  }
+
+ private:
+  static constexpr unsigned kBits = 13;  // 8192 sets of 4 slots: 512 KiB (with PieceCache's, the 1 MiB one cache took before)
+  // meta: length (bits 0-3; 0: empty slot), two ids (bit 4), the second id (bits 5-31).
+  struct alignas(64) Set { uint64_t key[4] = {0, 0, 0, 0}; int32_t id[4] = {0, 0, 0, 0}; uint32_t meta[4] = {0, 0, 0, 0}; };
+  HugeVector<Set> sets_;
+  unsigned next_ = 0;
+};
+
 // chunk of at most 16 bytes -> its ids, for every such chunk an encode call has met (whole tokens
-// and merged ones alike), kept across calls: the first lookup for a chunk, so a chunk seen before
-// costs one probe of a cache line in this table (1 MiB, L2-sized) instead of a probe of the whole-token
+// and merged ones alike), kept across calls: the first lookup for a chunk of 9..16 bytes (and the
+// second, after WordCache, for one of up to 8 bytes whose ids WordCache cannot hold), so a chunk seen before
+// costs one probe of a cache line in this table (512 KiB, L2-sized) instead of a probe of the whole-token
 // table (4-8 MiB for 100k-200k tokens) and maybe another of ChunkCache. The key (the chunk's bytes,
 // zero-padded to 16, and its length) is stored whole in the slot: no arena, no memcmp. 2-way set
 // associative (a set is one 64-byte line); a new entry goes to way 0 and pushes way 0 to way 1. Up to
@@ -249,12 +354,37 @@ class PieceCache {
     h ^= (k1 + (h >> 31)) * 0xbf58476d1ce4e5b9ULL;
     return h ^ (h >> 29);
   }
-  // Allocates the table on first use (1 MiB).
+  // Allocates the table on first use (512 KiB).
   void begin() {
     if (sets_.empty()) {
       sets_.assign(size_t(1) << kBits, Set{});
       gen_ = 1;
     }
+  }
+  // Starts loading the set of hash h (the lookup of a chunk a little later).
+  void prefetch(uint64_t h) const {
+#if defined(__GNUC__)
+    __builtin_prefetch(&sets_[size_t(h >> (64 - kBits))]);
+#else
+    (void)h;
+#endif
+  }
+  // Writes the cached ids of the key at w (room for kMaxLen ids) and returns how many (0: absent).
+  inline size_t find_to(uint64_t k0, uint64_t k1, size_t n, uint64_t h, int32_t* w) const {
+    const Slot* set = sets_[size_t(h >> (64 - kBits))].w;
+    for (int k = 0; k < 2; ++k) {
+      const Slot& s = set[k];
+      if (s.k0 == k0 && s.k1 == k1 && s.len == n && s.gen == gen_) {
+        if (s.count <= 2) {  // both written, the count says how many count
+          w[0] = s.a;
+          w[1] = s.b;
+          return s.count;
+        }
+        std::memcpy(w, ids_.data() + s.a, sizeof(int32_t) * s.count);
+        return s.count;
+      }
+    }
+    return 0;
   }
   // Appends the cached ids of the key to out; false if absent.
   bool find(uint64_t k0, uint64_t k1, size_t n, uint64_t h, std::vector<int32_t>& out) const {
@@ -282,7 +412,7 @@ class PieceCache {
   }
 
  private:
-  static constexpr unsigned kBits = 14;  // 16384 sets of 2 slots, 32 bytes each: 1 MiB
+  static constexpr unsigned kBits = 13;  // 8192 sets of 2 slots, 32 bytes each: 512 KiB
   static constexpr size_t kMaxIds = size_t(1) << 18;
   struct Slot { uint64_t k0 = 0, k1 = 0; uint32_t gen = 0; uint16_t len = 0, count = 0; int32_t a = 0, b = 0; };
   void next_gen() {
@@ -293,7 +423,7 @@ class PieceCache {
     }
   }
   struct alignas(64) Set { Slot w[2]; };
-  std::vector<Set> sets_;  // over-aligned type: allocated 64-byte aligned (C++17)
+  HugeVector<Set> sets_;  // 64-byte aligned (HugePageAlloc)
   std::vector<int32_t> ids_;
   uint32_t gen_ = 1;
 };

@@ -1,0 +1,109 @@
+"""The encoder's chunk caches never change an id: the encode loop looks chunks of up to 8 bytes up
+in WordCache (4-way sets, 1-2 ids inline), 9..16 bytes in PieceCache (2-way sets), and resolves
+misses in batches of 32 whose ids are spliced into the output. These tests drive each path (hits,
+misses, batches of more than 32 misses, chunks encoding to 1, 2 and 3+ ids, sets holding more
+chunks than ways, caches reused across calls and threads) and compare with the Python reference.
+The colliding chunks are found with the caches' own hash functions (mirrored here): if those
+change, the texts still test correctness, only less pointedly."""
+from __future__ import annotations
+
+import functools
+import random
+import string
+
+from kernelgpt import _bpe_reference as ref
+from kernelgpt.tokenizer import Tokenizer
+
+M64 = (1 << 64) - 1
+
+
+def _word_set(chunk: bytes) -> int:  # WordCache: one multiply, 2**13 sets
+    k = int.from_bytes(chunk.ljust(8, b"\0"), "little")
+    return ((k * 0x9E3779B97F4A7C15) & M64) >> 51
+
+
+def _piece_set(chunk: bytes) -> int:  # PieceCache: 16-byte key and length, 2**13 sets
+    b = chunk.ljust(16, b"\0")
+    k0, k1, n = int.from_bytes(b[:8], "little"), int.from_bytes(b[8:], "little"), len(chunk)
+    h = ((k0 ^ (n << 56)) * 0x9E3779B97F4A7C15) & M64
+    h ^= ((k1 + (h >> 31)) * 0xBF58476D1CE4E5B9) & M64
+    h ^= h >> 29
+    return h >> 51
+
+
+@functools.lru_cache(maxsize=None)
+def _tok() -> Tokenizer:
+    r = random.Random(3)
+    words = ["".join(r.choice("abcdefgh") for _ in range(r.randint(1, 12))) for _ in range(400)]
+    text = " ".join(r.choice(words) for _ in range(6000))
+    return Tokenizer.train([text, "x = foo(bar, 12) + baz[3]\n" * 50], 600)
+
+
+def _check(tok: Tokenizer, texts):
+    want = [ref.encode_ordinary(t, tok.merges) for t in texts]
+    got = [tok.encode(t, "none") for t in texts]
+    assert got == want
+    assert [tok.encode_to_numpy(t, "none").tolist() for t in texts] == want
+    assert tok.encode_batch(texts, allowed_special="none", num_threads=2) == want
+
+
+def _colliding(set_of, length: int, want: int, seed: int):
+    """`want` distinct chunks " xxxx" of `length` bytes that fall in one cache set."""
+    r = random.Random(seed)
+    groups = {}
+    for _ in range(2_000_000):
+        w = " " + "".join(r.choice(string.ascii_lowercase) for _ in range(length - 1))
+        g = groups.setdefault(set_of(w.encode()), set())
+        g.add(w)
+        if len(g) >= want:
+            return sorted(g)
+    raise AssertionError("no colliding chunks found")
+
+
+def test_short_chunks_of_every_length_and_id_count():
+    tok = _tok()
+    r = random.Random(5)
+    # Words from the training alphabet (mostly 1-2 ids) and from outside it (3+ ids), every length
+    # 1..20 with and without the leading space, digits and punctuation runs too.
+    words = []
+    for n in range(1, 21):
+        for alpha in ("abcdefgh", "abcdefghijklmnopqrstuvwxyz", "ABCXYZ"):
+            words += ["".join(r.choice(alpha) for _ in range(n)) for _ in range(6)]
+    text = " ".join(words) + " 1 12 123 1234 ... !! ?? \n\n  \t x"
+    counts = {len(tok.encode(" " + w, "none")) for w in words}
+    assert {1, 2, 3} <= counts | {min(counts)} and max(counts) >= 3
+    # First call: everything misses (batches of 32); the next calls hit what the first stored.
+    _check(tok, [text, text, text[::-1], text])
+
+
+def test_more_misses_than_one_batch_and_hits_between_them():
+    tok = _tok()
+    r = random.Random(9)
+    fresh = ["".join(r.choice(string.ascii_lowercase) for _ in range(r.randint(2, 15))) for _ in range(300)]
+    # hit, miss, hit, miss...: the spliced ids must land between the right neighbours.
+    text = " ".join(f"ab {w} x" for w in fresh)
+    _check(tok, [text, text[: len(text) // 3], text])
+
+
+def test_word_cache_set_holding_more_chunks_than_ways():
+    tok = _tok()
+    for length in (5, 8):
+        group = _colliding(_word_set, length, 7, seed=length)  # 7 chunks, 4 ways
+        # Cycled: each lookup may evict another of the group; results stay the reference's.
+        text = "".join(group * 6) + "".join(reversed(group * 3))
+        _check(tok, [text, text])
+
+
+def test_piece_cache_set_holding_more_chunks_than_ways():
+    tok = _tok()
+    for length in (9, 12, 16):
+        group = _colliding(_piece_set, length, 4, seed=length)  # 4 chunks, 2 ways
+        text = "".join(group * 6)
+        _check(tok, [text, text])
+
+
+def test_chunks_at_the_end_of_the_text_and_empty_text():
+    tok = _tok()
+    # The last chunk's key cannot be read with one 8- or 16-byte load past the text's end.
+    texts = ["", "a", " ab", "abcdefgh", " abcdefghijklmno", "x" * 17, "q" * 9, "foo bar baz"]
+    _check(tok, texts + texts)

@@ -1,0 +1,78 @@
+"""encode() turns a str that is not ASCII into UTF-8 itself (into a buffer its thread reuses, not
+a new bytes object per call). The ids must be those of the same text given as UTF-8 bytes and the
+Python reference's, for every str storage kind (Latin-1, UCS-2, UCS-4), long ASCII runs between
+non-ASCII characters, and strings that end on any of them; a lone surrogate still becomes U+FFFD
+(tiktoken's rule); and Python code run by the `allowed` argument (which may encode on the same
+thread) cannot disturb the buffer of the call that runs it. A str that caches its UTF-8 (after
+PyUnicode_AsUTF8, called here through ctypes) is read from that cache: the same ids."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import random
+
+from kernelgpt import _bpe_reference as ref
+from kernelgpt.tokenizer import Tokenizer
+
+
+@functools.lru_cache(maxsize=None)
+def _tok() -> Tokenizer:
+    base = Tokenizer.train(["héllo wörld café naïve 한국어 텍스트 😀 emoji " * 40, "plain ascii text " * 40], 400)
+    return Tokenizer(base.merges, special_tokens=["<|s|>"])
+
+
+def _texts():
+    r = random.Random(11)
+    pools = {
+        "latin1": "abc éèçà ÿ\u00a0 xyz",
+        "ucs2": "abc 한국어 텍스트 ΩЖ … \u3000 x",
+        "ucs4": "abc 😀🙂 𝔘𝔫𝔦 한 é x",
+    }
+    out = []
+    for pool in pools.values():
+        for n in (1, 2, 3, 4, 5, 7, 8, 9, 31, 200):
+            out.append("".join(r.choice(pool) for _ in range(n)))
+        out.append("a" * 37 + pool[-3] + "b" * 5 + pool[5])  # long ASCII runs, then the end
+    return out
+
+
+def test_str_kinds_match_their_utf8_bytes_and_the_reference():
+    tok = _tok()
+    for t in _texts():
+        want = ref.encode_ordinary(t, tok.merges)
+        assert tok.encode(t, "none") == want, repr(t)
+        assert tok._enc.encode(t.encode("utf-8"), [], True) == want, repr(t)
+        assert tok.encode_to_numpy(t, "none").tolist() == want, repr(t)
+
+
+def test_str_with_cached_utf8():
+    f = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
+    f.restype = ctypes.c_char_p
+    f.argtypes = [ctypes.py_object, ctypes.c_void_p]
+    tok = _tok()
+    for t in _texts():
+        want = tok.encode(t, "none")
+        c = (t + "!")[:-1]  # a new str object, then its UTF-8 cached in it
+        assert f(c, None) == t.encode("utf-8")
+        assert tok.encode(c, "none") == want == ref.encode_ordinary(t, tok.merges), repr(t)
+
+
+def test_lone_surrogate_becomes_replacement_character():
+    tok = _tok()
+    for t in ("a\ud800b", "한\udfff", "😀\ud83d", "é\udc00é"):
+        clean = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in t)
+        assert clean == ref.clean_text(t)
+        assert tok.encode(t, "none") == tok.encode(clean, "none") == ref.encode_ordinary(clean, tok.merges)
+
+
+def test_allowed_index_that_encodes_on_the_same_thread():
+    tok = _tok()
+    text = "한국어 텍스트 <|s|> café 😀 " * 20
+    want = tok._enc.encode(text, [0], True)
+
+    class Index:
+        def __index__(self):
+            tok.encode("다른 텍스트 ÿ 😀 " * 50, "none")  # reuses this thread's buffer
+            return 0
+
+    assert tok._enc.encode(text, [Index()], True) == want
