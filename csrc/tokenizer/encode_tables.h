@@ -27,6 +27,15 @@ namespace kgpt { namespace tok {
 // for transparent huge pages (Linux, madvise; a hint: without them it is an ordinary array). The
 // tables are probed at random, so with 4 KiB pages nearly every probe of a 4-8 MiB table also
 // misses the TLB; 2 MiB pages cover a table with a few entries.
+// Asks for the cache line at p (a lookup a little later will read it); a no-op without GCC/Clang.
+inline void prefetch_line(const void* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p);
+#else
+  (void)p;
+#endif
+}
+
 template <class T>
 struct HugePageAlloc {
   using value_type = T;
@@ -111,13 +120,7 @@ class TokenTable {
     if (s.size() > max_len_) max_len_ = s.size();
   }
   // Starts loading the first slot of hash h.
-  void prefetch(uint64_t h) const {
-#if defined(__GNUC__)
-    __builtin_prefetch(&slots_[index(h)]);
-#else
-    (void)h;
-#endif
-  }
+  void prefetch(uint64_t h) const { prefetch_line(&slots_[index(h)]); }
   // Value of p[0..n), or -1. `head` is load_head(p, n, ...).
   int32_t find(const char* p, size_t n, uint64_t head, uint64_t h) const {
     size_t i = index(h);
@@ -167,13 +170,7 @@ class RankTable {
     return true;
   }
   // Starts loading the slot of (a, b) (a lookup a little later).
-  void prefetch(int32_t a, int32_t b) const {
-#if defined(__GNUC__)
-    __builtin_prefetch(&slots_[index(key(a, b))]);
-#else
-    (void)a; (void)b;
-#endif
-  }
+  void prefetch(int32_t a, int32_t b) const { prefetch_line(&slots_[index(key(a, b))]); }
   // Merged id of (a, b), or -1.
   int32_t find(int32_t a, int32_t b) const {
     const uint64_t k = key(a, b);
@@ -271,13 +268,7 @@ class WordCache {
   void begin() {
     if (sets_.empty()) sets_.assign(size_t(1) << kBits, Set{});
   }
-  void prefetch(uint64_t h) const {
-#if defined(__GNUC__)
-    __builtin_prefetch(&sets_[size_t(h >> (64 - kBits))]);
-#else
-    (void)h;
-#endif
-  }
+  void prefetch(uint64_t h) const { prefetch_line(&sets_[size_t(h >> (64 - kBits))]); }
   // Writes the ids of key k (a chunk of n bytes, 1 <= n <= 8) at w[0], w[1] (both written) and
   // returns how many there are; 0 if absent.
   inline size_t find_to(uint64_t k, size_t n, uint64_t h, int32_t* w) const {
@@ -362,13 +353,7 @@ class PieceCache {
     }
   }
   // Starts loading the set of hash h (the lookup of a chunk a little later).
-  void prefetch(uint64_t h) const {
-#if defined(__GNUC__)
-    __builtin_prefetch(&sets_[size_t(h >> (64 - kBits))]);
-#else
-    (void)h;
-#endif
-  }
+  void prefetch(uint64_t h) const { prefetch_line(&sets_[size_t(h >> (64 - kBits))]); }
   // Writes the cached ids of the key at w (room for kMaxLen ids) and returns how many (0: absent).
   inline size_t find_to(uint64_t k0, uint64_t k1, size_t n, uint64_t h, int32_t* w) const {
     const Slot* set = sets_[size_t(h >> (64 - kBits))].w;
