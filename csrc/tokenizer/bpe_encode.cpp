@@ -528,57 +528,38 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
     }
     return k;
   };
-  // Chunks are taken a batch at a time: all those of a 64-byte window of the block cursor, else up
-  // to kSingles one by one. Every key of the batch is computed and its set requested first, then
-  // the batch is looked up in order: the sets load in parallel.
-  constexpr size_t kSingles = 8;
-  size_t bpos[64];
-  uint32_t blen[64];
-  ShortKey bkey[64];
-  size_t pos = 0;
-  while (pos < n) {
-    size_t nb = 0;
-    size_t w = 0;
-    uint64_t ends = 0;
-    if (cur.take_window(pos, &w, &ends)) {
-      for (; ends; ends &= ends - 1) {
-        const size_t e = w + unsigned(__builtin_ctzll(ends));
-        bpos[nb] = pos;
-        blen[nb] = uint32_t(e - pos);
-        if (e - pos <= PieceCache::kMaxLen) bkey[nb] = key_of(pos, e - pos);
-        ++nb;
-        pos = e;
-      }
+  size_t pos = 0, e = cur.next_end(0);
+  ShortKey kc{0, 0, 0};
+  if (e - pos <= PieceCache::kMaxLen) kc = key_of(pos, e - pos);
+  while (true) {
+    // The next chunk's end and key (its set starts loading now).
+    size_t e2 = e;
+    ShortKey kn{0, 0, 0};
+    if (e < n) {
+      e2 = cur.next_end(e);
+      if (e2 - e <= PieceCache::kMaxLen) kn = key_of(e, e2 - e);
+    }
+    const size_t len = e - pos;
+    if (len <= WordCache::kMaxLen) {
+      int32_t* w = sink.at();
+      size_t k = word.find_to(kc.k0, len, kc.h, w);
+      // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
+      if (!k) k = piece.find_to(kc.k0, 0, len, PieceCache::hash(kc.k0, 0, len), w);
+      if (k) sink.advance(k);
+      else sink.miss(pos, len, kc.k0, 0, kc.h);
+    } else if (len <= PieceCache::kMaxLen) {
+      int32_t* w = sink.at();
+      const size_t k = piece.find_to(kc.k0, kc.k1, len, kc.h, w);
+      if (k) sink.advance(k);
+      else sink.miss(pos, len, kc.k0, kc.k1, kc.h);
     } else {
-      do {
-        const size_t e = cur.next_end(pos);
-        if (e - pos <= PieceCache::kMaxLen) bkey[nb] = key_of(pos, e - pos);
-        bpos[nb] = pos;
-        blen[nb] = uint32_t(e - pos);
-        ++nb;
-        pos = e;
-      } while (nb < kSingles && pos < n);
+      sink.flush();
+      encode_chunk(base + pos, len, end, out, caches);
     }
-    for (size_t j = 0; j < nb; ++j) {
-      const size_t len = blen[j], at = bpos[j];
-      const ShortKey& kc = bkey[j];
-      if (len <= WordCache::kMaxLen) {
-        int32_t* wr = sink.at();
-        size_t k = word.find_to(kc.k0, len, kc.h, wr);
-        // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
-        if (!k) k = piece.find_to(kc.k0, 0, len, PieceCache::hash(kc.k0, 0, len), wr);
-        if (k) sink.advance(k);
-        else sink.miss(at, len, kc.k0, 0, kc.h);
-      } else if (len <= PieceCache::kMaxLen) {
-        int32_t* wr = sink.at();
-        const size_t k = piece.find_to(kc.k0, kc.k1, len, kc.h, wr);
-        if (k) sink.advance(k);
-        else sink.miss(at, len, kc.k0, kc.k1, kc.h);
-      } else {
-        sink.flush();
-        encode_chunk(base + at, len, end, out, caches);
-      }
-    }
+    if (e >= n) break;
+    pos = e;
+    e = e2;
+    kc = kn;
   }
   sink.flush();
 }

@@ -199,22 +199,6 @@ class BlockCursor {
  public:
   BlockCursor(const uint8_t* s, size_t n, bool wtf8) : s_(s), n_(n), one_(s, n, wtf8), classify_(classifier()) {}
 
-  // All the chunk ends a window at p gives at once (what next_end would hand out one by one from
-  // p): bit j of *ends is the end w + j (*w <= p). False when there is no such window at p; then
-  // next_end(p) takes one chunk (without retrying the window).
-  KGPT_ALWAYS_INLINE bool take_window(size_t p, size_t* w, uint64_t* ends) {
-    if (!(pending_ && p == next_)) {
-      if (!classify_ || p + 64 >= n_ || p < retry_at_ || !fill(p)) {
-        if (classify_ && p >= retry_at_) retry_at_ = p + 16;
-        return false;
-      }
-    }
-    *w = w_;
-    *ends = pending_;
-    pending_ = 0;
-    return true;
-  }
-
   KGPT_ALWAYS_INLINE size_t next_end(size_t p) {
     if (!(pending_ && p == next_)) {
       if (!classify_ || p + 64 >= n_ || p < retry_at_ || !fill(p)) {
@@ -327,7 +311,6 @@ class BlockCursor {
 class Gpt2Cursor {
  public:
   Gpt2Cursor(const uint8_t* s, size_t n, bool wtf8) : s_(s), n_(n), wtf8_(wtf8) {}
-  KGPT_ALWAYS_INLINE bool take_window(size_t, size_t*, uint64_t*) { return false; }  // none
   KGPT_ALWAYS_INLINE size_t next_end(size_t p) {
     return wtf8_ ? gpt2_end(s_, n_, p, true) : gpt2_end(s_, n_, p, false);
   }
