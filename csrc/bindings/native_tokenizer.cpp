@@ -64,11 +64,20 @@ std::string_view utf8_view(py::handle obj, std::vector<py::object>& keep, const 
 // holds a surrogate: the caller then takes utf8_view, which raises UnicodeEncodeError (tokenizer.py
 // replaces them and retries).
 template <class T>
-size_t utf8_encode(const T* s, size_t n, unsigned char* o, bool* ok) {
+size_t utf8_encode(const T* __restrict s, size_t n, unsigned char* __restrict o, bool* ok) {
   unsigned char* const o0 = o;
   size_t i = 0;
   while (i < n) {
-    // ASCII runs: 4 code units checked at once.
+    // ASCII runs: 16 code units checked at once (fixed-length loops the compiler turns into a few
+    // vector ORs, a compare and narrowing packs), then 4 at once.
+    while (i + 16 <= n) {
+      uint32_t any = 0;
+      for (size_t k = 0; k < 16; ++k) any |= uint32_t(s[i + k]);
+      if (any >= 0x80) break;
+      for (size_t k = 0; k < 16; ++k) o[k] = static_cast<unsigned char>(s[i + k]);
+      o += 16;
+      i += 16;
+    }
     while (i + 4 <= n && ((s[i] | s[i + 1] | s[i + 2] | s[i + 3]) < 0x80)) {
       o[0] = static_cast<unsigned char>(s[i]); o[1] = static_cast<unsigned char>(s[i + 1]);
       o[2] = static_cast<unsigned char>(s[i + 2]); o[3] = static_cast<unsigned char>(s[i + 3]);
