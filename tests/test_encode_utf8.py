@@ -76,3 +76,14 @@ def test_allowed_index_that_encodes_on_the_same_thread():
             return 0
 
     assert tok._enc.encode(text, [Index()], True) == want
+
+
+def test_one_non_ascii_code_point_at_every_offset_of_an_ascii_run():
+    # The str -> UTF-8 conversion checks ASCII 16 code units at a time, then 4, then one: a non-ASCII
+    # code point at each offset (inside, at the edge of and after each block) must come out whole.
+    tok = _tok()
+    for ch in ("é", "한", "😀"):
+        for off in range(0, 41):
+            t = "x y" * 16
+            t = t[:off] + ch + t[off:]
+            assert tok.encode(t, "none") == tok._enc.encode(t.encode("utf-8"), [], True), (ch, off)
