@@ -6,6 +6,7 @@
 // caller memory that may change meanwhile (NumPy ids) is read once (BpeEncoder::decode).
 // Integer arguments take any int-like (int, NumPy integer) and report a value out of range as one
 // ValueError line, never as pybind's "incompatible function arguments".
+#include <cstring>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -62,50 +63,48 @@ std::string_view utf8_view(py::handle obj, std::vector<py::object>& keep, const 
 // until the thread's next call): no new bytes object per call, whose pages the kernel would hand
 // out (and zero) afresh each time. Empty view and *ok = false when the str
 // holds a surrogate: the caller then takes utf8_view, which raises UnicodeEncodeError (tokenizer.py
-// replaces them and retries).
+// replaces them and retries). o has room for the UTF-8 and 3 more bytes.
 template <class T>
 size_t utf8_encode(const T* __restrict s, size_t n, unsigned char* __restrict o, bool* ok) {
   unsigned char* const o0 = o;
   size_t i = 0;
+  bool bad = false;
   while (i < n) {
-    // ASCII runs: 16 code units checked at once (fixed-length loops the compiler turns into a few
-    // vector ORs, a compare and narrowing packs), then 4 at once.
-    while (i + 16 <= n) {
-      uint32_t any = 0;
-      for (size_t k = 0; k < 16; ++k) any |= uint32_t(s[i + k]);
-      if (any >= 0x80) break;
-      for (size_t k = 0; k < 16; ++k) o[k] = static_cast<unsigned char>(s[i + k]);
-      o += 16;
-      i += 16;
-    }
+    // ASCII runs: 4 code units checked at once; once a run is under way, 16 at once (fixed-length
+    // loops the compiler turns into a few vector ORs, a compare and narrowing packs).
     while (i + 4 <= n && ((s[i] | s[i + 1] | s[i + 2] | s[i + 3]) < 0x80)) {
       o[0] = static_cast<unsigned char>(s[i]); o[1] = static_cast<unsigned char>(s[i + 1]);
       o[2] = static_cast<unsigned char>(s[i + 2]); o[3] = static_cast<unsigned char>(s[i + 3]);
       o += 4;
       i += 4;
+      while (i + 16 <= n) {
+        uint32_t any = 0;
+        for (size_t k = 0; k < 16; ++k) any |= uint32_t(s[i + k]);
+        if (any >= 0x80) break;
+        for (size_t k = 0; k < 16; ++k) o[k] = static_cast<unsigned char>(s[i + k]);
+        o += 16;
+        i += 16;
+      }
     }
     if (i >= n) break;
+    // One code point, without branches on its length (text that mixes scripts would mispredict
+    // them): its 1-4 bytes built in one word, stored whole (the buffer has 3 bytes of slack), the
+    // pointer moved by the length. A surrogate is noted and reported at the end.
     const uint32_t c = s[i++];
-    if (c < 0x80) {
-      *o++ = static_cast<unsigned char>(c);
-    } else if (c < 0x800) {
-      o[0] = static_cast<unsigned char>(0xC0 | (c >> 6));
-      o[1] = static_cast<unsigned char>(0x80 | (c & 0x3F));
-      o += 2;
-    } else if (c < 0x10000) {
-      if (c >= 0xD800 && c <= 0xDFFF) { *ok = false; return 0; }
-      o[0] = static_cast<unsigned char>(0xE0 | (c >> 12));
-      o[1] = static_cast<unsigned char>(0x80 | ((c >> 6) & 0x3F));
-      o[2] = static_cast<unsigned char>(0x80 | (c & 0x3F));
-      o += 3;
-    } else {
-      o[0] = static_cast<unsigned char>(0xF0 | (c >> 18));
-      o[1] = static_cast<unsigned char>(0x80 | ((c >> 12) & 0x3F));
-      o[2] = static_cast<unsigned char>(0x80 | ((c >> 6) & 0x3F));
-      o[3] = static_cast<unsigned char>(0x80 | (c & 0x3F));
-      o += 4;
-    }
+    const uint32_t b2 = 0x80C0u | (c >> 6) | ((c & 0x3Fu) << 8);
+    const uint32_t b3 = 0x8080E0u | (c >> 12) | (((c >> 6) & 0x3Fu) << 8) | ((c & 0x3Fu) << 16);
+    const uint32_t b4 = 0x808080F0u | (c >> 18) | (((c >> 12) & 0x3Fu) << 8) | (((c >> 6) & 0x3Fu) << 16) |
+                        ((c & 0x3Fu) << 24);
+    // Masks, not a ?: chain (which the compiler turns back into branches).
+    const uint32_t m1 = 0u - uint32_t(c >= 0x80), m2 = 0u - uint32_t(c >= 0x800), m3 = 0u - uint32_t(c >= 0x10000);
+    const uint32_t w = (c & ~m1) | (b2 & m1 & ~m2) | (b3 & m2 & ~m3) | (b4 & m3);
+    bad |= (c - 0xD800u) < 0x800u;
+    const unsigned char bytes[4] = {static_cast<unsigned char>(w), static_cast<unsigned char>(w >> 8),
+                                    static_cast<unsigned char>(w >> 16), static_cast<unsigned char>(w >> 24)};
+    std::memcpy(o, bytes, 4);
+    o += 1 + (m1 & 1u) + (m2 & 1u) + (m3 & 1u);
   }
+  if (bad) { *ok = false; return 0; }
   *ok = true;
   return size_t(o - o0);
 }
@@ -136,7 +135,7 @@ std::string_view utf8_view_reusing(py::handle obj, Utf8Buffer& buf, bool* done) 
   const int kind = PyUnicode_KIND(o);
   const size_t per = kind == PyUnicode_1BYTE_KIND ? 2 : kind == PyUnicode_2BYTE_KIND ? 3 : 4;
   if (n > (size_t(1) << 40) / per) return std::string_view();
-  const size_t need = n * per;
+  const size_t need = n * per + 4;  // utf8_encode stores 4 bytes per code point
   if (buf.cap < need) {
     buf.p.reset();
     buf.cap = 0;
