@@ -51,6 +51,7 @@ class StepBarrier {
   void wait() {
     if (T_ <= 1) return;
     const int g = gen_.load(std::memory_order_acquire);
+    const auto t0 = std::chrono::steady_clock::now();
     if (count_.fetch_add(1, std::memory_order_acq_rel) == T_ - 1) {
       count_.store(0, std::memory_order_relaxed);
       // seq_cst on both sides (gen_ then sleepers_ here, sleepers_ then gen_ below): a
@@ -67,14 +68,15 @@ class StepBarrier {
 #endif
     }
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
-    const auto t0 = std::chrono::steady_clock::now();
     while (gen_.load(std::memory_order_seq_cst) == g) sleep_while(g);
     slept_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
                             std::chrono::steady_clock::now() - t0).count(),
                         std::memory_order_relaxed);
     sleepers_.fetch_sub(1, std::memory_order_acq_rel);
   }
-  // Nanoseconds the team's threads have slept at this barrier, all together.
+  // Nanoseconds the team's threads have spent in the waits that outlasted the spin (the spin
+  // included: a waiter spins on its core while its preempted peer cannot run there), all
+  // together. A wait met within the spin adds nothing.
   int64_t slept_ns() const { return slept_ns_.load(std::memory_order_relaxed); }
 
  private:

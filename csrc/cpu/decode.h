@@ -56,8 +56,8 @@ struct DecodeModel {
   WeightFormat wformat = WeightFormat::fp32;
   QMat q_head;
   // Thread use when the cores are shared with other processes: after a step on several threads
-  // whose threads slept at its barriers for over a quarter of its time (a peer had lost its
-  // core, so the others waited), decode_step runs the next kSingleThreadSteps steps on one
+  // whose threads spent over a quarter of its time in barrier waits that outlasted the short
+  // spin (spin and sleep together: a peer had lost its core, so the others waited), decode_step runs the next kSingleThreadSteps steps on one
   // thread, then tries several again. On an idle machine no thread sleeps there and this stays
   // 0. Every value is the same on any thread count (tested), so only the speed changes. It takes
   // kSleepyStepsBeforeAside such steps in a row (sleepy_steps counts them): one step held up by
