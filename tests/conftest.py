@@ -11,6 +11,28 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def subprocess_env(**extra: str) -> dict:
+    """The environment for a child Python that must import the kernelgpt this test process
+    imports (the checkout's python/ in a dev build, site-packages when installed): its directory
+    first on PYTHONPATH, then the caller's entries; ``extra`` variables on top."""
+    import kernelgpt
+    from pathlib import Path
+    here = str(Path(kernelgpt.__file__).resolve().parents[1])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([here] + rest), **extra)
+
+
+def run_kernelgpt(*args, cwd, timeout: float = 120):
+    """`python -m kernelgpt ARGS` in cwd (subprocess_env, KERNELGPT_DEBUG unset): the
+    CompletedProcess, output captured as text."""
+    import subprocess
+    import sys
+    env = subprocess_env()
+    env.pop("KERNELGPT_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "kernelgpt", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

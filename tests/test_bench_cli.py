@@ -3,27 +3,18 @@ ratios, a PNG chart when matplotlib is installed, and the machine's dispatch and
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_kernelgpt
 
 pytest.importorskip("kernelgpt._native", reason="the native module is not built")
 
-import kernelgpt  # noqa: E402
 from kernelgpt import bench  # noqa: E402
-
-PYTHON_DIR = Path(kernelgpt.__file__).resolve().parents[1]
 
 
 def kgpt(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(PYTHON_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    env.pop("KERNELGPT_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "kernelgpt", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return run_kernelgpt(*args, cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_kernelgpt
 
 pytest.importorskip("kernelgpt.tokenizer", reason="the tokenizer is not merged into this build")
 
@@ -24,11 +25,7 @@ TINY = ["--max-steps", "4", "--batch-size", "2", "--block-size", "16", "--n-laye
 
 
 def kgpt(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(PYTHON_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    env.pop("KERNELGPT_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "kernelgpt", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+    return run_kernelgpt(*args, cwd=cwd, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,18 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 nat = pytest.importorskip("kernelgpt._native")
-
-import kernelgpt  # noqa: E402
-
-PYTHON_DIR = Path(kernelgpt.__file__).resolve().parents[1]
 
 
 def run_py(code: str, timeout: float = 60, threads: int = 2) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter that imports this kernelgpt; fails the test on a
     timeout (a hang) instead of blocking pytest."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=os.pathsep.join(
-        [str(PYTHON_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = subprocess_env(OMP_NUM_THREADS=str(threads))
     try:
         return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                               capture_output=True, text=True, timeout=timeout)
