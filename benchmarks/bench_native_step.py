@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine, median_time  # noqa: E402
 
+from kernelgpt.bench import torch_gpt2, torch_sampler  # noqa: E402
 from kernelgpt.model import GPT, GPTConfig, train_flops_per_step  # noqa: E402
 from kernelgpt.train import PRESET_BATCH_SIZE  # noqa: E402
 from kernelgpt.optim import AdamW  # noqa: E402
@@ -135,55 +136,16 @@ def torch_engines(cfg: GPTConfig, B: int, threads: int):
     model of :func:`torch_llama`), or None."""
     try:
         import torch
-        import torch.nn as nn
         import torch.nn.functional as F
     except ImportError:
         return None
     torch.set_num_threads(threads)
-    C, NH, V, T = cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.block_size
-    NKV = cfg.kv_heads
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
-
-        def attn(self, x, cache=None, pos=0):
-            Bx, Tx, _ = x.shape
-            q, k, v = self.c_attn(x).split(C, dim=2)
-            q, k, v = (t.view(Bx, Tx, NH, C // NH).transpose(1, 2) for t in (q, k, v))
-            if cache is None:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:  # KV cache: write this step's k, v, attend over [0, pos + Tx)
-                kc, vc = cache
-                kc[:, :, pos:pos + Tx] = k
-                vc[:, :, pos:pos + Tx] = v
-                k, v = kc[:, :, :pos + Tx], vc[:, :, :pos + Tx]
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=Tx > 1)
-            return self.c_proj(y.transpose(1, 2).reshape(Bx, Tx, C))
-
-        def forward(self, x, cache=None, pos=0):
-            x = x + self.attn(self.ln_1(x), cache, pos)
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class TorchGPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
-            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layer))
-            self.ln_f = nn.LayerNorm(C)
-
-        def forward(self, idx, caches=None, pos=0):
-            t = idx.shape[1]
-            x = self.wte(idx) + self.wpe(torch.arange(pos, pos + t))
-            for i, blk in enumerate(self.h):
-                x = blk(x, None if caches is None else caches[i], pos)
-            return self.ln_f(x) @ self.wte.weight.T  # tied lm_head
-
-    torch.manual_seed(0)
-    model = TorchGPT() if cfg.is_gpt2 else torch_llama(cfg)
+    V, T = cfg.vocab_size, cfg.block_size
+    if cfg.is_gpt2:
+        model = torch_gpt2(cfg)  # kernelgpt bench's PyTorch GPT-2 (seeded there)
+    else:
+        torch.manual_seed(0)
+        model = torch_llama(cfg)
     decay = [p for p in model.parameters() if p.dim() == 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -199,23 +161,7 @@ def torch_engines(cfg: GPTConfig, B: int, threads: int):
         opt.step()
         return loss.item()
 
-    def sample():
-        with torch.inference_mode():
-            hs = C // NH
-            caches = [(torch.zeros(1, NKV, T, hs), torch.zeros(1, NKV, T, hs))
-                      for _ in range(cfg.n_layer)]
-            ids = torch.tensor([[1, 2, 3, 4]])
-            logits = model(ids, caches, 0)[:, -1]
-            pos = ids.shape[1]
-            gen = torch.Generator().manual_seed(0)
-            out = []
-            for _ in range(SAMPLE_NEW):
-                v, ix = torch.topk(logits, 50)
-                nxt = ix.gather(1, torch.multinomial(F.softmax(v, -1), 1, generator=gen))
-                out.append(int(nxt))
-                logits = model(nxt, caches, pos)[:, -1]
-                pos += 1
-            return out
+    sample = torch_sampler(model, cfg, SAMPLE_NEW)
     return step, sample, torch.__version__
 
 

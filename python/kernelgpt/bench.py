@@ -219,7 +219,7 @@ def _sample_job(engine: str, preset: str, n_new: int,
             OURS if engine == OURS else "NumPy backend")
 
 
-def _torch_gpt(cfg: Any) -> Any:
+def torch_gpt2(cfg: Any) -> Any:
     """The GPT-2 of ``cfg`` in PyTorch eager (learned positions, LayerNorm, tanh-GELU MLP, tied
     lm_head, scaled_dot_product_attention), with an optional KV cache for sampling."""
     torch, nn, F = _peer("torch"), _peer("torch.nn"), _peer("torch.nn.functional")
@@ -268,7 +268,7 @@ def _torch_step(cfg: Any, idx: Any, tgt: Any, threads: int) -> Tuple[Callable[[]
     if not cfg.is_gpt2:
         raise ValueError("the PyTorch peer is written for the GPT-2 presets")
     torch.set_num_threads(threads)
-    model = _torch_gpt(cfg)
+    model = torch_gpt2(cfg)
     decay = [p for p in model.parameters() if p.dim() == 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -285,17 +285,16 @@ def _torch_step(cfg: Any, idx: Any, tgt: Any, threads: int) -> Tuple[Callable[[]
     return step, f"PyTorch {torch.__version__} eager"
 
 
-def _torch_sample(cfg: Any, n_new: int, threads: int) -> Tuple[Callable[[], object], str]:
+def torch_sampler(model: Any, cfg: Any, n_new: int) -> Callable[[], object]:
+    """Batch-1 sampling of a PyTorch model of ``cfg`` (called as model(ids, caches, pos), with
+    caches of cfg.kv_heads heads per layer): a 4-token prompt, then n_new tokens, top-k 50 at
+    temperature 1, a seeded generator. Also the PyTorch sampler of benchmarks/bench_native_step.py."""
     torch, F = _peer("torch"), _peer("torch.nn.functional")
-    if not cfg.is_gpt2:
-        raise ValueError("the PyTorch peer is written for the GPT-2 presets")
-    torch.set_num_threads(threads)
-    model = _torch_gpt(cfg)
-    hs, T = cfg.n_embd // cfg.n_head, cfg.block_size
+    hs, T, KV = cfg.n_embd // cfg.n_head, cfg.block_size, cfg.kv_heads
 
     def sample() -> object:
         with torch.inference_mode():
-            caches = [(torch.zeros(1, cfg.n_head, T, hs), torch.zeros(1, cfg.n_head, T, hs))
+            caches = [(torch.zeros(1, KV, T, hs), torch.zeros(1, KV, T, hs))
                       for _ in range(cfg.n_layer)]
             ids = torch.tensor([[1, 2, 3, 4]])
             logits = model(ids, caches, 0)[:, -1]
@@ -307,7 +306,15 @@ def _torch_sample(cfg: Any, n_new: int, threads: int) -> Tuple[Callable[[], obje
                 logits = model(nxt, caches, pos)[:, -1]
                 pos += 1
             return out
-    return sample, f"PyTorch {torch.__version__} eager"
+    return sample
+
+
+def _torch_sample(cfg: Any, n_new: int, threads: int) -> Tuple[Callable[[], object], str]:
+    torch = _peer("torch")
+    if not cfg.is_gpt2:
+        raise ValueError("the PyTorch peer is written for the GPT-2 presets")
+    torch.set_num_threads(threads)
+    return torch_sampler(torch_gpt2(cfg), cfg, n_new), f"PyTorch {torch.__version__} eager"
 
 
 # ------------------------------------------------------------------------------ the machine
