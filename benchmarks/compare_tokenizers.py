@@ -88,14 +88,8 @@ def worker_train(tool: str, corpus: str, vocab: int, out: str) -> dict:
                 for b, r in sorted(items, key=lambda kv: kv[1]):
                     f.write(f"{base64.b64encode(bytes(b)).decode()} {r}\n")
     elif tool == "hf":
-        from tokenizers import Regex, Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
-        tok = HFTokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(PATTERNS["gpt4"]), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        trainer = trainers.BpeTrainer(vocab_size=vocab, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(lines, trainer=trainer)
+        from kernelgpt.bench import hf_train_bpe
+        tok = hf_train_bpe(lines, vocab)
         dt = time.perf_counter() - t0
     else:
         raise ValueError(tool)

@@ -128,21 +128,8 @@ def _job(engine: str, name: str, args: List[Any], threads: int) -> Tuple[Callabl
                 return t
             return rb, f"rustbpe {_version('rustbpe')}"
         if engine == "tokenizers":
-            hft = _peer("tokenizers")
-            Regex, HF, models = hft.Regex, hft.Tokenizer, hft.models
-            pre_tokenizers, trainers = hft.pre_tokenizers, hft.trainers
-            from ._bpe_reference import PATTERNS
-
-            def hf() -> object:
-                t = HF(models.BPE())
-                t.pre_tokenizer = pre_tokenizers.Sequence([
-                    pre_tokenizers.Split(Regex(PATTERNS["gpt4"]), behavior="isolated"),
-                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-                tr = trainers.BpeTrainer(vocab_size=vocab, show_progress=False,
-                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-                t.train_from_iterator([text], trainer=tr)
-                return t
-            return hf, f"HF tokenizers {_version('tokenizers')}"
+            _peer("tokenizers")
+            return (lambda: hf_train_bpe([text], vocab)), f"HF tokenizers {_version('tokenizers')}"
     if name.startswith("tokenizer_encode"):
         nb, vocab = args
         text = _corpus_text(nb)
@@ -217,6 +204,23 @@ def _sample_job(engine: str, preset: str, n_new: int,
     prompt = np.array([1, 2, 3, 4], np.int32)
     return ((lambda: model.generate(prompt, n_new, temperature=1.0, top_k=50, seed=0)),
             OURS if engine == OURS else "NumPy backend")
+
+
+def hf_train_bpe(texts: Any, vocab: int) -> Any:
+    """A Hugging Face `tokenizers` byte-level BPE trained on ``texts`` to ``vocab`` tokens with
+    the GPT-4 pre-tokenizer pattern: what a user of that library would train to compare with us.
+    Also the HF trainer of benchmarks/compare_tokenizers.py."""
+    hft = _peer("tokenizers")
+    from ._bpe_reference import PATTERNS
+    pre = hft.pre_tokenizers
+    t = hft.Tokenizer(hft.models.BPE())
+    t.pre_tokenizer = pre.Sequence([
+        pre.Split(hft.Regex(PATTERNS["gpt4"]), behavior="isolated"),
+        pre.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tr = hft.trainers.BpeTrainer(vocab_size=vocab, show_progress=False,
+                                 initial_alphabet=pre.ByteLevel.alphabet())
+    t.train_from_iterator(texts, trainer=tr)
+    return t
 
 
 def torch_gpt2(cfg: Any) -> Any:
