@@ -386,8 +386,12 @@ void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32
   for (size_t j = 0; j < k; ++j) {
     const size_t n = m[j].len;
     const int32_t* ids = res + off[j];
-    if (!caches.piece.find_to(m[j].k0, m[j].k1, n, ph[j], tmp)) caches.piece.put(m[j].k0, m[j].k1, n, ph[j], ids, cnt[j]);
-    if (n <= WordCache::kMaxLen && !caches.word.find_to(m[j].k0, n, m[j].h, tmp)) caches.word.put(m[j].k0, n, m[j].h, ids, cnt[j]);
+    // A short chunk goes to WordCache when it can hold its ids, else to PieceCache.
+    if (WordCache::holds(n, ids, cnt[j])) {
+      if (!caches.word.find_to(m[j].k0, n, m[j].h, tmp)) caches.word.put(m[j].k0, n, m[j].h, ids, cnt[j]);
+    } else if (!caches.piece.find_to(m[j].k0, m[j].k1, n, ph[j], tmp)) {
+      caches.piece.put(m[j].k0, m[j].k1, n, ph[j], ids, cnt[j]);
+    }
   }
 }
 

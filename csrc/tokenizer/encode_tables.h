@@ -281,9 +281,13 @@ class WordCache {
     w[1] = int32_t(s.meta[i] >> 5);
     return 1 + ((s.meta[i] >> 4) & 1u);
   }
+  // Whether put() stores these ids (1 or 2 of them, the second below 2^27: the slot's bits).
+  static bool holds(size_t n, const int32_t* ids, size_t count) {
+    return n >= 1 && n <= kMaxLen && count >= 1 && count <= 2 &&
+           (count == 1 || (ids[1] >= 0 && ids[1] < (int32_t(1) << 27)));
+  }
   void put(uint64_t k, size_t n, uint64_t h, const int32_t* ids, size_t count) {
-    if (count == 0 || count > 2 || n == 0 || n > kMaxLen) return;
-    if (count == 2 && (ids[1] < 0 || ids[1] >= (int32_t(1) << 27))) return;
+    if (!holds(n, ids, count)) return;
     Set& s = sets_[size_t(h >> (64 - kBits))];
     unsigned i = 0;
     while (i < 4 && (s.meta[i] & 15u) != 0) ++i;
