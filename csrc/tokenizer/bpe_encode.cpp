@@ -302,16 +302,10 @@ void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32
   uint64_t ph[kMissBatch], th[kMissBatch];
   size_t o = 0;
   for (size_t j = 0; j < k; ++j) { off[j] = uint32_t(o); o += m[j].len; cnt[j] = 0; state[j] = 1; }
-  // Chunks of <= 8 bytes may be in PieceCache (results of 3+ ids, which WordCache does not hold).
-  for (size_t j = 0; j < k; ++j) {
+  // The PieceCache hash of each chunk (for the put at the end; the encode loop has already
+  // looked every miss up in WordCache and PieceCache).
+  for (size_t j = 0; j < k; ++j)
     ph[j] = m[j].len <= WordCache::kMaxLen ? PieceCache::hash(m[j].k0, 0, m[j].len) : m[j].h;
-    if (m[j].len <= WordCache::kMaxLen) caches.piece.prefetch(ph[j]);
-  }
-  for (size_t j = 0; j < k; ++j) {
-    if (m[j].len > WordCache::kMaxLen) continue;
-    const size_t c = caches.piece.find_to(m[j].k0, 0, m[j].len, ph[j], res + off[j]);
-    if (c) { cnt[j] = uint32_t(c); state[j] = 0; }
-  }
   // Whole-token lookups: every slot requested, then each read.
   const bool whole = whole_lookup_;
   if (whole) {
