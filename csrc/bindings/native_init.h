@@ -13,6 +13,7 @@ void init_tokenizer(pybind11::module_& m);  // native_tokenizer.cpp
 void init_cpu_ops(pybind11::module_& m);    // native_cpu.cpp
 void init_gemm(pybind11::module_& m);       // native_gemm.cpp
 void init_decode(pybind11::module_& m);     // native_decode.cpp
+void init_vocab(pybind11::module_& m);      // native_vocab.cpp
 }  // namespace kgpt_bind
 
 namespace kgpt_bind {

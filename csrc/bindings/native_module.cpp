@@ -35,4 +35,5 @@ PYBIND11_MODULE(_native, m) {
   kgpt_bind::init_cpu_ops(m);
   kgpt_bind::init_gemm(m);
   kgpt_bind::init_decode(m);
+  kgpt_bind::init_vocab(m);
 }

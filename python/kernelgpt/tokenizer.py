@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import gzip
 import json
 import logging
@@ -173,10 +174,11 @@ class Tokenizer:
 
     _enc: BpeEncoder  # the C++ encoder (kernelgpt._native), built by __init__
 
-    def __init__(self, merges: Sequence[Tuple[int, int]], pattern: str = "gpt4",
+    def __init__(self, merges: Union[Sequence[Tuple[int, int]], np.ndarray], pattern: str = "gpt4",
                  special_tokens: Sequence[str] = (), *, ids: Optional[Sequence[int]] = None,
                  whole_token_lookup: bool = True):
-        """``merges`` and ``special_tokens`` in internal ids (see the module docstring). ``ids``:
+        """``merges`` (pairs, or an (n, 2) integer array) and ``special_tokens`` in internal ids
+        (see the module docstring). ``ids``:
         the id shown for each internal id (256 + len(merges) + len(special_tokens) of them; None:
         the internal ids themselves). ``whole_token_lookup``: a chunk that spells a whole token
         is that token (tiktoken's rule; False: pure merging)."""
@@ -184,7 +186,7 @@ class Tokenizer:
         specials = _check_specials(special_tokens)
         merges_arr = np.asarray(merges, dtype=np.int64).reshape(-1, 2)
         _validate_merges(merges_arr)
-        self.merges: List[Tuple[int, int]] = [(int(a), int(b)) for a, b in merges_arr]
+        self.merges: List[Tuple[int, int]] = list(zip(merges_arr[:, 0].tolist(), merges_arr[:, 1].tolist()))
         base = 256 + len(self.merges)
         id_arr = None
         if ids is not None:
@@ -713,66 +715,27 @@ class Tokenizer:
         leaves of its bytes (tiktoken's own rule); a file with a token that is not two
         lower-ranked tokens joined is refused."""
         pattern = _check_pattern(pattern)
-        ranks: Dict[bytes, int] = {}
-        rank_line: Dict[int, int] = {}
         src = os.fspath(path)
         opener = gzip.open if src.endswith(".gz") else open
         with opener(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                parts = line.split()
-                if len(parts) != 2:
-                    raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>'")
-                try:
-                    tb = base64.b64decode(parts[0], validate=True)
-                    r = int(parts[1])
-                except (ValueError, binascii.Error):
-                    raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>'") from None
-                if not tb or r < 0 or r >= 2**31 - 1:
-                    raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>' with a non-empty token and a rank in [0, 2**31 - 1)")
-                if tb in ranks:
-                    raise ValueError(f"{src}:{lineno}: token {tb!r} appears twice")
-                if r < 0:
-                    raise ValueError(f"{src}:{lineno}: rank {r} is negative")
-                if r in rank_line:
-                    raise ValueError(f"{src}:{lineno}: rank {r} appears twice (also on line "
-                                     f"{rank_line[r]})")
-                rank_line[r] = lineno
-                ranks[tb] = r
-        if len(set(ranks.values())) != len(ranks):
-            raise ValueError(f"{src}: two tokens have the same rank")
-        missing = [b for b in range(256) if bytes([b]) not in ranks]
-        if missing:
-            raise ValueError(f"{src}: a ranks file needs the 256 byte tokens; byte {missing[0]:#04x} "
-                             f"is missing ({len(missing)} missing)")
-        internal: Dict[bytes, int] = {bytes([b]): b for b in range(256)}
-        ids = [ranks[bytes([b])] for b in range(256)]
-        merges: List[Tuple[int, int]] = []
-        for r, tb in sorted((r, tb) for tb, r in ranks.items() if len(tb) > 1):
-            # Splits into two lower-ranked tokens (`internal` holds exactly those). With one, it is
-            # the merge. With several, BPE of the bytes with the lower ranks decides (in any text,
-            # the bytes of a token made by merging went through exactly that). If BPE leaves more
-            # than two parts, no text makes the token by merging (tiktoken reaches it only as a
-            # whole chunk, as the encoder here does): any split serves, as a merge that never fires.
-            cands = [i for i in range(1, len(tb)) if tb[:i] in internal and tb[i:] in internal]
-            if not cands:
-                raise ValueError(f"{src}: token of rank {r} ({tb!r}) is not two lower-ranked tokens joined")
-            cut = cands[0]
-            if len(cands) > 1:
-                parts = _bpe_parts(tb, ranks, r)
-                if len(parts) == 2:
-                    cut = len(parts[0])
-            internal[tb] = 256 + len(merges)
-            merges.append((internal[tb[:cut]], internal[tb[cut:]]))
-            ids.append(r)
+            data = f.read()
+        # The C++ reader takes well-formed files (nearly all); it answers None for anything else,
+        # and the Python reader, the reference, then reads the file or says what is wrong.
+        fast = getattr(_native(), "tiktoken_ranks_to_merges", None) if _FAST_TIKTOKEN else None
+        res = fast(data) if fast is not None else None
+        merges: Union[np.ndarray, List[Tuple[int, int]]]
+        if res is not None:
+            byte_ranks, merges, mranks = res
+            ids: List[int] = byte_ranks.tolist() + mranks.tolist()
+        else:
+            merges, ids = _tiktoken_merges_py(data, src)
         top = max(ids) + 1
         if isinstance(special_tokens, Mapping):
             names = _check_specials(list(special_tokens))
             sids = [special_tokens[n] for n in names]
             if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in sids):
                 raise ValueError("special_tokens ids must be non-negative ints")
-            taken = set(ranks.values())
+            taken = set(ids)
             clash = [n for n, x in zip(names, sids) if x in taken]
             if clash:
                 raise ValueError(f"special token {clash[0]!r} has id {special_tokens[clash[0]]}, "
@@ -921,6 +884,66 @@ def _build_hf(cls: Type[Tokenizer], vocab: Any, merges: Iterable[Any], added: Di
         raise refuse(str(e)) from None
 
 
+# Tokenizer.from_tiktoken's C++ reader (tiktoken_ranks_to_merges) is used when True; tests set it
+# to False to run the Python reader, the reference both must agree with.
+_FAST_TIKTOKEN = True
+
+
+def _tiktoken_merges_py(data: bytes, src: str) -> Tuple[List[Tuple[int, int]], List[int]]:
+    """A ranks file's text -> (merges, ids): the reference rules of Tokenizer.from_tiktoken."""
+    ranks: Dict[bytes, int] = {}
+    rank_line: Dict[int, int] = {}
+    for lineno, line in enumerate(io.BytesIO(data), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>'")
+        try:
+            tb = base64.b64decode(parts[0], validate=True)
+            r = int(parts[1])
+        except (ValueError, binascii.Error):
+            raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>'") from None
+        if not tb or r < 0 or r >= 2**31 - 1:
+            raise ValueError(f"{src}:{lineno}: expected '<base64> <rank>' with a non-empty token and a rank in [0, 2**31 - 1)")
+        if tb in ranks:
+            raise ValueError(f"{src}:{lineno}: token {tb!r} appears twice")
+        if r < 0:
+            raise ValueError(f"{src}:{lineno}: rank {r} is negative")
+        if r in rank_line:
+            raise ValueError(f"{src}:{lineno}: rank {r} appears twice (also on line "
+                             f"{rank_line[r]})")
+        rank_line[r] = lineno
+        ranks[tb] = r
+    if len(set(ranks.values())) != len(ranks):
+        raise ValueError(f"{src}: two tokens have the same rank")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise ValueError(f"{src}: a ranks file needs the 256 byte tokens; byte {missing[0]:#04x} "
+                         f"is missing ({len(missing)} missing)")
+    internal: Dict[bytes, int] = {bytes([b]): b for b in range(256)}
+    ids = [ranks[bytes([b])] for b in range(256)]
+    merges: List[Tuple[int, int]] = []
+    for r, tb in sorted((r, tb) for tb, r in ranks.items() if len(tb) > 1):
+        # Splits into two lower-ranked tokens (`internal` holds exactly those). With one, it is
+        # the merge. With several, BPE of the bytes with the lower ranks decides (in any text,
+        # the bytes of a token made by merging went through exactly that). If BPE leaves more
+        # than two parts, no text makes the token by merging (tiktoken reaches it only as a
+        # whole chunk, as the encoder here does): any split serves, as a merge that never fires.
+        cands = [i for i in range(1, len(tb)) if tb[:i] in internal and tb[i:] in internal]
+        if not cands:
+            raise ValueError(f"{src}: token of rank {r} ({tb!r}) is not two lower-ranked tokens joined")
+        cut = cands[0]
+        if len(cands) > 1:
+            parts = _bpe_parts(tb, ranks, r)
+            if len(parts) == 2:
+                cut = len(parts[0])
+        internal[tb] = 256 + len(merges)
+        merges.append((internal[tb[:cut]], internal[tb[cut:]]))
+        ids.append(r)
+    return merges, ids
+
+
 def _bpe_parts(tb: bytes, ranks: Dict[bytes, int], max_rank: int) -> List[bytes]:
     parts = [bytes([b]) for b in tb]
     while len(parts) > 1:
@@ -936,9 +959,12 @@ def _bpe_parts(tb: bytes, ranks: Dict[bytes, int], max_rank: int) -> List[bytes]
 
 
 def _validate_merges(merges: np.ndarray) -> None:
-    for i, (a, b) in enumerate(merges.tolist()):
-        if not (0 <= a < 256 + i and 0 <= b < 256 + i):
-            raise ValueError(f"merge {i} ({a}, {b}) refers to an id that does not exist before id {256 + i}")
+    limit = 256 + np.arange(len(merges), dtype=np.int64)
+    bad = np.flatnonzero((merges < 0).any(axis=1) | (merges[:, 0] >= limit) | (merges[:, 1] >= limit))
+    if bad.size:
+        i = int(bad[0])
+        a, b = (int(x) for x in merges[i])
+        raise ValueError(f"merge {i} ({a}, {b}) refers to an id that does not exist before id {256 + i}")
 
 
 def _warn_if_paths(data: object) -> None:
