@@ -257,10 +257,12 @@ def _amx_available():
 needs_amx = pytest.mark.skipif(not _amx_available(),
                                reason="no AMX-INT8 (CPU, OS permission or build)")
 
-# (B, N, K): B from 2 up (the AMX path's rows), 16-column runs with column tails, K / 32 odd
-# (a lone last block of 32) and even, several groups of 8 rows (B > 8)
-AMX_SHAPES = [(2, 16, 64), (2, 33, 96), (3, 48, 160), (8, 40, 384), (8, 17, 32), (9, 64, 480),
-              (16, 35, 1536), (11, 50, 224), (16, 16, 32), (5, 96, 768)]
+# (B, N, K): B from 4 up (the AMX path's rows, kQ8AmxMinRows; 2 and 3 take VNNI), 16-column
+# runs with column tails, K / 32 odd (a lone last block of 32) and even, partial groups of 8
+# rows and several groups (B > 8)
+AMX_SHAPES = [(4, 16, 64), (4, 33, 96), (5, 48, 160), (8, 40, 384), (8, 17, 32), (9, 64, 480),
+              (16, 35, 1536), (11, 50, 224), (16, 16, 32), (5, 96, 768), (2, 33, 96),
+              (3, 48, 160)]
 
 
 def test_amx_hook():
@@ -462,7 +464,7 @@ def test_batch8_rows_equal_rows_alone(qmodel, weights):
 
 
 @needs_amx
-@pytest.mark.parametrize("B", [2, 3, 8, 16])
+@pytest.mark.parametrize("B", [2, 3, 5, 8, 16])
 def test_fused_int8_step_amx_equals_vnni(qmodel, B):
     """The fused int8 decoding step at batch B gives the same logits with AMX on and off."""
     prompts = np.random.default_rng(40 + B).integers(0, qmodel.config.vocab_size, (B, 5))

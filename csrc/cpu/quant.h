@@ -53,7 +53,7 @@ constexpr int64_t kQ8GroupBytes = 640;  // 8 x 64 bytes of codes, 16 negcorr, 16
 constexpr int64_t kQ8GroupFloats = kQ8GroupBytes / 4;
 // AMX (quant_amx.cpp): from this many activation rows on, the int8 products of 16 columns at a
 // time run on the AMX tiles (fewer rows: the VNNI path).
-constexpr int64_t kQ8AmxMinRows = 2;
+constexpr int64_t kQ8AmxMinRows = 4;
 constexpr int64_t kQ8AmxRecBytes = 1088;  // a B tile (16 x 64 bytes) and 16 scales
 
 // Quantizes x (B, K) into a (resized as needed); serial. x must be finite (a non-finite block
