@@ -23,6 +23,11 @@ The machine may be shared: read the ratios (same run), and rerun before trusting
 last table gives the issue's ratios per config: int8/fp32 and bf16/fp32 at batch 1 (targets 2x
 and 1.6x) and batch 8 / batch 1 per format (target 4x).
 
+--amx-ab adds int8 with AMX forbidden (_native._set_ops_allow_amx(False): the VNNI path at
+every batch) as a fourth format "int8-vnni", interleaved in the same rounds, and prints the A/B
+table of the AMX int8 path (batch >= 2); --formats limits the formats timed (e.g. int8 for a
+quick A/B; the ratio table then shows only what was timed).
+
 --speed-only skips the training and the quality table (a seeded untrained model: the speed does
 not depend on the weights' values); --clock cpu times each round by the calling thread's CPU time
 (time.thread_time: with OMP_NUM_THREADS=1 the whole step; steadier than wall clock on a shared
@@ -30,7 +35,7 @@ machine), for A/B runs of two builds (PYTHONPATH=<old> then <new>, interleaved, 
 
 Usage: OMP_NUM_THREADS=2 PYTHONPATH=python python3 benchmarks/bench_quant_decode.py
            [--configs s,llama-s] [--run RUN] [--train-steps 150] [--rounds 5] [--quick]
-           [--speed-only] [--clock wall|cpu]
+           [--speed-only] [--clock wall|cpu] [--formats fp32,bf16,int8] [--amx-ab]
 """
 from __future__ import annotations
 
@@ -114,19 +119,24 @@ def time_decode(model: GPT, cases, pos0: int, steps: int, rounds: int, clock=tim
     interleaved over the cases (the first round warms up)."""
     kvs = {}
     rng = np.random.default_rng(0)
+    from kernelgpt import _native
     for f, B in cases:
-        kv = model.kv_cache(B, f)
+        kv = model.kv_cache(B, f.split("-")[0])
         model.prefill(kv, rng.integers(0, 256, (B, pos0)).astype(np.int32))
         kvs[f, B] = kv
     times = {c: [] for c in cases}
     for r in range(rounds + 1):
         for (f, B), kv in kvs.items():
             tok = np.zeros(B, np.int32)
+            if hasattr(_native, "_set_ops_allow_amx"):  # "int8-vnni": AMX forbidden
+                _native._set_ops_allow_amx(not f.endswith("-vnni"))
             t0 = clock()
             for i in range(steps):
                 model.decode_step(kv, tok, pos0 + i)
             if r:
                 times[f, B].append(clock() - t0)
+    if hasattr(_native, "_set_ops_allow_amx"):
+        _native._set_ops_allow_amx(True)
     return {c: (statistics.median(ts) / steps, kvs[c].fused is not None)
             for c, ts in times.items()}
 
@@ -145,7 +155,16 @@ def main(argv=None) -> None:
                     help="no training and no quality table: time a seeded untrained model")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: the calling thread's CPU time (meant for OMP_NUM_THREADS=1)")
+    ap.add_argument("--formats", default=",".join(FORMATS),
+                    help="the formats timed (the quality table always has all three)")
+    ap.add_argument("--amx-ab", action="store_true",
+                    help="also time int8 with AMX forbidden (int8-vnni), same rounds")
     args = ap.parse_args(argv)
+    formats = [f for f in args.formats.split(",") if f]
+    if any(f not in FORMATS for f in formats):
+        ap.error(f"--formats: choose from {','.join(FORMATS)}")
+    if args.amx_ab:
+        formats.append("int8-vnni")
     if args.quick:  # (--rounds and --steps given with it are kept)
         rounds = args.rounds if "--rounds" in (argv or sys.argv) else 2
         steps = args.steps if "--steps" in (argv or sys.argv) else 6
@@ -154,8 +173,9 @@ def main(argv=None) -> None:
     from kernelgpt import _native
     _native.set_num_threads(threads)
     print(f"machine: {machine()}")
-    print(f"int8 path {_native.quant_paths()[0]}, bf16 path {_native.quant_paths()[1]}, "
-          f"{threads} threads")
+    amx = getattr(_native, "ops_use_amx", lambda: False)()
+    print(f"int8 path {_native.quant_paths()[0]}{' (+amx at batch >= 2)' if amx else ''}, "
+          f"bf16 path {_native.quant_paths()[1]}, {threads} threads")
     if args.clock == "cpu" and threads != 1:
         print("note: --clock cpu counts the calling thread only: use OMP_NUM_THREADS=1")
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -194,12 +214,12 @@ def main(argv=None) -> None:
                 quality.append((name, f, loss, 100 * (loss - l32) / l32, 100 * agree))
         gbs = statistics.median(_native.read_bandwidth_gbs(step_bytes(cfg, "fp32") / 1e6,
                                                            threads, 0.3) for _ in range(3))
-        timed = time_decode(model, [(f, B) for f in FORMATS for B in (1, 8)], args.pos,
+        timed = time_decode(model, [(f, B) for f in formats for B in (1, 8)], args.pos,
                             args.steps, args.rounds, clock)
-        for f in FORMATS:
+        for f in formats:
             for B in (1, 8):
                 t, fused = timed[f, B]
-                mb = step_bytes(cfg, f) / 1e6
+                mb = step_bytes(cfg, f.split("-")[0]) / 1e6
                 bound = B * gbs * 1e3 / mb
                 speed.append((name, f, B, B / t, t * 1e3, mb, bound, fused))
         if args.run:
@@ -212,12 +232,13 @@ def main(argv=None) -> None:
     print(f"\nspeed: decoding steps at position {args.pos}, median of {args.rounds} rounds of "
           f"{args.steps} steps, {threads} threads, {args.clock} clock; bound = batch x read "
           f"bandwidth (measured per config, last {gbs:.1f} GB/s) / MB per step")
-    print(f"{'config':<10} {'weights':<6} {'B':>2} {'tok/s':>9} {'ms/step':>8} {'MB/step':>8} "
+    print(f"{'config':<10} {'weights':<9} {'B':>2} {'tok/s':>9} {'ms/step':>8} {'MB/step':>8} "
           f"{'bound tok/s':>11} {'of bound':>8} {'vs fp32':>8} {'vs B=1':>7}")
     base = {(s[0], s[2]): s[3] for s in speed if s[1] == "fp32"}
+    base = {k: base.get(k, float("nan")) for k in {(s[0], s[2]) for s in speed}}
     b1 = {(s[0], s[1]): s[3] for s in speed if s[2] == 1}
     for name, f, B, tps, ms, mb, bound, fused in speed:
-        print(f"{name:<10} {f:<6} {B:>2} {tps:9.1f} {ms:8.2f} {mb:8.1f} {bound:11.1f} "
+        print(f"{name:<10} {f:<9} {B:>2} {tps:9.1f} {ms:8.2f} {mb:8.1f} {bound:11.1f} "
               f"{100 * tps / bound:7.0f}% {tps / base[(name, B)]:7.2f}x "
               f"{tps / b1[(name, f)]:6.2f}x" + ("" if fused else "  (op by op)"))
     print("\nratios (same run; targets: int8/fp32 >= 2, bf16/fp32 >= 1.6 at B=1, "
@@ -226,11 +247,20 @@ def main(argv=None) -> None:
           f"{'int8 8/1':>9}")
     names = list(dict.fromkeys(s[0] for s in speed))
     tps = {(s[0], s[1], s[2]): s[3] for s in speed}
+    nan = float("nan")
     for name in names:
-        f32 = tps[name, "fp32", 1]
-        r = [tps[name, "int8", 1] / f32, tps[name, "bf16", 1] / f32]
-        r += [tps[name, f, 8] / tps[name, f, 1] for f in FORMATS]
+        f32 = tps.get((name, "fp32", 1), nan)
+        r = [tps.get((name, "int8", 1), nan) / f32, tps.get((name, "bf16", 1), nan) / f32]
+        r += [tps.get((name, f, 8), nan) / tps.get((name, f, 1), nan) for f in FORMATS]
         print(f"{name:<10} " + " ".join(f"{v:8.2f}x" for v in r))
+    if args.amx_ab:
+        print("\nint8 AMX A/B (same rounds; int8 = AMX at batch 8, int8-vnni = AMX forbidden)")
+        print(f"{'config':<10} {'B8 amx tok/s':>13} {'B8 vnni tok/s':>14} {'amx/vnni':>9} "
+              f"{'8/1 amx':>8} {'8/1 vnni':>9}")
+        for name in names:
+            a8, v8 = tps[name, "int8", 8], tps[name, "int8-vnni", 8]
+            print(f"{name:<10} {a8:13.1f} {v8:14.1f} {a8 / v8:8.2f}x "
+                  f"{a8 / tps[name, 'int8', 1]:7.2f}x {v8 / tps[name, 'int8-vnni', 1]:8.2f}x")
 
 
 if __name__ == "__main__":

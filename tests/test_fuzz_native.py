@@ -92,6 +92,7 @@ SPECS = {
     "_set_gemm_force_portable": [("on", "bool", True)],
     "_set_ops_force_portable": [("on", "bool", True)],
     "_set_ops_allow_avx512": [("on", "bool", False)],
+    "_set_ops_allow_amx": [("on", "bool", False)],
 }
 # Functions whose int arguments are still plain pybind11 int64 (a huge int gives pybind11's
 # TypeError). pick_token and the Decoder (native_decode.cpp) take a SamplingParams object and are
@@ -107,6 +108,7 @@ def restore_state(nat) -> None:
     nat._set_gemm_kernel("auto")
     nat._set_ops_force_portable(False)
     nat._set_ops_allow_avx512(True)
+    nat._set_ops_allow_amx(True)
 
 
 def dims_value(d: dict, letter: str) -> int:
@@ -313,7 +315,7 @@ def test_fuzz_every_native_function_raises_never_crashes():
     # (_q8_matmul and _bf16_matmul take int8 / uint16 weights this harness does not draw; their
     # bad arguments are checked in test_quant.py)
     untested = sorted(n for n in listed - set(SPECS) - {"max_threads", "gemm_kernel_name",
-                                                         "ops_use_avx2", "ops_use_avx512",
+                                                         "ops_use_avx2", "ops_use_avx512", "ops_use_amx",
                                                          "quant_paths", "_q8_matmul",
                                                          "_bf16_matmul"}
                       if not any(t.lower() in n.lower() for t in ("token", "bpe", "pretok",

@@ -249,6 +249,78 @@ def test_q8_matmul_sums_in_the_documented_order():
         set_native_ops_path("avx512")
 
 
+def _amx_available():
+    nat._set_ops_allow_amx(True)
+    return nat.ops_use_amx()
+
+
+needs_amx = pytest.mark.skipif(not _amx_available(),
+                               reason="no AMX-INT8 (CPU, OS permission or build)")
+
+# (B, N, K): B from 4 up (the AMX path's rows, kQ8AmxMinRows; 2 and 3 take VNNI), 16-column
+# runs with column tails, K / 32 odd (a lone last block of 32) and even, partial groups of 8
+# rows and several groups (B > 8)
+AMX_SHAPES = [(4, 16, 64), (4, 33, 96), (5, 48, 160), (8, 40, 384), (8, 17, 32), (9, 64, 480),
+              (16, 35, 1536), (11, 50, 224), (16, 16, 32), (5, 96, 768), (2, 33, 96),
+              (3, 48, 160)]
+
+
+def test_amx_hook():
+    """_set_ops_allow_amx forbids AMX; forbidding AVX-512 forbids it too (it runs inside the
+    VNNI path)."""
+    try:
+        nat._set_ops_allow_amx(False)
+        assert not nat.ops_use_amx()
+        nat._set_ops_allow_amx(True)
+        set_native_ops_path("avx2")
+        assert not nat.ops_use_amx()
+    finally:
+        set_native_ops_path("avx512")
+        nat._set_ops_allow_amx(True)
+
+
+@needs_amx
+def test_q8_amx_sums_in_the_documented_order_and_equals_vnni():
+    """The AMX int8 products (several rows) follow quant.h's order bit for bit and equal the
+    VNNI path's (AMX forbidden) bitwise, with column tails, an odd block count and rows past
+    8; and each row equals the row alone (batch 1 takes VNNI)."""
+    rng = np.random.default_rng(31)
+    try:
+        for B, N, K in AMX_SHAPES:
+            x = (rng.standard_normal((B, K)) * rng.uniform(0.1, 10)).astype(np.float32)
+            w = rng.standard_normal((N, K)).astype(np.float32)
+            b = rng.standard_normal(N).astype(np.float32) if N % 2 else None
+            q, d = Q.quantize_q8_0(w)
+            nat._set_ops_allow_amx(True)
+            amx = _q8_native(x, q, d, b)
+            np.testing.assert_array_equal(amx, _q8_order_f32(x, q, d, b), err_msg=str((B, N, K)))
+            alone = np.concatenate([_q8_native(x[i:i + 1], q, d, b) for i in range(B)])
+            nat._set_ops_allow_amx(False)
+            np.testing.assert_array_equal(amx, _q8_native(x, q, d, b), err_msg=str((B, N, K)))
+            np.testing.assert_array_equal(amx, alone, err_msg=str((B, N, K)))
+    finally:
+        nat._set_ops_allow_amx(True)
+
+
+@needs_amx
+def test_q8_amx_nonfinite_and_zero_rows():
+    """A non-finite activation block gives NaN in its row only; zero rows give zeros (the
+    padded rows and blocks of the AMX tiles never leak into real ones)."""
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    x[2, 40] = np.inf
+    x[4] = 0.0
+    q, d = Q.quantize_q8_0(rng.standard_normal((48, 96)).astype(np.float32))
+    out = _q8_native(x, q, d, None)
+    assert np.isnan(out[2]).all()
+    assert np.isfinite(out[[0, 1, 3, 4]]).all() and (out[4] == 0).all()
+    nat._set_ops_allow_amx(False)
+    try:
+        np.testing.assert_array_equal(out, _q8_native(x, q, d, None))
+    finally:
+        nat._set_ops_allow_amx(True)
+
+
 def test_q8_matmul_nonfinite_activation_gives_nan():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 64)).astype(np.float32)
@@ -389,6 +461,22 @@ def test_batch8_rows_equal_rows_alone(qmodel, weights):
         sp = sample.SamplingParams(temperature=0.9, top_k=20, max_new_tokens=12).checked(V)
         alone = list(sample._stream(qmodel, p[b:b + 1], False, sp, Draws(u, b), True, weights))
         np.testing.assert_array_equal(many[b, 4:], np.concatenate(alone))
+
+
+@needs_amx
+@pytest.mark.parametrize("B", [2, 3, 5, 8, 16])
+def test_fused_int8_step_amx_equals_vnni(qmodel, B):
+    """The fused int8 decoding step at batch B gives the same logits with AMX on and off."""
+    prompts = np.random.default_rng(40 + B).integers(0, qmodel.config.vocab_size, (B, 5))
+    try:
+        nat._set_ops_allow_amx(True)
+        on = _decode_logits(qmodel, "int8", prompts, 5)
+        nat._set_ops_allow_amx(False)
+        off = _decode_logits(qmodel, "int8", prompts, 5)
+    finally:
+        nat._set_ops_allow_amx(True)
+    np.testing.assert_array_equal(on, off)
+    assert np.isfinite(on).all()
 
 
 def test_batch_limits_per_format(qmodel):

@@ -518,6 +518,10 @@ void init_cpu_ops(py::module_& m) {
         "Test hook: force the portable (non-AVX2) paths of the non-GEMM kernels (process-wide).");
   m.def("_set_ops_allow_avx512", &kgpt::cpu::ops_set_allow_avx512, py::arg("on"),
         "Test hook: allow (default) or forbid the AVX-512 variants of the non-GEMM kernels.");
+  m.def("_set_ops_allow_amx", &kgpt::cpu::ops_set_allow_amx, py::arg("on"),
+        "Test hook: allow (default) or forbid the AMX int8 products (several rows).");
+  m.def("ops_use_amx", &kgpt::cpu::ops_use_amx,
+        "Whether int8 products of several rows run on AMX tiles (CPU, OS and test hook).");
   m.def("ops_use_avx512", &kgpt::cpu::ops_use_avx512,
         "Whether the non-GEMM kernels with AVX-512 variants run them.");
   m.def("ops_use_avx2", &kgpt::cpu::ops_use_avx2,

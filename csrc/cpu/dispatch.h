@@ -31,6 +31,15 @@ void ops_set_force_portable(bool on);
 bool ops_use_avx512();
 // Test hook (process-wide): allow (default) or forbid the AVX-512 variants.
 void ops_set_allow_avx512(bool on);
+// True when the CPU has AMX-INT8 (AMX-TILE + AMX-INT8 in CPUID, tile state enabled by the OS in
+// XCR0) and Linux granted this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM,
+// asked once); false elsewhere or where the build has no AMX code.
+bool cpu_has_amx_int8();
+// True when ops_use_avx512(), cpu_has_amx_int8() and the hook below allows it: the int8
+// products of several rows run on AMX tiles (quant_amx.cpp). Their results equal the VNNI ones.
+bool ops_use_amx();
+// Test hook (process-wide): allow (default) or forbid AMX.
+void ops_set_allow_amx(bool on);
 // Below this many elements an elementwise op runs on the calling thread only.
 constexpr int64_t kParallelMin = 1 << 15;
 // Elementwise ops split their range into chunks of this size (static schedule).

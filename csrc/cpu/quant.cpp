@@ -11,6 +11,7 @@
 #include "common/threads.h"
 #include "cpu/aligned_buf.h"
 #include "cpu/dispatch.h"
+#include "cpu/quant_amx.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -700,6 +701,8 @@ void Q8Rows::reserve(int64_t rows, int64_t k) {
   if (static_cast<int64_t>(q.size()) < rows * k) q.resize(static_cast<size_t>(rows * k));
   if (static_cast<int64_t>(d.size()) < rows * nb) d.resize(static_cast<size_t>(rows * nb));
   packed.get(static_cast<size_t>(ng * rows * kQ8GroupFloats));
+  if (rows >= kQ8AmxMinRows && ops_use_amx() && q8_amx_built())
+    amx.get(static_cast<size_t>(q8_amx_floats(rows, k)));
 }
 
 void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
@@ -715,6 +718,8 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
                         a.d.data() + b * nb + blk);
     q8_pack_vnni(a);
     a.packed_ok = true;
+    a.amx_ok = B >= kQ8AmxMinRows && ops_use_amx() && q8_amx_built();
+    if (a.amx_ok) q8_amx_pack(a);
     return;
   }
   const bool avx2 = ops_use_avx2();
@@ -731,15 +736,19 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
         q8_block_portable(xb, qb, a.d.data() + b * nb + blk);
     }
   a.packed_ok = false;
+  a.amx_ok = false;
 }
 
 void q8_matmul_cols(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq, const float* wd,
                     const float* bias, int64_t N, int64_t n0, int64_t n1) {
-  (void)N;
   if (n1 <= n0 || a.B <= 0) return;
 #if KGPT_X86
   switch (q8_choice()) {
     case Path::vnni:
+      if (a.amx_ok && ops_use_amx()) {  // whole runs of 16 columns on AMX, the rest below
+        n0 = q8_cols_amx(out, ldo, a, wq, wd, bias, N, n0, n1);
+        if (n0 >= n1) return;
+      }
       if (a.packed_ok) return q8_cols_vnni(out, ldo, a, wq, wd, bias, n0, n1);
       return q8_cols_avx2(out, ldo, a, wq, wd, bias, n0, n1);  // (the same values)
     case Path::avx2: return q8_cols_avx2(out, ldo, a, wq, wd, bias, n0, n1);

@@ -39,6 +39,11 @@ struct Q8Rows {
   // and row a record of kQ8GroupBytes; packed_ok: made for the current rows.
   AlignedFloats packed;
   bool packed_ok = false;
+  // The AMX path's operands (quant_amx.cpp), made with packed when AMX is in use and B >=
+  // kQ8AmxMinRows: per 8 rows and pair of blocks a record of kQ8AmxRecBytes; amx_ok: made for
+  // the current rows.
+  AlignedFloats amx;
+  bool amx_ok = false;
   // Sizes the buffers for rows (B, K) (std::bad_alloc when they cannot be allocated), so that
   // q8_quantize_rows of at most that size allocates nothing.
   void reserve(int64_t B, int64_t K);
@@ -46,6 +51,10 @@ struct Q8Rows {
 
 constexpr int64_t kQ8GroupBytes = 640;  // 8 x 64 bytes of codes, 16 negcorr, 16 scales
 constexpr int64_t kQ8GroupFloats = kQ8GroupBytes / 4;
+// AMX (quant_amx.cpp): from this many activation rows on, the int8 products of 16 columns at a
+// time run on the AMX tiles (fewer rows: the VNNI path).
+constexpr int64_t kQ8AmxMinRows = 4;
+constexpr int64_t kQ8AmxRecBytes = 1088;  // a B tile (16 x 64 bytes) and 16 scales
 
 // Quantizes x (B, K) into a (resized as needed); serial. x must be finite (a non-finite block
 // gives a scale that is not finite, and non-finite outputs).
@@ -68,7 +77,8 @@ void bf16_matmul(float* out, const float* x, const uint16_t* w, const float* bia
                  int64_t N, int64_t K);
 
 // The code path each format takes now: "avx512_vnni", "avx512", "avx2" or "portable" (the
-// ops' ISA test hooks of dispatch.h select it).
+// ops' ISA test hooks of dispatch.h select it). With "avx512_vnni", products of at least
+// kQ8AmxMinRows rows run on AMX where ops_use_amx() (dispatch.h); same bits.
 const char* q8_path();
 const char* bf16_path();
 
