@@ -149,6 +149,29 @@ def test_quantized_products_bitwise_equal_across_paths_and_rows():
         np.testing.assert_array_equal(r[1], r[3])
 
 
+def test_bf16_single_row_products_bitwise_equal_across_paths():
+    """Batch 1 (the AVX-512 kernel reads a row's columns one after another): every shape's
+    columns (runs of 16, blocks of 4, single columns) and K tails (K mod 16 != 0) give the
+    portable path's bits, which follow quant.h's order."""
+    rng = np.random.default_rng(12)
+    for N, K in [(1, 16), (5, 17), (16, 384), (37, 389), (70, 1536), (21, 45)]:
+        x = rng.standard_normal((1, K)).astype(np.float32)
+        h = Q.to_bf16(rng.standard_normal((N, K)).astype(np.float32) * 3)
+        b = rng.standard_normal(N).astype(np.float32) if N % 2 else None
+        res = {}
+        try:
+            for path in native_ops_paths():
+                set_native_ops_path(path)
+                res[path] = _bf16_native(x, h, b)
+        finally:
+            set_native_ops_path("avx512")
+        ref = Q.matmul_bf16_ref(x, h, b)
+        bound = _bound(np.abs(x), np.abs(Q.from_bf16(h)), K)
+        for path, r in res.items():
+            np.testing.assert_array_equal(r, res["portable"], err_msg=f"{path} {N}x{K}")
+            assert np.all(np.abs(r - ref) <= bound + (0 if b is None else 2.0 ** -23 * np.abs(ref)))
+
+
 def test_q8_activation_quantization_same_on_every_path():
     """The activations' on-the-fly quantization (vector on AVX2/AVX-512, scalar portable) gives
     the same codes: ties of x / d at .5 round to even, a zero block, tiny scales, values that
