@@ -93,6 +93,7 @@ SPECS = {
     "_set_ops_force_portable": [("on", "bool", True)],
     "_set_ops_allow_avx512": [("on", "bool", False)],
     "_set_ops_allow_amx": [("on", "bool", False)],
+    "_set_decode_attention_reference": [("on", "bool", True)],
 }
 # Functions whose int arguments are still plain pybind11 int64 (a huge int gives pybind11's
 # TypeError). pick_token and the Decoder (native_decode.cpp) take a SamplingParams object and are

@@ -661,3 +661,55 @@ print("MAX", seen)
                        env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout.split("MAX")[1]) > 0, r.stdout
+
+
+# The decoding attention's fast AVX2 kernel (head sizes a multiple of 8: eight keys' scores at a
+# time, the output in registers) must give the reference kernel's bits: each score's lane sums
+# and lane tree, the max, the softmax and the weighted sum of values in the same order.
+@pytest.mark.parametrize("ops_path", [p for p in native_ops_paths() if p != "portable"])
+@pytest.mark.parametrize("HS", [8, 24, 64, 72, 136])
+def test_decode_attention_fast_kernel_bitwise_equals_reference(ops_path, HS):
+    from kernelgpt import _native as nat
+    rng = np.random.default_rng(HS)
+    B, NH, NKV, maxT = 2, 4, 2, 40
+    q = (rng.standard_normal((B, NH * HS)) * 2).astype(np.float32)
+    k = rng.standard_normal((B, NKV, maxT, HS)).astype(np.float32)
+    v = rng.standard_normal((B, NKV, maxT, HS)).astype(np.float32)
+    k[0, 0, 5], k[0, 0, 6] = 0.0, -0.0  # scores +0 and -0 (a tie for the max of a zero row)
+    q[1, :HS] = 0.0  # a head whose every score is 0
+    q[1, HS:2 * HS] *= 60  # scores far apart: exps that flush to 0
+    set_native_ops_path(ops_path)
+    try:
+        for n in (1, 7, 8, 9, 17, 33, 40):
+            outs = []
+            for ref in (True, False):
+                nat._set_decode_attention_reference(ref)
+                o = np.full((B, NH * HS), np.nan, np.float32)
+                nat.attention_decode(o, q, k, v, n)
+                outs.append(o)
+            np.testing.assert_array_equal(outs[0].view(np.uint32), outs[1].view(np.uint32),
+                                          err_msg=f"n_valid={n}")
+    finally:
+        nat._set_decode_attention_reference(False)
+        set_native_ops_path("avx512")
+
+
+def test_fused_step_fast_attention_bitwise_equals_reference(model, rng):
+    """The fused decoder's heads (attention_decode_head) take the same fast kernel."""
+    from kernelgpt import _native as nat
+    cfg = GPTConfig(vocab_size=41, block_size=24, n_layer=2, n_head=2, n_embd=32)  # HS 16
+    m = _perturbed(cfg, 3, 1, 0.3)
+    prompt = rng.integers(0, 41, (4, 5)).astype(np.int32)
+    toks = rng.integers(0, 41, (24, 4)).astype(np.int32)
+    logits = []
+    try:
+        for ref in (True, False):
+            nat._set_decode_attention_reference(ref)
+            kv = m.kv_cache(4)
+            assert kv.fused is not None
+            m.prefill(kv, prompt)
+            logits.append([np.array(m.decode_step(kv, toks[p], p)) for p in range(5, 24)])
+    finally:
+        nat._set_decode_attention_reference(False)
+    for a, b in zip(*logits):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))

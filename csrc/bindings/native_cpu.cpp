@@ -520,6 +520,8 @@ void init_cpu_ops(py::module_& m) {
         "Test hook: allow (default) or forbid the AVX-512 variants of the non-GEMM kernels.");
   m.def("_set_ops_allow_amx", &kgpt::cpu::ops_set_allow_amx, py::arg("on"),
         "Test hook: allow (default) or forbid the AMX int8 products (several rows).");
+  m.def("_set_decode_attention_reference", &kgpt::cpu::attention_decode_set_reference,
+        py::arg("on"), "Test hook: decoding attention by the reference kernel (process-wide).");
   m.def("ops_use_amx", &kgpt::cpu::ops_use_amx,
         "Whether int8 products of several rows run on AMX tiles (CPU, OS and test hook).");
   m.def("ops_use_avx512", &kgpt::cpu::ops_use_avx512,

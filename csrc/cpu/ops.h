@@ -50,6 +50,9 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
 // of scratch. attention_decode runs exactly this per (b, h).
 void attention_decode_head(float* out, const float* q, const float* k_cache, const float* v_cache,
                            int64_t HS, int64_t n_valid, float* scores);
+// Test hook (process-wide): on, every decoding head runs the reference kernel (the one the fast
+// AVX2 kernel must equal bit for bit); off (default), the fast one where it applies.
+void attention_decode_set_reference(bool on);
 
 // llama_ops.cpp. RMSNorm: x (N,C) -> out (N,C) =, rstd (N,) =; backward dx =, dw +=.
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N,

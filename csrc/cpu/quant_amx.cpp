@@ -122,7 +122,10 @@ KGPT_TARGET_AMX int64_t q8_cols_amx(float* out, int64_t ldo, const Q8Rows& a, co
     const float* wdj = wd + j0 * nb;
     for (int64_t gr = 0; gr < groups; ++gr) {
       const char* recs = base + gr * npairs * kQ8AmxRecBytes;
-      for (int64_t i = 0; i < 8 * 16; ++i) _mm512_store_ps(acc + i * 16, _mm512_setzero_ps());
+      // acc[p] is written first by pair p (the fused multiply-adds onto +0, as onto a zeroed
+      // scratch) and read by the lane tree only for p < pu (+0 vectors for the others): no
+      // zeroing pass over the 8 KB scratch per run.
+      const int pu = static_cast<int>(std::min<int64_t>(8, npairs));
       // Pair pp + 2's product is issued before pair pp's fused multiply-adds (C tiles and
       // cbuf slots round-robin over 4), so its tile work and store overlap them.
       auto issue = [&](int64_t pp) {
@@ -145,6 +148,7 @@ KGPT_TARGET_AMX int64_t q8_cols_amx(float* out, int64_t ldo, const Q8Rows& a, co
           float* ac = acc + (p2 & 7) * 256;
           const int32_t* cb = cbuf + (p2 & 3) * 256;
           const __m512 dxv = _mm512_load_ps(reinterpret_cast<const float*>(rec + 1024));
+          const bool first = p2 < 8;  // acc[p2 & 7] not yet written in this run: it is +0
           // (the weights' 16 row streams prefetched KGPT_AMX_PFD pairs ahead, into the next
           // run's rows past the end; once per run)
           const int64_t pf = p2 + KGPT_AMX_PFD;
@@ -158,16 +162,16 @@ KGPT_TARGET_AMX int64_t q8_cols_amx(float* out, int64_t ldo, const Q8Rows& a, co
               std::memcpy(&dd, wdj + r * nb + 2 * p2, sizeof(dd));  // d_w of 2 p2, 2 p2 + 1
               const __m512 sc = _mm512_mul_ps(_mm512_castpd_ps(_mm512_set1_pd(dd)), dxv);
               const __m512 is = _mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * r));
-              _mm512_store_ps(ac + 16 * r,
-                              _mm512_fmadd_ps(is, sc, _mm512_load_ps(ac + 16 * r)));
+              const __m512 prev = first ? _mm512_setzero_ps() : _mm512_load_ps(ac + 16 * r);
+              _mm512_store_ps(ac + 16 * r, _mm512_fmadd_ps(is, sc, prev));
             }
           } else {  // the lone last block: lanes q = 0 only
             for (int r = 0; r < 16; ++r) {
               const __m512 sc = _mm512_mul_ps(_mm512_set1_ps(wdj[r * nb + 2 * p2]), dxv);
               const __m512 is = _mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * r));
-              _mm512_store_ps(ac + 16 * r, _mm512_mask3_fmadd_ps(
-                                               is, sc, _mm512_load_ps(ac + 16 * r),
-                                               __mmask16(0x5555)));
+              const __m512 prev = first ? _mm512_setzero_ps() : _mm512_load_ps(ac + 16 * r);
+              _mm512_store_ps(ac + 16 * r,
+                              _mm512_mask3_fmadd_ps(is, sc, prev, __mmask16(0x5555)));
             }
           }
         }
@@ -180,7 +184,8 @@ KGPT_TARGET_AMX int64_t q8_cols_amx(float* out, int64_t ldo, const Q8Rows& a, co
         for (int c = 0; c < 2; ++c) {
           const int64_t col = (2 * i + c) * 16;
           __m512 A[8];
-          for (int p = 0; p < 8; ++p) A[p] = _mm512_load_ps(acc + p * 256 + col);
+          for (int p = 0; p < 8; ++p)
+            A[p] = p < pu ? _mm512_load_ps(acc + p * 256 + col) : _mm512_setzero_ps();
           const __m512 t0 = _mm512_add_ps(A[0], A[4]), t1 = _mm512_add_ps(A[1], A[5]);
           const __m512 t2 = _mm512_add_ps(A[2], A[6]), t3 = _mm512_add_ps(A[3], A[7]);
           v[c] = _mm512_add_ps(_mm512_add_ps(t0, t2), _mm512_add_ps(t1, t3));
