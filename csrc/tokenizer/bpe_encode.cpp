@@ -381,8 +381,8 @@ void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32
     const size_t n = m[j].len;
     const int32_t* ids = res + off[j];
     // A short chunk goes to WordCache when it can hold its ids, else to PieceCache.
-    if (WordCache::holds(n, ids, cnt[j])) {
-      if (!caches.word.find_to(m[j].k0, n, m[j].h, tmp)) caches.word.put(m[j].k0, n, m[j].h, ids, cnt[j]);
+    if (WordCache::holds(m[j].k0, n, ids, cnt[j])) {
+      if (!caches.word.find_to(m[j].k0, m[j].h, tmp)) caches.word.put(m[j].k0, n, m[j].h, ids, cnt[j]);
     } else if (!caches.piece.find_to(m[j].k0, m[j].k1, n, ph[j], tmp)) {
       caches.piece.put(m[j].k0, m[j].k1, n, ph[j], ids, cnt[j]);
     }
@@ -484,8 +484,8 @@ class IdSink {
   int32_t buf_[kCap];
 };
 
-// A short chunk's cache key and hash.
-struct ShortKey { uint64_t k0, k1, h; };
+// A short chunk's cache key and hash; wk: its WordCache probe key (WordCache::probe_key).
+struct ShortKey { uint64_t k0, k1, h, wk; };
 }  // namespace
 
 // Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
@@ -518,21 +518,23 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
       k.k0 = load_head(base + a, len, n - a >= 8);
       k.k1 = 0;
       k.h = WordCache::hash(k.k0);
+      k.wk = WordCache::probe_key(k.k0, len);
       word.prefetch(k.h);
     } else {
       PieceCache::key(base + a, len, n - a >= 16, &k.k0, &k.k1);
       k.h = PieceCache::hash(k.k0, k.k1, len);
+      k.wk = 0;
       piece.prefetch(k.h);
     }
     return k;
   };
   size_t pos = 0, e = cur.next_end(0);
-  ShortKey kc{0, 0, 0};
+  ShortKey kc{0, 0, 0, 0};
   if (e - pos <= PieceCache::kMaxLen) kc = key_of(pos, e - pos);
   while (true) {
     // The next chunk's end and key (its set starts loading now).
     size_t e2 = e;
-    ShortKey kn{0, 0, 0};
+    ShortKey kn{0, 0, 0, 0};
     if (e < n) {
       e2 = cur.next_end(e);
       if (e2 - e <= PieceCache::kMaxLen) kn = key_of(e, e2 - e);
@@ -540,7 +542,7 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
     const size_t len = e - pos;
     if (len <= WordCache::kMaxLen) {
       int32_t* w = sink.at();
-      size_t k = word.find_to(kc.k0, len, kc.h, w);
+      size_t k = word.find_to(kc.wk, kc.h, w);
       // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
       if (!k) k = piece.find_to(kc.k0, 0, len, PieceCache::hash(kc.k0, 0, len), w);
       if (k) sink.advance(k);
