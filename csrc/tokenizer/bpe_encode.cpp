@@ -515,10 +515,25 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
   auto key_of = [&](size_t a, size_t len) {
     ShortKey k;
     if (len <= WordCache::kMaxLen) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+      if (n - a >= 8) {  // one 8-byte load, its first len bytes kept (a table mask: no shifts)
+        static constexpr uint64_t kKeep[9] = {0, 0xFF, 0xFFFF, 0xFFFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFull,
+                                              0xFFFFFFFFFFFFull, 0xFFFFFFFFFFFFFFull, ~uint64_t(0)};
+        uint64_t raw;
+        std::memcpy(&raw, base + a, 8);
+        const uint64_t keep = kKeep[len];
+        k.k0 = raw & keep;
+        k.wk = WordCache::probe_key_raw(raw, keep);
+      } else {
+        k.k0 = load_head(base + a, len, false);
+        k.wk = WordCache::probe_key(k.k0, len);
+      }
+#else
       k.k0 = load_head(base + a, len, n - a >= 8);
+      k.wk = WordCache::probe_key(k.k0, len);
+#endif
       k.k1 = 0;
       k.h = WordCache::hash(k.k0);
-      k.wk = WordCache::probe_key(k.k0, len);
       word.prefetch(k.h);
     } else {
       PieceCache::key(base + a, len, n - a >= 16, &k.k0, &k.k1);

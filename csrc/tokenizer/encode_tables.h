@@ -281,7 +281,16 @@ class WordCache {
   }
   // The word to look a chunk up with: k itself when storable, else a word no slot ever holds (a
   // zero byte below a non-zero one: not a storable key, not the empty slot's 0).
-  static inline uint64_t probe_key(uint64_t k, size_t n) { return storable(k, n) ? k : 0xFF00u; }
+  static inline uint64_t probe_key(uint64_t k, size_t n) { return storable(k, n) ? k : kNever; }
+  // The same from the 8 bytes read at the chunk (raw, little-endian: the chunk's n bytes and what
+  // follows) and keep, the mask of its n bytes: the key is raw & keep, and the zero-byte test runs
+  // on raw (a borrow only marks bytes above a zero byte, so within keep it is exact enough: a
+  // marked byte there has a zero byte at or below it, also within keep).
+  static inline uint64_t probe_key_raw(uint64_t raw, uint64_t keep) {
+    const uint64_t zero = (raw - 0x0101010101010101ULL) & ~raw & 0x8080808080808080ULL & keep;
+    return zero ? kNever : raw & keep;
+  }
+  static constexpr uint64_t kNever = 0xFF00u;
   // Writes the ids of probe key k (probe_key of a chunk of 1..8 bytes) at w[0], w[1] (both written)
   // and returns how many there are; 0 if absent. One compare per slot (see storable).
   inline size_t find_to(uint64_t k, uint64_t h, int32_t* w) const {
