@@ -272,6 +272,8 @@ class WordCache {
     if (sets_.empty()) sets_.assign(size_t(1) << kBits, Set{});
   }
   void prefetch(uint64_t h) const { prefetch_line(&sets_[size_t(h >> (64 - kBits))]); }
+  // The set (cache line) of hash h, for find_at: a loop may carry it instead of the hash.
+  const void* line(uint64_t h) const { return &sets_[size_t(h >> (64 - kBits))]; }
   // Whether a chunk of n bytes (1 <= n <= 8) whose zero-padded bytes are k holds no zero byte. Only
   // such chunks are stored, so the key alone gives the length (the bytes up to the highest non-zero
   // one) and a lookup compares one word per slot; a chunk with a zero byte ("!" and "!\0" pad to the
@@ -295,8 +297,10 @@ class WordCache {
   static constexpr uint64_t kNever = 0xFF00u;
   // Writes the ids of probe key k (probe_key of a chunk of 1..8 bytes) at w[0], w[1] (both written)
   // and returns how many there are; 0 if absent. One compare per slot (see storable).
-  inline size_t find_to(uint64_t k, uint64_t h, int32_t* w) const {
-    const Set& s = sets_[size_t(h >> (64 - kBits))];
+  inline size_t find_to(uint64_t k, uint64_t h, int32_t* w) const { return find_at(line(h), k, w); }
+  // find_to in the set `set` (line(h)).
+  static inline size_t find_at(const void* set, uint64_t k, int32_t* w) {
+    const Set& s = *static_cast<const Set*>(set);
     const unsigned m = unsigned(s.key[0] == k) | unsigned(s.key[1] == k) << 1 |
                        unsigned(s.key[2] == k) << 2 | unsigned(s.key[3] == k) << 3;
     if (!m) return 0;
@@ -384,9 +388,15 @@ class PieceCache {
   }
   // Starts loading the set of hash h (the lookup of a chunk a little later).
   void prefetch(uint64_t h) const { prefetch_line(&sets_[size_t(h >> (64 - kBits))]); }
+  // The set (cache line) of hash h, for find_at.
+  const void* line(uint64_t h) const { return &sets_[size_t(h >> (64 - kBits))]; }
   // Writes the cached ids of the key at w (room for kMaxLen ids) and returns how many (0: absent).
   inline size_t find_to(uint64_t k0, uint64_t k1, size_t n, uint64_t h, int32_t* w) const {
-    const Slot* set = sets_[size_t(h >> (64 - kBits))].w;
+    return find_at(line(h), k0, k1, n, w);
+  }
+  // find_to in the set `line` (line(h)).
+  inline size_t find_at(const void* line, uint64_t k0, uint64_t k1, size_t n, int32_t* w) const {
+    const Slot* set = static_cast<const Set*>(line)->w;
     for (int k = 0; k < 2; ++k) {
       const Slot& s = set[k];
       if (s.k0 == k0 && s.k1 == k1 && s.len == n && s.gen == gen_) {
