@@ -107,3 +107,16 @@ def test_chunks_at_the_end_of_the_text_and_empty_text():
     # The last chunk's key cannot be read with one 8- or 16-byte load past the text's end.
     texts = ["", "a", " ab", "abcdefgh", " abcdefghijklmno", "x" * 17, "q" * 9, "foo bar baz"]
     _check(tok, texts + texts)
+
+
+def test_chunks_that_differ_only_by_trailing_zero_bytes():
+    # "!" and "!\0" (and "!!!!!!!" / "!!!!!!!\0") pad to the same 8-byte word: WordCache decides a
+    # hit on that word alone, so a chunk holding a zero byte must never be found there in place of
+    # the shorter one (or the other way round), whichever of them was stored first.
+    tok = _tok()
+    pairs = [("!", "!\0"), ("!\0", "!\0\0"), ("!!!!!!!", "!!!!!!!\0"), ("\0", "\0\0"), ("?x", "?\0")]
+    for a, b in pairs:
+        for first, second in ((a, b), (b, a)):
+            text = "\t".join([first] * 3 + [second] * 3 + [first, second])
+            _check(tok, [first, second, text, text])
+    assert tok.encode("!\0", "none") != tok.encode("!", "none")

@@ -381,8 +381,8 @@ void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32
     const size_t n = m[j].len;
     const int32_t* ids = res + off[j];
     // A short chunk goes to WordCache when it can hold its ids, else to PieceCache.
-    if (WordCache::holds(n, ids, cnt[j])) {
-      if (!caches.word.find_to(m[j].k0, n, m[j].h, tmp)) caches.word.put(m[j].k0, n, m[j].h, ids, cnt[j]);
+    if (WordCache::holds(m[j].k0, n, ids, cnt[j])) {
+      if (!caches.word.find_to(m[j].k0, m[j].h, tmp)) caches.word.put(m[j].k0, n, m[j].h, ids, cnt[j]);
     } else if (!caches.piece.find_to(m[j].k0, m[j].k1, n, ph[j], tmp)) {
       caches.piece.put(m[j].k0, m[j].k1, n, ph[j], ids, cnt[j]);
     }
@@ -484,8 +484,10 @@ class IdSink {
   int32_t buf_[kCap];
 };
 
-// A short chunk's cache key and hash.
-struct ShortKey { uint64_t k0, k1, h; };
+// What the encode loop carries from one chunk to the next: the cache set its lookup reads
+// (WordCache's for 1..8 bytes, PieceCache's for 9..16) and, for 1..8 bytes, its WordCache probe
+// word. Anything else (the full key, a hash) is recomputed from the text on the rare paths.
+struct ShortKey { const void* set; uint64_t wk; };
 }  // namespace
 
 // Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
@@ -510,29 +512,46 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
   };
   IdSink<decltype(resolve)> sink(out, resolve);
   const WordCache& word = caches.word;
-  // A chunk's key and hash, and the start of the load of its set: WordCache for 1..8 bytes,
+  // A chunk's set and probe word, and the start of the load of the set: WordCache for 1..8 bytes,
   // PieceCache for 9..16.
   auto key_of = [&](size_t a, size_t len) {
     ShortKey k;
     if (len <= WordCache::kMaxLen) {
-      k.k0 = load_head(base + a, len, n - a >= 8);
-      k.k1 = 0;
-      k.h = WordCache::hash(k.k0);
-      word.prefetch(k.h);
+      uint64_t k0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+      if (n - a >= 8) {  // one 8-byte load, its first len bytes kept (a table mask: no shifts)
+        static constexpr uint64_t kKeep[9] = {0, 0xFF, 0xFFFF, 0xFFFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFull,
+                                              0xFFFFFFFFFFFFull, 0xFFFFFFFFFFFFFFull, ~uint64_t(0)};
+        uint64_t raw;
+        std::memcpy(&raw, base + a, 8);
+        const uint64_t keep = kKeep[len];
+        k0 = raw & keep;
+        k.wk = WordCache::probe_key_raw(raw, keep);
+      } else {
+        k0 = load_head(base + a, len, false);
+        k.wk = WordCache::probe_key(k0, len);
+      }
+#else
+      k0 = load_head(base + a, len, n - a >= 8);
+      k.wk = WordCache::probe_key(k0, len);
+#endif
+      k.set = word.line(WordCache::hash(k0));
     } else {
-      PieceCache::key(base + a, len, n - a >= 16, &k.k0, &k.k1);
-      k.h = PieceCache::hash(k.k0, k.k1, len);
-      piece.prefetch(k.h);
+      uint64_t k0, k1;
+      PieceCache::key(base + a, len, n - a >= 16, &k0, &k1);
+      k.set = piece.line(PieceCache::hash(k0, k1, len));
+      k.wk = 0;
     }
+    prefetch_line(k.set);
     return k;
   };
   size_t pos = 0, e = cur.next_end(0);
-  ShortKey kc{0, 0, 0};
+  ShortKey kc{nullptr, 0};
   if (e - pos <= PieceCache::kMaxLen) kc = key_of(pos, e - pos);
   while (true) {
     // The next chunk's end and key (its set starts loading now).
     size_t e2 = e;
-    ShortKey kn{0, 0, 0};
+    ShortKey kn{nullptr, 0};
     if (e < n) {
       e2 = cur.next_end(e);
       if (e2 - e <= PieceCache::kMaxLen) kn = key_of(e, e2 - e);
@@ -540,16 +559,21 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
     const size_t len = e - pos;
     if (len <= WordCache::kMaxLen) {
       int32_t* w = sink.at();
-      size_t k = word.find_to(kc.k0, len, kc.h, w);
-      // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
-      if (!k) k = piece.find_to(kc.k0, 0, len, PieceCache::hash(kc.k0, 0, len), w);
-      if (k) sink.advance(k);
-      else sink.miss(pos, len, kc.k0, 0, kc.h);
+      size_t k = WordCache::find_at(kc.set, kc.wk, w);
+      if (!k) {
+        // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
+        const uint64_t k0 = load_head(base + pos, len, n - pos >= 8);
+        k = piece.find_to(k0, 0, len, PieceCache::hash(k0, 0, len), w);
+        if (!k) sink.miss(pos, len, k0, 0, WordCache::hash(k0));
+      }
+      sink.advance(k);
     } else if (len <= PieceCache::kMaxLen) {
       int32_t* w = sink.at();
-      const size_t k = piece.find_to(kc.k0, kc.k1, len, kc.h, w);
+      uint64_t k0, k1;
+      PieceCache::key(base + pos, len, n - pos >= 16, &k0, &k1);
+      const size_t k = piece.find_at(kc.set, k0, k1, len, w);
       if (k) sink.advance(k);
-      else sink.miss(pos, len, kc.k0, kc.k1, kc.h);
+      else sink.miss(pos, len, k0, k1, PieceCache::hash(k0, k1, len));
     } else {
       sink.flush();
       encode_chunk(base + pos, len, end, out, caches);

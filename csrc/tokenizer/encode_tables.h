@@ -201,11 +201,13 @@ class RankTable {
 class ChunkCache {
  public:
   static constexpr size_t kMaxLen = 256;  // longer chunks are not cached
-  // Starts a call on about text_bytes of text: the table grows (up to kMaxBits) to fit it (and
-  // then starts empty); otherwise what earlier calls stored stays.
+  // Starts a call on about text_bytes of text: the table grows (up to kMaxBits) to one slot per
+  // 128 bytes of it (and then starts empty); otherwise what earlier calls stored stays. Chunks of
+  // 17+ bytes are about 1% of chunks in code and prose (4-5 bytes each): a slot per 16 bytes zeroed
+  // a 1 MiB table on a 0.5 MB text's first call for a few hundred of them.
   void begin(size_t text_bytes) {
     unsigned want = 8;
-    while (want < kMaxBits && (size_t(1) << want) * 16 < text_bytes) ++want;
+    while (want < kMaxBits && (size_t(1) << want) * 128 < text_bytes) ++want;
     if (want > bits_) {
       bits_ = want;
       slots_.assign(size_t(1) << bits_, Slot{});
@@ -258,7 +260,8 @@ class ChunkCache {
 // zero-padded bytes (one word) and 8 bytes of value (first id; second id, length and count packed
 // in one word), 4 slots to a 64-byte set: a lookup reads one cache line, the table (512 KiB) stays
 // in L2, and a set holds 4 chunks whose hashes collide (a 2-way set thrashes on a few hot ones). The
-// hash is one multiply. No arena, no generations: an entry is only ever replaced by another (a
+// hash is one multiply; only chunks without a zero byte are stored, so the key word alone decides
+// a hit (see storable). No arena, no generations: an entry is only ever replaced by another (a
 // round-robin way when the set is full). Results it cannot hold (3+ ids, a second id >= 2^27) are
 // not stored; the caller's second level (PieceCache) holds them. Used by one thread at a time.
 class WordCache {
@@ -269,25 +272,52 @@ class WordCache {
     if (sets_.empty()) sets_.assign(size_t(1) << kBits, Set{});
   }
   void prefetch(uint64_t h) const { prefetch_line(&sets_[size_t(h >> (64 - kBits))]); }
-  // Writes the ids of key k (a chunk of n bytes, 1 <= n <= 8) at w[0], w[1] (both written) and
-  // returns how many there are; 0 if absent.
-  inline size_t find_to(uint64_t k, size_t n, uint64_t h, int32_t* w) const {
-    const Set& s = sets_[size_t(h >> (64 - kBits))];
-    unsigned m = 0;
-    for (unsigned i = 0; i < 4; ++i) m |= unsigned((s.key[i] == k) & ((s.meta[i] & 15u) == n)) << i;
+  // The set (cache line) of hash h, for find_at: a loop may carry it instead of the hash.
+  const void* line(uint64_t h) const { return &sets_[size_t(h >> (64 - kBits))]; }
+  // Whether a chunk of n bytes (1 <= n <= 8) whose zero-padded bytes are k holds no zero byte. Only
+  // such chunks are stored, so the key alone gives the length (the bytes up to the highest non-zero
+  // one) and a lookup compares one word per slot; a chunk with a zero byte ("!" and "!\0" pad to the
+  // same word) is never found here (the caller's PieceCache, which compares lengths, holds it).
+  static inline bool storable(uint64_t k, size_t n) {
+    const uint64_t pad = n >= 8 ? 0 : ~uint64_t(0) << (8 * n);  // the padding's bytes set
+    const uint64_t x = k | pad;
+    return ((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL) == 0;
+  }
+  // The word to look a chunk up with: k itself when storable, else a word no slot ever holds (a
+  // zero byte below a non-zero one: not a storable key, not the empty slot's 0).
+  static inline uint64_t probe_key(uint64_t k, size_t n) { return storable(k, n) ? k : kNever; }
+  // The same from the 8 bytes read at the chunk (raw, little-endian: the chunk's n bytes and what
+  // follows) and keep, the mask of its n bytes: the key is raw & keep, and the zero-byte test runs
+  // on raw (a borrow only marks bytes above a zero byte, so within keep it is exact enough: a
+  // marked byte there has a zero byte at or below it, also within keep).
+  static inline uint64_t probe_key_raw(uint64_t raw, uint64_t keep) {
+    const uint64_t zero = (raw - 0x0101010101010101ULL) & ~raw & 0x8080808080808080ULL & keep;
+    return zero ? kNever : raw & keep;
+  }
+  static constexpr uint64_t kNever = 0xFF00u;
+  // Writes the ids of probe key k (probe_key of a chunk of 1..8 bytes) at w[0], w[1] (both written)
+  // and returns how many there are; 0 if absent. One compare per slot (see storable).
+  inline size_t find_to(uint64_t k, uint64_t h, int32_t* w) const { return find_at(line(h), k, w); }
+  // find_to in the set `set` (line(h)).
+  static inline size_t find_at(const void* set, uint64_t k, int32_t* w) {
+    const Set& s = *static_cast<const Set*>(set);
+    const unsigned m = unsigned(s.key[0] == k) | unsigned(s.key[1] == k) << 1 |
+                       unsigned(s.key[2] == k) << 2 | unsigned(s.key[3] == k) << 3;
     if (!m) return 0;
     const unsigned i = unsigned(__builtin_ctz(m));
+    const uint32_t meta = s.meta[i];
     w[0] = s.id[i];
-    w[1] = int32_t(s.meta[i] >> 5);
-    return 1 + ((s.meta[i] >> 4) & 1u);
+    w[1] = int32_t(meta >> 5);
+    return 1 + ((meta >> 4) & 1u);
   }
-  // Whether put() stores these ids (1 or 2 of them, the second below 2^27: the slot's bits).
-  static bool holds(size_t n, const int32_t* ids, size_t count) {
-    return n >= 1 && n <= kMaxLen && count >= 1 && count <= 2 &&
+  // Whether put() stores these ids (1 or 2 of them, the second below 2^27: the slot's bits) for a
+  // chunk of n bytes with key k.
+  static bool holds(uint64_t k, size_t n, const int32_t* ids, size_t count) {
+    return n >= 1 && n <= kMaxLen && storable(k, n) && count >= 1 && count <= 2 &&
            (count == 1 || (ids[1] >= 0 && ids[1] < (int32_t(1) << 27)));
   }
   void put(uint64_t k, size_t n, uint64_t h, const int32_t* ids, size_t count) {
-    if (!holds(n, ids, count)) return;
+    if (!holds(k, n, ids, count)) return;
     Set& s = sets_[size_t(h >> (64 - kBits))];
     unsigned i = 0;
     while (i < 4 && (s.meta[i] & 15u) != 0) ++i;
@@ -358,9 +388,15 @@ class PieceCache {
   }
   // Starts loading the set of hash h (the lookup of a chunk a little later).
   void prefetch(uint64_t h) const { prefetch_line(&sets_[size_t(h >> (64 - kBits))]); }
+  // The set (cache line) of hash h, for find_at.
+  const void* line(uint64_t h) const { return &sets_[size_t(h >> (64 - kBits))]; }
   // Writes the cached ids of the key at w (room for kMaxLen ids) and returns how many (0: absent).
   inline size_t find_to(uint64_t k0, uint64_t k1, size_t n, uint64_t h, int32_t* w) const {
-    const Slot* set = sets_[size_t(h >> (64 - kBits))].w;
+    return find_at(line(h), k0, k1, n, w);
+  }
+  // find_to in the set `line` (line(h)).
+  inline size_t find_at(const void* line, uint64_t k0, uint64_t k1, size_t n, int32_t* w) const {
+    const Slot* set = static_cast<const Set*>(line)->w;
     for (int k = 0; k < 2; ++k) {
       const Slot& s = set[k];
       if (s.k0 == k0 && s.k1 == k1 && s.len == n && s.gen == gen_) {
