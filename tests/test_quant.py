@@ -70,9 +70,8 @@ def _q8_native(x, q, d, b):
 
 
 def _bf16_native(x, h, b):
-    """The native product of bf16 rows h (N, K) in k order (passed in the stored layout)."""
     out = np.full((x.shape[0], h.shape[0]), np.nan, np.float32)
-    nat._bf16_matmul(out, x, Q.pack_bf16(h), b)
+    nat._bf16_matmul(out, x, h, b)
     return out
 
 

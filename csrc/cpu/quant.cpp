@@ -58,15 +58,6 @@ inline float bf16f(uint16_t h) {
   return f;
 }
 
-// Where weight k of a row of K sits in the stored layout (quant.h): within each whole group of
-// 32 along k, k and k + 16 share a 32-bit word (k at the even position); past the last whole
-// group, in k order.
-inline int64_t bf16_pos(int64_t k, int64_t K) {
-  if (k >= K / kBf16Group * kBf16Group) return k;
-  const int64_t i = k % kBf16Group;
-  return k - i + 2 * (i % 16) + i / 16;
-}
-
 // The fixed lane tree of quant.h over 16 lanes (lanes l and l + 8, then l + 4, l + 2, l + 1).
 inline float reduce16(const float* a) {
   float t8[8], t4[4], t2[2];
@@ -109,10 +100,9 @@ void bf16_cols_portable(float* out, int64_t ldo, const float* x, const uint16_t*
       float acc[16] = {};
       int64_t k = 0;
       for (; k + 16 <= K; k += 16)
-        for (int l = 0; l < 16; ++l)
-          acc[l] = std::fma(xr[k + l], bf16f(wr[bf16_pos(k + l, K)]), acc[l]);
+        for (int l = 0; l < 16; ++l) acc[l] = std::fma(xr[k + l], bf16f(wr[k + l]), acc[l]);
       float s = reduce16(acc);
-      for (; k < K; ++k) s = std::fma(xr[k], bf16f(wr[k]), s);  // past the pairs: in k order
+      for (; k < K; ++k) s = std::fma(xr[k], bf16f(wr[k]), s);
       out[b * ldo + j] = bias != nullptr ? s + bias[j] : s;
     }
   }
@@ -191,14 +181,6 @@ KGPT_TARGET_AVX2 inline __m256 widen8(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// 8 words of a group of 32 (quant.h's layout) at p: the float32 weights of their low halves
-// (lo) and of their high halves (hi).
-KGPT_TARGET_AVX2 inline void split8(const uint16_t* p, __m256& lo, __m256& hi) {
-  const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  lo = _mm256_castsi256_ps(_mm256_slli_epi32(d, 16));
-  hi = _mm256_castsi256_ps(_mm256_and_si256(d, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
-}
-
 template <int RB>
 KGPT_TARGET_AVX2 inline void bf16_col_avx2(float* out, int64_t ldo, const float* x,
                                            const uint16_t* wr, const float* bias, int64_t b0,
@@ -206,26 +188,13 @@ KGPT_TARGET_AVX2 inline void bf16_col_avx2(float* out, int64_t ldo, const float*
   __m256 a0[RB], a1[RB];
   for (int r = 0; r < RB; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
   int64_t k = 0;
-  for (; k + kBf16Group <= K; k += kBf16Group) {  // k .. k + 15, then k + 16 .. k + 31
-    __m256 l0, h0, l1, h1;
-    split8(wr + k, l0, h0);      // k .. k + 7 and k + 16 .. k + 23
-    split8(wr + k + 16, l1, h1);  // k + 8 .. k + 15 and k + 24 .. k + 31
-    for (int r = 0; r < RB; ++r) {
-      const float* xr = x + (b0 + r) * K + k;
-      a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), l0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), l1, a1[r]);
-      a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 16), h0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 24), h1, a1[r]);
-    }
-  }
-  if (k + 16 <= K) {  // the 16 past the last group of 32, in k order
+  for (; k + 16 <= K; k += 16) {
     const __m256 w0 = widen8(wr + k), w1 = widen8(wr + k + 8);
     for (int r = 0; r < RB; ++r) {
       const float* xr = x + (b0 + r) * K + k;
       a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, a0[r]);
       a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), w1, a1[r]);
     }
-    k += 16;
   }
   for (int r = 0; r < RB; ++r) {
     const float* xr = x + (b0 + r) * K;
@@ -326,39 +295,17 @@ KGPT_TARGET_AVX512 inline void bf16_block_avx512(float* out, int64_t ldo, const 
   // read, NC/2 cache lines per step of 16: the whole next block by the end of this one (the
   // hardware prefetcher follows one stream, not NC interleaved ones).
   const char* next = reinterpret_cast<const char*>(w + (j + NC) * K);
-  constexpr int kLines = (NC + 1) / 2;  // cache lines to request per 16 k
-  int64_t k = 0, it = 0;
-  // Groups of 32 (quant.h's layout): one 64-byte load per column holds k + l (low halves) and
-  // k + 16 + l (high halves) in lane l; each lane gets k + l then k + 16 + l, in k order.
-  const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (; k + kBf16Group <= K; k += kBf16Group, it += 2) {
+  int64_t k = 0;
+  for (int64_t it = 0; k + 16 <= K; k += 16, ++it) {
     if (pf)
-      for (int i = 0; i < 2 * kLines; ++i) _mm_prefetch(next + (it * kLines + i) * 64, _MM_HINT_T0);
-    __m512 lo[NC], hi[NC];
-    for (int c = 0; c < NC; ++c) {
-      __m512i d = _mm512_loadu_si512(w + (j + c) * K + k);
-      __asm__("" : "+v"(d));  // one load for both halves (not folded into each)
-      lo[c] = _mm512_castsi512_ps(_mm512_slli_epi32(d, 16));
-      hi[c] = _mm512_castsi512_ps(_mm512_and_si512(d, hi_mask));
-    }
-    for (int r = 0; r < RB; ++r) {
-      const float* xr = x + (b0 + r) * ldx + k;
-      const __m512 x0 = _mm512_loadu_ps(xr);
-      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(x0, lo[c], acc[r][c]);
-      const __m512 x1 = _mm512_loadu_ps(xr + 16);
-      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(x1, hi[c], acc[r][c]);
-    }
-  }
-  if (k + 16 <= K) {  // the 16 past the last group of 32, stored in k order
-    if (pf)
-      for (int i = 0; i < kLines; ++i) _mm_prefetch(next + (it * kLines + i) * 64, _MM_HINT_T0);
+      for (int i = 0; i < (NC + 1) / 2; ++i)
+        _mm_prefetch(next + (it * ((NC + 1) / 2) + i) * 64, _MM_HINT_T0);
     __m512 wv[NC];
     for (int c = 0; c < NC; ++c) wv[c] = widen16(w + (j + c) * K + k);
     for (int r = 0; r < RB; ++r) {
       const __m512 xv = _mm512_loadu_ps(x + (b0 + r) * ldx + k);
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
     }
-    k += 16;
   }
   if (held != nullptr) {  // K % 16 == 0: the lanes kept for q8_tree16 (no tail)
     for (int r = 0; r < RB; ++r)

@@ -6,13 +6,7 @@
 //     rows are quantized by the same rule on the fly (q8_quantize_rows), the block products are
 //     exact int32 sums, and out[b, j] = sum over blocks of (d_w * d_x) * isum, in float32.
 //   bf16: each weight rounded to bfloat16 (to nearest even); activations stay float32; out[b, j]
-//     = sum_k x[b, k] * w[j, k] in float32 with fused multiply-adds. Stored layout (each row of
-//     K values, row stride K; kernelgpt.quant.pack_bf16): within each whole group of 32 along k
-//     (k0 = 32 g, k0 + 32 <= K), positions k0 + 2 i and k0 + 2 i + 1 (one 32-bit word, low and
-//     high half) hold weights k0 + i and k0 + 16 + i (i < 16); the K mod 32 weights past the
-//     last whole group are in k order. A 64-byte load gives the float32 weights of k0 .. k0 + 15
-//     (word << 16) and of k0 + 16 .. k0 + 31 (word & 0xFFFF0000): one operation per 16 weights
-//     to widen them. The layout changes where a weight is stored, not the summation order.
+//     = sum_k x[b, k] * w[j, k] in float32 with fused multiply-adds.
 // Summation order, the same on every ISA path, so AVX-512 (VNNI for int8), AVX2 and the
 // portable path give the same bits:
 //   int8: each block's 32 products summed exactly in int32 (any order gives the same integer);
@@ -35,7 +29,6 @@ namespace kgpt {
 namespace cpu {
 
 constexpr int64_t kQ8Block = 32;  // int8 block length along the input dimension
-constexpr int64_t kBf16Group = 32;  // bf16 pairing group along the input dimension (above)
 
 // Activation rows (B, K) quantized for q8_matmul_cols (K a multiple of 32).
 struct Q8Rows {
@@ -73,7 +66,7 @@ void q8_matmul_cols(float* out, int64_t ldo, const Q8Rows& a, const int8_t* wq, 
                     const float* bias, int64_t N, int64_t n0, int64_t n1);
 
 // Columns [n0, n1) of out (B, N) (row stride ldo) = x (B, K) @ bf16(w) (N, K).T + bias (bias may
-// be null), w in the stored layout above; serial. Any K >= 1.
+// be null); serial. Any K >= 1.
 void bf16_matmul_cols(float* out, int64_t ldo, const float* x, const uint16_t* w,
                       const float* bias, int64_t B, int64_t N, int64_t K, int64_t n0, int64_t n1);
 

@@ -119,37 +119,6 @@ def from_bf16(h: Any) -> np.ndarray:
     return bits.view(np.float32)
 
 
-BF16_GROUP = 32  # the stored layout's pairing group along K (pack_bf16)
-
-
-def pack_bf16(h: Any) -> np.ndarray:
-    """The stored layout of bfloat16 rows h (..., K) (uint16; csrc/cpu/quant.h): within each whole
-    group of 32 along K (k0 = 32 g, k0 + 32 <= K), positions k0 + 2i and k0 + 2i + 1 (one 32-bit
-    word, low then high half) hold h[k0 + i] and h[k0 + 16 + i], i < 16; the K mod 32 values past
-    the last whole group stay in k order. A permutation of each row (same shape and bytes): the
-    native kernels widen a word's two halves with one operation each, and sum in k order."""
-    h = np.asarray(h, np.uint16)
-    K = h.shape[-1]
-    m = K // BF16_GROUP * BF16_GROUP
-    out = np.array(h, np.uint16, order="C", copy=True)
-    lead = h.shape[:-1]
-    out[..., :m] = (h[..., :m].reshape(lead + (m // BF16_GROUP, 2, 16))
-                    .swapaxes(-1, -2).reshape(lead + (m,)))
-    return out
-
-
-def unpack_bf16(p: Any) -> np.ndarray:
-    """The rows (..., K) in k order of bfloat16 rows stored by :func:`pack_bf16`."""
-    p = np.asarray(p, np.uint16)
-    K = p.shape[-1]
-    m = K // BF16_GROUP * BF16_GROUP
-    out = np.array(p, np.uint16, order="C", copy=True)
-    lead = p.shape[:-1]
-    out[..., :m] = (p[..., :m].reshape(lead + (m // BF16_GROUP, 16, 2))
-                    .swapaxes(-1, -2).reshape(lead + (m,)))
-    return out
-
-
 def matmul_bf16_ref(x: Any, h: np.ndarray, bias: Any = None) -> np.ndarray:
     """float64 (B, N) = x (B, K) @ from_bf16(h (N, K)).T + bias."""
     out = np.asarray(x, np.float64) @ from_bf16(h).astype(np.float64).T
@@ -161,8 +130,8 @@ def matmul_bf16_ref(x: Any, h: np.ndarray, bias: Any = None) -> np.ndarray:
 # ---------------------------------------------------------------------------------- a model's copies
 @dataclass
 class QMatrix:
-    """One matrix (N, K) in a format: ``data`` int8 (int8) or uint16 (bf16, each row in the
-    stored layout of :func:`pack_bf16`), ``scales`` float32 (N, K/32) for int8, else None."""
+    """One matrix (N, K) in a format: ``data`` int8 (int8) or uint16 (bf16), ``scales`` float32
+    (N, K/32) for int8, else None."""
     name: str
     fmt: str
     data: np.ndarray
@@ -177,7 +146,7 @@ class QMatrix:
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from None
             return cls(name, fmt, np.ascontiguousarray(q), np.ascontiguousarray(d))
-        return cls(name, fmt, pack_bf16(to_bf16(w)))
+        return cls(name, fmt, np.ascontiguousarray(to_bf16(w)))
 
     def triple(self) -> Tuple[str, np.ndarray, Optional[np.ndarray]]:
         return (self.name, self.data, self.scales)
@@ -252,5 +221,5 @@ def matmul(out: np.ndarray, x: Any, m: QMatrix, bias: Any = None) -> None:
         assert m.scales is not None
         r = matmul_q8_ref(x, m.data, m.scales, bias)
     else:
-        r = matmul_bf16_ref(x, unpack_bf16(m.data), bias)
+        r = matmul_bf16_ref(x, m.data, bias)
     out[...] = r.astype(out.dtype)
