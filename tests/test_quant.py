@@ -172,6 +172,30 @@ def test_bf16_single_row_products_bitwise_equal_across_paths():
             assert np.all(np.abs(r - ref) <= bound + (0 if b is None else 2.0 ** -23 * np.abs(ref)))
 
 
+def test_bf16_every_reader_takes_weight_k_for_input_k():
+    """Each path (batch-1 and batch>1 kernels, K tails past multiples of 16 and 32, column
+    runs, blocks and single columns) reads weight (j, k) of the stored copy for input k: with
+    one-hot input rows (row i: 1 at k = k0 + i) out[i, j] is exactly bf16(w[j, k0 + i]); distinct
+    weights, so a weight read from another position shows."""
+    rng = np.random.default_rng(21)
+    for N, K in [(37, 45), (19, 80), (5, 127), (18, 20), (33, 96)]:
+        codes = np.concatenate([np.arange(0x3800, 0x4800), np.arange(0xB800, 0xC800)])
+        h = rng.choice(codes, N * K, replace=False).astype(np.uint16).reshape(N, K)
+        wf = Q.from_bf16(h)
+        assert len(np.unique(wf)) == N * K  # distinct values
+        eye = np.eye(K, dtype=np.float32)
+        try:
+            for path in native_ops_paths():
+                set_native_ops_path(path)
+                for B in (1, 2, 8, 9):
+                    for k0 in list(range(0, K - B + 1, B)) + [K - B]:
+                        got = _bf16_native(np.ascontiguousarray(eye[k0:k0 + B]), h, None)
+                        np.testing.assert_array_equal(got, wf[:, k0:k0 + B].T,
+                                                      err_msg=f"{path} B={B} {N}x{K} k0={k0}")
+        finally:
+            set_native_ops_path("avx512")
+
+
 def test_q8_activation_quantization_same_on_every_path():
     """The activations' on-the-fly quantization (vector on AVX2/AVX-512, scalar portable) gives
     the same codes: ties of x / d at .5 round to even, a zero block, tiny scales, values that
