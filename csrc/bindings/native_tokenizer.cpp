@@ -21,6 +21,7 @@
 #include "tokenizer/bpe_encode.h"
 #include "tokenizer/bpe_train.h"
 #include "tokenizer/parallel.h"
+#include "tokenizer/utf8_encode.h"
 
 namespace py = pybind11;
 using kgpt::tok::BpeEncoder;
@@ -59,56 +60,11 @@ std::string_view utf8_view(py::handle obj, std::vector<py::object>& keep, const 
 }
 
 // UTF-8 of a str that is not ASCII: the one the str caches if something asked it for one (then
-// no copy), else written into a buffer this thread reuses from call to call (the view stays valid
-// until the thread's next call): no new bytes object per call, whose pages the kernel would hand
-// out (and zero) afresh each time. Empty view and *ok = false when the str
-// holds a surrogate: the caller then takes utf8_view, which raises UnicodeEncodeError (tokenizer.py
-// replaces them and retries). o has room for the UTF-8 and 3 more bytes.
-template <class T>
-size_t utf8_encode(const T* __restrict s, size_t n, unsigned char* __restrict o, bool* ok) {
-  unsigned char* const o0 = o;
-  size_t i = 0;
-  bool bad = false;
-  while (i < n) {
-    // ASCII runs: 4 code units checked at once; once a run is under way, 16 at once (fixed-length
-    // loops the compiler turns into a few vector ORs, a compare and narrowing packs).
-    while (i + 4 <= n && ((s[i] | s[i + 1] | s[i + 2] | s[i + 3]) < 0x80)) {
-      o[0] = static_cast<unsigned char>(s[i]); o[1] = static_cast<unsigned char>(s[i + 1]);
-      o[2] = static_cast<unsigned char>(s[i + 2]); o[3] = static_cast<unsigned char>(s[i + 3]);
-      o += 4;
-      i += 4;
-      while (i + 16 <= n) {
-        uint32_t any = 0;
-        for (size_t k = 0; k < 16; ++k) any |= uint32_t(s[i + k]);
-        if (any >= 0x80) break;
-        for (size_t k = 0; k < 16; ++k) o[k] = static_cast<unsigned char>(s[i + k]);
-        o += 16;
-        i += 16;
-      }
-    }
-    if (i >= n) break;
-    // One code point, without branches on its length (text that mixes scripts would mispredict
-    // them): its 1-4 bytes built in one word, stored whole (the buffer has 3 bytes of slack), the
-    // pointer moved by the length. A surrogate is noted and reported at the end.
-    const uint32_t c = s[i++];
-    const uint32_t b2 = 0x80C0u | (c >> 6) | ((c & 0x3Fu) << 8);
-    const uint32_t b3 = 0x8080E0u | (c >> 12) | (((c >> 6) & 0x3Fu) << 8) | ((c & 0x3Fu) << 16);
-    const uint32_t b4 = 0x808080F0u | (c >> 18) | (((c >> 12) & 0x3Fu) << 8) | (((c >> 6) & 0x3Fu) << 16) |
-                        ((c & 0x3Fu) << 24);
-    // Masks, not a ?: chain (which the compiler turns back into branches).
-    const uint32_t m1 = 0u - uint32_t(c >= 0x80), m2 = 0u - uint32_t(c >= 0x800), m3 = 0u - uint32_t(c >= 0x10000);
-    const uint32_t w = (c & ~m1) | (b2 & m1 & ~m2) | (b3 & m2 & ~m3) | (b4 & m3);
-    bad |= (c - 0xD800u) < 0x800u;
-    const unsigned char bytes[4] = {static_cast<unsigned char>(w), static_cast<unsigned char>(w >> 8),
-                                    static_cast<unsigned char>(w >> 16), static_cast<unsigned char>(w >> 24)};
-    std::memcpy(o, bytes, 4);
-    o += 1 + (m1 & 1u) + (m2 & 1u) + (m3 & 1u);
-  }
-  if (bad) { *ok = false; return 0; }
-  *ok = true;
-  return size_t(o - o0);
-}
-
+// no copy), else written (tokenizer/utf8_encode.h) into a buffer this thread reuses from call to
+// call (the view stays valid until the thread's next call): no new bytes object per call, whose
+// pages the kernel would hand out (and zero) afresh each time. A str holding a surrogate gets no
+// view: the caller then takes utf8_view, which raises UnicodeEncodeError (tokenizer.py replaces
+// them and retries).
 struct Utf8Buffer {
   std::unique_ptr<unsigned char[]> p;
   size_t cap = 0;
@@ -135,7 +91,7 @@ std::string_view utf8_view_reusing(py::handle obj, Utf8Buffer& buf, bool* done) 
   const int kind = PyUnicode_KIND(o);
   const size_t per = kind == PyUnicode_1BYTE_KIND ? 2 : kind == PyUnicode_2BYTE_KIND ? 3 : 4;
   if (n > (size_t(1) << 40) / per) return std::string_view();
-  const size_t need = n * per + 4;  // utf8_encode stores 4 bytes per code point
+  const size_t need = n * per + 4;  // utf8_from_units: the UTF-8 and 3 bytes of slack
   if (buf.cap < need) {
     buf.p.reset();
     buf.cap = 0;
@@ -144,10 +100,7 @@ std::string_view utf8_view_reusing(py::handle obj, Utf8Buffer& buf, bool* done) 
   }
   bool ok = false;
   size_t len = 0;
-  const void* d = PyUnicode_DATA(o);
-  if (kind == PyUnicode_1BYTE_KIND) len = utf8_encode(static_cast<const uint8_t*>(d), n, buf.p.get(), &ok);
-  else if (kind == PyUnicode_2BYTE_KIND) len = utf8_encode(static_cast<const uint16_t*>(d), n, buf.p.get(), &ok);
-  else len = utf8_encode(static_cast<const uint32_t*>(d), n, buf.p.get(), &ok);
+  len = kgpt::tok::utf8_from_units(PyUnicode_DATA(o), n, kind, buf.p.get(), &ok);
   if (!ok) return std::string_view();
   *done = true;
   return std::string_view(reinterpret_cast<const char*>(buf.p.get()), len);
@@ -279,6 +232,32 @@ struct PyEncoder {
 }  // namespace
 
 void init_tokenizer(py::module_& m) {
+  m.def(
+      "_encode_utf8_set_isa",
+      [](const std::string& name) {
+        if (!kgpt::tok::set_utf8_isa(name.c_str()))
+          throw std::invalid_argument("utf8 isa must be 'auto', 'avx512' or 'scalar' (and supported by "
+                                      "this CPU), got '" + name + "'");
+        return std::string(kgpt::tok::utf8_isa());
+      },
+      py::arg("name"),
+      "Test hook (process-wide): the encoder's str -> UTF-8 conversion ('auto', 'avx512', "
+      "'scalar'); returns the one in use. ValueError if the CPU lacks it.");
+  m.def(
+      "_encode_utf8",
+      [](py::str text) -> py::object {
+        PyObject* o = text.ptr();
+        const size_t n = size_t(PyUnicode_GET_LENGTH(o));
+        const int kind = PyUnicode_KIND(o);
+        std::vector<unsigned char> buf(n * size_t(kind == PyUnicode_1BYTE_KIND ? 2 : kind == PyUnicode_2BYTE_KIND ? 3 : 4) + 4);
+        bool ok = false;
+        const size_t len = kgpt::tok::utf8_from_units(PyUnicode_DATA(o), n, kind, buf.data(), &ok);
+        if (!ok) return py::none();
+        return py::bytes(reinterpret_cast<const char*>(buf.data()), len);
+      },
+      py::arg("text"),
+      "Test hook: the encoder's UTF-8 of a str (any storage kind, converted by the ISA in use), "
+      "None if it holds a surrogate.");
   py::class_<PyTrainer>(m, "BpeTrainer",
                          "Counts pre-split chunks of streamed text, then learns BPE merges.")
       .def(py::init([](const std::string& pattern) { return new PyTrainer(pattern_arg(pattern)); }),
