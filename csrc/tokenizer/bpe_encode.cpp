@@ -21,6 +21,14 @@
 #include <memory>
 #include <stdexcept>
 
+#if defined(__GNUC__)
+#define KGPT_LIKELY(x) __builtin_expect(!!(x), 1)
+#define KGPT_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define KGPT_LIKELY(x) (x)
+#define KGPT_UNLIKELY(x) (x)
+#endif
+
 namespace kgpt { namespace tok {
 
 namespace {
@@ -552,15 +560,15 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
     // The next chunk's end and key (its set starts loading now).
     size_t e2 = e;
     ShortKey kn{nullptr, 0};
-    if (e < n) {
+    if (KGPT_LIKELY(e < n)) {
       e2 = cur.next_end(e);
-      if (e2 - e <= PieceCache::kMaxLen) kn = key_of(e, e2 - e);
+      if (KGPT_LIKELY(e2 - e <= PieceCache::kMaxLen)) kn = key_of(e, e2 - e);
     }
     const size_t len = e - pos;
-    if (len <= WordCache::kMaxLen) {
+    if (KGPT_LIKELY(len <= WordCache::kMaxLen)) {
       int32_t* w = sink.at();
       size_t k = WordCache::find_at(kc.set, kc.wk, w);
-      if (!k) {
+      if (KGPT_UNLIKELY(!k)) {
         // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
         const uint64_t k0 = load_head(base + pos, len, n - pos >= 8);
         k = piece.find_to(k0, 0, len, PieceCache::hash(k0, 0, len), w);
@@ -578,7 +586,7 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
       sink.flush();
       encode_chunk(base + pos, len, end, out, caches);
     }
-    if (e >= n) break;
+    if (KGPT_UNLIKELY(e >= n)) break;
     pos = e;
     e = e2;
     kc = kn;
@@ -620,7 +628,7 @@ void BpeEncoder::encode_batch(const std::vector<std::string_view>& texts, const 
   parallel_for(texts.size(), int(nt), [&](size_t i, int t) {
     std::unique_ptr<Caches>& c = leases.c[size_t(t)];
     if (!c) c = take_cache();
-    out[i].reserve(texts[i].size() / 4 + 16);
+    out[i].reserve(texts[i].size() / 3 + 16);  // see encode's binding: no growth copy on code or prose
     encode_with(texts[i], allowed, out[i], *c);
   });
 }
