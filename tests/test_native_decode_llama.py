@@ -142,3 +142,35 @@ def test_decoder_refuses_missing_arrays():
     bad[1][2] = (bad[1][2][0], None)  # a missing matrix
     with pytest.raises(TypeError, match="c_attn"):
         nat.Decoder(top, bad, [tuple(kv) for kv in caches], 4, 1, 1e-5, **kw)
+
+
+# Key/value head groups that do not split evenly over the threads (NKV % T != 0: llama-S has 3
+# on 2 threads): the step then splits whole heads' q/k/v columns and the (row, query head)
+# attention units evenly instead. Wide enough (C QW + C^2 + C FW + H C >= 4 x 65536 weights per
+# layer) for four threads; int8 needs C and H multiples of 32.
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("C,NH,NKV,H", [(192, 6, 3, 288), (160, 10, 5, 416)])
+@pytest.mark.parametrize("B", [1, 3, 8])
+def test_uneven_kv_groups_bitwise_equal_one_thread(C, NH, NKV, H, B, weights):
+    cfg = GPTConfig(vocab_size=41, block_size=6, n_layer=2, n_head=NH, n_embd=C, n_kv_head=NKV,
+                    mlp_hidden=H, **LLAMA)
+    m = _perturbed(cfg, 6, 3, 0.1)
+    tokens = np.random.default_rng(B).integers(0, cfg.vocab_size, (B, cfg.block_size))
+    before = nb.get_num_threads()
+    got = {}
+    try:
+        for T in (1, 2, 4):
+            nb.set_num_threads(T)
+            kv = m.kv_cache(B, weights)
+            assert kv.fused is not None
+            logits = [np.array(m.decode_step(kv, tokens[:, p].astype(np.int32), p))
+                      for p in range(cfg.block_size)]
+            got[T] = (np.stack(logits), [(k.copy(), v.copy()) for k, v in kv.caches])
+    finally:
+        nb.set_num_threads(before)
+    assert np.isfinite(got[1][0]).all()
+    for T in (2, 4):
+        np.testing.assert_array_equal(got[T][0], got[1][0])
+        for (k1, v1), (kt, vt) in zip(got[1][1], got[T][1]):
+            np.testing.assert_array_equal(kt, k1)
+            np.testing.assert_array_equal(vt, v1)

@@ -365,6 +365,10 @@ void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, f
       auto even = [&](int64_t N) { return std::make_pair(N * t / T, N * (t + 1) / T); };
       // This thread's key/value heads [g0, g1) and their query heads [g0 G, g1 G) (GPT-2: G = 1).
       const int64_t g0 = NKV * t / T, g1 = NKV * (t + 1) / T, h0 = g0 * G, h1 = g1 * G;
+      // Groups that do not split evenly (llama-S: NKV 3 on 2 threads, 1 + 2 groups, so one
+      // thread would do twice the other's q/k/v product and attention): split by whole heads'
+      // columns and by (row, query head) instead, at the cost of one more barrier per layer.
+      const bool heads_split = NKV % T != 0;
       for (int64_t b = 0; b < B; ++b)
         for (int64_t c = 0; c < C; ++c)
           x[b * C + c] = m.wpe != nullptr ? m.wte[tok[b] * C + c] + m.wpe[pos[b] * C + c]
@@ -373,25 +377,58 @@ void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, f
         norm_rows(m, ln, mean, rstd, x, L.ln1_w, L.ln1_b);
         quant_in(ln, C);
         const QMat& qa = L.q_attn;
-        cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, h0 * HS, h1 * HS);                  // q
-        cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, C + g0 * HS, C + g1 * HS);          // k
-        cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, C + (NKV + g0) * HS,
-             C + (NKV + g1) * HS);                                                        // v
-        for (int64_t b = 0; b < B; ++b) {
-          float* row = qkv + b * QW;
-          if (m.rope) {  // rotate this thread's q and k heads (rope_forward's bits)
-            rope_heads_serial(row + h0 * HS, rc + b * HS, rs + b * HS, h1 - h0, HS);
-            rope_heads_serial(row + C + g0 * HS, rc + b * HS, rs + b * HS, g1 - g0, HS);
+        if (!heads_split) {  // the key/value head groups split evenly: no barrier here
+          cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, h0 * HS, h1 * HS);                  // q
+          cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, C + g0 * HS, C + g1 * HS);          // k
+          cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, C + (NKV + g0) * HS,
+               C + (NKV + g1) * HS);                                                        // v
+          for (int64_t b = 0; b < B; ++b) {
+            float* row = qkv + b * QW;
+            if (m.rope) {  // rotate this thread's q and k heads (rope_forward's bits)
+              rope_heads_serial(row + h0 * HS, rc + b * HS, rs + b * HS, h1 - h0, HS);
+              rope_heads_serial(row + C + g0 * HS, rc + b * HS, rs + b * HS, g1 - g0, HS);
+            }
+            for (int64_t g = g0; g < g1; ++g) {
+              const int64_t bg = b * NKV + g;
+              float* kc = L.k_cache + bg * maxT * HS;
+              float* vc = L.v_cache + bg * maxT * HS;
+              std::memcpy(kc + pos[b] * HS, row + C + g * HS, sizeof(float) * HS);
+              std::memcpy(vc + pos[b] * HS, row + C + (NKV + g) * HS, sizeof(float) * HS);
+              for (int64_t h = g * G; h < (g + 1) * G; ++h)
+                attention_decode_head(atty + b * C + h * HS, row + h * HS, kc, vc, HS, pos[b] + 1,
+                                      scores);
+            }
           }
-          for (int64_t g = g0; g < g1; ++g) {
-            const int64_t bg = b * NKV + g;
-            float* kc = L.k_cache + bg * maxT * HS;
-            float* vc = L.v_cache + bg * maxT * HS;
-            std::memcpy(kc + pos[b] * HS, row + C + g * HS, sizeof(float) * HS);
-            std::memcpy(vc + pos[b] * HS, row + C + (NKV + g) * HS, sizeof(float) * HS);
-            for (int64_t h = g * G; h < (g + 1) * G; ++h)
-              attention_decode_head(atty + b * C + h * HS, row + h * HS, kc, vc, HS, pos[b] + 1,
-                                    scores);
+        } else {
+          // Whole heads' q/k/v columns (blocks of HS) split evenly, each thread rotating its q
+          // and k heads and writing its k and v heads to the caches; after the barrier, the
+          // (row, query head) attention units split evenly.
+          const int64_t NB = NH + 2 * NKV, s0 = NB * t / T, s1 = NB * (t + 1) / T;
+          cols(qkv, ln, L.attn_w, qa, L.attn_b, QW, C, s0 * HS, s1 * HS);
+          for (int64_t b = 0; b < B; ++b) {
+            float* row = qkv + b * QW;
+            for (int64_t s = s0; s < s1; ++s) {
+              if (s < NH) {  // query head s
+                if (m.rope) rope_heads_serial(row + s * HS, rc + b * HS, rs + b * HS, 1, HS);
+              } else if (s < NH + NKV) {  // key head g
+                const int64_t g = s - NH;
+                if (m.rope) rope_heads_serial(row + s * HS, rc + b * HS, rs + b * HS, 1, HS);
+                std::memcpy(L.k_cache + ((b * NKV + g) * maxT + pos[b]) * HS, row + s * HS,
+                            sizeof(float) * HS);
+              } else {  // value head g
+                const int64_t g = s - NH - NKV;
+                std::memcpy(L.v_cache + ((b * NKV + g) * maxT + pos[b]) * HS, row + s * HS,
+                            sizeof(float) * HS);
+              }
+            }
+          }
+bar.wait();
+          const int64_t U = B * NH, u0 = U * t / T, u1 = U * (t + 1) / T;
+          for (int64_t u = u0; u < u1; ++u) {
+            const int64_t b = u / NH, h = u % NH, bg = b * NKV + h / G;
+            attention_decode_head(atty + b * C + h * HS, qkv + b * QW + h * HS,
+                                  L.k_cache + bg * maxT * HS, L.v_cache + bg * maxT * HS, HS,
+                                  pos[b] + 1, scores);
           }
         }
 bar.wait();
