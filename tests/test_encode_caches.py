@@ -120,3 +120,16 @@ def test_chunks_that_differ_only_by_trailing_zero_bytes():
             text = "\t".join([first] * 3 + [second] * 3 + [first, second])
             _check(tok, [first, second, text, text])
     assert tok.encode("!\0", "none") != tok.encode("!", "none")
+
+
+def test_zero_free_and_zero_holding_texts_share_the_caches():
+    # A text without a zero byte is encoded by a loop that takes a chunk's 8 bytes as its WordCache
+    # word without the zero-byte test; a text with one keeps the test. Each chunk here has 8+ bytes
+    # after it (the one-load key path), and the zero-free text runs first so that "!" (or "!!!!!!!")
+    # is in WordCache when "!\0" (resp. "!!!!!!!\0") is looked up, and the other way round.
+    tok = _tok()
+    tail = " and some more words after it"
+    pairs = [("!", "!\0"), ("!!!!!!!", "!!!!!!!\0"), ("?x", "?\0"), (" ab", " a\0"), ("\t", "\0")]
+    for a, b in pairs:
+        for first, second in ((a, b), (b, a)):
+            _check(tok, [first + tail, second + tail, "x" + first + tail, "x" + second + tail])

@@ -71,7 +71,7 @@ class BpeEncoder {
   void encode_with(std::string_view text, const std::vector<int>& allowed, std::vector<int32_t>& out,
                    Caches& caches) const;
   void ordinary_internal(std::string_view text, std::vector<int32_t>& out, Caches& caches) const;
-  template <Pattern P>
+  template <Pattern P, bool kNoZero>
   void ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const;
   template <class T> void decode_impl(const T* ids, size_t n, std::string& out) const;
   // Appends the ids (external) of text[pos, end); the caller's text extends to text_end.
