@@ -86,6 +86,23 @@ def assert_close(got, want, *, name="out", tol=1e-5, ref32=None, floor=1e-6):
     assert err <= bound, f"{name}: relative error {err:.3g} > {bound:.3g}"
 
 
+def hook_isas(set_isa, names) -> list:
+    """The ISA names a string-valued test hook takes on this CPU: "scalar" first, then each of
+    ``names`` that ``set_isa(name)`` accepts (it raises ValueError for one the CPU lacks). The hook
+    is left at "auto"."""
+    out = ["scalar"]
+    try:
+        for name in names:
+            try:
+                set_isa(name)
+                out.append(name)
+            except ValueError:
+                pass
+    finally:
+        set_isa("auto")
+    return out
+
+
 def native_ops_paths() -> list:
     """The native non-GEMM code paths this CPU has: "avx512", "avx2", "portable" (most capable
     first); [] without the native module."""

@@ -12,25 +12,14 @@ import functools
 import random
 
 import pytest
+from conftest import hook_isas
 
 from kernelgpt import _bpe_reference as ref
 from kernelgpt import _native
 from kernelgpt.tokenizer import Tokenizer
 
 
-def _isas():
-    out = ["scalar"]
-    try:
-        _native._encode_utf8_set_isa("avx512")
-        out.append("avx512")
-    except ValueError:
-        pass
-    finally:
-        _native._encode_utf8_set_isa("auto")
-    return out
-
-
-ISAS = _isas()
+ISAS = hook_isas(_native._encode_utf8_set_isa, ("avx512",))
 
 
 @pytest.fixture(params=ISAS)

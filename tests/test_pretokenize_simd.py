@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import hook_isas
 
 pytest.importorskip("regex")
 _native = pytest.importorskip("kernelgpt._native")
@@ -66,19 +67,7 @@ def _texts(as_bytes: bool, count: int = 160):
     return texts
 
 
-def _paths():
-    paths = ["scalar"]
-    for isa in ("avx2", "avx512"):
-        try:
-            _native._pretokenize_set_isa(isa)
-            paths.append(isa)
-        except ValueError:
-            pass
-    _native._pretokenize_set_isa("auto")
-    return paths
-
-
-PATHS = _paths()
+PATHS = hook_isas(_native._pretokenize_set_isa, ("avx2", "avx512"))
 
 
 @pytest.fixture(params=PATHS)
