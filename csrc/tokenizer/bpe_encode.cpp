@@ -34,6 +34,52 @@ namespace kgpt { namespace tok {
 namespace {
 constexpr size_t kShortChunk = 64;
 
+// A short chunk being merged: its current ids and the rank of each adjacent pair (kNoRank: none).
+// step() merges the lowest-ranked pair (the leftmost of equals) and starts loading the rank-table
+// slots of the two pairs it makes; finish() reads them. merge_short runs step, finish, step...;
+// resolve_misses runs the steps of a batch of chunks in lockstep, so their loads overlap.
+constexpr int32_t kNoRank = std::numeric_limits<int32_t>::max();
+template <size_t Cap>
+struct ShortMerge {
+  int32_t ids[Cap];
+  int32_t rk[Cap];  // rk[i]: rank of (ids[i], ids[i + 1])
+  uint32_t n;
+  int32_t need;  // after a step: the merged symbol's index << 2, | 2 for its right pair, | 1 left
+  // byte_rank[a << 8 | b]: the rank of bytes a, b (or -1).
+  void start(const unsigned char* u, size_t len, const int32_t* byte_rank) {
+    n = uint32_t(len);
+    need = 0;
+    for (size_t i = 0; i < len; ++i) ids[i] = u[i];
+    for (size_t i = 0; i + 1 < len; ++i) {
+      const int32_t r = byte_rank[size_t(u[i]) << 8 | u[i + 1]];
+      rk[i] = r < 0 ? kNoRank : r;
+    }
+  }
+  // One merge; false (nothing changed) when no pair is left to merge.
+  bool step(const RankTable& ranks) {
+    if (n <= 1) return false;
+    size_t best = 0;
+    for (size_t i = 1; i + 1 < n; ++i)
+      if (rk[i] < rk[best]) best = i;
+    if (rk[best] == kNoRank) return false;
+    ids[best] = rk[best];
+    for (size_t i = best + 1; i + 1 < n; ++i) { ids[i] = ids[i + 1]; rk[i] = rk[i + 1]; }
+    --n;
+    need = int32_t(best) << 2;
+    if (best + 1 < n) { ranks.prefetch(ids[best], ids[best + 1]); need |= 2; }
+    if (best > 0) { ranks.prefetch(ids[best - 1], ids[best]); need |= 1; }
+    return true;
+  }
+  // The ranks of the pairs the last step made.
+  void finish(const RankTable& ranks) {
+    if (!need) return;
+    const size_t b = size_t(need >> 2);
+    if (need & 2) { const int32_t r = ranks.find(ids[b], ids[b + 1]); rk[b] = r < 0 ? kNoRank : r; }
+    if (need & 1) { const int32_t r = ranks.find(ids[b - 1], ids[b]); rk[b - 1] = r < 0 ? kNoRank : r; }
+    need = 0;
+  }
+};
+
 // The pending pairs of a long chunk, grouped by rank: a min-heap of the distinct ranks and, per rank,
 // the positions pushed with it. Ranks come out lowest first, each with all its positions at once.
 class RankBuckets {
@@ -178,29 +224,10 @@ void BpeEncoder::init_ids(const std::vector<int32_t>& ids, size_t total, size_t 
 }
 
 void BpeEncoder::merge_short(const unsigned char* p, size_t n, std::vector<int32_t>& out) const {
-  int32_t ids[kShortChunk];
-  int32_t rk[kShortChunk];  // rk[i]: rank of (ids[i], ids[i+1]), or INT32_MAX
-  constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
-  for (size_t i = 0; i < n; ++i) ids[i] = p[i];
-  for (size_t i = 0; i + 1 < n; ++i) {
-    const int32_t r = byte_rank_[size_t(p[i]) << 8 | p[i + 1]];
-    rk[i] = r < 0 ? kNone : r;
-  }
-  while (n > 1) {
-    size_t best = 0;
-    for (size_t i = 1; i + 1 < n; ++i)
-      if (rk[i] < rk[best]) best = i;
-    if (rk[best] == kNone) break;
-    ids[best] = rk[best];
-    for (size_t i = best + 1; i + 1 < n; ++i) { ids[i] = ids[i + 1]; rk[i] = rk[i + 1]; }
-    --n;
-    // The two new pairs' lookups are independent: both slots start loading before either is read.
-    if (best + 1 < n) ranks_.prefetch(ids[best], ids[best + 1]);
-    if (best > 0) ranks_.prefetch(ids[best - 1], ids[best]);
-    if (best + 1 < n) { const int32_t r = rank(ids[best], ids[best + 1]); rk[best] = r < 0 ? kNone : r; }
-    if (best > 0) { const int32_t r = rank(ids[best - 1], ids[best]); rk[best - 1] = r < 0 ? kNone : r; }
-  }
-  for (size_t i = 0; i < n; ++i) out.push_back(ext(ids[i]));
+  ShortMerge<kShortChunk> m;
+  m.start(p, n, byte_rank_.data());
+  while (m.step(ranks_)) m.finish(ranks_);
+  for (size_t i = 0; i < m.n; ++i) out.push_back(ext(m.ids[i]));
 }
 
 void BpeEncoder::merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const {
@@ -302,9 +329,8 @@ void BpeEncoder::short_miss(const char* p, size_t n, uint64_t k0, uint64_t k1, u
 
 void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32_t* res, uint32_t* cnt,
                                 Caches& caches) const {
-  constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
   constexpr size_t kMax = PieceCache::kMaxLen;
-  // Per miss: where its ids go in res, and its state (0: done, 1: whole-token lookup, 2: merging).
+  // Per miss: where its ids go in res, and whether it is still to be resolved (1) or done (0).
   uint32_t off[kMissBatch];
   uint8_t state[kMissBatch];
   uint64_t ph[kMissBatch], th[kMissBatch];
@@ -330,51 +356,22 @@ void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32
   }
   // Merging (merge_short's steps), one step of every chunk per round: a step's two new pair
   // lookups are requested in one round and read in the next.
-  struct St { int32_t ids[kMax]; int32_t rk[kMax]; uint32_t n; int32_t need; };  // need: bit 0 left, 1 right
-  St st[kMissBatch];
+  ShortMerge<kMax> st[kMissBatch];
   size_t act[kMissBatch];
   size_t na = 0;
   for (size_t j = 0; j < k; ++j) {
     if (!state[j]) continue;
-    St& t = st[j];
-    const auto* u = reinterpret_cast<const unsigned char*>(base + m[j].pos);
-    t.n = m[j].len;
-    t.need = 0;
-    for (size_t i = 0; i < t.n; ++i) t.ids[i] = u[i];
-    for (size_t i = 0; i + 1 < t.n; ++i) {
-      const int32_t r = byte_rank_[size_t(u[i]) << 8 | u[i + 1]];
-      t.rk[i] = r < 0 ? kNone : r;
-    }
+    st[j].start(reinterpret_cast<const unsigned char*>(base + m[j].pos), m[j].len, byte_rank_.data());
     act[na++] = j;
   }
   while (na) {
     size_t keep = 0;
     for (size_t a = 0; a < na; ++a) {
-      St& t = st[act[a]];
-      // Finish the previous step's lookups (requested a round ago).
-      if (t.need) {
-        // The merged symbol sits at t.need >> 2.
-        const size_t b = size_t(t.need >> 2);
-        if (t.need & 2) { const int32_t r = rank(t.ids[b], t.ids[b + 1]); t.rk[b] = r < 0 ? kNone : r; }
-        if (t.need & 1) { const int32_t r = rank(t.ids[b - 1], t.ids[b]); t.rk[b - 1] = r < 0 ? kNone : r; }
-        t.need = 0;
-      }
-      size_t n = t.n;
-      if (n > 1) {
-        size_t best = 0;
-        for (size_t i = 1; i + 1 < n; ++i)
-          if (t.rk[i] < t.rk[best]) best = i;
-        if (t.rk[best] != kNone) {
-          t.ids[best] = t.rk[best];
-          for (size_t i = best + 1; i + 1 < n; ++i) { t.ids[i] = t.ids[i + 1]; t.rk[i] = t.rk[i + 1]; }
-          t.n = uint32_t(--n);
-          int32_t need = int32_t(best) << 2;
-          if (best + 1 < n) { ranks_.prefetch(t.ids[best], t.ids[best + 1]); need |= 2; }
-          if (best > 0) { ranks_.prefetch(t.ids[best - 1], t.ids[best]); need |= 1; }
-          t.need = need;
-          act[keep++] = act[a];
-          continue;
-        }
+      ShortMerge<kMax>& t = st[act[a]];
+      t.finish(ranks_);  // the lookups requested a round ago
+      if (t.step(ranks_)) {
+        act[keep++] = act[a];
+        continue;
       }
       // Done: the ids (external) of the chunk.
       const size_t j = act[a];
