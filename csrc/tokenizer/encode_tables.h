@@ -23,10 +23,6 @@
 
 namespace kgpt { namespace tok {
 
-// Allocator of the large lookup tables: an array of 2 MiB or more is aligned to 2 MiB and marked
-// for transparent huge pages (Linux, madvise; a hint: without them it is an ordinary array). The
-// tables are probed at random, so with 4 KiB pages nearly every probe of a 4-8 MiB table also
-// misses the TLB; 2 MiB pages cover a table with a few entries.
 // Asks for the cache line at p (a lookup a little later will read it); a no-op without GCC/Clang.
 inline void prefetch_line(const void* p) {
 #if defined(__GNUC__)
@@ -36,6 +32,10 @@ inline void prefetch_line(const void* p) {
 #endif
 }
 
+// Allocator of the large lookup tables: an array of 2 MiB or more is aligned to 2 MiB and marked
+// for transparent huge pages (Linux, madvise; a hint: without them it is an ordinary array). The
+// tables are probed at random, so with 4 KiB pages nearly every probe of a 4-8 MiB table also
+// misses the TLB; 2 MiB pages cover a table with a few entries.
 template <class T>
 struct HugePageAlloc {
   using value_type = T;
@@ -271,8 +271,8 @@ class WordCache {
   void begin() {
     if (sets_.empty()) sets_.assign(size_t(1) << kBits, Set{});
   }
-  void prefetch(uint64_t h) const { prefetch_line(&sets_[size_t(h >> (64 - kBits))]); }
-  // The set (cache line) of hash h, for find_at: a loop may carry it instead of the hash.
+  // The set (cache line) of hash h, for find_at: a loop may carry it (and prefetch it) instead of
+  // the hash.
   const void* line(uint64_t h) const { return &sets_[size_t(h >> (64 - kBits))]; }
   // Whether a chunk of n bytes (1 <= n <= 8) whose zero-padded bytes are k holds no zero byte. Only
   // such chunks are stored, so the key alone gives the length (the bytes up to the highest non-zero
@@ -386,8 +386,6 @@ class PieceCache {
       gen_ = 1;
     }
   }
-  // Starts loading the set of hash h (the lookup of a chunk a little later).
-  void prefetch(uint64_t h) const { prefetch_line(&sets_[size_t(h >> (64 - kBits))]); }
   // The set (cache line) of hash h, for find_at.
   const void* line(uint64_t h) const { return &sets_[size_t(h >> (64 - kBits))]; }
   // Writes the cached ids of the key at w (room for kMaxLen ids) and returns how many (0: absent).
@@ -413,20 +411,13 @@ class PieceCache {
   }
   // Appends the cached ids of the key to out; false if absent.
   bool find(uint64_t k0, uint64_t k1, size_t n, uint64_t h, std::vector<int32_t>& out) const {
-    const Slot* set = sets_[size_t(h >> (64 - kBits))].w;
-    for (int w = 0; w < 2; ++w) {
-      const Slot& s = set[w];
-      if (s.k0 == k0 && s.k1 == k1 && s.len == n && s.gen == gen_) {
-        if (s.count == 1) out.push_back(s.a);
-        else if (s.count == 2) { out.push_back(s.a); out.push_back(s.b); }
-        else out.insert(out.end(), ids_.data() + s.a, ids_.data() + s.a + s.count);
-        return true;
-      }
-    }
-    return false;
+    int32_t w[kMaxLen];
+    const size_t c = find_to(k0, k1, n, h, w);
+    out.insert(out.end(), w, w + c);
+    return c != 0;
   }
   void put(uint64_t k0, uint64_t k1, size_t n, uint64_t h, const int32_t* ids, size_t count) {
-    if (count == 0 || count > 0xFFFF) return;
+    if (count == 0 || count > kMaxLen) return;  // n bytes make at most n ids
     if (count > 2 && ids_.size() + count > kMaxIds) next_gen();
     Slot* set = sets_[size_t(h >> (64 - kBits))].w;
     if (set[0].gen == gen_) set[1] = set[0];
