@@ -89,9 +89,8 @@ std::string_view utf8_view_reusing(py::handle obj, Utf8Buffer& buf, bool* done) 
 #endif
   const size_t n = size_t(PyUnicode_GET_LENGTH(o));
   const int kind = PyUnicode_KIND(o);
-  const size_t per = kind == PyUnicode_1BYTE_KIND ? 2 : kind == PyUnicode_2BYTE_KIND ? 3 : 4;
-  if (n > (size_t(1) << 40) / per) return std::string_view();
-  const size_t need = n * per + 4;  // utf8_from_units: the UTF-8 and 3 bytes of slack
+  if (n > (size_t(1) << 40) / 4) return std::string_view();
+  const size_t need = kgpt::tok::utf8_room(n, kind);
   if (buf.cap < need) {
     buf.p.reset();
     buf.cap = 0;
@@ -99,8 +98,7 @@ std::string_view utf8_view_reusing(py::handle obj, Utf8Buffer& buf, bool* done) 
     buf.cap = need;
   }
   bool ok = false;
-  size_t len = 0;
-  len = kgpt::tok::utf8_from_units(PyUnicode_DATA(o), n, kind, buf.p.get(), &ok);
+  const size_t len = kgpt::tok::utf8_from_units(PyUnicode_DATA(o), n, kind, buf.p.get(), &ok);
   if (!ok) return std::string_view();
   *done = true;
   return std::string_view(reinterpret_cast<const char*>(buf.p.get()), len);
@@ -251,7 +249,7 @@ void init_tokenizer(py::module_& m) {
         PyObject* o = text.ptr();
         const size_t n = size_t(PyUnicode_GET_LENGTH(o));
         const int kind = PyUnicode_KIND(o);
-        std::vector<unsigned char> buf(n * size_t(kind == PyUnicode_1BYTE_KIND ? 2 : kind == PyUnicode_2BYTE_KIND ? 3 : 4) + 4);
+        std::vector<unsigned char> buf(kgpt::tok::utf8_room(n, kind));
         bool ok = false;
         const size_t len = kgpt::tok::utf8_from_units(PyUnicode_DATA(o), n, kind, buf.data(), &ok);
         if (!ok) return py::none();

@@ -16,6 +16,11 @@ namespace kgpt::tok {
 // code point (U+D800..U+DFFF), which UTF-8 cannot carry; o's contents are then unspecified.
 size_t utf8_from_units(const void* s, size_t n, int unit_bytes, unsigned char* o, bool* ok);
 
+// The room utf8_from_units needs for n code units of unit_bytes each (the UTF-8 and 3 bytes).
+inline size_t utf8_room(size_t n, int unit_bytes) {
+  return n * size_t(unit_bytes == 1 ? 2 : unit_bytes == 2 ? 3 : 4) + 3;
+}
+
 // Test hook (process-wide): "auto", "avx512" (false if the CPU lacks AVX-512 VBMI2) or "scalar".
 bool set_utf8_isa(const char* name);
 const char* utf8_isa();  // "avx512" or "scalar"
