@@ -696,13 +696,15 @@ void q8_block_portable(const float* xb, int8_t* qb, float* dout) {
 
 }  // namespace
 
+// Whether B rows' products run on AMX (so their rows are packed for it).
+static bool q8_amx_rows(int64_t B) { return B >= kQ8AmxMinRows && ops_use_amx() && q8_amx_built(); }
+
 void Q8Rows::reserve(int64_t rows, int64_t k) {
   const int64_t nb = k / kQ8Block, ng = (nb + 15) / 16;
   if (static_cast<int64_t>(q.size()) < rows * k) q.resize(static_cast<size_t>(rows * k));
   if (static_cast<int64_t>(d.size()) < rows * nb) d.resize(static_cast<size_t>(rows * nb));
   packed.get(static_cast<size_t>(ng * rows * kQ8GroupFloats));
-  if (rows >= kQ8AmxMinRows && ops_use_amx() && q8_amx_built())
-    amx.get(static_cast<size_t>(q8_amx_floats(rows, k)));
+  if (q8_amx_rows(rows)) amx.get(static_cast<size_t>(q8_amx_floats(rows, k)));
 }
 
 void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
@@ -718,7 +720,7 @@ void q8_quantize_rows(Q8Rows& a, const float* x, int64_t B, int64_t K) {
                         a.d.data() + b * nb + blk);
     q8_pack_vnni(a);
     a.packed_ok = true;
-    a.amx_ok = B >= kQ8AmxMinRows && ops_use_amx() && q8_amx_built();
+    a.amx_ok = q8_amx_rows(B);
     if (a.amx_ok) q8_amx_pack(a);
     return;
   }

@@ -143,23 +143,22 @@ KGPT_TARGET_AMX int64_t q8_cols_amx(float* out, int64_t ldo, const Q8Rows& a, co
       for (int64_t pp = 0; pp < npairs; ++pp) {
         issue(pp + 2);
         {
-          const int64_t p2 = pp;
-          const char* rec = recs + p2 * kQ8AmxRecBytes;
-          float* ac = acc + (p2 & 7) * 256;
-          const int32_t* cb = cbuf + (p2 & 3) * 256;
+          const char* rec = recs + pp * kQ8AmxRecBytes;
+          float* ac = acc + (pp & 7) * 256;
+          const int32_t* cb = cbuf + (pp & 3) * 256;
           const __m512 dxv = _mm512_load_ps(reinterpret_cast<const float*>(rec + 1024));
-          const bool first = p2 < 8;  // acc[p2 & 7] not yet written in this run: it is +0
+          const bool first = pp < 8;  // acc[pp & 7] not yet written in this run: it is +0
           // (the weights' 16 row streams prefetched KGPT_AMX_PFD pairs ahead, into the next
           // run's rows past the end; once per run)
-          const int64_t pf = p2 + KGPT_AMX_PFD;
+          const int64_t pf = pp + KGPT_AMX_PFD;
           const int8_t* pfb = pf < npairs ? wa + pf * 64 : wa + 16 * K + (pf - npairs) * 64;
           if (gr == 0)
             for (int r = 0; r < 16; ++r)
               _mm_prefetch(reinterpret_cast<const char*>(pfb + r * K), _MM_HINT_T0);
-          if (2 * p2 + 1 < nb) {
+          if (2 * pp + 1 < nb) {
             for (int r = 0; r < 16; ++r) {
               double dd;
-              std::memcpy(&dd, wdj + r * nb + 2 * p2, sizeof(dd));  // d_w of 2 p2, 2 p2 + 1
+              std::memcpy(&dd, wdj + r * nb + 2 * pp, sizeof(dd));  // d_w of 2 pp, 2 pp + 1
               const __m512 sc = _mm512_mul_ps(_mm512_castpd_ps(_mm512_set1_pd(dd)), dxv);
               const __m512 is = _mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * r));
               const __m512 prev = first ? _mm512_setzero_ps() : _mm512_load_ps(ac + 16 * r);
@@ -167,7 +166,7 @@ KGPT_TARGET_AMX int64_t q8_cols_amx(float* out, int64_t ldo, const Q8Rows& a, co
             }
           } else {  // the lone last block: lanes q = 0 only
             for (int r = 0; r < 16; ++r) {
-              const __m512 sc = _mm512_mul_ps(_mm512_set1_ps(wdj[r * nb + 2 * p2]), dxv);
+              const __m512 sc = _mm512_mul_ps(_mm512_set1_ps(wdj[r * nb + 2 * pp]), dxv);
               const __m512 is = _mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * r));
               const __m512 prev = first ? _mm512_setzero_ps() : _mm512_load_ps(ac + 16 * r);
               _mm512_store_ps(ac + 16 * r,
