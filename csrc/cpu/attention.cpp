@@ -11,6 +11,7 @@
 // and computes exactly what it did before.
 #include "common/isa.h"
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -567,13 +568,13 @@ KGPT_TARGET_AVX2 static void decode_head_fast_avx2(float* o, const float* q, con
 }
 #endif
 
-bool g_decode_reference = false;  // test hook: decode_head for every head
+std::atomic<bool> g_decode_reference{false};  // test hook: decode_head for every head
 
 // One (b, h) of the decoding step: the fast AVX2 kernel where it applies, decode_head elsewhere.
 void decode_head_any(float* o, const float* q, const float* kc, const float* vc, float* s,
                      int64_t HS, int64_t n_valid) {
 #if KGPT_X86
-  if (HS % 8 == 0 && !g_decode_reference && ops_use_avx2())
+  if (HS % 8 == 0 && !g_decode_reference.load(std::memory_order_relaxed) && ops_use_avx2())
     return decode_head_fast_avx2(o, q, kc, vc, s, HS, n_valid);
 #endif
   decode_head(o, q, kc, vc, s, HS, n_valid);
@@ -581,7 +582,7 @@ void decode_head_any(float* o, const float* q, const float* kc, const float* vc,
 
 }  // namespace
 
-void attention_decode_set_reference(bool on) { g_decode_reference = on; }
+void attention_decode_set_reference(bool on) { g_decode_reference.store(on); }
 
 void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T,
                        int64_t NH, int64_t NKV, int64_t HS) {

@@ -408,13 +408,11 @@ void decode_step(const DecodeModel& m, const int32_t* tok, const int64_t* pos, f
           for (int64_t b = 0; b < B; ++b) {
             float* row = qkv + b * QW;
             for (int64_t s = s0; s < s1; ++s) {
-              if (s < NH) {  // query head s
+              if (s < NH + NKV) {  // query head s, or key head s - NH
                 if (m.rope) rope_heads_serial(row + s * HS, rc + b * HS, rs + b * HS, 1, HS);
-              } else if (s < NH + NKV) {  // key head g
-                const int64_t g = s - NH;
-                if (m.rope) rope_heads_serial(row + s * HS, rc + b * HS, rs + b * HS, 1, HS);
-                std::memcpy(L.k_cache + ((b * NKV + g) * maxT + pos[b]) * HS, row + s * HS,
-                            sizeof(float) * HS);
+                if (s >= NH)
+                  std::memcpy(L.k_cache + ((b * NKV + s - NH) * maxT + pos[b]) * HS, row + s * HS,
+                              sizeof(float) * HS);
               } else {  // value head g
                 const int64_t g = s - NH - NKV;
                 std::memcpy(L.v_cache + ((b * NKV + g) * maxT + pos[b]) * HS, row + s * HS,
