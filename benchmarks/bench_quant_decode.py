@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine  # noqa: E402
+from _common import decode_step_bytes, machine  # noqa: E402
 
 from kernelgpt.model import GPT, GPTConfig  # noqa: E402
 from kernelgpt.optim import AdamW  # noqa: E402
@@ -102,16 +102,7 @@ def decode_logits(model: GPT, weights: str, seqs: np.ndarray, B: int = 4):
 def step_bytes(cfg: GPTConfig, fmt: str) -> float:
     """Bytes of weights one decoding step reads: the matrices in fmt, the rest in fp32 (one
     token-table row, one position row with learned positions)."""
-    C, L, V, H = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.hidden
-    FW = 2 * H if cfg.mlp == "swiglu" else H
-    block = L * (cfg.qkv_width * C + C * C + FW * C + C * H)
-    mats = block + V * C  # the blocks' matrices and the lm_head (wte when tied)
-    P = GPT(cfg, backend="numpy", seed=0).num_params()
-    tables = (0 if cfg.tie_embeddings else V * C) + \
-        (cfg.block_size * C if cfg.pos_emb == "learned" else 0)
-    rest = P - mats - tables  # norms and biases
-    rest += C + (C if cfg.pos_emb == "learned" else 0)  # the rows of the tables read
-    return mats * BYTES[fmt] + max(rest, 0) * 4.0
+    return decode_step_bytes(cfg, BYTES[fmt])
 
 
 def time_decode(model: GPT, cases, pos0: int, steps: int, rounds: int, clock=time.perf_counter):
