@@ -4,15 +4,24 @@ misses in batches of 32 whose ids are spliced into the output. These tests drive
 misses, batches of more than 32 misses, chunks encoding to 1, 2 and 3+ ids, sets holding more
 chunks than ways, caches reused across calls and threads) and compare with the Python reference.
 The colliding chunks are found with the caches' own hash functions (mirrored here): if those
-change, the texts still test correctness, only less pointedly."""
+change, the texts still test correctness, only less pointedly. Every test runs once per way of
+merging a batch of misses this CPU has (the portable loop, and 16-lane AVX-512 vectors where
+present; hook _native._bpe_merge_set_isa), each time on a new tokenizer, so its misses are misses."""
 from __future__ import annotations
 
+import base64
 import functools
 import random
 import string
 
+import pytest
+from conftest import hook_isas
+
 from kernelgpt import _bpe_reference as ref
+from kernelgpt import _native
 from kernelgpt.tokenizer import Tokenizer
+
+MERGE_ISAS = hook_isas(_native._bpe_merge_set_isa, ("avx512",))
 
 M64 = (1 << 64) - 1
 
@@ -29,6 +38,15 @@ def _piece_set(chunk: bytes) -> int:  # PieceCache: 16-byte key and length, 2**1
     h ^= ((k1 + (h >> 31)) * 0xBF58476D1CE4E5B9) & M64
     h ^= h >> 29
     return h >> 51
+
+
+@pytest.fixture(autouse=True, params=MERGE_ISAS)
+def merge_isa(request):
+    """Each test with each way of merging a batch of misses, on a new tokenizer (empty caches)."""
+    assert _native._bpe_merge_set_isa(request.param) == request.param
+    _tok.cache_clear()
+    yield request.param
+    _native._bpe_merge_set_isa("auto")
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,3 +151,53 @@ def test_zero_free_and_zero_holding_texts_share_the_caches():
     for a, b in pairs:
         for first, second in ((a, b), (b, a)):
             _check(tok, [first + tail, second + tail, "x" + first + tail, "x" + second + tail])
+
+
+def test_batched_merges_on_random_vocabularies_with_ties_and_remapped_ids(tmp_path):
+    # Chunks of 2..16 bytes merged in batches (every chunk misses on a new tokenizer): random
+    # vocabularies where one chunk holds the same pair many times (equal ranks: the leftmost
+    # merges first), merges at either end and in the middle, and the ids of a tiktoken-style
+    # vocabulary whose bytes are not ids 0-255 (the batch maps internal ids to the file's).
+    r = random.Random(17)
+    for trial in range(4):
+        alpha = "abcd"[: 2 + trial % 3]
+        corpus = ["".join(r.choice(alpha) for _ in range(r.randint(1, 16))) for _ in range(3000)]
+        tok = Tokenizer.train([" ".join(corpus)], 256 + 60 + 40 * trial)
+        words = ["".join(r.choice(alpha + "e") for _ in range(r.randint(2, 16))) for _ in range(400)]
+        words += [c * n for c in alpha for n in range(2, 17)]  # one pair repeated: all ranks tie
+        text = " ".join(words) + "".join(words[:50])
+        want = ref.encode_ordinary(text, tok.merges)
+        assert Tokenizer(tok.merges).encode(text, "none") == want
+        # The same vocabulary with GPT-2's byte order and gaps between the merges' ranks.
+        order = list(range(33, 127)) + [b for b in range(256) if not 33 <= b < 127]
+        ranks = {bytes([b]): k for k, b in enumerate(order)}
+        for i in range(256, 256 + len(tok.merges)):
+            ranks[tok.token_bytes(i)] = 256 + 2 * (i - 256)
+        path = tmp_path / f"v{trial}.tiktoken"
+        path.write_bytes(b"".join(base64.b64encode(t) + b" " + str(k).encode() + b"\n"
+                                  for t, k in sorted(ranks.items(), key=lambda kv: kv[1])))
+        remapped = Tokenizer.from_tiktoken(path, pattern="gpt4")
+        inv = {k: t for t, k in ranks.items()}
+        ids = remapped.encode(text, "none")
+        assert b"".join(inv[i] for i in ids) == text.encode()
+        assert [ranks[tok.token_bytes(i)] for i in want] == ids
+
+
+def test_long_chunks_between_misses_keep_their_place():
+    # Chunks of 17+ bytes go through the same buffer as the short ones (a long chunk no longer
+    # resolves the misses pending before it): long chunks of a few ids and of more than 64 ids
+    # (a run of letters no merge joins) between short misses, on new and on warm caches.
+    tok = _tok()
+    r = random.Random(23)
+    parts = []
+    for i in range(200):
+        parts.append("".join(r.choice(string.ascii_lowercase) for _ in range(r.randint(2, 15))))
+        if i % 5 == 0:
+            parts.append(" " * r.randint(17, 40))
+        if i % 7 == 0:
+            parts.append(" " + "".join(r.choice("abcdefgh") for _ in range(r.randint(17, 60))))
+        if i % 31 == 0:
+            parts.append(" " + "".join(r.choice("XYZQW") for _ in range(r.randint(65, 200))))
+    text = " ".join(parts)
+    assert max(len(tok.encode(" " + p, "none")) for p in parts) > 64
+    _check(tok, [text, text, text[5:], text])

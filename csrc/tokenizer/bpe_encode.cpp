@@ -14,8 +14,11 @@
 #include "tokenizer/parallel.h"
 #include "tokenizer/pretokenize_inline.h"
 #include "tokenizer/pretokenize_simd.h"
+#include "common/isa.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -79,6 +82,119 @@ struct ShortMerge {
     need = 0;
   }
 };
+
+// The merge rounds of a batch (resolve_misses): every active chunk's step, one round at a time;
+// the lookups a step requests are read (finish) a round later. act[0..na) are the chunks still
+// merging; a finished chunk's ids (external, through ext; nullptr: the identity) go to res at
+// off[j], their number to cnt[j].
+template <class SM>
+KGPT_ALWAYS_INLINE void merge_rounds(SM* st, size_t* act, size_t na, const RankTable& ranks, const int32_t* ext,
+                                     const uint32_t* off, int32_t* res, uint32_t* cnt) {
+  while (na) {
+    size_t keep = 0;
+    for (size_t a = 0; a < na; ++a) {
+      SM& t = st[act[a]];
+      t.finish(ranks);  // the lookups requested a round ago
+      if (t.step(ranks)) {
+        act[keep++] = act[a];
+        continue;
+      }
+      const size_t j = act[a];
+      for (size_t i = 0; i < t.n; ++i) res[off[j] + i] = ext ? ext[t.ids[i]] : t.ids[i];
+      cnt[j] = t.n;
+    }
+    na = keep;
+  }
+}
+
+#if KGPT_X86
+#define KGPT_TARGET_MERGE __attribute__((target("avx512f,avx512bw,avx512vl,avx2,bmi")))
+// ShortMerge<16> with the ids and pair ranks in one 16-lane vector each: a step is a min
+// reduction, a compare (the leftmost lowest rank), and two compresses that drop the merged
+// symbol's right part; no loop over the chunk, no branch on where the merge happens. The same
+// merges in the same order as ShortMerge (the lowest rank, leftmost of equals). Lanes past the
+// last pair hold kNoRank.
+struct alignas(64) ShortMerge16V {
+  int32_t ids[16];
+  int32_t rk[16];
+  uint32_t n;
+  int32_t need;
+  KGPT_TARGET_MERGE void start(const unsigned char* u, size_t len, const int32_t* byte_rank) {
+    n = uint32_t(len);
+    need = 0;
+    const __mmask16 in = __mmask16((1u << len) - 1u);  // len <= 16
+    const __m512i id = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(in, u));
+    const __m512i next = _mm512_alignr_epi32(_mm512_setzero_si512(), id, 1);  // lane i: ids[i + 1]
+    const __mmask16 pairs = __mmask16(in >> 1);
+    const __m512i r = _mm512_mask_i32gather_epi32(_mm512_set1_epi32(-1), pairs,
+                                                  _mm512_or_si512(_mm512_slli_epi32(id, 8), next), byte_rank, 4);
+    _mm512_store_si512(ids, id);
+    _mm512_store_si512(rk, _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(r, _mm512_setzero_si512()), r,
+                                                   _mm512_set1_epi32(kNoRank)));
+  }
+  KGPT_TARGET_MERGE bool step(const RankTable& ranks) {
+    const __m512i r = _mm512_load_si512(rk);
+    const int32_t mn = _mm512_reduce_min_epi32(r);
+    if (mn == kNoRank) return false;
+    const unsigned best = unsigned(__builtin_ctz(unsigned(_mm512_cmpeq_epi32_mask(r, _mm512_set1_epi32(mn)))));
+    const __mmask16 at = __mmask16(1u << best), keep = __mmask16(~(2u << best));
+    const __m512i id = _mm512_maskz_compress_epi32(keep, _mm512_mask_set1_epi32(_mm512_load_si512(ids), at, mn));
+    const __m512i r2 = _mm512_mask_compress_epi32(_mm512_set1_epi32(kNoRank), keep, r);
+    _mm512_store_si512(ids, id);
+    _mm512_store_si512(rk, _mm512_mask_set1_epi32(r2, at, kNoRank));  // lane best: finish's
+    --n;
+    need = int32_t(best) << 2;
+    if (best + 1 < n) { ranks.prefetch(ids[best], ids[best + 1]); need |= 2; }
+    if (best > 0) { ranks.prefetch(ids[best - 1], ids[best]); need |= 1; }
+    return true;
+  }
+  KGPT_TARGET_MERGE void finish(const RankTable& ranks) {
+    if (!need) return;
+    const unsigned b = unsigned(need >> 2);
+    __m512i r = _mm512_load_si512(rk);
+    if (need & 2) { const int32_t x = ranks.find(ids[b], ids[b + 1]); r = _mm512_mask_set1_epi32(r, __mmask16(1u << b), x < 0 ? kNoRank : x); }
+    if (need & 1) { const int32_t x = ranks.find(ids[b - 1], ids[b]); r = _mm512_mask_set1_epi32(r, __mmask16(1u << (b - 1)), x < 0 ? kNoRank : x); }
+    _mm512_store_si512(rk, r);
+    need = 0;
+  }
+};
+
+bool has_merge_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+}
+
+__attribute__((flatten)) KGPT_TARGET_MERGE void merge_rounds_avx512(
+    ShortMerge16V* st, const char* base, const BpeEncoder::Miss* m, const size_t* todo, size_t na,
+    const RankTable& ranks, const int32_t* byte_rank, const int32_t* ext, const uint32_t* off, int32_t* res,
+    uint32_t* cnt) {
+  size_t act[BpeEncoder::kMissBatch];
+  for (size_t a = 0; a < na; ++a) {
+    const size_t j = todo[a];
+    st[j].start(reinterpret_cast<const unsigned char*>(base + m[j].pos), m[j].len, byte_rank);
+    act[a] = j;
+  }
+  merge_rounds(st, act, na, ranks, ext, off, res, cnt);
+}
+#endif
+
+// Which merge_rounds resolve_misses runs (set_bpe_merge_isa): -1 until first chosen.
+enum MergeIsa : int { kMergeScalar = 0, kMergeAvx512 = 1 };
+std::atomic<int> g_merge_isa{-1};
+int best_merge_isa() {
+#if KGPT_X86
+  if (has_merge_avx512()) return kMergeAvx512;
+#endif
+  return kMergeScalar;
+}
+int merge_isa() {
+  int v = g_merge_isa.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = best_merge_isa();
+    g_merge_isa.store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
 
 // The pending pairs of a long chunk, grouped by rank: a min-heap of the distinct ranks and, per rank,
 // the positions pushed with it. Ranks come out lowest first, each with all its positions at once.
@@ -153,6 +269,20 @@ class RankBuckets {
   uint32_t memo_b_[2] = {0, 0};
 };
 }  // namespace
+
+bool set_bpe_merge_isa(const char* name) {
+  int v;
+  if (std::strcmp(name, "auto") == 0) v = best_merge_isa();
+  else if (std::strcmp(name, "scalar") == 0) v = kMergeScalar;
+#if KGPT_X86
+  else if (std::strcmp(name, "avx512") == 0 && has_merge_avx512()) v = kMergeAvx512;
+#endif
+  else return false;
+  g_merge_isa.store(v, std::memory_order_relaxed);
+  return true;
+}
+
+const char* bpe_merge_isa() { return merge_isa() == kMergeAvx512 ? "avx512" : "scalar"; }
 
 BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
                        const std::vector<std::string>& specials, Pattern pattern,
@@ -302,14 +432,20 @@ void BpeEncoder::encode_chunk(const char* p, size_t n, const char* text_end, std
   }
   const uint64_t head = load_head(p, n, true);
   const uint64_t h = hash_key(head, p, n);
-  if (whole_lookup_ && n <= whole_.max_len()) {
-    const int32_t w = whole_.find(p, n, head, h);
-    if (w >= 0) { out.push_back(w); return; }
-  }
+  // The cache first (whole tokens are cached too): a chunk seen before costs no probe of the
+  // whole-token table, which is large and, on a first call, not in the CPU's caches.
   uint32_t count = 0;
   if (const int32_t* c = cache.find(p, n, head, h, &count)) {
     out.insert(out.end(), c, c + count);
     return;
+  }
+  if (whole_lookup_ && n <= whole_.max_len()) {
+    const int32_t w = whole_.find(p, n, head, h);
+    if (w >= 0) {
+      out.push_back(w);
+      cache.put(p, n, head, h, &w, 1);
+      return;
+    }
   }
   const size_t start = out.size();
   if (n <= kShortChunk) merge_short(u, n, out);
@@ -356,29 +492,22 @@ void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32
   }
   // Merging (merge_short's steps), one step of every chunk per round: a step's two new pair
   // lookups are requested in one round and read in the next.
-  ShortMerge<kMax> st[kMissBatch];
   size_t act[kMissBatch];
   size_t na = 0;
-  for (size_t j = 0; j < k; ++j) {
-    if (!state[j]) continue;
-    st[j].start(reinterpret_cast<const unsigned char*>(base + m[j].pos), m[j].len, byte_rank_.data());
-    act[na++] = j;
-  }
-  while (na) {
-    size_t keep = 0;
-    for (size_t a = 0; a < na; ++a) {
-      ShortMerge<kMax>& t = st[act[a]];
-      t.finish(ranks_);  // the lookups requested a round ago
-      if (t.step(ranks_)) {
-        act[keep++] = act[a];
-        continue;
-      }
-      // Done: the ids (external) of the chunk.
-      const size_t j = act[a];
-      for (size_t i = 0; i < t.n; ++i) res[off[j] + i] = ext(t.ids[i]);
-      cnt[j] = t.n;
-    }
-    na = keep;
+  for (size_t j = 0; j < k; ++j)
+    if (state[j]) act[na++] = j;
+  const int32_t* emap = ext_.empty() ? nullptr : ext_.data();
+#if KGPT_X86
+  if (merge_isa() == kMergeAvx512) {
+    ShortMerge16V st[kMissBatch];
+    merge_rounds_avx512(st, base, m, act, na, ranks_, byte_rank_.data(), emap, off, res, cnt);
+  } else
+#endif
+  {
+    ShortMerge<kMax> st[kMissBatch];
+    for (size_t a = 0; a < na; ++a)
+      st[act[a]].start(reinterpret_cast<const unsigned char*>(base + m[act[a]].pos), m[act[a]].len, byte_rank_.data());
+    merge_rounds(st, act, na, ranks_, emap, off, res, cnt);
   }
   // Fill the caches as the one-by-one path does (a chunk twice in the batch is stored once).
   int32_t tmp[kMax];
@@ -551,6 +680,7 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
     prefetch_line(k.set);
     return k;
   };
+  std::vector<int32_t> longc;  // the ids of one long chunk
   size_t pos = 0, e = cur.next_end(0);
   ShortKey kc{nullptr, 0};
   if (e - pos <= PieceCache::kMaxLen) kc = key_of(pos, e - pos);
@@ -581,8 +711,17 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
       if (k) sink.advance(k);
       else sink.miss(pos, len, k0, k1, PieceCache::hash(k0, k1, len));
     } else {
-      sink.flush();
-      encode_chunk(base + pos, len, end, out, caches);
+      // A long chunk (1% of chunks in code and prose) goes through the sink like the others: a
+      // flush per long chunk would resolve the pending misses in batches too small to overlap.
+      longc.clear();
+      encode_chunk(base + pos, len, end, longc, caches);
+      if (KGPT_LIKELY(longc.size() <= decltype(sink)::kRoom)) {
+        std::memcpy(sink.at(), longc.data(), sizeof(int32_t) * longc.size());
+        sink.advance(longc.size());
+      } else {
+        sink.flush();
+        out.insert(out.end(), longc.begin(), longc.end());
+      }
     }
     if (KGPT_UNLIKELY(e >= n)) break;
     pos = e;

@@ -18,6 +18,13 @@
 
 namespace kgpt { namespace tok {
 
+// The merging of a batch of short-chunk cache misses (BpeEncoder::resolve_misses): "avx512" (each
+// chunk's ids and pair ranks in one 16-lane vector) or "scalar"; "auto" picks the best this CPU
+// has. Process-wide; a test hook (both give the same ids). false (nothing changed) for an unknown
+// name or one this CPU lacks.
+bool set_bpe_merge_isa(const char* name);
+const char* bpe_merge_isa();
+
 class BpeEncoder {
  public:
   // merges[i] = (left, right) creates internal id 256 + i; specials get internal ids
