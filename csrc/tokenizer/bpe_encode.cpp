@@ -630,6 +630,23 @@ struct ShortKey { const void* set; uint64_t wk; };
 // overlaps the work on chunk i. Chunks of 1..8 bytes are looked up in WordCache (then PieceCache),
 // 9..16 in PieceCache; hits are written through IdSink, misses recorded there and resolved in
 // batches (resolve_misses); a longer chunk flushes the sink and appends to `out` directly.
+// A chunk of 17+ bytes of the encode loop: its ids through the sink (out of line: the loop's hot
+// path stays small), or, past the sink's room (64 ids), after a flush straight to out.
+template <class Sink>
+__attribute__((noinline)) void BpeEncoder::long_chunk(const char* p, size_t n, const char* text_end, Sink& sink,
+                                                      std::vector<int32_t>& out, std::vector<int32_t>& tmp,
+                                                      Caches& caches) const {
+  tmp.clear();
+  encode_chunk(p, n, text_end, tmp, caches);
+  if (KGPT_LIKELY(tmp.size() <= Sink::kRoom)) {
+    std::memcpy(sink.at(), tmp.data(), sizeof(int32_t) * tmp.size());
+    sink.advance(tmp.size());
+  } else {
+    sink.flush();
+    out.insert(out.end(), tmp.begin(), tmp.end());
+  }
+}
+
 template <Pattern P, bool kNoZero>
 void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());
@@ -680,6 +697,13 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
     prefetch_line(k.set);
     return k;
   };
+  // A miss is resolved when its batch is (up to 32 misses later), starting with a probe of the
+  // whole-token table: that table's slot starts loading now, while the loop goes on.
+  const bool whole = whole_lookup_;
+  const size_t whole_max = whole_.max_len();
+  auto prefetch_whole = [&](size_t a, size_t len, uint64_t k0) {
+    if (whole && len <= whole_max) whole_.prefetch(hash_key(k0, base + a, len));
+  };
   std::vector<int32_t> longc;  // the ids of one long chunk
   size_t pos = 0, e = cur.next_end(0);
   ShortKey kc{nullptr, 0};
@@ -700,7 +724,10 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
         // Not there: maybe a result WordCache cannot hold (3+ ids, frequent in Korean), in PieceCache.
         const uint64_t k0 = load_head(base + pos, len, n - pos >= 8);
         k = piece.find_to(k0, 0, len, PieceCache::hash(k0, 0, len), w);
-        if (!k) sink.miss(pos, len, k0, 0, WordCache::hash(k0));
+        if (!k) {
+          prefetch_whole(pos, len, k0);
+          sink.miss(pos, len, k0, 0, WordCache::hash(k0));
+        }
       }
       sink.advance(k);
     } else if (len <= PieceCache::kMaxLen) {
@@ -708,20 +735,16 @@ void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out,
       uint64_t k0, k1;
       PieceCache::key(base + pos, len, n - pos >= 16, &k0, &k1);
       const size_t k = piece.find_at(kc.set, k0, k1, len, w);
-      if (k) sink.advance(k);
-      else sink.miss(pos, len, k0, k1, PieceCache::hash(k0, k1, len));
+      if (k) {
+        sink.advance(k);
+      } else {
+        prefetch_whole(pos, len, k0);
+        sink.miss(pos, len, k0, k1, PieceCache::hash(k0, k1, len));
+      }
     } else {
       // A long chunk (1% of chunks in code and prose) goes through the sink like the others: a
       // flush per long chunk would resolve the pending misses in batches too small to overlap.
-      longc.clear();
-      encode_chunk(base + pos, len, end, longc, caches);
-      if (KGPT_LIKELY(longc.size() <= decltype(sink)::kRoom)) {
-        std::memcpy(sink.at(), longc.data(), sizeof(int32_t) * longc.size());
-        sink.advance(longc.size());
-      } else {
-        sink.flush();
-        out.insert(out.end(), longc.begin(), longc.end());
-      }
+      long_chunk(base + pos, len, end, sink, out, longc, caches);
     }
     if (KGPT_UNLIKELY(e >= n)) break;
     pos = e;

@@ -100,6 +100,9 @@ class BpeEncoder {
   // different chunks (whole-token lookups, the rank lookups of each merge step) overlap in memory.
   void resolve_misses(const char* base, const Miss* m, size_t k, int32_t* res, uint32_t* cnt, Caches& caches) const;
   void merge_long(const unsigned char* p, size_t n, std::vector<int32_t>& out) const;
+  template <class Sink>
+  void long_chunk(const char* p, size_t n, const char* text_end, Sink& sink, std::vector<int32_t>& out,
+                  std::vector<int32_t>& tmp, Caches& caches) const;
   int32_t rank(int32_t a, int32_t b) const { return ranks_.find(a, b); }
   void init_ids(const std::vector<int32_t>& ids, size_t total, size_t n_merges);
   std::unique_ptr<Caches> take_cache() const;
