@@ -393,6 +393,10 @@ class PieceCache {
     return find_at(line(h), k0, k1, n, w);
   }
   // find_to in the set `line` (line(h)).
+  // Inlined into the encode loop (an out-of-line copy is called through the PLT in a shared library).
+#if defined(__GNUC__)
+  __attribute__((always_inline))
+#endif
   inline size_t find_at(const void* line, uint64_t k0, uint64_t k1, size_t n, int32_t* w) const {
     const Slot* set = static_cast<const Set*>(line)->w;
     for (int k = 0; k < 2; ++k) {
