@@ -322,9 +322,14 @@ def encode_peers(tmp: str, nbytes: int, repeats: int, names=("cl100k_base", "o20
                 k, g = vals.get("kernelgpt"), vals.get("gigatoken")
                 if k and g:
                     line += f"   {k / g:6.2f}x"
-                    ok = k >= g
-                    held &= ok
-                    verdicts.append((f"{name} {w} {label}: kernelgpt >= gigatoken", ok, f"{k / g:.2f}x"))
+                    # The targets are on text the encoder has not seen (a new text each call: a cache of
+                    # whole inputs is no speed-up users get); the same-text rows are shown, not judged.
+                    if "(warm)" in label or "same text" in label:
+                        line += "   (same text: not a target)"
+                    else:
+                        ok = k >= g
+                        held &= ok
+                        verdicts.append((f"{name} {w} {label}: kernelgpt >= gigatoken", ok, f"{k / g:.2f}x"))
                 print(line)
             # The list target, like the array's, is on text the encoder has not seen (new text each
             # call); the same-text ratio is printed as well.
