@@ -789,12 +789,16 @@ void BpeEncoder::encode_batch(const std::vector<std::string_view>& texts, const 
   if (threads <= 0) threads = default_threads();
   const size_t nt = std::max<size_t>(1, std::min<size_t>(size_t(threads), texts.size()));
   // One set of caches per thread index (each index is used by one thread only), borrowed on the
-  // thread's first item and given back after the join, even on an exception.
+  // thread's first item and given back after the join, even on an exception. The calling thread
+  // (index 0) borrows first and gives back last: the pool hands out its newest set first, so the
+  // caller keeps the set it warmed (in its core's cache) from call to call, and each other index
+  // the set it had, instead of the sets changing places every call.
   struct Leases {
     const BpeEncoder* enc;
     std::vector<std::unique_ptr<Caches>> c;
-    ~Leases() { for (auto& x : c) enc->give_cache(std::move(x)); }
+    ~Leases() { for (size_t i = c.size(); i-- > 0;) enc->give_cache(std::move(c[i])); }
   } leases{this, std::vector<std::unique_ptr<Caches>>(nt)};
+  leases.c[0] = take_cache();
   parallel_for(texts.size(), int(nt), [&](size_t i, int t) {
     std::unique_ptr<Caches>& c = leases.c[size_t(t)];
     if (!c) c = take_cache();
