@@ -68,4 +68,20 @@ inline int64_t int_arg(pybind11::handle h, const char* name, int64_t lo, int64_t
                                 std::to_string(hi) + "], got " + got);
   return v;
 }
+
+// Defines the test hook `fn(name) -> str`: set(name) picks a tokenizer code path process-wide
+// ('auto', 'scalar' or a SIMD path's name), get() names the one in use; ValueError (listing
+// `names`) for a name set() refuses (unknown, or a path this CPU lacks).
+inline void def_isa_hook(pybind11::module_& m, const char* fn, bool (*set)(const char*), const char* (*get)(),
+                         const char* names, const char* doc) {
+  m.def(
+      fn,
+      [set, get, fn, names](const std::string& name) {
+        if (!set(name.c_str()))
+          throw std::invalid_argument(std::string(fn) + ": the name must be " + names +
+                                      " (and supported by this CPU), got '" + name + "'");
+        return std::string(get());
+      },
+      pybind11::arg("name"), doc);
+}
 }  // namespace kgpt_bind

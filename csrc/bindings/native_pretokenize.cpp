@@ -193,17 +193,10 @@ an int64 array of shape (n, 2) holding [begin, end) per chunk; the spans tile th
         py::arg("pattern") = "gpt4", "Spans of the chunks starting in [begin, end) (test hook).");
   m.def("_pretokenize_unicode_classes", &unicode_classes_py,
         "Class of every code point in the compiled tables: 0 other, 1 letter, 2 number, 3 space.");
-  m.def(
-      "_pretokenize_set_isa",
-      [](const std::string& name) {
-        if (!kgpt::tok::set_pretokenize_isa(name.c_str()))
-          throw std::invalid_argument("pretokenize isa must be 'auto', 'avx512', 'avx2' or 'scalar' (and "
-                                      "supported by this CPU), got '" + name + "'");
-        return std::string(kgpt::tok::pretokenize_isa());
-      },
-      py::arg("name"),
-      "Test hook (process-wide): the block classifier of the pre-tokenizer and encoder ('auto', "
-      "'avx512', 'avx2', 'scalar'); returns the one in use. ValueError if the CPU lacks it.");
+  def_isa_hook(m, "_pretokenize_set_isa", kgpt::tok::set_pretokenize_isa, kgpt::tok::pretokenize_isa,
+               "'auto', 'avx512', 'avx2' or 'scalar'",
+               "Test hook (process-wide): the block classifier of the pre-tokenizer and encoder ('auto', "
+               "'avx512', 'avx2', 'scalar'); returns the one in use. ValueError if the CPU lacks it.");
   m.def("_pretokenize_isa", [] { return std::string(kgpt::tok::pretokenize_isa()); },
         "The pre-tokenizer's block classifier in use: 'avx512', 'avx2' or 'scalar'.");
   m.attr("_pretokenize_unicode_version") = kgpt::tok::uni::kUnicodeVersion;

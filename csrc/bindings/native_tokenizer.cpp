@@ -232,28 +232,14 @@ struct PyEncoder {
 }  // namespace
 
 void init_tokenizer(py::module_& m) {
-  m.def(
-      "_bpe_merge_set_isa",
-      [](const std::string& name) {
-        if (!kgpt::tok::set_bpe_merge_isa(name.c_str()))
-          throw std::invalid_argument("bpe merge isa must be 'auto', 'avx512' or 'scalar' (and supported by "
-                                      "this CPU), got '" + name + "'");
-        return std::string(kgpt::tok::bpe_merge_isa());
-      },
-      py::arg("name"),
-      "Test hook (process-wide): how the encoder merges a batch of short chunks it has not cached "
-      "('auto', 'avx512', 'scalar'); returns the one in use. ValueError if the CPU lacks it.");
-  m.def(
-      "_encode_utf8_set_isa",
-      [](const std::string& name) {
-        if (!kgpt::tok::set_utf8_isa(name.c_str()))
-          throw std::invalid_argument("utf8 isa must be 'auto', 'avx512' or 'scalar' (and supported by "
-                                      "this CPU), got '" + name + "'");
-        return std::string(kgpt::tok::utf8_isa());
-      },
-      py::arg("name"),
-      "Test hook (process-wide): the encoder's str -> UTF-8 conversion ('auto', 'avx512', "
-      "'scalar'); returns the one in use. ValueError if the CPU lacks it.");
+  def_isa_hook(m, "_bpe_merge_set_isa", kgpt::tok::set_bpe_merge_isa, kgpt::tok::bpe_merge_isa,
+               "'auto', 'avx512' or 'scalar'",
+               "Test hook (process-wide): how the encoder merges a batch of short chunks it has not "
+               "cached ('auto', 'avx512', 'scalar'); returns the one in use. ValueError if the CPU lacks it.");
+  def_isa_hook(m, "_encode_utf8_set_isa", kgpt::tok::set_utf8_isa, kgpt::tok::utf8_isa,
+               "'auto', 'avx512' or 'scalar'",
+               "Test hook (process-wide): the encoder's str -> UTF-8 conversion ('auto', 'avx512', "
+               "'scalar'); returns the one in use. ValueError if the CPU lacks it.");
   m.def(
       "_encode_utf8",
       [](py::str text) -> py::object {

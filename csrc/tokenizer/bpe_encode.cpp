@@ -15,9 +15,9 @@
 #include "tokenizer/pretokenize_inline.h"
 #include "tokenizer/pretokenize_simd.h"
 #include "common/isa.h"
+#include "tokenizer/isa_switch.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -159,11 +159,6 @@ struct alignas(64) ShortMerge16V {
   }
 };
 
-bool has_merge_avx512() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-}
-
 __attribute__((flatten)) KGPT_TARGET_MERGE void merge_rounds_avx512(
     ShortMerge16V* st, const char* base, const BpeEncoder::Miss* m, const size_t* todo, size_t na,
     const RankTable& ranks, const int32_t* byte_rank, const int32_t* ext, const uint32_t* off, int32_t* res,
@@ -178,23 +173,16 @@ __attribute__((flatten)) KGPT_TARGET_MERGE void merge_rounds_avx512(
 }
 #endif
 
-// Which merge_rounds resolve_misses runs (set_bpe_merge_isa): -1 until first chosen.
-enum MergeIsa : int { kMergeScalar = 0, kMergeAvx512 = 1 };
-std::atomic<int> g_merge_isa{-1};
-int best_merge_isa() {
+// Which merge_rounds resolve_misses runs (set_bpe_merge_isa).
+bool has_merge_avx512() {
 #if KGPT_X86
-  if (has_merge_avx512()) return kMergeAvx512;
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+#else
+  return false;
 #endif
-  return kMergeScalar;
 }
-int merge_isa() {
-  int v = g_merge_isa.load(std::memory_order_relaxed);
-  if (v < 0) {
-    v = best_merge_isa();
-    g_merge_isa.store(v, std::memory_order_relaxed);
-  }
-  return v;
-}
+IsaSwitch g_merge_isa("avx512", has_merge_avx512);
 
 // The pending pairs of a long chunk, grouped by rank: a min-heap of the distinct ranks and, per rank,
 // the positions pushed with it. Ranks come out lowest first, each with all its positions at once.
@@ -270,19 +258,8 @@ class RankBuckets {
 };
 }  // namespace
 
-bool set_bpe_merge_isa(const char* name) {
-  int v;
-  if (std::strcmp(name, "auto") == 0) v = best_merge_isa();
-  else if (std::strcmp(name, "scalar") == 0) v = kMergeScalar;
-#if KGPT_X86
-  else if (std::strcmp(name, "avx512") == 0 && has_merge_avx512()) v = kMergeAvx512;
-#endif
-  else return false;
-  g_merge_isa.store(v, std::memory_order_relaxed);
-  return true;
-}
-
-const char* bpe_merge_isa() { return merge_isa() == kMergeAvx512 ? "avx512" : "scalar"; }
+bool set_bpe_merge_isa(const char* name) { return g_merge_isa.set(name); }
+const char* bpe_merge_isa() { return g_merge_isa.name(); }
 
 BpeEncoder::BpeEncoder(const std::vector<std::pair<int32_t, int32_t>>& merges,
                        const std::vector<std::string>& specials, Pattern pattern,
@@ -498,7 +475,7 @@ void BpeEncoder::resolve_misses(const char* base, const Miss* m, size_t k, int32
     if (state[j]) act[na++] = j;
   const int32_t* emap = ext_.empty() ? nullptr : ext_.data();
 #if KGPT_X86
-  if (merge_isa() == kMergeAvx512) {
+  if (g_merge_isa.simd()) {
     ShortMerge16V st[kMissBatch];
     merge_rounds_avx512(st, base, m, act, na, ranks_, byte_rank_.data(), emap, off, res, cnt);
   } else

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common/isa.h"
+#include "tokenizer/isa_switch.h"
 #if KGPT_X86
 #include <immintrin.h>
 #endif
@@ -121,36 +122,23 @@ KGPT_TARGET_VBMI2 size_t utf8_avx512(const T* __restrict s, size_t n, unsigned c
   return size_t(o - o0) + t;
 }
 
+#endif
+
 bool has_vbmi2() {
+#if KGPT_X86
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vbmi2");
-}
+#else
+  return false;
 #endif
-
-enum Isa : int { kScalar = 0, kAvx512 = 1 };
-std::atomic<int> g_isa{-1};  // -1: not chosen yet
-
-int best() {
-#if KGPT_X86
-  if (has_vbmi2()) return kAvx512;
-#endif
-  return kScalar;
 }
-
-int isa() {
-  int v = g_isa.load(std::memory_order_relaxed);
-  if (v < 0) {
-    v = best();
-    g_isa.store(v, std::memory_order_relaxed);
-  }
-  return v;
-}
+IsaSwitch g_isa("avx512", has_vbmi2);
 
 }  // namespace
 
 size_t utf8_from_units(const void* s, size_t n, int unit_bytes, unsigned char* o, bool* ok) {
 #if KGPT_X86
-  if (isa() == kAvx512) {
+  if (g_isa.simd()) {
     if (unit_bytes == 1) return utf8_avx512(static_cast<const uint8_t*>(s), n, o, ok);
     if (unit_bytes == 2) return utf8_avx512(static_cast<const uint16_t*>(s), n, o, ok);
     return utf8_avx512(static_cast<const uint32_t*>(s), n, o, ok);
@@ -161,18 +149,8 @@ size_t utf8_from_units(const void* s, size_t n, int unit_bytes, unsigned char* o
   return utf8_scalar(static_cast<const uint32_t*>(s), n, o, ok);
 }
 
-bool set_utf8_isa(const char* name) {
-  int v;
-  if (std::strcmp(name, "auto") == 0) v = best();
-  else if (std::strcmp(name, "scalar") == 0) v = kScalar;
-#if KGPT_X86
-  else if (std::strcmp(name, "avx512") == 0 && has_vbmi2()) v = kAvx512;
-#endif
-  else return false;
-  g_isa.store(v, std::memory_order_relaxed);
-  return true;
-}
+bool set_utf8_isa(const char* name) { return g_isa.set(name); }
 
-const char* utf8_isa() { return isa() == kAvx512 ? "avx512" : "scalar"; }
+const char* utf8_isa() { return g_isa.name(); }
 
 }  // namespace kgpt::tok
