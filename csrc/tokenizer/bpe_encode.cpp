@@ -160,15 +160,11 @@ struct alignas(64) ShortMerge16V {
 };
 
 __attribute__((flatten)) KGPT_TARGET_MERGE void merge_rounds_avx512(
-    ShortMerge16V* st, const char* base, const BpeEncoder::Miss* m, const size_t* todo, size_t na,
+    ShortMerge16V* st, const char* base, const BpeEncoder::Miss* m, size_t* act, size_t na,
     const RankTable& ranks, const int32_t* byte_rank, const int32_t* ext, const uint32_t* off, int32_t* res,
     uint32_t* cnt) {
-  size_t act[BpeEncoder::kMissBatch];
-  for (size_t a = 0; a < na; ++a) {
-    const size_t j = todo[a];
-    st[j].start(reinterpret_cast<const unsigned char*>(base + m[j].pos), m[j].len, byte_rank);
-    act[a] = j;
-  }
+  for (size_t a = 0; a < na; ++a)
+    st[act[a]].start(reinterpret_cast<const unsigned char*>(base + m[act[a]].pos), m[act[a]].len, byte_rank);
   merge_rounds(st, act, na, ranks, ext, off, res, cnt);
 }
 #endif
@@ -601,12 +597,6 @@ class IdSink {
 struct ShortKey { const void* set; uint64_t wk; };
 }  // namespace
 
-// Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
-// list of chunks). The loop runs one chunk ahead: while chunk i is looked up, the end of chunk
-// i + 1 is known and its cache set is already being loaded (a prefetch), so the cache's latency
-// overlaps the work on chunk i. Chunks of 1..8 bytes are looked up in WordCache (then PieceCache),
-// 9..16 in PieceCache; hits are written through IdSink, misses recorded there and resolved in
-// batches (resolve_misses); a longer chunk flushes the sink and appends to `out` directly.
 // A chunk of 17+ bytes of the encode loop: its ids through the sink (out of line: the loop's hot
 // path stays small), or, past the sink's room (64 ids), after a flush straight to out.
 template <class Sink>
@@ -624,6 +614,12 @@ __attribute__((noinline)) void BpeEncoder::long_chunk(const char* p, size_t n, c
   }
 }
 
+// Pre-tokenization and lookup in one loop: each chunk is encoded as soon as its end is found (no
+// list of chunks). The loop runs one chunk ahead: while chunk i is looked up, the end of chunk
+// i + 1 is known and its cache set is already being loaded (a prefetch), so the cache's latency
+// overlaps the work on chunk i. Chunks of 1..8 bytes are looked up in WordCache (then PieceCache),
+// 9..16 in PieceCache; hits are written through IdSink, misses recorded there and resolved in
+// batches (resolve_misses); a longer chunk goes through the sink too (long_chunk).
 template <Pattern P, bool kNoZero>
 void BpeEncoder::ordinary_loop(std::string_view text, std::vector<int32_t>& out, Caches& caches) const {
   const auto* s = reinterpret_cast<const uint8_t*>(text.data());

@@ -392,8 +392,8 @@ class PieceCache {
   inline size_t find_to(uint64_t k0, uint64_t k1, size_t n, uint64_t h, int32_t* w) const {
     return find_at(line(h), k0, k1, n, w);
   }
-  // find_to in the set `line` (line(h)).
-  // Inlined into the encode loop (an out-of-line copy is called through the PLT in a shared library).
+  // find_to in the set `line` (line(h)); always inlined into the encode loop (an out-of-line copy
+  // is called through the PLT in a shared library).
 #if defined(__GNUC__)
   __attribute__((always_inline))
 #endif
